@@ -1,0 +1,5 @@
+import sys
+
+from fruitlens.cli import main
+
+sys.exit(main())

@@ -1,0 +1,208 @@
+"""The `fruitlens` command.
+
+Each subcommand has a ``_add_<name>`` (its arguments) and a ``_cmd_<name>`` (what it runs). Handlers
+import what they need lazily, so ``fruitlens --help`` and ``fruitlens index`` start fast without
+TensorFlow. Bad input ends in one line on stderr, ``fruitlens <cmd>: error: <reason>``, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+DEFAULT_DEMO_DIR = Path("data/demo")
+DEFAULT_DEMO_OUT = Path("artifacts/demo")
+
+
+class CommandError(Exception):
+    """A one-line reason a command cannot run (bad path, bad value)."""
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+# ------------------------------------------------------------------------------------ index
+
+
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="index a folder of labelled images into images.parquet and classes.json")
+    p.add_argument("data_dir", type=Path, help="dataset root: <class>/*, {Training,Test}/<class>/* or "
+                   "{train,validation,test}/<class>/*")
+    p.add_argument("--out", type=Path, required=True, help="output folder for images.parquet, classes.json, index.json")
+    p.add_argument("--classes", help="comma-separated class names to keep (default: all)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the holdout split for the single-folder layout")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="holdout share for val (single-folder layout)")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="holdout share for test (single-folder layout)")
+    p.add_argument("--verify", action="store_true", help="decode every image in full (slower, catches more)")
+    p.add_argument("--workers", type=int, default=None, help="processes used to check files (default: all cores)")
+
+
+def _cmd_index(args) -> int:
+    from fruitlens.dataset import format_summary, index_or_load
+
+    for name, value in (("--val-fraction", args.val_fraction), ("--test-fraction", args.test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise CommandError(f"{name} {value}: expected a fraction in [0, 1)")
+    index = index_or_load(args.data_dir, args.out, classes=_csv(args.classes), seed=args.seed,
+                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                          verify=args.verify, workers=args.workers)
+    print(format_summary(index))
+    print(f"wrote {args.out}/images.parquet ({len(index.table)} rows), classes.json ({len(index.classes)} classes)")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ demo data
+
+
+def _add_demo_data(sub) -> None:
+    p = sub.add_parser("demo-data", help="write the generated demo dataset (Training/Test layout, with masks)")
+    p.add_argument("out_dir", type=Path, nargs="?", default=DEFAULT_DEMO_DIR)
+    p.add_argument("--train-per-class", type=int, default=200)
+    p.add_argument("--test-per-class", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_demo_data(args) -> int:
+    from fruitlens.synthetic import CLASSES, write_demo_dataset
+
+    if args.train_per_class < 1 or args.test_per_class < 1:
+        raise CommandError("--train-per-class and --test-per-class: expected at least 1")
+    write_demo_dataset(args.out_dir, n_train=args.train_per_class, n_test=args.test_per_class, seed=args.seed)
+    n = len(CLASSES) * (args.train_per_class + args.test_per_class)
+    print(f"wrote {n} demo images in {len(CLASSES)} classes ({', '.join(CLASSES)}) to {args.out_dir}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ not yet built
+
+
+def _not_yet(name: str, issue: str) -> Callable[[argparse.Namespace], int]:
+    def run(args) -> int:
+        raise CommandError(f"`fruitlens {name}` is not built yet ({issue})")
+    return run
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a classifier with checkpoints; writes model.keras, model.json, history")
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--arch", default="seed_cnn")
+    p.add_argument("--image-size", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--classes", help="comma-separated class names to train on (default: all)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="predict a split and write predictions.parquet, metrics.json, confusion")
+    p.add_argument("--model", type=Path, required=True, help="run folder with model.keras and model.json")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", type=Path, required=True)
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="predict image files and write annotated copies")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+
+def _add_explain(sub) -> None:
+    p = sub.add_parser("explain", help="explain predictions with LIME and/or Grad-CAM (tables and PNGs)")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data", type=Path, nargs="+", required=True, help="a dataset root, or image files")
+    p.add_argument("--method", default="lime,gradcam", help="comma-separated: lime, gradcam")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--limit", type=int, default=None, help="explain at most N images")
+    p.add_argument("--split", default="test")
+
+
+def _add_visualize(sub) -> None:
+    p = sub.add_parser("visualize", help="activation grids and filter patterns for one image")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="the whole pipeline as one Prefect flow run")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--config", type=Path, default=None)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="generate the demo dataset and run the whole pipeline on it")
+    p.add_argument("--out", type=Path, default=DEFAULT_DEMO_OUT)
+    p.add_argument("--data", type=Path, default=DEFAULT_DEMO_DIR, help="where the demo dataset is written")
+
+
+def _cmd_demo(args) -> int:
+    """Generate the demo data (if absent) and run what exists of the pipeline on it."""
+    from fruitlens.dataset import format_summary, index_or_load
+    from fruitlens.synthetic import write_demo_dataset
+
+    if not (args.data / "Training").is_dir():
+        write_demo_dataset(args.data)
+        print(f"wrote demo dataset to {args.data}")
+    index = index_or_load(args.data, args.out / "index")
+    print(format_summary(index))
+    print(f"wrote {args.out}/index (training, explanation and the Prefect flows land with the next issues)")
+    return 0
+
+
+def _add_serve(sub) -> None:
+    sub.add_parser("serve", help="serve the nightly deployment (cron schedule) to a Prefect server")
+
+
+COMMANDS: dict[str, tuple[Callable, Callable]] = {
+    "index": (_add_index, _cmd_index),
+    "train": (_add_train, _not_yet("train", "issue 3")),
+    "evaluate": (_add_evaluate, _not_yet("evaluate", "issue 3")),
+    "predict": (_add_predict, _not_yet("predict", "issue 3")),
+    "explain": (_add_explain, _not_yet("explain", "issues 4 and 5")),
+    "visualize": (_add_visualize, _not_yet("visualize", "issue 5")),
+    "run": (_add_run, _not_yet("run", "issue 6")),
+    "demo-data": (_add_demo_data, _cmd_demo_data),
+    "demo": (_add_demo, _cmd_demo),
+    "serve": (_add_serve, _not_yet("serve", "issue 6")),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruitlens", description="Train image classifiers and explain them.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, _ in COMMANDS.values():
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from fruitlens.dataset import DatasetError
+
+    try:
+        return COMMANDS[args.command][1](args)
+    except (CommandError, DatasetError) as exc:
+        print(f"fruitlens {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fruitlens {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Parquet schemas (pyarrow) and atomic writes for every table and file fruitlens produces.
+
+Every writer here goes through a temp file in the destination folder and an ``os.replace``, so a crash
+never leaves half a table: readers see the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),  # stable hash of the relative path
+        ("path", pa.string()),  # relative to the dataset root, POSIX separators
+        ("split", pa.string()),  # train | val | test
+        ("label", pa.string()),
+        ("label_index", pa.int32()),  # -1 when the class has no usable image
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("mode", pa.string()),  # PIL mode as stored: RGB, L, CMYK, RGBA, I;16, P ...
+        ("format", pa.string()),  # JPEG, PNG, GIF ...
+        ("bytes", pa.int64()),
+        ("sha256", pa.string()),
+        ("status", pa.string()),  # "ok" or the reason the file is unusable
+        ("error", pa.string()),  # one line, empty when ok
+        ("mtime_ns", pa.int64()),  # lets a re-index reuse unchanged rows
+        ("mask_path", pa.string()),  # evidence mask next to the image (demo data), else null
+    ]
+)
+
+HISTORY_SCHEMA = pa.schema(
+    [
+        ("epoch", pa.int32()),
+        ("loss", pa.float64()),
+        ("accuracy", pa.float64()),
+        ("val_loss", pa.float64()),
+        ("val_accuracy", pa.float64()),
+        ("learning_rate", pa.float64()),
+        ("seconds", pa.float64()),
+    ]
+)
+
+PREDICTIONS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("label", pa.string()),
+        ("pred_label", pa.string()),
+        ("pred_prob", pa.float32()),
+        ("topk_labels", pa.list_(pa.string())),
+        ("topk_probs", pa.list_(pa.float32())),
+        ("correct", pa.bool_()),
+    ]
+)
+
+LIME_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("label", pa.string()),
+        ("label_prob", pa.float32()),
+        ("superpixel", pa.int32()),
+        ("weight", pa.float64()),
+        ("intercept", pa.float64()),
+        ("score", pa.float64()),
+        ("local_pred", pa.float64()),
+        ("num_samples", pa.int32()),
+        ("segmenter", pa.string()),
+    ]
+)
+
+GRADCAM_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()),
+        ("label", pa.string()),
+        ("layer", pa.string()),
+        ("heatmap_path", pa.string()),
+        ("overlay_path", pa.string()),
+        ("peak_y", pa.int32()),
+        ("peak_x", pa.int32()),
+        ("deletion_auc", pa.float64()),
+        ("insertion_auc", pa.float64()),
+    ]
+)
+
+SCHEMAS: dict[str, pa.Schema] = {
+    "images": IMAGES_SCHEMA,
+    "history": HISTORY_SCHEMA,
+    "predictions": PREDICTIONS_SCHEMA,
+    "lime": LIME_SCHEMA,
+    "gradcam": GRADCAM_SCHEMA,
+}
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it replaces ``path`` in one rename.
+
+    The temp file keeps the destination's suffix so that writers which pick a format by extension
+    (Keras, matplotlib, PIL) still work. On error the temp file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented UTF-8 JSON, atomically."""
+    text = json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def to_arrow(df: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """Convert ``df`` to ``schema``: the schema's columns first (all required), extra columns after."""
+    missing = [name for name in schema.names if name not in df.columns]
+    if missing:
+        raise ValueError(f"table is missing columns {missing}; expected {schema.names}")
+    extra = [c for c in df.columns if c not in schema.names]
+    fields = list(schema) + [pa.field(c, pa.Table.from_pandas(df[[c]], preserve_index=False).schema[0].type)
+                             for c in extra]
+    full = pa.schema(fields)
+    return pa.Table.from_pandas(df[full.names], schema=full, preserve_index=False)
+
+
+def write_table(df: pd.DataFrame | pa.Table, path: str | os.PathLike, schema: pa.Schema | str | None = None) -> Path:
+    """Write a table to Parquet atomically, checked against ``schema`` (a pyarrow schema or a name in SCHEMAS)."""
+    if isinstance(schema, str):
+        schema = SCHEMAS[schema]
+    if isinstance(df, pd.DataFrame):
+        table = to_arrow(df, schema) if schema is not None else pa.Table.from_pandas(df, preserve_index=False)
+    else:
+        table = df
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a Parquet file, or a folder of Parquet parts (a partitioned dataset), into pandas."""
+    path = Path(path)
+    if path.is_dir():
+        parts = sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+        if not parts:
+            return pd.DataFrame()
+        return pd.concat([pq.read_table(p).to_pandas() for p in parts], ignore_index=True)
+    return pq.read_table(path).to_pandas()

@@ -1,0 +1,62 @@
+import subprocess
+import sys
+
+import pytest
+
+from fruitlens import tables
+from fruitlens.cli import COMMANDS, main
+
+
+def test_library_does_not_import_prefect():
+    code = ("import sys, fruitlens, fruitlens.dataset, fruitlens.synthetic, fruitlens.cli, fruitlens.tables, "
+            "fruitlens.images; import pkgutil, importlib\n"
+            "for m in pkgutil.walk_packages(fruitlens.__path__, 'fruitlens.'):\n"
+            "    importlib.import_module(m.name) if not m.name.endswith('__main__') else None\n"
+            "assert 'prefect' not in sys.modules, sorted(k for k in sys.modules if 'prefect' in k)[:5]")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    assert "usage: fruitlens" in capsys.readouterr().out
+
+
+def test_index_command_writes_tables(demo_dir, tmp_path, capsys):
+    assert main(["index", str(demo_dir), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "red_dot" in out and "TOTAL" in out and "fingerprint" in out
+    assert len(tables.read_table(tmp_path / "images.parquet")) == 6 * 16
+    assert len(tables.read_json(tmp_path / "classes.json")) == 6
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["index", "/no/such/dir", "--out", "x"], "no such directory"),
+        (["index", "{demo}", "--out", "x", "--classes", "red_dott"], "closest: red_dot"),
+        (["index", "{demo}", "--out", "x", "--val-fraction", "1.5"], "--val-fraction 1.5"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, reason, demo_dir, tmp_path, capsys):
+    args = [a.replace("{demo}", str(demo_dir)) if a != "x" else str(tmp_path / "x") for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and len(err.splitlines()) == 1
+
+
+def test_empty_root_is_an_error(tmp_path, capsys):
+    assert main(["index", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "no class folders" in capsys.readouterr().err
+
+
+def test_demo_data_command(tmp_path, capsys):
+    assert main(["demo-data", str(tmp_path), "--train-per-class", "2", "--test-per-class", "1"]) == 0
+    assert len(list(tmp_path.rglob("*.jpg"))) == 18
+
+
+def test_console_script_runs():
+    out = subprocess.run([sys.executable, "-m", "fruitlens", "--help"], capture_output=True, text=True, check=True)
+    assert "index" in out.stdout and "explain" in out.stdout
