@@ -117,12 +117,41 @@ def _add_predict(sub) -> None:
 
 def _add_explain(sub) -> None:
     p = sub.add_parser("explain", help="explain predictions with LIME and/or Grad-CAM (tables and PNGs)")
-    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--model", type=Path, required=True, help="run folder with model.keras and model.json")
     p.add_argument("--data", type=Path, nargs="+", required=True, help="a dataset root, or image files")
     p.add_argument("--method", default="lime,gradcam", help="comma-separated: lime, gradcam")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--limit", type=int, default=None, help="explain at most N images")
-    p.add_argument("--split", default="test")
+    p.add_argument("--split", default="test", help="split of a dataset root to explain (default: test)")
+    p.add_argument("--chunk-size", type=int, default=32, help="images per chunk (memory, resume granularity)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _explain_options(args) -> dict[str, dict]:
+    """Per-method options from the command line (each method adds its own flags above)."""
+    return {"lime": {"seed": args.seed}, "gradcam": {}}
+
+
+def _cmd_explain(args) -> int:
+    from tqdm import tqdm
+
+    from fruitlens.explain.runner import explain_images, parse_methods, select_images
+
+    try:
+        methods = parse_methods(args.method)
+    except ValueError as exc:
+        raise CommandError(f"--method {args.method}: {exc}") from exc
+    if args.limit is not None and args.limit < 1:
+        raise CommandError(f"--limit {args.limit}: expected at least 1")
+    rows = select_images(args.data, split=args.split, limit=args.limit)
+    options = _explain_options(args)
+    with tqdm(total=len(rows), unit="img", desc="explain", disable=None) as bar:
+        totals = explain_images(args.model, rows, args.out, methods, chunk_size=args.chunk_size,
+                                options={m: options.get(m, {}) for m in methods}, progress=bar.update)
+    done = ", ".join(f"{m}: {totals[m]} rows" for m in methods)
+    print(f"explained {len(rows) - totals['skipped'] - totals['failed']} images ({done}); "
+          f"{totals['skipped']} already done, {totals['failed']} unreadable; wrote {args.out}")
+    return 0
 
 
 def _add_visualize(sub) -> None:
@@ -168,7 +197,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "train": (_add_train, _not_yet("train", "issue 3")),
     "evaluate": (_add_evaluate, _not_yet("evaluate", "issue 3")),
     "predict": (_add_predict, _not_yet("predict", "issue 3")),
-    "explain": (_add_explain, _not_yet("explain", "issues 4 and 5")),
+    "explain": (_add_explain, _cmd_explain),
     "visualize": (_add_visualize, _not_yet("visualize", "issue 5")),
     "run": (_add_run, _not_yet("run", "issue 6")),
     "demo-data": (_add_demo_data, _cmd_demo_data),
@@ -193,10 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from fruitlens.dataset import DatasetError
+    from fruitlens.runs import RunError
 
     try:
         return COMMANDS[args.command][1](args)
-    except (CommandError, DatasetError) as exc:
+    except (CommandError, DatasetError, RunError) as exc:
         print(f"fruitlens {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,0 +1,129 @@
+"""Run folders: the model card that travels with a saved model, loading a run, batched prediction.
+
+A run folder holds ``model.keras`` and ``model.json`` (the card). The model takes NHWC float32 RGB in
+[0, 1] at ``card.image_size`` and does its own scaling inside, so every caller feeds it the same images.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fruitlens import tables
+
+MODEL_FILE = "model.keras"
+CARD_FILE = "model.json"
+
+
+class RunError(ValueError):
+    """A run folder that cannot be used (missing model, unreadable card)."""
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What a saved model needs to be used again: classes, input size, how it was made and how it did."""
+
+    classes: tuple[str, ...]  # class names in output order
+    image_size: tuple[int, int]  # (height, width) the model takes
+    arch: str  # architecture name, e.g. "seed_cnn" or "transfer:vgg16"
+    preprocessing: str = "rescale"  # what the model does inside to its [0, 1] input
+    fingerprint: str = ""  # dataset fingerprint it was trained on
+    seed: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)  # the resolved training config
+    versions: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
+        if len(self.image_size) != 2 or min(self.image_size) < 1:
+            raise ValueError(f"image_size {self.image_size}: expected (height, width) > 0")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> ModelCard:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in obj.items() if k in known})
+
+
+def library_versions() -> dict[str, str]:
+    """Versions worth recording in a model card."""
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for name in ("fruitlens", "tensorflow-cpu", "tensorflow", "keras", "numpy"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+def write_card(run_dir: str | os.PathLike, card: ModelCard) -> Path:
+    return tables.write_json(Path(run_dir) / CARD_FILE, card.to_json())
+
+
+def read_card(run_dir: str | os.PathLike) -> ModelCard:
+    path = Path(run_dir) / CARD_FILE
+    if not path.is_file():
+        raise RunError(f"{path}: no model card; expected a run folder written by `fruitlens train`")
+    try:
+        return ModelCard.from_json(tables.read_json(path))
+    except (ValueError, TypeError) as exc:
+        raise RunError(f"{path}: unreadable model card ({exc})") from exc
+
+
+def load_run(run_dir: str | os.PathLike):
+    """Load ``(model, card)`` from a run folder.
+
+    Raises:
+        RunError: the folder has no ``model.keras`` or no readable ``model.json``.
+    """
+    import keras
+
+    try:  # registers fruitlens' own serialisable layers, if any
+        import fruitlens.models  # noqa: F401
+    except ImportError:
+        pass
+    run = Path(run_dir)
+    path = run / MODEL_FILE
+    if not path.is_file():
+        raise RunError(f"{path}: no saved model; expected a run folder written by `fruitlens train`")
+    card = read_card(run)
+    return keras.models.load_model(path, compile=False), card
+
+
+def model_digest(run_dir: str | os.PathLike) -> str:
+    """sha256 of the saved model file (a cache key for everything computed from the model)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(Path(run_dir) / MODEL_FILE, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def predict_batches(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Call ``model`` directly on (N, H, W, 3) [0, 1] images in batches; returns (N, C) float32.
+
+    Faster than ``model.predict`` for many small calls (no per-call setup), and never training mode.
+    """
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images of shape {images.shape}: expected (N, H, W, 3)")
+    outs = [np.asarray(model(images[i:i + batch_size], training=False))
+            for i in range(0, len(images), batch_size)]
+    if not outs:
+        return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
+    return np.concatenate(outs).astype(np.float32, copy=False)
