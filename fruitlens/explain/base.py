@@ -135,8 +135,9 @@ def head_kind(layer) -> str | None:
 class _Tracer:
     """Calls a model's layers again on new inputs, capturing some layers and stripping the final softmax."""
 
-    def __init__(self, model, capture: Sequence[LayerRef], logits: bool):
+    def __init__(self, model, capture: Sequence[LayerRef], logits: bool, pre_activation: bool = False):
         self.capture = {id(r.layer) for r in capture}
+        self.pre_activation = pre_activation
         head = find_head(model) if logits else None
         self.head = head.layer if head is not None and head_kind(head.layer) else None
         if logits and head is None:
@@ -160,6 +161,12 @@ class _Tracer:
                 out = self.run(lay, (out,), {})
         elif id(op) in self.expand:
             out = op._run_through_graph(args[0], operation_fn=lambda o: lambda *a, **k: self.run(o, a, k))
+        elif id(op) in self.capture and self.pre_activation and _has_activation(op):
+            pre = op.convolution_op(args[0], op.kernel)
+            if op.use_bias:
+                pre = pre + op.bias  # channels_last: the bias broadcasts over the last axis
+            self.store[id(op)] = pre
+            return op.activation(pre)
         else:
             out = op(*args, **kwargs)
         if id(op) in self.capture:
@@ -167,7 +174,14 @@ class _Tracer:
         return out
 
 
-def trace_model(model, capture: Sequence[LayerRef], *, logits: bool = True, outputs: bool = True) -> keras.Model:
+def _has_activation(layer) -> bool:
+    """A channels-last Conv2D with a non-linear activation built in (its pre-activation can be taken)."""
+    return (isinstance(layer, keras.layers.Conv2D) and layer.data_format == "channels_last"
+            and layer.activation is not None and getattr(layer.activation, "__name__", "") != "linear")
+
+
+def trace_model(model, capture: Sequence[LayerRef], *, logits: bool = True, outputs: bool = True,
+                pre_activation: bool = False) -> keras.Model:
     """A new functional model over ``model``'s layers (shared weights) returning the captured layers' outputs.
 
     Args:
@@ -176,6 +190,8 @@ def trace_model(model, capture: Sequence[LayerRef], *, logits: bool = True, outp
         logits: drop the final softmax (the last output is then the pre-softmax scores).
         outputs: also return the model's (pre-softmax) output as the last element; without it the graph is
             pruned to what the captured layers need (faster for activations and filter patterns).
+        pre_activation: for captured Conv2D layers with a built-in activation, return the value before it
+            (filter visualisation: a ReLU that is off everywhere has no gradient to climb).
 
     Returns:
         A keras Model: ``x -> [captured..., scores]`` (or ``[captured...]``).
@@ -184,7 +200,7 @@ def trace_model(model, capture: Sequence[LayerRef], *, logits: bool = True, outp
         raise ValueError(f"model {model.name!r} is not built; build or call it on data first")
     shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else tuple(model.input_shape[1:])
     inp = keras.Input(shape=shape, dtype="float32")
-    tracer = _Tracer(model, capture, logits and outputs)
+    tracer = _Tracer(model, capture, logits and outputs, pre_activation)
     if _is_graph(model):
         tracer.expand.add(id(model))
         out = tracer.run(model, (inp,), {})

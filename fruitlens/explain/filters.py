@@ -1,6 +1,7 @@
 """What a convolutional filter responds to: input patterns found by gradient ascent.
 
-Start from gray noise and climb the gradient of the filter's mean activation (its border trimmed, so
+Start from gray noise and climb the gradient of the filter's mean response (before the layer's own
+activation, so a ReLU that starts switched off still has a gradient; its border trimmed, so
 the pattern is not drawn into the edges), with the gradient normalised by its RMS so the step size is the
 same whatever the scale of the activations (Chollet, *Deep Learning with Python*, 5.4; the keras-io
 example uses l2 normalisation). All requested filters are optimised together as one batch: image ``f``
@@ -38,14 +39,17 @@ def _compiled(model, layer):
     ref = find_layer(model, layer)
     cache = _ASCENT.setdefault(model, {})
     if ref.path not in cache:
-        traced = trace_model(model, [ref], outputs=False)  # pruned: only what the layer needs
+        # pruned graphs (only what the layer needs); the ascent climbs the filter's response before its
+        # activation (a ReLU that is off on the whole start image gives no gradient), the score is the output
+        pre = trace_model(model, [ref], outputs=False, pre_activation=True)
+        traced = trace_model(model, [ref], outputs=False)
 
         @tf.function(reduce_retracing=True)
         def ascend(images, filters, steps, step_size, border):
             def body(i, x):
                 with tf.GradientTape() as tape:
                     tape.watch(x)
-                    loss = tf.reduce_sum(_trimmed_mean(traced(x, training=False), filters, border))
+                    loss = tf.reduce_sum(_trimmed_mean(pre(x, training=False), filters, border))
                 g = tape.gradient(loss, x)
                 rms = tf.sqrt(tf.reduce_mean(tf.square(g), axis=(1, 2, 3), keepdims=True))
                 return i + 1, tf.clip_by_value(x + step_size * g / (rms + 1e-8), 0.0, 1.0)
