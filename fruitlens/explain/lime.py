@@ -31,7 +31,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -76,7 +76,6 @@ class LimeExplanation:
     features: dict[int, tuple[int, ...]]
     num_samples: int
     segmenter: str = "given"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s = self.num_superpixels
