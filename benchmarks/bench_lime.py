@@ -24,6 +24,7 @@ Run: ``python -m benchmarks.bench_lime [--full] [--demo]`` from the repository r
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
 import subprocess
@@ -36,7 +37,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks._common import FRUITS360, ROOT, write_result  # noqa: E402
+from benchmarks._common import FRUITS360, RESULTS, ROOT, write_result  # noqa: E402
 
 
 def convnet(size: int, classes: int, seed: int = 0):
@@ -334,8 +335,14 @@ def main() -> None:
     result: dict = {}
 
     def save(name: str, value: dict) -> None:
-        result[name] = {**value, "load_average_after": os.getloadavg()}
-        write_result("lime_full" if parts == ["full"] else "lime", result)  # after each part
+        """Write after each part; parts from earlier invocations stay (each part compares within itself)."""
+        file = "lime_full" if parts == ["full"] else "lime"
+        path = RESULTS / f"{file}.json"
+        if not result and path.is_file():
+            result.update({k: v for k, v in json.loads(path.read_text()).items() if k != "machine"})
+        result[name] = {**value, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        "load_average_after": os.getloadavg()}
+        write_result(file, result)
 
     if "speed" in parts:
         for config in args.configs.split(","):
