@@ -48,8 +48,8 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0, explai
         run_dir: the run folder to write (created).
         data_dir: where the demo dataset goes (created).
         seed: every random choice (probabilities, LIME weights, histories) follows it.
-        explain_all: explain every test image; False explains 2 per class plus the mistakes of the first
-            confused pair only.
+        explain_all: explain every test image; False explains the last 2 images per class (never a
+            mistake) plus the mistakes of the first confused pair only.
 
     Returns:
         ``run_dir`` as a Path.
@@ -119,7 +119,7 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0, explai
         chosen = test
     else:
         first = CONFUSIONS[0]
-        keep = set(test.groupby("label").head(2)["image_id"]) | set(
+        keep = set(test.groupby("label").tail(2)["image_id"]) | set(
             predictions[(predictions["label"] == first[0]) & (predictions["pred_label"] == first[1])]["image_id"])
         chosen = test[test["image_id"].isin(keep)]
     ex = run / "explain"
