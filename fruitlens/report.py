@@ -364,19 +364,30 @@ def _gradcam_row(data: _Data, image_id: str, prefer_label: str | None) -> pd.Ser
     return rows.iloc[0]
 
 
+_LIME_PREFERRED = ("outline", "block")  # the pictures fruitlens.explain.lime draws, best first
+_LIME_CAPTIONS = {"outline": "LIME · green for, red against", "block": "LIME · top superpixels only"}
+_LIME_SKIP = ("segments", "boundaries", "density")  # not explanations of one label at image size
+
+
 def _lime_images(data: _Data, image_id: str, label: str | None) -> list[tuple[Path, str]]:
-    """LIME PNGs of an image (``explain/lime/<image_id>_*.png``), the explained label's first."""
+    """Up to two LIME PNGs of an image (``explain/lime/<image_id>_*.png``) with captions, best first."""
     folder = data.run.root / "explain" / "lime"
     if not folder.is_dir():
         return []
     found = sorted(folder.glob(f"{glob_escape(image_id)}_*.png"), key=lambda p: _natural_key(p.name))
-    out = []
-    for p in found:
-        tag = p.stem[len(image_id) + 1:]
-        out.append((p, tag))
-    if label:
-        out.sort(key=lambda t: 0 if label in t[1] else 1)
-    return out[:2]
+    tagged = [(p, p.stem[len(image_id) + 1:]) for p in found]
+
+    def rank(item: tuple[Path, str]) -> int:
+        tag = item[1]
+        if tag in _LIME_PREFERRED:
+            return _LIME_PREFERRED.index(tag)
+        if label and label in tag:
+            return len(_LIME_PREFERRED)
+        return 99 if any(k in tag for k in _LIME_SKIP) else 50
+
+    tagged.sort(key=rank)
+    chosen = [t for t in tagged if rank(t) < 99][:2] or tagged[:1]
+    return [(p, _LIME_CAPTIONS.get(tag, f"LIME · {tag}")) for p, tag in chosen]
 
 
 def glob_escape(text: str) -> str:
@@ -408,7 +419,7 @@ def _explanation_card(data: _Data, row: pd.Series, *, note: str = "") -> str:
     lime_rows = _lime_rows(data, image_id, pred)
     lime_label = str(lime_rows["label"].iloc[0]) if lime_rows is not None and "label" in lime_rows else pred
     for path, tag in _lime_images(data, image_id, lime_label):
-        figures.append(_figure(data.run.image_src(path), f"LIME · {_e(tag)}",
+        figures.append(_figure(data.run.image_src(path), _e(tag),
                                alt=f"LIME explanation of {image_id}"))
     g = _gradcam_row(data, image_id, pred)
     if g is not None:
@@ -695,7 +706,7 @@ def _section_why(data: _Data, top_pairs: int, per_pair: int) -> str:
         if data.explained and not n_expl:
             parts.append("<p class=\"missing\">None of these mistakes was explained in this run "
                          f"({_e(_explain_status(data))}); their photos and predictions follow.</p>")
-        hint = _pointing_summary(data, pred[(y == true) & (p == other)])
+        hint = _pointing_summary(data, pred[(y == true) & (p == other)], pred[(y == other) & (p == other)], other)
         if hint:
             parts.append(f"<p>{hint}</p>")
         cards = [_explanation_card(data, r, note="mistake") for _, r in mistakes.iterrows()]
@@ -705,17 +716,49 @@ def _section_why(data: _Data, top_pairs: int, per_pair: int) -> str:
     return "".join(parts)
 
 
-def _pointing_summary(data: _Data, rows: pd.DataFrame) -> str:
-    """One sentence on where Grad-CAM looked for these images, when the run measured it."""
+def _evidence_hits(data: _Data, ids: set[str]) -> list[tuple[str, int, int]]:
+    """For images ``ids``: how often each explanation points at the annotated evidence, when measured.
+
+    Grad-CAM: ``pointing_hit`` (its peak inside the evidence mask). LIME: the strongest superpixel of the
+    explained label lies mostly (> 50 %) inside the mask (``evidence`` column). Returns (what, hits, of).
+    """
+    out = []
     g = data.gradcam
-    if g is None or "pointing_hit" not in g.columns or "image_id" not in rows:
+    if g is not None and {"image_id", "pointing_hit"} <= set(g.columns):
+        hits = g[g["image_id"].astype(str).isin(ids)].drop_duplicates("image_id")["pointing_hit"].dropna()
+        if len(hits):
+            out.append(("Grad-CAM's peak", int(hits.astype(bool).sum()), len(hits)))
+    lime = data.lime
+    if lime is not None and {"image_id", "weight", "evidence"} <= set(lime.columns):
+        sub = lime[lime["image_id"].astype(str).isin(ids) & lime["evidence"].notna()]
+        if "label_prob" in sub and "label" in sub and len(sub):  # the top explained label of each image
+            top = sub.sort_values("label_prob", ascending=False).drop_duplicates("image_id")[["image_id", "label"]]
+            sub = sub.merge(top, on=["image_id", "label"])
+        if len(sub):
+            best = sub.sort_values("weight", ascending=False).drop_duplicates("image_id")
+            out.append(("LIME's strongest superpixel", int((best["evidence"] > 0.5).sum()), len(best)))
+    return out
+
+
+def _pointing_summary(data: _Data, mistakes: pd.DataFrame, right: pd.DataFrame, other: str) -> str:
+    """Where the explanations looked in these mistakes, against right predictions of the class taken for."""
+    if "image_id" not in mistakes:
         return ""
-    hits = g[g["image_id"].astype(str).isin(set(rows["image_id"].astype(str)))]["pointing_hit"].dropna()
-    if hits.empty:
+    wrong = _evidence_hits(data, set(mistakes["image_id"].astype(str)))
+    if not wrong:
         return ""
-    k = int(hits.astype(bool).sum())
-    return (f"Grad-CAM's peak lies on the class evidence (the annotated region) in {k} of {len(hits)} of "
-            f"these mistakes{'' if k else ': the model looked elsewhere'}.")
+    good = {what: (k, n) for what, k, n in _evidence_hits(data, set(right["image_id"].astype(str)))}
+    phrases = []
+    for what, k, n in wrong:
+        text = f"{what} lies on the annotated evidence in {k} of {n} of these mistakes"
+        if what in good:
+            gk, gn = good[what]
+            text += f" (against {gk} of {gn} images of {_e(other)} it got right)"
+        phrases.append(text)
+    verdict = ""
+    if all(k * 2 < n for _, k, n in wrong):
+        verdict = " The model mostly looked away from the evidence when it made these mistakes."
+    return "; ".join(phrases) + "." + verdict
 
 
 def _faithfulness_table(data: _Data) -> str:
@@ -800,8 +843,26 @@ def _section_comparison(data: _Data) -> str:
         return _missing("Comparison with the previous model (made by the nightly flow)", "comparison.parquet")
     if c.empty:
         return "<p class=\"missing\">comparison.parquet is empty.</p>"
-    return ("<p>The model of this run against the one it would replace, as the nightly flow measured them on "
-            "the same images.</p>" + _table(c, digits=4))
+    parts = ["<p>This run's model (new) against the current model it would replace, measured on the same "
+             "images by the nightly flow.</p>"]
+    if "promoted" in c.columns and c["promoted"].notna().any():
+        promoted = bool(c["promoted"].dropna().iloc[0])
+        first_model = "current" in c.columns and c["current"].isna().all()
+        parts.append("<p class=\"good\">There was no current model: this one became the current model.</p>"
+                     if first_model and promoted else
+                     "<p class=\"good\">The new model was not worse: it became the current model.</p>" if promoted
+                     else "<p class=\"missing\">The new model did worse: the current model was kept.</p>")
+    if {"metric", "new", "current", "delta"} <= set(c.columns):
+        lines = []
+        for r in c.itertuples():
+            if pd.notna(r.current) and pd.notna(r.delta):
+                sign = "+" if r.delta >= 0 else "−"
+                lines.append(f"<li>{_e(r.metric)}: new <b>{_fmt(r.new, 4)}</b>, current {_fmt(r.current, 4)} "
+                             f"({sign}{_fmt(abs(float(r.delta)), 4)})</li>")
+        if lines:
+            parts.append(f"<ul>{''.join(lines)}</ul>")
+    parts.append(_table(c, digits=4))
+    return "".join(parts)
 
 
 def _timings(run_json: dict | None) -> pd.DataFrame | None:
