@@ -364,13 +364,18 @@ def _gradcam_row(data: _Data, image_id: str, prefer_label: str | None) -> pd.Ser
     return rows.iloc[0]
 
 
+def _is_score(column: str) -> bool:
+    """Faithfulness columns of the gradcam table: the schema's AUCs and any extra *_auc, *_score, *_hit."""
+    return column in _SCORE_HELP or column.endswith(("_auc", "_score", "_hit"))
+
+
 _LIME_PREFERRED = ("outline", "block")  # the pictures fruitlens.explain.lime draws, best first
 _LIME_CAPTIONS = {"outline": "LIME · green for, red against", "block": "LIME · top superpixels only"}
 _LIME_SKIP = ("segments", "boundaries", "density")  # not explanations of one label at image size
 
 
 def _lime_images(data: _Data, image_id: str, label: str | None) -> list[tuple[Path, str]]:
-    """Up to two LIME PNGs of an image (``explain/lime/<image_id>_*.png``) with captions, best first."""
+    """The LIME picture of an image (``explain/lime/<image_id>_*.png``) with its caption, as a list."""
     folder = data.run.root / "explain" / "lime"
     if not folder.is_dir():
         return []
@@ -386,7 +391,7 @@ def _lime_images(data: _Data, image_id: str, label: str | None) -> list[tuple[Pa
         return 99 if any(k in tag for k in _LIME_SKIP) else 50
 
     tagged.sort(key=rank)
-    chosen = [t for t in tagged if rank(t) < 99][:2] or tagged[:1]
+    chosen = [t for t in tagged if rank(t) < 99][:1] or tagged[:1]
     return [(p, _LIME_CAPTIONS.get(tag, f"LIME · {tag}")) for p, tag in chosen]
 
 
@@ -441,13 +446,11 @@ def _explanation_card(data: _Data, row: pd.Series, *, note: str = "") -> str:
             pos = lime_rows[lime_rows["weight"] > 0]
             scores.append(f"{len(pos)} of {len(lime_rows)} superpixels speak for <b>{_e(lime_label)}</b>")
     if g is not None:
-        for key in [c for c in g.index if c not in _SCHEMA_GRADCAM or c in _SCORE_HELP]:
+        for key in [c for c in g.index if _is_score(c)]:
             value = g[key]
-            if key in ("deletion_auc", "insertion_auc", "pointing_hit") or (
-                    key not in _SCHEMA_GRADCAM and isinstance(value, (float, int, bool, np.number, np.bool_))):
-                if value is None or (isinstance(value, float) and math.isnan(value)):
-                    continue
-                scores.append(f"{_e(_SCORE_HELP.get(key, key.replace('_', ' ')))} <b>{_e(_fmt(value, 2))}</b>")
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            scores.append(f"{_e(_SCORE_HELP.get(key, key.replace('_', ' ')))} <b>{_e(_fmt(value, 2))}</b>")
     if lime_rows is None and g is None:
         scores.append("not explained in this run")
     head = (f"<div class=\"card-head\"><span class=\"badge {verdict}\">{verdict}</span> "
@@ -771,9 +774,7 @@ def _faithfulness_table(data: _Data) -> str:
         frames.append(lime)
     if data.gradcam is not None and "image_id" in data.gradcam.columns:
         g = data.gradcam.assign(image_id=data.gradcam["image_id"].astype(str)).drop_duplicates("image_id")
-        num = [c for c in g.columns if c in ("deletion_auc", "insertion_auc", "pointing_hit") or (
-            c not in _SCHEMA_GRADCAM and pd.api.types.is_numeric_dtype(g[c]) or pd.api.types.is_bool_dtype(g[c]))]
-        num = [c for c in num if c not in ("peak_y", "peak_x")]
+        num = [c for c in g.columns if _is_score(c)]
         if num:
             frames.append(g.set_index("image_id")[num].astype(float))
     if not frames:
@@ -1027,7 +1028,7 @@ table.kv th{width:32%;font-weight:500;color:var(--muted);background:none}
 table.kv td{word-break:break-all}
 table.heat{min-width:0;font-size:12px}
 table.heat td,table.heat th{border:1px solid #eef0f3;padding:0;text-align:center}
-table.heat td{width:30px;height:28px;min-width:28px}
+table.heat td{width:30px;height:28px;min-width:28px;vertical-align:middle}
 table.heat td span{display:block;padding:5px 2px;font-variant-numeric:tabular-nums}
 table.heat tbody th{padding:2px 8px;text-align:right;white-space:nowrap;font-weight:500}
 table.heat th.col{vertical-align:bottom;height:auto;padding:4px 2px;background:none}

@@ -67,7 +67,7 @@ def test_confused_pairs_are_said_in_words_and_explained(fabricated):
     cards = re.findall(r'<div class="card".*?<p class="scores">.*?</p></div>', pair_block, re.S)
     assert len(cards) == 3  # 2 mistakes (per_pair) + 1 right prediction of the other class
     for card in cards:
-        assert card.count("<img ") == 4  # photo, LIME outline and block, Grad-CAM
+        assert card.count("<img ") == 3  # photo, LIME outline, Grad-CAM
         assert "LIME · green for, red against" in card and "Grad-CAM · conv2d_1" in card
         assert "LIME fit R²" in card and "deletion AUC" in card and "insertion AUC" in card
     # where the explanations looked: the fixture's mistakes look beside the sticker, right predictions on it
