@@ -159,6 +159,7 @@ class _Data:
     per_class: pd.DataFrame | None = None
     pairs: list[tuple[str, str, int, int]] = field(default_factory=list)  # (true, predicted, n, support)
     explained: set[str] = field(default_factory=set)
+    unknown_labels: int = 0  # evaluated images whose label is not a class of the model (left out)
 
 
 def _load(run: _Run) -> _Data:
@@ -175,18 +176,27 @@ def _load(run: _Run) -> _Data:
     elif (classes_json := run.json("index/classes.json")) is not None:
         classes = sorted(classes_json, key=lambda c: classes_json[c]) if isinstance(classes_json, dict) \
             else [str(c) for c in classes_json]
-    if predictions is not None:
+    unknown = 0
+    if predictions is not None and card and card.get("classes"):  # labels the model cannot predict
+        known = predictions["label"].astype(str).isin(set(classes))
+        unknown = int((~known).sum())
+        predictions = predictions[known].reset_index(drop=True)
+    elif predictions is not None:
         seen = set(predictions["label"].astype(str)) | set(predictions["pred_label"].astype(str))
         classes += sorted(seen - set(classes) - {""})
-    root = None
-    if index_meta and index_meta.get("root"):
-        root = Path(index_meta["root"])
+    root = None  # the dataset root that relative prediction paths hang from
+    metrics_json = run.json("eval/metrics.json")
+    run_json = run.json("run.json")
+    for meta, key in ((index_meta, "root"), (metrics_json, "data"), (run_json, "data_dir")):
+        if isinstance(meta, dict) and isinstance(meta.get(key), str) and Path(meta[key]).is_dir():
+            root = Path(meta[key])
+            break
     lime, gradcam = run.table(LIME), run.table(GRADCAM)
-    data = _Data(run=run, card=card, run_json=run.json("run.json"), index_meta=index_meta, images=images,
+    data = _Data(run=run, card=card, run_json=run_json, index_meta=index_meta, images=images,
                  history=run.table("history.parquet"), predictions=predictions,
-                 metrics_json=run.json("eval/metrics.json"), lime=lime, gradcam=gradcam,
+                 metrics_json=metrics_json, lime=lime, gradcam=gradcam,
                  failed=run.table("explain/failed.parquet"), comparison=run.table("comparison.parquet"),
-                 classes=classes, dataset_root=root)
+                 classes=classes, dataset_root=root, unknown_labels=unknown)
     for t in (lime, gradcam):
         if t is not None and "image_id" in t.columns:
             data.explained |= set(t["image_id"].astype(str))
@@ -575,6 +585,9 @@ def _section_metrics(data: _Data) -> str:
              float((pc["f1"] * w).sum()), int(s.sum())],
         ], columns=pc.columns)
         parts.append(_table(pc, foot=foot, headers={"f1": "F1"}))
+        if data.unknown_labels:
+            parts.append(f"<p class=\"note\">{data.unknown_labels:,} evaluated images have a label that is not one "
+                         "of the model's classes; they are left out of every number here.</p>")
         parts.append("<p class=\"note\">Sorted by F1, weakest class first; click a header to sort.</p>")
     m = data.metrics_json
     if m is None:
@@ -758,10 +771,18 @@ def _pointing_summary(data: _Data, mistakes: pd.DataFrame, right: pd.DataFrame, 
             gk, gn = good[what]
             text += f" (against {gk} of {gn} images of {_e(other)} it got right)"
         phrases.append(text)
-    verdict = ""
-    if all(k * 2 < n for _, k, n in wrong):
-        verdict = " The model mostly looked away from the evidence when it made these mistakes."
-    return "; ".join(phrases) + "." + verdict
+    what, k, n = wrong[0]  # the verdict follows the first measure (Grad-CAM when there is one)
+    right_rate = good[what][0] / good[what][1] if what in good and good[what][1] else None
+    if 2 * k >= n:
+        verdict = "It did look at the evidence, and misread it: to this model the two classes' evidence looks alike."
+    elif right_rate is None:
+        verdict = "The model mostly looked away from the evidence when it made these mistakes."
+    elif right_rate >= 0.5:
+        verdict = "When it errs, the model looks away from the evidence it uses when it is right."
+    else:
+        verdict = ("It looks away from the evidence even when it is right: it has not learned what decides these "
+                   "classes, so the mistakes come from whatever else it looks at.")
+    return "; ".join(phrases) + f". <b>{verdict}</b>"
 
 
 def _faithfulness_table(data: _Data) -> str:
@@ -960,6 +981,9 @@ def _headline(data: _Data) -> tuple[str, str]:
             worst = data.per_class.sort_values("f1", kind="stable").iloc[0]
             if worst["f1"] < 1:
                 words.append(f"Its weakest class is <b>{_e(worst['class'])}</b> (F1 {worst['f1']:.2f}).")
+        for key, value in (data.metrics_json or {}).items():
+            if re.fullmatch(r"top\d+_accuracy", key) and isinstance(value, (int, float)):
+                tiles.append((_pct(float(value)), key.replace("_", " ")))
         wrong = int((pred["label"].astype(str) != pred["pred_label"].astype(str)).sum())
         tiles.append((f"{wrong:,}", "mistakes"))
         if data.pairs:
