@@ -191,7 +191,7 @@ def _load(run: _Run) -> _Data:
         if isinstance(meta, dict) and isinstance(meta.get(key), str) and Path(meta[key]).is_dir():
             root = Path(meta[key])
             break
-    lime, gradcam = run.table(LIME), run.table(GRADCAM)
+    lime, gradcam = (_by_image(run.table(name)) for name in (LIME, GRADCAM))
     data = _Data(run=run, card=card, run_json=run_json, index_meta=index_meta, images=images,
                  history=run.table("history.parquet"), predictions=predictions,
                  metrics_json=metrics_json, lime=lime, gradcam=gradcam,
@@ -203,6 +203,14 @@ def _load(run: _Run) -> _Data:
     if predictions is not None and len(predictions):
         _derive_metrics(data)
     return data
+
+
+def _by_image(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """An explanation table with string image ids, sorted by them (so one image's rows are a slice)."""
+    if table is None or "image_id" not in table.columns:
+        return table
+    table = table.assign(image_id=table["image_id"].astype(str))
+    return table.sort_values("image_id", kind="stable", ignore_index=True)
 
 
 def _derive_metrics(data: _Data) -> None:
@@ -349,10 +357,17 @@ def _photo(data: _Data, row: pd.Series | dict) -> str | None:
     return data.run.image_src(p) if p.is_file() else None
 
 
+def _rows_of(table: pd.DataFrame, image_id: str) -> pd.DataFrame:
+    """The rows of ``table`` (sorted by image_id, as ``_load`` leaves it) for one image: a binary search."""
+    ids = table["image_id"].to_numpy()
+    lo, hi = np.searchsorted(ids, image_id, "left"), np.searchsorted(ids, image_id, "right")
+    return table.iloc[lo:hi]
+
+
 def _lime_rows(data: _Data, image_id: str, prefer_label: str | None) -> pd.DataFrame | None:
     if data.lime is None or "image_id" not in data.lime.columns:
         return None
-    rows = data.lime[data.lime["image_id"].astype(str) == image_id]
+    rows = _rows_of(data.lime, image_id)
     if rows.empty:
         return None
     if "label" in rows.columns and prefer_label is not None and (rows["label"] == prefer_label).any():
@@ -366,7 +381,7 @@ def _lime_rows(data: _Data, image_id: str, prefer_label: str | None) -> pd.DataF
 def _gradcam_row(data: _Data, image_id: str, prefer_label: str | None) -> pd.Series | None:
     if data.gradcam is None or "image_id" not in data.gradcam.columns:
         return None
-    rows = data.gradcam[data.gradcam["image_id"].astype(str) == image_id]
+    rows = _rows_of(data.gradcam, image_id)
     if rows.empty:
         return None
     if "label" in rows.columns and prefer_label is not None and (rows["label"] == prefer_label).any():
