@@ -687,12 +687,15 @@ def _section_mistakes(data: _Data, top_mistakes: int) -> str:
     for _, row in top.iterrows():
         prob = row.get("pred_prob")
         prob_txt = f" {_pct(float(prob), 0)}" if prob is not None and pd.notna(prob) else ""
-        alts = ""
+        truth = ""
         if "topk_labels" in row and row["topk_labels"] is not None and "topk_probs" in row:
-            alts = ", ".join(f"{_e(lab)} {_pct(float(p), 0)}" for lab, p in
-                             zip(list(row["topk_labels"])[:3], list(row["topk_probs"])[:3], strict=False))
+            labels, probs = list(row["topk_labels"]), list(row["topk_probs"])
+            if row["label"] in labels:
+                truth = f"{_e(row['label'])} had {_pct(float(probs[labels.index(row['label'])]), 0)}"
+            else:
+                truth = f"{_e(row['label'])} not in the top {len(labels)}"
         caption = (f"<b>{_e(row['label'])}</b> → {_e(row['pred_label'])}{prob_txt}"
-                   + (f"<br><span class=note>top: {alts}</span>" if alts else ""))
+                   + (f"<br><span class=note>{truth}</span>" if truth else ""))
         cards.append(_figure(_photo(data, row), caption, alt=f"{row['label']} predicted {row['pred_label']}",
                              cls="thumb"))
     if any("no image" not in c for c in cards):
@@ -795,8 +798,9 @@ def _pointing_summary(data: _Data, mistakes: pd.DataFrame, right: pd.DataFrame, 
     elif right_rate >= 0.5:
         verdict = "When it errs, the model looks away from the evidence it uses when it is right."
     else:
-        verdict = ("It looks away from the evidence even when it is right: it has not learned what decides these "
-                   "classes, so the mistakes come from whatever else it looks at.")
+        verdict = ("The explanations rarely point at the evidence even on right predictions, so they do not single "
+                   "out these mistakes: the model may rely on other cues, or the explanation is too coarse to "
+                   "show it.")
     return "; ".join(phrases) + f". <b>{verdict}</b>"
 
 

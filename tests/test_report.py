@@ -89,6 +89,12 @@ def test_numbers_match_the_predictions(fabricated):
     assert re.search(r"<td>purple_triangle</td><td[^>]*>0\.600</td><td[^>]*>1\.000</td>", metrics)
     heat = re.search(r'<table class="heat">.*?</table>', _section(page, "confusion"), re.S).group(0)
     assert 'title="red_dot predicted as purple_triangle: 3 (50.0% of red_dot)"' in heat
+    mistakes = _section(page, "mistakes")
+    wrong = pred[~pred["correct"]]
+    for row in wrong.itertuples():  # each mistake says how much the true class got
+        said = (f"{row.label} had {100 * row.topk_probs[list(row.topk_labels).index(row.label)]:.0f}%"
+                if row.label in list(row.topk_labels) else f"{row.label} not in the top 2")
+        assert said in mistakes
     dataset = _section(page, "dataset")
     assert "Bad files (2)" in dataset and "zero-byte file" in dataset and "not_image" in dataset
     assert f"<td>red_dot</td><td data-v=\"8.0\" class=\"num\">8</td><td data-v=\"{float(N_TEST)}\"" in dataset
