@@ -1001,7 +1001,8 @@ def _headline(data: _Data) -> tuple[str, str]:
             if worst["f1"] < 1:
                 words.append(f"Its weakest class is <b>{_e(worst['class'])}</b> (F1 {worst['f1']:.2f}).")
         for key, value in (data.metrics_json or {}).items():
-            if re.fullmatch(r"top\d+_accuracy", key) and isinstance(value, (int, float)):
+            k = re.fullmatch(r"top(\d+)_accuracy", key)  # worth a tile when k is small against the classes
+            if k and isinstance(value, (int, float)) and 2 * int(k.group(1)) <= len(data.classes):
                 tiles.append((_pct(float(value)), key.replace("_", " ")))
         wrong = int((pred["label"].astype(str) != pred["pred_label"].astype(str)).sum())
         tiles.append((f"{wrong:,}", "mistakes"))
