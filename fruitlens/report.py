@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from fruitlens import tables
 from fruitlens.runs import RunError
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 THUMB_SIZE = 128  # longest side, in pixels, of photos embedded from the dataset
+EMBED_MAX_BYTES = 4_000_000  # run files larger than this are referenced beside the report, not embedded
 
 # The sections, in page order: (anchor id, title). Tests check that each is present.
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -65,7 +67,7 @@ GRADCAM = "explain/gradcam.parquet"
 
 @dataclass
 class _Run:
-    """What a run folder holds; every attribute is None when its file is absent or unreadable."""
+    """Reads a run folder's files: a missing file gives None, an unreadable one None and a line in ``problems``."""
 
     root: Path
     embed: bool
@@ -78,7 +80,7 @@ class _Run:
             return None
         try:
             return tables.read_table(path)
-        except Exception as exc:  # noqa: BLE001 - one unreadable table must not stop the report
+        except (OSError, ValueError, pa.ArrowException) as exc:  # one bad table must not stop the report
             self.problems.append(f"{rel}: unreadable ({type(exc).__name__}: {exc})")
             return None
 
@@ -110,7 +112,7 @@ class _Run:
         src: str | None
         try:
             inside = path.resolve().is_relative_to(self.root.resolve())
-            if not self.embed and inside:
+            if inside and (not self.embed or path.stat().st_size > EMBED_MAX_BYTES):
                 src = Path(os.path.relpath(path, self.root)).as_posix()
             elif inside and path.suffix.lower() in (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"):
                 mime = mimetypes.guess_type(path.name)[0] or "image/png"
