@@ -223,17 +223,25 @@ def _derive_metrics(data: _Data) -> None:
     labels = [c for c in data.classes if c in set(y_true) | set(y_pred)]
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     data.per_class = pd.DataFrame({"class": labels, "precision": p, "recall": r, "f1": f, "support": s})
+    data.confusion, data.pairs = _confusion(pred, labels)
+
+
+def _confusion(pred: pd.DataFrame, labels: Sequence[str]) -> tuple[pd.DataFrame, list[tuple[str, str, int, int]]]:
+    """Counts (rows true, columns predicted, over ``labels``) and the confused pairs, most cases first.
+
+    A pair is (true, predicted, cases, images of the true class); ties keep the order of ``labels``.
+    """
+    y_true, y_pred = pred["label"].astype(str), pred["pred_label"].astype(str)
+    labels = list(labels)
     conf = pd.crosstab(y_true, y_pred).reindex(index=labels, columns=labels, fill_value=0).fillna(0).astype(int)
-    data.confusion = conf
-    support = conf.sum(axis=1)
+    support = conf.sum(axis=1).to_numpy()
     off = conf.to_numpy().copy()
     np.fill_diagonal(off, 0)
     order = np.argsort(-off, axis=None, kind="stable")
-    for flat in order:
-        i, j = divmod(int(flat), off.shape[1])
-        if off[i, j] <= 0:
-            break
-        data.pairs.append((labels[i], labels[j], int(off[i, j]), int(support.iloc[i])))
+    order = order[off.ravel()[order] > 0]
+    rows, cols = np.divmod(order, off.shape[1])
+    pairs = [(labels[i], labels[j], int(off[i, j]), int(support[i])) for i, j in zip(rows, cols, strict=True)]
+    return conf, pairs
 
 
 # ------------------------------------------------------------------------------------ HTML helpers
@@ -487,15 +495,59 @@ def _explanation_card(data: _Data, row: pd.Series, *, note: str = "") -> str:
             f"</div><p class=\"scores\">{' · '.join(scores)}</p></div>")
 
 
-def _pick(data: _Data, rows: pd.DataFrame, n: int) -> pd.DataFrame:
+def _pick(explained: set[str], rows: pd.DataFrame, n: int) -> pd.DataFrame:
     """Up to ``n`` rows, explained images first, most confident first."""
     if rows.empty:
         return rows
-    key = rows["image_id"].astype(str).isin(data.explained) if "image_id" in rows else False
+    key = rows["image_id"].astype(str).isin(explained) if "image_id" in rows else False
     order = rows.assign(_explained=key)
     sort_cols = ["_explained"] + (["pred_prob"] if "pred_prob" in rows else [])
     order = order.sort_values(sort_cols, ascending=False, kind="stable")
     return order.drop(columns="_explained").head(n)
+
+
+def _pair_rows(explained: set[str], pred: pd.DataFrame, true: str, other: str, n: int
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``n`` mistakes ``true -> other`` shown for a confused pair, and one right ``other`` beside them."""
+    y, p = pred["label"].astype(str), pred["pred_label"].astype(str)
+    return _pick(explained, pred[(y == true) & (p == other)], n), _pick(explained, pred[(y == other) & (p == other)], 1)
+
+
+def _class_rows(explained: set[str], pred: pd.DataFrame, cls: str, n: int) -> pd.DataFrame:
+    """The ``n`` images of class ``cls`` shown in "Explanations per class": right ones, and a mistake if any."""
+    y, p = pred["label"].astype(str), pred["pred_label"].astype(str)
+    right = _pick(explained, pred[(y == cls) & (p == cls)], n)
+    wrong = _pick(explained, pred[(y == cls) & (p != cls)], 1)
+    return pd.concat([right.head(max(n - len(wrong), 1)), wrong]).head(n)
+
+
+def images_to_explain(predictions: pd.DataFrame, *, samples_per_class: int = 2, top_pairs: int = 5,
+                      per_pair: int = 2) -> list[str]:
+    """The image ids the report shows explanations for, so a pipeline can explain exactly those.
+
+    With the same arguments as ``build_report``, explaining these images fills "Why the model confuses
+    them" (the most confident mistakes of each of the ``top_pairs`` most confused pairs, and one right
+    prediction of the class they were taken for) and "Explanations per class" (``samples_per_class`` per
+    class, a mistake among them where there is one). Deterministic: most confident first, ties by row order.
+
+    Args:
+        predictions: the ``predictions`` table (image_id, label, pred_label, pred_prob at least).
+
+    Returns:
+        Image ids, the confused pairs' first, without duplicates.
+    """
+    missing = [c for c in ("image_id", "label", "pred_label") if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions table without columns {missing}; expected the predictions schema")
+    pred = predictions[predictions["label"].astype(str) != ""]
+    classes = sorted(set(pred["label"].astype(str)))
+    _, pairs = _confusion(pred, classes)
+    chosen: list[pd.DataFrame] = []
+    for true, other, _n, _support in pairs[:top_pairs]:
+        chosen.extend(_pair_rows(set(), pred, true, other, per_pair))
+    chosen.extend(_class_rows(set(), pred, cls, samples_per_class) for cls in classes)
+    ids = pd.concat(chosen)["image_id"].astype(str) if chosen else pd.Series([], dtype=str)
+    return list(dict.fromkeys(ids))
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -734,8 +786,7 @@ def _section_why(data: _Data, top_pairs: int, per_pair: int) -> str:
     pred = data.predictions
     y, p = pred["label"].astype(str), pred["pred_label"].astype(str)
     for true, other, n, support in data.pairs[:top_pairs]:
-        mistakes = _pick(data, pred[(y == true) & (p == other)], per_pair)
-        right = _pick(data, pred[(y == other) & (p == other)], 1)
+        mistakes, right = _pair_rows(data.explained, pred, true, other, per_pair)
         n_expl = int(pred[(y == true) & (p == other)]["image_id"].astype(str).isin(data.explained).sum()) \
             if "image_id" in pred else 0
         parts.append(f"<h3>{_pair_sentence(true, other, n, support)}</h3>")
@@ -846,11 +897,8 @@ def _section_explanations(data: _Data, per_class: int) -> str:
     pred = data.predictions
     pred_ids = pred["image_id"].astype(str)
     explained = pred[pred_ids.isin(data.explained)]
-    y, p = explained["label"].astype(str), explained["pred_label"].astype(str)
     for cls in data.classes:
-        rows_right = _pick(data, explained[(y == cls) & (p == cls)], per_class)
-        rows_wrong = _pick(data, explained[(y == cls) & (p != cls)], 1)
-        chosen = pd.concat([rows_right.head(max(per_class - len(rows_wrong), 1)), rows_wrong]).head(per_class)
+        chosen = _class_rows(data.explained, explained, cls, per_class)
         body = "".join(_explanation_card(data, r) for _, r in chosen.iterrows()) if len(chosen) else \
             "<p class=\"missing\">No image of this class was explained in this run.</p>"
         parts.append(f"<h3 class=\"cls\">{_e(cls)}</h3><div class=\"cards\">{body}</div>")
