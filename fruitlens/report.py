@@ -319,7 +319,8 @@ def _table(df: pd.DataFrame, *, columns: Sequence[str] | None = None, headers: d
 
 
 def _kv(items: Iterable[tuple[str, Any]], digits: int = 4) -> str:
-    rows = "".join(f"<tr><th scope=\"row\">{_e(k)}</th>{_cell(v, digits, align=False)}</tr>" for k, v in items)
+    rows = "".join(f"<tr><th scope=\"row\">{_e(k)}</th>{_cell('—' if v is None else v, digits, align=False)}</tr>"
+                   for k, v in items)
     return f"<div class=\"table-wrap\"><table class=\"kv\"><tbody>{rows}</tbody></table></div>" if rows else ""
 
 
@@ -624,8 +625,9 @@ def _section_training(data: _Data) -> str:
         last = h.iloc[-1]
         words = [f"{len(h)} epochs"]
         if "val_accuracy" in h and h["val_accuracy"].notna().any():
-            best = h.loc[h["val_accuracy"].idxmax()]
-            words.append(f"best validation accuracy {_pct(best['val_accuracy'])} at epoch {int(best['epoch'])}")
+            at = h["val_accuracy"].idxmax()
+            epoch = int(h.loc[at, "epoch"]) if "epoch" in h else int(h.index.get_loc(at)) + 1
+            words.append(f"best validation accuracy {_pct(h.loc[at, 'val_accuracy'])} at epoch {epoch}")
         if "accuracy" in h and pd.notna(last.get("accuracy")):
             words.append(f"final training accuracy {_pct(last['accuracy'])}")
         if "seconds" in h and h["seconds"].notna().any():

@@ -154,6 +154,16 @@ def test_missing_parts_say_not_produced(tmp_path):
     assert "arch" in _section(page, "run") and "tiny" in _section(page, "run")
 
 
+def test_curves_are_drawn_from_the_history_when_the_png_is_missing(fabricated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(fabricated, run)
+    (run / "curves.png").unlink()
+    training = _section(_html(run) if build_report(run) else "", "training")
+    assert re.search(r'<img src="data:image/png;base64,[^"]+"[^>]*><figcaption>loss and accuracy per epoch '
+                     r'\(drawn from history.parquet\)', training)
+    assert "best validation accuracy" in training
+
+
 def test_unreadable_table_is_reported_not_fatal(fabricated, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(fabricated, run)
