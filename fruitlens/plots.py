@@ -272,4 +272,24 @@ def lime_weight_density(weights: dict[str, np.ndarray], *, threshold: float | No
     ax.legend(fontsize=7, loc="upper right")
     if title:
         ax.set_title(title, fontsize=9)
+# --- report ---
+
+
+def history_figure(history):
+    """Loss and accuracy per epoch (train and validation) from a ``history`` table, as a figure.
+
+    The report draws this only when a run has ``history.parquet`` but no ``curves.png``.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    epochs = history["epoch"] if "epoch" in history else np.arange(1, len(history) + 1)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for col, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if col in history and history[col].notna().any():
+                ax.plot(epochs, history[col], style, marker="o", markersize=3, label=col)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
     return fig
