@@ -159,7 +159,7 @@ def _add_explain(sub) -> None:
     g.add_argument("--palette", default="viridis", help="matplotlib colormap of heatmaps (viridis, jet, magma ...)")
     g.add_argument("--alpha", type=float, default=0.4, help="heatmap weight when blended over the photo, 0..1")
     g.add_argument("--faithfulness-steps", type=int, default=20,
-                   help="steps of the deletion/insertion curves (deletion_auc, insertion_auc)")
+                   help="steps of the deletion/insertion curves (deletion_auc, insertion_auc) of Grad-CAM and LIME")
     lime = p.add_argument_group("LIME")
     lime.add_argument("--num-samples", type=int, default=1000, help="perturbed samples per image (default 1000)")
     lime.add_argument("--segmenter", default="slic", help="superpixels: slic (default), quickshift, felzenszwalb")
@@ -224,7 +224,7 @@ def _lime_options(args) -> dict:
             "segmenter_params": params, "hide_color": None if hide == "mean" else hide,
             "top_labels": args.top_labels, "num_features": args.num_features,
             "feature_selection": args.feature_selection, "batch_size": args.batch_size,
-            "threshold": args.threshold, "plots": args.plots}
+            "threshold": args.threshold, "plots": args.plots, "faithfulness_steps": args.faithfulness_steps}
 
 
 def _segmenter_params(args) -> dict:

@@ -272,6 +272,9 @@ def lime_weight_density(weights: dict[str, np.ndarray], *, threshold: float | No
     ax.legend(fontsize=7, loc="upper right")
     if title:
         ax.set_title(title, fontsize=9)
+    return fig
+
+
 # --- report ---
 
 

@@ -251,6 +251,11 @@ def test_explain_command_lime(demo_dir, tmp_path, capsys):
     assert table.groupby("image_id")["label"].nunique().eq(2).all()
     assert table["evidence"].between(0, 1).all() and table["true_label"].ne("").all()
     assert table["segmenter"].str.startswith("slic(").all()
+    # faithfulness of the top label's weights, comparable with Grad-CAM's; NaN on the second label
+    top = table[table["rank"] == table.groupby(["image_id", "label"])["rank"].transform("min")]
+    first = table.groupby("image_id")["label_index"].transform("first") == table["label_index"]
+    assert table.loc[first, ["deletion_auc", "insertion_auc"]].apply(lambda c: c.between(0, 1)).all().all()
+    assert table.loc[~first, "deletion_auc"].isna().all() and len(top)
     for image_id in table["image_id"].unique():
         seg = np.load(out / "lime" / f"{image_id}_segments.npy")
         rows = table[table["image_id"] == image_id]

@@ -429,7 +429,7 @@ def explain_chunk(model, card, images: np.ndarray, rows: pd.DataFrame, out_dir: 
                   segmenter_params: dict[str, Any] | None = None, hide_color: float | str | None = None,
                   top_labels: int = 1, num_features: int | None = None, feature_selection: FeatureSelection = "auto",
                   batch_size: int | None = None, threshold: float = 0.0, display_features: int | None = 5,
-                  plots: str = "all") -> pd.DataFrame:
+                  plots: str = "all", faithfulness_steps: int = 20) -> pd.DataFrame:
     """Explain a chunk of images for ``fruitlens.explain.runner``: rows of the ``lime`` table, files per image.
 
     Writes under ``out_dir/lime/``: ``<image_id>_segments.npy`` ((H, W) int32 superpixel ids),
@@ -438,9 +438,13 @@ def explain_chunk(model, card, images: np.ndarray, rows: pd.DataFrame, out_dir: 
     with the rest hidden) and ``<image_id>_density.png`` (weight density per label); ``plots="explanation"``
     leaves out the density plot, ``"none"`` every PNG. Each image is seeded by ``image_seed(seed, image_id)``.
 
+    The top label's superpixel weights are also scored for faithfulness (``faithfulness_steps`` deletion
+    and insertion steps, 0 to skip), the same way Grad-CAM heatmaps are, so the two compare per image.
+
     Returns:
-        The LIME schema columns plus label_index, rank, pixels, selected, true_label, segments_path and
-        ``evidence`` (share of the superpixel inside the image's evidence mask; NaN without a mask).
+        The LIME schema columns plus label_index, rank, pixels, selected, true_label, segments_path,
+        ``evidence`` (share of the superpixel inside the image's evidence mask; NaN without a mask) and
+        ``deletion_auc`` / ``insertion_auc`` (on the top label's rows; NaN on the others).
     """
     from fruitlens import plots as P
     from fruitlens.synthetic import read_mask
@@ -454,6 +458,7 @@ def explain_chunk(model, card, images: np.ndarray, rows: pd.DataFrame, out_dir: 
                            num_features=num_features, feature_selection=feature_selection)
     folder = Path(out_dir) / "lime"
     folder.mkdir(parents=True, exist_ok=True)
+    faith = _faithfulness(model, images, results, faithfulness_steps, seed)
     frames = []
     factor = max(1, -(-200 // min(images.shape[1:3])))  # PNGs at least 200 px on the short side
     masks = rows["mask_path"] if "mask_path" in rows else [None] * len(rows)
@@ -464,6 +469,10 @@ def explain_chunk(model, card, images: np.ndarray, rows: pd.DataFrame, out_dir: 
         df = res.to_rows(image_id, card.classes)
         df["true_label"] = str(true_label or "")
         df["segments_path"] = str(seg_path)
+        is_top = (df["label_index"] == res.labels[0]).to_numpy()
+        deletion, insertion = faith[len(frames)]
+        df["deletion_auc"] = np.where(is_top, deletion, np.nan)
+        df["insertion_auc"] = np.where(is_top, insertion, np.nan)
         if isinstance(mask_path, str) and mask_path:
             inside = read_mask(mask_path, res.segments.shape).ravel()
             s = res.num_superpixels
@@ -488,3 +497,16 @@ def explain_chunk(model, card, images: np.ndarray, rows: pd.DataFrame, out_dir: 
                                         title=f"{image_id}: {card.classes[top]} ({res.label_prob[top]:.2f})")
             P.save_figure(fig, folder / f"{image_id}_density.png")
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(tables.LIME_SCHEMA.names))
+
+
+def _faithfulness(model, images: np.ndarray, results, steps: int, seed: int) -> np.ndarray:
+    """(N, 2) deletion and insertion AUCs of each image's top-label superpixel weights (NaN when steps is 0)."""
+    if steps < 1 or not results:
+        return np.full((len(results), 2), np.nan)
+    from fruitlens.explain.faithfulness import deletion_insertion, saliency_from_superpixels
+
+    top = np.array([res.labels[0] for res in results])
+    saliency = saliency_from_superpixels(np.stack([res.segments for res in results]),
+                                         [res.weights[label] for res, label in zip(results, top, strict=True)])
+    curves = deletion_insertion(model, images, saliency, top, steps=steps, seed=seed)
+    return np.stack([curves.deletion_auc, curves.insertion_auc], axis=1)
