@@ -422,6 +422,10 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         cbs.append(stopper)
     cbs.append(_make_checkpointer(ckpt, state, monitor))
     if config.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("tensorboard=True: the tensorboard package is not installed (pip install tensorboard)")
         cbs.append(keras.callbacks.TensorBoard(log_dir=str(run / "logs")))
     cbs.extend(callbacks)
     class_weight = (class_weights_for(data.train.labels, num_classes) if config.class_weights == "balanced"
