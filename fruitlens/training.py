@@ -173,9 +173,14 @@ def _make_checkpointer(ckpt_dir: Path, state: dict, monitor: str, on_epoch=None)
             state["history"] = [h for h in state["history"] if h["epoch"] < row["epoch"]] + [row]
             value = _float(logs.get(monitor, np.nan))
             sign = -1.0 if monitor.endswith("loss") else 1.0
-            best = state.get("best")
-            if not math.isnan(value) and (best is None or sign * value > sign * best):
-                state.update(best=value, best_epoch=row["epoch"])
+            # accuracy ties (common once it saturates) go to the lower loss of the same split
+            tie_key = monitor.replace("accuracy", "loss") if monitor.endswith("accuracy") else None
+            tie = _float(logs.get(tie_key, np.nan)) if tie_key else np.nan
+            best, best_tie = state.get("best"), state.get("best_tiebreak")
+            better = best is None or sign * value > sign * best or (
+                value == best and not math.isnan(tie) and best_tie is not None and tie < best_tie)
+            if not math.isnan(value) and better:
+                state.update(best=value, best_epoch=row["epoch"], best_tiebreak=None if math.isnan(tie) else tie)
                 with tables.atomic_path(ckpt_dir / "best.keras") as tmp:
                     self.model.save(tmp)
             with tables.atomic_path(ckpt_dir / "last.keras") as tmp:
@@ -403,8 +408,9 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         val_ds = (_features_dataset(val_x, data.val.labels, 1024, shuffle=False, seed=0)
                   if val_x is not None else None)
     else:
+        steps = math.ceil(len(data.train) / config.batch_size) * config.epochs
         trainee = (keras.models.load_model(ckpt / "last.keras") if resumed
-                   else models.compile_model(full, config.arch, config.mode, config.learning_rate))
+                   else models.compile_model(full, config.arch, config.mode, config.learning_rate, steps))
         augmenter = (build_augmenter(AugmentConfig(**config.augment_options), seed=config.seed)
                      if config.augment else None)
         train_ds = make_dataset(data.train, config.batch_size, shuffle=True, seed=config.seed, epochs=config.epochs,

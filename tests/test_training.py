@@ -176,3 +176,23 @@ def test_transfer_with_a_backbone_pretrained_by_the_test(demo_dir, tmp_path):
     probs = np.asarray(model(x, training=False))
     assert probs.shape == (len(x), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert result["epochs"] == 2 and pd.notna(result["metrics"]["val_accuracy"])
+
+
+@pytest.mark.slow
+def test_finetune_trains_only_the_last_block_and_the_head(demo_dir, tmp_path):
+    config = TrainConfig(arch="transfer:mobilenet_v2", alpha=0.35, image_size=32, epochs=1, batch_size=16,
+                         weights="none", mode="finetune", classes=("red_dot", "cyan_ring"), seed=2)
+    from fruitlens.models import build_model
+
+    before = build_model(config.arch, 2, 32, weights="none", mode="finetune", alpha=0.35, seed=2)
+    train_model(demo_dir, tmp_path, config)
+    model, card = load_run(tmp_path)
+    assert card.classes == ("cyan_ring", "red_dot")
+    old = before.get_layer("backbone_mobilenet_v2")
+    new = model.get_layer("backbone_mobilenet_v2")
+    changed = {layer.name for layer, ref in zip(new.layers, old.layers, strict=True)
+               if layer.weights and not all(np.array_equal(a, b) for a, b in
+                                            zip(layer.get_weights(), ref.get_weights(), strict=True))}
+    assert changed and all(name.startswith(("block_16", "Conv_1")) for name in changed)
+    state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
+    assert state["history"][0]["learning_rate"] == pytest.approx(1e-4)  # SGD(1e-4, momentum 0.9)
