@@ -76,7 +76,7 @@ class TrainConfig:
     alpha: float = 1.0
     learning_rate: float | None = None
     augment: bool = False
-    augment_options: dict[str, Any] = field(default_factory=dict)
+    augment_options: tuple[tuple[str, Any], ...] | dict[str, Any] = ()  # AugmentConfig fields; kept as sorted pairs
     early_stopping: int = 0
     class_weights: ClassWeights = "none"
     tensorboard: bool = False
@@ -92,8 +92,12 @@ class TrainConfig:
         object.__setattr__(self, "image_size", size[0] if size[0] == size[1] else size)
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
-        object.__setattr__(self, "augment_options", dict(self.augment_options))
-        AugmentConfig(**self.augment_options)  # validates names and values
+        object.__setattr__(self, "augment_options", tuple(sorted(dict(self.augment_options).items())))
+        try:
+            AugmentConfig(**dict(self.augment_options))  # validates names and values
+        except TypeError as exc:
+            valid = ", ".join(AugmentConfig.__dataclass_fields__)
+            raise ValueError(f"augment_options {dict(self.augment_options)}: expected keys among {valid}") from exc
         checks = [
             (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
@@ -125,6 +129,7 @@ class TrainConfig:
         d = asdict(self)
         d["image_size"] = self.image_size if isinstance(self.image_size, int) else list(self.image_size)
         d["classes"] = list(self.classes) if self.classes is not None else None
+        d["augment_options"] = dict(self.augment_options)
         return d
 
     @classmethod
@@ -430,7 +435,7 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         steps = math.ceil(len(data.train) / config.batch_size) * config.epochs
         trainee = (keras.models.load_model(ckpt / "last.keras") if resumed
                    else models.compile_model(full, config.arch, config.mode, config.learning_rate, steps))
-        augmenter = (build_augmenter(AugmentConfig(**config.augment_options), seed=config.seed)
+        augmenter = (build_augmenter(AugmentConfig(**dict(config.augment_options)), seed=config.seed)
                      if config.augment else None)
         train_ds = make_dataset(data.train, config.batch_size, shuffle=True, seed=config.seed, epochs=config.epochs,
                                 initial_epoch=state["epoch"], augmenter=augmenter)
