@@ -125,11 +125,79 @@ def _add_explain(sub) -> None:
     p.add_argument("--split", default="test", help="split of a dataset root to explain (default: test)")
     p.add_argument("--chunk-size", type=int, default=32, help="images per chunk (memory, resume granularity)")
     p.add_argument("--seed", type=int, default=0)
+    lime = p.add_argument_group("LIME")
+    lime.add_argument("--num-samples", type=int, default=1000, help="perturbed samples per image (default 1000)")
+    lime.add_argument("--segmenter", default="slic", help="superpixels: slic (default), quickshift, felzenszwalb")
+    lime.add_argument("--n-superpixels", type=int, default=None, help="slic: number of superpixels (default 50)")
+    lime.add_argument("--compactness", type=float, default=None, help="slic: compactness, R's weight (default 20)")
+    lime.add_argument("--segmenter-param", action="append", default=[], metavar="NAME=VALUE",
+                      help="any other segmenter parameter, e.g. kernel_size=2 (repeatable)")
+    lime.add_argument("--hide-color", default="mean",
+                      help="fill of hidden superpixels: mean (default), white, black, gray, a number or R,G,B "
+                      "in [0, 1]")
+    lime.add_argument("--top-labels", type=int, default=1, help="explain the N most probable classes (default 1)")
+    lime.add_argument("--num-features", type=int, default=None, help="superpixels per explanation (default all)")
+    lime.add_argument("--feature-selection", default="auto",
+                      help="auto (default), highest_weights, forward_selection, none")
+    lime.add_argument("--batch-size", type=int, default=None, help="perturbed images per model call")
+    lime.add_argument("--threshold", type=float, default=0.0, help="PNGs: draw superpixels with |weight| above it")
+    lime.add_argument("--plots", default="all", help="PNGs: all (default), explanation (no density), none")
+
+
+def _lime_options(args) -> dict:
+    """The LIME options of `fruitlens explain`, checked (a bad value names the flag and the valid ones)."""
+    from fruitlens.explain.lime import FEATURE_SELECTIONS, HIDE_COLORS, PLOTS
+    from fruitlens.explain.segmentation import make_segmenter
+
+    for flag, value, low in (("--num-samples", args.num_samples, 2), ("--top-labels", args.top_labels, 1),
+                             ("--num-features", args.num_features, 1), ("--batch-size", args.batch_size, 1)):
+        if value is not None and value < low:
+            raise CommandError(f"{flag} {value}: expected at least {low}")
+    if args.feature_selection not in FEATURE_SELECTIONS:
+        raise CommandError(f"--feature-selection {args.feature_selection}: expected one of "
+                           f"{', '.join(FEATURE_SELECTIONS)}")
+    if args.plots not in PLOTS:
+        raise CommandError(f"--plots {args.plots}: expected one of {', '.join(PLOTS)}")
+    hide = args.hide_color
+    if hide not in HIDE_COLORS:
+        try:
+            values = [float(v) for v in hide.split(",")]
+        except ValueError:
+            values = []
+        if len(values) not in (1, 3) or not all(0.0 <= v <= 1.0 for v in values):
+            raise CommandError(f"--hide-color {hide}: expected {', '.join(HIDE_COLORS)}, a number or R,G,B in [0, 1]")
+        hide = values[0] if len(values) == 1 else tuple(values)
+    params = _segmenter_params(args)
+    try:
+        make_segmenter(args.segmenter, **params)
+    except ValueError as exc:
+        raise CommandError(f"--segmenter {args.segmenter}: {exc}") from exc
+    return {"seed": args.seed, "num_samples": args.num_samples, "segmenter": args.segmenter,
+            "segmenter_params": params, "hide_color": None if hide == "mean" else hide,
+            "top_labels": args.top_labels, "num_features": args.num_features,
+            "feature_selection": args.feature_selection, "batch_size": args.batch_size,
+            "threshold": args.threshold, "plots": args.plots}
+
+
+def _segmenter_params(args) -> dict:
+    params = {}
+    for item in args.segmenter_param:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise CommandError(f"--segmenter-param {item}: expected NAME=VALUE")
+        try:
+            params[name.strip()] = float(value)
+        except ValueError as exc:
+            raise CommandError(f"--segmenter-param {item}: expected a number after '='") from exc
+    for name in ("n_superpixels", "compactness"):
+        if getattr(args, name, None) is not None:
+            params[name] = getattr(args, name)
+    return params
 
 
 def _explain_options(args) -> dict[str, dict]:
     """Per-method options from the command line (each method adds its own flags above)."""
-    return {"lime": {"seed": args.seed}, "gradcam": {}}
+    return {"lime": _lime_options(args), "gradcam": {}}
 
 
 def _cmd_explain(args) -> int:
@@ -151,6 +219,66 @@ def _cmd_explain(args) -> int:
     done = ", ".join(f"{m}: {totals[m]} rows" for m in methods)
     print(f"explained {len(rows) - totals['skipped'] - totals['failed']} images ({done}); "
           f"{totals['skipped']} already done, {totals['failed']} unreadable; wrote {args.out}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------ superpixels
+
+_SEGMENTER_FLAGS = {"n_superpixels": int, "compactness": float, "kernel_size": float, "max_dist": float,
+                    "ratio": float, "sigma": float, "max_num_iter": int, "scale": float, "min_size": int}
+
+
+def _add_superpixels(sub) -> None:
+    p = sub.add_parser("superpixels", help="draw superpixel boundaries to tune the segmenter before a LIME run")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--out", type=Path, required=True, help="folder for <name>_superpixels.png")
+    p.add_argument("--method", default="slic", help="slic (default), quickshift (lime's parameters), felzenszwalb")
+    p.add_argument("--size", default=None, help="segment at HEIGHTxWIDTH (a model's input size), e.g. 20x20; "
+                   "default: the image's own size")
+    p.add_argument("--seed", type=int, default=0)
+    group = p.add_argument_group("segmenter parameters (each method takes some; others are an error)")
+    for name, kind in _SEGMENTER_FLAGS.items():
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+
+
+def _cmd_superpixels(args) -> int:
+    import numpy as np
+
+    from fruitlens import plots
+    from fruitlens.explain.segmentation import make_segmenter
+    from fruitlens.images import read_rgb
+
+    params = {name: getattr(args, name) for name in _SEGMENTER_FLAGS if getattr(args, name) is not None}
+    try:
+        segmenter = make_segmenter(args.method, **params)
+    except ValueError as exc:
+        raise CommandError(f"--method {args.method}: {exc}") from exc
+    size = None
+    if args.size:
+        try:
+            parts = [int(v) for v in args.size.lower().split("x")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (1, 2) or min(parts, default=0) < 1:
+            raise CommandError(f"--size {args.size}: expected HEIGHTxWIDTH or one side, e.g. 20x20")
+        size = (parts[0], parts[-1])
+    written, failed = 0, 0
+    for path in args.images:
+        try:
+            image = read_rgb(path, size)
+        except (ValueError, OSError) as exc:
+            print(f"skipping {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        seg = segmenter.segment(image, seed=args.seed)
+        factor = max(1, -(-200 // min(seg.shape)))
+        drawn = plots.lime_boundaries(plots.upscale_nearest(image, factor), plots.upscale_nearest(seg, factor))
+        out = plots.save_png(drawn, args.out / f"{Path(path).stem}_superpixels.png")
+        print(f"{path}: {int(np.max(seg)) + 1} superpixels -> {out}")
+        written += 1
+    print(f"{segmenter.name}: wrote {written} images to {args.out}" + (f", {failed} unreadable" if failed else ""))
+    if not written:
+        raise CommandError(f"none of the {failed} images could be read")
     return 0
 
 
@@ -304,6 +432,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "evaluate": (_add_evaluate, _not_yet("evaluate", "issue 3")),
     "predict": (_add_predict, _not_yet("predict", "issue 3")),
     "explain": (_add_explain, _cmd_explain),
+    "superpixels": (_add_superpixels, _cmd_superpixels),
     "visualize": (_add_visualize, _not_yet("visualize", "issue 5")),
     "run": (_add_run, _cmd_run),
     "demo-data": (_add_demo_data, _cmd_demo_data),
