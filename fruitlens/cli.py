@@ -142,6 +142,15 @@ def _add_explain(sub) -> None:
     lime.add_argument("--batch-size", type=int, default=None, help="perturbed images per model call")
     lime.add_argument("--threshold", type=float, default=0.0, help="PNGs: draw superpixels with |weight| above it")
     lime.add_argument("--plots", default="all", help="PNGs: all (default), explanation (no density), none")
+    g = p.add_argument_group("Grad-CAM")
+    g.add_argument("--layer", default=None, help="conv layer name or path (backbone/block5_conv3); "
+                   "default: the last conv layer")
+    g.add_argument("--gradcam-variant", default="gradcam", choices=("gradcam", "gradcam++", "cam"),
+                   help="heatmap method (cam: models ending in global average pooling + dense)")
+    g.add_argument("--palette", default="viridis", help="matplotlib colormap of heatmaps (viridis, jet, magma ...)")
+    g.add_argument("--alpha", type=float, default=0.4, help="heatmap weight when blended over the photo, 0..1")
+    g.add_argument("--faithfulness-steps", type=int, default=20,
+                   help="steps of the deletion/insertion curves (deletion_auc, insertion_auc)")
 
 
 def _lime_options(args) -> dict:
@@ -195,9 +204,22 @@ def _segmenter_params(args) -> dict:
     return params
 
 
+def _gradcam_options(args) -> dict:
+    import matplotlib
+
+    if args.palette not in matplotlib.colormaps:
+        raise CommandError(f"--palette {args.palette}: expected a matplotlib colormap such as viridis, jet, magma")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CommandError(f"--alpha {args.alpha}: expected a blend weight in [0, 1]")
+    if args.faithfulness_steps < 1:
+        raise CommandError(f"--faithfulness-steps {args.faithfulness_steps}: expected at least 1")
+    return {"layer": args.layer, "variant": args.gradcam_variant, "palette": args.palette, "alpha": args.alpha,
+            "steps": args.faithfulness_steps, "seed": args.seed}
+
+
 def _explain_options(args) -> dict[str, dict]:
     """Per-method options from the command line (each method adds its own flags above)."""
-    return {"lime": _lime_options(args), "gradcam": {}}
+    return {"lime": _lime_options(args), "gradcam": _gradcam_options(args)}
 
 
 def _cmd_explain(args) -> int:
@@ -287,6 +309,35 @@ def _add_visualize(sub) -> None:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--image", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--channels", type=int, default=40, help="activation maps per layer (8 per row)")
+    p.add_argument("--filters", type=int, default=40, help="filter patterns per layer")
+    p.add_argument("--steps", type=int, default=30, help="gradient ascent steps per filter pattern")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--palette", default="viridis", help="matplotlib colormap of the activation maps")
+
+
+def _cmd_visualize(args) -> int:
+    import matplotlib
+
+    from fruitlens.explain.activations import visualize_run
+
+    if not args.image.is_file():
+        raise CommandError(f"--image {args.image}: no such file; expected an image file")
+    for name in ("channels", "filters"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name} {getattr(args, name)}: expected at least 1")
+    if args.steps < 0:
+        raise CommandError(f"--steps {args.steps}: expected at least 0")
+    if args.palette not in matplotlib.colormaps:
+        raise CommandError(f"--palette {args.palette}: expected a matplotlib colormap such as viridis, jet, magma")
+    try:
+        paths = visualize_run(args.model, args.image, args.out, channels=args.channels, filters=args.filters,
+                              steps=args.steps, seed=args.seed, palette=args.palette)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    layers = sum(1 for p in paths if p.parent.name == "activations")
+    print(f"wrote activation and filter grids of {layers} conv layers to {args.out} (activations/, filters/)")
+    return 0
 
 
 def _add_pipeline_options(p) -> None:
@@ -380,17 +431,18 @@ def _add_serve(sub) -> None:
 
 def _cmd_serve(args) -> int:
     """Register the nightly deployment with its schedule and run its flow runs as they come (blocks)."""
-    from flows.nightly import nightly_flow
-    from flows.settings import pipeline_settings
-
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.schedules import Cron
+
+    from flows.nightly import nightly_flow
+    from flows.settings import pipeline_settings
 
     try:
         CronSchedule(cron=args.cron, timezone=args.timezone or "UTC")  # validates the expression and zone
         schedule = Cron(args.cron, timezone=args.timezone or "UTC")
     except ValueError as exc:
-        raise CommandError(f"--cron {args.cron!r}: expected a cron expression like '0 2 * * *' and an IANA time zone") from exc
+        raise CommandError(f"--cron {args.cron!r} --timezone {args.timezone}: expected a cron expression like "
+                           "'0 2 * * *' and an IANA time zone") from exc
     cfg = _pipeline_config(args)
     params = {"data_dir": str(args.data.resolve()), "out_dir": str(args.out.resolve()), "config": cfg.to_dict(),
               "models_home": str(args.models_home.resolve()) if args.models_home else None}
@@ -433,7 +485,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "predict": (_add_predict, _not_yet("predict", "issue 3")),
     "explain": (_add_explain, _cmd_explain),
     "superpixels": (_add_superpixels, _cmd_superpixels),
-    "visualize": (_add_visualize, _not_yet("visualize", "issue 5")),
+    "visualize": (_add_visualize, _cmd_visualize),
     "run": (_add_run, _cmd_run),
     "demo-data": (_add_demo_data, _cmd_demo_data),
     "demo": (_add_demo, _cmd_demo),

@@ -1,0 +1,116 @@
+"""Activation grids: what every conv layer outputs for one image, from one forward pass.
+
+``visualize_run`` is the library side of ``fruitlens visualize``: for one image it writes one activation
+grid per conv layer (the first K channels, 8 per row) and one filter-pattern grid per conv layer.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from fruitlens.explain.base import LayerRef, check_images, conv_layers, find_layer, trace_model
+
+log = logging.getLogger(__name__)
+
+_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def layer_file_name(path: str) -> str:
+    """A layer path as a file name: ``backbone/block5_conv3`` -> ``backbone__block5_conv3``."""
+    return path.replace("/", "__")
+
+
+def resolve_layers(model, layers=None) -> list[LayerRef]:
+    """None -> every conv layer (nested backbones included), else each name/path resolved."""
+    refs = conv_layers(model) if layers is None else [find_layer(model, lay) for lay in layers]
+    if not refs:
+        raise ValueError(f"model {model.name!r} has no convolutional layer to show")
+    return refs
+
+
+def layer_activations(model, images, layers=None) -> dict[str, np.ndarray]:
+    """Outputs of several layers for N images, from a single forward pass.
+
+    Args:
+        model: Keras model taking (N, H, W, 3) float32 in [0, 1].
+        images: (N, H, W, 3) float in [0, 1].
+        layers: names or paths; None = every conv layer.
+
+    Returns:
+        {layer path: (N, h, w, K) float32} in execution order.
+    """
+    images = check_images(images)
+    refs = resolve_layers(model, layers)
+    key = tuple(r.path for r in refs)
+    cache = _TRACED.setdefault(model, {})
+    if key not in cache:
+        cache[key] = trace_model(model, refs, outputs=False)
+    outs = cache[key](images, training=False)
+    outs = outs if isinstance(outs, list | tuple) else [outs]
+    return {r.path: np.asarray(o, dtype=np.float32) for r, o in zip(refs, outs, strict=True)}
+
+
+def save_activation_grids(model, image, out_dir: str | os.PathLike, *, channels: int = 40, ncols: int = 8,
+                          palette: str = "viridis", layers=None) -> list[Path]:
+    """One PNG per conv layer, ``out_dir/<layer>.png``: the first ``channels`` maps of ``image`` (H, W, 3)."""
+    from fruitlens import plots
+
+    if channels < 1:
+        raise ValueError(f"channels {channels}: expected at least 1")
+    acts = layer_activations(model, np.asarray(image)[None], layers)
+    out = Path(out_dir)
+    return [plots.save_png(plots.activation_grid(maps[0], channels, ncols, palette),
+                           out / f"{layer_file_name(path)}.png") for path, maps in acts.items()]
+
+
+def save_filter_grids(model, out_dir: str | os.PathLike, *, filters: int = 40, ncols: int = 8, steps: int = 30,
+                      lr: float = 10.0, seed: int = 0, size=None, layers=None) -> list[Path]:
+    """One PNG per conv layer, ``out_dir/<layer>.png``: patterns of its first ``filters`` filters."""
+    from fruitlens import plots
+    from fruitlens.explain.filters import filter_patterns
+
+    out = Path(out_dir)
+    paths = []
+    for ref in resolve_layers(model, layers):
+        count = min(filters, _channels(model, ref))
+        patterns = filter_patterns(model, ref.path, np.arange(count), steps=steps, lr=lr, seed=seed, size=size)
+        paths.append(plots.save_png(plots.filter_grid(patterns, ncols), out / f"{layer_file_name(ref.path)}.png"))
+    return paths
+
+
+def _channels(model, ref: LayerRef) -> int:
+    from fruitlens.explain.filters import _compiled
+
+    return _compiled(model, ref.path)[1]
+
+
+def visualize_run(run_dir: str | os.PathLike, image_path: str | os.PathLike, out_dir: str | os.PathLike, *,
+                  channels: int = 40, filters: int = 40, steps: int = 30, seed: int = 0,
+                  palette: str = "viridis") -> list[Path]:
+    """Activation grids of one image and filter patterns, for every conv layer of a run's model.
+
+    Writes ``out_dir/activations/<layer>.png`` and ``out_dir/filters/<layer>.png`` (nested layers as
+    ``backbone__name``).
+
+    Returns:
+        The written paths, activations first.
+
+    Raises:
+        RunError: the run folder has no model; ValueError: the image cannot be read.
+    """
+    from fruitlens.images import read_rgb
+    from fruitlens.runs import load_run
+
+    model, card = load_run(run_dir)
+    image = read_rgb(image_path, card.image_size)
+    out = Path(out_dir)
+    paths = save_activation_grids(model, image, out / "activations", channels=channels, palette=palette)
+    paths += save_filter_grids(model, out / "filters", filters=filters, steps=steps, seed=seed,
+                               size=card.image_size)
+    log.info("wrote %d grids to %s", len(paths), out)
+    return paths
