@@ -78,6 +78,32 @@ def _cmd_demo_data(args) -> int:
     return 0
 
 
+# ------------------------------------------------------------------------------------ report
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="(re)build RUN_DIR/report.html from the run's tables and files")
+    p.add_argument("run_dir", type=Path, help="a run folder (from `fruitlens run`, `demo` or `train`)")
+    p.add_argument("--samples-per-class", type=int, default=2, help="explained images shown per class")
+    p.add_argument("--top-mistakes", type=int, default=12, help="confident mistakes shown as photos")
+    p.add_argument("--no-embed", action="store_true",
+                   help="reference the run's PNGs relatively instead of embedding them (smaller file)")
+
+
+def _cmd_report(args) -> int:
+    from fruitlens.report import build_report
+
+    if args.run_dir.exists() and not args.run_dir.is_dir():
+        raise CommandError(f"{args.run_dir}: is a file; expected a run folder")
+    for name, value in (("--samples-per-class", args.samples_per_class), ("--top-mistakes", args.top_mistakes)):
+        if value < 1:
+            raise CommandError(f"{name} {value}: expected at least 1")
+    path = build_report(args.run_dir, samples_per_class=args.samples_per_class, top_mistakes=args.top_mistakes,
+                        embed=not args.no_embed)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
+    return 0
+
+
 # ------------------------------------------------------------------------------------ not yet built
 
 
@@ -488,6 +514,7 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "visualize": (_add_visualize, _cmd_visualize),
     "run": (_add_run, _cmd_run),
     "demo-data": (_add_demo_data, _cmd_demo_data),
+    "report": (_add_report, _cmd_report),
     "demo": (_add_demo, _cmd_demo),
     "serve": (_add_serve, _cmd_serve),
     "cache": (_add_cache, _cmd_cache),

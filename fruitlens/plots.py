@@ -275,3 +275,25 @@ def filter_grid(patterns: np.ndarray, ncols: int = 8, min_side: int = 48) -> np.
     span = p.max(axis=(1, 2, 3), keepdims=True) - lo
     stretched = np.divide(p - lo, span, out=np.full_like(p, 0.5), where=span > 0)
     return image_grid(_upscale(stretched, min_side), ncols=ncols, pad=2)
+
+
+# --- report ---
+
+
+def history_figure(history):
+    """Loss and accuracy per epoch (train and validation) from a ``history`` table, as a figure.
+
+    The report draws this only when a run has ``history.parquet`` but no ``curves.png``.
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for col, style in ((metric, "-"), (f"val_{metric}", "--")):
+            if col in history and history[col].notna().any():
+                ax.plot(history["epoch"], history[col], style, marker="o", markersize=3, label=col)
+        ax.set_xlabel("epoch")
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

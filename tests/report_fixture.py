@@ -1,0 +1,189 @@
+"""A complete, realistic run folder fabricated without training: for testing the report.
+
+``make_run(run_dir, data_dir)`` writes the demo dataset (with two bad files) into ``data_dir``, indexes it
+into ``run_dir/index`` with the real indexer, and writes every other file of the run folder layout with
+the real table schemas (``fruitlens.tables``) and real PNGs (``fruitlens.plots``): model card, history and
+curves, predictions with a known confusion pattern, metrics, confusion, LIME and Grad-CAM tables and
+pictures (drawn from the demo images' evidence masks), side-by-side pictures, activation and filter grids,
+a nightly comparison and run.json. Deterministic in ``seed``.
+
+The confusions are fixed so tests can check the report's words: see ``CONFUSIONS``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from fruitlens import plots, tables
+from fruitlens.dataset import index_or_load
+from fruitlens.images import read_rgb
+from fruitlens.runs import ModelCard, library_versions, write_card
+from fruitlens.synthetic import CLASSES, write_demo_dataset
+
+# (true class, predicted class, number of test images) the fabricated model gets wrong
+CONFUSIONS: tuple[tuple[str, str, int], ...] = (
+    ("red_dot", "purple_triangle", 3),
+    ("blue_dot", "cyan_ring", 2),
+    ("black_cross", "purple_triangle", 1),
+)
+N_TRAIN, N_TEST = 8, 6
+IMAGE_SIZE = (20, 20)
+EPOCHS = 6
+LAYERS = ("conv2d", "conv2d_1")
+
+
+def _blob(shape: tuple[int, int], cy: float, cx: float, sigma: float) -> np.ndarray:
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2)).astype(np.float32)
+
+
+def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0, explain_all: bool = True) -> Path:
+    """Fabricate a complete run folder in ``run_dir`` over a small demo dataset written to ``data_dir``.
+
+    Args:
+        run_dir: the run folder to write (created).
+        data_dir: where the demo dataset goes (created).
+        seed: every random choice (probabilities, LIME weights, histories) follows it.
+        explain_all: explain every test image; False explains the last 2 images per class (never a
+            mistake) plus the mistakes of the first confused pair only.
+
+    Returns:
+        ``run_dir`` as a Path.
+    """
+    rng = np.random.default_rng(seed)
+    run, data = Path(run_dir), Path(data_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    write_demo_dataset(data, n_train=N_TRAIN, n_test=N_TEST, seed=seed)
+    (data / "Training" / "red_dot" / "empty.jpg").write_bytes(b"")
+    (data / "Test" / "blue_dot" / "notes.jpg").write_bytes(b"this is not a JPEG")
+    index = index_or_load(data, run / "index")
+
+    # --- model card, history, curves
+    write_card(run, ModelCard(classes=CLASSES, image_size=IMAGE_SIZE, arch="seed_cnn", fingerprint=index.fingerprint,
+                              seed=seed, metrics={"val_accuracy": 0.93},
+                              config={"arch": "seed_cnn", "image_size": 20, "epochs": EPOCHS, "batch_size": 32,
+                                      "seed": seed, "learning_rate": 1e-3},
+                              versions=library_versions()))
+    epochs = np.arange(1, EPOCHS + 1)
+    loss = 1.8 * np.exp(-epochs / 2.0) + 0.05 + rng.uniform(0, 0.02, EPOCHS)
+    history = pd.DataFrame({"epoch": epochs.astype(np.int32), "loss": loss, "accuracy": 1 - loss / 2.2,
+                            "val_loss": loss * 1.15, "val_accuracy": 1 - loss * 1.15 / 2.2,
+                            "learning_rate": np.full(EPOCHS, 1e-3), "seconds": rng.uniform(1.5, 2.5, EPOCHS)})
+    tables.write_table(history, run / "history.parquet", "history")
+    plots.save_figure(plots.history_figure(history), run / "curves.png")
+
+    # --- predictions with the known confusions
+    test = index.paths("test").sort_values("path", ignore_index=True)
+    pred_label = test["label"].to_numpy().copy()
+    for true, other, n in CONFUSIONS:
+        idx = np.flatnonzero(test["label"].to_numpy() == true)[:n]
+        pred_label[idx] = other
+    correct = pred_label == test["label"].to_numpy()
+    prob = np.where(correct, rng.uniform(0.7, 0.999, len(test)), rng.uniform(0.5, 0.95, len(test))).astype(np.float32)
+    topk_labels, topk_probs = [], []
+    for p_label, p in zip(pred_label, prob, strict=True):
+        others = [c for c in CLASSES if c != p_label]
+        second = others[int(rng.integers(len(others)))]
+        topk_labels.append([p_label, second])
+        topk_probs.append([float(p), float((1 - p) * 0.8)])
+    predictions = pd.DataFrame({"image_id": test["image_id"], "path": test["path"], "label": test["label"],
+                                "pred_label": pred_label, "pred_prob": prob, "topk_labels": topk_labels,
+                                "topk_probs": topk_probs, "correct": correct})
+    eval_dir = run / "eval"
+    tables.write_table(predictions, eval_dir / "predictions.parquet", "predictions")
+    conf = pd.crosstab(predictions["label"], predictions["pred_label"]).reindex(
+        index=list(CLASSES), columns=list(CLASSES), fill_value=0)
+    long = conf.stack().rename("count").reset_index()
+    tables.write_table(long, eval_dir / "confusion.parquet")
+    tables.write_json(eval_dir / "metrics.json", {"accuracy": float(correct.mean()), "num_images": len(predictions),
+                                                  "split": "test", "loss": 0.31})
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(conf.to_numpy(), cmap="Blues")
+    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=7)
+    plots.save_figure(fig, eval_dir / "confusion.png")
+    wrong = predictions[~predictions["correct"]]
+    photos = {row.image_id: read_rgb(Path(row.abs_path)) for row in test.itertuples()}
+    plots.save_figure(plots.titled_grid([photos[i] for i in wrong["image_id"]],
+                                        [f"{t} -> {p}" for t, p in zip(wrong["label"], wrong["pred_label"],
+                                                                        strict=True)]), eval_dir / "mistakes.png")
+
+    # --- explanations: LIME and Grad-CAM tables and pictures from the evidence masks
+    if explain_all:
+        chosen = test
+    else:
+        first = CONFUSIONS[0]
+        keep = set(test.groupby("label").tail(2)["image_id"]) | set(
+            predictions[(predictions["label"] == first[0]) & (predictions["pred_label"] == first[1])]["image_id"])
+        chosen = test[test["image_id"].isin(keep)]
+    ex = run / "explain"
+    lime_rows, cam_rows = [], []
+    by_id = predictions.set_index("image_id")
+    for row in chosen.itertuples():
+        p = by_id.loc[row.image_id]
+        photo = photos[row.image_id]
+        mask = np.asarray(Image.open(index.root / row.mask_path).convert("L"), dtype=np.float32) / 255.0
+        ys, xs = np.nonzero(mask > 0.5)
+        cy, cx = (ys.mean(), xs.mean()) if len(ys) else (50.0, 50.0)
+        wrong_pred = not bool(p["correct"])
+        if wrong_pred:  # a mistake looks partly beside the evidence
+            cy, cx = (cy + 25) % 100, (cx + 20) % 100
+        heat = _blob(mask.shape, cy, cx, 12.0)
+        n_sp = 12
+        weights = rng.normal(0, 0.05, n_sp)
+        weights[0] = 0.4
+        score = float(rng.uniform(0.35, 0.85))
+        for sp in range(n_sp):
+            lime_rows.append({"image_id": row.image_id, "label": p["pred_label"], "label_prob": float(p["pred_prob"]),
+                              "superpixel": sp, "weight": float(weights[sp]), "intercept": 0.2, "score": score,
+                              "local_pred": float(p["pred_prob"]) - 0.05, "num_samples": 300, "segmenter": "slic"})
+        lime_pic = plots.overlay(photo, np.where(heat > 0.5, 1.0, 0.0), palette="Greens", alpha=0.5)
+        plots.save_png(lime_pic, ex / "lime" / f"{row.image_id}_{p['pred_label']}.png")
+        small = np.asarray(Image.fromarray(heat).resize(IMAGE_SIZE[::-1], Image.Resampling.BILINEAR))
+        small = small / max(float(small.max()), 1e-6)
+        cam_pic = plots.overlay(photo, small, palette="jet", alpha=0.45)
+        heat_rel, over_rel = f"gradcam/{row.image_id}_heatmap.png", f"gradcam/{row.image_id}_overlay.png"
+        plots.save_png(small, ex / heat_rel)
+        plots.save_png(cam_pic, ex / over_rel)
+        plots.save_png(plots.image_grid(np.stack([photo, lime_pic, cam_pic]), ncols=3),
+                       ex / "side_by_side" / f"{row.image_id}.png")
+        py, px = np.unravel_index(int(np.argmax(small)), small.shape)
+        cam_rows.append({"image_id": row.image_id, "label": p["pred_label"], "layer": LAYERS[-1],
+                         "heatmap_path": heat_rel, "overlay_path": over_rel, "peak_y": int(py), "peak_x": int(px),
+                         "deletion_auc": float(rng.uniform(0.05, 0.3)), "insertion_auc": float(rng.uniform(0.6, 0.95)),
+                         "pointing_hit": not wrong_pred})
+    tables.write_table(pd.DataFrame(lime_rows), ex / "lime.parquet", "lime")
+    cams = pd.DataFrame(cam_rows).astype({"peak_y": np.int32, "peak_x": np.int32})
+    tables.write_table(cams, ex / "gradcam.parquet", "gradcam")
+    tables.write_table(pd.DataFrame({"image_id": pd.Series([], dtype=str), "path": pd.Series([], dtype=str),
+                                     "error": pd.Series([], dtype=str)}), ex / "failed.parquet")
+
+    # --- activation and filter grids
+    for i, layer in enumerate(LAYERS):
+        channels = 8 * (i + 1)
+        acts = rng.uniform(0, 1, (channels, 18 - 4 * i, 18 - 4 * i)).astype(np.float32)
+        grid = plots.colorize(plots.image_grid(acts, ncols=8))
+        plots.save_png(grid, run / "visualize" / "activations" / f"{layer}.png")
+        pats = rng.uniform(0, 1, (channels, 16, 16, 3)).astype(np.float32)
+        plots.save_png(plots.image_grid(pats, ncols=8), run / "visualize" / "filters" / f"{layer}.png")
+
+    # --- nightly comparison and the pipeline record
+    acc = float(correct.mean())
+    tables.write_table(pd.DataFrame({"model": ["current", "new"], "run_dir": ["artifacts/nightly/prev", str(run)],
+                                     "accuracy": [acc - 0.04, acc], "macro_f1": [acc - 0.05, acc - 0.01],
+                                     "promoted": [False, True]}), run / "comparison.parquet")
+    tables.write_json(run / "run.json", {
+        "flow": "train_and_explain_flow", "flow_run_id": "0a1b2c3d-demo", "started": "2026-11-22T17:00:00Z",
+        "finished": "2026-11-22T17:02:10Z", "data_dir": str(data),
+        "config": {"train": {"arch": "seed_cnn", "epochs": EPOCHS, "image_size": 20},
+                   "explain": {"methods": ["lime", "gradcam"], "limit": None, "chunk_size": 32}},
+        "versions": library_versions(),
+        "timings": {"index": 0.8, "train": 12.5, "evaluate": 1.1, "explain": 30.2, "visualize": 2.4},
+    })
+    return run

@@ -1,0 +1,332 @@
+"""The run report: content from a fabricated complete run, robustness to missing parts, the command, and a
+real headless Chromium rendering (sections present, no broken image, no console error, sortable tables)."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fruitlens import tables
+from fruitlens.cli import main
+from fruitlens.report import SECTIONS, build_report
+from fruitlens.runs import ModelCard, RunError, write_card
+from tests.report_fixture import CONFUSIONS, N_TEST, make_run
+
+ROOT = Path(__file__).resolve().parents[1]
+INSTALL_SCRIPT = ROOT / "scripts" / "install-chromium.sh"
+
+
+@pytest.fixture(scope="module")
+def fabricated(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("report")
+    run = make_run(base / "run", base / "data")
+    build_report(run)
+    return run
+
+
+def _html(run: Path) -> str:
+    return (run / "report.html").read_text(encoding="utf-8")
+
+
+def _section(page: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}">(.*?)</section>', page, re.S)
+    assert m, f"section {sid} missing"
+    return m.group(1)
+
+
+def test_every_section_is_present_in_order_with_a_table_of_contents(fabricated):
+    page = _html(fabricated)
+    positions = [page.index(f'<section id="{sid}">') for sid, _ in SECTIONS]
+    assert positions == sorted(positions)
+    toc = re.search(r'<nav class="toc".*?</nav>', page, re.S).group(0)
+    for sid, title in SECTIONS:
+        assert f'href="#{sid}"' in toc and html.escape(title) in toc
+    assert "not produced in this run" not in page  # the fabricated run is complete
+
+
+def test_confused_pairs_are_said_in_words_and_explained(fabricated):
+    page = _html(fabricated)
+    confusion, why = _section(page, "confusion"), _section(page, "why")
+    for true, pred, n in CONFUSIONS:
+        sentence = f"<b>{true}</b> is taken for <b>{pred}</b> in {n} case{'s' if n > 1 else ''}"
+        assert sentence in confusion and sentence in why
+    # the worst pair comes first and is named in the header's summary
+    first = f"<b>{CONFUSIONS[0][0]}</b> is taken for <b>{CONFUSIONS[0][1]}</b>"
+    assert confusion.index(first) < confusion.index(f"<b>{CONFUSIONS[1][0]}</b> is taken")
+    assert first in page[:page.index("<main>")]
+    # each mistake card of the first pair shows photo, LIME and Grad-CAM, and the faithfulness scores
+    pair_block = why.split("<h3>")[1]
+    cards = re.findall(r'<div class="card".*?<p class="scores">.*?</p></div>', pair_block, re.S)
+    assert len(cards) == 3  # 2 mistakes (per_pair) + 1 right prediction of the other class
+    for card in cards:
+        assert card.count("<img ") == 3
+        assert "LIME fit R²" in card and "deletion AUC" in card and "insertion AUC" in card
+
+
+def test_numbers_match_the_predictions(fabricated):
+    pred = tables.read_table(fabricated / "eval" / "predictions.parquet")
+    acc = (pred["label"] == pred["pred_label"]).mean()
+    page = _html(fabricated)
+    assert f'<div class="big">{100 * acc:.1f}%</div>' in page
+    metrics = _section(page, "metrics")
+    # red_dot: 3 of 6 taken for purple_triangle -> recall 0.5; purple_triangle: 6 right + 4 wrong -> precision 0.6
+    assert re.search(r"<td>red_dot</td><td[^>]*>1\.000</td><td[^>]*>0\.500</td>", metrics)
+    assert re.search(r"<td>purple_triangle</td><td[^>]*>0\.600</td><td[^>]*>1\.000</td>", metrics)
+    heat = re.search(r'<table class="heat">.*?</table>', _section(page, "confusion"), re.S).group(0)
+    assert 'title="red_dot predicted as purple_triangle: 3 (50.0% of red_dot)"' in heat
+    dataset = _section(page, "dataset")
+    assert "Bad files (2)" in dataset and "zero-byte file" in dataset and "not_image" in dataset
+    assert f"<td>red_dot</td><td data-v=\"8.0\" class=\"num\">8</td><td data-v=\"{float(N_TEST)}\"" in dataset
+
+
+def test_report_needs_no_network_and_embeds_every_image(fabricated):
+    page = _html(fabricated)
+    assert not re.search(r"<(link|iframe)\b", page)
+    assert not re.search(r"<script[^>]*\bsrc=", page)
+    assert not re.search(r"url\(\s*['\"]?(https?:)?//", page)
+    srcs = re.findall(r'<img src="([^"]*)"', page)
+    assert len(srcs) > 50
+    assert all(s.startswith("data:image/") for s in srcs)
+    assert 'class="noimg"' not in page  # every picture was found
+
+
+def test_without_embedding_images_are_referenced_beside_the_report(fabricated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(fabricated, run)
+    build_report(run, embed=False)
+    srcs = re.findall(r'<img src="([^"]*)"', _html(run))
+    relative = [s for s in srcs if not s.startswith("data:")]
+    assert relative and all(not s.startswith(("/", "file:", "http")) for s in relative)
+    assert all((run / s).is_file() for s in relative)
+    photos = [s for s in srcs if s.startswith("data:")]  # dataset photos live outside the run: embedded
+    assert photos
+
+
+def test_missing_parts_say_not_produced(tmp_path):
+    write_card(tmp_path, ModelCard(classes=("a", "b"), image_size=(8, 8), arch="tiny"))
+    page = _html(tmp_path) if build_report(tmp_path) else ""
+    for sid, _ in SECTIONS:
+        assert f'<section id="{sid}">' in page
+    for sid in ("dataset", "training", "metrics", "confusion", "mistakes", "why", "explanations", "visualize",
+                "comparison"):
+        assert "not produced in this run" in _section(page, sid), sid
+    assert "<code>comparison.parquet</code> is absent" in _section(page, "comparison")
+    assert "arch" in _section(page, "run") and "tiny" in _section(page, "run")
+
+
+def test_unreadable_table_is_reported_not_fatal(fabricated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(fabricated, run)
+    (run / "eval" / "predictions.parquet").write_bytes(b"not parquet at all")
+    page = _html(run) if build_report(run) else ""
+    assert "eval/predictions.parquet: unreadable" in page
+    assert "not produced in this run" in _section(page, "confusion")
+    assert "<img " in _section(page, "explanations") or "not produced" in _section(page, "explanations")
+
+
+def test_mistakes_without_explanations_are_said_so(tmp_path):
+    run = make_run(tmp_path / "run", tmp_path / "data", explain_all=False)
+    why = _section(_html(run) if build_report(run) else "", "why")
+    blocks = why.split("<h3>")[1:]
+    assert "None of these mistakes was explained" not in blocks[0]  # the first pair was explained
+    assert "None of these mistakes was explained" in blocks[1]
+
+
+def test_same_run_same_report_except_the_build_time(fabricated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(fabricated, run)
+    strip = re.compile(r"built \d{4}-\d\d-\d\d \d\d:\d\d UTC")
+    build_report(run)
+    first = strip.sub("", _html(run))
+    build_report(run)
+    assert strip.sub("", _html(run)) == first
+
+
+def test_report_command(fabricated, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(fabricated, run)
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    assert "report.html" in capsys.readouterr().out and (run / "report.html").is_file()
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: p / "missing", "no such run folder"),
+    (lambda p: p, "not a run folder"),
+    (lambda p: (p / "f.txt").write_text("x") and p / "f.txt", "is a file"),
+])
+def test_report_command_bad_run_dir(tmp_path, capsys, make, reason):
+    assert main(["report", str(make(tmp_path))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and len(err.splitlines()) == 1
+
+
+def test_bad_arguments_raise(tmp_path):
+    with pytest.raises(RunError, match="no such run folder"):
+        build_report(tmp_path / "nope")
+    write_card(tmp_path, ModelCard(classes=("a",), image_size=(4, 4), arch="tiny"))
+    with pytest.raises(ValueError, match="samples_per_class=0"):
+        build_report(tmp_path, samples_per_class=0)
+
+
+# ------------------------------------------------------------------------------------ headless Chromium
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
+
+# Injected first into <head> of a copy of the report: records script errors, failed resource loads and
+# console.error calls; after load, checks every image, the sections, and that clicking a header sorts.
+PROBE = """<script>
+window.__errors = [];
+window.addEventListener('error', function (e) {
+  var t = e.target;
+  if (t && t !== window && t.tagName) { window.__errors.push('failed to load ' + t.tagName + ' ' + (t.alt || '')); }
+  else { window.__errors.push('script error: ' + e.message); }
+}, true);
+(function () { var orig = console.error; console.error = function () {
+  window.__errors.push('console.error: ' + Array.prototype.join.call(arguments, ' ')); orig.apply(console, arguments);
+}; })();
+window.addEventListener('load', function () { setTimeout(function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); })
+                   .map(function (i) { return i.alt || i.src.slice(0, 60); });
+  var sections = Array.prototype.slice.call(document.querySelectorAll('main section[id]'))
+                   .filter(function (s) { return s.offsetHeight > 0 && s.querySelector('h2'); })
+                   .map(function (s) { return s.id; });
+  var sort = null, table = document.querySelector('#metrics table.sortable');
+  if (table) {
+    var th = Array.prototype.find.call(table.tHead.rows[0].cells, function (c) { return c.textContent === 'F1'; });
+    var col = th.cellIndex, read = function () { return Array.prototype.map.call(table.tBodies[0].rows,
+      function (r) { return parseFloat(r.cells[col].getAttribute('data-v')); }); };
+    th.click(); var up = read(); th.click(); var down = read();
+    sort = {up: up, down: down, foot: table.tFoot ? table.tFoot.rows.length : 0};
+  }
+  var out = document.createElement('pre'); out.id = 'probe-result';
+  out.textContent = JSON.stringify({images: imgs.length, broken: broken, errors: window.__errors,
+                                    sections: sections, sort: sort, title: document.title});
+  document.body.appendChild(out);
+}, 0); });
+</script>"""
+
+
+def _find_chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's chromium, installed by scripts/install-chromium.sh when absent; skips only if that fails."""
+    exe = _find_chromium()
+    if exe is None:
+        proc = subprocess.run(["bash", str(INSTALL_SCRIPT)], capture_output=True, text=True, timeout=900)
+        exe = _find_chromium()
+        if exe is None:
+            why = (proc.stderr.strip() or proc.stdout.strip()).splitlines()[-1:] or ["no reason given"]
+            pytest.skip(f"chromium unavailable: {why[0]}")
+    return exe
+
+
+def _chromium(exe: str, profile: Path, *args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    profile.mkdir(parents=True, exist_ok=True)
+    return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def _probe(exe: str, report: Path, tmp: Path) -> tuple[dict, str]:
+    """Open a probed copy of ``report`` (same folder, so relative images resolve); returns (result, stderr)."""
+    probed = report.with_name("report.probe.html")
+    page = report.read_text(encoding="utf-8")
+    probed.write_text(page.replace("<head>", "<head>\n" + PROBE, 1), encoding="utf-8")
+    try:
+        proc = _chromium(exe, tmp / "profile-dom", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
+    finally:
+        probed.unlink()
+    m = re.search(r'<pre id="probe-result">(.*?)</pre>', proc.stdout, re.S)
+    assert m, f"the probe did not run; chromium exit {proc.returncode}: {proc.stderr[-2000:]}"
+    return json.loads(html.unescape(m.group(1))), proc.stderr
+
+
+def _console_problems(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
+def _check_rendering(exe: str, run: Path, tmp: Path) -> dict:
+    result, stderr = _probe(exe, run / "report.html", tmp)
+    assert result["errors"] == [] and _console_problems(stderr) == [], (result["errors"], _console_problems(stderr))
+    assert result["broken"] == [], f"broken images: {result['broken'][:5]}"
+    assert result["sections"] == [sid for sid, _ in SECTIONS]
+    assert result["title"].startswith("fruitlens report")
+    return result
+
+
+@pytest.mark.slow
+def test_report_renders_in_chromium(chromium, fabricated, tmp_path):
+    result = _check_rendering(chromium, fabricated, tmp_path)
+    assert result["images"] > 50
+    up, down = result["sort"]["up"], result["sort"]["down"]
+    assert up == sorted(up) and down == sorted(up, reverse=True) and up != down
+    assert result["sort"]["foot"] == 2  # the averages stay in the footer
+    shot = tmp_path / "report.png"
+    proc = _chromium(chromium, tmp_path / "profile-shot", "--window-size=1280,2400", "--virtual-time-budget=10000",
+                     f"--screenshot={shot}", (fabricated / "report.html").as_uri())
+    assert shot.is_file(), proc.stderr[-2000:]
+    from PIL import Image
+
+    img = np.asarray(Image.open(shot).convert("RGB"), dtype=np.float32)
+    assert img.shape[:2] == (2400, 1280)
+    assert img[40, 40].mean() < 80  # the dark header rendered (CSS applied)
+    assert img[:, :, :].std() > 30  # not a blank page
+    print(f"screenshot kept at {shot}")
+
+
+@pytest.mark.slow
+def test_chromium_probe_catches_broken_images_and_script_errors(chromium, fabricated, tmp_path):
+    """The rendering check can fail: a missing picture and a thrown error are both caught."""
+    run = tmp_path / "run"
+    run.mkdir()
+    page = _html(fabricated).replace("<main>", '<main><img src="gone.png" alt="gone"><script>noSuchFn();</script>', 1)
+    (run / "report.html").write_text(page, encoding="utf-8")
+    result, stderr = _probe(chromium, run / "report.html", tmp_path)
+    assert result["broken"] == ["gone"]
+    assert any("failed to load IMG gone" in e for e in result["errors"])
+    assert any("noSuchFn" in e for e in result["errors"]) and any("Uncaught" in x for x in _console_problems(stderr))
+
+
+@pytest.mark.slow
+def test_report_of_a_real_tiny_run(chromium, demo_dir, tmp_path):
+    """Train, evaluate, explain and visualize for real (tiny), then the report renders with every picture."""
+    training = pytest.importorskip("fruitlens.training", reason="training (issue 3) not in this branch")
+    inference = pytest.importorskip("fruitlens.inference", reason="evaluation (issue 3) not in this branch")
+    activations = pytest.importorskip("fruitlens.explain.activations", reason="visualize (issue 5) not in this branch")
+    pytest.importorskip("fruitlens.explain.lime", reason="LIME (issue 4) not in this branch")
+    pytest.importorskip("fruitlens.explain.gradcam", reason="Grad-CAM (issue 5) not in this branch")
+    from fruitlens.dataset import index_or_load
+    from fruitlens.explain.runner import explain_images, select_images
+
+    run = tmp_path / "run"
+    index_or_load(demo_dir, run / "index")
+    training.train_model(demo_dir, run, training.TrainConfig(epochs=2, image_size=20, seed=0))
+    inference.evaluate_run(run, demo_dir, run / "eval")
+    rows = select_images([demo_dir], split="test")
+    explain_images(run, rows, run / "explain", ["lime", "gradcam"], options={"lime": {"num_samples": 100}})
+    first = rows["path"].iloc[0]
+    activations.visualize_run(run, first, run / "visualize")
+    build_report(run)
+    page = _html(run)
+    for sid in ("dataset", "training", "metrics", "confusion", "explanations", "visualize"):
+        assert "not produced in this run" not in _section(page, sid), sid
+    pred = pd.read_parquet(run / "eval" / "predictions.parquet")
+    assert f"{100 * (pred['label'] == pred['pred_label']).mean():.1f}%" in page
+    _check_rendering(chromium, run, tmp_path)
