@@ -405,7 +405,9 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
 
     if not data.is_dir():
         raise CommandError(f"--data {data}: no such folder; expected a dataset root")
-    if not os.environ.get("PREFECT_API_URL"):
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
         print("note: PREFECT_API_URL is not set, so the runs go to a temporary Prefect server; start one with "
               "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api to watch them in the UI")
     start = time.perf_counter()
