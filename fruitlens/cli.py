@@ -117,13 +117,76 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a classifier with checkpoints; writes model.keras, model.json, history")
     p.add_argument("--data", type=Path, required=True, help="dataset root")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--arch", default="seed_cnn")
-    p.add_argument("--image-size", type=int, default=20)
+    p.add_argument("--arch", default="seed_cnn", help="seed_cnn, fruit_net, small_convnet, lenet or "
+                   "transfer:<vgg16|resnet50|mobilenet_v2|xception|inception_v3|efficientnet_b0>")
+    p.add_argument("--backbones", default=None, help="comma-separated backbones whose features are concatenated "
+                   "(same as --arch transfer:a,b,c)")
+    p.add_argument("--weights", default="imagenet", help="transfer backbones: imagenet, none, or a .weights.h5 "
+                   "file saved from the same backbone (one per backbone, comma-separated)")
+    p.add_argument("--mode", default="frozen", help="transfer: bottleneck (cached features, head only), "
+                   "frozen (backbone frozen) or finetune (last block unfrozen, SGD lr 1e-4 momentum 0.9)")
+    p.add_argument("--alpha", type=float, default=1.0, help="mobilenet_v2 width multiplier")
+    p.add_argument("--image-size", default="20", help="side in pixels, or HxW")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=None, help="default: the architecture's own")
     p.add_argument("--classes", help="comma-separated class names to train on (default: all)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--augment", action="store_true", help="random rotation 40, shift 0.2, shear 0.2, zoom 0.2, "
+                   "horizontal flip (nearest fill) on training batches")
+    p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without validation improvement (0: off)")
+    p.add_argument("--class-weights", default="none", help="none or balanced (for imbalanced classes)")
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to RUN_DIR/logs")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="validation share carved from train "
+                   "when the data has no validation split")
+    p.add_argument("--monitor", default="val_accuracy", help="val_accuracy or val_loss: picks the best epoch")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+
+
+def _image_size(text: str) -> int | tuple[int, int]:
+    try:
+        parts = [int(v) for v in str(text).lower().replace("x", ",").split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise CommandError(f"--image-size {text}: expected a positive side like 20, or HxW like 32x48")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _train_config(args):
+    from fruitlens.training import TrainConfig
+
+    arch = args.arch
+    if args.backbones:
+        arch = "transfer:" + ",".join(_csv(args.backbones))
+    values = {"arch": arch, "image_size": _image_size(args.image_size), "epochs": args.epochs,
+              "batch_size": args.batch_size, "classes": tuple(_csv(args.classes)) if args.classes else None,
+              "seed": args.seed, "weights": args.weights, "mode": args.mode, "alpha": args.alpha,
+              "learning_rate": args.learning_rate, "augment": args.augment, "early_stopping": args.early_stopping,
+              "class_weights": args.class_weights, "tensorboard": args.tensorboard,
+              "val_fraction": args.val_fraction, "monitor": args.monitor}
+    try:
+        return TrainConfig(**values)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _cmd_train(args) -> int:
+    from fruitlens.training import train_model
+
+    config = _train_config(args)
+    try:
+        result = train_model(args.data, args.out, config, resume=args.resume, verbose=1)
+    except ValueError as exc:  # bad weights file, no ImageNet weights offline, changed config on resume, ...
+        raise CommandError(str(exc).splitlines()[0]) from exc
+    m = result["metrics"]
+    start = f"resumed after epoch {result['resumed_from']}, " if result["resumed_from"] else ""
+    print(f"trained {config.arch} on {result['counts']['train']} images ({len(result['classes'])} classes): "
+          f"{start}{result['epochs']} epochs, best epoch {result['best_epoch']} "
+          f"val_accuracy {m.get('val_accuracy', float('nan')):.4f}; {result['seconds']:.1f}s")
+    print(f"wrote {result['model_path']}, model.json, history.parquet, curves.png, checkpoints/")
+    return 0
 
 
 def _add_evaluate(sub) -> None:
@@ -132,6 +195,23 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--split", default="test")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
+
+
+def _cmd_evaluate(args) -> int:
+    from fruitlens.inference import evaluate_run
+
+    if args.top_k < 1:
+        raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    try:
+        metrics = evaluate_run(args.model, args.data, args.out, split=args.split, top_k_count=args.top_k)
+    except ValueError as exc:
+        raise CommandError(str(exc).splitlines()[0]) from exc
+    print(f"{args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images; macro F1 "
+          f"{metrics['macro']['f1-score']:.4f}; {metrics['unreadable']} unreadable, "
+          f"{metrics['unknown_label']} with a label the model does not know")
+    print(f"wrote {args.out}/predictions.parquet, metrics.json, confusion.parquet, confusion.png, mistakes.png")
+    return 0
 
 
 def _add_predict(sub) -> None:
@@ -139,6 +219,63 @@ def _add_predict(sub) -> None:
     p.add_argument("files", nargs="+", type=Path)
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--top-k", type=int, default=5)
+
+
+def _cmd_predict(args) -> int:
+    from fruitlens.inference import predict_files
+
+    if args.top_k < 1:
+        raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    table = predict_files(args.model, args.files, args.out, top_k_count=args.top_k)
+    for row in table.itertuples():
+        if row.error:
+            print(f"{row.path}: error: {row.error}")
+        else:
+            print(f"{row.path}: {row.pred_label} ({row.pred_prob:.3f})")
+    n_bad = int(table["error"].astype(bool).sum())
+    print(f"wrote {args.out}/predictions.parquet and {len(table) - n_bad} annotated copies in {args.out}/annotated"
+          + (f"; {n_bad} unreadable" if n_bad else ""))
+    return 0
+
+
+def _add_augment_preview(sub) -> None:
+    p = sub.add_parser("augment-preview", help="write a grid of augmented training samples (what the model sees)")
+    p.add_argument("--data", type=Path, required=True, help="dataset root, or one image file")
+    p.add_argument("--out", type=Path, required=True, help="folder for augment_preview.png")
+    p.add_argument("-n", "--count", type=int, default=20, help="augmented samples (default 20)")
+    p.add_argument("--image-size", default="100", help="side in pixels, or HxW")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_augment_preview(args) -> int:
+    from fruitlens.images import read_rgb
+    from fruitlens.inputs import augment_preview
+    from fruitlens.plots import image_grid, save_png
+
+    if args.count < 1:
+        raise CommandError(f"--count {args.count}: expected at least 1")
+    size = _image_size(args.image_size)
+    size = (size, size) if isinstance(size, int) else size
+    if args.data.is_file():
+        paths = [args.data]
+    else:
+        from fruitlens.dataset import index_dataset
+
+        rows = index_dataset(args.data, seed=args.seed).paths("train")
+        if len(rows) == 0:
+            raise CommandError(f"--data {args.data}: no usable training image")
+        paths = list(rows.sample(n=min(len(rows), args.count), random_state=args.seed)["abs_path"])
+    try:
+        images = [read_rgb(p, size) for p in paths]
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    import numpy as np
+
+    samples = augment_preview(np.stack(images), args.count, seed=args.seed)
+    path = save_png(image_grid(samples, ncols=5), args.out / "augment_preview.png")
+    print(f"wrote {path} ({args.count} augmented samples of {len(paths)} image(s))")
+    return 0
 
 
 def _add_explain(sub) -> None:
@@ -508,9 +645,10 @@ def _cmd_cache(args) -> int:
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "index": (_add_index, _cmd_index),
-    "train": (_add_train, _not_yet("train", "issue 3")),
-    "evaluate": (_add_evaluate, _not_yet("evaluate", "issue 3")),
-    "predict": (_add_predict, _not_yet("predict", "issue 3")),
+    "train": (_add_train, _cmd_train),
+    "evaluate": (_add_evaluate, _cmd_evaluate),
+    "predict": (_add_predict, _cmd_predict),
+    "augment-preview": (_add_augment_preview, _cmd_augment_preview),
     "explain": (_add_explain, _cmd_explain),
     "superpixels": (_add_superpixels, _cmd_superpixels),
     "visualize": (_add_visualize, _cmd_visualize),

@@ -297,3 +297,82 @@ def history_figure(history):
             ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+# --- Training and evaluation (curves, confusion matrix, galleries, annotated copies, augmentation) ---
+
+
+def plot_history(history, path: str | os.PathLike, title: str | None = None) -> Path:
+    """Loss and accuracy per epoch, train and validation, side by side (a `history` table in)."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        ax.plot(history["epoch"], history[metric], marker="o", label=f"train {metric}")
+        if history[f"val_{metric}"].notna().any():
+            ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", label=f"validation {metric}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike,
+                   title: str | None = None) -> Path:
+    """A (C, C) confusion matrix (rows: true, columns: predicted), row-normalised colours, counts written."""
+    matrix = np.asarray(matrix)
+    n = len(classes)
+    side = min(16.0, 2.0 + 0.45 * n)
+    fig, ax = plt.subplots(figsize=(side + 1.5, side))
+    rows = matrix.sum(axis=1, keepdims=True)
+    share = np.divide(matrix, rows, out=np.zeros(matrix.shape, dtype=float), where=rows > 0)
+    im = ax.imshow(share, cmap="Blues", vmin=0.0, vmax=1.0)
+    ax.set_xticks(range(n), classes, rotation=90, fontsize=7 if n > 15 else 9)
+    ax.set_yticks(range(n), classes, fontsize=7 if n > 15 else 9)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 40:
+        for i, j in zip(*np.nonzero(matrix), strict=True):
+            ax.text(j, i, str(matrix[i, j]), ha="center", va="center", fontsize=6 if n > 15 else 8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    if title:
+        ax.set_title(title)
+    return save_figure(fig, path)
+
+
+def plot_gallery(images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike, ncols: int = 5,
+                 suptitle: str | None = None, empty_text: str = "nothing to show") -> Path:
+    """A titled grid of images (mistakes, previews) written as PNG; a small note when there are none."""
+    if len(images) == 0:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.axis("off")
+        ax.text(0.5, 0.5, empty_text, ha="center", va="center")
+        return save_figure(fig, path)
+    return save_figure(titled_grid(images, titles, ncols=ncols, suptitle=suptitle), path)
+
+
+def annotate(image: np.ndarray, text: str, min_side: int = 160) -> np.ndarray:
+    """An (H, W, 3) image (float [0, 1] or uint8) with ``text`` on a dark band at the top; returns uint8.
+
+    Small images are enlarged (nearest neighbour) to at least ``min_side`` pixels so the text is readable.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    arr = image if image.dtype == np.uint8 else to_uint8(image)
+    img = Image.fromarray(arr)
+    scale = max(1, -(-min_side // max(1, min(img.size))))
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    font_size = max(10, min(img.width // 14, 28))
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except TypeError:  # Pillow without FreeType sizes
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(img)
+    box = draw.textbbox((0, 0), text, font=font)
+    band = box[3] - box[1] + 8
+    draw.rectangle((0, 0, img.width, band), fill=(0, 0, 0))
+    draw.text((4, 4 - box[1]), text, fill=(255, 255, 255), font=font)
+    return np.asarray(img)

@@ -1,0 +1,214 @@
+"""Prediction and evaluation of a trained run: the `predictions` table, metrics, confusion matrix, galleries.
+
+Images are read with the same conversion as training (:func:`fruitlens.inputs.decode_images`, i.e.
+``read_rgb``): any size and mode in, (N, H, W, 3) [0, 1] at the card's size to the model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fruitlens import tables
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TOP_K = 5
+
+
+def predict_probs(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """(N, H, W, 3) float32 [0, 1] -> (N, C) class probabilities (the model called directly, batched)."""
+    from fruitlens.runs import predict_batches
+
+    return predict_batches(model, images, batch_size)
+
+
+def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` most probable classes per row, best first: (N, k) int indices and (N, k) probabilities."""
+    k = max(1, min(k, probs.shape[1]))
+    part = np.argpartition(-probs, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(probs, part, axis=1), axis=1, kind="stable")
+    idx = np.take_along_axis(part, order, axis=1)
+    return idx, np.take_along_axis(probs, idx, axis=1)
+
+
+def predictions_table(rows: pd.DataFrame, probs: np.ndarray, classes: Sequence[str], k: int = DEFAULT_TOP_K
+                      ) -> pd.DataFrame:
+    """The `predictions` table for ``rows`` (image_id, path, label; label "" when unknown) and their (N, C) probs."""
+    names = np.asarray(classes, dtype=object)
+    idx, p = top_k(probs, k)
+    labels = rows["label"].fillna("").astype(str).to_numpy()
+    pred = names[idx[:, 0]] if len(idx) else np.array([], dtype=object)
+    return pd.DataFrame({
+        "image_id": rows["image_id"].to_numpy(),
+        "path": rows["path"].to_numpy(),
+        "label": labels,
+        "pred_label": pred,
+        "pred_prob": p[:, 0].astype(np.float32) if len(p) else np.array([], np.float32),
+        "topk_labels": [list(r) for r in names[idx]],
+        "topk_probs": [list(r) for r in p.astype(np.float32)],
+        "correct": labels == pred,
+    })
+
+
+def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str],
+                           probs: np.ndarray | None = None, k: int = DEFAULT_TOP_K) -> dict[str, Any]:
+    """accuracy, per-class precision/recall/F1/support, macro and weighted averages (sklearn), top-k accuracy."""
+    from sklearn.metrics import accuracy_score, classification_report
+
+    labels = list(range(len(classes)))
+    report = classification_report(y_true, y_pred, labels=labels, target_names=list(classes), output_dict=True,
+                                   zero_division=0)
+    out: dict[str, Any] = {"accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
+                           "num_images": int(len(y_true))}
+    if probs is not None and len(y_true) and probs.shape[1] > k:
+        idx, _ = top_k(probs, k)
+        out[f"top{k}_accuracy"] = float((idx == y_true[:, None]).any(axis=1).mean())
+    out["per_class"] = {name: {m: float(report[name][m]) for m in ("precision", "recall", "f1-score")}
+                        | {"support": int(report[name]["support"])} for name in classes}
+    for avg in ("macro avg", "weighted avg"):
+        out[avg.replace(" avg", "")] = {m: float(report[avg][m]) for m in ("precision", "recall", "f1-score")}
+    return out
+
+
+def confusion_table(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
+    """(C, C) counts (rows true, columns predicted) and the same as a long table (label, pred_label, count)."""
+    from sklearn.metrics import confusion_matrix
+
+    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
+    names = np.asarray(classes, dtype=object)
+    ii, jj = np.meshgrid(np.arange(len(classes)), np.arange(len(classes)), indexing="ij")
+    long = pd.DataFrame({"label": names[ii.ravel()], "pred_label": names[jj.ravel()],
+                         "count": matrix.ravel().astype(np.int64)})
+    return matrix, long
+
+
+def _rows_for(data_dir: str | os.PathLike, run_dir: Path, split: str) -> pd.DataFrame:
+    from fruitlens.dataset import SPLITS, index_dataset
+
+    if split not in SPLITS:
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    previous = None
+    meta_path = run_dir / "index" / "index.json"
+    if meta_path.is_file():
+        try:
+            if tables.read_json(meta_path)["root"] == str(Path(data_dir).expanduser().resolve()):
+                previous = tables.read_table(run_dir / "index" / "images.parquet")
+        except (OSError, KeyError, ValueError) as exc:
+            log.warning("ignoring the run's index: %s", exc)
+    index = index_dataset(data_dir, previous=previous)
+    rows = index.paths(split)
+    if len(rows) == 0:
+        found = sorted(set(index.usable["split"]))
+        raise ValueError(f"{data_dir}: no usable image in split {split!r}; splits found: {', '.join(found) or 'none'}")
+    return rows.reset_index(drop=True)
+
+
+def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+                 split: str = "test", top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256,
+                 max_mistakes: int = 20) -> dict[str, Any]:
+    """Predict one split of ``data_dir`` with the run's model and write the evaluation into ``out_dir``.
+
+    Writes predictions.parquet (the `predictions` table), metrics.json (see :func:`classification_metrics`,
+    plus the split, the dataset and images whose label is not one of the model's classes), confusion.parquet
+    (label, pred_label, count), confusion.png and mistakes.png (the most confident wrong predictions).
+
+    Returns:
+        The metrics dict (with ``accuracy``).
+
+    Raises:
+        RunError: the run folder has no model/card. ValueError: unknown split or no image in it.
+    """
+    from fruitlens.inputs import decode_images
+    from fruitlens.plots import plot_confusion, plot_gallery
+    from fruitlens.runs import load_run
+
+    run, out = Path(run_dir), Path(out_dir)
+    model, card = load_run(run)
+    rows = _rows_for(data_dir, run, split)
+    images_u8, errors = decode_images(rows["abs_path"], card.image_size)
+    ok = np.array([not e for e in errors], dtype=bool)
+    for path, err in zip(rows["path"][~ok], np.asarray(errors, dtype=object)[~ok], strict=True):
+        log.warning("skipping unreadable image %s: %s", path, err)
+    rows, images_u8 = rows[ok].reset_index(drop=True), images_u8[ok]
+    images = images_u8.astype(np.float32) / 255.0
+    probs = predict_probs(model, images, batch_size)
+    preds = predictions_table(rows, probs, card.classes, top_k_count)
+    tables.write_table(preds, out / "predictions.parquet", "predictions")
+
+    class_of = {name: i for i, name in enumerate(card.classes)}
+    known = rows["label"].map(class_of).notna().to_numpy()
+    y_true = rows["label"].map(class_of)[known].to_numpy(dtype=np.int64)
+    y_pred = probs.argmax(axis=1)[known]
+    metrics = classification_metrics(y_true, y_pred, card.classes, probs[known], top_k_count)
+    metrics.update(split=split, data=str(Path(data_dir).expanduser().resolve()), unreadable=int((~ok).sum()),
+                   unknown_label=int((~known).sum()), model_arch=card.arch)
+    tables.write_json(out / "metrics.json", metrics)
+
+    matrix, long = confusion_table(y_true, y_pred, card.classes)
+    tables.write_table(long, out / "confusion.parquet")
+    plot_confusion(matrix, card.classes, out / "confusion.png",
+                   title=f"{card.arch}: {split} accuracy {metrics['accuracy']:.3f} (n={len(y_true)})")
+
+    wrong = np.flatnonzero(~preds["correct"].to_numpy() & known)
+    wrong = wrong[np.argsort(-preds["pred_prob"].to_numpy()[wrong], kind="stable")][:max_mistakes]
+    titles = [f"{preds['label'][i]} -> {preds['pred_label'][i]}\np={preds['pred_prob'][i]:.2f}" for i in wrong]
+    plot_gallery([images[i] for i in wrong], titles, out / "mistakes.png",
+                 suptitle=f"most confident mistakes ({len(wrong)} shown)", empty_text="no mistakes")
+    return metrics
+
+
+def predict_files(run_dir: str | os.PathLike, files: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
+                  top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256, annotate: bool = True) -> pd.DataFrame:
+    """Predict image files of any size and mode; write predictions.parquet and annotated copies.
+
+    Annotated copies (``out_dir/annotated/<stem>.png``) are the original image (converted to RGB, enlarged
+    if small) with the predicted label and probability drawn on it. Unreadable files get a row with an
+    ``error`` and no prediction; they never stop the run.
+
+    Returns:
+        The predictions table (plus an ``error`` column).
+    """
+    from fruitlens.dataset import image_id
+    from fruitlens.images import read_rgb
+    from fruitlens.inputs import decode_images
+    from fruitlens.plots import annotate as draw_label
+    from fruitlens.plots import save_png
+    from fruitlens.runs import load_run
+
+    model, card = load_run(run_dir)
+    out = Path(out_dir)
+    paths = [Path(f).expanduser().resolve() for f in files]
+    images_u8, errors = decode_images(paths, card.image_size)
+    ok = np.array([not e for e in errors], dtype=bool)
+    rows = pd.DataFrame({"image_id": [image_id(str(p)) for p in paths], "path": [str(p) for p in paths],
+                         "label": [""] * len(paths)})
+    probs = np.full((len(paths), card.num_classes), np.nan, dtype=np.float32)
+    if ok.any():
+        probs[ok] = predict_probs(model, images_u8[ok].astype(np.float32) / 255.0, batch_size)
+    table = predictions_table(rows, np.nan_to_num(probs, nan=0.0), card.classes, top_k_count)
+    table.loc[~ok, ["pred_label"]] = ""
+    table.loc[~ok, "pred_prob"] = np.float32(np.nan)
+    table["correct"] = False
+    table["error"] = errors
+    tables.write_table(table, out / "predictions.parquet", "predictions")
+    if annotate:
+        used: dict[str, int] = {}
+        for i in np.flatnonzero(ok):
+            stem = paths[i].stem
+            used[stem] = used.get(stem, 0) + 1
+            name = stem if used[stem] == 1 else f"{stem}_{used[stem]}"
+            try:
+                original = read_rgb(paths[i])
+            except ValueError as exc:
+                log.warning("cannot annotate %s: %s", paths[i], exc)
+                continue
+            text = f"{table['pred_label'][i]} {table['pred_prob'][i]:.0%}"
+            save_png(draw_label(original, text), out / "annotated" / f"{name}.png")
+    return table

@@ -1,0 +1,499 @@
+"""Training: fit an architecture on a dataset folder with per-epoch checkpoints, resume, history and a card.
+
+``train_model(data_dir, run_dir, config)`` indexes the data into ``run_dir/index``, decodes the images once
+(see :mod:`fruitlens.inputs`), and fits. After every epoch it writes, each atomically (temp file +
+``os.replace``): ``checkpoints/best.keras`` when the monitored validation metric improved,
+``checkpoints/last.keras`` (with optimizer state) and then ``checkpoints/state.json`` (epochs done, history
+rows, best value, early-stopping counters). ``resume=True`` loads ``last.keras`` and continues at the next
+epoch; because each epoch's sample order is a stateless function of (seed, epoch), the resumed run sees the
+batches the uninterrupted one would have. At the end it writes ``model.keras`` (the best epoch's weights,
+no optimizer), ``model.json``, ``history.parquet`` and ``curves.png``.
+
+``mode="bottleneck"`` (transfer architectures): the backbones run once over the training and validation
+images, the pooled features are cached in ``run_dir/cache``, the head is trained on them (checkpoints are
+the head's), and the saved model is the whole thing: backbones + head, taking [0, 1] images.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from fruitlens import tables
+from fruitlens.inputs import DEFAULT_MEMORY_LIMIT, AugmentConfig, as_size
+
+log = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"
+ClassWeights = Literal["none", "balanced"]
+Monitor = Literal["val_accuracy", "val_loss"]
+# Keys that may change between a killed run and its resumption.
+RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "memory_limit"}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (recorded in the model card and in run.json).
+
+    Attributes:
+        arch: ``seed_cnn`` | ``fruit_net`` | ``small_convnet`` | ``lenet`` | ``transfer:<b>[,<b>...]``.
+        image_size: side (int) or (height, width).
+        epochs, batch_size, seed: as usual; same seed, same run.
+        classes: class names to train on (None: all).
+        weights: transfer only: ``imagenet`` | ``none`` | a ``.weights.h5`` file per backbone (comma-separated).
+        mode: transfer only: ``bottleneck`` | ``frozen`` | ``finetune``.
+        alpha: mobilenet_v2 width multiplier.
+        learning_rate: None: the architecture's default (see ``models.default_optimizer``).
+        augment: random flips/rotations/shifts/shear/zoom on training batches (``augment_options`` tunes them).
+        early_stopping: patience in epochs on ``monitor`` (0: off).
+        class_weights: ``balanced`` weighs each class by n / (C * n_class) in the loss.
+        tensorboard: write TensorBoard logs to ``run_dir/logs``.
+        val_fraction: share of training images carved out for validation when the data has no val split.
+        monitor: the validation metric that picks the best epoch.
+    """
+
+    arch: str = "seed_cnn"
+    image_size: int | tuple[int, int] = 20
+    epochs: int = 10
+    batch_size: int = 32
+    classes: tuple[str, ...] | None = None
+    seed: int = 42
+    weights: str = "imagenet"
+    mode: Literal["bottleneck", "frozen", "finetune"] = "frozen"
+    alpha: float = 1.0
+    learning_rate: float | None = None
+    augment: bool = False
+    augment_options: dict[str, Any] = field(default_factory=dict)
+    early_stopping: int = 0
+    class_weights: ClassWeights = "none"
+    tensorboard: bool = False
+    val_fraction: float = 0.15
+    monitor: Monitor = "val_accuracy"
+    memory_limit: int = DEFAULT_MEMORY_LIMIT
+
+    def __post_init__(self) -> None:
+        from fruitlens.models import MODES, parse_arch
+
+        parse_arch(self.arch)
+        size = as_size(self.image_size)
+        object.__setattr__(self, "image_size", size[0] if size[0] == size[1] else size)
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "augment_options", dict(self.augment_options))
+        AugmentConfig(**self.augment_options)  # validates names and values
+        checks = [
+            (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
+            (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
+            (self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}"),
+            (self.class_weights in ("none", "balanced"), "class_weights", self.class_weights, "none or balanced"),
+            (self.monitor in ("val_accuracy", "val_loss"), "monitor", self.monitor, "val_accuracy or val_loss"),
+            (0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a fraction in (0, 1)"),
+            (self.early_stopping >= 0, "early_stopping", self.early_stopping, "a patience >= 0 (0: off)"),
+            (self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0"),
+            (self.alpha > 0, "alpha", self.alpha, "> 0"),
+        ]
+        for ok, name, value, expected in checks:
+            if not ok:
+                raise ValueError(f"{name} {value!r}: expected {expected}")
+        if self.augment and self.mode == "bottleneck" and self.arch.startswith("transfer:"):
+            raise ValueError("augment with mode bottleneck: features are computed once, so nothing would be "
+                             "augmented; use mode frozen or finetune")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        return as_size(self.image_size)
+
+    @property
+    def is_bottleneck(self) -> bool:
+        return self.arch.startswith("transfer:") and self.mode == "bottleneck"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_size"] = self.image_size if isinstance(self.image_size, int) else list(self.image_size)
+        d["classes"] = list(self.classes) if self.classes is not None else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (e.g. a pipeline config file); unknown keys are a ValueError naming them."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        d = dict(d)
+        if isinstance(d.get("image_size"), list):
+            d["image_size"] = tuple(d["image_size"])
+        if isinstance(d.get("classes"), str):
+            d["classes"] = tuple(c.strip() for c in d["classes"].split(",") if c.strip())
+        return cls(**d)
+
+
+# The better default for the demo data and Fruits-360 (see benchmarks/README.md, "Training").
+DEMO_CONFIG = TrainConfig(arch="fruit_net", image_size=32, epochs=8, batch_size=32)
+
+
+# ------------------------------------------------------------------------------------------ callbacks
+
+
+def _float(value) -> float:
+    try:
+        return float(np.asarray(value))
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _make_checkpointer(ckpt_dir: Path, state: dict, monitor: str, on_epoch=None):
+    import keras
+
+    class Checkpointer(keras.callbacks.Callback):
+        """Per epoch: history row, best.keras (if improved), last.keras, then state.json; all atomic."""
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            row = {"epoch": epoch + 1, "loss": _float(logs.get("loss")), "accuracy": _float(logs.get("accuracy")),
+                   "val_loss": _float(logs.get("val_loss", np.nan)),
+                   "val_accuracy": _float(logs.get("val_accuracy", np.nan)),
+                   "learning_rate": _float(self.model.optimizer.learning_rate),
+                   "seconds": time.perf_counter() - self._start}
+            state["history"] = [h for h in state["history"] if h["epoch"] < row["epoch"]] + [row]
+            value = _float(logs.get(monitor, np.nan))
+            sign = -1.0 if monitor.endswith("loss") else 1.0
+            # accuracy ties (common once it saturates) go to the lower loss of the same split
+            tie_key = monitor.replace("accuracy", "loss") if monitor.endswith("accuracy") else None
+            tie = _float(logs.get(tie_key, np.nan)) if tie_key else np.nan
+            best, best_tie = state.get("best"), state.get("best_tiebreak")
+            better = best is None or sign * value > sign * best or (
+                value == best and not math.isnan(tie) and best_tie is not None and tie < best_tie)
+            if not math.isnan(value) and better:
+                state.update(best=value, best_epoch=row["epoch"], best_tiebreak=None if math.isnan(tie) else tie)
+                with tables.atomic_path(ckpt_dir / "best.keras") as tmp:
+                    self.model.save(tmp)
+            with tables.atomic_path(ckpt_dir / "last.keras") as tmp:
+                self.model.save(tmp)
+            state["epoch"] = row["epoch"]
+            stopper = state.get("_stopper")
+            if stopper is not None:
+                state["early_stopping"] = {"wait": int(stopper.wait), "best": _float(stopper.best)}
+            state["stopped_early"] = bool(self.model.stop_training)
+            tables.write_json(ckpt_dir / STATE_FILE, {k: v for k, v in state.items() if not k.startswith("_")})
+            if on_epoch is not None:
+                on_epoch(row)
+
+    return Checkpointer()
+
+
+def _make_early_stopping(monitor: str, patience: int, restored: dict | None):
+    import keras
+
+    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            if restored:
+                self.wait = int(restored["wait"])
+                self.best = float(restored["best"])
+
+    return ResumableEarlyStopping(monitor=monitor, patience=patience, mode="auto")
+
+
+# ------------------------------------------------------------------------------------------- the data
+
+
+@dataclass(frozen=True)
+class TrainData:
+    """Decoded training and validation images, the class names and the dataset index."""
+
+    train: Any  # inputs.DecodedImages
+    val: Any | None
+    classes: tuple[str, ...]
+    fingerprint: str
+    counts: dict[str, int]
+
+
+def prepare_data(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig,
+                 workers: int | None = None) -> TrainData:
+    """Index ``data_dir`` into ``run_dir/index``, pick train/val rows, decode them (cached in ``run_dir/cache``).
+
+    Raises:
+        DatasetError: the folder cannot be indexed. ValueError: fewer than 2 classes or no training image.
+    """
+    from fruitlens.dataset import index_or_load, split_validation
+    from fruitlens.inputs import load_images
+
+    run = Path(run_dir)
+    index = index_or_load(data_dir, run / "index", classes=config.classes, seed=config.seed)
+    classes = tuple(sorted(index.classes, key=index.classes.get))
+    if len(classes) < 2:
+        raise ValueError(f"{data_dir}: {len(classes)} usable class(es); expected at least 2 to train a classifier")
+    usable = index.paths()
+    usable = usable[usable["label_index"] >= 0]
+    train_rows = usable[usable["split"] == "train"]
+    val_rows = usable[usable["split"] == "val"]
+    if len(train_rows) == 0:
+        raise ValueError(f"{data_dir}: no usable training image (split 'train')")
+    if len(val_rows) == 0:
+        train_rows, val_rows = split_validation(train_rows, config.val_fraction, config.seed)
+    cache = run / "cache"
+    train = _drop_unreadable(load_images(train_rows, config.size, cache_dir=cache, memory_limit=config.memory_limit,
+                                         workers=workers), train_rows)
+    val = None
+    if len(val_rows):
+        val = _drop_unreadable(load_images(val_rows, config.size, cache_dir=cache, memory_limit=config.memory_limit,
+                                           workers=workers), val_rows)
+    return TrainData(train=train, val=val, classes=classes, fingerprint=index.fingerprint,
+                     counts={"train": len(train), "val": len(val) if val is not None else 0})
+
+
+def _drop_unreadable(data, rows: pd.DataFrame):
+    from fruitlens.inputs import DecodedImages
+
+    bad = np.array([bool(e) for e in data.errors])
+    if not bad.any():
+        return data
+    for path, err in zip(rows["path"][bad], np.array(data.errors)[bad], strict=True):
+        log.warning("skipping unreadable image %s: %s", path, err)
+    keep = ~bad
+    return DecodedImages(np.asarray(data.images[keep]), data.labels[keep], tuple(np.array(data.errors)[keep]),
+                         "memory")
+
+
+def class_weights_for(labels: np.ndarray, num_classes: int) -> dict[int, float]:
+    """``balanced`` weights n / (C * n_c) for the classes present (absent classes get 1.0)."""
+    counts = np.bincount(labels, minlength=num_classes)
+    present = max(1, int((counts > 0).sum()))
+    return {c: (len(labels) / (present * counts[c]) if counts[c] else 1.0) for c in range(num_classes)}
+
+
+# -------------------------------------------------------------------------------------------- training
+
+
+def _check_resumable(saved: dict, config: TrainConfig) -> None:
+    now = config.to_dict()
+    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+    if changed:
+        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ValueError(f"cannot resume: the configuration changed ({detail}); train into a new --out or "
+                         "without --resume")
+
+
+def _bottleneck_features(full_model, data, cache_dir: Path, key: str, batch_size: int = 64) -> np.ndarray:
+    """Pooled backbone features (N, D) of ``data``, computed once and cached as ``.npy``."""
+    from fruitlens.inputs import make_dataset
+    from fruitlens.runs import predict_batches
+
+    path = cache_dir / f"features-{key}.npy"
+    if path.is_file():
+        feats = np.load(path)
+        if len(feats) == len(data):
+            return feats
+    from fruitlens.models import features_model
+
+    fm = features_model(full_model)
+    parts = [predict_batches(fm, x.numpy(), batch_size) for x in make_dataset(data, 256, labels=False)]
+    feats = np.concatenate(parts) if parts else np.zeros((0, int(fm.output_shape[-1])), np.float32)
+    with tables.atomic_path(path) as tmp:
+        np.save(tmp, feats)
+    return feats
+
+
+def _features_dataset(feats: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool, seed: int,
+                      epochs: int = 1, initial_epoch: int = 0):
+    import tensorflow as tf
+
+    from fruitlens.inputs import epoch_order
+
+    x, y, n = tf.constant(feats), tf.constant(labels, tf.int32), len(labels)
+    if shuffle:
+        ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(
+            lambda e: tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)).batch(batch_size))
+    else:
+        ds = tf.data.Dataset.range(n).batch(batch_size)
+    return ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)
+
+
+def _weights_tag(config: TrainConfig) -> str:
+    import hashlib
+
+    h = hashlib.sha256(f"{config.arch}|{config.alpha}|{config.seed}|{config.size}".encode())
+    for w in str(config.weights).split(","):
+        p = Path(w)
+        h.update(p.read_bytes() if p.is_file() else w.encode())
+    return h.hexdigest()[:16]
+
+
+def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig | None = None, *,
+                resume: bool = False, verbose: int = 0, callbacks: Sequence = (), workers: int | None = None
+                ) -> dict[str, Any]:
+    """Train ``config.arch`` on ``data_dir`` into ``run_dir`` (see the module docstring for what is written).
+
+    Args:
+        data_dir: dataset root (any DESIGN.md layout); without a val split one is carved from train.
+        run_dir: the run folder.
+        config: the TrainConfig (default: TrainConfig()).
+        resume: continue from ``checkpoints/last.keras`` at the next epoch (a fresh run if there is none).
+        verbose: Keras progress output (0 silent, 1 progress bar, 2 one line per epoch); the CLI passes 1.
+        callbacks: extra Keras callbacks, run after the checkpointer.
+        workers: image decoding processes (default: all cores).
+
+    Returns:
+        dict with model_path, card_path, history_path, curves_path, epochs (epochs in history),
+        resumed_from (epochs already done), stopped_early, best_epoch, metrics, seconds, data counts.
+
+    Raises:
+        ValueError: bad config, fewer than 2 classes, a resume whose configuration changed, weights that
+            cannot be loaded (models.ModelError). DatasetError: the data folder cannot be indexed.
+    """
+    import keras
+
+    from fruitlens import models
+    from fruitlens.inputs import build_augmenter, make_dataset
+    from fruitlens.plots import plot_history
+    from fruitlens.runs import MODEL_FILE, ModelCard, library_versions, write_card
+
+    config = config or TrainConfig()
+    start = time.perf_counter()
+    run = Path(run_dir)
+    ckpt = run / CHECKPOINTS
+    ckpt.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(data_dir, run, config, workers=workers)
+    num_classes = len(data.classes)
+    monitor = config.monitor if data.val is not None else config.monitor.replace("val_", "")
+
+    state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "best_epoch": None,
+                             "config": config.to_dict(), "classes": list(data.classes), "stopped_early": False}
+    resumed = resume and (ckpt / STATE_FILE).is_file() and (ckpt / "last.keras").is_file()
+    if resume and not resumed:
+        log.warning("--resume: no checkpoint in %s; starting a fresh run", ckpt)
+    if resumed:
+        saved = tables.read_json(ckpt / STATE_FILE)
+        _check_resumable(saved["config"], config)
+        if list(saved["classes"]) != list(data.classes):
+            raise ValueError(f"cannot resume: classes changed ({saved['classes']} -> {list(data.classes)})")
+        state.update({k: v for k, v in saved.items() if k != "config"})
+    else:
+        for name in ("best.keras", "last.keras", STATE_FILE):
+            (ckpt / name).unlink(missing_ok=True)
+
+    full = None
+    if config.is_bottleneck or not resumed:
+        full = models.build_model(config.arch, num_classes, config.size, weights=config.weights,
+                                  mode=config.mode, alpha=config.alpha, seed=config.seed)
+    if config.is_bottleneck:
+        tag = _weights_tag(config)
+        cache = run / "cache"
+        train_x = _bottleneck_features(full, data.train, cache, f"{tag}-{cache_key_of(data.train)}")
+        val_x = (_bottleneck_features(full, data.val, cache, f"{tag}-{cache_key_of(data.val)}")
+                 if data.val is not None else None)
+        head = full.get_layer("head")
+        trainee = keras.models.load_model(ckpt / "last.keras") if resumed else models.compile_model(
+            keras.models.clone_model(head), config.arch, config.mode, config.learning_rate)
+        if not resumed:
+            trainee.set_weights(head.get_weights())
+        train_ds = _features_dataset(train_x, data.train.labels, config.batch_size, shuffle=True, seed=config.seed,
+                                     epochs=config.epochs, initial_epoch=state["epoch"])
+        val_ds = (_features_dataset(val_x, data.val.labels, 1024, shuffle=False, seed=0)
+                  if val_x is not None else None)
+    else:
+        steps = math.ceil(len(data.train) / config.batch_size) * config.epochs
+        trainee = (keras.models.load_model(ckpt / "last.keras") if resumed
+                   else models.compile_model(full, config.arch, config.mode, config.learning_rate, steps))
+        augmenter = (build_augmenter(AugmentConfig(**config.augment_options), seed=config.seed)
+                     if config.augment else None)
+        train_ds = make_dataset(data.train, config.batch_size, shuffle=True, seed=config.seed, epochs=config.epochs,
+                                initial_epoch=state["epoch"], augmenter=augmenter)
+        val_ds = make_dataset(data.val, 256) if data.val is not None else None
+
+    initial_epoch = int(state["epoch"])
+    if resumed:
+        keras.utils.set_random_seed(config.seed + initial_epoch)  # dropout noise for the remaining epochs
+    cbs: list = []
+    stopper = None
+    if config.early_stopping:
+        stopper = _make_early_stopping(monitor, config.early_stopping, state.get("early_stopping"))
+        state["_stopper"] = stopper
+        cbs.append(stopper)
+    cbs.append(_make_checkpointer(ckpt, state, monitor))
+    if config.tensorboard:
+        import importlib.util
+
+        if importlib.util.find_spec("tensorboard") is None:
+            raise ValueError("tensorboard=True: the tensorboard package is not installed (pip install tensorboard)")
+        cbs.append(keras.callbacks.TensorBoard(log_dir=str(run / "logs")))
+    cbs.extend(callbacks)
+    class_weight = (class_weights_for(data.train.labels, num_classes) if config.class_weights == "balanced"
+                    else None)
+    if initial_epoch < config.epochs and not state.get("stopped_early"):
+        trainee.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                    steps_per_epoch=math.ceil(len(data.train) / config.batch_size), validation_data=val_ds,
+                    callbacks=cbs, class_weight=class_weight, verbose=verbose, shuffle=False)
+
+    # The final model: the best epoch's weights (or the last where nothing was monitored), no optimizer.
+    best_path = ckpt / "best.keras" if (ckpt / "best.keras").is_file() else ckpt / "last.keras"
+    best = keras.models.load_model(best_path, compile=False)
+    if config.is_bottleneck:
+        full.get_layer("head").set_weights(best.get_weights())
+        final = full
+    else:
+        final = best
+    model_path = run / MODEL_FILE
+    with tables.atomic_path(model_path) as tmp:
+        final.save(tmp)
+
+    history = pd.DataFrame(state["history"], columns=tables.HISTORY_SCHEMA.names)
+    history_path = tables.write_table(history.astype({"epoch": "int32"}), run / "history.parquet", "history")
+    curves_path = plot_history(history, run / "curves.png", title=f"{config.arch} on {Path(data_dir).name}")
+    best_epoch = state.get("best_epoch") or (int(history["epoch"].iloc[-1]) if len(history) else 0)
+    at_best = history[history["epoch"] == best_epoch].iloc[0] if len(history) else None
+    metrics = {} if at_best is None else {
+        "best_epoch": int(best_epoch), "epochs": int(len(history)),
+        "train_loss": float(at_best["loss"]), "train_accuracy": float(at_best["accuracy"]),
+        "val_loss": float(at_best["val_loss"]), "val_accuracy": float(at_best["val_accuracy"]),
+        "seconds_per_epoch": float(history["seconds"].mean()),
+    }
+    card = ModelCard(classes=data.classes, image_size=config.size, arch=config.arch,
+                     preprocessing=models.preprocessing_of(config.arch), fingerprint=data.fingerprint,
+                     seed=config.seed, metrics={k: v for k, v in metrics.items() if not _isnan(v)},
+                     config={**config.to_dict(), "counts": data.counts}, versions=library_versions())
+    card_path = write_card(run, card)
+    return {"model_path": str(model_path), "card_path": str(card_path), "history_path": str(history_path),
+            "curves_path": str(curves_path), "epochs": int(len(history)), "resumed_from": initial_epoch,
+            "stopped_early": bool(state.get("stopped_early")), "best_epoch": int(best_epoch),
+            "metrics": card.metrics, "counts": data.counts, "classes": list(data.classes),
+            "seconds": time.perf_counter() - start}
+
+
+def cache_key_of(data) -> str:
+    """A digest of decoded pixels (for naming feature caches)."""
+    import hashlib
+
+    h = hashlib.sha256(np.ascontiguousarray(data.images).data)
+    h.update(np.ascontiguousarray(data.labels).data)
+    return h.hexdigest()[:16]
+
+
+def _isnan(v) -> bool:
+    return isinstance(v, float) and math.isnan(v)
+
+
+def load_config(path: str | os.PathLike) -> TrainConfig:
+    """A TrainConfig from a JSON file (a dict of TrainConfig fields)."""
+    return TrainConfig.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+
+
+def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
+    """``config`` with the non-None ``changes`` applied."""
+    return replace(config, **{k: v for k, v in changes.items() if v is not None})
