@@ -140,7 +140,7 @@ def test_last_conv_found_in_every_structure_and_all_agree():
     np.testing.assert_array_equal(early, gradcam(models["nested"], images, layer="block1_conv1", upsample=False))
 
 
-def test_no_mutation_of_model_or_images():
+def test_no_mutation_of_model_or_images(tmp_path):
     model = structures()["nested"]
     images = np.random.default_rng(2).random((2, 16, 12, 3)).astype(np.float32)
     before_images = images.copy()
@@ -156,6 +156,10 @@ def test_no_mutation_of_model_or_images():
     assert json.dumps(model.get_config(), default=str) == config
     assert model.layers[-1].activation is activation
     np.testing.assert_array_equal(np.asarray(model(images)), out)
+    model.save(tmp_path / "m.keras")  # still saves, and reloads as the same network
+    again = keras.models.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(np.asarray(again(images)), out, atol=1e-6)
+    assert [lay.name for lay in again.layers] == [lay.name for lay in model.layers]
 
 
 def test_batch_equals_one_by_one():
