@@ -159,6 +159,7 @@ class _Data:
     per_class: pd.DataFrame | None = None
     pairs: list[tuple[str, str, int, int]] = field(default_factory=list)  # (true, predicted, n, support)
     explained: set[str] = field(default_factory=set)
+    unknown_labels: int = 0  # evaluated images whose label is not a class of the model (left out)
 
 
 def _load(run: _Run) -> _Data:
@@ -175,24 +176,41 @@ def _load(run: _Run) -> _Data:
     elif (classes_json := run.json("index/classes.json")) is not None:
         classes = sorted(classes_json, key=lambda c: classes_json[c]) if isinstance(classes_json, dict) \
             else [str(c) for c in classes_json]
-    if predictions is not None:
+    unknown = 0
+    if predictions is not None and card and card.get("classes"):  # labels the model cannot predict
+        known = predictions["label"].astype(str).isin(set(classes))
+        unknown = int((~known).sum())
+        predictions = predictions[known].reset_index(drop=True)
+    elif predictions is not None:
         seen = set(predictions["label"].astype(str)) | set(predictions["pred_label"].astype(str))
         classes += sorted(seen - set(classes) - {""})
-    root = None
-    if index_meta and index_meta.get("root"):
-        root = Path(index_meta["root"])
-    lime, gradcam = run.table(LIME), run.table(GRADCAM)
-    data = _Data(run=run, card=card, run_json=run.json("run.json"), index_meta=index_meta, images=images,
+    root = None  # the dataset root that relative prediction paths hang from
+    metrics_json = run.json("eval/metrics.json")
+    run_json = run.json("run.json")
+    for meta, key in ((index_meta, "root"), (metrics_json, "data"), (run_json, "data_dir")):
+        if isinstance(meta, dict) and isinstance(meta.get(key), str) and Path(meta[key]).is_dir():
+            root = Path(meta[key])
+            break
+    lime, gradcam = (_by_image(run.table(name)) for name in (LIME, GRADCAM))
+    data = _Data(run=run, card=card, run_json=run_json, index_meta=index_meta, images=images,
                  history=run.table("history.parquet"), predictions=predictions,
-                 metrics_json=run.json("eval/metrics.json"), lime=lime, gradcam=gradcam,
+                 metrics_json=metrics_json, lime=lime, gradcam=gradcam,
                  failed=run.table("explain/failed.parquet"), comparison=run.table("comparison.parquet"),
-                 classes=classes, dataset_root=root)
+                 classes=classes, dataset_root=root, unknown_labels=unknown)
     for t in (lime, gradcam):
         if t is not None and "image_id" in t.columns:
             data.explained |= set(t["image_id"].astype(str))
     if predictions is not None and len(predictions):
         _derive_metrics(data)
     return data
+
+
+def _by_image(table: pd.DataFrame | None) -> pd.DataFrame | None:
+    """An explanation table with string image ids, sorted by them (so one image's rows are a slice)."""
+    if table is None or "image_id" not in table.columns:
+        return table
+    table = table.assign(image_id=table["image_id"].astype(str))
+    return table.sort_values("image_id", kind="stable", ignore_index=True)
 
 
 def _derive_metrics(data: _Data) -> None:
@@ -339,10 +357,17 @@ def _photo(data: _Data, row: pd.Series | dict) -> str | None:
     return data.run.image_src(p) if p.is_file() else None
 
 
+def _rows_of(table: pd.DataFrame, image_id: str) -> pd.DataFrame:
+    """The rows of ``table`` (sorted by image_id, as ``_load`` leaves it) for one image: a binary search."""
+    ids = table["image_id"].to_numpy()
+    lo, hi = np.searchsorted(ids, image_id, "left"), np.searchsorted(ids, image_id, "right")
+    return table.iloc[lo:hi]
+
+
 def _lime_rows(data: _Data, image_id: str, prefer_label: str | None) -> pd.DataFrame | None:
     if data.lime is None or "image_id" not in data.lime.columns:
         return None
-    rows = data.lime[data.lime["image_id"].astype(str) == image_id]
+    rows = _rows_of(data.lime, image_id)
     if rows.empty:
         return None
     if "label" in rows.columns and prefer_label is not None and (rows["label"] == prefer_label).any():
@@ -356,7 +381,7 @@ def _lime_rows(data: _Data, image_id: str, prefer_label: str | None) -> pd.DataF
 def _gradcam_row(data: _Data, image_id: str, prefer_label: str | None) -> pd.Series | None:
     if data.gradcam is None or "image_id" not in data.gradcam.columns:
         return None
-    rows = data.gradcam[data.gradcam["image_id"].astype(str) == image_id]
+    rows = _rows_of(data.gradcam, image_id)
     if rows.empty:
         return None
     if "label" in rows.columns and prefer_label is not None and (rows["label"] == prefer_label).any():
@@ -364,19 +389,35 @@ def _gradcam_row(data: _Data, image_id: str, prefer_label: str | None) -> pd.Ser
     return rows.iloc[0]
 
 
+def _is_score(column: str) -> bool:
+    """Faithfulness columns of the gradcam table: the schema's AUCs and any extra *_auc, *_score, *_hit."""
+    return column in _SCORE_HELP or column.endswith(("_auc", "_score", "_hit"))
+
+
+_LIME_PREFERRED = ("outline", "block")  # the pictures fruitlens.explain.lime draws, best first
+_LIME_CAPTIONS = {"outline": "LIME · green for, red against", "block": "LIME · top superpixels only"}
+_LIME_SKIP = ("segments", "boundaries", "density")  # not explanations of one label at image size
+
+
 def _lime_images(data: _Data, image_id: str, label: str | None) -> list[tuple[Path, str]]:
-    """LIME PNGs of an image (``explain/lime/<image_id>_*.png``), the explained label's first."""
+    """The LIME picture of an image (``explain/lime/<image_id>_*.png``) with its caption, as a list."""
     folder = data.run.root / "explain" / "lime"
     if not folder.is_dir():
         return []
     found = sorted(folder.glob(f"{glob_escape(image_id)}_*.png"), key=lambda p: _natural_key(p.name))
-    out = []
-    for p in found:
-        tag = p.stem[len(image_id) + 1:]
-        out.append((p, tag))
-    if label:
-        out.sort(key=lambda t: 0 if label in t[1] else 1)
-    return out[:2]
+    tagged = [(p, p.stem[len(image_id) + 1:]) for p in found]
+
+    def rank(item: tuple[Path, str]) -> int:
+        tag = item[1]
+        if tag in _LIME_PREFERRED:
+            return _LIME_PREFERRED.index(tag)
+        if label and label in tag:
+            return len(_LIME_PREFERRED)
+        return 99 if any(k in tag for k in _LIME_SKIP) else 50
+
+    tagged.sort(key=rank)
+    chosen = [t for t in tagged if rank(t) < 99][:1] or tagged[:1]
+    return [(p, _LIME_CAPTIONS.get(tag, f"LIME · {tag}")) for p, tag in chosen]
 
 
 def glob_escape(text: str) -> str:
@@ -408,7 +449,7 @@ def _explanation_card(data: _Data, row: pd.Series, *, note: str = "") -> str:
     lime_rows = _lime_rows(data, image_id, pred)
     lime_label = str(lime_rows["label"].iloc[0]) if lime_rows is not None and "label" in lime_rows else pred
     for path, tag in _lime_images(data, image_id, lime_label):
-        figures.append(_figure(data.run.image_src(path), f"LIME · {_e(tag)}",
+        figures.append(_figure(data.run.image_src(path), _e(tag),
                                alt=f"LIME explanation of {image_id}"))
     g = _gradcam_row(data, image_id, pred)
     if g is not None:
@@ -430,13 +471,11 @@ def _explanation_card(data: _Data, row: pd.Series, *, note: str = "") -> str:
             pos = lime_rows[lime_rows["weight"] > 0]
             scores.append(f"{len(pos)} of {len(lime_rows)} superpixels speak for <b>{_e(lime_label)}</b>")
     if g is not None:
-        for key in [c for c in g.index if c not in _SCHEMA_GRADCAM or c in _SCORE_HELP]:
+        for key in [c for c in g.index if _is_score(c)]:
             value = g[key]
-            if key in ("deletion_auc", "insertion_auc", "pointing_hit") or (
-                    key not in _SCHEMA_GRADCAM and isinstance(value, (float, int, bool, np.number, np.bool_))):
-                if value is None or (isinstance(value, float) and math.isnan(value)):
-                    continue
-                scores.append(f"{_e(_SCORE_HELP.get(key, key.replace('_', ' ')))} <b>{_e(_fmt(value, 2))}</b>")
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            scores.append(f"{_e(_SCORE_HELP.get(key, key.replace('_', ' ')))} <b>{_e(_fmt(value, 2))}</b>")
     if lime_rows is None and g is None:
         scores.append("not explained in this run")
     head = (f"<div class=\"card-head\"><span class=\"badge {verdict}\">{verdict}</span> "
@@ -561,6 +600,9 @@ def _section_metrics(data: _Data) -> str:
              float((pc["f1"] * w).sum()), int(s.sum())],
         ], columns=pc.columns)
         parts.append(_table(pc, foot=foot, headers={"f1": "F1"}))
+        if data.unknown_labels:
+            parts.append(f"<p class=\"note\">{data.unknown_labels:,} evaluated images have a label that is not one "
+                         "of the model's classes; they are left out of every number here.</p>")
         parts.append("<p class=\"note\">Sorted by F1, weakest class first; click a header to sort.</p>")
     m = data.metrics_json
     if m is None:
@@ -695,7 +737,7 @@ def _section_why(data: _Data, top_pairs: int, per_pair: int) -> str:
         if data.explained and not n_expl:
             parts.append("<p class=\"missing\">None of these mistakes was explained in this run "
                          f"({_e(_explain_status(data))}); their photos and predictions follow.</p>")
-        hint = _pointing_summary(data, pred[(y == true) & (p == other)])
+        hint = _pointing_summary(data, pred[(y == true) & (p == other)], pred[(y == other) & (p == other)], other)
         if hint:
             parts.append(f"<p>{hint}</p>")
         cards = [_explanation_card(data, r, note="mistake") for _, r in mistakes.iterrows()]
@@ -705,17 +747,57 @@ def _section_why(data: _Data, top_pairs: int, per_pair: int) -> str:
     return "".join(parts)
 
 
-def _pointing_summary(data: _Data, rows: pd.DataFrame) -> str:
-    """One sentence on where Grad-CAM looked for these images, when the run measured it."""
+def _evidence_hits(data: _Data, ids: set[str]) -> list[tuple[str, int, int]]:
+    """For images ``ids``: how often each explanation points at the annotated evidence, when measured.
+
+    Grad-CAM: ``pointing_hit`` (its peak inside the evidence mask). LIME: the strongest superpixel of the
+    explained label lies mostly (> 50 %) inside the mask (``evidence`` column). Returns (what, hits, of).
+    """
+    out = []
     g = data.gradcam
-    if g is None or "pointing_hit" not in g.columns or "image_id" not in rows:
+    if g is not None and {"image_id", "pointing_hit"} <= set(g.columns):
+        hits = g[g["image_id"].astype(str).isin(ids)].drop_duplicates("image_id")["pointing_hit"].dropna()
+        if len(hits):
+            out.append(("Grad-CAM's peak", int(hits.astype(bool).sum()), len(hits)))
+    lime = data.lime
+    if lime is not None and {"image_id", "weight", "evidence"} <= set(lime.columns):
+        sub = lime[lime["image_id"].astype(str).isin(ids) & lime["evidence"].notna()]
+        if "label_prob" in sub and "label" in sub and len(sub):  # the top explained label of each image
+            top = sub.sort_values("label_prob", ascending=False).drop_duplicates("image_id")[["image_id", "label"]]
+            sub = sub.merge(top, on=["image_id", "label"])
+        if len(sub):
+            best = sub.sort_values("weight", ascending=False).drop_duplicates("image_id")
+            out.append(("LIME's strongest superpixel", int((best["evidence"] > 0.5).sum()), len(best)))
+    return out
+
+
+def _pointing_summary(data: _Data, mistakes: pd.DataFrame, right: pd.DataFrame, other: str) -> str:
+    """Where the explanations looked in these mistakes, against right predictions of the class taken for."""
+    if "image_id" not in mistakes:
         return ""
-    hits = g[g["image_id"].astype(str).isin(set(rows["image_id"].astype(str)))]["pointing_hit"].dropna()
-    if hits.empty:
+    wrong = _evidence_hits(data, set(mistakes["image_id"].astype(str)))
+    if not wrong:
         return ""
-    k = int(hits.astype(bool).sum())
-    return (f"Grad-CAM's peak lies on the class evidence (the annotated region) in {k} of {len(hits)} of "
-            f"these mistakes{'' if k else ': the model looked elsewhere'}.")
+    good = {what: (k, n) for what, k, n in _evidence_hits(data, set(right["image_id"].astype(str)))}
+    phrases = []
+    for what, k, n in wrong:
+        text = f"{what} lies on the annotated evidence in {k} of {n} of these mistakes"
+        if what in good:
+            gk, gn = good[what]
+            text += f" (against {gk} of {gn} images of {_e(other)} it got right)"
+        phrases.append(text)
+    what, k, n = wrong[0]  # the verdict follows the first measure (Grad-CAM when there is one)
+    right_rate = good[what][0] / good[what][1] if what in good and good[what][1] else None
+    if 2 * k >= n:
+        verdict = "It did look at the evidence, and misread it: to this model the two classes' evidence looks alike."
+    elif right_rate is None:
+        verdict = "The model mostly looked away from the evidence when it made these mistakes."
+    elif right_rate >= 0.5:
+        verdict = "When it errs, the model looks away from the evidence it uses when it is right."
+    else:
+        verdict = ("It looks away from the evidence even when it is right: it has not learned what decides these "
+                   "classes, so the mistakes come from whatever else it looks at.")
+    return "; ".join(phrases) + f". <b>{verdict}</b>"
 
 
 def _faithfulness_table(data: _Data) -> str:
@@ -728,9 +810,7 @@ def _faithfulness_table(data: _Data) -> str:
         frames.append(lime)
     if data.gradcam is not None and "image_id" in data.gradcam.columns:
         g = data.gradcam.assign(image_id=data.gradcam["image_id"].astype(str)).drop_duplicates("image_id")
-        num = [c for c in g.columns if c in ("deletion_auc", "insertion_auc", "pointing_hit") or (
-            c not in _SCHEMA_GRADCAM and pd.api.types.is_numeric_dtype(g[c]) or pd.api.types.is_bool_dtype(g[c]))]
-        num = [c for c in num if c not in ("peak_y", "peak_x")]
+        num = [c for c in g.columns if _is_score(c)]
         if num:
             frames.append(g.set_index("image_id")[num].astype(float))
     if not frames:
@@ -800,8 +880,26 @@ def _section_comparison(data: _Data) -> str:
         return _missing("Comparison with the previous model (made by the nightly flow)", "comparison.parquet")
     if c.empty:
         return "<p class=\"missing\">comparison.parquet is empty.</p>"
-    return ("<p>The model of this run against the one it would replace, as the nightly flow measured them on "
-            "the same images.</p>" + _table(c, digits=4))
+    parts = ["<p>This run's model (new) against the current model it would replace, measured on the same "
+             "images by the nightly flow.</p>"]
+    if "promoted" in c.columns and c["promoted"].notna().any():
+        promoted = bool(c["promoted"].dropna().iloc[0])
+        first_model = "current" in c.columns and c["current"].isna().all()
+        parts.append("<p class=\"good\">There was no current model: this one became the current model.</p>"
+                     if first_model and promoted else
+                     "<p class=\"good\">The new model was not worse: it became the current model.</p>" if promoted
+                     else "<p class=\"missing\">The new model did worse: the current model was kept.</p>")
+    if {"metric", "new", "current", "delta"} <= set(c.columns):
+        lines = []
+        for r in c.itertuples():
+            if pd.notna(r.current) and pd.notna(r.delta):
+                sign = "+" if r.delta >= 0 else "−"
+                lines.append(f"<li>{_e(r.metric)}: new <b>{_fmt(r.new, 4)}</b>, current {_fmt(r.current, 4)} "
+                             f"({sign}{_fmt(abs(float(r.delta)), 4)})</li>")
+        if lines:
+            parts.append(f"<ul>{''.join(lines)}</ul>")
+    parts.append(_table(c, digits=4))
+    return "".join(parts)
 
 
 def _timings(run_json: dict | None) -> pd.DataFrame | None:
@@ -898,6 +996,9 @@ def _headline(data: _Data) -> tuple[str, str]:
             worst = data.per_class.sort_values("f1", kind="stable").iloc[0]
             if worst["f1"] < 1:
                 words.append(f"Its weakest class is <b>{_e(worst['class'])}</b> (F1 {worst['f1']:.2f}).")
+        for key, value in (data.metrics_json or {}).items():
+            if re.fullmatch(r"top\d+_accuracy", key) and isinstance(value, (int, float)):
+                tiles.append((_pct(float(value)), key.replace("_", " ")))
         wrong = int((pred["label"].astype(str) != pred["pred_label"].astype(str)).sum())
         tiles.append((f"{wrong:,}", "mistakes"))
         if data.pairs:
@@ -966,7 +1067,7 @@ table.kv th{width:32%;font-weight:500;color:var(--muted);background:none}
 table.kv td{word-break:break-all}
 table.heat{min-width:0;font-size:12px}
 table.heat td,table.heat th{border:1px solid #eef0f3;padding:0;text-align:center}
-table.heat td{width:30px;height:28px;min-width:28px}
+table.heat td{width:30px;height:28px;min-width:28px;vertical-align:middle}
 table.heat td span{display:block;padding:5px 2px;font-variant-numeric:tabular-nums}
 table.heat tbody th{padding:2px 8px;text-align:right;white-space:nowrap;font-weight:500}
 table.heat th.col{vertical-align:bottom;height:auto;padding:4px 2px;background:none}

@@ -139,12 +139,17 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0, explai
         weights = rng.normal(0, 0.05, n_sp)
         weights[0] = 0.4
         score = float(rng.uniform(0.35, 0.85))
+        evidence = rng.uniform(0, 0.3, n_sp)
+        evidence[0] = 0.0 if wrong_pred else 1.0  # the strongest superpixel is on the sticker when right
         for sp in range(n_sp):
             lime_rows.append({"image_id": row.image_id, "label": p["pred_label"], "label_prob": float(p["pred_prob"]),
                               "superpixel": sp, "weight": float(weights[sp]), "intercept": 0.2, "score": score,
-                              "local_pred": float(p["pred_prob"]) - 0.05, "num_samples": 300, "segmenter": "slic"})
+                              "local_pred": float(p["pred_prob"]) - 0.05, "num_samples": 300, "segmenter": "slic",
+                              "true_label": row.label, "evidence": float(evidence[sp])})
         lime_pic = plots.overlay(photo, np.where(heat > 0.5, 1.0, 0.0), palette="Greens", alpha=0.5)
-        plots.save_png(lime_pic, ex / "lime" / f"{row.image_id}_{p['pred_label']}.png")
+        plots.save_png(lime_pic, ex / "lime" / f"{row.image_id}_outline.png")
+        plots.save_png(photo * (heat > 0.5)[..., None], ex / "lime" / f"{row.image_id}_block.png")
+        plots.save_png(photo, ex / "lime" / f"{row.image_id}_boundaries.png")
         small = np.asarray(Image.fromarray(heat).resize(IMAGE_SIZE[::-1], Image.Resampling.BILINEAR))
         small = small / max(float(small.max()), 1e-6)
         cam_pic = plots.overlay(photo, small, palette="jet", alpha=0.45)
@@ -157,6 +162,7 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0, explai
         cam_rows.append({"image_id": row.image_id, "label": p["pred_label"], "layer": LAYERS[-1],
                          "heatmap_path": heat_rel, "overlay_path": over_rel, "peak_y": int(py), "peak_x": int(px),
                          "deletion_auc": float(rng.uniform(0.05, 0.3)), "insertion_auc": float(rng.uniform(0.6, 0.95)),
+                         "true_label": row.label, "target_prob": float(p["pred_prob"]), "variant": "gradcam",
                          "pointing_hit": not wrong_pred})
     tables.write_table(pd.DataFrame(lime_rows), ex / "lime.parquet", "lime")
     cams = pd.DataFrame(cam_rows).astype({"peak_y": np.int32, "peak_x": np.int32})
@@ -175,9 +181,9 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0, explai
 
     # --- nightly comparison and the pipeline record
     acc = float(correct.mean())
-    tables.write_table(pd.DataFrame({"model": ["current", "new"], "run_dir": ["artifacts/nightly/prev", str(run)],
-                                     "accuracy": [acc - 0.04, acc], "macro_f1": [acc - 0.05, acc - 0.01],
-                                     "promoted": [False, True]}), run / "comparison.parquet")
+    tables.write_table(pd.DataFrame({"metric": ["accuracy", "macro_f1", "n"], "new": [acc, acc - 0.01, len(test)],
+                                     "current": [acc - 0.04, acc - 0.05, len(test)], "delta": [0.04, 0.04, 0.0],
+                                     "promoted": [True, True, True]}), run / "comparison.parquet")
     tables.write_json(run / "run.json", {
         "flow": "train_and_explain_flow", "flow_run_id": "0a1b2c3d-demo", "started": "2026-11-22T17:00:00Z",
         "finished": "2026-11-22T17:02:10Z", "data_dir": str(data),

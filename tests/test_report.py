@@ -67,8 +67,15 @@ def test_confused_pairs_are_said_in_words_and_explained(fabricated):
     cards = re.findall(r'<div class="card".*?<p class="scores">.*?</p></div>', pair_block, re.S)
     assert len(cards) == 3  # 2 mistakes (per_pair) + 1 right prediction of the other class
     for card in cards:
-        assert card.count("<img ") == 3
+        assert card.count("<img ") == 3  # photo, LIME outline, Grad-CAM
+        assert "LIME · green for, red against" in card and "Grad-CAM · conv2d_1" in card
         assert "LIME fit R²" in card and "deletion AUC" in card and "insertion AUC" in card
+    # where the explanations looked: the fixture's mistakes look beside the sticker, right predictions on it
+    n = CONFUSIONS[0][2]
+    assert (f"Grad-CAM's peak lies on the annotated evidence in 0 of {n} of these mistakes (against {N_TEST} of "
+            f"{N_TEST} images of {CONFUSIONS[0][1]} it got right)") in pair_block
+    assert f"LIME's strongest superpixel lies on the annotated evidence in 0 of {n}" in pair_block
+    assert "When it errs, the model looks away from the evidence it uses when it is right." in pair_block
 
 
 def test_numbers_match_the_predictions(fabricated):
@@ -85,6 +92,25 @@ def test_numbers_match_the_predictions(fabricated):
     dataset = _section(page, "dataset")
     assert "Bad files (2)" in dataset and "zero-byte file" in dataset and "not_image" in dataset
     assert f"<td>red_dot</td><td data-v=\"8.0\" class=\"num\">8</td><td data-v=\"{float(N_TEST)}\"" in dataset
+
+
+def test_labels_outside_the_model_are_left_out_and_photos_found_without_index(fabricated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(fabricated, run)
+    pred = tables.read_table(run / "eval" / "predictions.parquet")
+    extra = pred.head(2).assign(label="kiwi", image_id=["x1", "x2"], correct=False)
+    tables.write_table(pd.concat([pred, extra], ignore_index=True), run / "eval" / "predictions.parquet", "predictions")
+    metrics = tables.read_json(run / "eval" / "metrics.json")
+    tables.write_json(run / "eval" / "metrics.json", metrics | {"top3_accuracy": 0.97,
+                                                                "data": str(tables.read_json(
+                                                                    run / "index" / "index.json")["root"])})
+    shutil.rmtree(run / "index")  # photos are then found from metrics.json's "data"
+    page = _html(run) if build_report(run) else ""
+    acc = (pred["label"] == pred["pred_label"]).mean()
+    assert f'<div class="big">{100 * acc:.1f}%</div>' in page and "kiwi" not in _section(page, "confusion")
+    assert "2 evaluated images have a label that is not one of the model's classes" in page
+    assert '<div class="big">97.0%</div><div class="small">top3 accuracy</div>' in page
+    assert 'class="noimg"' not in _section(page, "mistakes")
 
 
 def test_report_needs_no_network_and_embeds_every_image(fabricated):
