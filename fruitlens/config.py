@@ -3,7 +3,7 @@
 A config file holds any of the fields of :class:`PipelineConfig`; ``train`` holds the fields of
 ``fruitlens.training.TrainConfig`` (checked by the training step). Example (YAML)::
 
-    train: {arch: seed_cnn, image_size: 20, epochs: 8}
+    train: {arch: fruit_net, image_size: 32, epochs: 6}
     methods: [lime, gradcam]
     explain_limit: 30          # explain the first 30 test images (by image id); null for all
     chunk_size: 8
@@ -30,8 +30,9 @@ TASK_RUNNERS = ("thread", "dask")
 METRICS = ("accuracy", "macro_f1")
 
 # Small enough that `fruitlens demo` runs in a few minutes on two cores.
-DEMO_TRAIN: dict[str, Any] = {"arch": "seed_cnn", "image_size": 20, "epochs": 8, "batch_size": 32, "seed": 42}
-DEMO_EXPLAIN_OPTIONS: dict[str, dict[str, Any]] = {"lime": {"num_samples": 300, "seed": 0}, "gradcam": {}}
+DEMO_TRAIN: dict[str, Any] = {"arch": "fruit_net", "image_size": 32, "epochs": 6, "batch_size": 32, "seed": 42}
+DEMO_EXPLAIN_OPTIONS: dict[str, dict[str, Any]] = {"lime": {"num_samples": 300, "seed": 0, "plots": "explanation"},
+                                                     "gradcam": {}}
 
 
 @dataclass(frozen=True)

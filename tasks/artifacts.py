@@ -56,6 +56,7 @@ def link_artifacts_task(links: dict[str, str], prefix: str = "") -> int:
     for name, path in links.items():
         p = Path(path)
         if p.exists():
-            create_link_artifact(p.resolve().as_uri(), link_text=f"{name}: {p.name}", key=re.sub(r"[^a-z0-9]+", "-", f"{prefix}{name}-link".lower()))
+            key = re.sub(r"[^a-z0-9]+", "-", f"{prefix}{name}-link".lower())
+            create_link_artifact(p.resolve().as_uri(), link_text=f"{name}: {p.name}", key=key)
             n += 1
     return n

@@ -295,3 +295,21 @@ def test_serve_registers_the_cron_schedule(prefect_server, demo_dir, tmp_path):
     assert deployment.parameters["out_dir"] == str((tmp_path / "nightly").resolve())
     config = deployment.parameters["config"]
     assert config["chunk_size"] == 5 and config["train"]["epochs"] == 3
+
+
+def test_prefect_yaml_deploys_the_nightly_flow():
+    import inspect
+
+    import yaml
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import load_flow_from_entrypoint
+
+    from fruitlens.config import PipelineConfig
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployment = spec["deployments"][0]
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    assert flow.name == "nightly"
+    assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+    PipelineConfig.from_dict(deployment["parameters"]["config"])  # a valid config
+    assert CronSchedule(cron=deployment["schedules"][0]["cron"]).cron == "0 2 * * *"
