@@ -15,9 +15,10 @@ from prefect import flow, get_run_logger
 from flows.evaluate import evaluate_flow
 from flows.explain import explain_flow
 from flows.index import index_flow
-from flows.settings import build_task_runner, run_name, slug
+from flows.settings import build_task_runner, run_name, slug, subflow
 from flows.train import train_flow
 from fruitlens.config import PipelineConfig
+from fruitlens.pipeline import explanation_pngs
 from tasks.artifacts import comparison_artifact_task, link_artifacts_task, summary_artifact_task
 from tasks.cache import fresh
 from tasks.evaluate import evaluate_task
@@ -51,10 +52,10 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
         timings[name] = time.perf_counter() - start
         return out
 
-    index = step("index", index_flow, data_dir, str(run / "index"))
-    train = step("train", train_flow, data_dir, str(run), cfg.train)
-    new = step("evaluate", evaluate_flow, str(run), data_dir, cfg.split, artifacts=True)
-    explain = explain_flow.with_options(task_runner=build_task_runner(cfg.task_runner, cfg.dask_address))
+    index = step("index", subflow(index_flow), data_dir, str(run / "index"))
+    train = step("train", subflow(train_flow), data_dir, str(run), cfg.train)
+    new = step("evaluate", subflow(evaluate_flow), str(run), data_dir, cfg.split, artifacts=True)
+    explain = subflow(explain_flow.with_options(task_runner=build_task_runner(cfg.task_runner, cfg.dask_address)))
     explained = step("explain", explain, str(run), data_dir, list(cfg.methods), cfg.split, cfg.explain_limit,
                      cfg.chunk_size, cfg.explain_options)
     first = explained.get("first_image")
@@ -78,11 +79,13 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
              "none" if old is None else f"{old[cfg.promote_metric]:.4f}",
              "promoted" if comparison["promote"] else "kept the current model")
 
+    record = {"data_dir": str(data_dir), "models_home": str(home), "metrics": new["headline"],
+              "promoted": comparison["promote"], "model_digest": train["model_digest"]}
+    run_record_task(str(run), cfg.to_dict(), timings, record)  # the report shows run.json
     report = step("report", report_task, str(run)) if cfg.report else None
     images = [["training curves", str(run / "curves.png")], ["confusion matrix", str(run / "eval" / "confusion.png")]]
-    from fruitlens.pipeline import explanation_pngs
-
-    images += [[f"{p.parent.name} {p.stem}", str(p)] for p in explanation_pngs(run / "explain", cfg.methods)]
+    images += [[f"{p.parent.name} {p.stem}", str(p)]
+               for p in explanation_pngs(run / "explain", ["side_by_side", *cfg.methods], per_method=1)]
     lines = [f"- data: `{data_dir}`, {index['num_ok']} usable images ({index['num_bad']} unusable), "
              f"{len(index['classes'])} classes",
              f"- model: {cfg.train.get('arch')} at {cfg.train.get('image_size')} px, {train['epochs']} epochs, "
@@ -97,8 +100,6 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
     links |= {m: p for m, p in explained.items() if m in cfg.methods}
     summary = {"metrics": new["headline"], "promoted": comparison["promote"], "timings": timings,
                "model_digest": train["model_digest"], "report": report}
-    run_record_task(str(run), cfg.to_dict(), timings, {"data_dir": str(data_dir), "models_home": str(home),
-                                                       "metrics": new["headline"], "promoted": comparison["promote"],
-                                                       "model_digest": train["model_digest"]})
+    run_record_task(str(run), cfg.to_dict(), timings, record)  # with the report's time
     link_artifacts_task(links, prefix=prefix)
     return summary

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, temporary_settings
+from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fruitlens.config import cache_dir
@@ -39,6 +39,18 @@ def pipeline_settings(cache: str | os.PathLike | None = None) -> Iterator[Path]:
             os.environ.pop("PREFECT_LOCAL_STORAGE_PATH", None)
         else:
             os.environ["PREFECT_LOCAL_STORAGE_PATH"] = before
+
+
+def subflow(flow_fn):
+    """``flow_fn`` called as a subflow without a heartbeat thread of its own.
+
+    A subflow runs in its parent's process, whose heartbeat already tells the server it is alive; the
+    subflow's own heartbeat thread costs up to a second at every subflow's end (Prefect joins it).
+    """
+    def call(*args, **kwargs):
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            return flow_fn(*args, **kwargs)
+    return call
 
 
 def build_task_runner(name: str = "thread", address: str | None = None, cluster_kwargs: dict | None = None,

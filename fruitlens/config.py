@@ -52,7 +52,6 @@ class PipelineConfig:
         models_home: where the "current" model lives (default: ``<out>/../models``).
         task_runner: "thread" (default) or "dask" for the explanation chunks.
         dask_address: scheduler address for "dask"; None starts a local cluster.
-        retries: retries of the steps that do I/O.
     """
 
     train: dict[str, Any] = field(default_factory=lambda: dict(DEMO_TRAIN))
@@ -67,7 +66,6 @@ class PipelineConfig:
     models_home: str | None = None
     task_runner: TaskRunnerName = "thread"
     dask_address: str | None = None
-    retries: int = 2
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "methods", tuple(self.methods))
@@ -83,8 +81,6 @@ class PipelineConfig:
             raise ValueError(f"task_runner {self.task_runner!r}: expected one of {', '.join(TASK_RUNNERS)}")
         if self.promote_metric not in METRICS:
             raise ValueError(f"promote_metric {self.promote_metric!r}: expected one of {', '.join(METRICS)}")
-        if self.retries < 0:
-            raise ValueError(f"retries {self.retries}: expected 0 or more")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able values (lists for tuples), the form flows take as a parameter."""

@@ -137,14 +137,18 @@ def prune_parts(out_dir: str | os.PathLike, method: str, chunks: Sequence[Sequen
 
 
 def per_class_metrics(predictions: pd.DataFrame) -> pd.DataFrame:
-    """Precision, recall, F1 and support per true class from a `predictions` table."""
-    from sklearn.metrics import precision_recall_fscore_support
-
+    """Precision, recall, F1 and support per class (true or predicted) from a `predictions` table."""
     labels = sorted(set(predictions["label"]) | set(predictions["pred_label"]))
-    p, r, f, s = precision_recall_fscore_support(predictions["label"], predictions["pred_label"], labels=labels,
-                                                 zero_division=0)
-    return pd.DataFrame({"class": labels, "precision": p.round(4), "recall": r.round(4), "f1": f.round(4),
-                         "support": s.astype(int)})
+    counts = pd.crosstab(predictions["label"], predictions["pred_label"]).reindex(index=labels, columns=labels,
+                                                                                 fill_value=0)
+    tp = pd.Series(counts.to_numpy().diagonal(), index=labels, dtype=float)
+    support, predicted = counts.sum(axis=1).astype(float), counts.sum(axis=0).astype(float)
+    precision = (tp / predicted).where(predicted > 0, 0.0)
+    recall = (tp / support).where(support > 0, 0.0)
+    f1 = (2 * precision * recall / (precision + recall)).where(precision + recall > 0, 0.0)
+    return pd.DataFrame({"class": labels, "precision": precision.round(4).to_numpy(),
+                         "recall": recall.round(4).to_numpy(), "f1": f1.round(4).to_numpy(),
+                         "support": support.astype(int).to_numpy()})
 
 
 def confusion_counts(predictions: pd.DataFrame) -> pd.DataFrame:

@@ -17,7 +17,7 @@ from tests.helpers import tiny_run
 
 def test_config_round_trip_and_partial_sections(tmp_path):
     cfg = PipelineConfig.from_dict({"train": {"epochs": 3}, "explain_options": {"lime": {"num_samples": 50}}})
-    assert cfg.train["epochs"] == 3 and cfg.train["arch"] == "seed_cnn"  # the rest of train keeps its defaults
+    assert cfg.train["epochs"] == 3 and cfg.train["arch"] == "fruit_net"  # the rest of train keeps its defaults
     assert cfg.explain_options["lime"] == {"num_samples": 50} and "gradcam" in cfg.explain_options
     assert PipelineConfig.from_dict(cfg.to_dict()) == cfg
     json.dumps(cfg.to_dict())  # plain values: a flow parameter
