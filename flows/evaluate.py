@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.artifacts import publish_eval_tables
 from flows.settings import run_name, slug
-from tasks.artifacts import eval_artifacts_task
 from tasks.cache import fresh
 from tasks.evaluate import evaluate_task, model_digest_task
 from tasks.index import index_task
@@ -28,5 +28,5 @@ def evaluate_flow(run_dir: str, data_dir: str, split: str = "test", out_dir: str
     evaluate = fresh(evaluate_task, Path(out) / "predictions.parquet", Path(out) / "metrics.json")
     result = evaluate(run_dir, data_dir, out, split, digest, index["digests"].get(split, ""))
     if artifacts:
-        eval_artifacts_task(out, prefix=f"{slug(Path(run_dir).name)}-")
+        publish_eval_tables(out, prefix=f"{slug(Path(run_dir).name)}-")
     return result

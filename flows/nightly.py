@@ -12,6 +12,7 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 
+from flows.artifacts import publish_comparison, publish_links, publish_summary
 from flows.evaluate import evaluate_flow
 from flows.explain import explain_flow
 from flows.index import index_flow
@@ -19,11 +20,10 @@ from flows.settings import build_task_runner, run_name, slug, subflow
 from flows.train import train_flow
 from fruitlens.config import PipelineConfig
 from fruitlens.pipeline import explanation_pngs
-from tasks.artifacts import comparison_artifact_task, link_artifacts_task, summary_artifact_task
 from tasks.cache import fresh
 from tasks.evaluate import evaluate_task
 from tasks.promote import compare_task, current_model_task, promote_task
-from tasks.report import report_task, run_record_task
+from tasks.report import digest_run_task, report_task, run_record_task
 from tasks.visualize import visualize_task
 
 
@@ -64,17 +64,18 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
              train["model_digest"], first["sha256"])
 
     current = current_model_task(str(home))
+    same = current is not None and current["model_digest"] == train["model_digest"]
     old = None
-    if current is not None and current["model_digest"] != train["model_digest"]:
+    if current is not None and not same:
         old = step("evaluate_current", fresh(evaluate_task, run / "eval_current" / "predictions.parquet"),
                    current["run_dir"], data_dir, str(run / "eval_current"), cfg.split, current["model_digest"],
                    index["digests"].get(cfg.split, ""))["headline"]
-    elif current is not None:
+    elif same:
         old = new["headline"]  # the same model: no need to evaluate it twice
-    comparison = compare_task(str(run), new["headline"], old, cfg.promote_metric)
-    if comparison["promote"] and (current is None or current["model_digest"] != train["model_digest"]):
+    comparison = compare_task(str(run), new["headline"], old, cfg.promote_metric, same)
+    if comparison["promote"] and not same:
         promote_task(str(run), str(home), {"model_digest": train["model_digest"], "metrics": new["headline"]})
-    comparison_artifact_task(comparison["rows"], comparison["promote"], prefix=prefix)
+    publish_comparison(comparison["rows"], comparison["promote"], prefix=prefix)
     log.info("new %s %.4f vs current %s: %s", cfg.promote_metric, new["headline"][cfg.promote_metric],
              "none" if old is None else f"{old[cfg.promote_metric]:.4f}",
              "promoted" if comparison["promote"] else "kept the current model")
@@ -82,7 +83,10 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
     record = {"data_dir": str(data_dir), "models_home": str(home), "metrics": new["headline"],
               "promoted": comparison["promote"], "model_digest": train["model_digest"]}
     run_record_task(str(run), cfg.to_dict(), timings, record)  # the report shows run.json
-    report = step("report", report_task, str(run)) if cfg.report else None
+    if cfg.report:  # rebuilt when anything it shows changed (apart from run.json's timings)
+        report = step("report", fresh(report_task, run / "report.html"), str(run), digest_run_task(str(run)))
+    else:
+        report = None
     images = [["training curves", str(run / "curves.png")], ["confusion matrix", str(run / "eval" / "confusion.png")]]
     images += [[f"{p.parent.name} {p.stem}", str(p)]
                for p in explanation_pngs(run / "explain", ["side_by_side", *cfg.methods], per_method=1)]
@@ -94,12 +98,12 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
              f"- current model: {'promoted this run' if comparison['promote'] else 'kept'} "
              f"({cfg.promote_metric} new {new['headline'][cfg.promote_metric]:.4f}"
              + ("" if old is None else f", current {old[cfg.promote_metric]:.4f}") + ")"]
-    summary_artifact_task(f"fruitlens run {run.name}", new["headline"], lines, images, prefix=prefix)
+    publish_summary(f"fruitlens run {run.name}", new["headline"], lines, images, prefix=prefix)
     links = {"report": report or "", "model": str(run / "model.keras"), "predictions": str(run / "eval" /
              "predictions.parquet"), "comparison": comparison["path"], "run-json": str(run / "run.json")}
     links |= {m: p for m, p in explained.items() if m in cfg.methods}
     summary = {"metrics": new["headline"], "promoted": comparison["promote"], "timings": timings,
                "model_digest": train["model_digest"], "report": report}
     run_record_task(str(run), cfg.to_dict(), timings, record)  # with the report's time
-    link_artifacts_task(links, prefix=prefix)
+    publish_links(links, prefix=prefix)
     return summary

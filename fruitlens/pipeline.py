@@ -82,6 +82,22 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+RUN_DIGEST_SKIP = ("run.json", "report.html", "checkpoints", "logs", "eval_current")
+
+
+def run_digest(run_dir: str | os.PathLike, skip: Sequence[str] = RUN_DIGEST_SKIP) -> str:
+    """Digest of the contents of every file in a run folder, leaving out the top-level names in ``skip``
+    and the ``*.parts`` folders (what a report shows, without the run record that changes every run)."""
+    root = Path(run_dir)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if rel.parts[0] in skip or any(part.endswith(".parts") or part.startswith(".") for part in rel.parts):
+            continue
+        h.update(f"{rel.as_posix()}\t{file_digest(path)}\n".encode())
+    return h.hexdigest()
+
+
 # ------------------------------------------------------------------------------------ explanation chunks
 
 

@@ -19,16 +19,27 @@ def current_model_task(models_home: str) -> dict | None:
 
 
 @task(name="compare-models", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def compare_task(run_dir: str, new: dict, current: dict | None, metric: str) -> dict:
-    """Write run_dir/comparison.parquet (metric, new, current, delta); the rows and the decision."""
+def compare_task(run_dir: str, new: dict, current: dict | None, metric: str, same_model: bool = False) -> dict:
+    """Write run_dir/comparison.parquet (metric, new, current, delta, promoted); the rows and the decision.
+
+    ``same_model``: the new model is the current one (nothing retrained since it was promoted), so the
+    comparison made when it was promoted stands and is returned unchanged.
+    """
     from pathlib import Path
 
     from fruitlens import tables
     from fruitlens.pipeline import compare_models
 
-    table, promote = compare_models(new, current, metric)
-    path = tables.write_table(table.assign(promoted=promote), Path(run_dir) / "comparison.parquet")
-    return {"rows": table.to_dict("records"), "promote": bool(promote), "path": str(path)}
+    path = Path(run_dir) / "comparison.parquet"
+    if same_model and path.is_file():
+        table = tables.read_table(path)
+        promote = bool(table["promoted"].iloc[0]) if len(table) else True
+        table = table.drop(columns=["promoted"])
+    else:
+        table, promote = compare_models(new, current, metric)
+        tables.write_table(table.assign(promoted=promote), path)
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    return {"rows": rows, "promote": bool(promote), "path": str(path)}
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

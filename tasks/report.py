@@ -5,10 +5,21 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from tasks.cache import content_cache
 
-@task(name="report", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def report_task(run_dir: str) -> str:
-    """Write run_dir/report.html; its path."""
+
+@task(name="digest-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def digest_run_task(run_dir: str) -> str:
+    """Content digest of what the report shows: every file of the run folder but run.json and the report."""
+    from fruitlens.pipeline import run_digest
+
+    return run_digest(run_dir)
+
+
+@task(name="report", cache_policy=content_cache("fruitlens.report"), retries=2, retry_delay_seconds=1,
+      persist_result=True)
+def report_task(run_dir: str, content_digest: str) -> str:
+    """Write run_dir/report.html; its path. ``content_digest`` (of the run folder) keys the cache."""
     from fruitlens.report import build_report
 
     return str(build_report(run_dir))

@@ -1,6 +1,7 @@
 """Artifacts for the Prefect UI: tables, a markdown summary with thumbnails, links to the files written.
 
-Keys are stable (lowercase, dashes), so the UI shows each one's history run after run.
+Plain functions the flows call, so each artifact belongs to the flow run that made it (and costs no task
+run of its own). Keys are stable (lowercase, dashes), so the UI shows each one's history run after run.
 """
 
 from __future__ import annotations
@@ -8,17 +9,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
 
 
 def _records(df) -> list[dict]:
     return df.astype(object).where(df.notna(), None).to_dict("records")
 
 
-@task(name="eval-artifacts", cache_policy=NO_CACHE)
-def eval_artifacts_task(eval_dir: str, prefix: str = "") -> dict:
+def publish_eval_tables(eval_dir: str, prefix: str = "") -> dict:
     """Table artifacts of per-class metrics and confusion counts from eval_dir/predictions.parquet."""
     from fruitlens import tables
     from fruitlens.pipeline import confusion_counts, per_class_metrics
@@ -32,15 +30,13 @@ def eval_artifacts_task(eval_dir: str, prefix: str = "") -> dict:
     return {"classes": int(len(per_class)), "confusion_cells": int(len(confusion))}
 
 
-@task(name="comparison-artifact", cache_policy=NO_CACHE)
-def comparison_artifact_task(rows: list[dict], promoted: bool, prefix: str = "") -> None:
+def publish_comparison(rows: list[dict], promoted: bool, prefix: str = "") -> None:
     """Table artifact: the new model against the current one on the same test set."""
     verdict = "promoted to current" if promoted else "kept the current model (the new one is worse)"
     create_table_artifact(rows, key=f"{prefix}model-comparison", description=f"New vs current model: {verdict}")
 
 
-@task(name="summary-artifact", cache_policy=NO_CACHE)
-def summary_artifact_task(title: str, metrics: dict, lines: list[str], images: list[list[str]],
+def publish_summary(title: str, metrics: dict, lines: list[str], images: list[list[str]],
                           prefix: str = "") -> None:
     """Markdown artifact: headline numbers and small thumbnails embedded as data URIs."""
     from fruitlens.pipeline import summary_markdown
@@ -49,8 +45,7 @@ def summary_artifact_task(title: str, metrics: dict, lines: list[str], images: l
                              key=f"{prefix}run-summary", description=title)
 
 
-@task(name="link-artifacts", cache_policy=NO_CACHE)
-def link_artifacts_task(links: dict[str, str], prefix: str = "") -> int:
+def publish_links(links: dict[str, str], prefix: str = "") -> int:
     """One link artifact per file written (file:// URLs), keyed by what it is (e.g. report-link)."""
     n = 0
     for name, path in links.items():
