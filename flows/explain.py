@@ -25,8 +25,9 @@ def explain_flow(run_dir: str, data_dir: str, methods: list[str] | None = None, 
                  out_dir: str | None = None) -> dict:
     """Explain the first ``limit`` images of ``split`` (all when None) with ``methods``.
 
-    Each chunk of ``chunk_size`` images is one task writing one Parquet part per method; chunks whose parts
-    exist and whose inputs did not change are Cached, so a rerun after a crash redoes only the missing ones.
+    Each chunk of ``chunk_size`` images and each method is one task writing one Parquet part; chunks whose
+    part exists and whose inputs did not change are Cached, so a rerun after a crash redoes only the missing
+    ones, and a change to one method's options re-runs that method only (and the ones after it).
     Returns the consolidated table paths and row counts.
     """
     methods = list(methods or ["lime", "gradcam"])
@@ -36,18 +37,25 @@ def explain_flow(run_dir: str, data_dir: str, methods: list[str] | None = None, 
     digest = model_digest_task(run_dir)
     plan = plan_chunks_task(index_dir, split, limit, chunk_size, out, methods)
     chunks, complete = plan["chunks"], plan["complete"]
-    total = sum(len(c) for c in chunks)
+    total = sum(len(c) for c in chunks) * len(methods)
     progress = create_progress_artifact(0.0, key=f"{slug(Path(run_dir).name)}-explain-progress",
-                                        description=f"{total} images in {len(chunks)} chunks ({', '.join(methods)})")
-    futures, sizes = [], {}
-    for is_done in (True, False):  # chunks with parts on disk may be Cached; the others run whatever the cache
-        picked = [i for i, c in enumerate(complete) if bool(c) == is_done]
-        if picked:
-            task = explain_chunk_task if is_done else explain_chunk_task.with_options(refresh_cache=True)
-            batch = task.map(unmapped(run_dir), unmapped(digest), unmapped(out), unmapped(methods),
-                             unmapped(dict(options or {})), [chunks[i] for i in picked], picked)
-            futures += list(batch)
-            sizes.update({f.task_run_id: len(chunks[i]) for f, i in zip(batch, picked, strict=True)})
+                                        description=f"{total // max(len(methods), 1)} images in {len(chunks)} "
+                                        f"chunks, explained with {', '.join(methods)}")
+    options = dict(options or {})
+    futures, sizes, before, after = [], {}, [], {}
+    for method in methods:  # a method's chunks start after the previous method's (side-by-side PNGs)
+        mine = []
+        for is_done in (True, False):  # chunks with a part on disk may be Cached; the others run whatever the cache
+            picked = [i for i, c in enumerate(complete[method]) if bool(c) == is_done]
+            if picked:
+                task = explain_chunk_task if is_done else explain_chunk_task.with_options(refresh_cache=True)
+                batch = task.map(unmapped(run_dir), unmapped(digest), unmapped(out), unmapped(method),
+                                 unmapped(dict(options.get(method, {}))), [chunks[i] for i in picked], picked,
+                                 unmapped(dict(after)), wait_for=before)
+                mine += list(batch)
+                sizes.update({f.task_run_id: len(chunks[i]) for f, i in zip(batch, picked, strict=True)})
+        futures += mine
+        before, after = mine, {**after, method: options.get(method, {})}
     finished, failed = 0, []
     for future in as_completed(futures):
         future.wait()

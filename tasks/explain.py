@@ -11,23 +11,27 @@ from tasks.cache import content_cache
 @task(name="plan-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def plan_chunks_task(index_dir: str, split: str, limit: int | None, chunk_size: int, out_dir: str,
                      methods: list[str]) -> dict:
-    """The chunks (lists of row dicts with sha256) and whether each one's parts are already written."""
+    """The chunks (lists of row dicts with sha256) and, per method, whether each chunk's part is written."""
     from fruitlens.explain.runner import done_ids, parse_methods
     from fruitlens.pipeline import chunk_records, explain_rows
 
     methods = parse_methods(methods)
     chunks = chunk_records(explain_rows(index_dir, split, limit), chunk_size)
     done = {m: done_ids(out_dir, m) for m in methods}
-    complete = [all(r["image_id"] in done[m] for r in c for m in methods) for c in chunks]
+    complete = {m: [all(r["image_id"] in done[m] for r in c) for c in chunks] for m in methods}
     return {"chunks": chunks, "complete": complete}
 
 
 @task(name="explain-chunk", cache_policy=content_cache("fruitlens.explain.runner", "fruitlens.explain.lime",
                                                        "fruitlens.explain.gradcam"),
-      retries=1, retry_delay_seconds=1, persist_result=True, task_run_name="explain-chunk-{chunk_index}")
-def explain_chunk_task(run_dir: str, model_digest: str, out_dir: str, methods: list[str], options: dict,
-                       chunk: list[dict], chunk_index: int) -> dict:
-    """Explain one chunk with every method (one Parquet part per method); rows written per method."""
+      retries=1, retry_delay_seconds=1, persist_result=True, task_run_name="{method}-chunk-{chunk_index}")
+def explain_chunk_task(run_dir: str, model_digest: str, out_dir: str, method: str, options: dict,
+                       chunk: list[dict], chunk_index: int, after: dict | None = None) -> dict:
+    """Explain one chunk with one method (one Parquet part); rows written.
+
+    ``after``: options of the methods run before this one (Grad-CAM's side-by-side PNGs show LIME's), so a
+    change there re-runs this chunk too.
+    """
     import pandas as pd
 
     from fruitlens.explain.runner import explain_part
@@ -35,7 +39,7 @@ def explain_chunk_task(run_dir: str, model_digest: str, out_dir: str, methods: l
 
     model, card = load_run(run_dir)
     rows = pd.DataFrame(chunk)[["image_id", "path", "label", "mask_path"]]
-    return explain_part(model, card, rows, out_dir, methods, options)
+    return explain_part(model, card, rows, out_dir, [method], {method: options})
 
 
 @task(name="consolidate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

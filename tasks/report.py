@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.cache import content_cache
+from tasks.cache import content_cache, run_name
 
 
 @task(name="digest-run", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -17,7 +17,7 @@ def digest_run_task(run_dir: str) -> str:
 
 
 @task(name="report", cache_policy=content_cache("fruitlens.report"), retries=2, retry_delay_seconds=1,
-      persist_result=True)
+      persist_result=True, task_run_name=run_name("report", "run_dir"))
 def report_task(run_dir: str, content_digest: str) -> str:
     """Write run_dir/report.html; its path. ``content_digest`` (of the run folder) keys the cache."""
     from fruitlens.report import build_report

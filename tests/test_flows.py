@@ -77,7 +77,7 @@ def task_states(since: datetime) -> dict[str, list[str]]:
     task_runs = asyncio.run(read())
     out: dict[str, list[str]] = {}
     for tr in sorted(task_runs, key=lambda t: t.expected_start_time or since):
-        if re.fullmatch(r"[a-z]+-\d+", tr.name):
+        if re.fullmatch(r"(index|train|evaluate|explain)-\d+", tr.name):
             continue  # the task run a parent flow keeps for each subflow run (train-0, explain-0, ...)
         out.setdefault(tr.name, []).append(tr.state.name)
     return out
@@ -104,7 +104,7 @@ def latest_artifacts(keys: list[str]) -> dict[str, dict]:
 
 
 def chunk_states(states: dict[str, list[str]]) -> dict[str, list[str]]:
-    return {k: v for k, v in states.items() if k.startswith("explain-chunk")}
+    return {k: v for k, v in states.items() if "-chunk-" in k}
 
 
 def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_path):
@@ -130,7 +130,7 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     assert record["config"]["chunk_size"] == 8 and "prefect" in record["versions"] and record["promoted"]
     states = task_states(since)
     assert states["train-e2e"] == ["Completed"] and states["evaluate-test-eval"] == ["Completed"]
-    assert sorted(chunk_states(states)) == ["explain-chunk-0", "explain-chunk-1", "explain-chunk-2"]
+    assert sorted(chunk_states(states)) == [f"{m}-chunk-{i}" for m in ("gradcam", "lime") for i in range(3)]
     assert all(v == ["Completed"] for v in chunk_states(states).values())
     test_ids = sorted(pipeline.explain_rows(out / "index", "test")["image_id"])
     lime = tables.read_table(out / "explain" / "lime.parquet")
@@ -151,10 +151,10 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     assert main(args) == 0  # nothing changed
     second = time.perf_counter() - start
     states = task_states(since)
-    steps = ("index", "train", "evaluate", "explain-chunk", "visualize", "report")
+    steps = ("index", "train", "evaluate", "lime-chunk", "gradcam-chunk", "visualize", "report")
     heavy = {k: v for k, v in states.items() if k.startswith(steps)}
-    assert len(chunk_states(heavy)) == 3 and {"train-e2e", "visualize-e2e"} <= set(heavy)
-    assert any(k.startswith("report") for k in heavy)
+    assert len(chunk_states(heavy)) == 6 and {"train-e2e", "visualize-e2e"} <= set(heavy)
+    assert "report-e2e" in heavy
     assert all(set(v) == {"Cached"} for v in heavy.values()), heavy
     pd.testing.assert_frame_equal(tables.read_table(out / "explain" / "lime.parquet"), lime)
     print(f"first run {first:.1f}s, second run {second:.1f}s ({first / second:.1f}x)")
@@ -182,19 +182,29 @@ def test_one_change_reruns_only_what_depends_on_it(cache, demo_dir, tmp_path):
     states = task_states(since)
     assert states["train-chg"] == ["Cached"] and states["visualize-chg"] == ["Cached"]
     assert states["evaluate-test-eval"] == ["Completed"]  # the test set changed
-    assert chunk_states(states) == {"explain-chunk-0": ["Cached"], "explain-chunk-1": ["Cached"],
-                                    "explain-chunk-2": ["Completed"]}
+    assert chunk_states(states) == {f"{m}-chunk-{i}": ["Completed" if i == 2 else "Cached"]
+                                    for m in ("lime", "gradcam") for i in range(3)}
     lime = tables.read_table(out / "explain" / "lime.parquet")
     assert sorted(set(lime["image_id"])) == sorted(rows["image_id"])
     assert not lime.duplicated(["image_id", "label", "superpixel"]).any()
 
-    changed = copy.deepcopy(TINY)  # one config value: LIME's sample count
-    changed["explain_options"]["lime"]["num_samples"] = 48
+    changed = copy.deepcopy(TINY)  # one config value: Grad-CAM's faithfulness steps
+    changed["explain_options"]["gradcam"]["steps"] = 4
     since = now()
     nightly_flow(str(data), str(out), changed, str(home))
     states = task_states(since)
     assert states["train-chg"] == ["Cached"] and states["evaluate-test-eval"] == ["Cached"]
-    assert all(v == ["Completed"] for v in chunk_states(states).values()) and len(chunk_states(states)) == 3
+    assert chunk_states(states) == {f"{m}-chunk-{i}": ["Cached" if m == "lime" else "Completed"]
+                                    for m in ("lime", "gradcam") for i in range(3)}
+    gradcam = tables.read_table(out / "explain" / "gradcam.parquet")
+    assert sorted(gradcam["image_id"]) == sorted(rows["image_id"])  # each image once
+
+    changed["explain_options"]["lime"]["num_samples"] = 48  # LIME's options: LIME and what comes after it
+    since = now()
+    nightly_flow(str(data), str(out), changed, str(home))
+    states = task_states(since)
+    assert states["train-chg"] == ["Cached"] and len(chunk_states(states)) == 6
+    assert all(v == ["Completed"] for v in chunk_states(states).values())
     lime = tables.read_table(out / "explain" / "lime.parquet")
     assert set(lime["num_samples"]) == {48} and sorted(set(lime["image_id"])) == sorted(rows["image_id"])
 
@@ -235,7 +245,7 @@ def test_crashed_explain_run_resumes_without_losing_or_duplicating_rows(cache, d
     result = explain_flow(**params)
     assert CALLS == [ids[8:12]]  # only the missing chunk was explained again
     states = chunk_states(task_states(since))
-    assert states.pop("explain-chunk-2") == ["Completed"] and all(v == ["Cached"] for v in states.values())
+    assert states.pop("fake-chunk-2") == ["Completed"] and all(v == ["Cached"] for v in states.values())
     table = tables.read_table(result["fake"])
     assert list(table["image_id"]) == sorted(ids)  # every image exactly once
     assert float(latest_artifacts(["run-explain-progress"])["run-explain-progress"]["data"]) == 100.0
@@ -252,7 +262,7 @@ def test_dask_runner_gives_the_same_tables(cache, demo_dir, tmp_path):
     dask = build_task_runner("dask", cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": False})
     since = now()
     on_dask = explain_flow.with_options(task_runner=dask)(**params, out_dir=str(tmp_path / "dask"))
-    assert len(chunk_states(task_states(since))) == 3
+    assert len(chunk_states(task_states(since))) == 6  # 3 chunks x 2 methods, on Dask
     for method in ("lime", "gradcam"):
         a = tables.read_table(threads[method]).replace(str(tmp_path / "threads"), "OUT", regex=True)
         b = tables.read_table(on_dask[method]).replace(str(tmp_path / "dask"), "OUT", regex=True)
