@@ -139,7 +139,8 @@ def bench_fruitlens(epochs: int, work: Path, arch: str = "seed_cnn", size: int =
     seconds = read_table(run / "history.parquet")["seconds"].tolist()
     out = _summary(seconds, metrics["accuracy"], wall, epochs)
     out.update(best_epoch=result["best_epoch"], val_accuracy=round(result["metrics"]["val_accuracy"], 4),
-               setup_seconds=round(wall - sum(seconds), 2), macro_f1=round(metrics["macro"]["f1-score"], 4))
+               setup_seconds=round(wall - sum(seconds), 2), macro_f1=round(metrics["macro"]["f1-score"], 4),
+               timings={k: round(v, 2) for k, v in result["timings"].items()})
     return out
 
 

@@ -230,7 +230,7 @@ def _cmd_predict(args) -> int:
     table = predict_files(args.model, args.files, args.out, top_k_count=args.top_k)
     for row in table.itertuples():
         if row.error:
-            print(f"{row.path}: error: {row.error}")
+            print(f"error: {row.error}")  # the reason starts with the path
         else:
             print(f"{row.path}: {row.pred_label} ({row.pred_prob:.3f})")
     n_bad = int(table["error"].astype(bool).sum())

@@ -193,8 +193,10 @@ def predict_files(run_dir: str | os.PathLike, files: Sequence[str | os.PathLike]
     if ok.any():
         probs[ok] = predict_probs(model, images_u8[ok].astype(np.float32) / 255.0, batch_size)
     table = predictions_table(rows, np.nan_to_num(probs, nan=0.0), card.classes, top_k_count)
-    table.loc[~ok, ["pred_label"]] = ""
+    table.loc[~ok, "pred_label"] = ""
     table.loc[~ok, "pred_prob"] = np.float32(np.nan)
+    table["topk_labels"] = [labels if good else [] for labels, good in zip(table["topk_labels"], ok, strict=True)]
+    table["topk_probs"] = [probs_k if good else [] for probs_k, good in zip(table["topk_probs"], ok, strict=True)]
     table["correct"] = False
     table["error"] = errors
     tables.write_table(table, out / "predictions.parquet", "predictions")

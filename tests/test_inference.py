@@ -89,10 +89,11 @@ def test_predict_any_size_and_mode_with_annotated_copies(run_dir, tmp_path, caps
     out = tmp_path / "out"
     assert main(["predict", *map(str, files), "--model", str(run_dir), "--out", str(out), "--top-k", "3"]) == 0
     printed = capsys.readouterr().out
-    assert "broken.png: error:" in printed and "1 unreadable" in printed
+    assert "error: " in printed and "broken.png: cannot read image" in printed and "1 unreadable" in printed
     table = tables.read_table(out / "predictions.parquet")
     assert len(table) == 4 and table["error"].astype(bool).tolist() == [False, False, False, True]
     assert set(table["pred_label"][:3]) <= set(CLASSES) and all(len(t) == 3 for t in table["topk_labels"][:3])
+    assert table["pred_label"][3] == "" and len(table["topk_labels"][3]) == 0 and np.isnan(table["pred_prob"][3])
     for f in files[:3]:
         img = Image.open(out / "annotated" / f"{f.stem}.png")
         assert img.mode == "RGB" and min(img.size) >= 160

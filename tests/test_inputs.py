@@ -57,12 +57,15 @@ def test_bad_file_gets_an_error_and_does_not_stop(odd_files):
     assert images[1].max() == 0 and images[0].max() > 0
 
 
-def test_decode_on_processes_equals_one_process(odd_files):
+def test_decode_on_processes_equals_one_process(odd_files, monkeypatch):
+    import fruitlens.inputs as inputs
+
+    monkeypatch.setattr(inputs, "MIN_PARALLEL", 100)
     paths, _ = odd_files
-    many = paths * 350  # > 2000 files: the process pool path
+    many = paths * 50  # 300 files > MIN_PARALLEL: the process pool path
     a, _ = decode_images(many, 8, workers=2)
     b, _ = decode_images(paths, 8, workers=1)
-    np.testing.assert_array_equal(a, np.concatenate([b] * 350))
+    np.testing.assert_array_equal(a, np.concatenate([b] * 50))
 
 
 def _rows(paths):

@@ -77,10 +77,11 @@ def test_killed_run_resumes_at_the_right_epoch(uninterrupted, demo_dir, tmp_path
     history = tables.read_table(tmp_path / "history.parquet")
     ref = tables.read_table(full_run / "history.parquet")
     assert history["epoch"].tolist() == [1, 2, 3]  # every epoch once
-    # the same seeded batches in the same order: the resumed run retraces the uninterrupted one
-    np.testing.assert_allclose(history["loss"][:2], ref["loss"][:2], rtol=1e-4)
-    np.testing.assert_allclose(history["val_loss"], ref["val_loss"], rtol=0.05)
-    assert result["metrics"]["val_accuracy"] >= full["metrics"]["val_accuracy"] - 0.1
+    # same batches in the same order, optimizer state and dropout noise restored: the resumed run retraces
+    # the uninterrupted one
+    for column in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
+        np.testing.assert_allclose(history[column], ref[column], rtol=1e-5, err_msg=column)
+    assert result["metrics"]["val_accuracy"] == pytest.approx(full["metrics"]["val_accuracy"])
 
 
 def test_resume_refuses_a_changed_config_and_allows_more_epochs(uninterrupted, demo_dir, tmp_path):
