@@ -285,3 +285,33 @@ def test_explain_command_bad_lime_flags(demo_dir, tmp_path, capsys, flags, messa
     assert main(args + flags) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_explanation_pictures():
+    from fruitlens import plots
+
+    h, w = 12, 18
+    seg = grid_segments(h, w)
+    image = np.full((h, w, 3), 0.7, np.float32)
+    weights = np.array([0.5, -0.4, 0.01, 0.0, 0.2, -0.001])
+    signs = plots.lime_superpixel_signs(weights, threshold=0.05)
+    assert signs.tolist() == [1, -1, 0, 0, 1, 0]
+    assert plots.lime_superpixel_signs(weights, threshold=0.05, num_features=2).tolist() == [1, -1, 0, 0, 0, 0]
+    assert plots.lime_superpixel_signs(weights, show_negative=False).tolist() == [1, 0, 1, 0, 1, 0]
+    block = plots.lime_explanation(image, seg, weights, threshold=0.05, display="block", hide_rest=True)
+    assert block.shape == (h, w, 3) and block.dtype == np.float32
+    green, red, rest = block[seg == 0], block[seg == 1], block[seg == 2]
+    assert (green[:, 1] > green[:, 0]).all() and (red[:, 0] > red[:, 1]).all() and np.allclose(rest, 0.5)
+    outline = plots.lime_explanation(image, seg, weights, threshold=0.05)
+    edge = outline[seg == 0]
+    assert np.allclose(edge[(edge != 0.7).any(axis=1)], plots.SUPPORT_RGB)  # drawn pixels are green
+    assert np.allclose(outline[seg == 2], 0.7)  # below the threshold: untouched
+    assert np.array_equal(image, np.full((h, w, 3), 0.7, np.float32))
+    with pytest.raises(ValueError, match="unknown display 'blocks'; expected outline or block"):
+        plots.lime_explanation(image, seg, weights, display="blocks")
+    bounds = plots.lime_boundaries(image, seg)
+    assert bounds.shape == (h, w, 3) and (bounds != 0.7).any()
+    fig = plots.lime_weight_density({"a": weights, "b": np.zeros(6)}, threshold=0.05, title="t")
+    assert len(fig.axes[0].lines) >= 3  # a density, its rug, the threshold lines
+    plots.plt.close(fig)
+    assert plots.upscale_nearest(seg, 3).shape == (36, 54)
