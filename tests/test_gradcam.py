@@ -271,3 +271,13 @@ def test_cli_explain_gradcam_resumes(demo_dir, run_dir, tmp_path, capsys):
     assert "5 already done" in capsys.readouterr().out
     assert main([*args[:-4], "--alpha", "2"]) == 2
     assert "--alpha 2.0: expected a blend weight in [0, 1]" in capsys.readouterr().err
+
+
+def test_softmax_inside_a_nested_classifier_is_left_out():
+    inner = colour_model()  # functional, ends in Dense(softmax)
+    outer = keras.Sequential([keras.Input((12, 10, 3)), inner])
+    images = blobs(2)
+    result = GradCAM(outer).explain(images, [0, 1])
+    assert result.layer == f"{inner.name}/colour"
+    np.testing.assert_allclose(result.scores, GradCAM(colour_model(softmax="none")).explain(images, [0, 1]).scores,
+                               rtol=1e-6)
