@@ -286,10 +286,11 @@ def history_figure(history):
     The report draws this only when a run has ``history.parquet`` but no ``curves.png``.
     """
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    epochs = history["epoch"] if "epoch" in history else np.arange(1, len(history) + 1)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for col, style in ((metric, "-"), (f"val_{metric}", "--")):
             if col in history and history[col].notna().any():
-                ax.plot(history["epoch"], history[col], style, marker="o", markersize=3, label=col)
+                ax.plot(epochs, history[col], style, marker="o", markersize=3, label=col)
         ax.set_xlabel("epoch")
         ax.set_title(metric)
         ax.grid(alpha=0.3)

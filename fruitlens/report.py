@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from fruitlens import tables
 from fruitlens.runs import RunError
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
 THUMB_SIZE = 128  # longest side, in pixels, of photos embedded from the dataset
+EMBED_MAX_BYTES = 4_000_000  # run files larger than this are referenced beside the report, not embedded
 
 # The sections, in page order: (anchor id, title). Tests check that each is present.
 SECTIONS: tuple[tuple[str, str], ...] = (
@@ -65,7 +67,7 @@ GRADCAM = "explain/gradcam.parquet"
 
 @dataclass
 class _Run:
-    """What a run folder holds; every attribute is None when its file is absent or unreadable."""
+    """Reads a run folder's files: a missing file gives None, an unreadable one None and a line in ``problems``."""
 
     root: Path
     embed: bool
@@ -78,7 +80,7 @@ class _Run:
             return None
         try:
             return tables.read_table(path)
-        except Exception as exc:  # noqa: BLE001 - one unreadable table must not stop the report
+        except (OSError, ValueError, pa.ArrowException) as exc:  # one bad table must not stop the report
             self.problems.append(f"{rel}: unreadable ({type(exc).__name__}: {exc})")
             return None
 
@@ -110,7 +112,7 @@ class _Run:
         src: str | None
         try:
             inside = path.resolve().is_relative_to(self.root.resolve())
-            if not self.embed and inside:
+            if inside and (not self.embed or path.stat().st_size > EMBED_MAX_BYTES):
                 src = Path(os.path.relpath(path, self.root)).as_posix()
             elif inside and path.suffix.lower() in (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp"):
                 mime = mimetypes.guess_type(path.name)[0] or "image/png"
@@ -221,17 +223,25 @@ def _derive_metrics(data: _Data) -> None:
     labels = [c for c in data.classes if c in set(y_true) | set(y_pred)]
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=labels, zero_division=0)
     data.per_class = pd.DataFrame({"class": labels, "precision": p, "recall": r, "f1": f, "support": s})
+    data.confusion, data.pairs = _confusion(pred, labels)
+
+
+def _confusion(pred: pd.DataFrame, labels: Sequence[str]) -> tuple[pd.DataFrame, list[tuple[str, str, int, int]]]:
+    """Counts (rows true, columns predicted, over ``labels``) and the confused pairs, most cases first.
+
+    A pair is (true, predicted, cases, images of the true class); ties keep the order of ``labels``.
+    """
+    y_true, y_pred = pred["label"].astype(str), pred["pred_label"].astype(str)
+    labels = list(labels)
     conf = pd.crosstab(y_true, y_pred).reindex(index=labels, columns=labels, fill_value=0).fillna(0).astype(int)
-    data.confusion = conf
-    support = conf.sum(axis=1)
+    support = conf.sum(axis=1).to_numpy()
     off = conf.to_numpy().copy()
     np.fill_diagonal(off, 0)
     order = np.argsort(-off, axis=None, kind="stable")
-    for flat in order:
-        i, j = divmod(int(flat), off.shape[1])
-        if off[i, j] <= 0:
-            break
-        data.pairs.append((labels[i], labels[j], int(off[i, j]), int(support.iloc[i])))
+    order = order[off.ravel()[order] > 0]
+    rows, cols = np.divmod(order, off.shape[1])
+    pairs = [(labels[i], labels[j], int(off[i, j]), int(support[i])) for i, j in zip(rows, cols, strict=True)]
+    return conf, pairs
 
 
 # ------------------------------------------------------------------------------------ HTML helpers
@@ -309,7 +319,8 @@ def _table(df: pd.DataFrame, *, columns: Sequence[str] | None = None, headers: d
 
 
 def _kv(items: Iterable[tuple[str, Any]], digits: int = 4) -> str:
-    rows = "".join(f"<tr><th scope=\"row\">{_e(k)}</th>{_cell(v, digits, align=False)}</tr>" for k, v in items)
+    rows = "".join(f"<tr><th scope=\"row\">{_e(k)}</th>{_cell('—' if v is None else v, digits, align=False)}</tr>"
+                   for k, v in items)
     return f"<div class=\"table-wrap\"><table class=\"kv\"><tbody>{rows}</tbody></table></div>" if rows else ""
 
 
@@ -485,15 +496,59 @@ def _explanation_card(data: _Data, row: pd.Series, *, note: str = "") -> str:
             f"</div><p class=\"scores\">{' · '.join(scores)}</p></div>")
 
 
-def _pick(data: _Data, rows: pd.DataFrame, n: int) -> pd.DataFrame:
+def _pick(explained: set[str], rows: pd.DataFrame, n: int) -> pd.DataFrame:
     """Up to ``n`` rows, explained images first, most confident first."""
     if rows.empty:
         return rows
-    key = rows["image_id"].astype(str).isin(data.explained) if "image_id" in rows else False
+    key = rows["image_id"].astype(str).isin(explained) if "image_id" in rows else False
     order = rows.assign(_explained=key)
     sort_cols = ["_explained"] + (["pred_prob"] if "pred_prob" in rows else [])
     order = order.sort_values(sort_cols, ascending=False, kind="stable")
     return order.drop(columns="_explained").head(n)
+
+
+def _pair_rows(explained: set[str], pred: pd.DataFrame, true: str, other: str, n: int
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The ``n`` mistakes ``true -> other`` shown for a confused pair, and one right ``other`` beside them."""
+    y, p = pred["label"].astype(str), pred["pred_label"].astype(str)
+    return _pick(explained, pred[(y == true) & (p == other)], n), _pick(explained, pred[(y == other) & (p == other)], 1)
+
+
+def _class_rows(explained: set[str], pred: pd.DataFrame, cls: str, n: int) -> pd.DataFrame:
+    """The ``n`` images of class ``cls`` shown in "Explanations per class": right ones, and a mistake if any."""
+    y, p = pred["label"].astype(str), pred["pred_label"].astype(str)
+    right = _pick(explained, pred[(y == cls) & (p == cls)], n)
+    wrong = _pick(explained, pred[(y == cls) & (p != cls)], 1)
+    return pd.concat([right.head(max(n - len(wrong), 1)), wrong]).head(n)
+
+
+def images_to_explain(predictions: pd.DataFrame, *, samples_per_class: int = 2, top_pairs: int = 5,
+                      per_pair: int = 2) -> list[str]:
+    """The image ids the report shows explanations for, so a pipeline can explain exactly those.
+
+    With the same arguments as ``build_report``, explaining these images fills "Why the model confuses
+    them" (the most confident mistakes of each of the ``top_pairs`` most confused pairs, and one right
+    prediction of the class they were taken for) and "Explanations per class" (``samples_per_class`` per
+    class, a mistake among them where there is one). Deterministic: most confident first, ties by row order.
+
+    Args:
+        predictions: the ``predictions`` table (image_id, label, pred_label, pred_prob at least).
+
+    Returns:
+        Image ids, the confused pairs' first, without duplicates.
+    """
+    missing = [c for c in ("image_id", "label", "pred_label") if c not in predictions.columns]
+    if missing:
+        raise ValueError(f"predictions table without columns {missing}; expected the predictions schema")
+    pred = predictions[predictions["label"].astype(str) != ""]
+    classes = sorted(set(pred["label"].astype(str)))
+    _, pairs = _confusion(pred, classes)
+    chosen: list[pd.DataFrame] = []
+    for true, other, _n, _support in pairs[:top_pairs]:
+        chosen.extend(_pair_rows(set(), pred, true, other, per_pair))
+    chosen.extend(_class_rows(set(), pred, cls, samples_per_class) for cls in classes)
+    ids = pd.concat(chosen)["image_id"].astype(str) if chosen else pd.Series([], dtype=str)
+    return list(dict.fromkeys(ids))
 
 
 # ------------------------------------------------------------------------------------ sections
@@ -570,8 +625,9 @@ def _section_training(data: _Data) -> str:
         last = h.iloc[-1]
         words = [f"{len(h)} epochs"]
         if "val_accuracy" in h and h["val_accuracy"].notna().any():
-            best = h.loc[h["val_accuracy"].idxmax()]
-            words.append(f"best validation accuracy {_pct(best['val_accuracy'])} at epoch {int(best['epoch'])}")
+            at = h["val_accuracy"].idxmax()
+            epoch = int(h.loc[at, "epoch"]) if "epoch" in h else int(h.index.get_loc(at)) + 1
+            words.append(f"best validation accuracy {_pct(h.loc[at, 'val_accuracy'])} at epoch {epoch}")
         if "accuracy" in h and pd.notna(last.get("accuracy")):
             words.append(f"final training accuracy {_pct(last['accuracy'])}")
         if "seconds" in h and h["seconds"].notna().any():
@@ -687,12 +743,15 @@ def _section_mistakes(data: _Data, top_mistakes: int) -> str:
     for _, row in top.iterrows():
         prob = row.get("pred_prob")
         prob_txt = f" {_pct(float(prob), 0)}" if prob is not None and pd.notna(prob) else ""
-        alts = ""
+        truth = ""
         if "topk_labels" in row and row["topk_labels"] is not None and "topk_probs" in row:
-            alts = ", ".join(f"{_e(lab)} {_pct(float(p), 0)}" for lab, p in
-                             zip(list(row["topk_labels"])[:3], list(row["topk_probs"])[:3], strict=False))
+            labels, probs = list(row["topk_labels"]), list(row["topk_probs"])
+            if row["label"] in labels:
+                truth = f"{_e(row['label'])} had {_pct(float(probs[labels.index(row['label'])]), 0)}"
+            else:
+                truth = f"{_e(row['label'])} not in the top {len(labels)}"
         caption = (f"<b>{_e(row['label'])}</b> → {_e(row['pred_label'])}{prob_txt}"
-                   + (f"<br><span class=note>top: {alts}</span>" if alts else ""))
+                   + (f"<br><span class=note>{truth}</span>" if truth else ""))
         cards.append(_figure(_photo(data, row), caption, alt=f"{row['label']} predicted {row['pred_label']}",
                              cls="thumb"))
     if any("no image" not in c for c in cards):
@@ -729,8 +788,7 @@ def _section_why(data: _Data, top_pairs: int, per_pair: int) -> str:
     pred = data.predictions
     y, p = pred["label"].astype(str), pred["pred_label"].astype(str)
     for true, other, n, support in data.pairs[:top_pairs]:
-        mistakes = _pick(data, pred[(y == true) & (p == other)], per_pair)
-        right = _pick(data, pred[(y == other) & (p == other)], 1)
+        mistakes, right = _pair_rows(data.explained, pred, true, other, per_pair)
         n_expl = int(pred[(y == true) & (p == other)]["image_id"].astype(str).isin(data.explained).sum()) \
             if "image_id" in pred else 0
         parts.append(f"<h3>{_pair_sentence(true, other, n, support)}</h3>")
@@ -795,8 +853,9 @@ def _pointing_summary(data: _Data, mistakes: pd.DataFrame, right: pd.DataFrame, 
     elif right_rate >= 0.5:
         verdict = "When it errs, the model looks away from the evidence it uses when it is right."
     else:
-        verdict = ("It looks away from the evidence even when it is right: it has not learned what decides these "
-                   "classes, so the mistakes come from whatever else it looks at.")
+        verdict = ("The explanations rarely point at the evidence even on right predictions, so they do not single "
+                   "out these mistakes: the model may rely on other cues, or the explanation is too coarse to "
+                   "show it.")
     return "; ".join(phrases) + f". <b>{verdict}</b>"
 
 
@@ -840,11 +899,8 @@ def _section_explanations(data: _Data, per_class: int) -> str:
     pred = data.predictions
     pred_ids = pred["image_id"].astype(str)
     explained = pred[pred_ids.isin(data.explained)]
-    y, p = explained["label"].astype(str), explained["pred_label"].astype(str)
     for cls in data.classes:
-        rows_right = _pick(data, explained[(y == cls) & (p == cls)], per_class)
-        rows_wrong = _pick(data, explained[(y == cls) & (p != cls)], 1)
-        chosen = pd.concat([rows_right.head(max(per_class - len(rows_wrong), 1)), rows_wrong]).head(per_class)
+        chosen = _class_rows(data.explained, explained, cls, per_class)
         body = "".join(_explanation_card(data, r) for _, r in chosen.iterrows()) if len(chosen) else \
             "<p class=\"missing\">No image of this class was explained in this run.</p>"
         parts.append(f"<h3 class=\"cls\">{_e(cls)}</h3><div class=\"cards\">{body}</div>")
@@ -997,7 +1053,8 @@ def _headline(data: _Data) -> tuple[str, str]:
             if worst["f1"] < 1:
                 words.append(f"Its weakest class is <b>{_e(worst['class'])}</b> (F1 {worst['f1']:.2f}).")
         for key, value in (data.metrics_json or {}).items():
-            if re.fullmatch(r"top\d+_accuracy", key) and isinstance(value, (int, float)):
+            k = re.fullmatch(r"top(\d+)_accuracy", key)  # worth a tile when k is small against the classes
+            if k and isinstance(value, (int, float)) and 2 * int(k.group(1)) <= len(data.classes):
                 tiles.append((_pct(float(value)), key.replace("_", " ")))
         wrong = int((pred["label"].astype(str) != pred["pred_label"].astype(str)).sum())
         tiles.append((f"{wrong:,}", "mistakes"))

@@ -12,6 +12,7 @@ The confusions are fixed so tests can check the report's words: see ``CONFUSIONS
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -41,15 +42,17 @@ def _blob(shape: tuple[int, int], cy: float, cx: float, sigma: float) -> np.ndar
     return np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * sigma ** 2)).astype(np.float32)
 
 
-def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0, explain_all: bool = True) -> Path:
+def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
+             explain: str | Callable[[pd.DataFrame], Iterable[str]] = "all") -> Path:
     """Fabricate a complete run folder in ``run_dir`` over a small demo dataset written to ``data_dir``.
 
     Args:
         run_dir: the run folder to write (created).
         data_dir: where the demo dataset goes (created).
         seed: every random choice (probabilities, LIME weights, histories) follows it.
-        explain_all: explain every test image; False explains the last 2 images per class (never a
-            mistake) plus the mistakes of the first confused pair only.
+        explain: which test images get explanations: "all"; "few", the last 2 images per class (never a
+            mistake) plus the mistakes of the first confused pair; or a function of the predictions table
+            returning image ids (e.g. ``fruitlens.report.images_to_explain``).
 
     Returns:
         ``run_dir`` as a Path.
@@ -115,7 +118,9 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0, explai
                                                                         strict=True)]), eval_dir / "mistakes.png")
 
     # --- explanations: LIME and Grad-CAM tables and pictures from the evidence masks
-    if explain_all:
+    if callable(explain):
+        chosen = test[test["image_id"].isin(set(explain(predictions)))]
+    elif explain == "all":
         chosen = test
     else:
         first = CONFUSIONS[0]

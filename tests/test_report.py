@@ -16,7 +16,7 @@ import pytest
 
 from fruitlens import tables
 from fruitlens.cli import main
-from fruitlens.report import SECTIONS, build_report
+from fruitlens.report import SECTIONS, build_report, images_to_explain
 from fruitlens.runs import ModelCard, RunError, write_card
 from tests.report_fixture import CONFUSIONS, N_TEST, make_run
 
@@ -89,6 +89,12 @@ def test_numbers_match_the_predictions(fabricated):
     assert re.search(r"<td>purple_triangle</td><td[^>]*>0\.600</td><td[^>]*>1\.000</td>", metrics)
     heat = re.search(r'<table class="heat">.*?</table>', _section(page, "confusion"), re.S).group(0)
     assert 'title="red_dot predicted as purple_triangle: 3 (50.0% of red_dot)"' in heat
+    mistakes = _section(page, "mistakes")
+    wrong = pred[~pred["correct"]]
+    for row in wrong.itertuples():  # each mistake says how much the true class got
+        said = (f"{row.label} had {100 * row.topk_probs[list(row.topk_labels).index(row.label)]:.0f}%"
+                if row.label in list(row.topk_labels) else f"{row.label} not in the top 2")
+        assert said in mistakes
     dataset = _section(page, "dataset")
     assert "Bad files (2)" in dataset and "zero-byte file" in dataset and "not_image" in dataset
     assert f"<td>red_dot</td><td data-v=\"8.0\" class=\"num\">8</td><td data-v=\"{float(N_TEST)}\"" in dataset
@@ -148,6 +154,16 @@ def test_missing_parts_say_not_produced(tmp_path):
     assert "arch" in _section(page, "run") and "tiny" in _section(page, "run")
 
 
+def test_curves_are_drawn_from_the_history_when_the_png_is_missing(fabricated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(fabricated, run)
+    (run / "curves.png").unlink()
+    training = _section(_html(run) if build_report(run) else "", "training")
+    assert re.search(r'<img src="data:image/png;base64,[^"]+"[^>]*><figcaption>loss and accuracy per epoch '
+                     r'\(drawn from history.parquet\)', training)
+    assert "best validation accuracy" in training
+
+
 def test_unreadable_table_is_reported_not_fatal(fabricated, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(fabricated, run)
@@ -159,11 +175,34 @@ def test_unreadable_table_is_reported_not_fatal(fabricated, tmp_path):
 
 
 def test_mistakes_without_explanations_are_said_so(tmp_path):
-    run = make_run(tmp_path / "run", tmp_path / "data", explain_all=False)
+    run = make_run(tmp_path / "run", tmp_path / "data", explain="few")
     why = _section(_html(run) if build_report(run) else "", "why")
     blocks = why.split("<h3>")[1:]
     assert "None of these mistakes was explained" not in blocks[0]  # the first pair was explained
     assert "None of these mistakes was explained" in blocks[1]
+
+
+def test_explaining_images_to_explain_fills_the_why_and_every_class(tmp_path):
+    run = make_run(tmp_path / "run", tmp_path / "data", explain=images_to_explain)
+    pred = tables.read_table(run / "eval" / "predictions.parquet")
+    chosen = images_to_explain(pred)
+    assert chosen == images_to_explain(pred.sample(frac=1.0, random_state=1).sort_index())  # deterministic
+    n_classes = pred["label"].nunique()
+    assert len(chosen) == len(set(chosen)) <= 5 * 3 + 2 * n_classes
+    assert len(tables.read_table(run / "explain" / "gradcam.parquet")) == len(chosen) < len(pred)
+    page = _html(run) if build_report(run) else ""
+    assert "None of these mistakes was explained" not in page and "No image of this class was explained" not in page
+    why = _section(page, "why")
+    blocks = why.split("<h3>")[1:]
+    assert len(blocks) == len(CONFUSIONS)
+    for block, (_, _, n) in zip(blocks, CONFUSIONS, strict=True):  # every card shown is explained
+        cards = block.count('<div class="card"')
+        assert cards == min(n, 2) + 1 and block.count("Grad-CAM · ") == cards
+    explanations = _section(page, "explanations")
+    assert explanations.count('<div class="card"') == 2 * n_classes
+    assert explanations.count("not explained in this run") == 0
+    with pytest.raises(ValueError, match="pred_label"):
+        images_to_explain(pred.drop(columns="pred_label"))
 
 
 def test_same_run_same_report_except_the_build_time(fabricated, tmp_path):
