@@ -22,8 +22,11 @@ def _name() -> str:
 @flow(name="explain", flow_run_name=_name, task_runner=build_task_runner("thread"), log_prints=True)
 def explain_flow(run_dir: str, data_dir: str, methods: list[str] | None = None, split: str = "test",
                  limit: int | None = None, chunk_size: int = 8, options: dict | None = None,
-                 out_dir: str | None = None) -> dict:
-    """Explain the first ``limit`` images of ``split`` (all when None) with ``methods``.
+                 out_dir: str | None = None, select: str = "first") -> dict:
+    """Explain ``limit`` images of ``split`` (all when None) with ``methods``.
+
+    ``select`` picks the limited images: "first" by image id, or "report": those the run's report shows
+    (from run_dir/eval/predictions.parquet), then the first by image id.
 
     Each chunk of ``chunk_size`` images and each method is one task writing one Parquet part; chunks whose
     part exists and whose inputs did not change are Cached, so a rerun after a crash redoes only the missing
@@ -35,7 +38,10 @@ def explain_flow(run_dir: str, data_dir: str, methods: list[str] | None = None, 
     index_dir = str(Path(run_dir) / "index")
     fresh(index_task, Path(index_dir) / "index.json")(data_dir, index_dir)
     digest = model_digest_task(run_dir)
-    plan = plan_chunks_task(index_dir, split, limit, chunk_size, out, methods)
+    if select not in ("first", "report"):
+        raise ValueError(f"select {select!r}: expected first or report")
+    predictions = str(Path(run_dir) / "eval" / "predictions.parquet") if select == "report" else None
+    plan = plan_chunks_task(index_dir, split, limit, chunk_size, out, methods, predictions)
     chunks, complete = plan["chunks"], plan["complete"]
     total = sum(len(c) for c in chunks) * len(methods)
     progress = create_progress_artifact(0.0, key=f"{slug(Path(run_dir).name)}-explain-progress",

@@ -57,7 +57,7 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
     new = step("evaluate", subflow(evaluate_flow), str(run), data_dir, cfg.split, artifacts=True)
     explain = subflow(explain_flow.with_options(task_runner=build_task_runner(cfg.task_runner, cfg.dask_address)))
     explained = step("explain", explain, str(run), data_dir, list(cfg.methods), cfg.split, cfg.explain_limit,
-                     cfg.chunk_size, cfg.explain_options)
+                     cfg.chunk_size, cfg.explain_options, select=cfg.explain_select)
     first = explained.get("first_image")
     if cfg.visualize and first:
         step("visualize", fresh(visualize_task, run / "visualize"), str(run), first["path"], str(run / "visualize"),

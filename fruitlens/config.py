@@ -5,7 +5,7 @@ A config file holds any of the fields of :class:`PipelineConfig`; ``train`` hold
 
     train: {arch: fruit_net, image_size: 32, epochs: 6}
     methods: [lime, gradcam]
-    explain_limit: 30          # explain the first 30 test images (by image id); null for all
+    explain_limit: 30          # explain 30 test images (those the report shows first); null for all
     chunk_size: 8
     explain_options: {lime: {num_samples: 300, seed: 0}, gradcam: {}}
 
@@ -26,6 +26,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 TaskRunnerName = Literal["thread", "dask"]
+Selection = Literal["report", "first"]
+SELECTIONS = ("report", "first")
 TASK_RUNNERS = ("thread", "dask")
 METRICS = ("accuracy", "macro_f1")
 
@@ -43,7 +45,10 @@ class PipelineConfig:
         train: fields of ``fruitlens.training.TrainConfig`` (arch, image_size, epochs, ...).
         split: the split that is evaluated and explained.
         methods: explanation methods (names in ``fruitlens.explain.runner.METHODS``).
-        explain_limit: explain the first N images of ``split`` (sorted by image id); None for all.
+        explain_limit: explain at most N images of ``split``; None for all of them.
+        explain_select: which images when limited: "report" (those the report shows: the most confused
+            pairs' mistakes and a few per class, from ``fruitlens.report.images_to_explain``, then the first
+            by image id up to the limit) or "first" (the first N by image id).
         chunk_size: images per explanation chunk (one task and one Parquet part each).
         explain_options: per-method keyword options for the methods' ``explain_chunk``.
         visualize: write activation and filter grids for the first test image.
@@ -58,6 +63,7 @@ class PipelineConfig:
     split: str = "test"
     methods: tuple[str, ...] = ("lime", "gradcam")
     explain_limit: int | None = 30
+    explain_select: Selection = "report"
     chunk_size: int = 8
     explain_options: dict[str, dict[str, Any]] = field(default_factory=lambda: copy.deepcopy(DEMO_EXPLAIN_OPTIONS))
     visualize: bool = True
@@ -75,6 +81,8 @@ class PipelineConfig:
             raise ValueError("methods: expected at least one of lime, gradcam")
         if self.explain_limit is not None and self.explain_limit < 1:
             raise ValueError(f"explain_limit {self.explain_limit}: expected at least 1 or null")
+        if self.explain_select not in SELECTIONS:
+            raise ValueError(f"explain_select {self.explain_select!r}: expected one of {', '.join(SELECTIONS)}")
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size {self.chunk_size}: expected at least 1")
         if self.task_runner not in TASK_RUNNERS:

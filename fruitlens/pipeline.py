@@ -101,15 +101,20 @@ def run_digest(run_dir: str | os.PathLike, skip: Sequence[str] = RUN_DIGEST_SKIP
 # ------------------------------------------------------------------------------------ explanation chunks
 
 
-def explain_rows(index_dir: str | os.PathLike, split: str = "test", limit: int | None = None) -> pd.DataFrame:
+def explain_rows(index_dir: str | os.PathLike, split: str = "test", limit: int | None = None,
+                 first: Sequence[str] = ()) -> pd.DataFrame:
     """The images of ``split`` to explain, from an index folder: the ``select_images`` columns plus sha256.
 
-    Sorted by image id (stable whatever the listing order), the first ``limit`` kept.
+    With a ``limit``, the images in ``first`` (ids, e.g. those a report shows) are taken before the others;
+    the rows come back sorted by image id (stable whatever the listing order).
     """
     index = load_index(index_dir)
     rows = index.usable[index.usable["split"] == split].sort_values("image_id", ignore_index=True)
     if limit is not None:
-        rows = rows.head(limit)
+        rank = pd.Series(range(len(first)), index=list(dict.fromkeys(first)), dtype="int64")
+        order = rows["image_id"].map(rank).fillna(len(rank)).to_numpy()
+        rows = rows.iloc[sorted(range(len(rows)), key=lambda i: (order[i], i))[:limit]]
+        rows = rows.sort_values("image_id", ignore_index=True)
     root = index.root
     return pd.DataFrame({
         "image_id": rows["image_id"].astype(str),

@@ -10,13 +10,24 @@ from tasks.cache import content_cache
 
 @task(name="plan-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def plan_chunks_task(index_dir: str, split: str, limit: int | None, chunk_size: int, out_dir: str,
-                     methods: list[str]) -> dict:
-    """The chunks (lists of row dicts with sha256) and, per method, whether each chunk's part is written."""
+                     methods: list[str], predictions_path: str | None = None) -> dict:
+    """The chunks (lists of row dicts with sha256) and, per method, whether each chunk's part is written.
+
+    With ``predictions_path``, a limited selection starts with the images the report shows.
+    """
+    from pathlib import Path
+
+    from fruitlens import tables
     from fruitlens.explain.runner import done_ids, parse_methods
     from fruitlens.pipeline import chunk_records, explain_rows
 
     methods = parse_methods(methods)
-    chunks = chunk_records(explain_rows(index_dir, split, limit), chunk_size)
+    first: list[str] = []
+    if predictions_path and limit is not None and Path(predictions_path).is_file():
+        from fruitlens.report import images_to_explain
+
+        first = images_to_explain(tables.read_table(predictions_path))
+    chunks = chunk_records(explain_rows(index_dir, split, limit, first), chunk_size)
     done = {m: done_ids(out_dir, m) for m in methods}
     complete = {m: [all(r["image_id"] in done[m] for r in c) for c in chunks] for m in methods}
     return {"chunks": chunks, "complete": complete}

@@ -90,6 +90,12 @@ def test_chunks_and_pruning(demo_dir, tmp_path):
     assert list(rows["image_id"]) == sorted(rows["image_id"]) and len(rows) == 10
     assert rows["sha256"].str.len().min() == 64
     assert all(os.path.isabs(p) for p in rows["path"])
+    everything = pipeline.explain_rows(tmp_path / "index", "test")
+    wanted = list(everything["image_id"].iloc[[20, 3, 17]])  # e.g. the images a report shows
+    picked = pipeline.explain_rows(tmp_path / "index", "test", limit=5, first=wanted)
+    assert set(wanted) <= set(picked["image_id"]) and len(picked) == 5
+    assert list(picked["image_id"]) == sorted(picked["image_id"])
+    assert set(picked["image_id"]) - set(wanted) == set(everything["image_id"].iloc[:2])  # then the first by id
     chunks = pipeline.chunk_records(rows, 4)
     assert [len(c) for c in chunks] == [4, 4, 2] and set(chunks[0][0]) >= {"image_id", "path", "label", "mask_path"}
     out = tmp_path / "explain"
