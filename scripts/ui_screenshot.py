@@ -62,7 +62,8 @@ def start_server(port: int, home: Path) -> subprocess.Popen | None:
     if healthy(url):
         print(f"using the Prefect server already at {url}")
         return None
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_SERVER_API_PORT": str(port), "PREFECT_UI_API_URL": url}  # the UI calls this API, not :4200
     env.pop("PREFECT_API_URL", None)
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
                              str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
