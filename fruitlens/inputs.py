@@ -238,18 +238,34 @@ def make_dataset(data: DecodedImages, batch_size: int = 32, *, shuffle: bool = F
 
     if shuffle:
         ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(
-            lambda e: tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)).batch(batch_size))
+            lambda e: tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)).batch(batch_size).enumerate().map(
+                lambda step, idx: (idx, e, step)))
     else:
-        ds = tf.data.Dataset.range(n).batch(batch_size)
+        ds = tf.data.Dataset.range(n).batch(batch_size).map(
+            lambda idx: (idx, tf.constant(0, tf.int64), tf.constant(-1, tf.int64)))
 
-    def to_batch(idx):
+    def to_batch(idx, epoch, step):
         x = tf.cast(gather(idx), tf.float32) / 255.0
-        return (x, tf.gather(label_t, idx)) if labels else x
+        return x, tf.gather(label_t, idx), epoch, step
 
     ds = ds.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augmenter is not None:
-        ds = ds.map(lambda x, y: (augmenter(x, training=True), y) if labels else augmenter(x, training=True),
-                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        states = [v.value for v in augmenter.variables if v.path.endswith("seed_generator_state")]
+
+        def augment(x, y, epoch, step):
+            # The random layers draw from stateful generators: reset them at each epoch's first batch to a
+            # function of (seed, epoch), so a run is repeatable and a resumed epoch gets the same noise.
+            def reset():
+                ops = [s.assign(tf.cast(tf.stack([seed * 1_000_003 + epoch, tf.constant(i, tf.int64)]), s.dtype))
+                       for i, s in enumerate(states)]
+                with tf.control_dependencies(ops):
+                    return tf.identity(x)
+
+            x = tf.cond(tf.equal(step, 0), reset, lambda: tf.identity(x))
+            return augmenter(x, training=True), y, epoch, step
+
+        ds = ds.map(augment)  # in order: the generators' draws must follow the batch order
+    ds = ds.map(lambda x, y, epoch, step: (x, y) if labels else x)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 

@@ -214,6 +214,25 @@ def _network_available(host: str = "storage.googleapis.com", timeout: float = 3.
         return False
 
 
+def check_weights(arch: str, weights: str, alpha: float = 1.0) -> None:
+    """Fail fast (before any data is read) when a transfer arch's weights cannot be had.
+
+    Raises:
+        ModelError: one line naming the backbone or file.
+    """
+    kind, backbones = parse_arch(arch)
+    if kind != "transfer":
+        return
+    for name, w in zip(backbones, split_weights(weights, len(backbones)), strict=True):
+        if w == "imagenet":
+            cached = _keras_cache_dir() / BACKBONES[name].weights_file.format(alpha=float(alpha), rows=224)
+            if not cached.is_file() and not _network_available():
+                raise ModelError(f"weights=imagenet for {name}: no cached weights at {cached} and no network to "
+                                 "download them; pass --weights PATH (a .weights.h5 file) or none")
+        elif w != "none" and not Path(w).is_file():
+            raise ModelError(f"--weights {w}: no such file; expected imagenet, none or a .weights.h5 file")
+
+
 def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none", *, alpha: float = 1.0
                    ) -> keras.Model:
     """One Keras application without its top, on (H, W, 3) input in the backbone's own range.

@@ -385,6 +385,7 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
     run = Path(run_dir)
     ckpt = run / CHECKPOINTS
     ckpt.mkdir(parents=True, exist_ok=True)
+    models.check_weights(config.arch, config.weights, config.alpha)  # before reading any data
     data = prepare_data(data_dir, run, config, workers=workers)
     num_classes = len(data.classes)
     monitor = config.monitor if data.val is not None else config.monitor.replace("val_", "")

@@ -131,6 +131,7 @@ def test_cli_bad_values_are_one_line(demo_dir, tmp_path, capsys, monkeypatch):
                  "--image-size", "32", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "weights=imagenet" in err and "Traceback" not in err
+    assert not (tmp_path / "index").exists()  # failed before reading any data
 
 
 def test_config_round_trip_and_unknown_keys():
