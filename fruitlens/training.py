@@ -4,10 +4,12 @@
 (see :mod:`fruitlens.inputs`), and fits. After every epoch it writes, each atomically (temp file +
 ``os.replace``): ``checkpoints/best.keras`` when the monitored validation metric improved,
 ``checkpoints/last.keras`` (with optimizer state) and then ``checkpoints/state.json`` (epochs done, history
-rows, best value, early-stopping counters). ``resume=True`` loads ``last.keras`` and continues at the next
-epoch; because each epoch's sample order is a stateless function of (seed, epoch), the resumed run sees the
-batches the uninterrupted one would have. At the end it writes ``model.keras`` (the best epoch's weights,
-no optimizer), ``model.json``, ``history.parquet`` and ``curves.png``.
+rows, best value, early-stopping counters, dropout RNG states). ``resume=True`` loads ``last.keras`` and
+continues at the next epoch. Each epoch's sample order is a stateless function of (seed, epoch), augmentation
+generators are reseeded from (seed, epoch) at each epoch's first batch, and the dropout generators' states
+(which Keras does not save with a model) are restored, so a resumed run retraces the uninterrupted one
+exactly (tests and the benchmark check the histories are equal). At the end it writes ``model.keras`` (the
+best epoch's weights, no optimizer), ``model.json``, ``history.parquet`` and ``curves.png``.
 
 ``mode="bottleneck"`` (transfer architectures): the backbones run once over the training and validation
 images, the pooled features are cached in ``run_dir/cache``, the head is trained on them (checkpoints are
@@ -74,7 +76,7 @@ class TrainConfig:
     alpha: float = 1.0
     learning_rate: float | None = None
     augment: bool = False
-    augment_options: dict[str, Any] = field(default_factory=dict)
+    augment_options: tuple[tuple[str, Any], ...] | dict[str, Any] = ()  # AugmentConfig fields; kept as sorted pairs
     early_stopping: int = 0
     class_weights: ClassWeights = "none"
     tensorboard: bool = False
@@ -90,8 +92,12 @@ class TrainConfig:
         object.__setattr__(self, "image_size", size[0] if size[0] == size[1] else size)
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
-        object.__setattr__(self, "augment_options", dict(self.augment_options))
-        AugmentConfig(**self.augment_options)  # validates names and values
+        object.__setattr__(self, "augment_options", tuple(sorted(dict(self.augment_options).items())))
+        try:
+            AugmentConfig(**dict(self.augment_options))  # validates names and values
+        except TypeError as exc:
+            valid = ", ".join(AugmentConfig.__dataclass_fields__)
+            raise ValueError(f"augment_options {dict(self.augment_options)}: expected keys among {valid}") from exc
         checks = [
             (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
@@ -123,6 +129,7 @@ class TrainConfig:
         d = asdict(self)
         d["image_size"] = self.image_size if isinstance(self.image_size, int) else list(self.image_size)
         d["classes"] = list(self.classes) if self.classes is not None else None
+        d["augment_options"] = dict(self.augment_options)
         return d
 
     @classmethod
@@ -428,7 +435,7 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         steps = math.ceil(len(data.train) / config.batch_size) * config.epochs
         trainee = (keras.models.load_model(ckpt / "last.keras") if resumed
                    else models.compile_model(full, config.arch, config.mode, config.learning_rate, steps))
-        augmenter = (build_augmenter(AugmentConfig(**config.augment_options), seed=config.seed)
+        augmenter = (build_augmenter(AugmentConfig(**dict(config.augment_options)), seed=config.seed)
                      if config.augment else None)
         train_ds = make_dataset(data.train, config.batch_size, shuffle=True, seed=config.seed, epochs=config.epochs,
                                 initial_epoch=state["epoch"], augmenter=augmenter)

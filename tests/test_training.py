@@ -135,8 +135,12 @@ def test_cli_bad_values_are_one_line(demo_dir, tmp_path, capsys, monkeypatch):
 
 
 def test_config_round_trip_and_unknown_keys():
-    config = TrainConfig(arch="fruit_net", image_size=(24, 32), classes=("a", "b"), augment=True)
+    config = TrainConfig(arch="fruit_net", image_size=(24, 32), classes=("a", "b"), augment=True,
+                         augment_options={"rotation": 10.0, "flip": False})
     assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert hash(config) == hash(TrainConfig.from_dict(config.to_dict()))  # frozen and hashable
+    with pytest.raises(ValueError, match="augment_options.*expected keys among rotation"):
+        TrainConfig(augment_options={"spin": 1})
     with pytest.raises(ValueError, match="unknown training option.*colour.*valid: arch"):
         TrainConfig.from_dict({"arch": "seed_cnn", "colour": 1})
     with pytest.raises(ValueError, match="mode 'melt'"):
