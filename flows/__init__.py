@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks: index, train, evaluate, explain, and the nightly pipeline."""

@@ -288,15 +288,6 @@ def _add_explain(sub) -> None:
     p.add_argument("--split", default="test", help="split of a dataset root to explain (default: test)")
     p.add_argument("--chunk-size", type=int, default=32, help="images per chunk (memory, resume granularity)")
     p.add_argument("--seed", type=int, default=0)
-    g = p.add_argument_group("Grad-CAM")
-    g.add_argument("--layer", default=None, help="conv layer name or path (backbone/block5_conv3); "
-                   "default: the last conv layer")
-    g.add_argument("--gradcam-variant", default="gradcam", choices=("gradcam", "gradcam++", "cam"),
-                   help="heatmap method (cam: models ending in global average pooling + dense)")
-    g.add_argument("--palette", default="viridis", help="matplotlib colormap of heatmaps (viridis, jet, magma ...)")
-    g.add_argument("--alpha", type=float, default=0.4, help="heatmap weight when blended over the photo, 0..1")
-    g.add_argument("--faithfulness-steps", type=int, default=20,
-                   help="steps of the deletion/insertion curves (deletion_auc, insertion_auc) of Grad-CAM and LIME")
     lime = p.add_argument_group("LIME")
     lime.add_argument("--num-samples", type=int, default=1000, help="perturbed samples per image (default 1000)")
     lime.add_argument("--segmenter", default="slic", help="superpixels: slic (default), quickshift, felzenszwalb")
@@ -314,19 +305,15 @@ def _add_explain(sub) -> None:
     lime.add_argument("--batch-size", type=int, default=None, help="perturbed images per model call")
     lime.add_argument("--threshold", type=float, default=0.0, help="PNGs: draw superpixels with |weight| above it")
     lime.add_argument("--plots", default="all", help="PNGs: all (default), explanation (no density), none")
-
-
-def _gradcam_options(args) -> dict:
-    import matplotlib
-
-    if args.palette not in matplotlib.colormaps:
-        raise CommandError(f"--palette {args.palette}: expected a matplotlib colormap such as viridis, jet, magma")
-    if not 0.0 <= args.alpha <= 1.0:
-        raise CommandError(f"--alpha {args.alpha}: expected a blend weight in [0, 1]")
-    if args.faithfulness_steps < 1:
-        raise CommandError(f"--faithfulness-steps {args.faithfulness_steps}: expected at least 1")
-    return {"layer": args.layer, "variant": args.gradcam_variant, "palette": args.palette, "alpha": args.alpha,
-            "steps": args.faithfulness_steps, "seed": args.seed}
+    g = p.add_argument_group("Grad-CAM")
+    g.add_argument("--layer", default=None, help="conv layer name or path (backbone/block5_conv3); "
+                   "default: the last conv layer")
+    g.add_argument("--gradcam-variant", default="gradcam", choices=("gradcam", "gradcam++", "cam"),
+                   help="heatmap method (cam: models ending in global average pooling + dense)")
+    g.add_argument("--palette", default="viridis", help="matplotlib colormap of heatmaps (viridis, jet, magma ...)")
+    g.add_argument("--alpha", type=float, default=0.4, help="heatmap weight when blended over the photo, 0..1")
+    g.add_argument("--faithfulness-steps", type=int, default=20,
+                   help="steps of the deletion/insertion curves (deletion_auc, insertion_auc) of Grad-CAM and LIME")
 
 
 def _lime_options(args) -> dict:
@@ -378,6 +365,19 @@ def _segmenter_params(args) -> dict:
         if getattr(args, name, None) is not None:
             params[name] = getattr(args, name)
     return params
+
+
+def _gradcam_options(args) -> dict:
+    import matplotlib
+
+    if args.palette not in matplotlib.colormaps:
+        raise CommandError(f"--palette {args.palette}: expected a matplotlib colormap such as viridis, jet, magma")
+    if not 0.0 <= args.alpha <= 1.0:
+        raise CommandError(f"--alpha {args.alpha}: expected a blend weight in [0, 1]")
+    if args.faithfulness_steps < 1:
+        raise CommandError(f"--faithfulness-steps {args.faithfulness_steps}: expected at least 1")
+    return {"layer": args.layer, "variant": args.gradcam_variant, "palette": args.palette, "alpha": args.alpha,
+            "steps": args.faithfulness_steps, "seed": args.seed}
 
 
 def _explain_options(args) -> dict[str, dict]:
@@ -503,35 +503,144 @@ def _cmd_visualize(args) -> int:
     return 0
 
 
+def _add_pipeline_options(p) -> None:
+    p.add_argument("--config", type=Path, default=None, help="pipeline config (YAML or JSON; PipelineConfig fields)")
+    p.add_argument("--task-runner", choices=("thread", "dask"), default=None,
+                   help="where explanation chunks run: a thread pool (default) or Dask (prefect-dask)")
+    p.add_argument("--dask-address", default=None, help="Dask scheduler address (default: start a local cluster)")
+    p.add_argument("--models-home", type=Path, default=None,
+                   help="where the current model lives (default: <out>/../models)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="task cache and results (default: $FRUITLENS_CACHE or $FRUITLENS_HOME/cache)")
+
+
 def _add_run(sub) -> None:
     p = sub.add_parser("run", help="the whole pipeline as one Prefect flow run")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--config", type=Path, default=None)
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    _add_pipeline_options(p)
+
+
+def _pipeline_config(args, base=None):
+    from fruitlens.config import PipelineConfig, load_config
+
+    try:
+        cfg = load_config(args.config) if args.config is not None else (base or PipelineConfig())
+        changes = {k: v for k, v in (("task_runner", args.task_runner), ("dask_address", args.dask_address))
+                   if v is not None}
+        return cfg.replace(**changes) if changes else cfg
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
+    """Run nightly_flow once (index, train, evaluate, explain, visualize, compare, report) and summarise."""
+    import time
+
+    from flows.nightly import nightly_flow
+    from flows.settings import pipeline_settings
+
+    if not data.is_dir():
+        raise CommandError(f"--data {data}: no such folder; expected a dataset root")
+    from prefect.settings import PREFECT_API_URL
+
+    if not PREFECT_API_URL.value():
+        print("note: PREFECT_API_URL is not set, so the runs go to a temporary Prefect server; start one with "
+              "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api to watch them in the UI")
+    start = time.perf_counter()
+    with pipeline_settings(args.cache_dir):
+        summary = nightly_flow(str(data), str(out), cfg.to_dict(),
+                               str(args.models_home) if args.models_home else None)
+    seconds = time.perf_counter() - start
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in summary["timings"].items())
+    m = summary["metrics"]
+    print(f"pipeline finished in {seconds:.1f}s ({steps})")
+    print(f"test accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n']} images; "
+          f"{'promoted to current' if summary['promoted'] else 'kept the current model'}")
+    print(f"wrote {out} (run.json" + (", report.html)" if summary.get("report") else ")"))
+    return 0
+
+
+def _cmd_run(args) -> int:
+    return _run_pipeline(args, args.data, args.out, _pipeline_config(args))
 
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="generate the demo dataset and run the whole pipeline on it")
     p.add_argument("--out", type=Path, default=DEFAULT_DEMO_OUT)
     p.add_argument("--data", type=Path, default=DEFAULT_DEMO_DIR, help="where the demo dataset is written")
+    p.add_argument("--train-per-class", type=int, default=200, help="demo images per class (training)")
+    p.add_argument("--test-per-class", type=int, default=50, help="demo images per class (test)")
+    _add_pipeline_options(p)
 
 
 def _cmd_demo(args) -> int:
-    """Generate the demo data (if absent) and run what exists of the pipeline on it."""
-    from fruitlens.dataset import format_summary, index_or_load
+    """Generate the demo data (if absent) and run the whole pipeline on it, report included."""
     from fruitlens.synthetic import write_demo_dataset
 
     if not (args.data / "Training").is_dir():
-        write_demo_dataset(args.data)
+        write_demo_dataset(args.data, n_train=args.train_per_class, n_test=args.test_per_class)
         print(f"wrote demo dataset to {args.data}")
-    index = index_or_load(args.data, args.out / "index")
-    print(format_summary(index))
-    print(f"wrote {args.out}/index (training, explanation and the Prefect flows land with the next issues)")
-    return 0
+    return _run_pipeline(args, args.data, args.out, _pipeline_config(args))
 
 
 def _add_serve(sub) -> None:
-    sub.add_parser("serve", help="serve the nightly deployment (cron schedule) to a Prefect server")
+    p = sub.add_parser("serve", help="serve the nightly deployment (cron schedule) to a Prefect server")
+    p.add_argument("--data", type=Path, default=DEFAULT_DEMO_DIR, help="dataset root the nightly run reads")
+    p.add_argument("--out", type=Path, default=Path("artifacts/nightly"), help="run folder the nightly run writes")
+    p.add_argument("--cron", default="0 2 * * *", help='cron schedule (default "0 2 * * *": 02:00 every night)')
+    p.add_argument("--timezone", default=None, help="time zone of the schedule (default: UTC)")
+    p.add_argument("--name", default="nightly", help="deployment name")
+    _add_pipeline_options(p)
+
+
+def _cmd_serve(args) -> int:
+    """Register the nightly deployment with its schedule and run its flow runs as they come (blocks)."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.schedules import Cron
+
+    from flows.nightly import nightly_flow
+    from flows.settings import pipeline_settings
+
+    try:
+        CronSchedule(cron=args.cron, timezone=args.timezone or "UTC")  # validates the expression and zone
+        schedule = Cron(args.cron, timezone=args.timezone or "UTC")
+    except ValueError as exc:
+        raise CommandError(f"--cron {args.cron!r} --timezone {args.timezone}: expected a cron expression like "
+                           "'0 2 * * *' and an IANA time zone") from exc
+    cfg = _pipeline_config(args)
+    params = {"data_dir": str(args.data.resolve()), "out_dir": str(args.out.resolve()), "config": cfg.to_dict(),
+              "models_home": str(args.models_home.resolve()) if args.models_home else None}
+    print(f"serving nightly_flow as deployment nightly/{args.name} on cron {args.cron!r}: "
+          f"{params['data_dir']} -> {params['out_dir']}")
+    with pipeline_settings(args.cache_dir):  # served runs inherit the cache location through the environment
+        nightly_flow.serve(name=args.name, schedules=[schedule], parameters=params,
+                           description="Nightly retraining: index, train, evaluate, explain, compare, report",
+                           tags=["fruitlens", "nightly"])
+    return 0
+
+
+def _add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="show or clear the pipeline's task cache")
+    p.add_argument("action", choices=("path", "clear"), help="path: print where it is; clear: delete it")
+    p.add_argument("--cache-dir", type=Path, default=None, help="default: $FRUITLENS_CACHE or $FRUITLENS_HOME/cache")
+
+
+def _cmd_cache(args) -> int:
+    import shutil
+
+    from fruitlens.config import cache_dir
+
+    path = args.cache_dir or cache_dir()
+    if args.action == "path":
+        print(path)
+        return 0
+    if path.exists():
+        shutil.rmtree(path)
+        print(f"cleared the task cache {path}")
+    else:
+        print(f"no task cache at {path}")
+    return 0
 
 
 COMMANDS: dict[str, tuple[Callable, Callable]] = {
@@ -541,13 +650,14 @@ COMMANDS: dict[str, tuple[Callable, Callable]] = {
     "predict": (_add_predict, _cmd_predict),
     "augment-preview": (_add_augment_preview, _cmd_augment_preview),
     "explain": (_add_explain, _cmd_explain),
-    "visualize": (_add_visualize, _cmd_visualize),
     "superpixels": (_add_superpixels, _cmd_superpixels),
-    "run": (_add_run, _not_yet("run", "issue 6")),
+    "visualize": (_add_visualize, _cmd_visualize),
+    "run": (_add_run, _cmd_run),
     "demo-data": (_add_demo_data, _cmd_demo_data),
     "report": (_add_report, _cmd_report),
     "demo": (_add_demo, _cmd_demo),
-    "serve": (_add_serve, _not_yet("serve", "issue 6")),
+    "serve": (_add_serve, _cmd_serve),
+    "cache": (_add_cache, _cmd_cache),
 }
 
 

@@ -85,92 +85,6 @@ def titled_grid(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int 
     return fig
 
 
-# --- Grad-CAM, activations, filters (issue 5) ---
-
-DISPLAY_MAX = 512  # longest side of photos shown under heatmaps
-
-
-def display_photo(photo: np.ndarray, fallback: np.ndarray, max_side: int = DISPLAY_MAX) -> np.ndarray:
-    """The photo to draw a heatmap on: the original file's pixels, shrunk to ``max_side``, or ``fallback``.
-
-    Tiny model inputs (20 x 20) make unreadable overlays, so the original photo is preferred; ``fallback``
-    (the model input) is used when the photo is smaller than it.
-    """
-    if photo.shape[0] * photo.shape[1] < fallback.shape[0] * fallback.shape[1]:
-        photo = fallback
-    h, w = photo.shape[:2]
-    if max(h, w) > max_side:
-        scale = max_side / max(h, w)
-        img = Image.fromarray(to_uint8(photo)).resize((max(1, round(w * scale)), max(1, round(h * scale))),
-                                                      Image.Resampling.BILINEAR)
-        photo = np.asarray(img, dtype=np.float32) / 255.0
-    return photo
-
-
-def heatmap_picture(heatmap: np.ndarray, size: tuple[int, int] | None = None, palette: str = "viridis") -> np.ndarray:
-    """(h, w) heatmap in [0, 1] -> (H, W, 3) colours, bilinearly resized to ``size`` = (H, W)."""
-    heatmap = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
-    if size is not None and heatmap.shape != tuple(size):
-        heatmap = np.asarray(Image.fromarray(heatmap, mode="F").resize((size[1], size[0]), Image.Resampling.BILINEAR))
-    return colorize(heatmap, palette)
-
-
-def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
-    if image.shape[0] == height:
-        return image
-    width = max(1, round(image.shape[1] * height / image.shape[0]))
-    return np.asarray(Image.fromarray(to_uint8(image)).resize((width, height), Image.Resampling.BILINEAR),
-                      dtype=np.float32) / 255.0
-
-
-def side_by_side(panels: Sequence[np.ndarray], height: int | None = None, pad: int = 4) -> np.ndarray:
-    """Panels (H_i, W_i, 3) in [0, 1] scaled to one height (default: the tallest, at least 160) in one row."""
-    height = height or max(160, *(p.shape[0] for p in panels))
-    fitted = [_fit_height(np.asarray(p, dtype=np.float32), height) for p in panels]
-    gap = np.ones((height, pad, 3), np.float32)
-    row = [gap]
-    for panel in fitted:
-        row += [panel, gap]
-    return np.pad(np.concatenate(row, axis=1), ((pad, pad), (0, 0), (0, 0)), constant_values=1.0)
-
-
-def save_side_by_side(path: str | os.PathLike, photo: np.ndarray, gradcam_overlay: np.ndarray,
-                      lime_path: str | os.PathLike | None = None) -> Path:
-    """Write photo | Grad-CAM overlay | LIME explanation (when ``lime_path`` is given) as one PNG."""
-    panels = [photo, gradcam_overlay]
-    if lime_path is not None:
-        with Image.open(lime_path) as img:
-            panels.append(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
-    return save_png(side_by_side(panels), path)
-
-
-def _upscale(images: np.ndarray, min_side: int) -> np.ndarray:
-    """Nearest-neighbour integer upscaling of (N, h, w, ...) so that tiles are at least ``min_side`` px."""
-    factor = max(1, -(-min_side // max(1, min(images.shape[1:3]))))
-    return images.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else images
-
-
-def activation_grid(maps: np.ndarray, channels: int = 40, ncols: int = 8, palette: str = "viridis",
-                    min_side: int = 48) -> np.ndarray:
-    """One layer's (h, w, K) activations -> a grid of the first ``channels`` maps, ``ncols`` per row.
-
-    Each channel is scaled to [0, 1] on its own (a constant channel is drawn as zeros).
-    """
-    maps = np.asarray(maps, dtype=np.float32)[..., :channels]
-    lo = maps.min(axis=(0, 1), keepdims=True)
-    span = maps.max(axis=(0, 1), keepdims=True) - lo
-    scaled = np.divide(maps - lo, span, out=np.zeros_like(maps), where=span > 0)
-    tiles = colorize(np.moveaxis(scaled, -1, 0), palette)  # (K, h, w, 3)
-    return image_grid(_upscale(tiles, min_side), ncols=ncols, pad=2)
-
-
-def filter_grid(patterns: np.ndarray, ncols: int = 8, min_side: int = 48) -> np.ndarray:
-    """(F, H, W, 3) filter patterns in [0, 1] -> one grid, ``ncols`` per row, each stretched to full contrast."""
-    p = np.asarray(patterns, dtype=np.float32)
-    lo = p.min(axis=(1, 2, 3), keepdims=True)
-    span = p.max(axis=(1, 2, 3), keepdims=True) - lo
-    stretched = np.divide(p - lo, span, out=np.full_like(p, 0.5), where=span > 0)
-    return image_grid(_upscale(stretched, min_side), ncols=ncols, pad=2)
 # --- LIME ---------------------------------------------------------------------------------------------------
 
 SUPPORT_RGB = (0.0, 0.8, 0.0)  # green: superpixels supporting the label
@@ -273,6 +187,94 @@ def lime_weight_density(weights: dict[str, np.ndarray], *, threshold: float | No
     if title:
         ax.set_title(title, fontsize=9)
     return fig
+
+
+# --- Grad-CAM, activations, filters (issue 5) ---
+
+DISPLAY_MAX = 512  # longest side of photos shown under heatmaps
+
+
+def display_photo(photo: np.ndarray, fallback: np.ndarray, max_side: int = DISPLAY_MAX) -> np.ndarray:
+    """The photo to draw a heatmap on: the original file's pixels, shrunk to ``max_side``, or ``fallback``.
+
+    Tiny model inputs (20 x 20) make unreadable overlays, so the original photo is preferred; ``fallback``
+    (the model input) is used when the photo is smaller than it.
+    """
+    if photo.shape[0] * photo.shape[1] < fallback.shape[0] * fallback.shape[1]:
+        photo = fallback
+    h, w = photo.shape[:2]
+    if max(h, w) > max_side:
+        scale = max_side / max(h, w)
+        img = Image.fromarray(to_uint8(photo)).resize((max(1, round(w * scale)), max(1, round(h * scale))),
+                                                      Image.Resampling.BILINEAR)
+        photo = np.asarray(img, dtype=np.float32) / 255.0
+    return photo
+
+
+def heatmap_picture(heatmap: np.ndarray, size: tuple[int, int] | None = None, palette: str = "viridis") -> np.ndarray:
+    """(h, w) heatmap in [0, 1] -> (H, W, 3) colours, bilinearly resized to ``size`` = (H, W)."""
+    heatmap = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
+    if size is not None and heatmap.shape != tuple(size):
+        heatmap = np.asarray(Image.fromarray(heatmap, mode="F").resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    return colorize(heatmap, palette)
+
+
+def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
+    if image.shape[0] == height:
+        return image
+    width = max(1, round(image.shape[1] * height / image.shape[0]))
+    return np.asarray(Image.fromarray(to_uint8(image)).resize((width, height), Image.Resampling.BILINEAR),
+                      dtype=np.float32) / 255.0
+
+
+def side_by_side(panels: Sequence[np.ndarray], height: int | None = None, pad: int = 4) -> np.ndarray:
+    """Panels (H_i, W_i, 3) in [0, 1] scaled to one height (default: the tallest, at least 160) in one row."""
+    height = height or max(160, *(p.shape[0] for p in panels))
+    fitted = [_fit_height(np.asarray(p, dtype=np.float32), height) for p in panels]
+    gap = np.ones((height, pad, 3), np.float32)
+    row = [gap]
+    for panel in fitted:
+        row += [panel, gap]
+    return np.pad(np.concatenate(row, axis=1), ((pad, pad), (0, 0), (0, 0)), constant_values=1.0)
+
+
+def save_side_by_side(path: str | os.PathLike, photo: np.ndarray, gradcam_overlay: np.ndarray,
+                      lime_path: str | os.PathLike | None = None) -> Path:
+    """Write photo | Grad-CAM overlay | LIME explanation (when ``lime_path`` is given) as one PNG."""
+    panels = [photo, gradcam_overlay]
+    if lime_path is not None:
+        with Image.open(lime_path) as img:
+            panels.append(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
+    return save_png(side_by_side(panels), path)
+
+
+def _upscale(images: np.ndarray, min_side: int) -> np.ndarray:
+    """Nearest-neighbour integer upscaling of (N, h, w, ...) so that tiles are at least ``min_side`` px."""
+    factor = max(1, -(-min_side // max(1, min(images.shape[1:3]))))
+    return images.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else images
+
+
+def activation_grid(maps: np.ndarray, channels: int = 40, ncols: int = 8, palette: str = "viridis",
+                    min_side: int = 48) -> np.ndarray:
+    """One layer's (h, w, K) activations -> a grid of the first ``channels`` maps, ``ncols`` per row.
+
+    Each channel is scaled to [0, 1] on its own (a constant channel is drawn as zeros).
+    """
+    maps = np.asarray(maps, dtype=np.float32)[..., :channels]
+    lo = maps.min(axis=(0, 1), keepdims=True)
+    span = maps.max(axis=(0, 1), keepdims=True) - lo
+    scaled = np.divide(maps - lo, span, out=np.zeros_like(maps), where=span > 0)
+    tiles = colorize(np.moveaxis(scaled, -1, 0), palette)  # (K, h, w, 3)
+    return image_grid(_upscale(tiles, min_side), ncols=ncols, pad=2)
+
+
+def filter_grid(patterns: np.ndarray, ncols: int = 8, min_side: int = 48) -> np.ndarray:
+    """(F, H, W, 3) filter patterns in [0, 1] -> one grid, ``ncols`` per row, each stretched to full contrast."""
+    p = np.asarray(patterns, dtype=np.float32)
+    lo = p.min(axis=(1, 2, 3), keepdims=True)
+    span = p.max(axis=(1, 2, 3), keepdims=True) - lo
+    stretched = np.divide(p - lo, span, out=np.full_like(p, 0.5), where=span > 0)
+    return image_grid(_upscale(stretched, min_side), ncols=ncols, pad=2)
 
 
 # --- report ---

@@ -1,0 +1,57 @@
+"""Artifacts for the Prefect UI: tables, a markdown summary with thumbnails, links to the files written.
+
+Plain functions the flows call, so each artifact belongs to the flow run that made it (and costs no task
+run of its own). Keys are stable (lowercase, dashes), so the UI shows each one's history run after run.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+
+def _records(df) -> list[dict]:
+    return df.astype(object).where(df.notna(), None).to_dict("records")
+
+
+def publish_eval_tables(eval_dir: str, prefix: str = "") -> dict:
+    """Table artifacts of per-class metrics and confusion counts from eval_dir/predictions.parquet."""
+    from fruitlens import tables
+    from fruitlens.pipeline import confusion_counts, per_class_metrics
+
+    predictions = tables.read_table(Path(eval_dir) / "predictions.parquet")
+    per_class, confusion = per_class_metrics(predictions), confusion_counts(predictions)
+    create_table_artifact(_records(per_class), key=f"{prefix}per-class-metrics",
+                          description="Precision, recall, F1 and support per class")
+    create_table_artifact(_records(confusion), key=f"{prefix}confusion-counts",
+                          description="How often each true class was predicted as each class")
+    return {"classes": int(len(per_class)), "confusion_cells": int(len(confusion))}
+
+
+def publish_comparison(rows: list[dict], promoted: bool, prefix: str = "") -> None:
+    """Table artifact: the new model against the current one on the same test set."""
+    verdict = "promoted to current" if promoted else "kept the current model (the new one is worse)"
+    create_table_artifact(rows, key=f"{prefix}model-comparison", description=f"New vs current model: {verdict}")
+
+
+def publish_summary(title: str, metrics: dict, lines: list[str], images: list[list[str]],
+                          prefix: str = "") -> None:
+    """Markdown artifact: headline numbers and small thumbnails embedded as data URIs."""
+    from fruitlens.pipeline import summary_markdown
+
+    create_markdown_artifact(summary_markdown(title, metrics, lines, [tuple(i) for i in images]),
+                             key=f"{prefix}run-summary", description=title)
+
+
+def publish_links(links: dict[str, str], prefix: str = "") -> int:
+    """One link artifact per file written (file:// URLs), keyed by what it is (e.g. report-link)."""
+    n = 0
+    for name, path in links.items():
+        p = Path(path)
+        if p.exists():
+            key = re.sub(r"[^a-z0-9]+", "-", f"{prefix}{name}-link".lower())
+            create_link_artifact(p.resolve().as_uri(), link_text=f"{name}: {p.name}", key=key)
+            n += 1
+    return n

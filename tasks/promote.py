@@ -1,0 +1,50 @@
+"""Compare the new model with the current one on the same test set; promote it when it is not worse."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+
+@task(name="current-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def current_model_task(models_home: str) -> dict | None:
+    """The current model's folder and digest, or None when no model has been promoted yet."""
+    from fruitlens.pipeline import current_dir
+    from fruitlens.runs import MODEL_FILE, model_digest
+
+    folder = current_dir(models_home)
+    if not (folder / MODEL_FILE).is_file():
+        return None
+    return {"run_dir": str(folder), "model_digest": model_digest(folder)}
+
+
+@task(name="compare-models", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def compare_task(run_dir: str, new: dict, current: dict | None, metric: str, same_model: bool = False) -> dict:
+    """Write run_dir/comparison.parquet (metric, new, current, delta, promoted); the rows and the decision.
+
+    ``same_model``: the new model is the current one (nothing retrained since it was promoted), so the
+    comparison made when it was promoted stands and is returned unchanged.
+    """
+    from pathlib import Path
+
+    from fruitlens import tables
+    from fruitlens.pipeline import compare_models
+
+    path = Path(run_dir) / "comparison.parquet"
+    if same_model and path.is_file():
+        table = tables.read_table(path)
+        promote = bool(table["promoted"].iloc[0]) if len(table) else True
+        table = table.drop(columns=["promoted"])
+    else:
+        table, promote = compare_models(new, current, metric)
+        tables.write_table(table.assign(promoted=promote), path)
+    rows = table.astype(object).where(table.notna(), None).to_dict("records")
+    return {"rows": rows, "promote": bool(promote), "path": str(path)}
+
+
+@task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def promote_task(run_dir: str, models_home: str, info: dict) -> str:
+    """Copy the run's model to models_home/current and record it in current.json; the folder."""
+    from fruitlens.pipeline import promote_model
+
+    return str(promote_model(run_dir, models_home, info))

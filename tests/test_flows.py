@@ -1,0 +1,326 @@
+"""The Prefect flows under a real, temporary Prefect server (``prefect_test_harness``, shared by the session).
+
+End to end on the demo data with a tiny config; a second run with nothing changed is all Cached and several
+times faster; one changed image or config value re-runs only what depends on it; a crashed explanation run
+resumes without losing or duplicating rows; the Dask task runner gives the same tables; ``fruitlens serve``
+registers the cron schedule. Task run states are read back from the server.
+"""
+
+import asyncio
+import copy
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+from fruitlens import pipeline, tables  # noqa: E402
+from fruitlens.cli import main  # noqa: E402
+from fruitlens.dataset import index_or_load  # noqa: E402
+from fruitlens.explain import runner  # noqa: E402
+from fruitlens.synthetic import CLASSES  # noqa: E402
+from tests.helpers import tiny_run  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+
+# small enough for tests: 72 training images at 16 px, 2 epochs; 24 test images in 3 chunks
+TINY = {"train": {"image_size": 16, "epochs": 2, "batch_size": 16}, "explain_limit": None, "chunk_size": 8,
+        "explain_options": {"lime": {"num_samples": 64, "plots": "explanation"}, "gradcam": {"steps": 5}}}
+
+
+@pytest.fixture(scope="session")
+def prefect_server():
+    """One temporary Prefect server (SQLite) for every flow test: starting one takes seconds."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+@pytest.fixture()
+def cache(tmp_path, prefect_server):
+    from flows.settings import pipeline_settings
+
+    with pipeline_settings(tmp_path / "cache") as path:
+        yield path
+
+
+def now() -> datetime:
+    time.sleep(0.01)
+    return datetime.now(UTC)
+
+
+def task_states(since: datetime) -> dict[str, list[str]]:
+    """Task run name -> state names of every task run in flow runs started after ``since`` (from the server)."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterStartTime
+    from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(start_time=FlowRunFilterStartTime(after_=since)),
+                sort=FlowRunSort.START_TIME_ASC, limit=200)
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])),
+                sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
+
+    task_runs = asyncio.run(read())
+    out: dict[str, list[str]] = {}
+    for tr in sorted(task_runs, key=lambda t: t.expected_start_time or since):
+        if re.fullmatch(r"(index|train|evaluate|explain)-\d+", tr.name):
+            continue  # the task run a parent flow keeps for each subflow run (train-0, explain-0, ...)
+        out.setdefault(tr.name, []).append(tr.state.name)
+    return out
+
+
+def latest_artifacts(keys: list[str]) -> dict[str, dict]:
+    """The latest artifact of each key, read from the server's REST API.
+
+    (prefect 3.8.8's ``read_artifacts`` sends nulls the server rejects, or joins on task runs when given empty
+    filters, so the filter request is posted as the UI posts it.)
+    """
+    from prefect import get_client
+
+    async def read():
+        async with get_client() as client:
+            body = {"artifacts": {"key": {"any_": keys}}, "limit": 200, "offset": 0, "sort": "CREATED_DESC"}
+            response = await client._client.post("/artifacts/filter", json=body)
+            return response.json()
+
+    out: dict[str, dict] = {}
+    for art in asyncio.run(read()):
+        out.setdefault(art["key"], art)  # newest first
+    return out
+
+
+def chunk_states(states: dict[str, list[str]]) -> dict[str, list[str]]:
+    return {k: v for k, v in states.items() if "-chunk-" in k}
+
+
+def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_path):
+    import yaml
+
+    data = shutil.copytree(demo_dir, tmp_path / "data")
+    cfg = tmp_path / "pipeline.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "runs" / "e2e"
+    args = ["run", "--data", str(data), "--out", str(out), "--config", str(cfg), "--cache-dir", str(tmp_path / "cache")]
+
+    since, start = now(), time.perf_counter()
+    assert main(args) == 0
+    first = time.perf_counter() - start
+    for rel in ("run.json", "index/images.parquet", "model.keras", "model.json", "history.parquet",
+                "eval/predictions.parquet", "eval/metrics.json", "explain/lime.parquet", "explain/gradcam.parquet",
+                "comparison.parquet", "report.html"):
+        assert (out / rel).is_file(), rel
+    assert list((out / "visualize").rglob("*.png"))
+    assert (tmp_path / "runs" / "models" / "current" / "model.keras").is_file()  # first model: promoted
+    record = tables.read_json(out / "run.json")
+    assert set(record["timings"]) >= {"index", "train", "evaluate", "explain", "report"}
+    assert record["config"]["chunk_size"] == 8 and "prefect" in record["versions"] and record["promoted"]
+    states = task_states(since)
+    assert states["train-e2e"] == ["Completed"] and states["evaluate-test-eval"] == ["Completed"]
+    assert sorted(chunk_states(states)) == [f"{m}-chunk-{i}" for m in ("gradcam", "lime") for i in range(3)]
+    assert all(v == ["Completed"] for v in chunk_states(states).values())
+    test_ids = sorted(pipeline.explain_rows(out / "index", "test")["image_id"])
+    lime = tables.read_table(out / "explain" / "lime.parquet")
+    gradcam = tables.read_table(out / "explain" / "gradcam.parquet")
+    assert sorted(set(lime["image_id"])) == test_ids and sorted(gradcam["image_id"]) == test_ids
+
+    keys = [f"e2e-{k}" for k in ("per-class-metrics", "confusion-counts", "model-comparison", "run-summary",
+                                 "explain-progress", "report-link", "predictions-link", "lime-link")]
+    arts = latest_artifacts(keys)
+    assert sorted(arts) == sorted(keys)
+    assert arts["e2e-run-summary"]["type"] == "markdown" and "data:image/png;base64," in arts["e2e-run-summary"]["data"]
+    assert arts["e2e-per-class-metrics"]["type"] == "table" and "red_dot" in str(arts["e2e-per-class-metrics"]["data"])
+    assert arts["e2e-explain-progress"]["type"] == "progress" and float(arts["e2e-explain-progress"]["data"]) == 100.0
+    link = arts["e2e-report-link"]["data"]
+    assert link.startswith("[") and "file://" in link and "report.html" in link
+
+    since, start = now(), time.perf_counter()
+    assert main(args) == 0  # nothing changed
+    second = time.perf_counter() - start
+    states = task_states(since)
+    steps = ("index", "train", "evaluate", "lime-chunk", "gradcam-chunk", "visualize", "report")
+    heavy = {k: v for k, v in states.items() if k.startswith(steps)}
+    assert len(chunk_states(heavy)) == 6 and {"train-e2e", "visualize-e2e"} <= set(heavy)
+    assert "report-e2e" in heavy
+    assert all(set(v) == {"Cached"} for v in heavy.values()), heavy
+    pd.testing.assert_frame_equal(tables.read_table(out / "explain" / "lime.parquet"), lime)
+    print(f"first run {first:.1f}s, second run {second:.1f}s ({first / second:.1f}x)")
+    assert second * 3 < first, (first, second)
+
+
+def _flip(path: Path) -> None:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path, quality=95)
+
+
+def test_one_change_reruns_only_what_depends_on_it(cache, demo_dir, tmp_path):
+    from flows.nightly import nightly_flow
+
+    data = shutil.copytree(demo_dir, tmp_path / "data")
+    out, home = tmp_path / "runs" / "chg", tmp_path / "models"
+    nightly_flow(str(data), str(out), TINY, str(home))
+    rows = pipeline.explain_rows(out / "index", "test")
+
+    _flip(Path(rows["path"].iloc[-1]))  # one test image of the last chunk changes
+    since = now()
+    nightly_flow(str(data), str(out), TINY, str(home))
+    states = task_states(since)
+    assert states["train-chg"] == ["Cached"] and states["visualize-chg"] == ["Cached"]
+    assert states["evaluate-test-eval"] == ["Completed"]  # the test set changed
+    assert chunk_states(states) == {f"{m}-chunk-{i}": ["Completed" if i == 2 else "Cached"]
+                                    for m in ("lime", "gradcam") for i in range(3)}
+    lime = tables.read_table(out / "explain" / "lime.parquet")
+    assert sorted(set(lime["image_id"])) == sorted(rows["image_id"])
+    assert not lime.duplicated(["image_id", "label", "superpixel"]).any()
+
+    changed = copy.deepcopy(TINY)  # one config value: Grad-CAM's faithfulness steps
+    changed["explain_options"]["gradcam"]["steps"] = 4
+    since = now()
+    nightly_flow(str(data), str(out), changed, str(home))
+    states = task_states(since)
+    assert states["train-chg"] == ["Cached"] and states["evaluate-test-eval"] == ["Cached"]
+    assert chunk_states(states) == {f"{m}-chunk-{i}": ["Cached" if m == "lime" else "Completed"]
+                                    for m in ("lime", "gradcam") for i in range(3)}
+    gradcam = tables.read_table(out / "explain" / "gradcam.parquet")
+    assert sorted(gradcam["image_id"]) == sorted(rows["image_id"])  # each image once
+
+    changed["explain_options"]["lime"]["num_samples"] = 48  # LIME's options: LIME and what comes after it
+    since = now()
+    nightly_flow(str(data), str(out), changed, str(home))
+    states = task_states(since)
+    assert states["train-chg"] == ["Cached"] and len(chunk_states(states)) == 6
+    assert all(v == ["Completed"] for v in chunk_states(states).values())
+    lime = tables.read_table(out / "explain" / "lime.parquet")
+    assert set(lime["num_samples"]) == {48} and sorted(set(lime["image_id"])) == sorted(rows["image_id"])
+
+
+FAIL: set[str] = set()
+CALLS: list[list[str]] = []
+
+
+def explain_chunk(model, card, images, rows, out_dir, scale=1.0):
+    """A stand-in method for the crash test: fails on any image id in FAIL."""
+    ids = [str(i) for i in rows["image_id"]]
+    CALLS.append(ids)
+    if FAIL & set(ids):
+        raise RuntimeError("simulated crash in one chunk")
+    return pd.DataFrame({"image_id": ids, "mean": images.mean(axis=(1, 2, 3)) * scale})
+
+
+def test_crashed_explain_run_resumes_without_losing_or_duplicating_rows(cache, demo_dir, tmp_path, monkeypatch):
+    from flows.explain import explain_flow
+
+    monkeypatch.setitem(runner.METHODS, "fake", __name__)
+    run_dir = tiny_run(tmp_path / "run", classes=CLASSES, image_size=(16, 16))
+    index_or_load(demo_dir, run_dir / "index")
+    ids = list(pipeline.explain_rows(run_dir / "index", "test")["image_id"])
+    FAIL.clear()
+    FAIL.add(ids[9])  # the second of six chunks of 4 fails (and its retry too)
+    params = {"run_dir": str(run_dir), "data_dir": str(demo_dir), "methods": ["fake"], "chunk_size": 4}
+    try:
+        state = explain_flow(**params, return_state=True)
+    finally:
+        FAIL.clear()
+    assert state.is_failed() and "1 of 6 explanation chunks failed" in state.message
+    assert len(list((run_dir / "explain" / "fake.parts").glob("part-*.parquet"))) == 5
+    assert not (run_dir / "explain" / "fake.parquet").exists()
+
+    CALLS.clear()
+    since = now()
+    result = explain_flow(**params)
+    assert CALLS == [ids[8:12]]  # only the missing chunk was explained again
+    states = chunk_states(task_states(since))
+    assert states.pop("fake-chunk-2") == ["Completed"] and all(v == ["Cached"] for v in states.values())
+    table = tables.read_table(result["fake"])
+    assert list(table["image_id"]) == sorted(ids)  # every image exactly once
+    assert float(latest_artifacts(["run-explain-progress"])["run-explain-progress"]["data"]) == 100.0
+
+
+def test_dask_runner_gives_the_same_tables(cache, demo_dir, tmp_path):
+    from flows.explain import explain_flow
+    from flows.settings import build_task_runner
+
+    run_dir = tiny_run(tmp_path / "run", classes=CLASSES, image_size=(16, 16))
+    params = {"run_dir": str(run_dir), "data_dir": str(demo_dir), "methods": ["lime", "gradcam"], "limit": 6,
+              "chunk_size": 2, "options": {"lime": {"num_samples": 40, "plots": "none"}, "gradcam": {"steps": 4}}}
+    threads = explain_flow(**params, out_dir=str(tmp_path / "threads"))
+    dask = build_task_runner("dask", cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": False})
+    since = now()
+    on_dask = explain_flow.with_options(task_runner=dask)(**params, out_dir=str(tmp_path / "dask"))
+    assert len(chunk_states(task_states(since))) == 6  # 3 chunks x 2 methods, on Dask
+    for method in ("lime", "gradcam"):
+        a = tables.read_table(threads[method]).replace(str(tmp_path / "threads"), "OUT", regex=True)
+        b = tables.read_table(on_dask[method]).replace(str(tmp_path / "dask"), "OUT", regex=True)
+        assert len(a) and set(a["image_id"]) == set(b["image_id"])
+        pd.testing.assert_frame_equal(a, b)
+
+
+async def read_deployment(name: str):
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    async with get_client() as client:
+        try:
+            return await client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return None
+
+
+def test_serve_registers_the_cron_schedule(prefect_server, demo_dir, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value(), "FRUITLENS_CACHE": str(tmp_path / "cache")}
+    cfg = tmp_path / "nightly.json"
+    cfg.write_text('{"chunk_size": 5, "train": {"epochs": 3}}')
+    proc = subprocess.Popen([sys.executable, "-m", "fruitlens", "serve", "--cron", "30 3 * * *", "--name", "test",
+                             "--data", str(demo_dir), "--out", str(tmp_path / "nightly"), "--config", str(cfg)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deployment = None
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline and proc.poll() is None:
+            deployment = asyncio.run(read_deployment("nightly/test"))
+            if deployment is not None and deployment.schedules:
+                break
+            time.sleep(1)
+    finally:
+        proc.terminate()
+        output = proc.communicate(timeout=30)[0]
+    assert deployment is not None and deployment.schedules, output[-2000:]
+    assert [s.schedule.cron for s in deployment.schedules] == ["30 3 * * *"]
+    assert deployment.parameters["out_dir"] == str((tmp_path / "nightly").resolve())
+    config = deployment.parameters["config"]
+    assert config["chunk_size"] == 5 and config["train"]["epochs"] == 3
+
+
+def test_prefect_yaml_deploys_the_nightly_flow():
+    import inspect
+
+    import yaml
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.flows import load_flow_from_entrypoint
+
+    from fruitlens.config import PipelineConfig
+
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    deployment = spec["deployments"][0]
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    assert flow.name == "nightly"
+    assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+    PipelineConfig.from_dict(deployment["parameters"]["config"])  # a valid config
+    assert CronSchedule(cron=deployment["schedules"][0]["cron"]).cron == "0 2 * * *"
