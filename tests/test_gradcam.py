@@ -234,7 +234,7 @@ def test_explain_chunk_rows_pngs_and_side_by_side(demo_dir, run_dir, tmp_path):
     rows = runner.select_images([demo_dir], split="test", limit=3)
     images, rows, _ = runner.read_chunk(rows, card.image_size)
     out = tmp_path / "explain"
-    lime_png = out / "lime" / f"{rows['image_id'].iloc[0]}_explanation.png"  # as the LIME method writes it
+    lime_png = out / "lime" / f"{rows['image_id'].iloc[0]}_outline.png"  # as the LIME method writes it
     lime_png.parent.mkdir(parents=True)
     Image.new("RGB", (100, 100), (255, 0, 0)).save(lime_png)
     df = explain_chunk(model, card, images, rows, out, palette="magma", alpha=0.5, steps=5)

@@ -85,3 +85,21 @@ def test_one_pass_equals_chunked(demo_dir, run_dir, tmp_path, fake_method):
     a, b = (tables.read_table(tmp_path / d / "fake.parquet") for d in "ab")
     pd.testing.assert_frame_equal(a, b, check_exact=False, rtol=1e-5)
     assert sys.modules[__name__].CALLS
+
+
+def test_lime_and_gradcam_together_fill_the_side_by_side(demo_dir, run_dir, tmp_path):
+    """With both methods, LIME runs first in each chunk, so Grad-CAM's side-by-side picture gets its panel."""
+    from PIL import Image
+
+    rows = runner.select_images([demo_dir], split="test", limit=2)
+    lime_opts = {"num_samples": 30, "plots": "explanation", "faithfulness_steps": 4}
+    runner.explain_images(run_dir, rows, tmp_path / "both", ["lime", "gradcam"],
+                          options={"lime": lime_opts, "gradcam": {"steps": 4}})
+    runner.explain_images(run_dir, rows, tmp_path / "gc", ["gradcam"], options={"gradcam": {"steps": 4}})
+    for image_id in rows["image_id"]:
+        both = Image.open(tmp_path / "both" / "side_by_side" / f"{image_id}.png").size[0]
+        alone = Image.open(tmp_path / "gc" / "side_by_side" / f"{image_id}.png").size[0]
+        assert both > alone
+    lime = tables.read_table(tmp_path / "both" / "lime.parquet")
+    gradcam = tables.read_table(tmp_path / "both" / "gradcam.parquet")
+    assert set(lime["image_id"]) == set(gradcam["image_id"]) == set(rows["image_id"])

@@ -117,9 +117,9 @@ def cam(model, images, targets=None, layer=None, upsample: bool = True) -> np.nd
 
 
 def _lime_picture(out_dir: Path, image_id: str) -> Path | None:
-    """The LIME engineer's explanation PNG for an image, when it exists (``lime/<id>_explanation*.png``)."""
-    found = sorted((out_dir / "lime").glob(f"{image_id}_explanation*.png"))
-    return found[0] if found else None
+    """LIME's explanation of an image (``lime/<id>_outline.png``, as ``lime.explain_chunk`` writes it), if any."""
+    path = out_dir / "lime" / f"{image_id}_outline.png"
+    return path if path.is_file() else None
 
 
 def explain_chunk(model, card, images: np.ndarray, rows: pd.DataFrame, out_dir: str | os.PathLike, *,
