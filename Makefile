@@ -18,11 +18,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed
 	$(BIN)/fruitlens demo
 
+# the browser tests (report, Prefect UI) need Debian's chromium; without root they skip and say why
 test: $(VENV)/.installed
+	-bash scripts/install-chromium.sh
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(BIN)/ruff check fruitlens tasks flows tests benchmarks
+	$(BIN)/ruff check fruitlens tasks flows tests benchmarks scripts
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_index.py
