@@ -280,10 +280,10 @@ def filter_grid(patterns: np.ndarray, ncols: int = 8, min_side: int = 48) -> np.
 # --- report ---
 
 
-def history_figure(history):
+def history_figure(history, title: str | None = None):
     """Loss and accuracy per epoch (train and validation) from a ``history`` table, as a figure.
 
-    The report draws this only when a run has ``history.parquet`` but no ``curves.png``.
+    Training saves it as ``curves.png``; the report draws it itself when a run has no ``curves.png``.
     """
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     epochs = history["epoch"] if "epoch" in history else np.arange(1, len(history) + 1)
@@ -296,6 +296,8 @@ def history_figure(history):
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -305,18 +307,7 @@ def history_figure(history):
 
 def plot_history(history, path: str | os.PathLike, title: str | None = None) -> Path:
     """Loss and accuracy per epoch, train and validation, side by side (a `history` table in)."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
-        ax.plot(history["epoch"], history[metric], marker="o", label=f"train {metric}")
-        if history[f"val_{metric}"].notna().any():
-            ax.plot(history["epoch"], history[f"val_{metric}"], marker="o", label=f"validation {metric}")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(metric)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    if title:
-        fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(history_figure(history, title=title), path)
 
 
 def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.PathLike,
