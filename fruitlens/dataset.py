@@ -23,6 +23,7 @@ import unicodedata
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -240,9 +241,13 @@ def check_files(paths: list[str], *, verify: bool = False, workers: int | None =
     chunks = [paths[i:i + chunk] for i in range(0, len(paths), chunk)]
     # forkserver: the caller may have TensorFlow loaded, and forking a threaded process can deadlock.
     ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        results = pool.map(_check_many, chunks, [verify] * len(chunks))
-        return [row for part in results for row in part]
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            results = pool.map(_check_many, chunks, [verify] * len(chunks))
+            return [row for part in results for row in part]
+    except BrokenProcessPool as exc:  # e.g. a __main__ the workers cannot import (code piped to python)
+        log.warning("checking files in one process: the worker pool failed (%s)", exc)
+        return _check_many(paths, verify)
 
 
 # ------------------------------------------------------------------------------------ the index

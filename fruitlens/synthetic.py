@@ -96,7 +96,7 @@ def make_sample(label: str, rng: np.random.Generator) -> Sample:
     arr[..., :3] = np.clip(arr[..., :3] * light[..., None], 0, 255)
 
     # the sticker: the only thing that decides the class, somewhere on the fruit
-    r = rng.uniform(7, 10)
+    r = rng.uniform(4.5, 10)  # some stickers are small: at 32 px they cover a few pixels
     t = rng.uniform(0, 2 * np.pi)
     d = rng.uniform(0, 0.7)
     sx, sy = cx + d * (rx - r) * np.cos(t), cy + d * (ry - r) * np.sin(t)
@@ -104,7 +104,8 @@ def make_sample(label: str, rng: np.random.Generator) -> Sample:
     _sticker(ImageDraw.Draw(mask_img), shape, sx, sy, r, 255)
     mask = np.asarray(mask_img) > 127
     sticker_rgb = np.array(colour, dtype=np.float32) * rng.uniform(0.9, 1.05)
-    arr[mask, :3] = np.clip(sticker_rgb, 0, 255)
+    fade = rng.uniform(0.5, 1.0)  # some stickers are faded: part fruit colour shows through
+    arr[mask, :3] = np.clip(fade * sticker_rgb + (1 - fade) * arr[mask, :3], 0, 255)
     arr[mask, 3] = 255
 
     # composite on white, plus a little sensor noise on the fruit

@@ -241,3 +241,16 @@ def test_index_fruits360(fruits360_dir, tmp_path):
     assert len(index.classes) == 33
     assert (index.table["status"] == "ok").all()
     assert index.counts().sum().to_dict() == {"train": 15506, "test": 5195}
+
+
+def test_index_works_from_code_piped_to_python(demo_dir):
+    """Worker processes cannot import a __main__ read from stdin; indexing falls back to one process."""
+    import subprocess
+    import sys
+
+    code = (f"from fruitlens.dataset import check_files\nimport glob\n"
+            f"paths = sorted(glob.glob({str(demo_dir)!r} + '/*/*/*.jpg')) * 3\n"
+            f"rows = check_files(paths, workers=2)\nprint(len(rows), all(r['status'] == 'ok' for r in rows))\n")
+    out = subprocess.run([sys.executable, "-"], input=code, capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.split() == ["288", "True"]
