@@ -96,7 +96,7 @@ def run_demo(url: str, work: Path, small: bool) -> Path:
 
 
 def chromium(browser: str, url: str, *args: str, budget_ms: int = 20000) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                                "--no-first-run", "--disable-background-networking", "--disable-component-update",
                                "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,1000",
@@ -113,7 +113,7 @@ async def _flow_run_tab(browser: str, page: str, keys: list[str], shot: Path, ti
 
     import websockets
 
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
         port = _free_port()
         proc = subprocess.Popen([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                                  "--no-first-run", "--disable-background-networking", "--disable-component-update",
