@@ -676,6 +676,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # no telemetry from the temporary Prefect server: these machines have no network (one error line per run)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from fruitlens.dataset import DatasetError
     from fruitlens.runs import RunError
 
