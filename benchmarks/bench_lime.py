@@ -69,6 +69,16 @@ def seed_cnn_like(size: int, classes: int, seed: int = 0):
     ]))
 
 
+def seed_cnn_on_photos(size: int, classes: int, seed: int = 0):
+    """The same seed_cnn-like model taking the 100x100 photos themselves and resizing them to 20x20 inside
+    (a Keras Resizing layer), so LIME perturbs and explains the photo at its own resolution."""
+    import keras
+
+    inner = seed_cnn_like(20, classes, seed)
+    model = keras.Sequential([keras.Input((size, size, 3)), keras.layers.Resizing(20, 20), *inner.layers])
+    return _compiled(model)
+
+
 def _compiled(model):
     import keras
 
@@ -81,6 +91,7 @@ CONFIGS = {
     # name: (builder, input size, training images per class (None: all), epochs)
     "seed_cnn_20": (seed_cnn_like, 20, None, 3),
     "convnet_100": (convnet, 100, 100, 2),
+    "seed_cnn_on_photos_100": (seed_cnn_on_photos, 100, None, 3),
 }
 
 
@@ -322,7 +333,7 @@ def part_demo(n_train: int, n_test: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="speed,demo", help="comma-separated: speed, demo, full")
-    parser.add_argument("--configs", default="seed_cnn_20,convnet_100", help=f"of {', '.join(CONFIGS)}")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"of {', '.join(CONFIGS)}")
     parser.add_argument("--ref-images", type=int, default=3, help="images timed with the reference (slow)")
     parser.add_argument("--images", type=int, default=16, help="images fruitlens explains in one call")
     parser.add_argument("--agree-images", type=int, default=12)
