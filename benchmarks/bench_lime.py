@@ -13,10 +13,11 @@ Parts (all on one machine, in one process unless noted):
 4. ``--demo``: on the generated demo dataset, a small convnet trained on it; how often the top supporting
    superpixel of the predicted class overlaps the sticker that decides the class, vs chance.
 
-Parts 1-2 run for two models (``--configs``), each trained briefly on Fruits-360 in the run (stated in the
+Parts 1-2 run for three models (``--configs``), each trained briefly on Fruits-360 in the run (stated in the
 result): ``seed_cnn_20``, the tutorial's seed_cnn as issue 3 describes it at 20x20 (3 epochs on all training
-images), and ``convnet_100``, a 3-block convnet at 100x100 (2 epochs on 100 images per class), where the
-model's own compute dominates and bounds every ratio.
+images); ``convnet_100``, a 3-block convnet at 100x100 (2 epochs on 100 images per class), where the
+model's own compute dominates and bounds every ratio; and ``seed_cnn_on_photos_100``, the same seed_cnn
+behind a Resizing(20, 20) layer, explaining the 100x100 photos themselves.
 
 Run: ``python -m benchmarks.bench_lime [--full] [--demo]`` from the repository root.
 """
