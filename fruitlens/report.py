@@ -375,29 +375,29 @@ def _rows_of(table: pd.DataFrame, image_id: str) -> pd.DataFrame:
     return table.iloc[lo:hi]
 
 
-def _lime_rows(data: _Data, image_id: str, prefer_label: str | None) -> pd.DataFrame | None:
-    if data.lime is None or "image_id" not in data.lime.columns:
+def _explained_rows(table: pd.DataFrame | None, image_id: str, prefer_label: str | None) -> pd.DataFrame | None:
+    """An explanation table's rows for one image, narrowed to ``prefer_label`` when it was explained."""
+    if table is None or "image_id" not in table.columns:
         return None
-    rows = _rows_of(data.lime, image_id)
+    rows = _rows_of(table, image_id)
     if rows.empty:
         return None
     if "label" in rows.columns and prefer_label is not None and (rows["label"] == prefer_label).any():
         return rows[rows["label"] == prefer_label]
-    if "label_prob" in rows.columns and "label" in rows.columns:
-        best = rows.sort_values("label_prob", ascending=False)["label"].iloc[0]
-        return rows[rows["label"] == best]
     return rows
 
 
+def _lime_rows(data: _Data, image_id: str, prefer_label: str | None) -> pd.DataFrame | None:
+    rows = _explained_rows(data.lime, image_id, prefer_label)
+    if rows is None or not {"label", "label_prob"} <= set(rows.columns) or rows["label"].nunique() == 1:
+        return rows
+    best = rows.sort_values("label_prob", ascending=False)["label"].iloc[0]  # the most probable explained label
+    return rows[rows["label"] == best]
+
+
 def _gradcam_row(data: _Data, image_id: str, prefer_label: str | None) -> pd.Series | None:
-    if data.gradcam is None or "image_id" not in data.gradcam.columns:
-        return None
-    rows = _rows_of(data.gradcam, image_id)
-    if rows.empty:
-        return None
-    if "label" in rows.columns and prefer_label is not None and (rows["label"] == prefer_label).any():
-        rows = rows[rows["label"] == prefer_label]
-    return rows.iloc[0]
+    rows = _explained_rows(data.gradcam, image_id, prefer_label)
+    return None if rows is None else rows.iloc[0]
 
 
 def _is_score(column: str) -> bool:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -115,15 +116,26 @@ def model_digest(run_dir: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
-def predict_batches(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """Call ``model`` directly on (N, H, W, 3) [0, 1] images in batches; returns (N, C) float32.
+def as_predict_fn(model_or_fn):
+    """A function (N, H, W, 3) -> (N, C) numpy for a Keras model or a plain function.
 
-    Faster than ``model.predict`` for many small calls (no per-call setup), and never training mode.
+    A Keras model runs through its compiled predict step (``predict_on_batch``: traced once, inference mode,
+    no per-call ``predict`` setup), 2-3x faster than an eager ``model(x)`` on small convnets.
     """
+    keras = sys.modules.get("keras")  # not loaded: cannot be a Keras model (and a plain function needs no TF)
+    if keras is not None and isinstance(model_or_fn, keras.Model):
+        return lambda batch: np.asarray(model_or_fn.predict_on_batch(batch))
+    if not callable(model_or_fn):
+        raise ValueError(f"model_or_fn of type {type(model_or_fn).__name__}: expected a Keras model or a function")
+    return lambda batch: np.asarray(model_or_fn(batch))
+
+
+def predict_batches(model, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Run ``model`` on (N, H, W, 3) [0, 1] images in batches; returns (N, C) float32 (see ``as_predict_fn``)."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images of shape {images.shape}: expected (N, H, W, 3)")
-    outs = [np.asarray(model(images[i:i + batch_size], training=False))
-            for i in range(0, len(images), batch_size)]
+    predict = as_predict_fn(model)
+    outs = [predict(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
     if not outs:
         return np.zeros((0, int(model.output_shape[-1])), dtype=np.float32)
     return np.concatenate(outs).astype(np.float32, copy=False)

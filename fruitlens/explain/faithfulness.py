@@ -16,13 +16,14 @@ region (the demo data's sticker masks).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from fruitlens.explain.base import check_images
+from fruitlens.runs import as_predict_fn
 
 Baseline = float | Literal["mean", "blur"]
 BASELINES = ("mean", "blur")
@@ -56,12 +57,6 @@ class FaithfulnessResult:
         """One dict per image: deletion_auc, insertion_auc."""
         return [{"deletion_auc": float(d), "insertion_auc": float(i)}
                 for d, i in zip(self.deletion_auc, self.insertion_auc, strict=True)]
-
-
-def _predict_fn(model_or_fn) -> Callable[[np.ndarray], np.ndarray]:
-    if callable(model_or_fn) and not hasattr(model_or_fn, "layers"):
-        return lambda x: np.asarray(model_or_fn(x), dtype=np.float32)
-    return lambda x: np.asarray(model_or_fn(x, training=False), dtype=np.float32)
 
 
 def baseline_images(images: np.ndarray, baseline: Baseline) -> np.ndarray:
@@ -129,7 +124,7 @@ def deletion_insertion(model_or_fn, images, saliency, targets, *, steps: int = 2
         raise ValueError(f"targets of shape {targets.shape}: expected ({n},) integer class ids")
     if steps < 1:
         raise ValueError(f"steps {steps}: expected at least 1")
-    predict = _predict_fn(model_or_fn)
+    predict = as_predict_fn(model_or_fn)
     base = np.broadcast_to(baseline_images(images, baseline), images.shape)
     ranks = pixel_ranks(saliency, seed)
     counts = np.round(np.linspace(0, h * w, steps + 1)).astype(np.int64)  # pixels removed at each step

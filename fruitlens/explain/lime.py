@@ -29,8 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -40,6 +39,7 @@ import pandas as pd
 
 from fruitlens import tables
 from fruitlens.explain.segmentation import Segmenter, make_segmenter, relabel
+from fruitlens.runs import as_predict_fn
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ def explain_lime(
         batch_size = int(np.clip(BATCH_BYTES // (h * w * 3 * 4), 32, 1024))
     if batch_size < 1:
         raise ValueError(f"batch_size {batch_size}: expected at least 1")
-    probs = _predict_perturbed(_as_function(model_or_fn), x, seg, fill, masks, batch_size)
+    probs = _predict_perturbed(as_predict_fn(model_or_fn), x, seg, fill, masks, batch_size)
     probs = probs.reshape(n, num_samples, -1)
     targets = _targets(labels, top_labels, probs[:, 0], n)
     # the fits are tiny (num_samples x S): one BLAS thread, else its threads fight TensorFlow's spinning ones
@@ -277,17 +277,6 @@ def _fills(x: np.ndarray, seg: np.ndarray, hide_color) -> np.ndarray:
     means = np.stack([np.bincount(flat, weights=x[..., c].ravel(), minlength=n * s_max) for c in range(3)], axis=-1)
     means = (means / np.maximum(counts, 1)[:, None]).astype(np.float32)
     return means[flat].reshape(x.shape)
-
-
-def _as_function(model_or_fn) -> Callable[[np.ndarray], np.ndarray]:
-    keras = sys.modules.get("keras")
-    if keras is not None and isinstance(model_or_fn, keras.Model):
-        # Keras' compiled predict step (traced once, reused for every batch; inference mode): 2-3x faster than
-        # an eager ``model(x)`` on small convnets, without ``predict``'s per-call setup
-        return lambda batch: np.asarray(model_or_fn.predict_on_batch(batch))
-    if not callable(model_or_fn):
-        raise ValueError(f"model_or_fn of type {type(model_or_fn).__name__}: expected a Keras model or a function")
-    return model_or_fn
 
 
 def _predict_perturbed(fn, x, seg, fill, masks, batch_size: int) -> np.ndarray:
