@@ -91,11 +91,11 @@ SUPPORT_RGB = (0.0, 0.8, 0.0)  # green: superpixels supporting the label
 OPPOSE_RGB = (0.9, 0.0, 0.0)  # red: superpixels opposing it
 
 
-def upscale_nearest(array: np.ndarray, factor: int) -> np.ndarray:
-    """Repeat the first two axes of (H, W, ...) ``array`` ``factor`` times (nearest neighbour)."""
+def upscale_nearest(array: np.ndarray, factor: int, axes: tuple[int, int] = (0, 1)) -> np.ndarray:
+    """Repeat the two image ``axes`` of ``array`` ((H, W, ...) by default) ``factor`` times (nearest neighbour)."""
     if factor <= 1:
         return array
-    return np.repeat(np.repeat(array, factor, axis=0), factor, axis=1)
+    return np.repeat(np.repeat(array, factor, axis=axes[0]), factor, axis=axes[1])
 
 
 def lime_boundaries(image: np.ndarray, segments: np.ndarray, color=(1.0, 1.0, 0.0)) -> np.ndarray:
@@ -251,7 +251,7 @@ def save_side_by_side(path: str | os.PathLike, photo: np.ndarray, gradcam_overla
 def _upscale(images: np.ndarray, min_side: int) -> np.ndarray:
     """Nearest-neighbour integer upscaling of (N, h, w, ...) so that tiles are at least ``min_side`` px."""
     factor = max(1, -(-min_side // max(1, min(images.shape[1:3]))))
-    return images.repeat(factor, axis=1).repeat(factor, axis=2) if factor > 1 else images
+    return upscale_nearest(images, factor, axes=(1, 2))
 
 
 def activation_grid(maps: np.ndarray, channels: int = 40, ncols: int = 8, palette: str = "viridis",
