@@ -1,0 +1,172 @@
+"""Every path of a run folder and of an explanation folder, in one place.
+
+A run folder (``fruitlens run --out RUN``, ``fruitlens train --out RUN``)::
+
+    RUN/
+      run.json  report.html  comparison.parquet
+      index/        images.parquet, classes.json, index.json
+      model.keras  model.json  history.parquet  curves.png
+      checkpoints/  best.keras, last.keras, state.json
+      eval/         predictions.parquet, metrics.json, confusion.parquet, confusion.png, mistakes.png
+      eval_current/ the current model evaluated on the same split (nightly comparison)
+      explain/      see ExplainLayout
+      visualize/    activations/<layer>.png, filters/<layer>.png
+
+Everyone who reads or writes these files takes the names from here; nobody spells them out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_FILE = "model.keras"
+CARD_FILE = "model.json"
+REPORT_FILE = "report.html"
+RUN_RECORD_FILE = "run.json"
+FAILED = "failed"  # the pseudo-method whose table lists the images that could not be read
+
+
+@dataclass(frozen=True)
+class ExplainLayout:
+    """An explanation folder (``fruitlens explain --out DIR``, or ``RUN/explain``).
+
+    ``<method>.parquet`` is the consolidated table of a method; ``<method>.parts/part-<key>.parquet`` the
+    parts it is joined from (one per chunk, named by the chunk's content key); ``<method>/`` its PNGs;
+    ``side_by_side/`` the composed pictures; ``failed.parquet`` the unreadable images.
+    """
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def table(self, method: str) -> Path:
+        return self.root / f"{method}.parquet"
+
+    def parts_dir(self, method: str) -> Path:
+        return self.root / f"{method}.parts"
+
+    def part(self, method: str, key: str) -> Path:
+        return self.parts_dir(method) / f"part-{key}.parquet"
+
+    def pictures_dir(self, method: str) -> Path:
+        return self.root / method
+
+    @property
+    def side_by_side_dir(self) -> Path:
+        return self.root / "side_by_side"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / ".explain.lock"
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The files of one run folder."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    # ---- index
+    @property
+    def index_dir(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def index_json(self) -> Path:
+        return self.index_dir / "index.json"
+
+    @property
+    def images_table(self) -> Path:
+        return self.index_dir / "images.parquet"
+
+    # ---- training
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL_FILE
+
+    @property
+    def card(self) -> Path:
+        return self.root / CARD_FILE
+
+    @property
+    def history(self) -> Path:
+        return self.root / "history.parquet"
+
+    @property
+    def curves(self) -> Path:
+        return self.root / "curves.png"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    # ---- evaluation
+    @property
+    def eval_dir(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def eval_current_dir(self) -> Path:
+        return self.root / "eval_current"
+
+    @property
+    def predictions(self) -> Path:
+        return self.eval_dir / "predictions.parquet"
+
+    @property
+    def metrics(self) -> Path:
+        return self.eval_dir / "metrics.json"
+
+    # ---- explanation, visualisation
+    @property
+    def explain_dir(self) -> Path:
+        return self.root / "explain"
+
+    @property
+    def explain(self) -> ExplainLayout:
+        return ExplainLayout(self.explain_dir)
+
+    @property
+    def visualize_dir(self) -> Path:
+        return self.root / "visualize"
+
+    # ---- the run as a whole
+    @property
+    def comparison(self) -> Path:
+        return self.root / "comparison.parquet"
+
+    @property
+    def run_record(self) -> Path:
+        return self.root / RUN_RECORD_FILE
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_FILE
+
+
+EVAL_FILES = ("predictions.parquet", "metrics.json", "confusion.parquet", "confusion.png", "mistakes.png")
+
+# Top-level names of a run folder that a report does not show (its digest leaves them out).
+NOT_REPORTED = (RUN_RECORD_FILE, REPORT_FILE, "checkpoints", "logs", "eval_current")
+
+
+def picture_stem(path: str | os.PathLike, image_id: str, max_len: int = 40) -> str:
+    """A file-name stem a person can trace back to the photo: ``<readable stem>-<image id>``.
+
+    ``cat.4002.jpg`` with id ``1c5939ef...`` gives ``cat.4002-1c5939ef``. Anything but letters, digits, dot,
+    dash and underscore becomes ``_`` (so no output path can leave its folder), and the id keeps two photos
+    with the same name apart.
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(str(path)).stem).strip("._") or "image"
+    return f"{stem[:max_len]}-{str(image_id)[:8]}"
