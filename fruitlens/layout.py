@@ -55,9 +55,21 @@ class ExplainLayout:
     def pictures_dir(self, method: str) -> Path:
         return self.root / method
 
+    def picture(self, method: str, stem: str, kind: str) -> Path:
+        """A method's PNG of one image: ``<method>/<stem>_<kind>.png`` (stem from :func:`picture_stem`).
+
+        LIME writes kinds ``outline`` (the explanation on the photo), ``block``, ``boundaries``, ``density``;
+        Grad-CAM ``overlay`` and ``heatmap``.
+        """
+        return self.pictures_dir(method) / f"{stem}_{kind}.png"
+
     @property
     def side_by_side_dir(self) -> Path:
         return self.root / "side_by_side"
+
+    def side_by_side(self, stem: str) -> Path:
+        """The photo and every method's explanation of one image, in titled panels."""
+        return self.side_by_side_dir / f"{stem}.png"
 
     @property
     def lock(self) -> Path:

@@ -1,0 +1,185 @@
+"""Content digests: of files, folder trees, dataset rows, run folders, and of code.
+
+The code version of a step is the digest of its *import closure*: the source of the module that runs it and of
+every project module it imports, directly or indirectly, at the top or inside a function (found by reading the
+source with ``ast``, nothing is imported). A cache key built from it changes whenever any code the step can run
+changes; nobody keeps a list of modules by hand.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import os
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from pathlib import Path
+
+import pandas as pd
+
+PROJECT_PACKAGES = ("fruitlens", "tasks", "flows")
+
+
+# ------------------------------------------------------------------------------------ files and data
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """sha256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def text_digest(*parts: object) -> str:
+    """sha256 of the parts' ``str`` joined by newlines (short, stable keys from plain values)."""
+    return hashlib.sha256("\n".join(map(str, parts)).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def tree_digest(data_dir: str | os.PathLike) -> str:
+    """Cheap digest of a folder tree: relative path, size and mtime of every file (no file is read).
+
+    A cache key for indexing: any added, removed, rewritten or touched file changes it.
+    """
+    root = Path(data_dir).expanduser().resolve()
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            try:
+                st = os.stat(path)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                size, mtime = -1, -1
+            entries.append(f"{os.path.relpath(path, root)}\t{size}\t{mtime}")
+    h = hashlib.sha256(str(root).encode("utf-8", "surrogateescape"))
+    for entry in sorted(entries):
+        h.update(entry.encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()
+
+
+def rows_digest(rows: pd.DataFrame) -> str:
+    """Digest of (path, split, label, sha256) of ``rows`` in path order."""
+    h = hashlib.sha256()
+    for row in rows.sort_values("path")[["path", "split", "label", "sha256"]].itertuples(index=False):
+        h.update("\t".join(map(str, row)).encode("utf-8", "surrogateescape") + b"\n")
+    return h.hexdigest()
+
+
+def split_digests(index_dir: str | os.PathLike) -> dict[str, str]:
+    """Content digests of an index folder: ``fit`` (train and val rows), ``all``, and one per split.
+
+    Training depends only on ``fit``; evaluation and explanation only on their split, so changing a test
+    image leaves the model alone.
+    """
+    from fruitlens.dataset import load_index
+
+    index = load_index(index_dir)
+    ok = index.usable
+    out = {"fit": rows_digest(ok[ok["split"].isin(["train", "val"])]), "all": index.fingerprint}
+    for split in sorted(set(ok["split"])):
+        out[split] = rows_digest(ok[ok["split"] == split])
+    return out
+
+
+def run_digest(run_dir: str | os.PathLike, skip: Sequence[str] | None = None) -> str:
+    """Digest of every file of a run folder that a report shows.
+
+    Leaves out the top-level names in ``skip`` (default ``layout.NOT_REPORTED``: run.json, the report,
+    checkpoints, ...), hidden files and the ``*.parts`` folders.
+    """
+    from fruitlens.layout import NOT_REPORTED
+
+    skip = NOT_REPORTED if skip is None else skip
+    root = Path(run_dir)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root)
+        if rel.parts[0] in skip or any(part.endswith(".parts") or part.startswith(".") for part in rel.parts):
+            continue
+        h.update(f"{rel.as_posix()}\t{file_digest(path)}\n".encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------ code
+
+
+def _module_file(name: str) -> Path | None:
+    """The source file of a project module (without importing it), or None when there is none."""
+    if name.split(".")[0] not in PROJECT_PACKAGES:
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
+    """Module names a source file imports anywhere (top level or in functions), relative imports resolved.
+
+    ``from pkg import x`` adds both ``pkg`` and ``pkg.x`` (x may be a submodule); names that are not
+    modules are dropped later, when no file is found for them.
+    """
+    package = module if is_package else module.rpartition(".")[0]
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            names.add(base)
+            names.update(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+@lru_cache(maxsize=None)
+def import_closure(module: str) -> tuple[tuple[str, Path], ...]:
+    """Every project module ``module`` can run: itself, its imports, theirs, ... with their files, sorted.
+
+    Parent packages (their ``__init__``) are included, as importing a submodule runs them.
+    """
+    seen: dict[str, Path] = {}
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_file(name)
+        if path is None:
+            continue
+        seen[name] = path
+        parents = [".".join(name.split(".")[:i]) for i in range(1, name.count(".") + 1)]
+        todo.extend(parents)
+        todo.extend(_imported_names(read_source(path), name, path.name == "__init__.py"))
+    return tuple(sorted(seen.items()))
+
+
+def read_source(path: Path) -> str:
+    """A module's source text (one place to read it, so a test can stand in an edited file)."""
+    return path.read_text(encoding="utf-8")
+
+
+def code_digest(modules: str | Iterable[str]) -> str:
+    """Digest of the sources of the import closures of ``modules`` and the package version.
+
+    Any edit to a module they import, directly or indirectly, changes it.
+    """
+    from fruitlens import __version__
+
+    names = [modules] if isinstance(modules, str) else sorted(modules)
+    files = sorted({item for name in names for item in import_closure(name)})
+    h = hashlib.sha256(__version__.encode())
+    for name, path in files:
+        h.update(f"{name}\n".encode())
+        h.update(read_source(path).encode("utf-8"))
+    return h.hexdigest()[:16]
