@@ -33,6 +33,18 @@ def file_digest(path: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+_FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def file_digest_cached(path: str | os.PathLike) -> str:
+    """``file_digest``, remembered per (path, size, mtime) in this process (models are hashed once, not per chunk)."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _FILE_DIGESTS:
+        _FILE_DIGESTS[key] = file_digest(path)
+    return _FILE_DIGESTS[key]
+
+
 def text_digest(*parts: object) -> str:
     """sha256 of the parts' ``str`` joined by newlines (short, stable keys from plain values)."""
     return hashlib.sha256("\n".join(map(str, parts)).encode("utf-8", "surrogateescape")).hexdigest()

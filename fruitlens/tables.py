@@ -66,7 +66,9 @@ PREDICTIONS_SCHEMA = pa.schema(
 LIME_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
-        ("label", pa.string()),
+        ("path", pa.string()),  # the source file
+        ("true_label", pa.string()),  # null when unknown
+        ("label", pa.string()),  # the explained class
         ("label_prob", pa.float32()),
         ("superpixel", pa.int32()),
         ("weight", pa.float64()),
@@ -81,6 +83,8 @@ LIME_SCHEMA = pa.schema(
 GRADCAM_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("true_label", pa.string()),
         ("label", pa.string()),
         ("layer", pa.string()),
         ("heatmap_path", pa.string()),
@@ -92,7 +96,10 @@ GRADCAM_SCHEMA = pa.schema(
     ]
 )
 
+FAILED_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
+
 SCHEMAS: dict[str, pa.Schema] = {
+    "failed": FAILED_SCHEMA,
     "images": IMAGES_SCHEMA,
     "history": HISTORY_SCHEMA,
     "predictions": PREDICTIONS_SCHEMA,

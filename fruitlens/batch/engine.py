@@ -1,0 +1,233 @@
+"""One engine for explaining many images, used alike by ``fruitlens explain`` and the pipeline's explain flow.
+
+The images are split into chunks (``plan_chunks``). Each (chunk, method) writes one Parquet part named by its
+*content key*: the model's digest, the method's resolved options, the code that computes it and each image's
+id and sha256 (``part_key``). So
+
+- a rerun with the same model, options, code and images finds its parts and does nothing;
+- another model, other options, edited code or a changed image give other keys, and those chunks are redone;
+- an image that could not be read is recorded in a ``failed`` part under the same key, and its chunk is
+  retried on the next run;
+- ``finish`` joins exactly the parts of the current plan (never what an earlier run with another chunk size or
+  model left behind) and deletes the others, so no row is ever doubled; a part that cannot be read (a crash
+  mid-write on a full disk) counts as missing and is redone.
+
+Pictures that combine methods (side by side) are composed after every method of a chunk has run
+(``compose_chunk``). One writer at a time per output folder: ``out_lock``.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fruitlens import tables
+from fruitlens.batch import pictures
+from fruitlens.batch.methods import METHODS
+from fruitlens.config import ExplainOptions, to_plain
+from fruitlens.digests import code_digest, text_digest
+from fruitlens.layout import FAILED, ExplainLayout
+
+log = logging.getLogger(__name__)
+
+Record = dict[str, Any]  # one image: image_id, path, label, mask_path, sha256 (plain values a task can hash)
+PartState = Literal["done", "missing", "retry"]
+
+
+def engine_code() -> str:
+    """The code version of every explanation: this module's import closure (methods, explainers, pictures)."""
+    return code_digest(__name__)
+
+
+def plan_chunks(rows: pd.DataFrame, chunk_size: int) -> list[list[Record]]:
+    """Rows (``fruitlens.batch.rows``) in chunks of ``chunk_size`` plain records, in image-id order."""
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size {chunk_size}: expected at least 1")
+    records = rows.sort_values("image_id").astype(object).where(rows.notna(), None).to_dict("records")
+    return [records[i:i + chunk_size] for i in range(0, len(records), chunk_size)]
+
+
+def part_key(method: str, options: Any, model_digest: str, chunk: Sequence[Mapping[str, Any]], code: str) -> str:
+    """The content key of one method's part of one chunk (24 hex digits)."""
+    images = [f"{r['image_id']}:{r['sha256']}" for r in chunk]
+    return text_digest(method, json.dumps(to_plain(options), sort_keys=True), model_digest, code, *images)[:24]
+
+
+def read_chunk(rows: pd.DataFrame, size: tuple[int, int]) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """Read the images of ``rows`` at ``size``: (images, rows read, failures with an ``error`` column)."""
+    from fruitlens.images import read_rgb
+
+    images, ok, failed = [], [], []
+    for i, path in enumerate(rows["path"]):
+        try:
+            images.append(read_rgb(path, size))
+            ok.append(i)
+        except ValueError as exc:
+            log.warning("skipping %s", exc)
+            failed.append((rows["image_id"].iloc[i], path, str(exc)))
+    stack = np.stack(images) if images else np.zeros((0, *size, 3), np.float32)
+    return stack, rows.iloc[ok].reset_index(drop=True), pd.DataFrame(failed, columns=["image_id", "path", "error"])
+
+
+def _readable(path: Path) -> bool:
+    try:
+        pq.read_metadata(path)
+        return True
+    except (OSError, pa.ArrowException):
+        return False
+
+
+def part_state(out: ExplainLayout, method: str, key: str) -> PartState:
+    """``done`` (a readable part, nothing failed), ``retry`` (some image failed last time) or ``missing``.
+
+    A part that cannot be read is deleted and counts as missing.
+    """
+    part = out.part(method, key)
+    if out.part(FAILED, key).exists():
+        return "retry"
+    if not part.exists():
+        return "missing"
+    if _readable(part):
+        return "done"
+    log.warning("%s cannot be read (a crash while it was written?): redoing its chunk", part)
+    part.unlink()
+    return "missing"
+
+
+def explain_chunk(model, card, chunk: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, method: str,
+                  options: Any, key: str) -> dict[str, int]:
+    """Explain one chunk with one method and write its part (and its failures) under ``key``.
+
+    Returns the rows written and the images that could not be read.
+    """
+    out = ExplainLayout(out_dir)
+    rows = pd.DataFrame(list(chunk))
+    images, ok, failed = read_chunk(rows, card.image_size)
+    schema = tables.SCHEMAS[method]
+    frame = METHODS[method].run(model, card, images, ok, options, out) if len(ok) else schema.empty_table().to_pandas()
+    tables.write_table(frame, out.part(method, key), schema)
+    failed_part = out.part(FAILED, key)
+    if len(failed):
+        tables.write_table(failed, failed_part, tables.FAILED_SCHEMA)
+    elif failed_part.exists():
+        failed_part.unlink()
+    return {"rows": int(len(frame)), "failed": int(len(failed))}
+
+
+def compose_chunk(chunk: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> int:
+    """Side-by-side pictures of a chunk's images from every method's PNGs; how many were written."""
+    return len(pictures.write_side_by_side(ExplainLayout(out_dir), pd.DataFrame(list(chunk))))
+
+
+def _join(paths: Sequence[Path], schema: pa.Schema, dest: Path) -> Path:
+    tabs = [pq.read_table(p) for p in paths if p.exists()]
+    table = pa.concat_tables(tabs, promote_options="default").sort_by("image_id") if tabs else schema.empty_table()
+    return tables.write_table(table, dest)
+
+
+def _prune(folder: Path, keep: set[str]) -> int:
+    gone = 0
+    if folder.is_dir():
+        for part in folder.glob("part-*.parquet"):
+            if part.name not in keep:
+                part.unlink(missing_ok=True)
+                gone += 1
+    return gone
+
+
+def finish(out_dir: str | os.PathLike, keys: Mapping[str, Sequence[str]]) -> dict[str, Path]:
+    """Join each method's parts of the current plan into ``<method>.parquet`` and delete every other part.
+
+    ``keys`` maps each method to its chunks' part keys. ``failed.parquet`` lists the images that could not be
+    read (once each, whatever the number of methods). Returns the table paths by method (and ``failed``).
+    """
+    out = ExplainLayout(out_dir)
+    paths: dict[str, Path] = {}
+    for method, method_keys in keys.items():
+        names = {out.part(method, k).name for k in method_keys}
+        _prune(out.parts_dir(method), names)
+        paths[method] = _join([out.part(method, k) for k in method_keys], tables.SCHEMAS[method], out.table(method))
+    all_keys = {k for ks in keys.values() for k in ks}
+    _prune(out.parts_dir(FAILED), {out.part(FAILED, k).name for k in all_keys})
+    failed = [out.part(FAILED, k) for k in sorted(all_keys)]
+    tabs = [pq.read_table(p) for p in failed if p.exists()]
+    table = pa.concat_tables(tabs).to_pandas().drop_duplicates("image_id") if tabs else pd.DataFrame(
+        columns=tables.FAILED_SCHEMA.names)
+    paths[FAILED] = tables.write_table(table.sort_values("image_id"), out.table(FAILED), tables.FAILED_SCHEMA)
+    return paths
+
+
+@contextmanager
+def out_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold the output folder for one writer; a second one gets a one-line ValueError instead of waiting."""
+    out = ExplainLayout(out_dir)
+    out.root.mkdir(parents=True, exist_ok=True)
+    with open(out.lock, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            raise ValueError(f"{out.root}: another fruitlens run is writing explanations here; wait for it to "
+                             "finish or choose another --out") from exc
+        try:
+            yield out.root
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def plan_keys(chunks: Sequence[Sequence[Mapping[str, Any]]], methods: Sequence[str], options: ExplainOptions,
+              model_digest: str, code: str) -> dict[str, list[str]]:
+    """The part key of every (method, chunk)."""
+    return {m: [part_key(m, options.of(m), model_digest, c, code) for c in chunks] for m in methods}
+
+
+def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: str | os.PathLike,
+                   methods: Sequence[str], options: ExplainOptions, *, chunk_size: int,
+                   progress: Callable[[int], None] | None = None) -> dict[str, int]:
+    """Explain ``rows`` with ``methods``, chunk by chunk, redoing only what is not done; one process.
+
+    Args:
+        model, card: the model (takes [0, 1] images) and its card (classes, input size).
+        model_digest: content digest of the model (part keys).
+        rows: images to explain (``fruitlens.batch.rows``).
+        out_dir: explanation folder (tables, parts, PNGs).
+        methods: names in ``METHODS``.
+        options: every method's options.
+        chunk_size: images per chunk (memory, resume granularity).
+        progress: called with the number of images finished after each chunk.
+
+    Returns:
+        Rows written per method in this call, ``failed`` images and ``skipped`` images (already done).
+    """
+    totals = {m: 0 for m in methods} | {FAILED: 0, "skipped": 0}
+    out = ExplainLayout(out_dir)
+    with out_lock(out.root):
+        chunks = plan_chunks(rows, chunk_size)
+        keys = plan_keys(chunks, methods, options, model_digest, engine_code())
+        for i, chunk in enumerate(chunks):
+            todo = [m for m in methods if part_state(out, m, keys[m][i]) != "done"]
+            for method in todo:
+                counts = explain_chunk(model, card, chunk, out.root, method, options.of(method), keys[method][i])
+                totals[method] += counts["rows"]
+            if todo:
+                compose_chunk(chunk, out.root)
+            else:
+                totals["skipped"] += len(chunk)
+            if progress:
+                progress(len(chunk))
+        paths = finish(out.root, keys)
+    totals[FAILED] = int(pq.read_metadata(paths[FAILED]).num_rows)
+    return totals

@@ -1,0 +1,153 @@
+"""The explanation methods of batch runs: each turns one chunk of images into table rows and PNGs.
+
+Every method has the same shape::
+
+    run(model, card, images, rows, options, out) -> pd.DataFrame
+
+``images`` is (N, H, W, 3) float32 in [0, 1] at the model's input size; ``rows`` has image_id, path,
+label (None when unknown), mask_path and sha256; ``options`` is the method's options dataclass
+(``fruitlens.config``); PNGs go under ``out`` (an ``ExplainLayout``). The returned rows follow the method's
+table schema (``fruitlens.tables.SCHEMAS``) and name the PNGs they wrote. A method reads no other
+method's files: pictures that combine methods are composed afterwards (``pictures.write_side_by_side``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fruitlens import tables
+from fruitlens.batch import pictures
+from fruitlens.config import CamOptions, LimeOptions
+from fruitlens.layout import ExplainLayout
+
+
+@dataclass(frozen=True)
+class Method:
+    """A batch explanation method: its name, options type and chunk function."""
+
+    name: str
+    options_type: type
+    run: Callable[..., pd.DataFrame]
+
+
+def image_seed(seed: int, image_id: str) -> tuple[int, int]:
+    """The seed of one image in batch runs: (seed, 64-bit hash of its image id), independent of chunking."""
+    return int(seed), int.from_bytes(hashlib.sha1(str(image_id).encode()).digest()[:8], "big")
+
+
+def _masks(rows: pd.DataFrame, size: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Evidence masks (at ``size``) of the rows that have one, by position."""
+    from fruitlens.synthetic import read_mask
+
+    return {i: read_mask(m, size) for i, m in enumerate(rows["mask_path"]) if isinstance(m, str) and os.path.isfile(m)}
+
+
+def _base_columns(rows: pd.DataFrame) -> dict[str, list]:
+    return {"image_id": list(rows["image_id"]), "path": list(rows["path"]), "true_label": list(rows["label"])}
+
+
+# ------------------------------------------------------------------------------------ LIME
+
+
+def _lime_faithfulness(model, images: np.ndarray, results, options: LimeOptions) -> np.ndarray:
+    """(N, 2) deletion and insertion AUCs of each image's top-label superpixel weights (NaN when off)."""
+    if options.faithfulness_steps < 1 or not results:
+        return np.full((len(results), 2), np.nan)
+    from fruitlens.explain.faithfulness import deletion_insertion, saliency_from_superpixels
+
+    top = np.array([res.labels[0] for res in results])
+    saliency = saliency_from_superpixels(np.stack([res.segments for res in results]),
+                                         [res.weights[label] for res, label in zip(results, top, strict=True)])
+    curves = deletion_insertion(model, images, saliency, top, steps=options.faithfulness_steps, seed=options.seed)
+    return np.stack([curves.deletion_auc, curves.insertion_auc], axis=1)
+
+
+def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeOptions,
+             out: ExplainLayout) -> pd.DataFrame:
+    """LIME rows (one per explained label and superpixel) and pictures of one chunk.
+
+    Beyond the ``lime`` schema the rows carry label_index, rank, pixels, selected, segments_path,
+    picture_path, ``evidence`` (share of the superpixel inside the evidence mask; NaN without one) and
+    deletion_auc / insertion_auc (on the top label's rows; NaN on the others).
+    """
+    from fruitlens.explain.lime import explain_lime
+    from fruitlens.explain.segmentation import make_segmenter
+
+    ids = [str(i) for i in rows["image_id"]]
+    segmenter = make_segmenter(options.segmenter, **options.segmenter_params)
+    results = explain_lime(model, images, top_labels=options.top_labels, num_samples=options.num_samples,
+                           hide_color=options.fill, seed=[image_seed(options.seed, i) for i in ids],
+                           batch_size=options.batch_size, segmenter=segmenter, num_features=options.num_features,
+                           feature_selection=options.feature_selection)
+    faith = _lime_faithfulness(model, images, results, options)
+    masks = _masks(rows, card.image_size)
+    files = pictures.write_lime(out, rows, images, results, card, options)
+    frames = []
+    for i, res in enumerate(results):
+        df = res.to_rows(ids[i], card.classes)
+        df["path"] = rows["path"].iloc[i]
+        df["true_label"] = rows["label"].iloc[i]
+        df["segments_path"] = files[i]["segments"]
+        df["picture_path"] = files[i].get("outline")
+        is_top = (df["label_index"] == res.labels[0]).to_numpy()
+        df["deletion_auc"] = np.where(is_top, faith[i, 0], np.nan)
+        df["insertion_auc"] = np.where(is_top, faith[i, 1], np.nan)
+        if i in masks:
+            s = res.num_superpixels
+            share = np.bincount(res.segments.ravel(), weights=masks[i].ravel(), minlength=s) / df["pixels"].to_numpy()[:s]
+            df["evidence"] = np.tile(share, len(res.labels))
+        else:
+            df["evidence"] = np.nan
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True) if frames else tables.LIME_SCHEMA.empty_table().to_pandas()
+
+
+# ------------------------------------------------------------------------------------ Grad-CAM
+
+
+def run_cam(model, card, images: np.ndarray, rows: pd.DataFrame, options: CamOptions,
+            out: ExplainLayout) -> pd.DataFrame:
+    """Grad-CAM (or Grad-CAM++ / CAM) rows, one per image, and pictures of one chunk.
+
+    Columns: image_id, path, label (explained class), layer, heatmap_path, overlay_path, peak_y, peak_x (at
+    the model's input size), deletion_auc, insertion_auc, true_label, target_prob, variant, pointing_hit
+    (None without a mask).
+    """
+    from fruitlens.explain.faithfulness import deletion_insertion, pointing_game
+    from fruitlens.explain.gradcam import explainer
+
+    result = explainer(model, options.variant, options.layer, batch_size=options.batch_size).explain(images)
+    faith = deletion_insertion(model, images, result.heatmaps, result.targets, steps=max(options.faithfulness_steps, 1),
+                               baseline=options.baseline, batch_size=options.batch_size, seed=options.seed)
+    masks = _masks(rows, card.image_size)
+    hits: list = [None] * len(rows)
+    if masks:
+        where = sorted(masks)
+        for i, hit in zip(where, pointing_game(result.heatmaps[where], np.stack([masks[i] for i in where])),
+                          strict=True):
+            hits[i] = bool(hit)
+    files = pictures.write_cam(out, rows, images, result, card, options)
+    peaks = result.peaks
+    off = options.faithfulness_steps < 1
+    return pd.DataFrame({
+        **_base_columns(rows),
+        "label": [card.classes[t] for t in result.targets], "layer": result.layer,
+        "heatmap_path": [f["heatmap"] for f in files], "overlay_path": [f["overlay"] for f in files],
+        "peak_y": peaks[:, 0].astype(np.int32), "peak_x": peaks[:, 1].astype(np.int32),
+        "deletion_auc": np.full(len(rows), np.nan) if off else faith.deletion_auc.astype(float),
+        "insertion_auc": np.full(len(rows), np.nan) if off else faith.insertion_auc.astype(float),
+        "target_prob": faith.deletion[:, 0].astype(float), "variant": options.variant, "pointing_hit": hits,
+    })
+
+
+# Plain imports, one entry per method: the CLI, the config and the flows all take their names from here.
+METHODS: dict[str, Method] = {
+    "lime": Method("lime", LimeOptions, run_lime),
+    "gradcam": Method("gradcam", CamOptions, run_cam),
+}

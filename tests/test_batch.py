@@ -1,0 +1,171 @@
+"""The batch explanation engine: rows, content-keyed parts, resume, retry, pruning, locking."""
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fruitlens import tables
+from fruitlens.batch import engine, rows as batch_rows
+from fruitlens.batch.methods import METHODS, Method
+from fruitlens.config import ExplainOptions, LimeOptions
+from fruitlens.dataset import DatasetError
+from fruitlens.layout import ExplainLayout
+from fruitlens.runs import load_run, model_digest, predict_batches
+from tests.helpers import tiny_run
+
+CALLS: list[list[str]] = []
+
+
+def fake_run(model, card, images, rows, options, out):
+    """A method that records its calls: one row per image with its mean pixel and the model's top class."""
+    CALLS.append(list(rows["image_id"]))
+    assert images.shape == (len(rows), *card.image_size, 3) and images.dtype == np.float32
+    probs = predict_batches(model, images)
+    return pd.DataFrame({"image_id": rows["image_id"], "path": rows["path"], "true_label": rows["label"],
+                         "label": [card.classes[i] for i in probs.argmax(1)],
+                         "mean": images.mean(axis=(1, 2, 3)) * options.num_samples})
+
+
+@pytest.fixture()
+def fake(monkeypatch):
+    """The 'lime' method replaced by the fake (its options type stays LimeOptions: num_samples scales)."""
+    monkeypatch.setitem(METHODS, "lime", Method("lime", LimeOptions, fake_run))
+    monkeypatch.setitem(tables.SCHEMAS, "lime", tables.pa.schema([("image_id", tables.pa.string())]))
+    CALLS.clear()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    return tiny_run(tmp_path_factory.mktemp("run"))
+
+
+def _explain(run_dir, rows, out, chunk_size=7, num_samples=2, model_dir=None):
+    model, card = load_run(model_dir or run_dir)
+    options = ExplainOptions(lime=LimeOptions(num_samples=num_samples))
+    return engine.explain_images(model, card, model_digest(model_dir or run_dir), rows, out, ["lime"], options,
+                                 chunk_size=chunk_size)
+
+
+def test_rows_from_dataset_files_and_photo_folders(demo_dir, tmp_path):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test")
+    assert len(rows) == 24 and rows["label"].notna().all() and rows["mask_path"].notna().all()
+    assert rows["sha256"].str.len().eq(64).all() and list(rows["image_id"]) == sorted(rows["image_id"])
+    one = batch_rows.rows_from_inputs([demo_dir / "Test" / "red_dot" / "0000.jpg"])
+    assert len(one) == 1 and one["label"].iloc[0] is None
+    assert len(batch_rows.rows_from_inputs([demo_dir], limit=5)) == 5
+    with pytest.raises(DatasetError, match="splits present: test, train"):
+        batch_rows.rows_from_inputs([demo_dir], split="val")
+    # a folder of unlabelled photos in nested folders: every image, labels unknown, masks skipped
+    photos = tmp_path / "photos"
+    for i, sub in enumerate(["", "2023/a", "2024"]):
+        (photos / sub).mkdir(parents=True, exist_ok=True)
+        (photos / sub / f"p{i}.jpg").write_bytes((demo_dir / "Test" / "red_dot" / "0001.jpg").read_bytes())
+    (photos / "p0.mask.png").write_bytes(b"")
+    got = batch_rows.rows_from_inputs([photos])
+    assert sorted(os.path.basename(p) for p in got["path"]) == ["p0.jpg", "p1.jpg", "p2.jpg"]
+    assert got["label"].isna().all()
+
+
+def test_resume_skips_done_chunks_and_nothing_is_lost_or_doubled(demo_dir, run_dir, tmp_path, fake):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test")
+    out = tmp_path / "out"
+    first = _explain(run_dir, rows.iloc[:14], out)  # a "crash" after two chunks of 7
+    assert first["lime"] == 14 and len(list((out / "lime.parts").glob("*.parquet"))) == 2
+    CALLS.clear()
+    again = _explain(run_dir, rows, out)
+    assert again["skipped"] == 14 and not {i for c in CALLS for i in c} & set(rows["image_id"].iloc[:14])
+    table = tables.read_table(out / "lime.parquet")
+    assert sorted(table["image_id"]) == sorted(rows["image_id"])
+    CALLS.clear()
+    assert _explain(run_dir, rows, out)["skipped"] == len(rows) and CALLS == []
+
+
+def test_other_options_or_model_recompute_and_chunk_sizes_never_double(demo_dir, run_dir, tmp_path, fake):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test")
+    out = tmp_path / "out"
+    _explain(run_dir, rows, out, num_samples=2)
+    before = tables.read_table(out / "lime.parquet")
+    CALLS.clear()
+    _explain(run_dir, rows, out, num_samples=5)  # other options: everything recomputed
+    assert sum(map(len, CALLS)) == len(rows)
+    after = tables.read_table(out / "lime.parquet")
+    np.testing.assert_allclose(after["mean"], before["mean"] * 2.5, rtol=1e-6)
+    CALLS.clear()
+    other = tiny_run(tmp_path / "other", seed=3)
+    _explain(run_dir, rows, out, num_samples=5, model_dir=other)  # another model: recomputed
+    assert sum(map(len, CALLS)) == len(rows)
+    for size in (5, 11, 24):  # another chunking: same rows, once each, stale parts pruned
+        _explain(run_dir, rows, out, chunk_size=size)
+        table = tables.read_table(out / "lime.parquet")
+        assert len(table) == len(rows) and table["image_id"].is_unique
+        assert len(list((out / "lime.parts").glob("*.parquet"))) == -(-len(rows) // size)
+
+
+def test_failed_images_are_recorded_and_retried(demo_dir, run_dir, tmp_path, fake):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test").head(6)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    rows = pd.concat([rows, batch_rows.rows_from_inputs([broken])], ignore_index=True)
+    out = tmp_path / "out"
+    totals = _explain(run_dir, rows, out)
+    assert totals["failed"] == 1 and totals["lime"] == 6
+    failed = tables.read_table(out / "failed.parquet")
+    assert list(failed["path"]) == [str(broken.resolve())] and "broken.jpg" in failed["error"].iloc[0]
+    # fixed in place (same sha256 as recorded: a transient failure): the chunk is retried, the row appears
+    broken.write_bytes((demo_dir / "Test" / "red_dot" / "0000.jpg").read_bytes())
+    CALLS.clear()
+    totals = _explain(run_dir, rows, out)
+    assert totals["failed"] == 0 and CALLS and len(tables.read_table(out / "lime.parquet")) == 7
+    assert tables.read_table(out / "failed.parquet").empty
+
+
+def test_a_truncated_part_is_redone_not_a_crash(demo_dir, run_dir, tmp_path, fake):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test")
+    out = tmp_path / "out"
+    _explain(run_dir, rows, out)
+    part = sorted((out / "lime.parts").glob("*.parquet"))[0]
+    part.write_bytes(part.read_bytes()[:40])
+    CALLS.clear()
+    _explain(run_dir, rows, out)
+    assert len(CALLS) == 1 and len(tables.read_table(out / "lime.parquet")) == len(rows)
+
+
+def test_a_second_writer_is_refused_with_one_line(tmp_path):
+    with engine.out_lock(tmp_path / "out"):
+        with pytest.raises(ValueError, match="another fruitlens run is writing explanations here"):
+            with engine.out_lock(tmp_path / "out"):
+                pass
+    with engine.out_lock(tmp_path / "out"):  # released
+        pass
+
+
+def test_part_keys_follow_every_input():
+    chunk = [{"image_id": "a", "sha256": "1"}, {"image_id": "b", "sha256": "2"}]
+    key = engine.part_key("lime", LimeOptions(), "m", chunk, "c")
+    assert key == engine.part_key("lime", LimeOptions(), "m", [dict(r) for r in chunk], "c")
+    changed = [{"image_id": "a", "sha256": "1"}, {"image_id": "b", "sha256": "3"}]
+    others = [engine.part_key("gradcam", LimeOptions(), "m", chunk, "c"),
+              engine.part_key("lime", LimeOptions(num_samples=50), "m", chunk, "c"),
+              engine.part_key("lime", LimeOptions(), "m2", chunk, "c"),
+              engine.part_key("lime", LimeOptions(), "m", chunk, "c2"),
+              engine.part_key("lime", LimeOptions(), "m", changed, "c")]
+    assert len({key, *others}) == 6
+
+
+def test_real_methods_write_traceable_tables_and_pictures(demo_dir, run_dir, tmp_path):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test").head(3)
+    model, card = load_run(run_dir)
+    options = ExplainOptions(lime=LimeOptions(num_samples=20, plots="all", faithfulness_steps=2))
+    out = tmp_path / "out"
+    engine.explain_images(model, card, model_digest(run_dir), rows, out, ["lime", "gradcam"], options, chunk_size=2)
+    layout = ExplainLayout(out)
+    lime, cam = tables.read_table(out / "lime.parquet"), tables.read_table(out / "gradcam.parquet")
+    for table in (lime, cam):
+        assert set(table["path"]) == set(rows["path"]) and set(table["true_label"]) == set(rows["label"])
+    for rel in [*lime["picture_path"].dropna(), *cam["overlay_path"], *cam["heatmap_path"]]:
+        assert (out / rel).is_file() and "-" in os.path.basename(rel)
+    assert os.path.basename(lime["picture_path"].iloc[0]).startswith(os.path.splitext(
+        os.path.basename(lime["path"].iloc[0]))[0])
+    assert len(list(layout.side_by_side_dir.glob("*.png"))) == 3
