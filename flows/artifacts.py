@@ -19,9 +19,10 @@ def _records(df) -> list[dict]:
 def publish_eval_tables(eval_dir: str, prefix: str = "") -> dict:
     """Table artifacts of per-class metrics and confusion counts from eval_dir/predictions.parquet."""
     from fruitlens import tables
-    from fruitlens.pipeline import confusion_counts, per_class_metrics
+    from fruitlens.layout import PREDICTIONS_FILE
+    from fruitlens.metrics import confusion_counts, per_class_metrics
 
-    predictions = tables.read_table(Path(eval_dir) / "predictions.parquet")
+    predictions = tables.read_table(Path(eval_dir) / PREDICTIONS_FILE)
     per_class, confusion = per_class_metrics(predictions), confusion_counts(predictions)
     create_table_artifact(_records(per_class), key=f"{prefix}per-class-metrics",
                           description="Precision, recall, F1 and support per class")
@@ -30,18 +31,18 @@ def publish_eval_tables(eval_dir: str, prefix: str = "") -> dict:
     return {"classes": int(len(per_class)), "confusion_cells": int(len(confusion))}
 
 
-def publish_comparison(rows: list[dict], promoted: bool, prefix: str = "") -> None:
+def publish_comparison(rows: list[dict], promoted: bool, prefix: str = "", note: str = "") -> None:
     """Table artifact: the new model against the current one on the same test set."""
     verdict = "promoted to current" if promoted else "kept the current model (the new one is worse)"
+    verdict += f"; {note}" if note else ""
     create_table_artifact(rows, key=f"{prefix}model-comparison", description=f"New vs current model: {verdict}")
 
 
-def publish_summary(title: str, metrics: dict, lines: list[str], images: list[list[str]],
-                          prefix: str = "") -> None:
+def publish_summary(title: str, metrics: dict, lines: str, images: list[list[str]], prefix: str = "") -> None:
     """Markdown artifact: headline numbers and small thumbnails embedded as data URIs."""
-    from fruitlens.pipeline import summary_markdown
+    from fruitlens.summary import summary_markdown
 
-    create_markdown_artifact(summary_markdown(title, metrics, lines, [tuple(i) for i in images]),
+    create_markdown_artifact(summary_markdown(title, metrics, [lines], [tuple(i) for i in images]),
                              key=f"{prefix}run-summary", description=title)
 
 

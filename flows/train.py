@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from prefect import flow
 
 from flows.settings import run_name
+from fruitlens.layout import RunLayout
 from tasks.cache import fresh
 from tasks.index import index_task
 from tasks.train import train_task
@@ -22,9 +21,8 @@ def _name() -> str:
 
 
 @flow(name="train", flow_run_name=_name, log_prints=True)
-def train_flow(data_dir: str, run_dir: str, train_config: dict | None = None) -> dict:
-    """Train with ``train_config`` (TrainConfig fields; defaults for the rest) into ``run_dir``."""
-    index_dir = str(Path(run_dir) / "index")
-    index = fresh(index_task, Path(index_dir) / "index.json")(data_dir, index_dir)
-    train = fresh(train_task, Path(run_dir) / "model.keras", Path(run_dir) / "model.json")
-    return train(data_dir, run_dir, dict(train_config or {}), index["digests"]["fit"])
+def train_flow(data_dir: str, run_dir: str, train_config: dict) -> dict:
+    """Index ``data_dir`` and train with ``train_config`` (TrainConfig fields) into ``run_dir``."""
+    run = RunLayout(run_dir)
+    fresh(index_task, run.index_json)(data_dir, str(run.index_dir))
+    return fresh(train_task, run.model, run.card)(data_dir, run_dir, train_config)

@@ -13,7 +13,7 @@ import hashlib
 import importlib.util
 import os
 from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -154,7 +154,7 @@ def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
     return names
 
 
-@lru_cache(maxsize=None)
+@cache
 def import_closure(module: str) -> tuple[tuple[str, Path], ...]:
     """Every project module ``module`` can run: itself, its imports, theirs, ... with their files, sorted.
 

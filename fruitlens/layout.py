@@ -26,6 +26,8 @@ MODEL_FILE = "model.keras"
 CARD_FILE = "model.json"
 REPORT_FILE = "report.html"
 RUN_RECORD_FILE = "run.json"
+PREDICTIONS_FILE = "predictions.parquet"  # in an evaluation folder (RUN/eval, or `fruitlens evaluate --out`)
+METRICS_FILE = "metrics.json"
 FAILED = "failed"  # the pseudo-method whose table lists the images that could not be read
 
 
@@ -134,11 +136,11 @@ class RunLayout:
 
     @property
     def predictions(self) -> Path:
-        return self.eval_dir / "predictions.parquet"
+        return self.eval_dir / PREDICTIONS_FILE
 
     @property
     def metrics(self) -> Path:
-        return self.eval_dir / "metrics.json"
+        return self.eval_dir / METRICS_FILE
 
     # ---- explanation, visualisation
     @property
@@ -167,10 +169,11 @@ class RunLayout:
         return self.root / REPORT_FILE
 
 
-EVAL_FILES = ("predictions.parquet", "metrics.json", "confusion.parquet", "confusion.png", "mistakes.png")
+EVAL_FILES = (PREDICTIONS_FILE, METRICS_FILE, "confusion.parquet", "confusion.png", "mistakes.png")
 
-# Top-level names of a run folder that a report does not show (its digest leaves them out).
-NOT_REPORTED = (RUN_RECORD_FILE, REPORT_FILE, "checkpoints", "logs", "eval_current")
+# Top-level names of a run folder that a report does not show (its digest leaves them out). run.json is
+# shown (timings), so a rerun whose only change is its timings rebuilds the report too.
+NOT_REPORTED = (REPORT_FILE, "checkpoints", "logs", "eval_current", "cache")
 
 
 def picture_stem(path: str | os.PathLike, image_id: str, max_len: int = 40) -> str:

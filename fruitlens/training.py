@@ -44,6 +44,10 @@ Monitor = Literal["val_accuracy", "val_loss"]
 RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "memory_limit"}
 
 
+class ResumeError(ValueError):
+    """A checkpoint that cannot be resumed: it belongs to other data or another configuration."""
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run (recorded in the model card and in run.json).
@@ -309,7 +313,7 @@ def _check_resumable(saved: dict, config: TrainConfig) -> None:
     changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
     if changed:
         detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ValueError(f"cannot resume: the configuration changed ({detail}); train into a new --out or "
+        raise ResumeError(f"cannot resume: the configuration changed ({detail}); train into a new --out or "
                          "without --resume")
 
 
@@ -406,7 +410,7 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         saved = tables.read_json(ckpt / STATE_FILE)
         _check_resumable(saved["config"], config)
         if list(saved["classes"]) != list(data.classes):
-            raise ValueError(f"cannot resume: classes changed ({saved['classes']} -> {list(data.classes)})")
+            raise ResumeError(f"cannot resume: classes changed ({saved['classes']} -> {list(data.classes)})")
         state.update({k: v for k, v in saved.items() if k != "config"})
     else:
         for name in ("best.keras", "last.keras", STATE_FILE):

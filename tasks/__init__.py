@@ -1,1 +1,1 @@
-"""Thin Prefect tasks: read paths, call one library function, write files, return paths and digests."""
+"""Thin Prefect tasks: read paths, call one library function, write files, return small plain values."""

@@ -1,38 +1,39 @@
-"""Content cache keys for the pipeline's tasks, and where the cache lives.
+"""Content cache keys for the pipeline's tasks.
 
-A task's key is a digest of its inputs (paths, content digests, the resolved config: plain values only),
-its own source (``TASK_SOURCE``) and the source of the library modules it calls (the code version). A
-folder input named in ``trees`` adds a cheap stat digest of that folder, so editing one image changes the
-key of the indexing step. The key never contains the flow run id: an unchanged step is ``Cached`` in every
-later run. Cache records and results live under ``fruitlens.config.cache_dir()/results`` (see
-``flows.settings.pipeline_settings``); ``fruitlens cache clear`` deletes them.
+A task's key is a digest of its inputs (paths and plain values), of the content behind them (a ``content``
+function of the inputs: a dataset's stat digest, a model file's sha256, ...) and of its code: the import
+closure of the task's module (``fruitlens.digests.code_digest``), so an edit to anything the task can run,
+however indirectly, changes the key. The key never contains the flow run id: an unchanged step is ``Cached``
+in every later run. Cache records and results live under ``fruitlens.config.cache_dir()/results``
+(``flows.settings.pipeline_settings``); ``fruitlens cache clear`` deletes them.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy, CachePolicy
+from prefect.cache_policies import CacheKeyFnPolicy, CachePolicy
 
-from fruitlens.config import code_version
-from fruitlens.pipeline import tree_digest
+from fruitlens.digests import code_digest
+
+Content = Callable[[dict[str, Any]], dict[str, Any]]
 
 
-def content_key(inputs: dict, modules: Sequence[str] = (), trees: Sequence[str] = ()) -> str:
-    """sha256 over the task inputs, the library code version and stat digests of the ``trees`` folders."""
-    payload = {"inputs": inputs, "code": code_version(modules),
-               "trees": {name: tree_digest(inputs[name]) for name in trees}}
+def content_key(module: str, inputs: dict[str, Any], content: Content | None = None) -> str:
+    """sha256 over the inputs, ``content(inputs)`` and the code digest of ``module``'s import closure."""
+    payload = {"inputs": inputs, "code": code_digest(module), "content": content(inputs) if content else {}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def content_cache(*modules: str, trees: Sequence[str] = ()) -> CachePolicy:
-    """``TASK_SOURCE`` plus a key over the inputs and the code of ``modules`` (never the run id)."""
-    def key_fn(context, inputs: dict) -> str:
-        return content_key(inputs, modules, trees)
-    return TASK_SOURCE + CacheKeyFnPolicy(cache_key_fn=key_fn)
+def content_cache(content: Content | None = None) -> CachePolicy:
+    """A cache policy keyed by the task's inputs, ``content(inputs)`` and its code (never the run id)."""
+    def key_fn(context, inputs: dict[str, Any]) -> str:
+        return content_key(context.task.fn.__module__, inputs, content)
+    return CacheKeyFnPolicy(cache_key_fn=key_fn)
 
 
 def fresh(task, *outputs: str | Path):

@@ -1,4 +1,4 @@
-"""Explain the test set chunk by chunk; each chunk writes its own Parquet part atomically."""
+"""Explain images chunk by chunk with ``fruitlens.batch.engine``: plan, one task per (method, chunk), finish."""
 
 from __future__ import annotations
 
@@ -8,62 +8,51 @@ from prefect.cache_policies import NO_CACHE
 from tasks.cache import content_cache
 
 
-@task(name="plan-chunks", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def plan_chunks_task(index_dir: str, split: str, limit: int | None, chunk_size: int, out_dir: str,
-                     methods: list[str], predictions_path: str | None = None) -> dict:
-    """The chunks (lists of row dicts with sha256) and, per method, whether each chunk's part is written.
-
-    With ``predictions_path``, a limited selection starts with the images the report shows.
-    """
-    from pathlib import Path
-
+@task(name="plan-explanations", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def plan_task(model_dir: str, index_dir: str, out_dir: str, split: str, limit: int | None, select: str,
+              predictions_path: str | None, chunk_size: int, methods: list[str], options: dict) -> dict:
+    """The chunks (plain records), each (method, chunk)'s part key, and which parts are already done."""
     from fruitlens import tables
-    from fruitlens.explain.runner import done_ids, parse_methods
-    from fruitlens.pipeline import chunk_records, explain_rows
+    from fruitlens.batch import engine, rows
+    from fruitlens.config import ExplainOptions, build
+    from fruitlens.digests import file_digest_cached
+    from fruitlens.layout import ExplainLayout, RunLayout
+    from fruitlens.selection import images_to_explain
 
-    methods = parse_methods(methods)
-    first: list[str] = []
-    if predictions_path and limit is not None and Path(predictions_path).is_file():
-        from fruitlens.report import images_to_explain
+    first = []
+    if select == "report" and limit is not None and predictions_path:
+        first = images_to_explain(tables.read_table(predictions_path), limit=limit)
+    chunks = engine.plan_chunks(rows.rows_from_index(index_dir, split, limit, first), chunk_size)
+    model = file_digest_cached(RunLayout(model_dir).model)
+    keys = engine.plan_keys(chunks, methods, build(ExplainOptions, options), model, engine.engine_code())
+    out = ExplainLayout(out_dir)
+    done = {m: [engine.part_state(out, m, k) == "done" for k in keys[m]] for m in methods}
+    return {"chunks": chunks, "keys": keys, "done": done}
 
-        first = images_to_explain(tables.read_table(predictions_path))
-    chunks = chunk_records(explain_rows(index_dir, split, limit, first), chunk_size)
-    done = {m: done_ids(out_dir, m) for m in methods}
-    complete = {m: [all(r["image_id"] in done[m] for r in c) for c in chunks] for m in methods}
-    return {"chunks": chunks, "complete": complete}
 
-
-@task(name="explain-chunk", cache_policy=content_cache("fruitlens.explain.runner", "fruitlens.explain.lime",
-                                                       "fruitlens.explain.gradcam"),
-      retries=1, retry_delay_seconds=1, persist_result=True, task_run_name="{method}-chunk-{chunk_index}")
-def explain_chunk_task(run_dir: str, model_digest: str, out_dir: str, method: str, options: dict,
-                       chunk: list[dict], chunk_index: int, after: dict | None = None) -> dict:
-    """Explain one chunk with one method (one Parquet part); rows written.
-
-    ``after``: options of the methods run before this one (Grad-CAM's side-by-side PNGs show LIME's), so a
-    change there re-runs this chunk too.
-    """
-    import pandas as pd
-
-    from fruitlens.explain.runner import explain_part
+@task(name="explain-chunk", cache_policy=content_cache(), retries=1, retry_delay_seconds=1, persist_result=True,
+      task_run_name="{method}-chunk-{index}")
+def explain_chunk_task(model_dir: str, out_dir: str, method: str, options: dict, chunk: list[dict], index: int,
+                       key: str) -> dict:
+    """One method's part of one chunk (``key``: its content key: model, options, code and images)."""
+    from fruitlens.batch import engine
+    from fruitlens.batch.methods import METHODS
+    from fruitlens.config import build
     from fruitlens.runs import load_run
 
-    model, card = load_run(run_dir)
-    rows = pd.DataFrame(chunk)[["image_id", "path", "label", "mask_path"]]
-    return explain_part(model, card, rows, out_dir, [method], {method: options})
+    model, card = load_run(model_dir)
+    return engine.explain_chunk(model, card, chunk, out_dir, method, build(METHODS[method].options_type, options),
+                                key)
 
 
-@task(name="consolidate", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def consolidate_task(out_dir: str, methods: list[str], chunks: list[list[dict]]) -> dict:
-    """Drop parts left from another test set or chunking, then join each method's parts into one table."""
+@task(name="finish-explanations", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
+def finish_task(out_dir: str, chunks: list[list[dict]], keys: dict[str, list[str]], redone: list[int]) -> dict:
+    """Side-by-side pictures of the chunks that ran (or lack them), then each method's table; row counts."""
     from fruitlens import tables
-    from fruitlens.explain.runner import FAILED, consolidate
-    from fruitlens.pipeline import prune_parts
+    from fruitlens.batch import engine
 
-    out = {}
-    for method in methods:
-        prune_parts(out_dir, method, [[r["image_id"] for r in c] for c in chunks])
-        out[method] = str(consolidate(out_dir, method))
-    out[FAILED] = str(consolidate(out_dir, FAILED))
-    out["rows"] = {m: int(len(tables.read_table(out[m]))) for m in methods}
-    return out
+    for i, chunk in enumerate(chunks):
+        engine.compose_chunk(chunk, out_dir, force=i in set(redone))
+    paths = engine.finish(out_dir, keys)
+    return {"tables": {m: str(p) for m, p in paths.items()},
+            "rows": {m: int(tables.pq.read_metadata(p).num_rows) for m, p in paths.items()}}

@@ -7,15 +7,16 @@ from prefect.cache_policies import NO_CACHE
 
 
 @task(name="current-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def current_model_task(models_home: str) -> dict | None:
-    """The current model's folder and digest, or None when no model has been promoted yet."""
-    from fruitlens.pipeline import current_dir
-    from fruitlens.runs import MODEL_FILE, model_digest
+def current_model_task(models_home: str, classes: list[str]) -> dict:
+    """The current model's folder and digest when it can be compared with a model of ``classes``; else why not."""
+    from fruitlens.promotion import comparable, current_dir
+    from fruitlens.runs import model_digest
 
+    ok, why = comparable(classes, models_home)
     folder = current_dir(models_home)
-    if not (folder / MODEL_FILE).is_file():
-        return None
-    return {"run_dir": str(folder), "model_digest": model_digest(folder)}
+    if not ok:
+        return {"run_dir": None, "model_digest": None, "note": why}
+    return {"run_dir": str(folder), "model_digest": model_digest(folder), "note": ""}
 
 
 @task(name="compare-models", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
@@ -25,12 +26,11 @@ def compare_task(run_dir: str, new: dict, current: dict | None, metric: str, sam
     ``same_model``: the new model is the current one (nothing retrained since it was promoted), so the
     comparison made when it was promoted stands and is returned unchanged.
     """
-    from pathlib import Path
-
     from fruitlens import tables
-    from fruitlens.pipeline import compare_models
+    from fruitlens.layout import RunLayout
+    from fruitlens.promotion import compare_models
 
-    path = Path(run_dir) / "comparison.parquet"
+    path = RunLayout(run_dir).comparison
     if same_model and path.is_file():
         table = tables.read_table(path)
         promote = bool(table["promoted"].iloc[0]) if len(table) else True
@@ -45,6 +45,6 @@ def compare_task(run_dir: str, new: dict, current: dict | None, metric: str, sam
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def promote_task(run_dir: str, models_home: str, info: dict) -> str:
     """Copy the run's model to models_home/current and record it in current.json; the folder."""
-    from fruitlens.pipeline import promote_model
+    from fruitlens.promotion import promote_model
 
     return str(promote_model(run_dir, models_home, info))

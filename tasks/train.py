@@ -2,21 +2,38 @@
 
 from __future__ import annotations
 
-from prefect import task
+from prefect import get_run_logger, task
 
 from tasks.cache import content_cache, run_name
 
 
-@task(name="train", cache_policy=content_cache("fruitlens.training", "fruitlens.models", "fruitlens.inputs"),
-      retries=1, retry_delay_seconds=1, persist_result=True, task_run_name=run_name("train", "run_dir"))
-def train_task(data_dir: str, run_dir: str, train_config: dict, fit_digest: str) -> dict:
-    """Train with ``train_config`` (TrainConfig fields); ``fit_digest`` (train+val content) keys the cache."""
-    from pathlib import Path
+def _fit_content(inputs: dict) -> dict:
+    """The training data's content: the train+val digest of the run's index (written by the index task)."""
+    from fruitlens.digests import split_digests, tree_digest
+    from fruitlens.layout import RunLayout
 
+    index_dir = RunLayout(inputs["run_dir"]).index_dir
+    try:
+        return {"fit": split_digests(index_dir)["fit"]}
+    except (OSError, ValueError, KeyError):
+        return {"tree": tree_digest(inputs["data_dir"])}
+
+
+@task(name="train", cache_policy=content_cache(_fit_content), retries=1, retry_delay_seconds=1,
+      persist_result=True, task_run_name=run_name("train", "run_dir"))
+def train_task(data_dir: str, run_dir: str, train_config: dict) -> dict:
+    """Train with ``train_config`` (TrainConfig fields) into ``run_dir``; resumes from its checkpoint."""
+    from fruitlens.config import build
+    from fruitlens.layout import RunLayout
     from fruitlens.runs import model_digest
-    from fruitlens.training import TrainConfig, train_model
+    from fruitlens.training import ResumeError, TrainConfig, train_model
 
-    result = train_model(data_dir, run_dir, TrainConfig.from_dict(train_config))
+    config = build(TrainConfig, train_config, "train")
+    try:  # a run killed mid-training goes on from its last checkpoint
+        result = train_model(data_dir, run_dir, config, resume=True)
+    except ResumeError as exc:  # the checkpoint is of other data or another configuration
+        get_run_logger().info("not resuming (%s): training from scratch", exc)
+        result = train_model(data_dir, run_dir, config, resume=False)
     return {"run_dir": run_dir, "model_digest": model_digest(run_dir), "epochs": int(result.get("epochs", 0)),
-            "metrics": dict(result.get("metrics", {})), "history_path": str(result.get("history_path", "")),
-            "curves_path": str(Path(run_dir) / "curves.png")}
+            "metrics": dict(result.get("metrics", {})), "classes": list(result.get("classes", [])),
+            "curves_path": str(RunLayout(run_dir).curves)}

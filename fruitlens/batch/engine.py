@@ -126,9 +126,12 @@ def explain_chunk(model, card, chunk: Sequence[Mapping[str, Any]], out_dir: str 
     return {"rows": int(len(frame)), "failed": int(len(failed))}
 
 
-def compose_chunk(chunk: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> int:
-    """Side-by-side pictures of a chunk's images from every method's PNGs; how many were written."""
-    return len(pictures.write_side_by_side(ExplainLayout(out_dir), pd.DataFrame(list(chunk))))
+def compose_chunk(chunk: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *, force: bool = True) -> int:
+    """Side-by-side pictures of a chunk's images from every method's PNGs; how many were written.
+
+    ``force=False`` writes only the missing ones (a run that stopped between a chunk and its composition).
+    """
+    return len(pictures.write_side_by_side(ExplainLayout(out_dir), pd.DataFrame(list(chunk)), force=force))
 
 
 def _join(paths: Sequence[Path], schema: pa.Schema, dest: Path) -> Path:
@@ -222,9 +225,8 @@ def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: 
             for method in todo:
                 counts = explain_chunk(model, card, chunk, out.root, method, options.of(method), keys[method][i])
                 totals[method] += counts["rows"]
-            if todo:
-                compose_chunk(chunk, out.root)
-            else:
+            compose_chunk(chunk, out.root, force=bool(todo))
+            if not todo:
                 totals["skipped"] += len(chunk)
             if progress:
                 progress(len(chunk))

@@ -100,7 +100,8 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
         df["insertion_auc"] = np.where(is_top, faith[i, 1], np.nan)
         if i in masks:
             s = res.num_superpixels
-            share = np.bincount(res.segments.ravel(), weights=masks[i].ravel(), minlength=s) / df["pixels"].to_numpy()[:s]
+            inside = np.bincount(res.segments.ravel(), weights=masks[i].ravel(), minlength=s)
+            share = inside / df["pixels"].to_numpy()[:s]
             df["evidence"] = np.tile(share, len(res.labels))
         else:
             df["evidence"] = np.nan

@@ -84,12 +84,17 @@ def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result
 SIDE_BY_SIDE_KINDS = (("gradcam", "overlay"), ("lime", "outline"))
 
 
-def write_side_by_side(out: ExplainLayout, rows: pd.DataFrame) -> list[Path]:
-    """Photo | Grad-CAM | LIME for each image, from the methods' PNGs that exist (composed after all methods)."""
+def write_side_by_side(out: ExplainLayout, rows: pd.DataFrame, *, force: bool = True) -> list[Path]:
+    """Photo | Grad-CAM | LIME for each image, from the methods' PNGs that exist (composed after all methods).
+
+    ``force=False`` leaves pictures that exist alone.
+    """
     from PIL import Image
 
     paths = []
     for i, stem in enumerate(stems(rows)):
+        if not force and out.side_by_side(stem).is_file():
+            continue
         panels = []
         for method, kind in SIDE_BY_SIDE_KINDS:
             path = out.picture(method, stem, kind)

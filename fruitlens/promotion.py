@@ -1,0 +1,92 @@
+"""The "current" model of a models home, and promoting a new model when it is not worse.
+
+``<models_home>/current/`` holds the promoted model.keras and model.json; ``<models_home>/current.json`` says
+which run it came from. A new model is compared with the current one only when both know the same classes:
+a model trained on other classes is another task, not a better or worse model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from fruitlens import tables
+from fruitlens.layout import CARD_FILE, MODEL_FILE
+
+CURRENT = "current"
+
+
+def current_dir(models_home: str | os.PathLike) -> Path:
+    return Path(models_home) / CURRENT
+
+
+def current_classes(models_home: str | os.PathLike) -> tuple[str, ...] | None:
+    """The classes of the current model, or None when there is none (or its card cannot be read)."""
+    card = current_dir(models_home) / CARD_FILE
+    try:
+        return tuple(tables.read_json(card)["classes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def comparable(new_classes: Sequence[str], models_home: str | os.PathLike) -> tuple[bool, str]:
+    """Whether the current model can be compared with a new one on ``new_classes``, and why not."""
+    old = current_classes(models_home)
+    if old is None:
+        return False, f"no current model in {models_home}"
+    if tuple(old) != tuple(new_classes):
+        return False, (f"the current model in {current_dir(models_home)} knows other classes ({len(old)}: "
+                       f"{', '.join(old[:4])}{', ...' if len(old) > 4 else ''}); not compared, the new model "
+                       "becomes current")
+    return True, ""
+
+
+def compare_models(new: Mapping[str, float], current: Mapping[str, float] | None,
+                   metric: str = "accuracy") -> tuple[pd.DataFrame, bool]:
+    """A table new vs current on each metric, and whether the new model is promoted.
+
+    The new model is promoted when there is no current one, or when it is not worse on ``metric``.
+    """
+    names = [m for m in ("accuracy", "macro_f1", "n") if m in new]
+    rows = []
+    for name in names:
+        cur = None if current is None else current.get(name)
+        rows.append({"metric": name, "new": float(new[name]), "current": None if cur is None else float(cur),
+                     "delta": None if cur is None else round(float(new[name]) - float(cur), 6)})
+    promote = current is None or float(new[metric]) >= float(current[metric])
+    return pd.DataFrame(rows, columns=["metric", "new", "current", "delta"]), promote
+
+
+def promote_model(run_dir: str | os.PathLike, models_home: str | os.PathLike, info: Mapping[str, Any]) -> Path:
+    """Copy the run's model.keras and model.json to ``models_home/current/`` (swapped in whole).
+
+    ``models_home/current.json`` records which run it came from and ``info`` (metrics, digest, time).
+    """
+    home = Path(models_home)
+    home.mkdir(parents=True, exist_ok=True)
+    staging = home / f".{CURRENT}.{os.getpid()}.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for name in (MODEL_FILE, CARD_FILE):
+        shutil.copy2(Path(run_dir) / name, staging / name)
+    target = current_dir(home)
+    old = home / f".{CURRENT}.{os.getpid()}.old"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+    tables.write_json(home / f"{CURRENT}.json", {"run_dir": str(Path(run_dir).resolve()),
+                                                 "promoted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                                 **dict(info)})
+    return target
+
+
+def default_models_home(run_dir: str | os.PathLike) -> Path:
+    """Where the current model lives unless configured: ``models/`` beside the run folder."""
+    return Path(run_dir).expanduser().resolve().parent / "models"

@@ -1,0 +1,101 @@
+"""What a pipeline run says about itself: run.json (config, versions, timings) and the summary shown in the UI.
+
+Every string the flows publish is built here, so the flows stay a plain sequence of calls.
+"""
+
+from __future__ import annotations
+
+import base64
+import importlib.metadata as md
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from fruitlens import tables
+from fruitlens.layout import RunLayout
+
+
+def thumbnail_uri(path: str | os.PathLike, max_size: int = 240) -> str:
+    """A PNG thumbnail of an image file as a ``data:`` URI (for markdown artifacts)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        im.thumbnail((max_size, max_size))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def explanation_pngs(explain_dir: str | os.PathLike, methods: Sequence[str], per_method: int = 2) -> list[Path]:
+    """The first few explanation PNGs of each method (sorted by name, so stable)."""
+    out: list[Path] = []
+    for method in methods:
+        folder = Path(explain_dir) / method
+        if folder.is_dir():
+            out.extend(sorted(folder.glob("*.png"))[:per_method])
+    return out
+
+
+def _escape(text: Any) -> str:
+    """Markdown-safe text: class names and paths may hold markup."""
+    import html
+
+    return html.escape(str(text)).replace("|", "\\|").replace("*", "\\*").replace("_", "\\_").replace("`", "\\`")
+
+
+def summary_markdown(title: str, metrics: Mapping[str, Any], lines: Sequence[str],
+                     images: Sequence[tuple[str, str | os.PathLike]], max_size: int = 240) -> str:
+    """Markdown with the headline numbers, a few lines and thumbnails embedded as data URIs."""
+    md_lines = [f"# {_escape(title)}", "", "| metric | value |", "|---|---|"]
+    md_lines += [f"| {_escape(k)} | {v:.4f} |" if isinstance(v, float) else f"| {_escape(k)} | {_escape(v)} |"
+                 for k, v in metrics.items()]
+    md_lines += ["", *lines, ""]
+    for caption, path in images:
+        if Path(path).is_file():
+            md_lines += [f"**{_escape(caption)}**", "", f"![{_escape(caption)}]({thumbnail_uri(path, max_size)})", ""]
+    return "\n".join(md_lines)
+
+
+def run_summary(run_dir: str | os.PathLike, data_dir: str, config, index: Mapping[str, Any],
+                train: Mapping[str, Any], explained: Mapping[str, Any], comparison: Mapping[str, Any],
+                new: Mapping[str, float], old: Mapping[str, float] | None) -> tuple[str, list[list[str]]]:
+    """The lines and pictures of the run-summary artifact."""
+    run = RunLayout(run_dir)
+    metric = config.promote_metric
+    lines = [f"- data: `{_escape(data_dir)}`, {index['num_ok']} usable images ({index['num_bad']} unusable), "
+             f"{len(index['classes'])} classes",
+             f"- model: {_escape(config.train.arch)} at {config.train.size[0]}x{config.train.size[1]} px, "
+             f"{train['epochs']} epochs, digest `{train['model_digest'][:12]}`",
+             "- explained: " + ", ".join(f"{m} {n} rows" for m, n in explained.get("rows", {}).items()),
+             f"- current model: {'promoted this run' if comparison['promote'] else 'kept'} "
+             f"({metric} new {new[metric]:.4f}" + ("" if old is None else f", current {old[metric]:.4f}") + ")"]
+    if comparison.get("note"):
+        lines.append(f"- {_escape(comparison['note'])}")
+    images = [["training curves", str(run.curves)], ["confusion matrix", str(run.eval_dir / "confusion.png")]]
+    images += [[f"{p.parent.name} {p.stem}", str(p)]
+               for p in explanation_pngs(run.explain_dir, ["side_by_side", *config.methods], per_method=1)]
+    return "\n".join(lines), images
+
+
+def library_versions(extra: Sequence[str] = ("prefect", "prefect-dask", "scikit-image", "lime")) -> dict[str, str]:
+    from fruitlens.runs import library_versions as model_versions
+
+    versions = model_versions()
+    for name in extra:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_run_json(run_dir: str | os.PathLike, *, config: Mapping[str, Any], timings: Mapping[str, float],
+                   extra: Mapping[str, Any] | None = None) -> Path:
+    """``run_dir/run.json``: the resolved config, library versions, seconds per step and ``extra``."""
+    return tables.write_json(RunLayout(run_dir).run_record, {
+        "config": dict(config), "versions": library_versions(),
+        "timings": {k: round(float(v), 3) for k, v in timings.items()},
+        "total_seconds": round(float(sum(timings.values())), 3), **dict(extra or {})})
