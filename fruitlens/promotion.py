@@ -36,10 +36,11 @@ def current_classes(models_home: str | os.PathLike) -> tuple[str, ...] | None:
 
 
 def comparable(new_classes: Sequence[str], models_home: str | os.PathLike) -> tuple[bool, str]:
-    """Whether the current model can be compared with a new one on ``new_classes``, and why not."""
+    """Whether the current model can be compared with a new one on ``new_classes``, and why not (a line to show
+    the user; empty when there is simply no current model yet)."""
     old = current_classes(models_home)
     if old is None:
-        return False, f"no current model in {models_home}"
+        return False, ""  # nothing to compare with: the new model becomes current
     if tuple(old) != tuple(new_classes):
         return False, (f"the current model in {current_dir(models_home)} knows other classes ({len(old)}: "
                        f"{', '.join(old[:4])}{', ...' if len(old) > 4 else ''}); not compared, the new model "

@@ -29,8 +29,9 @@ def train_task(data_dir: str, run_dir: str, train_config: dict) -> dict:
     from fruitlens.training import ResumeError, TrainConfig, train_model
 
     config = build(TrainConfig, train_config, "train")
+    resume = (RunLayout(run_dir).checkpoints_dir / "last.keras").is_file()
     try:  # a run killed mid-training goes on from its last checkpoint
-        result = train_model(data_dir, run_dir, config, resume=True)
+        result = train_model(data_dir, run_dir, config, resume=resume)
     except ResumeError as exc:  # the checkpoint is of other data or another configuration
         get_run_logger().info("not resuming (%s): training from scratch", exc)
         result = train_model(data_dir, run_dir, config, resume=False)

@@ -26,18 +26,15 @@ entry per image (an int or a tuple of ints). So ``explain_lime(x, seed=s)[i]`` e
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Literal, get_args
 
 import numpy as np
 import pandas as pd
 
-from fruitlens import tables
+from fruitlens.config import HIDE_COLORS
 from fruitlens.explain.segmentation import Segmenter, make_segmenter, relabel
 from fruitlens.runs import as_predict_fn
 
@@ -45,7 +42,6 @@ log = logging.getLogger(__name__)
 
 FeatureSelection = Literal["auto", "highest_weights", "forward_selection", "none"]
 FEATURE_SELECTIONS: tuple[str, ...] = get_args(FeatureSelection)
-HIDE_COLORS = {"mean": None, "white": 1.0, "black": 0.0, "gray": 0.5}
 KERNEL_WIDTH = 0.25
 BATCH_BYTES = 16 << 20  # default model batch: about 16 MiB of float32 pixels (139 images at 100x100)
 
@@ -401,101 +397,3 @@ def _forward_selection(data: np.ndarray, y: np.ndarray, sw: np.ndarray, num_feat
         explained = np.einsum("ja,ja->j", beta, r)  # y'X (X'X)^-1 X'y: larger is a larger R^2
         used.append(int(cand[np.argmax(explained)]))
     return np.asarray(used, dtype=np.int64)
-
-
-# ------------------------------------------------------------------------------------ the batch runner's method
-
-PLOTS = ("all", "explanation", "none")
-
-
-def image_seed(seed: int, image_id: str) -> tuple[int, int]:
-    """The seed of one image in batch runs: (seed, 64-bit hash of its image id), independent of chunking."""
-    return int(seed), int.from_bytes(hashlib.sha1(str(image_id).encode()).digest()[:8], "big")
-
-
-def explain_chunk(model, card, images: np.ndarray, rows: pd.DataFrame, out_dir: str | os.PathLike, *,
-                  seed: int = 0, num_samples: int = 1000, segmenter: str = "slic",
-                  segmenter_params: dict[str, Any] | None = None, hide_color: float | str | None = None,
-                  top_labels: int = 1, num_features: int | None = None, feature_selection: FeatureSelection = "auto",
-                  batch_size: int | None = None, threshold: float = 0.0, display_features: int | None = 5,
-                  plots: str = "all", faithfulness_steps: int = 20) -> pd.DataFrame:
-    """Explain a chunk of images for ``fruitlens.explain.runner``: rows of the ``lime`` table, files per image.
-
-    Writes under ``out_dir/lime/``: ``<image_id>_segments.npy`` ((H, W) int32 superpixel ids),
-    ``<image_id>_boundaries.png``, ``<image_id>_outline.png`` and ``<image_id>_block.png`` (the top label:
-    green supporting, red opposing superpixels, the ``display_features`` largest above ``threshold``; block
-    with the rest hidden) and ``<image_id>_density.png`` (weight density per label); ``plots="explanation"``
-    leaves out the density plot, ``"none"`` every PNG. Each image is seeded by ``image_seed(seed, image_id)``.
-
-    The top label's superpixel weights are also scored for faithfulness (``faithfulness_steps`` deletion
-    and insertion steps, 0 to skip), the same way Grad-CAM heatmaps are, so the two compare per image.
-
-    Returns:
-        The LIME schema columns plus label_index, rank, pixels, selected, true_label, segments_path,
-        ``evidence`` (share of the superpixel inside the image's evidence mask; NaN without a mask) and
-        ``deletion_auc`` / ``insertion_auc`` (on the top label's rows; NaN on the others).
-    """
-    from fruitlens import plots as P
-    from fruitlens.synthetic import read_mask
-
-    if plots not in PLOTS:
-        raise ValueError(f"unknown plots {plots!r}; expected one of {', '.join(PLOTS)}")
-    ids = [str(i) for i in rows["image_id"]]
-    seg_cfg = make_segmenter(segmenter, **(segmenter_params or {}))
-    results = explain_lime(model, images, top_labels=top_labels, num_samples=num_samples, hide_color=hide_color,
-                           seed=[image_seed(seed, i) for i in ids], batch_size=batch_size, segmenter=seg_cfg,
-                           num_features=num_features, feature_selection=feature_selection)
-    folder = Path(out_dir) / "lime"
-    folder.mkdir(parents=True, exist_ok=True)
-    faith = _faithfulness(model, images, results, faithfulness_steps, seed)
-    frames = []
-    factor = max(1, -(-200 // min(images.shape[1:3])))  # PNGs at least 200 px on the short side
-    masks = rows["mask_path"] if "mask_path" in rows else [None] * len(rows)
-    for image, res, image_id, true_label, mask_path in zip(images, results, ids, rows["label"], masks, strict=True):
-        seg_path = folder / f"{image_id}_segments.npy"
-        with tables.atomic_path(seg_path) as tmp, open(tmp, "wb") as fh:
-            np.save(fh, res.segments)
-        df = res.to_rows(image_id, card.classes)
-        df["true_label"] = str(true_label or "")
-        df["segments_path"] = str(seg_path)
-        is_top = (df["label_index"] == res.labels[0]).to_numpy()
-        deletion, insertion = faith[len(frames)]
-        df["deletion_auc"] = np.where(is_top, deletion, np.nan)
-        df["insertion_auc"] = np.where(is_top, insertion, np.nan)
-        if isinstance(mask_path, str) and mask_path:
-            inside = read_mask(mask_path, res.segments.shape).ravel()
-            s = res.num_superpixels
-            share = np.bincount(res.segments.ravel(), weights=inside, minlength=s) / df["pixels"].to_numpy()[:s]
-            df["evidence"] = np.tile(share, len(res.labels))
-        else:
-            df["evidence"] = np.nan
-        frames.append(df)
-        if plots == "none":
-            continue
-        big = P.upscale_nearest(image, factor)
-        seg = P.upscale_nearest(res.segments, factor)
-        top = res.labels[0]
-        P.save_png(P.lime_boundaries(big, seg), folder / f"{image_id}_boundaries.png")
-        for display in ("outline", "block"):
-            pic = P.lime_explanation(big, seg, res.weights[top], threshold=threshold, num_features=display_features,
-                                     display=display, hide_rest=display == "block")
-            P.save_png(pic, folder / f"{image_id}_{display}.png")
-        if plots == "all":
-            names = {card.classes[label]: res.weights[label] for label in res.labels}
-            fig = P.lime_weight_density(names, threshold=threshold or None,
-                                        title=f"{image_id}: {card.classes[top]} ({res.label_prob[top]:.2f})")
-            P.save_figure(fig, folder / f"{image_id}_density.png")
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(tables.LIME_SCHEMA.names))
-
-
-def _faithfulness(model, images: np.ndarray, results, steps: int, seed: int) -> np.ndarray:
-    """(N, 2) deletion and insertion AUCs of each image's top-label superpixel weights (NaN when steps is 0)."""
-    if steps < 1 or not results:
-        return np.full((len(results), 2), np.nan)
-    from fruitlens.explain.faithfulness import deletion_insertion, saliency_from_superpixels
-
-    top = np.array([res.labels[0] for res in results])
-    saliency = saliency_from_superpixels(np.stack([res.segments for res in results]),
-                                         [res.weights[label] for res, label in zip(results, top, strict=True)])
-    curves = deletion_insertion(model, images, saliency, top, steps=steps, seed=seed)
-    return np.stack([curves.deletion_auc, curves.insertion_auc], axis=1)

@@ -1,0 +1,189 @@
+"""The commands that run Prefect flows: `fruitlens run`, `demo`, `serve` and `cache`.
+
+They plug into the `fruitlens` command through the ``fruitlens.commands`` entry point group (pyproject.toml),
+so the library in ``fruitlens/`` never imports Prefect or these flows. Options are validated (the pipeline
+config built) before Prefect starts; a failure inside a flow run ends the command with one line and exit 1.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+from fruitlens.cli.common import DEFAULT_DEMO_DIR, DEFAULT_DEMO_OUT, CommandError
+
+
+class FlowFailed(Exception):
+    """A flow run that failed: its one-line reason."""
+
+
+def _add_pipeline_options(p) -> None:
+    p.add_argument("--config", type=Path, default=None, help="pipeline config (YAML or JSON; PipelineConfig fields)")
+    p.add_argument("--task-runner", choices=("thread", "dask"), default=None,
+                   help="where explanation chunks run: a thread pool (default) or Dask (prefect-dask)")
+    p.add_argument("--dask-address", default=None, help="Dask scheduler address (default: start a local cluster)")
+    p.add_argument("--models-home", type=Path, default=None,
+                   help="where the current model lives (default: <out>/../models)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="task cache and results (default: $FRUITLENS_CACHE or $FRUITLENS_HOME/cache)")
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="the whole pipeline as one Prefect flow run")
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    _add_pipeline_options(p)
+
+
+def _pipeline_config(args, base=None):
+    from fruitlens.config import PipelineConfig, load_config
+
+    try:
+        cfg = load_config(args.config) if args.config is not None else (base or PipelineConfig())
+        changes = {k: v for k, v in (("task_runner", args.task_runner), ("dask_address", args.dask_address))
+                   if v is not None}
+        return cfg.replace(**changes) if changes else cfg
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
+    """Run nightly_flow once (index, train, evaluate, explain, visualize, compare, report) and summarise."""
+    if not data.is_dir():
+        raise CommandError(f"--data {data}: no such folder; expected a dataset root")
+    if out.exists() and not out.is_dir():
+        raise CommandError(f"--out {out}: is a file; expected a run folder")
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.nightly import nightly_flow
+    from flows.settings import pipeline_settings
+
+    if not PREFECT_API_URL.value():
+        print("note: PREFECT_API_URL is not set, so the runs go to a temporary Prefect server; start one with "
+              "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api to watch them in the UI")
+    start = time.perf_counter()
+    try:
+        with pipeline_settings(args.cache_dir):
+            summary = nightly_flow(str(data), str(out), cfg.to_dict(),
+                                   str(args.models_home) if args.models_home else None)
+    except Exception as exc:  # noqa: BLE001 - whatever failed inside the flow run: one line, not a traceback
+        print(f"fruitlens {args.command}: failed: {_one_line(exc)} (details in the Prefect UI and log above)",
+              file=sys.stderr)
+        return 1
+    seconds = time.perf_counter() - start
+    timings = summary["timings"]
+    steps = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
+    m = summary["metrics"]
+    print(f"pipeline steps took {sum(timings.values()):.1f}s ({steps}); the command {seconds:.1f}s with Prefect")
+    print(f"test accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n']} images; "
+          f"{'promoted to current' if summary['promoted'] else 'kept the current model'} in {summary['models_home']}")
+    if summary.get("note"):
+        print(f"note: {summary['note']}")
+    print(f"wrote {out} (run.json" + (", report.html)" if summary.get("report") else ")"))
+    return 0
+def _cmd_run(args) -> int:
+    return _run_pipeline(args, args.data, args.out, _pipeline_config(args))
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="generate the demo dataset and run the whole pipeline on it")
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_DEMO_OUT))
+    p.add_argument("--data", type=Path, default=Path(DEFAULT_DEMO_DIR), help="where the demo dataset is written")
+    p.add_argument("--train-per-class", type=int, default=200, help="demo images per class (training)")
+    p.add_argument("--test-per-class", type=int, default=50, help="demo images per class (test)")
+    _add_pipeline_options(p)
+
+
+def _cmd_demo(args) -> int:
+    """Generate the demo data (if absent) and run the whole pipeline on it, report included."""
+    from fruitlens.synthetic import write_demo_dataset
+
+    if not (args.data / "Training").is_dir():
+        write_demo_dataset(args.data, n_train=args.train_per_class, n_test=args.test_per_class)
+        print(f"wrote demo dataset to {args.data}")
+    return _run_pipeline(args, args.data, args.out, _pipeline_config(args))
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="serve the nightly deployment (cron schedule) to a Prefect server")
+    p.add_argument("--data", type=Path, default=Path(DEFAULT_DEMO_DIR), help="dataset root the nightly run reads")
+    p.add_argument("--out", type=Path, default=Path("artifacts/nightly"), help="run folder the nightly run writes")
+    p.add_argument("--cron", default="0 2 * * *", help='cron schedule (default "0 2 * * *": 02:00 every night)')
+    p.add_argument("--timezone", default=None, help="time zone of the schedule (default: UTC)")
+    p.add_argument("--name", default="nightly", help="deployment name")
+    _add_pipeline_options(p)
+
+
+def _cmd_serve(args) -> int:
+    """Register the nightly deployment with its schedule and run its flow runs as they come (blocks)."""
+    from prefect.client.schemas.schedules import CronSchedule
+    from prefect.schedules import Cron
+
+    from flows.nightly import nightly_flow
+    from flows.settings import pipeline_settings
+
+    try:
+        CronSchedule(cron=args.cron, timezone=args.timezone or "UTC")  # validates the expression and zone
+        schedule = Cron(args.cron, timezone=args.timezone or "UTC")
+    except ValueError as exc:
+        raise CommandError(f"--cron {args.cron!r} --timezone {args.timezone}: expected a cron expression like "
+                           "'0 2 * * *' and an IANA time zone") from exc
+    cfg = _pipeline_config(args)
+    params = {"data_dir": str(args.data.resolve()), "out_dir": str(args.out.resolve()), "config": cfg.to_dict(),
+              "models_home": str(args.models_home.resolve()) if args.models_home else None}
+    print(f"serving nightly_flow as deployment nightly/{args.name} on cron {args.cron!r}: "
+          f"{params['data_dir']} -> {params['out_dir']}")
+    with pipeline_settings(args.cache_dir):  # served runs inherit the cache location through the environment
+        nightly_flow.serve(name=args.name, schedules=[schedule], parameters=params,
+                           description="Nightly retraining: index, train, evaluate, explain, compare, report",
+                           tags=["fruitlens", "nightly"])
+    return 0
+
+
+def _add_cache(sub) -> None:
+    p = sub.add_parser("cache", help="show or clear the pipeline's task cache")
+    p.add_argument("action", choices=("path", "clear"), help="path: print where it is; clear: delete it")
+    p.add_argument("--cache-dir", type=Path, default=None, help="default: $FRUITLENS_CACHE or $FRUITLENS_HOME/cache")
+
+
+def _cmd_cache(args) -> int:
+    import shutil
+
+    from fruitlens.config import cache_dir
+
+    path = args.cache_dir or cache_dir()
+    if args.action == "path":
+        print(path)
+        return 0
+    if path.exists():
+        shutil.rmtree(path)
+        print(f"cleared the task cache {path}")
+    else:
+        print(f"no task cache at {path}")
+    return 0
+
+
+
+COMMANDS = {
+    "run": (_add_run, _cmd_run),
+    "demo": (_add_demo, _cmd_demo),
+    "serve": (_add_serve, _cmd_serve),
+    "cache": (_add_cache, _cmd_cache),
+}
+
+
+def main(argv=None) -> int:
+    """`python -m flows.commands ...`: the same as `fruitlens ...`."""
+    from fruitlens.cli import main as fruitlens_main
+
+    return fruitlens_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The `fruitlens` command.
+
+Each subcommand has an ``_add_<name>`` (its arguments) and a ``_cmd_<name>`` (what it runs), in the module of
+its concern (``data``, ``model``, ``explain``). Commands that run Prefect flows (``run``, ``demo``, ``serve``,
+``cache``) live with the flows and plug in through the ``fruitlens.commands`` entry point group, so this
+library never imports Prefect. Handlers import what they need lazily, so ``fruitlens --help`` starts fast.
+Bad input ends in one line on stderr, ``fruitlens <cmd>: error: <reason>``, and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from fruitlens.cli import data, explain, model
+from fruitlens.cli.common import CommandError
+
+__all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
+
+ENTRY_POINTS = "fruitlens.commands"
+
+
+def _plugin_commands() -> dict[str, tuple[Callable, Callable]]:
+    """Commands other packages add (the pipeline's run, demo, serve, cache)."""
+    found: dict[str, tuple[Callable, Callable]] = {}
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        found.update(entry.load())
+    return found
+
+
+COMMANDS: dict[str, tuple[Callable, Callable]] = {**data.COMMANDS, **model.COMMANDS, **explain.COMMANDS}
+
+
+def all_commands() -> dict[str, tuple[Callable, Callable]]:
+    return {**COMMANDS, **_plugin_commands()}
+
+
+def build_parser(commands: dict[str, tuple[Callable, Callable]] | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fruitlens", description="Train image classifiers and explain them.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more (and TensorFlow's own messages)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add, _ in (commands or all_commands()).values():
+        add(sub)
+    return parser
+
+
+def quiet_libraries(verbose: bool) -> None:
+    """TensorFlow's start-up lines and Prefect's telemetry stay out of the way unless asked for."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if verbose else "3")
+    # no telemetry from the temporary Prefect server: these machines have no network (one error line per run)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # Prefect's temporary server waits 20 s for itself by default: too little on a busy 2-core machine
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if not verbose:
+        os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+        # Keras' "N out of the last M calls triggered tf.function retracing" advice is for developers
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    commands = all_commands()
+    parser = build_parser(commands)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    quiet_libraries(args.verbose)
+    from fruitlens.dataset import DatasetError
+    from fruitlens.runs import RunError
+
+    try:
+        return commands[args.command][1](args)
+    except (CommandError, DatasetError, RunError) as exc:
+        print(f"fruitlens {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"fruitlens {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""Commands about data: index, demo-data, superpixels, augment-preview, report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from fruitlens.cli.common import DEFAULT_DEMO_DIR, CommandError, _csv, _image_size
+
+
+def _add_index(sub) -> None:
+    p = sub.add_parser("index", help="index a folder of labelled images into images.parquet and classes.json")
+    p.add_argument("data_dir", type=Path, help="dataset root: <class>/*, {Training,Test}/<class>/* or "
+                   "{train,validation,test}/<class>/*")
+    p.add_argument("--out", type=Path, required=True, help="output folder for images.parquet, classes.json, index.json")
+    p.add_argument("--classes", help="comma-separated class names to keep (default: all)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the holdout split for the single-folder layout")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="holdout share for val (single-folder layout)")
+    p.add_argument("--test-fraction", type=float, default=0.15, help="holdout share for test (single-folder layout)")
+    p.add_argument("--verify", action="store_true", help="decode every image in full (slower, catches more)")
+    p.add_argument("--workers", type=int, default=None, help="processes used to check files (default: all cores)")
+
+
+def _cmd_index(args) -> int:
+    from fruitlens.dataset import format_summary, index_or_load
+
+    for name, value in (("--val-fraction", args.val_fraction), ("--test-fraction", args.test_fraction)):
+        if not 0.0 <= value < 1.0:
+            raise CommandError(f"{name} {value}: expected a fraction in [0, 1)")
+    index = index_or_load(args.data_dir, args.out, classes=_csv(args.classes), seed=args.seed,
+                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                          verify=args.verify, workers=args.workers)
+    print(format_summary(index))
+    print(f"wrote {args.out}/images.parquet ({len(index.table)} rows), classes.json ({len(index.classes)} classes)")
+    return 0
+
+
+def _add_demo_data(sub) -> None:
+    p = sub.add_parser("demo-data", help="write the generated demo dataset (Training/Test layout, with masks)")
+    p.add_argument("out_dir", type=Path, nargs="?", default=Path(DEFAULT_DEMO_DIR))
+    p.add_argument("--train-per-class", type=int, default=200)
+    p.add_argument("--test-per-class", type=int, default=50)
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_demo_data(args) -> int:
+    from fruitlens.synthetic import CLASSES, write_demo_dataset
+
+    if args.train_per_class < 1 or args.test_per_class < 1:
+        raise CommandError("--train-per-class and --test-per-class: expected at least 1")
+    write_demo_dataset(args.out_dir, n_train=args.train_per_class, n_test=args.test_per_class, seed=args.seed)
+    n = len(CLASSES) * (args.train_per_class + args.test_per_class)
+    print(f"wrote {n} demo images in {len(CLASSES)} classes ({', '.join(CLASSES)}) to {args.out_dir}")
+    return 0
+
+
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="(re)build RUN_DIR/report.html from the run's tables and files")
+    p.add_argument("run_dir", type=Path, help="a run folder (from `fruitlens run`, `demo` or `train`)")
+    p.add_argument("--samples-per-class", type=int, default=2, help="explained images shown per class")
+    p.add_argument("--top-mistakes", type=int, default=12, help="confident mistakes shown as photos")
+    p.add_argument("--no-embed", action="store_true",
+                   help="reference the run's PNGs relatively instead of embedding them (smaller file)")
+
+
+def _cmd_report(args) -> int:
+    from fruitlens.report import build_report
+
+    if args.run_dir.exists() and not args.run_dir.is_dir():
+        raise CommandError(f"{args.run_dir}: is a file; expected a run folder")
+    for name, value in (("--samples-per-class", args.samples_per_class), ("--top-mistakes", args.top_mistakes)):
+        if value < 1:
+            raise CommandError(f"{name} {value}: expected at least 1")
+    path = build_report(args.run_dir, samples_per_class=args.samples_per_class, top_mistakes=args.top_mistakes,
+                        embed=not args.no_embed)
+    print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
+    return 0
+
+
+def _add_augment_preview(sub) -> None:
+    p = sub.add_parser("augment-preview", help="write a grid of augmented training samples (what the model sees)")
+    p.add_argument("--data", type=Path, required=True, help="dataset root, or one image file")
+    p.add_argument("--out", type=Path, required=True, help="folder for augment_preview.png")
+    p.add_argument("-n", "--count", type=int, default=20, help="augmented samples (default 20)")
+    p.add_argument("--image-size", default="100", help="side in pixels, or HxW")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def _cmd_augment_preview(args) -> int:
+    from fruitlens.images import read_rgb
+    from fruitlens.inputs import augment_preview
+    from fruitlens.plots import image_grid, save_png
+
+    if args.count < 1:
+        raise CommandError(f"--count {args.count}: expected at least 1")
+    size = _image_size(args.image_size)
+    size = (size, size) if isinstance(size, int) else size
+    if args.data.is_file():
+        paths = [args.data]
+    else:
+        from fruitlens.dataset import index_dataset
+
+        rows = index_dataset(args.data, seed=args.seed).paths("train")
+        if len(rows) == 0:
+            raise CommandError(f"--data {args.data}: no usable training image")
+        paths = list(rows.sample(n=min(len(rows), args.count), random_state=args.seed)["abs_path"])
+    try:
+        images = [read_rgb(p, size) for p in paths]
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    import numpy as np
+
+    samples = augment_preview(np.stack(images), args.count, seed=args.seed)
+    path = save_png(image_grid(samples, ncols=5), args.out / "augment_preview.png")
+    print(f"wrote {path} ({args.count} augmented samples of {len(paths)} image(s))")
+    return 0
+
+
+_SEGMENTER_FLAGS = {"n_superpixels": int, "compactness": float, "kernel_size": float, "max_dist": float,
+                    "ratio": float, "sigma": float, "max_num_iter": int, "scale": float, "min_size": int}
+
+
+def _add_superpixels(sub) -> None:
+    p = sub.add_parser("superpixels", help="draw superpixel boundaries to tune the segmenter before a LIME run")
+    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("--out", type=Path, required=True, help="folder for <name>_superpixels.png")
+    p.add_argument("--method", default="slic", help="slic (default), quickshift (lime's parameters), felzenszwalb")
+    p.add_argument("--size", default=None, help="segment at HEIGHTxWIDTH (a model's input size), e.g. 20x20; "
+                   "default: the image's own size")
+    p.add_argument("--seed", type=int, default=0)
+    group = p.add_argument_group("segmenter parameters (each method takes some; others are an error)")
+    for name, kind in _SEGMENTER_FLAGS.items():
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+
+
+def _cmd_superpixels(args) -> int:
+    import numpy as np
+
+    from fruitlens import plots
+    from fruitlens.explain.segmentation import make_segmenter
+    from fruitlens.images import read_rgb
+
+    params = {name: getattr(args, name) for name in _SEGMENTER_FLAGS if getattr(args, name) is not None}
+    try:
+        segmenter = make_segmenter(args.method, **params)
+    except ValueError as exc:
+        raise CommandError(f"--method {args.method}: {exc}") from exc
+    size = None
+    if args.size:
+        try:
+            parts = [int(v) for v in args.size.lower().split("x")]
+        except ValueError:
+            parts = []
+        if len(parts) not in (1, 2) or min(parts, default=0) < 1:
+            raise CommandError(f"--size {args.size}: expected HEIGHTxWIDTH or one side, e.g. 20x20")
+        size = (parts[0], parts[-1])
+    written, failed = 0, 0
+    for path in args.images:
+        try:
+            image = read_rgb(path, size)
+        except (ValueError, OSError) as exc:
+            print(f"skipping {path}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        seg = segmenter.segment(image, seed=args.seed)
+        factor = max(1, -(-200 // min(seg.shape)))
+        drawn = plots.lime_boundaries(plots.upscale_nearest(image, factor), plots.upscale_nearest(seg, factor))
+        out = plots.save_png(drawn, args.out / f"{Path(path).stem}_superpixels.png")
+        print(f"{path}: {int(np.max(seg)) + 1} superpixels -> {out}")
+        written += 1
+    print(f"{segmenter.name}: wrote {written} images to {args.out}" + (f", {failed} unreadable" if failed else ""))
+    if not written:
+        raise CommandError(f"none of the {failed} images could be read")
+    return 0
+
+
+
+COMMANDS = {
+    "index": (_add_index, _cmd_index),
+    "demo-data": (_add_demo_data, _cmd_demo_data),
+    "superpixels": (_add_superpixels, _cmd_superpixels),
+    "augment-preview": (_add_augment_preview, _cmd_augment_preview),
+    "report": (_add_report, _cmd_report),
+}

@@ -1,0 +1,142 @@
+"""`fruitlens explain`: LIME and Grad-CAM over a dataset, a folder of photos or files, on the batch engine.
+
+Every option is a field of ``fruitlens.config.LimeOptions`` / ``CamOptions``: flags left out keep the
+dataclass's default, and the dataclass validates what is given (one owner for each default and each check).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from fruitlens.cli.common import CommandError, build_options
+
+
+def _add_explain(sub) -> None:
+    from fruitlens.config import CHUNK_SIZE, METHODS
+
+    p = sub.add_parser("explain", help="explain predictions with LIME and/or Grad-CAM (tables and PNGs)")
+    p.add_argument("--model", type=Path, required=True, help="run folder with model.keras and model.json")
+    p.add_argument("--data", type=Path, nargs="+", required=True,
+                   help="a dataset root, a folder of photos (searched recursively), or image files")
+    p.add_argument("--method", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--limit", type=int, default=None, help="explain at most N images")
+    p.add_argument("--split", default="test", help="split of a dataset root to explain (default: test)")
+    p.add_argument("--unlabelled", action="store_true", help="read --data as a folder of photos even when it "
+                   "looks like a dataset root")
+    p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
+                   help=f"images per chunk: memory and resume granularity (default {CHUNK_SIZE})")
+    p.add_argument("--seed", type=int, default=None, help="seed of LIME's samples and of ties in faithfulness")
+    p.add_argument("--faithfulness-steps", type=int, default=None,
+                   help="steps of the deletion/insertion curves of both methods (0: off; default 20)")
+    lime = p.add_argument_group("LIME (defaults: fruitlens.config.LimeOptions)")
+    lime.add_argument("--num-samples", type=int, help="perturbed samples per image (default 1000)")
+    lime.add_argument("--segmenter", help="superpixels: slic (default), quickshift, felzenszwalb")
+    lime.add_argument("--n-superpixels", type=int, default=None, help="slic: number of superpixels (default 50)")
+    lime.add_argument("--compactness", type=float, default=None, help="slic: compactness (default 20)")
+    lime.add_argument("--segmenter-param", action="append", default=[], metavar="NAME=VALUE",
+                      help="any other segmenter parameter, e.g. kernel_size=2 (repeatable)")
+    lime.add_argument("--hide-color", help="fill of hidden superpixels: mean (default), white, black, gray, a "
+                      "number or R,G,B in [0, 1]")
+    lime.add_argument("--top-labels", type=int, help="explain the N most probable classes (default 1)")
+    lime.add_argument("--num-features", type=int, help="superpixels per explanation (default all)")
+    lime.add_argument("--feature-selection", help="auto (default), highest_weights, forward_selection, none")
+    lime.add_argument("--batch-size", type=int, help="perturbed images per model call")
+    lime.add_argument("--threshold", type=float, help="PNGs: draw superpixels with |weight| above it")
+    lime.add_argument("--plots", help="PNGs: all (default), explanation (no density), none")
+    cam = p.add_argument_group("Grad-CAM (defaults: fruitlens.config.CamOptions)")
+    cam.add_argument("--layer", help="conv layer name or path (backbone/block5_conv3); default: the last conv layer")
+    cam.add_argument("--gradcam-variant", help="gradcam (default), gradcam++, or cam (global average pooling + dense)")
+    cam.add_argument("--palette", help="matplotlib colormap of heatmaps (default jet)")
+    cam.add_argument("--alpha", type=float, help="the most opaque the heat overlay gets, 0..1")
+
+
+def _given(args, names: dict[str, str]) -> dict[str, Any]:
+    """{field: value} of the flags the user gave (``names`` maps field -> argparse dest)."""
+    return {field: getattr(args, dest) for field, dest in names.items() if getattr(args, dest) is not None}
+
+
+def _hide_color(text: str) -> str | float | tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        return text  # a name: LimeOptions checks it
+    if len(values) not in (1, 3):
+        raise CommandError(f"--hide-color {text}: expected a name, a number or R,G,B in [0, 1]")
+    return values[0] if len(values) == 1 else values
+
+
+def _segmenter_params(args) -> dict[str, float]:
+    params: dict[str, float] = {}
+    for item in args.segmenter_param:
+        name, sep, value = item.partition("=")
+        try:
+            params[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name.strip():
+            raise CommandError(f"--segmenter-param {item}: expected NAME=VALUE with a number")
+    for name in ("n_superpixels", "compactness"):
+        if getattr(args, name) is not None:
+            params[name] = getattr(args, name)
+    return params
+
+
+def explain_options(args):
+    """The typed options of both methods from the flags (each checked by its dataclass)."""
+    from fruitlens.config import CamOptions, ExplainOptions, LimeOptions
+
+    shared = _given(args, {"seed": "seed", "faithfulness_steps": "faithfulness_steps"})
+    lime = shared | _given(args, {k: k for k in ("num_samples", "segmenter", "top_labels", "num_features",
+                                                 "feature_selection", "batch_size", "threshold", "plots")})
+    if args.hide_color is not None:
+        lime["hide_color"] = _hide_color(args.hide_color)
+    params = _segmenter_params(args)
+    if params:
+        lime["segmenter_params"] = params
+    cam = shared | _given(args, {"layer": "layer", "variant": "gradcam_variant", "palette": "palette",
+                                 "alpha": "alpha"})
+    return ExplainOptions(lime=build_options(LimeOptions, lime),
+                          gradcam=build_options(CamOptions, cam, {"variant": "--gradcam-variant"}))
+
+
+def _cmd_explain(args) -> int:
+    from tqdm import tqdm
+
+    from fruitlens.batch.engine import explain_images
+    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.config import parse_methods
+    from fruitlens.runs import load_run, model_digest
+
+    try:
+        methods = parse_methods(args.method)
+    except ValueError as exc:
+        raise CommandError(f"--method {args.method}: {exc}") from exc
+    for flag, value in (("--limit", args.limit), ("--chunk-size", args.chunk_size)):
+        if value is not None and value < 1:
+            raise CommandError(f"{flag} {value}: expected at least 1")
+    options = explain_options(args)
+    rows = rows_from_inputs(args.data, split=args.split, limit=args.limit, unlabelled=args.unlabelled)
+    model, card = load_run(args.model)
+    if "gradcam" in methods:  # a bad layer is a one-line error before any work
+        from fruitlens.explain.base import find_layer
+
+        try:
+            find_layer(model, options.gradcam.layer)
+        except ValueError as exc:
+            raise CommandError(f"--layer {options.gradcam.layer}: {exc}") from exc
+    with tqdm(total=len(rows), unit="img", desc="explain", disable=None, file=sys.stderr) as bar:
+        try:
+            totals = explain_images(model, card, model_digest(args.model), rows, args.out, methods, options,
+                                    chunk_size=args.chunk_size, progress=bar.update)
+        except ValueError as exc:
+            raise CommandError(str(exc).splitlines()[0]) from exc
+    done = ", ".join(f"{m}: {totals[m]} rows" for m in methods)
+    print(f"explained {len(rows) - totals['skipped'] - totals['failed']} images ({done}); "
+          f"{totals['skipped']} already done, {totals['failed']} unreadable; wrote {args.out}")
+    return 0
+
+
+COMMANDS = {"explain": (_add_explain, _cmd_explain)}

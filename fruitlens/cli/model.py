@@ -1,0 +1,165 @@
+"""Commands about models: train, evaluate, predict, visualize."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fruitlens.cli.common import CommandError, _csv, _image_size, build_options
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a classifier with checkpoints; writes model.keras, model.json, history")
+    p.add_argument("--data", type=Path, required=True, help="dataset root")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--arch", default="seed_cnn", help="seed_cnn, fruit_net, small_convnet, lenet or "
+                   "transfer:<vgg16|resnet50|mobilenet_v2|xception|inception_v3|efficientnet_b0>")
+    p.add_argument("--backbones", default=None, help="comma-separated backbones whose features are concatenated "
+                   "(same as --arch transfer:a,b,c)")
+    p.add_argument("--weights", default="imagenet", help="transfer backbones: imagenet, none, or a .weights.h5 "
+                   "file saved from the same backbone (one per backbone, comma-separated)")
+    p.add_argument("--mode", default="frozen", help="transfer: bottleneck (cached features, head only), "
+                   "frozen (backbone frozen) or finetune (last block unfrozen, SGD lr 1e-4 momentum 0.9)")
+    p.add_argument("--alpha", type=float, default=1.0, help="mobilenet_v2 width multiplier")
+    p.add_argument("--image-size", default="20", help="side in pixels, or HxW")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--learning-rate", type=float, default=None, help="default: the architecture's own")
+    p.add_argument("--classes", help="comma-separated class names to train on (default: all)")
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--augment", action="store_true", help="random rotation 40, shift 0.2, shear 0.2, zoom 0.2, "
+                   "horizontal flip (nearest fill) on training batches")
+    p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                   help="stop after PATIENCE epochs without validation improvement (0: off)")
+    p.add_argument("--class-weights", default="none", help="none or balanced (for imbalanced classes)")
+    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to RUN_DIR/logs")
+    p.add_argument("--val-fraction", type=float, default=0.15, help="validation share carved from train "
+                   "when the data has no validation split")
+    p.add_argument("--monitor", default="val_accuracy", help="val_accuracy or val_loss: picks the best epoch")
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
+
+
+def _train_config(args):
+    from fruitlens.training import TrainConfig
+
+    arch = args.arch
+    if args.backbones:
+        arch = "transfer:" + ",".join(_csv(args.backbones))
+    values = {"arch": arch, "image_size": _image_size(args.image_size), "epochs": args.epochs,
+              "batch_size": args.batch_size, "classes": _csv(args.classes),
+              "seed": args.seed, "weights": args.weights, "mode": args.mode, "alpha": args.alpha,
+              "learning_rate": args.learning_rate, "augment": args.augment, "early_stopping": args.early_stopping,
+              "class_weights": args.class_weights, "tensorboard": args.tensorboard,
+              "val_fraction": args.val_fraction, "monitor": args.monitor}
+    return build_options(TrainConfig, values, {"early_stopping": "--early-stopping"})
+
+
+def _cmd_train(args) -> int:
+    from fruitlens.training import train_model
+
+    config = _train_config(args)
+    try:
+        result = train_model(args.data, args.out, config, resume=args.resume, verbose=1)
+    except ValueError as exc:  # bad weights file, no ImageNet weights offline, changed config on resume, ...
+        raise CommandError(str(exc).splitlines()[0]) from exc
+    m = result["metrics"]
+    start = f"resumed after epoch {result['resumed_from']}, " if result["resumed_from"] else ""
+    print(f"trained {config.arch} on {result['counts']['train']} images ({len(result['classes'])} classes): "
+          f"{start}{result['epochs']} epochs, best epoch {result['best_epoch']} "
+          f"val_accuracy {m.get('val_accuracy', float('nan')):.4f}; {result['seconds']:.1f}s")
+    print(f"wrote {result['model_path']}, model.json, history.parquet, curves.png, checkpoints/")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="predict a split and write predictions.parquet, metrics.json, confusion")
+    p.add_argument("--model", type=Path, required=True, help="run folder with model.keras and model.json")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
+
+
+def _cmd_evaluate(args) -> int:
+    from fruitlens.inference import evaluate_run
+
+    if args.top_k < 1:
+        raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    try:
+        metrics = evaluate_run(args.model, args.data, args.out, split=args.split, top_k_count=args.top_k)
+    except ValueError as exc:
+        raise CommandError(str(exc).splitlines()[0]) from exc
+    print(f"{args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images; macro F1 "
+          f"{metrics['macro']['f1-score']:.4f}; {metrics['unreadable']} unreadable, "
+          f"{metrics['unknown_label']} with a label the model does not know")
+    print(f"wrote {args.out}/predictions.parquet, metrics.json, confusion.parquet, confusion.png, mistakes.png")
+    return 0
+
+
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="predict image files and write annotated copies")
+    p.add_argument("files", nargs="+", type=Path)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--top-k", type=int, default=5)
+
+
+def _cmd_predict(args) -> int:
+    from fruitlens.inference import predict_files
+
+    if args.top_k < 1:
+        raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    table = predict_files(args.model, args.files, args.out, top_k_count=args.top_k)
+    for row in table.itertuples():
+        if row.error:
+            print(f"error: {row.error}")  # the reason starts with the path
+        else:
+            print(f"{row.path}: {row.pred_label} ({row.pred_prob:.3f})")
+    n_bad = int(table["error"].astype(bool).sum())
+    print(f"wrote {args.out}/predictions.parquet and {len(table) - n_bad} annotated copies in {args.out}/annotated"
+          + (f"; {n_bad} unreadable" if n_bad else ""))
+    return 0
+
+
+def _add_visualize(sub) -> None:
+    p = sub.add_parser("visualize", help="activation grids and filter patterns for one image")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--channels", type=int, default=40, help="activation maps per layer (8 per row)")
+    p.add_argument("--filters", type=int, default=40, help="filter patterns per layer")
+    p.add_argument("--steps", type=int, default=30, help="gradient ascent steps per filter pattern")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--palette", default="viridis", help="matplotlib colormap of the activation maps")
+
+
+def _cmd_visualize(args) -> int:
+    import matplotlib
+
+    from fruitlens.explain.activations import visualize_run
+
+    if not args.image.is_file():
+        raise CommandError(f"--image {args.image}: no such file; expected an image file")
+    for name in ("channels", "filters"):
+        if getattr(args, name) < 1:
+            raise CommandError(f"--{name} {getattr(args, name)}: expected at least 1")
+    if args.steps < 0:
+        raise CommandError(f"--steps {args.steps}: expected at least 0")
+    if args.palette not in matplotlib.colormaps:
+        raise CommandError(f"--palette {args.palette}: expected a matplotlib colormap such as viridis, jet, magma")
+    try:
+        paths = visualize_run(args.model, args.image, args.out, channels=args.channels, filters=args.filters,
+                              steps=args.steps, seed=args.seed, palette=args.palette)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    layers = sum(1 for p in paths if p.parent.name == "activations")
+    print(f"wrote activation and filter grids of {layers} conv layers to {args.out} (activations/, filters/)")
+    return 0
+
+
+
+COMMANDS = {
+    "train": (_add_train, _cmd_train),
+    "evaluate": (_add_evaluate, _cmd_evaluate),
+    "predict": (_add_predict, _cmd_predict),
+    "visualize": (_add_visualize, _cmd_visualize),
+}
