@@ -12,6 +12,7 @@ import ast
 import hashlib
 import importlib.util
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
@@ -154,12 +155,21 @@ def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
     return names
 
 
-@cache
+_CLOSURE_LOCK = threading.Lock()  # CPython 3.11's ast.parse is not safe in concurrent threads
+
+
 def import_closure(module: str) -> tuple[tuple[str, Path], ...]:
     """Every project module ``module`` can run: itself, its imports, theirs, ... with their files, sorted.
 
-    Parent packages (their ``__init__``) are included, as importing a submodule runs them.
+    Parent packages (their ``__init__``) are included, as importing a submodule runs them. Computed once per
+    process and module (task threads share it).
     """
+    with _CLOSURE_LOCK:
+        return _closure(module)
+
+
+@cache
+def _closure(module: str) -> tuple[tuple[str, Path], ...]:
     seen: dict[str, Path] = {}
     todo = [module]
     while todo:

@@ -1,10 +1,32 @@
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from fruitlens import tables
-from fruitlens.cli import COMMANDS, main
+from fruitlens.cli import COMMANDS, all_commands, main
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fruitlens"
+
+
+def test_library_source_never_imports_prefect_or_flows():
+    """Read every module of fruitlens/: no import of prefect, flows or tasks, at the top or inside a function."""
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names
+                          if n.split(".")[0] in ("prefect", "prefect_dask", "flows", "tasks")]
+    assert offenders == []
+
+
+def test_no_library_module_is_over_500_lines():
+    long = {p.relative_to(PACKAGE).as_posix(): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500}
+    assert long == {}
 
 
 def test_library_does_not_import_prefect():
@@ -16,7 +38,11 @@ def test_library_does_not_import_prefect():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_pipeline_commands_plug_in_through_the_entry_point():
+    assert {"run", "demo", "serve", "cache"} <= set(all_commands()) and not {"run", "demo"} & set(COMMANDS)
+
+
+@pytest.mark.parametrize("command", sorted(all_commands()))
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
@@ -59,4 +85,4 @@ def test_demo_data_command(tmp_path, capsys):
 
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "fruitlens", "--help"], capture_output=True, text=True, check=True)
-    assert "index" in out.stdout and "explain" in out.stdout
+    assert "index" in out.stdout and "explain" in out.stdout and "demo" in out.stdout

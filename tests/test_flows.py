@@ -22,10 +22,12 @@ import pytest
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
-from fruitlens import pipeline, tables  # noqa: E402
+from fruitlens import digests, tables  # noqa: E402
+from fruitlens.batch.methods import METHODS, Method  # noqa: E402
+from fruitlens.batch.rows import rows_from_index  # noqa: E402
 from fruitlens.cli import main  # noqa: E402
+from fruitlens.config import LimeOptions  # noqa: E402
 from fruitlens.dataset import index_or_load  # noqa: E402
-from fruitlens.explain import runner  # noqa: E402
 from fruitlens.synthetic import CLASSES  # noqa: E402
 from tests.helpers import tiny_run  # noqa: E402
 
@@ -34,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # small enough for tests: 72 training images at 16 px, 2 epochs; 24 test images in 3 chunks
 TINY = {"train": {"image_size": 16, "epochs": 2, "batch_size": 16}, "explain_limit": None, "chunk_size": 8,
-        "explain_options": {"lime": {"num_samples": 64, "plots": "explanation"}, "gradcam": {"steps": 5}}}
+        "explain_options": {"lime": {"num_samples": 64, "plots": "explanation"}, "gradcam": {"faithfulness_steps": 5}}}
 
 
 @pytest.fixture(scope="session")
@@ -126,13 +128,13 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     assert list((out / "visualize").rglob("*.png"))
     assert (tmp_path / "runs" / "models" / "current" / "model.keras").is_file()  # first model: promoted
     record = tables.read_json(out / "run.json")
-    assert set(record["timings"]) >= {"index", "train", "evaluate", "explain", "report"}
+    assert set(record["timings"]) >= {"index", "train", "evaluate", "explain", "visualize", "compare"}
     assert record["config"]["chunk_size"] == 8 and "prefect" in record["versions"] and record["promoted"]
     states = task_states(since)
     assert states["train-e2e"] == ["Completed"] and states["evaluate-test-eval"] == ["Completed"]
     assert sorted(chunk_states(states)) == [f"{m}-chunk-{i}" for m in ("gradcam", "lime") for i in range(3)]
     assert all(v == ["Completed"] for v in chunk_states(states).values())
-    test_ids = sorted(pipeline.explain_rows(out / "index", "test")["image_id"])
+    test_ids = sorted(rows_from_index(out / "index", "test")["image_id"])
     lime = tables.read_table(out / "explain" / "lime.parquet")
     gradcam = tables.read_table(out / "explain" / "gradcam.parquet")
     assert sorted(set(lime["image_id"])) == test_ids and sorted(gradcam["image_id"]) == test_ids
@@ -168,13 +170,13 @@ def _flip(path: Path) -> None:
         im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(path, quality=95)
 
 
-def test_one_change_reruns_only_what_depends_on_it(cache, demo_dir, tmp_path):
+def test_one_change_reruns_only_what_depends_on_it(cache, demo_dir, tmp_path, monkeypatch):
     from flows.nightly import nightly_flow
 
     data = shutil.copytree(demo_dir, tmp_path / "data")
     out, home = tmp_path / "runs" / "chg", tmp_path / "models"
     nightly_flow(str(data), str(out), TINY, str(home))
-    rows = pipeline.explain_rows(out / "index", "test")
+    rows = rows_from_index(out / "index", "test")
 
     _flip(Path(rows["path"].iloc[-1]))  # one test image of the last chunk changes
     since = now()
@@ -189,7 +191,7 @@ def test_one_change_reruns_only_what_depends_on_it(cache, demo_dir, tmp_path):
     assert not lime.duplicated(["image_id", "label", "superpixel"]).any()
 
     changed = copy.deepcopy(TINY)  # one config value: Grad-CAM's faithfulness steps
-    changed["explain_options"]["gradcam"]["steps"] = 4
+    changed["explain_options"]["gradcam"]["faithfulness_steps"] = 4
     since = now()
     nightly_flow(str(data), str(out), changed, str(home))
     states = task_states(since)
@@ -199,54 +201,66 @@ def test_one_change_reruns_only_what_depends_on_it(cache, demo_dir, tmp_path):
     gradcam = tables.read_table(out / "explain" / "gradcam.parquet")
     assert sorted(gradcam["image_id"]) == sorted(rows["image_id"])  # each image once
 
-    changed["explain_options"]["lime"]["num_samples"] = 48  # LIME's options: LIME and what comes after it
+    changed["explain_options"]["lime"]["num_samples"] = 48  # LIME's options: LIME only (methods are independent)
     since = now()
     nightly_flow(str(data), str(out), changed, str(home))
     states = task_states(since)
-    assert states["train-chg"] == ["Cached"] and len(chunk_states(states)) == 6
-    assert all(v == ["Completed"] for v in chunk_states(states).values())
+    assert states["train-chg"] == ["Cached"]
+    assert chunk_states(states) == {f"{m}-chunk-{i}": ["Completed" if m == "lime" else "Cached"]
+                                    for m in ("lime", "gradcam") for i in range(3)}
     lime = tables.read_table(out / "explain" / "lime.parquet")
     assert set(lime["num_samples"]) == {48} and sorted(set(lime["image_id"])) == sorted(rows["image_id"])
+
+    base = dict(digests.import_closure("tasks.explain"))["fruitlens.explain.base"]
+    real = digests.read_source  # an edit to the CAM base (imported only indirectly): its chunks run again
+    monkeypatch.setattr(digests, "read_source", lambda p: real(p) + ("\n# edited\n" if p == base else ""))
+    since = now()
+    nightly_flow(str(data), str(out), changed, str(home))
+    states = task_states(since)
+    assert states["train-chg"] == ["Cached"]
+    assert all(v == ["Completed"] for k, v in chunk_states(states).items() if k.startswith("gradcam")), states
 
 
 FAIL: set[str] = set()
 CALLS: list[list[str]] = []
 
 
-def explain_chunk(model, card, images, rows, out_dir, scale=1.0):
+def fake_run(model, card, images, rows, options, out):
     """A stand-in method for the crash test: fails on any image id in FAIL."""
     ids = [str(i) for i in rows["image_id"]]
     CALLS.append(ids)
     if FAIL & set(ids):
         raise RuntimeError("simulated crash in one chunk")
-    return pd.DataFrame({"image_id": ids, "mean": images.mean(axis=(1, 2, 3)) * scale})
+    return pd.DataFrame({"image_id": ids, "mean": images.mean(axis=(1, 2, 3))})
 
 
 def test_crashed_explain_run_resumes_without_losing_or_duplicating_rows(cache, demo_dir, tmp_path, monkeypatch):
     from flows.explain import explain_flow
 
-    monkeypatch.setitem(runner.METHODS, "fake", __name__)
+    monkeypatch.setitem(METHODS, "lime", Method("lime", LimeOptions, fake_run))
+    monkeypatch.setitem(tables.SCHEMAS, "lime", tables.pa.schema([("image_id", tables.pa.string())]))
     run_dir = tiny_run(tmp_path / "run", classes=CLASSES, image_size=(16, 16))
     index_or_load(demo_dir, run_dir / "index")
-    ids = list(pipeline.explain_rows(run_dir / "index", "test")["image_id"])
+    ids = list(rows_from_index(run_dir / "index", "test")["image_id"])
     FAIL.clear()
-    FAIL.add(ids[9])  # the second of six chunks of 4 fails (and its retry too)
-    params = {"run_dir": str(run_dir), "data_dir": str(demo_dir), "methods": ["fake"], "chunk_size": 4}
+    FAIL.add(ids[9])  # the third of six chunks of 4 fails (and its retry too)
+    params = {"model_dir": str(run_dir), "index_dir": str(run_dir / "index"), "out_dir": str(run_dir / "explain"),
+              "methods": ["lime"], "chunk_size": 4, "artifact_prefix": "run-"}
     try:
         state = explain_flow(**params, return_state=True)
     finally:
         FAIL.clear()
     assert state.is_failed() and "1 of 6 explanation chunks failed" in state.message
-    assert len(list((run_dir / "explain" / "fake.parts").glob("part-*.parquet"))) == 5
-    assert not (run_dir / "explain" / "fake.parquet").exists()
+    assert len(list((run_dir / "explain" / "lime.parts").glob("part-*.parquet"))) == 5
+    assert not (run_dir / "explain" / "lime.parquet").exists()
 
     CALLS.clear()
     since = now()
     result = explain_flow(**params)
     assert CALLS == [ids[8:12]]  # only the missing chunk was explained again
     states = chunk_states(task_states(since))
-    assert states.pop("fake-chunk-2") == ["Completed"] and all(v == ["Cached"] for v in states.values())
-    table = tables.read_table(result["fake"])
+    assert states.pop("lime-chunk-2") == ["Completed"] and all(v == ["Cached"] for v in states.values())
+    table = tables.read_table(result["tables"]["lime"])
     assert list(table["image_id"]) == sorted(ids)  # every image exactly once
     assert float(latest_artifacts(["run-explain-progress"])["run-explain-progress"]["data"]) == 100.0
 
@@ -256,12 +270,14 @@ def test_dask_runner_gives_the_same_tables(cache, demo_dir, tmp_path):
     from flows.settings import build_task_runner
 
     run_dir = tiny_run(tmp_path / "run", classes=CLASSES, image_size=(16, 16))
-    params = {"run_dir": str(run_dir), "data_dir": str(demo_dir), "methods": ["lime", "gradcam"], "limit": 6,
-              "chunk_size": 2, "options": {"lime": {"num_samples": 40, "plots": "none"}, "gradcam": {"steps": 4}}}
-    threads = explain_flow(**params, out_dir=str(tmp_path / "threads"))
+    index_or_load(demo_dir, run_dir / "index")
+    params = {"model_dir": str(run_dir), "index_dir": str(run_dir / "index"), "methods": ["lime", "gradcam"],
+              "limit": 6, "chunk_size": 2,
+              "options": {"lime": {"num_samples": 40, "plots": "none"}, "gradcam": {"faithfulness_steps": 4}}}
+    threads = explain_flow(**params, out_dir=str(tmp_path / "threads"))["tables"]
     dask = build_task_runner("dask", cluster_kwargs={"n_workers": 1, "threads_per_worker": 2, "processes": False})
     since = now()
-    on_dask = explain_flow.with_options(task_runner=dask)(**params, out_dir=str(tmp_path / "dask"))
+    on_dask = explain_flow.with_options(task_runner=dask)(**params, out_dir=str(tmp_path / "dask"))["tables"]
     assert len(chunk_states(task_states(since))) == 6  # 3 chunks x 2 methods, on Dask
     for method in ("lime", "gradcam"):
         a = tables.read_table(threads[method]).replace(str(tmp_path / "threads"), "OUT", regex=True)
