@@ -16,8 +16,9 @@ import pytest
 
 from fruitlens import tables
 from fruitlens.cli import main
-from fruitlens.report import SECTIONS, build_report, images_to_explain
+from fruitlens.report import SECTIONS, build_report
 from fruitlens.runs import ModelCard, RunError, write_card
+from fruitlens.selection import images_to_explain
 from tests.report_fixture import CONFUSIONS, N_TEST, make_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def test_numbers_match_the_predictions(fabricated):
     mistakes = _section(page, "mistakes")
     wrong = pred[~pred["correct"]]
     for row in wrong.itertuples():  # each mistake says how much the true class got
-        said = (f"{row.label} had {100 * row.topk_probs[list(row.topk_labels).index(row.label)]:.0f}%"
+        said = (f"{row.label} had p {row.topk_probs[list(row.topk_labels).index(row.label)]:.3f}"
                 if row.label in list(row.topk_labels) else f"{row.label} not in the top 2")
         assert said in mistakes
     dataset = _section(page, "dataset")
@@ -161,7 +162,7 @@ def test_curves_are_drawn_from_the_history_when_the_png_is_missing(fabricated, t
     training = _section(_html(run) if build_report(run) else "", "training")
     assert re.search(r'<img src="data:image/png;base64,[^"]+"[^>]*><figcaption>loss and accuracy per epoch '
                      r'\(drawn from history.parquet\)', training)
-    assert "best validation accuracy" in training
+    assert "the model kept is the one of epoch 4 of 6 (validation accuracy 93.0%, validation loss 0.250)" in training
 
 
 def test_unreadable_table_is_reported_not_fatal(fabricated, tmp_path):
