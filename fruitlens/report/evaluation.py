@@ -164,9 +164,9 @@ def section_confusion(data: ReportData, opts: ReportOptions) -> str:
         if len(data.pairs) > opts.top_pairs:
             parts.append(details(f"All {len(data.pairs):,} confused pairs, most cases first",
                                  _pairs_table(data.pairs), open_=len(conf) > FULL_MATRIX_MAX))
-    parts.append("<h3>Confusion matrix</h3><p>Rows are the true classes, columns the predicted ones; the diagonal "
-                 "(blue) holds the images classified right, red cells the mistakes. Hover a cell for its share of "
-                 "the row; the matrix scrolls inside its box.</p>")
+    parts.append("<h3>Counts per true and predicted class</h3><p>Rows are the true classes, columns the "
+                 "predicted ones; the diagonal (blue) holds the images classified right, red cells the mistakes. "
+                 "Hover a cell for its share of the row; the matrix scrolls inside its box.</p>")
     involved = sorted({p.true for p in data.pairs} | {p.pred for p in data.pairs}, key=list(conf.index).index)
     if len(conf) <= FULL_MATRIX_MAX or not involved:
         parts.append(heat_table(conf))

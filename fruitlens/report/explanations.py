@@ -70,10 +70,13 @@ def section_explanations(data: ReportData, opts: ReportOptions) -> str:
                      f"image; none was explained for {esc(', '.join(without[:30]))}"
                      f"{' …' if len(without) > 30 else ''}.</p>")
     parts.append(SCORE_LEGEND)
+    blocks = []
     for cls, chosen in shown:
         body = "".join(explanation_card(data, r) for _, r in chosen.iterrows()) if len(chosen) else \
             "<p class=\"missing\">No image of this class was explained in this run.</p>"
-        parts.append(f"<h3 class=\"cls\">{esc(cls)}</h3><div class=\"cards\">{body}</div>")
+        blocks.append(f"<div class=\"class-block\" data-class=\"{esc(cls)}\"><h3 class=\"cls\">{esc(cls)}</h3>"
+                      f"<div class=\"cards\">{body}</div></div>")
+    parts.append(f"<div class=\"class-grid\">{''.join(blocks)}</div>")
     parts.append(faithfulness_table(data))
     if data.failed is not None and len(data.failed):
         parts.append(f"<h3>Images that could not be explained ({len(data.failed):,})</h3>"

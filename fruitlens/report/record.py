@@ -17,6 +17,7 @@ from fruitlens.report.html import details, esc, figure, flatten, fmt, kv, missin
 from fruitlens.report.loader import ReportData, ReportOptions
 
 SPLIT_ORDER = ("train", "val", "test")
+FOLD_ABOVE = 20  # classes above which the per-class counts table starts folded
 TRANSFER_ONLY = ("weights", "mode")  # training options that apply to transfer:<backbone> architectures only
 MOBILENET_ONLY = ("alpha",)
 TIMING_KEYS = ("seconds", "seconds_per_epoch")  # timings recorded beside other facts; run.json is their source
@@ -68,8 +69,12 @@ def section_dataset(data: ReportData, opts: ReportOptions) -> str:
         df = counts.reset_index(names="class")
         foot = pd.DataFrame([["all classes", *counts.sum(axis=0).tolist()]], columns=df.columns)
         split_txt = ", ".join(f"{int(counts[s].sum()):,} {s}" for s in counts.columns if s != "total")
-        parts.append(f"<p>{int(counts['total'].sum()):,} usable images in {len(counts):,} classes ({split_txt}).</p>")
-        parts.append(table(df, foot=foot))
+        low, high = int(counts["total"].min()), int(counts["total"].max())
+        spread = f"{low:,} per class" if low == high else f"{low:,} to {high:,} per class"
+        parts.append(f"<p>{int(counts['total'].sum()):,} usable images in {len(counts):,} classes ({split_txt}); "
+                     f"{spread}.</p>")
+        per_class = table(df, foot=foot)
+        parts.append(per_class if len(counts) <= FOLD_ABOVE else details("Images per class and split", per_class))
     n_bad = len(bad) if bad is not None else int((meta or {}).get("num_bad", 0))
     if n_bad:
         parts.append(f"<h3>Bad files ({n_bad:,})</h3><p>Files that could not be used, with the reason. "
