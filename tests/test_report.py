@@ -475,3 +475,16 @@ def test_report_of_a_real_tiny_run(chromium, demo_dir, tmp_path):
 def test_many_classes_render_without_sideways_scrolling(chromium, many_classes, tmp_path):
     result = _check_rendering(chromium, many_classes, tmp_path)  # scroll width <= 1400 px, no broken image
     assert result["zoom"]["shown"] and result["zoom"]["same"]
+
+
+@pytest.mark.parametrize("arch, kept, dropped", [
+    ("fruit_net", {"epochs"}, {"weights", "mode", "alpha"}),
+    ("transfer:vgg16", {"weights", "mode"}, {"alpha"}),
+    ("transfer:mobilenet_v2", {"weights", "mode", "alpha"}, set()),
+])
+def test_configuration_shows_the_options_that_apply(arch, kept, dropped):
+    from fruitlens.report.record import applicable_options
+
+    shown = applicable_options({"arch": arch, "epochs": 3, "weights": "none", "mode": "frozen", "alpha": 1.0,
+                                "augment": False, "augment_options": {"zoom": 0.1}})
+    assert kept <= set(shown) and not dropped & set(shown) and "augment_options" not in shown
