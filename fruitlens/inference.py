@@ -143,7 +143,7 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
     y_pred = probs.argmax(axis=1)[known]
     result = classification_metrics(y_true, y_pred, card.classes, probs[known], top_k_count)
     result.update(split=split, data=str(Path(data_dir).expanduser().resolve()), unreadable=int((~ok).sum()),
-                   unknown_label=int((~known).sum()), model_arch=card.arch)
+                  unknown_label=int((~known).sum()), model_arch=card.arch)
     tables.write_json(out / "metrics.json", result)
 
     conf = metrics.confusion_matrix(preds, card.classes)
