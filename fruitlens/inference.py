@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fruitlens import tables
+from fruitlens import metrics, tables
 
 log = logging.getLogger(__name__)
 
@@ -59,34 +59,29 @@ def predictions_table(rows: pd.DataFrame, probs: np.ndarray, classes: Sequence[s
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str],
                            probs: np.ndarray | None = None, k: int = DEFAULT_TOP_K) -> dict[str, Any]:
-    """accuracy, per-class precision/recall/F1/support, macro and weighted averages (sklearn), top-k accuracy."""
-    from sklearn.metrics import accuracy_score, classification_report
+    """The metrics of metrics.json for class indices ``y_true``, ``y_pred`` (N,) into ``classes``.
 
-    labels = list(range(len(classes)))
-    report = classification_report(y_true, y_pred, labels=labels, target_names=list(classes), output_dict=True,
-                                   zero_division=0)
-    out: dict[str, Any] = {"accuracy": float(accuracy_score(y_true, y_pred)) if len(y_true) else float("nan"),
-                           "num_images": int(len(y_true))}
+    accuracy, num_images, per_class, macro, weighted and classes_absent as defined in
+    :func:`fruitlens.metrics.classification_summary` (averages over the classes that occur), plus
+    ``top<k>_accuracy`` when ``probs`` (N, C) has more than ``k`` classes.
+    """
+    names = np.asarray([str(c) for c in classes], dtype=object)
+    frame = pd.DataFrame({"label": names[np.asarray(y_true, dtype=np.int64)],
+                          "pred_label": names[np.asarray(y_pred, dtype=np.int64)]})
+    summary = metrics.classification_summary(frame, list(names))
+    out: dict[str, Any] = {"accuracy": summary.pop("accuracy"), "num_images": summary.pop("num_images")}
     if probs is not None and len(y_true) and probs.shape[1] > k:
         idx, _ = top_k(probs, k)
-        out[f"top{k}_accuracy"] = float((idx == y_true[:, None]).any(axis=1).mean())
-    out["per_class"] = {name: {m: float(report[name][m]) for m in ("precision", "recall", "f1-score")}
-                        | {"support": int(report[name]["support"])} for name in classes}
-    for avg in ("macro avg", "weighted avg"):
-        out[avg.replace(" avg", "")] = {m: float(report[avg][m]) for m in ("precision", "recall", "f1-score")}
-    return out
+        out[f"top{k}_accuracy"] = float((idx == np.asarray(y_true)[:, None]).any(axis=1).mean())
+    return out | summary
 
 
-def confusion_table(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
-    """(C, C) counts (rows true, columns predicted) and the same as a long table (label, pred_label, count)."""
-    from sklearn.metrics import confusion_matrix
-
-    matrix = confusion_matrix(y_true, y_pred, labels=list(range(len(classes))))
-    names = np.asarray(classes, dtype=object)
-    ii, jj = np.meshgrid(np.arange(len(classes)), np.arange(len(classes)), indexing="ij")
-    long = pd.DataFrame({"label": names[ii.ravel()], "pred_label": names[jj.ravel()],
-                         "count": matrix.ravel().astype(np.int64)})
-    return matrix, long
+def confusion_long(conf: pd.DataFrame) -> pd.DataFrame:
+    """A confusion matrix (rows true, columns predicted) as a long table (label, pred_label, count)."""
+    names = np.asarray(conf.index, dtype=object)
+    ii, jj = np.meshgrid(np.arange(len(names)), np.arange(len(names)), indexing="ij")
+    return pd.DataFrame({"label": names[ii.ravel()], "pred_label": names[jj.ravel()],
+                         "count": conf.to_numpy().ravel().astype(np.int64)})
 
 
 def _rows_for(data_dir: str | os.PathLike, run_dir: Path, split: str) -> pd.DataFrame:
@@ -146,22 +141,22 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
     known = rows["label"].map(class_of).notna().to_numpy()
     y_true = rows["label"].map(class_of)[known].to_numpy(dtype=np.int64)
     y_pred = probs.argmax(axis=1)[known]
-    metrics = classification_metrics(y_true, y_pred, card.classes, probs[known], top_k_count)
-    metrics.update(split=split, data=str(Path(data_dir).expanduser().resolve()), unreadable=int((~ok).sum()),
-                   unknown_label=int((~known).sum()), model_arch=card.arch)
-    tables.write_json(out / "metrics.json", metrics)
+    result = classification_metrics(y_true, y_pred, card.classes, probs[known], top_k_count)
+    result.update(split=split, data=str(Path(data_dir).expanduser().resolve()), unreadable=int((~ok).sum()),
+                  unknown_label=int((~known).sum()), model_arch=card.arch)
+    tables.write_json(out / "metrics.json", result)
 
-    matrix, long = confusion_table(y_true, y_pred, card.classes)
-    tables.write_table(long, out / "confusion.parquet")
-    plot_confusion(matrix, card.classes, out / "confusion.png",
-                   title=f"{card.arch}: {split} accuracy {metrics['accuracy']:.3f} (n={len(y_true)})")
+    conf = metrics.confusion_matrix(preds, card.classes)
+    tables.write_table(confusion_long(conf), out / "confusion.parquet")
+    plot_confusion(conf.to_numpy(), card.classes, out / "confusion.png",
+                   title=f"{card.arch}: {split} accuracy {result['accuracy']:.3f} (n={len(y_true)})")
 
     wrong = np.flatnonzero(~preds["correct"].to_numpy() & known)
     wrong = wrong[np.argsort(-preds["pred_prob"].to_numpy()[wrong], kind="stable")][:max_mistakes]
     titles = [f"{preds['label'][i]} -> {preds['pred_label'][i]}\np={preds['pred_prob'][i]:.2f}" for i in wrong]
     plot_gallery([images[i] for i in wrong], titles, out / "mistakes.png",
                  suptitle=f"most confident mistakes ({len(wrong)} shown)", empty_text="no mistakes")
-    return metrics
+    return result
 
 
 def predict_files(run_dir: str | os.PathLike, files: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,

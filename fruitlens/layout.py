@@ -100,6 +100,10 @@ class RunLayout:
     def images_table(self) -> Path:
         return self.index_dir / "images.parquet"
 
+    @property
+    def classes_json(self) -> Path:
+        return self.index_dir / "classes.json"
+
     # ---- training
     @property
     def model(self) -> Path:
@@ -142,6 +146,14 @@ class RunLayout:
     def metrics(self) -> Path:
         return self.eval_dir / METRICS_FILE
 
+    @property
+    def confusion_png(self) -> Path:
+        return self.eval_dir / "confusion.png"
+
+    @property
+    def mistakes_png(self) -> Path:
+        return self.eval_dir / "mistakes.png"
+
     # ---- explanation, visualisation
     @property
     def explain_dir(self) -> Path:
@@ -154,6 +166,10 @@ class RunLayout:
     @property
     def visualize_dir(self) -> Path:
         return self.root / "visualize"
+
+    def visualize_kind_dir(self, kind: str) -> Path:
+        """``visualize/activations`` or ``visualize/filters``: one PNG per layer."""
+        return self.visualize_dir / kind
 
     # ---- the run as a whole
     @property

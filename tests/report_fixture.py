@@ -1,6 +1,7 @@
 """A complete, realistic run folder fabricated without training: for testing the report.
 
-``make_run(run_dir, data_dir)`` writes the demo dataset (with two bad files) into ``data_dir``, indexes it
+``make_run(run_dir, data_dir)`` writes the demo dataset (with two bad files; ``n_classes`` above the demo's six
+adds copies of its classes under new names, for reports of many classes) into ``data_dir``, indexes it
 into ``run_dir/index`` with the real indexer, and writes every other file of the run folder layout with
 the real table schemas (``fruitlens.tables``) and real PNGs (``fruitlens.plots``): model card, history and
 curves, predictions with a known confusion pattern, metrics, confusion, LIME and Grad-CAM tables and
@@ -12,6 +13,7 @@ The confusions are fixed so tests can check the report's words: see ``CONFUSIONS
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -35,6 +37,23 @@ N_TRAIN, N_TEST = 8, 6
 IMAGE_SIZE = (20, 20)
 EPOCHS = 6
 LAYERS = ("conv2d", "conv2d_1")
+TIMINGS = {"index": 0.8, "train": 12.5, "evaluate": 1.1, "explain": 30.2, "visualize": 2.4}
+
+
+def class_names(n_classes: int) -> tuple[str, ...]:
+    """The demo classes, then copies named ``<demo class>_variant_<k>``, ``n_classes`` in all (sorted)."""
+    if n_classes < len(CLASSES):
+        raise ValueError(f"n_classes={n_classes}: expected at least the {len(CLASSES)} demo classes")
+    extra = [f"{CLASSES[k % len(CLASSES)]}_variant_{k:02d}" for k in range(n_classes - len(CLASSES))]
+    return tuple(sorted((*CLASSES, *extra)))
+
+
+def _copy_classes(data: Path, names: Iterable[str]) -> None:
+    """Each extra class gets the images (and masks) of the demo class its name starts with."""
+    for name in names:
+        base = name.split("_variant_")[0]
+        for split in ("Training", "Test"):
+            shutil.copytree(data / split / base, data / split / name)
 
 
 def _blob(shape: tuple[int, int], cy: float, cx: float, sigma: float) -> np.ndarray:
@@ -43,7 +62,7 @@ def _blob(shape: tuple[int, int], cy: float, cx: float, sigma: float) -> np.ndar
 
 
 def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
-             explain: str | Callable[[pd.DataFrame], Iterable[str]] = "all") -> Path:
+             explain: str | Callable[[pd.DataFrame], Iterable[str]] = "all", n_classes: int = len(CLASSES)) -> Path:
     """Fabricate a complete run folder in ``run_dir`` over a small demo dataset written to ``data_dir``.
 
     Args:
@@ -52,7 +71,8 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
         seed: every random choice (probabilities, LIME weights, histories) follows it.
         explain: which test images get explanations: "all"; "few", the last 2 images per class (never a
             mistake) plus the mistakes of the first confused pair; or a function of the predictions table
-            returning image ids (e.g. ``fruitlens.report.images_to_explain``).
+            returning image ids (e.g. ``fruitlens.selection.images_to_explain``).
+        n_classes: classes of the dataset and the model (see ``class_names``).
 
     Returns:
         ``run_dir`` as a Path.
@@ -60,16 +80,22 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
     rng = np.random.default_rng(seed)
     run, data = Path(run_dir), Path(data_dir)
     run.mkdir(parents=True, exist_ok=True)
+    classes = class_names(n_classes)
     write_demo_dataset(data, n_train=N_TRAIN, n_test=N_TEST, seed=seed)
+    _copy_classes(data, [c for c in classes if c not in CLASSES])
     (data / "Training" / "red_dot" / "empty.jpg").write_bytes(b"")
     (data / "Test" / "blue_dot" / "notes.jpg").write_bytes(b"this is not a JPEG")
     index = index_or_load(data, run / "index")
 
     # --- model card, history, curves
-    write_card(run, ModelCard(classes=CLASSES, image_size=IMAGE_SIZE, arch="seed_cnn", fingerprint=index.fingerprint,
-                              seed=seed, metrics={"val_accuracy": 0.93},
+    best = EPOCHS - 2  # what training writes into the card (fruitlens.training.train_model)
+    write_card(run, ModelCard(classes=classes, image_size=IMAGE_SIZE, arch="seed_cnn", fingerprint=index.fingerprint,
+                              seed=seed, metrics={"best_epoch": best, "epochs": EPOCHS, "train_loss": 0.2,
+                                                  "train_accuracy": 0.95, "val_loss": 0.25, "val_accuracy": 0.93,
+                                                  "seconds_per_epoch": 2.0},
                               config={"arch": "seed_cnn", "image_size": 20, "epochs": EPOCHS, "batch_size": 32,
-                                      "seed": seed, "learning_rate": 1e-3},
+                                      "seed": seed, "learning_rate": 1e-3, "weights": "imagenet", "mode": "frozen",
+                                      "alpha": 1.0, "augment": False, "augment_options": {}},
                               versions=library_versions()))
     epochs = np.arange(1, EPOCHS + 1)
     loss = 1.8 * np.exp(-epochs / 2.0) + 0.05 + rng.uniform(0, 0.02, EPOCHS)
@@ -89,7 +115,7 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
     prob = np.where(correct, rng.uniform(0.7, 0.999, len(test)), rng.uniform(0.5, 0.95, len(test))).astype(np.float32)
     topk_labels, topk_probs = [], []
     for p_label, p in zip(pred_label, prob, strict=True):
-        others = [c for c in CLASSES if c != p_label]
+        others = [c for c in classes if c != p_label]
         second = others[int(rng.integers(len(others)))]
         topk_labels.append([p_label, second])
         topk_probs.append([float(p), float((1 - p) * 0.8)])
@@ -99,7 +125,7 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
     eval_dir = run / "eval"
     tables.write_table(predictions, eval_dir / "predictions.parquet", "predictions")
     conf = pd.crosstab(predictions["label"], predictions["pred_label"]).reindex(
-        index=list(CLASSES), columns=list(CLASSES), fill_value=0)
+        index=list(classes), columns=list(classes), fill_value=0)
     long = conf.stack().rename("count").reset_index()
     tables.write_table(long, eval_dir / "confusion.parquet")
     tables.write_json(eval_dir / "metrics.json", {"accuracy": float(correct.mean()), "num_images": len(predictions),
@@ -108,8 +134,8 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
 
     fig, ax = plt.subplots(figsize=(4, 4))
     ax.imshow(conf.to_numpy(), cmap="Blues")
-    ax.set_xticks(range(len(CLASSES)), CLASSES, rotation=90, fontsize=7)
-    ax.set_yticks(range(len(CLASSES)), CLASSES, fontsize=7)
+    ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(classes)), classes, fontsize=7)
     plots.save_figure(fig, eval_dir / "confusion.png")
     wrong = predictions[~predictions["correct"]]
     photos = {row.image_id: read_rgb(Path(row.abs_path)) for row in test.itertuples()}
@@ -195,6 +221,6 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
         "config": {"train": {"arch": "seed_cnn", "epochs": EPOCHS, "image_size": 20},
                    "explain": {"methods": ["lime", "gradcam"], "limit": None, "chunk_size": 32}},
         "versions": library_versions(),
-        "timings": {"index": 0.8, "train": 12.5, "evaluate": 1.1, "explain": 30.2, "visualize": 2.4},
+        "timings": TIMINGS, "total_seconds": round(sum(TIMINGS.values()), 3),
     })
     return run

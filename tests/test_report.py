@@ -16,8 +16,9 @@ import pytest
 
 from fruitlens import tables
 from fruitlens.cli import main
-from fruitlens.report import SECTIONS, build_report, images_to_explain
+from fruitlens.report import SECTIONS, build_report
 from fruitlens.runs import ModelCard, RunError, write_card
+from fruitlens.selection import images_to_explain
 from tests.report_fixture import CONFUSIONS, N_TEST, make_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +93,7 @@ def test_numbers_match_the_predictions(fabricated):
     mistakes = _section(page, "mistakes")
     wrong = pred[~pred["correct"]]
     for row in wrong.itertuples():  # each mistake says how much the true class got
-        said = (f"{row.label} had {100 * row.topk_probs[list(row.topk_labels).index(row.label)]:.0f}%"
+        said = (f"{row.label} had p {row.topk_probs[list(row.topk_labels).index(row.label)]:.3f}"
                 if row.label in list(row.topk_labels) else f"{row.label} not in the top 2")
         assert said in mistakes
     dataset = _section(page, "dataset")
@@ -161,7 +162,7 @@ def test_curves_are_drawn_from_the_history_when_the_png_is_missing(fabricated, t
     training = _section(_html(run) if build_report(run) else "", "training")
     assert re.search(r'<img src="data:image/png;base64,[^"]+"[^>]*><figcaption>loss and accuracy per epoch '
                      r'\(drawn from history.parquet\)', training)
-    assert "best validation accuracy" in training
+    assert "the model kept is the one of epoch 4 of 6 (validation accuracy 93.0%, validation loss 0.250)" in training
 
 
 def test_unreadable_table_is_reported_not_fatal(fabricated, tmp_path):
@@ -242,6 +243,64 @@ def test_bad_arguments_raise(tmp_path):
         build_report(tmp_path, samples_per_class=0)
 
 
+MANY = 33  # classes of the Fruits-360 copy in shared/datasets
+
+
+@pytest.fixture(scope="module")
+def many_classes(tmp_path_factory) -> Path:
+    """A 33-class run whose explanations are the pipeline's default budget of images_to_explain."""
+    base = tmp_path_factory.mktemp("many")
+    run = make_run(base / "run", base / "data", n_classes=MANY,
+                   explain=lambda pred: images_to_explain(pred, limit=MANY))
+    build_report(run)
+    return run
+
+
+def test_many_classes_every_class_has_an_explained_example(many_classes):
+    page = _html(many_classes)
+    explanations = _section(page, "explanations")
+    blocks = re.findall(r'<div class="class-block" data-class="([^"]*)">(.*?)(?=<div class="class-block"|$)',
+                        explanations, re.S)
+    assert len(blocks) == MANY
+    assert all('<div class="card"' in body for _, body in blocks), [c for c, b in blocks if "card" not in b]
+    assert "No image of this class was explained" not in explanations
+    assert len(tables.read_table(many_classes / "explain" / "gradcam.parquet")) == MANY
+
+
+def test_many_classes_confusions_stay_readable(many_classes):
+    confusion = _section(_html(many_classes), "confusion")
+    # the classes involved in a mistake as a small matrix, the full one folded, both in scrolling boxes
+    heats = re.findall(r'<div class="heat-box"><table class="heat">.*?</table></div>', confusion, re.S)
+    assert len(heats) == 2
+    involved = {c for pair in CONFUSIONS for c in pair[:2]}
+    assert heats[0].count('<th scope="row">') == len(involved) and heats[1].count('<th scope="row">') == MANY
+    assert re.search(r"<details><summary>The full 33 × 33 matrix</summary><div class=\"heat-box\">", confusion)
+    assert confusion.index("is taken for") < confusion.index('<div class="heat-box">')  # words before the matrix
+
+
+def test_tied_confusions_are_not_called_the_most_frequent(tmp_path):
+    run = make_run(tmp_path / "run", tmp_path / "data", explain="few")
+    pred = tables.read_table(run / "eval" / "predictions.parquet")
+    tie = (pred["label"] == "blue_dot") & (pred["pred_label"] == "blue_dot")
+    pred.loc[pred.index[tie][:1], ["pred_label", "correct"]] = ["cyan_ring", False]  # blue_dot -> cyan_ring: 3
+    tables.write_table(pred, run / "eval" / "predictions.parquet", "predictions")
+    head = _html(run) if build_report(run) else ""
+    head = head[:head.index("<main>")]
+    assert "most frequent confusion" not in head
+    assert ("2 confusions tie at 3 cases each: <b>blue_dot</b> → <b>cyan_ring</b>, <b>red_dot</b> → "
+            "<b>purple_triangle</b>") in head
+
+
+def test_numbers_are_formatted_for_people_and_options_that_apply(fabricated):
+    page = _html(fabricated)
+    comparison, run = _section(page, "comparison"), _section(page, "run")
+    assert re.search(r"<td>n</td><td[^>]*>\d+</td><td[^>]*>\d+</td><td[^>]*>0</td>", comparison)
+    assert not re.search(r">[^<]*\d\.\d{4}", comparison)  # shown text, not the data-v sort values
+    assert "seed_cnn" in run and not re.search(r"<th scope=\"row\">(train\.)?(weights|mode|alpha)</th>", run)
+    assert "47.0 s in all (<code>total_seconds</code>)" in run  # the fixture's total
+    assert not re.search(r"seconds_per_epoch|s in all\.", _section(page, "training") + run)
+
+
 # ------------------------------------------------------------------------------------ headless Chromium
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -275,9 +334,19 @@ window.addEventListener('load', function () { setTimeout(function () {
     th.click(); var up = read(); th.click(); var down = read();
     sort = {up: up, down: down, foot: table.tFoot ? table.tFoot.rows.length : 0};
   }
+  var width = document.documentElement.scrollWidth, zoom = null;
+  var thumb = document.querySelector('#mistakes .gallery figure img') || document.querySelector('main figure img');
+  if (thumb) {  // click a thumbnail: the lightbox shows the same picture, larger
+    var small = thumb.getBoundingClientRect().width; thumb.click();
+    var box = document.getElementById('lightbox'), big = box && box.querySelector('img');
+    zoom = {shown: !!box && !box.hidden && getComputedStyle(box).display !== 'none',
+            same: !!big && big.src === thumb.src, small: small, large: big ? big.getBoundingClientRect().width : 0};
+    if (box) { box.click(); zoom.closed = box.hidden; }
+  }
   var out = document.createElement('pre'); out.id = 'probe-result';
   out.textContent = JSON.stringify({images: imgs.length, broken: broken, errors: window.__errors,
-                                    sections: sections, sort: sort, title: document.title});
+                                    sections: sections, sort: sort, title: document.title,
+                                    scroll_width: width, viewport: window.innerWidth, zoom: zoom});
   document.body.appendChild(out);
 }, 0); });
 </script>"""
@@ -309,13 +378,15 @@ def _chromium(exe: str, profile: Path, *args: str, timeout: int = 120) -> subpro
                           text=True, timeout=timeout)
 
 
-def _probe(exe: str, report: Path, tmp: Path) -> tuple[dict, str]:
-    """Open a probed copy of ``report`` (same folder, so relative images resolve); returns (result, stderr)."""
+def _probe(exe: str, report: Path, tmp: Path, width: int = 1400) -> tuple[dict, str]:
+    """Open a probed copy of ``report`` (same folder, so relative images resolve) in a window ``width``
+    pixels wide; returns (result, stderr)."""
     probed = report.with_name("report.probe.html")
     page = report.read_text(encoding="utf-8")
     probed.write_text(page.replace("<head>", "<head>\n" + PROBE, 1), encoding="utf-8")
     try:
-        proc = _chromium(exe, tmp / "profile-dom", "--virtual-time-budget=10000", "--dump-dom", probed.as_uri())
+        proc = _chromium(exe, tmp / "profile-dom", f"--window-size={width},1000", "--virtual-time-budget=10000",
+                         "--dump-dom", probed.as_uri())
     finally:
         probed.unlink()
     m = re.search(r'<pre id="probe-result">(.*?)</pre>', proc.stdout, re.S)
@@ -333,6 +404,7 @@ def _check_rendering(exe: str, run: Path, tmp: Path) -> dict:
     assert result["broken"] == [], f"broken images: {result['broken'][:5]}"
     assert result["sections"] == [sid for sid, _ in SECTIONS]
     assert result["title"].startswith("fruitlens report")
+    assert result["viewport"] == 1400 and result["scroll_width"] <= 1400  # the page never scrolls sideways
     return result
 
 
@@ -343,6 +415,8 @@ def test_report_renders_in_chromium(chromium, fabricated, tmp_path):
     up, down = result["sort"]["up"], result["sort"]["down"]
     assert up == sorted(up) and down == sorted(up, reverse=True) and up != down
     assert result["sort"]["foot"] == 2  # the averages stay in the footer
+    zoom = result["zoom"]  # clicking a thumbnail shows it large; clicking again closes it
+    assert zoom["shown"] and zoom["same"] and zoom["large"] >= 3 * zoom["small"] and zoom["closed"], zoom
     shot = tmp_path / "report.png"
     proc = _chromium(chromium, tmp_path / "profile-shot", "--window-size=1280,2400", "--virtual-time-budget=10000",
                      f"--screenshot={shot}", (fabricated / "report.html").as_uri())
@@ -395,3 +469,22 @@ def test_report_of_a_real_tiny_run(chromium, demo_dir, tmp_path):
     pred = pd.read_parquet(run / "eval" / "predictions.parquet")
     assert f"{100 * (pred['label'] == pred['pred_label']).mean():.1f}%" in page
     _check_rendering(chromium, run, tmp_path)
+
+
+@pytest.mark.slow
+def test_many_classes_render_without_sideways_scrolling(chromium, many_classes, tmp_path):
+    result = _check_rendering(chromium, many_classes, tmp_path)  # scroll width <= 1400 px, no broken image
+    assert result["zoom"]["shown"] and result["zoom"]["same"]
+
+
+@pytest.mark.parametrize("arch, kept, dropped", [
+    ("fruit_net", {"epochs"}, {"weights", "mode", "alpha"}),
+    ("transfer:vgg16", {"weights", "mode"}, {"alpha"}),
+    ("transfer:mobilenet_v2", {"weights", "mode", "alpha"}, set()),
+])
+def test_configuration_shows_the_options_that_apply(arch, kept, dropped):
+    from fruitlens.report.record import applicable_options
+
+    shown = applicable_options({"arch": arch, "epochs": 3, "weights": "none", "mode": "frozen", "alpha": 1.0,
+                                "augment": False, "augment_options": {"zoom": 0.1}})
+    assert kept <= set(shown) and not dropped & set(shown) and "augment_options" not in shown

@@ -1,0 +1,102 @@
+"""The explanation parts of the report: why the model confuses its most confused pairs, explanations per
+class, activation and filter grids. Which images are shown is decided by ``fruitlens.selection``, the same
+rules the pipeline uses to choose which images to explain."""
+
+from __future__ import annotations
+
+from fruitlens.report.cards import SCORE_LEGEND, explanation_card, faithfulness_table, pointing_summary
+from fruitlens.report.evaluation import pair_sentence
+from fruitlens.report.html import esc, figure, missing, natural_key, table
+from fruitlens.report.loader import ReportData, ReportOptions
+from fruitlens.selection import class_rows, pair_rows
+
+
+def _explain_status(data: ReportData) -> str:
+    have = [name for name, t in (("LIME", data.lime), ("Grad-CAM", data.gradcam)) if t is not None]
+    if not have:
+        return ""
+    return f"{len(data.explained):,} images were explained ({' and '.join(have)})"
+
+
+def _absent_tables(data: ReportData) -> tuple[str, str]:
+    ex = data.run.explain
+    return data.run.rel(ex.table("lime")), data.run.rel(ex.table("gradcam"))
+
+
+def section_why(data: ReportData, opts: ReportOptions) -> str:
+    if data.predictions is None:
+        return missing("Explanations of the confusions", data.run.rel(data.layout.predictions))
+    if not data.pairs:
+        return "<p class=\"good\">The model confuses no classes on this split, so there is nothing to explain.</p>"
+    parts = ["<p>For each confused pair: the mistakes themselves, explained, and for comparison an image of the "
+             "class they were taken for that the model got right. Where LIME and Grad-CAM light up on the same "
+             "region in both, that region is what the model takes as evidence for the wrong class.</p>", SCORE_LEGEND]
+    if data.lime is None and data.gradcam is None:
+        parts.append(missing("LIME and Grad-CAM explanations", *_absent_tables(data)))
+    pred = data.predictions
+    y, p = pred["label"], pred["pred_label"]
+    for pair in data.pairs[:opts.top_pairs]:
+        mistakes, right = pair_rows(pred, pair.true, pair.pred, opts.per_pair, data.explained)
+        all_mistakes = pred[(y == pair.true) & (p == pair.pred)]
+        n_expl = int(all_mistakes["image_id"].astype(str).isin(data.explained).sum()) if "image_id" in pred else 0
+        parts.append(f"<h3>{pair_sentence(pair)}</h3>")
+        if data.explained and not n_expl:
+            parts.append("<p class=\"missing\">None of these mistakes was explained in this run "
+                         f"({esc(_explain_status(data))}); their photos and predictions follow.</p>")
+        hint = pointing_summary(data, all_mistakes, pred[(y == pair.pred) & (p == pair.pred)], pair.pred)
+        if hint:
+            parts.append(f"<p>{hint}</p>")
+        cards = [explanation_card(data, r, note="mistake") for _, r in mistakes.iterrows()]
+        cards += [explanation_card(data, r, note=f"a {esc(pair.pred)} the model got right")
+                  for _, r in right.iterrows()]
+        parts.append(f"<div class=\"cards\">{''.join(cards)}</div>")
+    return "".join(parts)
+
+
+def section_explanations(data: ReportData, opts: ReportOptions) -> str:
+    if data.lime is None and data.gradcam is None:
+        return missing("LIME and Grad-CAM explanations", *_absent_tables(data))
+    if data.predictions is None:
+        return missing("Predictions for the explained images", data.run.rel(data.layout.predictions))
+    pred = data.predictions
+    explained = pred[pred["image_id"].astype(str).isin(data.explained)]
+    shown = [(cls, class_rows(explained, cls, opts.samples_per_class, data.explained)) for cls in data.classes]
+    without = [cls for cls, rows in shown if rows.empty]
+    parts = [f"<p>{esc(_explain_status(data))}. For each class, up to {opts.samples_per_class} explained images: a "
+             "right prediction, and a mistake where there is one. LIME shows the superpixels that speak for the "
+             "prediction; Grad-CAM the regions whose gradient drives it. Click a picture to enlarge it.</p>"]
+    if without:
+        parts.append(f"<p class=\"note\">{len(shown) - len(without):,} of {len(shown):,} classes have an explained "
+                     f"image; none was explained for {esc(', '.join(without[:30]))}"
+                     f"{' …' if len(without) > 30 else ''}.</p>")
+    parts.append(SCORE_LEGEND)
+    blocks = []
+    for cls, chosen in shown:
+        body = "".join(explanation_card(data, r) for _, r in chosen.iterrows()) if len(chosen) else \
+            "<p class=\"missing\">No image of this class was explained in this run.</p>"
+        blocks.append(f"<div class=\"class-block\" data-class=\"{esc(cls)}\"><h3 class=\"cls\">{esc(cls)}</h3>"
+                      f"<div class=\"cards\">{body}</div></div>")
+    parts.append(f"<div class=\"class-grid\">{''.join(blocks)}</div>")
+    parts.append(faithfulness_table(data))
+    if data.failed is not None and len(data.failed):
+        parts.append(f"<h3>Images that could not be explained ({len(data.failed):,})</h3>"
+                     + table(data.failed, limit=100))
+    return "".join(parts)
+
+
+def section_visualize(data: ReportData, opts: ReportOptions) -> str:
+    parts = []
+    for kind, title, text in (
+            ("activations", "Activation grids", "What each convolutional layer outputs for one image, "
+                                                "one tile per channel."),
+            ("filters", "Filter patterns", "Inputs that excite single filters most (gradient ascent).")):
+        folder = data.layout.visualize_kind_dir(kind)
+        files = sorted(folder.glob("*.png"), key=lambda p: natural_key(p.name)) if folder.is_dir() else []
+        parts.append(f"<h3>{title}</h3>")
+        if not files:
+            parts.append(missing(title, f"{data.run.rel(folder)}/*.png"))
+            continue
+        parts.append(f"<p>{text}</p>")
+        parts.extend(figure(data.run.image_src(f), f"layer <code>{esc(f.stem)}</code>", cls="wide grid")
+                     for f in files)
+    return "".join(parts)
