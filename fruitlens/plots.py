@@ -16,17 +16,45 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+from PIL.PngImagePlugin import PngInfo  # noqa: E402
 
+from fruitlens.captions import (  # noqa: E402, F401  (re-exported: the picture API lives in plots)
+    MIN_SIDE,
+    Caption,
+    add_caption,
+    as_uint8,
+    colorbar,
+    enlarge,
+    legend_band,
+    text_band,
+    title_band,
+    wrapped_count,
+)
 from fruitlens.images import to_uint8  # noqa: E402
 from fruitlens.tables import atomic_path  # noqa: E402
 
 
-def save_png(image: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write an (H, W, 3) or (H, W) image, float in [0, 1] or uint8, as a PNG, atomically."""
+def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str | None = None) -> Path:
+    """Write an (H, W, 3) or (H, W) image, float in [0, 1] or uint8, as a PNG, atomically.
+
+    ``caption`` (a ``Caption`` or text) is stored as the PNG's ``Description`` text chunk, so tools and
+    tests can read what the picture shows (``read_caption``) without looking at pixels.
+    """
     arr = image if image.dtype == np.uint8 else to_uint8(image)
+    info = None
+    if caption is not None:
+        info = PngInfo()
+        info.add_text("Description", caption.text() if isinstance(caption, Caption) else str(caption))
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG")
+        Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
     return Path(path)
+
+
+def read_caption(path: str | os.PathLike) -> str | None:
+    """The ``Description`` text ``save_png`` stored in a PNG, None when it has none."""
+    with Image.open(path) as img:
+        img.load()
+        return img.text.get("Description") if hasattr(img, "text") else None
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:
@@ -159,6 +187,158 @@ def lime_explanation(image: np.ndarray, segments: np.ndarray, weights: np.ndarra
     return out
 
 
+def lime_legend(label: str) -> list[tuple[tuple[float, float, float], str]]:
+    """The swatches that say what ``lime_on_photo``'s colours mean for ``label``."""
+    return [(SUPPORT_RGB, f"supports {label}"), (OPPOSE_RGB, f"against {label}")]
+
+
+Box = tuple[int, int, int, int]  # (y0, x0, y1, x1): the region of a photo the model saw, y1/x1 exclusive
+
+
+def photo_box(shape: Sequence[int], box: Sequence[int] | None) -> Box:
+    """``box`` checked against a photo of ``shape`` (H, W, ...); None -> the whole photo."""
+    h, w = int(shape[0]), int(shape[1])
+    if box is None:
+        return 0, 0, h, w
+    y0, x0, y1, x1 = (int(v) for v in box)
+    if not (0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w):
+        raise ValueError(f"box {tuple(box)}: expected (y0, x0, y1, x1) with 0 <= y0 < y1 <= {h}, 0 <= x0 < x1 <= {w}")
+    return y0, x0, y1, x1
+
+
+def resize_ids(ids: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of an (h, w) int map to ``size`` = (H, W), sampling at pixel centres."""
+    h, w = ids.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * h / size[0]).astype(np.intp), h - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * w / size[1]).astype(np.intp), w - 1)
+    return ids[rows[:, None], cols[None, :]]
+
+
+def resize_heat(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of an (h, w) heatmap to ``size`` = (H, W), clipped to [0, 1]."""
+    heat = np.clip(np.nan_to_num(np.asarray(heatmap, dtype=np.float32)), 0.0, 1.0)
+    if heat.shape != tuple(size):
+        heat = np.asarray(Image.fromarray(heat, mode="F").resize((size[1], size[0]), Image.Resampling.BILINEAR))
+    return np.clip(heat, 0.0, 1.0)
+
+
+def display_size(photo: np.ndarray, box: Sequence[int] | None, min_side: int) -> tuple[np.ndarray, Box]:
+    """The uint8 photo enlarged (Lanczos, integer factor) so its short side is at least ``min_side``, and
+    ``box`` checked and scaled with it; photos already large enough come back at their own resolution."""
+    base = as_uint8(photo, "photo")
+    y0, x0, y1, x1 = photo_box(base.shape, box)
+    factor = max(1, -(-min_side // min(base.shape[:2])))
+    if factor > 1:
+        h, w = base.shape[:2]
+        base = np.asarray(Image.fromarray(base).resize((w * factor, h * factor), Image.Resampling.LANCZOS))
+    return base, (y0 * factor, x0 * factor, y1 * factor, x1 * factor)
+
+
+def _blend(base: np.ndarray, colour: np.ndarray, alpha: np.ndarray) -> np.ndarray:
+    """uint8 ``base`` + ``alpha`` * (colour - base), per pixel; pixels with alpha 0 stay bit-identical."""
+    out = base.astype(np.float32)
+    out += alpha[..., None] * (np.asarray(colour, np.float32) - out)
+    return np.where(alpha[..., None] > 0, np.clip(out + 0.5, 0, 255).astype(np.uint8), base)
+
+
+def lime_on_photo(photo: np.ndarray, segments: np.ndarray, weights: np.ndarray, *, box: Sequence[int] | None = None,
+                  threshold: float = 0.0, num_features: int | None = 5, fill_alpha: float = 0.45,
+                  outline: int | None = None, min_side: int = MIN_SIDE) -> np.ndarray:
+    """LIME's superpixels drawn on the photo at the photo's own resolution and aspect.
+
+    The superpixel id map (computed at the model's input size) is resized nearest-neighbour onto ``box``
+    of the photo; the ``num_features`` superpixels with the largest |weight| above ``threshold`` get a
+    translucent fill (green supporting, red opposing) and a crisp outline drawn at photo resolution; the
+    rest of the photo is untouched.
+
+    Args:
+        photo: (H0, W0, 3) float in [0, 1] or uint8, at its own resolution.
+        segments: (h, w) int superpixel ids 0..S-1 at the model's input size.
+        weights: (S,) weight per superpixel id, for one label.
+        box: (y0, x0, y1, x1) region of the photo the model saw (default: the whole photo).
+        threshold, num_features: which superpixels are drawn (see ``lime_superpixel_signs``).
+        fill_alpha: opacity of the fills.
+        outline: outline width in pixels (default 1, 2 when the photo's short side is 300 px or more).
+        min_side: photos with a shorter short side are first enlarged by the integer factor
+            f = ceil(min_side / short side), so outlines stay crisp at display size.
+
+    Returns:
+        (H0 * f, W0 * f, 3) uint8; f = 1 for photos at least ``min_side`` pixels on the short side.
+    """
+    base, box = display_size(photo, box, min_side)
+    segments = np.asarray(segments)
+    weights = np.asarray(weights, dtype=np.float64)
+    if segments.ndim != 2 or not np.issubdtype(segments.dtype, np.integer):
+        raise ValueError(f"segments of shape {segments.shape} and dtype {segments.dtype}: expected (h, w) int ids")
+    if weights.ndim != 1 or segments.size and (segments.min() < 0 or segments.max() >= len(weights)):
+        raise ValueError(f"weights of shape {weights.shape}: expected (S,) covering superpixel ids 0..{segments.max()}")
+    if not 0.0 <= fill_alpha <= 1.0:
+        raise ValueError(f"fill_alpha {fill_alpha}: expected an opacity in [0, 1]")
+    from skimage.morphology import dilation
+    from skimage.segmentation import find_boundaries
+
+    y0, x0, y1, x1 = box
+    signs = np.zeros(base.shape[:2], np.int8)
+    signs[y0:y1, x0:x1] = lime_superpixel_signs(weights, threshold=threshold, num_features=num_features)[
+        resize_ids(segments, (y1 - y0, x1 - x0))]
+    ids = np.full(base.shape[:2], -1, np.int64)
+    ids[y0:y1, x0:x1] = resize_ids(segments, (y1 - y0, x1 - x0))
+    drawn = np.where(signs != 0, ids + 1, 0)
+    edge = find_boundaries(drawn, mode="inner") & (signs != 0)
+    width = outline or (2 if min(base.shape[:2]) >= 300 else 1)
+    if width > 1:
+        edge = dilation(edge, np.ones((width, width), bool)) & (signs != 0)
+    out = base
+    for sign, rgb in ((1, SUPPORT_RGB), (-1, OPPOSE_RGB)):
+        colour = np.asarray(rgb, np.float32) * 255.0
+        out = _blend(out, colour, np.where(signs == sign, fill_alpha, 0.0).astype(np.float32))
+        out[edge & (signs == sign)] = to_uint8(np.asarray(rgb, np.float32) * 0.8)
+    return out
+
+
+def heat_on_photo(photo: np.ndarray, heatmap: np.ndarray, *, box: Sequence[int] | None = None, palette: str = "jet",
+                  max_alpha: float = 0.7, gamma: float = 1.0, min_side: int = MIN_SIDE) -> np.ndarray:
+    """A heatmap over the photo, opaque where it is hot and absent where it is cold.
+
+    The (h, w) heatmap is resized bilinearly onto ``box`` of the photo, coloured with ``palette`` and
+    blended with per-pixel opacity ``max_alpha * heat ** gamma``: pixels with zero heat (and every pixel
+    outside ``box``) keep the photo's exact values.
+
+    Args:
+        photo: (H0, W0, 3) float in [0, 1] or uint8, at its own resolution.
+        heatmap: (h, w) in [0, 1] (e.g. Grad-CAM at the model's input or layer resolution).
+        box: (y0, x0, y1, x1) region of the photo the model saw (default: the whole photo).
+        palette: a matplotlib colormap name ("jet", "inferno", "magma", ...).
+        max_alpha: opacity at heat 1.
+        gamma: > 1 fades lukewarm regions, < 1 shows them more.
+        min_side: photos with a shorter short side are first enlarged by the integer factor
+            f = ceil(min_side / short side).
+
+    Returns:
+        (H0 * f, W0 * f, 3) uint8; f = 1 for photos at least ``min_side`` pixels on the short side.
+    """
+    base, box = display_size(photo, box, min_side)
+    heatmap = np.asarray(heatmap)
+    if heatmap.ndim != 2:
+        raise ValueError(f"heatmap of shape {heatmap.shape}: expected (h, w)")
+    if palette not in matplotlib.colormaps:
+        raise ValueError(f"unknown palette {palette!r}; expected a matplotlib colormap such as jet, inferno")
+    if not 0.0 <= max_alpha <= 1.0 or gamma <= 0:
+        raise ValueError(f"max_alpha {max_alpha}, gamma {gamma}: expected max_alpha in [0, 1] and gamma > 0")
+    y0, x0, y1, x1 = box
+    heat = resize_heat(heatmap, (y1 - y0, x1 - x0))
+    out = base.copy()
+    out[y0:y1, x0:x1] = _blend(base[y0:y1, x0:x1], colorize(heat, palette) * 255.0,
+                               (max_alpha * heat ** gamma).astype(np.float32))
+    return out
+
+
+def with_colorbar(image: np.ndarray, palette: str = "jet", labels: tuple[str, str] = ("low", "high")) -> np.ndarray:
+    """(H, W, 3) picture with a vertical colour scale appended on its right; uint8 (H, W + bar, 3)."""
+    top = as_uint8(image)
+    return np.concatenate([top, colorbar(top.shape[0], palette, labels)], axis=1)
+
+
 def lime_weight_density(weights: dict[str, np.ndarray], *, threshold: float | None = None, title: str | None = None):
     """A figure with the density of superpixel weights per label (to pick a threshold), ±threshold dashed."""
     from scipy.stats import gaussian_kde
@@ -220,32 +400,92 @@ def heatmap_picture(heatmap: np.ndarray, size: tuple[int, int] | None = None, pa
 
 
 def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
-    if image.shape[0] == height:
+    """uint8 (H, W, 3) resized to ``height`` rows, keeping its aspect (nearest when enlarging by an integer)."""
+    h, w = image.shape[:2]
+    if h == height:
         return image
-    width = max(1, round(image.shape[1] * height / image.shape[0]))
-    return np.asarray(Image.fromarray(to_uint8(image)).resize((width, height), Image.Resampling.BILINEAR),
-                      dtype=np.float32) / 255.0
+    if height % h == 0:
+        return upscale_nearest(image, height // h)
+    width = max(1, round(w * height / h))
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.LANCZOS))
 
 
-def side_by_side(panels: Sequence[np.ndarray], height: int | None = None, pad: int = 4) -> np.ndarray:
-    """Panels (H_i, W_i, 3) in [0, 1] scaled to one height (default: the tallest, at least 160) in one row."""
-    height = height or max(160, *(p.shape[0] for p in panels))
-    fitted = [_fit_height(np.asarray(p, dtype=np.float32), height) for p in panels]
-    gap = np.ones((height, pad, 3), np.float32)
-    row = [gap]
-    for panel in fitted:
-        row += [panel, gap]
-    return np.pad(np.concatenate(row, axis=1), ((pad, pad), (0, 0), (0, 0)), constant_values=1.0)
+def side_by_side(panels: Sequence[tuple[str, np.ndarray] | np.ndarray], *, height: int | None = None,
+                 pad: int = 6) -> np.ndarray:
+    """Panels in one row, each with its title above it, all scaled to one height keeping their aspect.
+
+    Args:
+        panels: (title, (H_i, W_i, 3) image) pairs, float in [0, 1] or uint8; a bare image has no title.
+        height: panel height in pixels (default: the tallest panel, at least 224).
+        pad: white gap between and around panels.
+
+    Returns:
+        (h, w, 3) uint8: the title bands (all as tall as the tallest) over the panels, on white.
+    """
+    if len(panels) == 0:
+        raise ValueError("side_by_side got no panel: expected at least one (title, image)")
+    pairs = [p if isinstance(p, tuple) else ("", p) for p in panels]
+    images = [as_uint8(img, f"panel {title!r}") for title, img in pairs]
+    height = height or max(224, *(img.shape[0] for img in images))
+    fitted = [_fit_height(img, height) for img in images]
+    titles = [str(title) for title, _ in pairs]
+    size = min(18, max(14, height // 16))
+    lines = max(wrapped_count([t], img.shape[1], size) if t else 0 for t, img in zip(titles, fitted, strict=True))
+    columns = [np.concatenate([text_band([t], img.shape[1], size=size, align="center", min_lines=lines), img])
+               if lines else img for t, img in zip(titles, fitted, strict=True)]
+    tallest = max(c.shape[0] for c in columns)
+    row = [np.full((tallest, pad, 3), 255, np.uint8)]
+    for col in columns:
+        row += [np.pad(col, ((0, tallest - col.shape[0]), (0, 0), (0, 0)), constant_values=255),
+                np.full((tallest, pad, 3), 255, np.uint8)]
+    return np.pad(np.concatenate(row, axis=1), ((pad, pad), (0, 0), (0, 0)), constant_values=255)
 
 
 def save_side_by_side(path: str | os.PathLike, photo: np.ndarray, gradcam_overlay: np.ndarray,
                       lime_path: str | os.PathLike | None = None) -> Path:
-    """Write photo | Grad-CAM overlay | LIME explanation (when ``lime_path`` is given) as one PNG."""
-    panels = [photo, gradcam_overlay]
+    """Write photo | Grad-CAM overlay | LIME explanation (when ``lime_path`` is given) as one titled PNG."""
+    panels = [("photo", photo), ("Grad-CAM", gradcam_overlay)]
     if lime_path is not None:
         with Image.open(lime_path) as img:
-            panels.append(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
+            panels.append(("LIME", np.asarray(img.convert("RGB"))))
     return save_png(side_by_side(panels), path)
+
+
+GRID_TITLE_SIZE = 14
+
+
+def labelled_grid(tiles: Sequence[np.ndarray], labels: Sequence[str], *, ncols: int = 8,
+                  title: str | Sequence[str] | None = None, pad: int = 4, label_size: int = 11) -> np.ndarray:
+    """Tiles in rows of ``ncols``, each with its label under it, and a title band over the whole grid.
+
+    Args:
+        tiles: (h_i, w_i, 3) images, float in [0, 1] or uint8; all are resized to the first one's size.
+        labels: one text per tile, wrapped to the tile width (every label band as tall as the tallest).
+        title: a line or lines centred over the grid.
+
+    Returns:
+        (H, W, 3) uint8 on white.
+    """
+    if len(tiles) != len(labels):
+        raise ValueError(f"{len(tiles)} tiles but {len(labels)} labels: expected one label per tile")
+    if len(tiles) == 0:
+        raise ValueError("labelled_grid got no tile: expected at least one")
+    first = as_uint8(tiles[0], "tile 0")
+    h, w = first.shape[:2]
+    fitted = [first] + [_fit_tile(as_uint8(t, f"tile {i + 1}"), (h, w)) for i, t in enumerate(tiles[1:])]
+    lines = max(wrapped_count([str(lab)], w, label_size) for lab in labels)
+    cells = [np.concatenate([t, text_band([str(lab)], w, size=label_size, align="center", min_lines=lines)])
+             for t, lab in zip(fitted, labels, strict=True)]
+    grid = image_grid(np.stack(cells), ncols=ncols, pad=pad, pad_value=255)
+    if title is None:
+        return grid
+    return np.concatenate([title_band(title, grid.shape[1], size=GRID_TITLE_SIZE), grid])
+
+
+def _fit_tile(tile: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if tile.shape[:2] == tuple(size):
+        return tile
+    return np.asarray(Image.fromarray(tile).resize((size[1], size[0]), Image.Resampling.BILINEAR))
 
 
 def _upscale(images: np.ndarray, min_side: int) -> np.ndarray:
@@ -255,26 +495,48 @@ def _upscale(images: np.ndarray, min_side: int) -> np.ndarray:
 
 
 def activation_grid(maps: np.ndarray, channels: int = 40, ncols: int = 8, palette: str = "viridis",
-                    min_side: int = 48) -> np.ndarray:
+                    min_side: int = 48, *, title: str | Sequence[str] | None = None,
+                    input_image: np.ndarray | None = None) -> np.ndarray:
     """One layer's (h, w, K) activations -> a grid of the first ``channels`` maps, ``ncols`` per row.
 
-    Each channel is scaled to [0, 1] on its own (a constant channel is drawn as zeros).
+    Each channel is scaled to [0, 1] on its own (a constant channel is drawn as zeros). Without ``title``
+    and ``input_image`` the bare grid comes back (float, 2 px padding); with either, a labelled uint8 grid:
+    ``title`` over it (model, layer, input file), the input image as the first tile labelled "input",
+    each map labelled with its channel number, and a colour scale under the title.
     """
     maps = np.asarray(maps, dtype=np.float32)[..., :channels]
     lo = maps.min(axis=(0, 1), keepdims=True)
     span = maps.max(axis=(0, 1), keepdims=True) - lo
     scaled = np.divide(maps - lo, span, out=np.zeros_like(maps), where=span > 0)
-    tiles = colorize(np.moveaxis(scaled, -1, 0), palette)  # (K, h, w, 3)
-    return image_grid(_upscale(tiles, min_side), ncols=ncols, pad=2)
+    tiles = _upscale(colorize(np.moveaxis(scaled, -1, 0), palette), min_side)  # (K, H, W, 3)
+    if title is None and input_image is None:
+        return image_grid(tiles, ncols=ncols, pad=2)
+    cells = list(tiles)
+    labels = [f"ch {k}" for k in range(len(cells))]
+    if input_image is not None:
+        cells.insert(0, _fit_tile(as_uint8(input_image, "input_image"), tiles.shape[1:3]))
+        labels.insert(0, "input")
+    grid = labelled_grid(cells, labels, ncols=ncols)
+    scale = colorbar(min(grid.shape[1], 360), palette, ("low", "high (per channel)"), orientation="horizontal")
+    scale = np.pad(scale, ((0, 0), (0, grid.shape[1] - scale.shape[1]), (0, 0)), constant_values=255)
+    head = [title_band(title, grid.shape[1], size=GRID_TITLE_SIZE)] if title is not None else []
+    return np.concatenate([*head, scale, grid])
 
 
-def filter_grid(patterns: np.ndarray, ncols: int = 8, min_side: int = 48) -> np.ndarray:
-    """(F, H, W, 3) filter patterns in [0, 1] -> one grid, ``ncols`` per row, each stretched to full contrast."""
+def filter_grid(patterns: np.ndarray, ncols: int = 8, min_side: int = 48, *,
+                title: str | Sequence[str] | None = None) -> np.ndarray:
+    """(F, H, W, 3) filter patterns in [0, 1] -> one grid, ``ncols`` per row, each stretched to full contrast.
+
+    With ``title`` the grid comes back as uint8 with the title over it and each pattern labelled with its
+    filter number; without, the bare float grid.
+    """
     p = np.asarray(patterns, dtype=np.float32)
     lo = p.min(axis=(1, 2, 3), keepdims=True)
     span = p.max(axis=(1, 2, 3), keepdims=True) - lo
-    stretched = np.divide(p - lo, span, out=np.full_like(p, 0.5), where=span > 0)
-    return image_grid(_upscale(stretched, min_side), ncols=ncols, pad=2)
+    stretched = _upscale(np.divide(p - lo, span, out=np.full_like(p, 0.5), where=span > 0), min_side)
+    if title is None:
+        return image_grid(stretched, ncols=ncols, pad=2)
+    return labelled_grid(list(stretched), [f"filter {k}" for k in range(len(stretched))], ncols=ncols, title=title)
 
 
 # --- report ---
@@ -335,14 +597,18 @@ def plot_confusion(matrix: np.ndarray, classes: Sequence[str], path: str | os.Pa
 
 
 def plot_gallery(images: Sequence[np.ndarray], titles: Sequence[str], path: str | os.PathLike, ncols: int = 5,
-                 suptitle: str | None = None, empty_text: str = "nothing to show") -> Path:
-    """A titled grid of images (mistakes, previews) written as PNG; a small note when there are none."""
+                 suptitle: str | None = None, empty_text: str = "nothing to show", min_side: int = 128) -> Path:
+    """A titled grid of images (mistakes, previews) written as PNG; a small note when there are none.
+
+    Each title is wrapped under its own tile (every tile's text band as tall as the longest title), so
+    titles never overlap; small images are enlarged (nearest neighbour) to ``min_side`` pixels first.
+    """
     if len(images) == 0:
-        fig, ax = plt.subplots(figsize=(4, 1))
-        ax.axis("off")
-        ax.text(0.5, 0.5, empty_text, ha="center", va="center")
-        return save_figure(fig, path)
-    return save_figure(titled_grid(images, titles, ncols=ncols, suptitle=suptitle), path)
+        return save_png(text_band([suptitle, empty_text] if suptitle else [empty_text], 320, align="center"),
+                        path, empty_text)
+    tiles = [enlarge(as_uint8(img, f"image {i}"), min_side) for i, img in enumerate(images)]
+    grid = labelled_grid(tiles, [str(t) for t in titles], ncols=ncols, title=suptitle, label_size=12)
+    return save_png(grid, path, suptitle)
 
 
 def annotate(image: np.ndarray, text: str, min_side: int = 160) -> np.ndarray:
