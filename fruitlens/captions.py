@@ -214,13 +214,26 @@ def colorbar(length: int, palette: str = "jet", labels: tuple[str, str] = ("low"
         draw.text((PAD + thickness + 4, length - PAD - step), low, fill=INK, font=fnt)
         return np.asarray(img)
     low_w, high_w = (int(math.ceil(fnt.getlength(t))) for t in (low, high))
-    strip = max(2, length - low_w - high_w - 6 * PAD)
+    strip = length - low_w - high_w - 6 * PAD
+    if strip >= length // 2:  # labels beside the strip
+        ramp = np.linspace(0.0, 1.0, strip)[None, :].repeat(thickness, axis=0)
+        img = Image.new("RGB", (length, max(thickness, step) + 2 * PAD), PAPER)
+        img.paste(Image.fromarray(_colours(ramp, palette)), (3 * PAD + low_w, PAD))
+        draw = ImageDraw.Draw(img)
+        draw.text((PAD, PAD), low, fill=INK, font=fnt)
+        draw.text((4 * PAD + low_w + strip, PAD), high, fill=INK, font=fnt)
+        return np.asarray(img)
+    strip = max(2, length - 2 * PAD)  # labels under the strip's two ends (wrapped when they meet)
     ramp = np.linspace(0.0, 1.0, strip)[None, :].repeat(thickness, axis=0)
-    img = Image.new("RGB", (length, max(thickness, step) + 2 * PAD), PAPER)
-    img.paste(Image.fromarray(_colours(ramp, palette)), (2 * PAD + low_w + PAD, PAD))
+    half = max(1, strip // 2 - PAD)
+    low_lines, high_lines = wrap(low, fnt, half), wrap(high, fnt, half)
+    img = Image.new("RGB", (length, thickness + 2 * PAD + step * max(len(low_lines), len(high_lines))), PAPER)
+    img.paste(Image.fromarray(_colours(ramp, palette)), (PAD, PAD))
     draw = ImageDraw.Draw(img)
-    draw.text((PAD, PAD), low, fill=INK, font=fnt)
-    draw.text((2 * PAD + low_w + PAD + strip + PAD, PAD), high, fill=INK, font=fnt)
+    for i, line in enumerate(low_lines):
+        draw.text((PAD, PAD + thickness + 2 + i * step), line, fill=INK, font=fnt)
+    for i, line in enumerate(high_lines):
+        draw.text((length - PAD - fnt.getlength(line), PAD + thickness + 2 + i * step), line, fill=INK, font=fnt)
     return np.asarray(img)
 
 

@@ -1,7 +1,16 @@
-"""Every PNG fruitlens writes: grids, overlays, curves. All writes are atomic.
+"""Every PNG fruitlens writes: explanation pictures, grids, curves. All writes are atomic.
 
-Matplotlib runs on the Agg backend (no display). Functions that build a picture return arrays or
-figures; ``save_*`` functions write them.
+The picture API for explanations (numpy compositing and PIL text, no matplotlib figure per picture):
+
+- ``lime_on_photo`` / ``heat_on_photo`` draw LIME superpixels or a heatmap on the photo at the photo's own
+  resolution and aspect (``overlays.py``), ``colorbar`` / ``with_colorbar`` give it a colour scale;
+- ``Caption`` says what a picture shows; ``add_caption`` writes it in a white band under the picture
+  (with colour swatches and a colour scale), ``save_png(image, path, caption)`` stores it in the PNG's
+  ``Description`` (``read_caption``) (``captions.py``);
+- ``side_by_side`` puts titled panels in a row; ``labelled_grid``, ``activation_grid``, ``filter_grid``
+  and ``plot_gallery`` title their grids and label their tiles.
+
+Matplotlib runs on the Agg backend (no display) for curves, the confusion matrix and LIME's weight density.
 """
 
 from __future__ import annotations
@@ -62,7 +71,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str 
         info = PngInfo()
         info.add_text("Description", caption.text() if isinstance(caption, Caption) else str(caption))
     with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info)
+        Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info, compress_level=1)  # 3x faster than 6, +8 %
     return Path(path)
 
 

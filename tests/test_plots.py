@@ -164,6 +164,8 @@ def test_colorbar_strips():
     vertical = plots.colorbar(200, "inferno")
     horizontal = plots.colorbar(300, "jet", orientation="horizontal")
     assert vertical.shape[0] == 200 and horizontal.shape[1] == 300
+    narrow = plots.colorbar(150, "jet", ("no evidence", "strong evidence for tabby"), orientation="horizontal")
+    assert narrow.shape[1] == 150 and narrow.shape[0] > horizontal.shape[0]  # labels go under the strip
     assert plots.with_colorbar(np.zeros((50, 60, 3)), "jet").shape[:2] == (50, 60 + vertical.shape[1])
     with pytest.raises(ValueError, match="palette"):
         plots.colorbar(100, "no-such-map")
