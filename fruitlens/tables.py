@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,12 +109,36 @@ SCHEMAS: dict[str, pa.Schema] = {
 }
 
 
+_UMASK_LOCK = threading.Lock()
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where the OS allows (Linux ``/proc/self/status``).
+
+    Elsewhere it is read by setting and restoring it under a lock (safe against other callers of this
+    function, not against threads calling ``os.umask`` themselves).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path`` in one rename.
 
     The temp file keeps the destination's suffix so that writers which pick a format by extension
     (Keras, matplotlib, PIL) still work. On error the temp file is removed and ``path`` is untouched.
+    The file gets the mode any new file gets under the process umask (0644 under umask 022), not the
+    0600 of ``tempfile.mkstemp``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -122,6 +147,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        if tmp_path.is_file():
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():

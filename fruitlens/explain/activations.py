@@ -56,30 +56,46 @@ def layer_activations(model, images, layers=None) -> dict[str, np.ndarray]:
 
 
 def save_activation_grids(model, image, out_dir: str | os.PathLike, *, channels: int = 40, ncols: int = 8,
-                          palette: str = "viridis", layers=None) -> list[Path]:
-    """One PNG per conv layer, ``out_dir/<layer>.png``: the first ``channels`` maps of ``image`` (H, W, 3)."""
+                          palette: str = "viridis", layers=None, image_name: str | None = None) -> list[Path]:
+    """One PNG per conv layer, ``out_dir/<layer>.png``: the first ``channels`` maps of ``image`` (H, W, 3).
+
+    Each grid is titled with the model, the layer path and ``image_name`` (the input file), and starts
+    with the input image as a tile labelled "input".
+    """
     from fruitlens import plots
 
     if channels < 1:
         raise ValueError(f"channels {channels}: expected at least 1")
     acts = layer_activations(model, np.asarray(image)[None], layers)
     out = Path(out_dir)
-    return [plots.save_png(plots.activation_grid(maps[0], channels, ncols, palette),
-                           out / f"{layer_file_name(path)}.png") for path, maps in acts.items()]
+    paths = []
+    for path, maps in acts.items():
+        shown = min(channels, maps.shape[-1])
+        title = [f"activations of layer {path}",
+                 f"model {model.name} | input {image_name or 'image'} | {shown} of {maps.shape[-1]} channels"]
+        grid = plots.activation_grid(maps[0], channels, ncols, palette, title=title, input_image=image)
+        paths.append(plots.save_png(grid, out / f"{layer_file_name(path)}.png", "\n".join(title)))
+    return paths
 
 
 def save_filter_grids(model, out_dir: str | os.PathLike, *, filters: int = 40, ncols: int = 8, steps: int = 30,
                       lr: float = 10.0, seed: int = 0, size=None, layers=None) -> list[Path]:
-    """One PNG per conv layer, ``out_dir/<layer>.png``: patterns of its first ``filters`` filters."""
+    """One PNG per conv layer, ``out_dir/<layer>.png``: patterns of its first ``filters`` filters, titled
+    with the model and the layer path."""
     from fruitlens import plots
     from fruitlens.explain.filters import filter_patterns
 
     out = Path(out_dir)
     paths = []
     for ref in resolve_layers(model, layers):
-        count = min(filters, _channels(model, ref))
+        total = _channels(model, ref)
+        count = min(filters, total)
         patterns = filter_patterns(model, ref.path, np.arange(count), steps=steps, lr=lr, seed=seed, size=size)
-        paths.append(plots.save_png(plots.filter_grid(patterns, ncols), out / f"{layer_file_name(ref.path)}.png"))
+        title = [f"filter patterns of layer {ref.path}",
+                 f"model {model.name} | {count} of {total} filters",
+                 "the input pattern that excites each filter most"]
+        grid = plots.filter_grid(patterns, ncols, title=title)
+        paths.append(plots.save_png(grid, out / f"{layer_file_name(ref.path)}.png", "\n".join(title)))
     return paths
 
 
@@ -109,7 +125,8 @@ def visualize_run(run_dir: str | os.PathLike, image_path: str | os.PathLike, out
     model, card = load_run(run_dir)
     image = read_rgb(image_path, card.image_size)
     out = Path(out_dir)
-    paths = save_activation_grids(model, image, out / "activations", channels=channels, palette=palette)
+    paths = save_activation_grids(model, image, out / "activations", channels=channels, palette=palette,
+                                  image_name=Path(image_path).name)
     paths += save_filter_grids(model, out / "filters", filters=filters, steps=steps, seed=seed,
                                size=card.image_size)
     log.info("wrote %d grids to %s", len(paths), out)
