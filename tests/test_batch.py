@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from fruitlens import tables
-from fruitlens.batch import engine, rows as batch_rows
+from fruitlens.batch import engine
+from fruitlens.batch import rows as batch_rows
 from fruitlens.batch.methods import METHODS, Method
 from fruitlens.config import ExplainOptions, LimeOptions
 from fruitlens.dataset import DatasetError

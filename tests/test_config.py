@@ -46,7 +46,8 @@ def test_config_round_trip_and_partial_sections(tmp_path):
     ({"explain_options": {"lime": {"num_sample": 5}}},
      r"unknown key explain_options.lime.num_sample; expected one of num_samples, seed"),
     ({"explain_options": {"lime": {"num_samples": 1}}}, "explain_options.lime: num_samples 1: expected at least 2"),
-    ({"explain_options": {"lime": {"segmenter_params": {"n_superpixel": 9}}}}, "unknown slic parameter.s. n_superpixel"),
+    ({"explain_options": {"lime": {"segmenter_params": {"n_superpixel": 9}}}},
+     "unknown slic parameter.s. n_superpixel"),
     ({"explain_options": {"gradcam": {"variant": "gradcam+"}}}, "variant 'gradcam\\+': expected one of gradcam"),
     ({"explain_options": {"gradcam": {"palette": "rainbowz"}}}, "palette 'rainbowz': expected a matplotlib colormap"),
 ])

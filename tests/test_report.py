@@ -451,8 +451,9 @@ def test_report_of_a_real_tiny_run(chromium, demo_dir, tmp_path):
     activations = pytest.importorskip("fruitlens.explain.activations", reason="visualize (issue 5) not in this branch")
     pytest.importorskip("fruitlens.explain.lime", reason="LIME (issue 4) not in this branch")
     pytest.importorskip("fruitlens.explain.gradcam", reason="Grad-CAM (issue 5) not in this branch")
-    from fruitlens.dataset import index_or_load
     from fruitlens.explain.runner import explain_images, select_images
+
+    from fruitlens.dataset import index_or_load
 
     run = tmp_path / "run"
     index_or_load(demo_dir, run / "index")

@@ -133,7 +133,7 @@ def run_cam(model, card, images: np.ndarray, rows: pd.DataFrame, options: CamOpt
         for i, hit in zip(where, pointing_game(result.heatmaps[where], np.stack([masks[i] for i in where])),
                           strict=True):
             hits[i] = bool(hit)
-    files = pictures.write_cam(out, rows, images, result, card, options)
+    files = pictures.write_cam(out, rows, images, result, card, options, faith.deletion[:, 0])
     peaks = result.peaks
     off = options.faithfulness_steps < 1
     return pd.DataFrame({

@@ -1,7 +1,10 @@
 """The PNGs of batch explanation runs: each method's pictures of one chunk, and the side-by-side composition.
 
-File names come from ``fruitlens.layout`` (``<method>/<stem>_<kind>.png``, stem = readable file name + id);
-the paths returned are relative to the explanation folder, as the tables record them.
+Every explanation is drawn on the photo at its own resolution and aspect (shrunk to at most 512 px), with a
+caption band under it (file, true and predicted label, probability, method, layer or segmenter, legend or
+colour scale) that is also stored in the PNG's metadata. File names come from ``fruitlens.layout``
+(``<method>/<stem>_<kind>.png``, stem = readable file name + id); the paths returned are relative to the
+explanation folder, as the tables record them.
 """
 
 from __future__ import annotations
@@ -13,10 +16,14 @@ import numpy as np
 import pandas as pd
 
 from fruitlens import plots, tables
+from fruitlens.captions import Caption, add_caption
 from fruitlens.config import CamOptions, LimeOptions
 from fruitlens.layout import ExplainLayout, picture_stem
+from fruitlens.overlays import heat_on_photo, lime_legend, lime_on_photo
 
 log = logging.getLogger(__name__)
+
+SIDE_BY_SIDE_KINDS = (("Grad-CAM", "gradcam", "overlay"), ("LIME", "lime", "outline"))
 
 
 def stems(rows: pd.DataFrame) -> list[str]:
@@ -28,7 +35,7 @@ def _rel(out: ExplainLayout, path: Path) -> str:
 
 
 def display_photo(path: str, model_input: np.ndarray) -> np.ndarray:
-    """The photo to draw on: the file's own pixels (shrunk to at most 512 px), else the model input."""
+    """The photo to draw on: the file's own pixels (upright, shrunk to at most 512 px), else the model input."""
     from fruitlens.images import read_rgb
 
     try:
@@ -38,72 +45,119 @@ def display_photo(path: str, model_input: np.ndarray) -> np.ndarray:
     return plots.display_photo(photo, model_input)
 
 
+def _label(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _prob(value: float) -> float:
+    return float(np.clip(np.nan_to_num(value), 0.0, 1.0))  # models that end in logits: shown clipped
+
+
 def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, results, card,
                options: LimeOptions) -> list[dict[str, str]]:
-    """Segments (.npy) and the LIME PNGs of each image; per image {kind: relative path}."""
+    """Segments (.npy) and the LIME PNGs of each image; per image {kind: relative path}.
+
+    ``outline`` (always, unless plots is "none"): the top label's strongest superpixels on the photo;
+    with plots "all" also ``boundaries`` (every superpixel, to tune the segmenter) and ``density``.
+    """
     written = []
-    factor = max(1, -(-200 // min(images.shape[1:3])))  # PNGs at least 200 px on the short side
-    for image, res, stem in zip(images, results, stems(rows), strict=True):
+    for image, res, stem, path, true in zip(images, results, stems(rows), rows["path"], rows["label"], strict=True):
         files: dict[str, str] = {}
         seg_path = out.pictures_dir("lime") / f"{stem}_segments.npy"
         with tables.atomic_path(seg_path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, res.segments)
         files["segments"] = _rel(out, seg_path)
         if options.plots != "none":
-            big, seg = plots.upscale_nearest(image, factor), plots.upscale_nearest(res.segments, factor)
             top = res.labels[0]
-            plots.save_png(plots.lime_boundaries(big, seg), out.picture("lime", stem, "boundaries"))
-            for kind in ("outline", "block"):
-                pic = plots.lime_explanation(big, seg, res.weights[top], threshold=options.threshold,
-                                             num_features=options.display_features, display=kind,
-                                             hide_rest=kind == "block")
-                files[kind] = _rel(out, plots.save_png(pic, out.picture("lime", stem, kind)))
-            if options.plots == "all":
-                names = {card.classes[label]: res.weights[label] for label in res.labels}
-                fig = plots.lime_weight_density(names, threshold=options.threshold or None,
-                                                title=f"{stem}: {card.classes[top]} ({res.label_prob[top]:.2f})")
-                plots.save_figure(fig, out.picture("lime", stem, "density"))
+            label = card.classes[top]
+            photo = display_photo(path, image)
+            caption = Caption(file=Path(path).name, true_label=_label(true), pred_label=label,
+                              prob=_prob(res.label_prob[top]), method="LIME",
+                              detail=f"{res.num_superpixels} superpixels ({options.segmenter}), "
+                                     f"{res.num_samples} samples, R² {res.score[top]:.2f}",
+                              legend=f"green supports {label}, red against")
+            pic = lime_on_photo(photo, res.segments, res.weights[top], threshold=options.threshold,
+                                num_features=options.display_features)
+            target = out.picture("lime", stem, "outline")
+            plots.save_png(add_caption(pic, caption, legend=lime_legend(label)), target, caption)
+            files["outline"] = _rel(out, target)
+        if options.plots == "all":
+            bounds = lime_on_photo(photo, res.segments, np.zeros(res.num_superpixels), num_features=0)
+            seg = plots.lime_boundaries(bounds / 255.0, _ids_at(res.segments, bounds.shape[:2]))
+            plots.save_png(add_caption(seg, [f"{res.num_superpixels} superpixels ({options.segmenter}) of "
+                                             f"{Path(path).name}"]), out.picture("lime", stem, "boundaries"))
+            names = {card.classes[lab]: res.weights[lab] for lab in res.labels}
+            fig = plots.lime_weight_density(names, threshold=options.threshold or None,
+                                            title=f"{Path(path).name}: {label} ({res.label_prob[top]:.2f})")
+            plots.save_figure(fig, out.picture("lime", stem, "density"))
         written.append(files)
     return written
 
 
-def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result, card,
-              options: CamOptions) -> list[dict[str, str]]:
-    """Heatmap and overlay PNGs of each image, on the photo at its own size; per image {kind: relative path}."""
+def _ids_at(segments: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from fruitlens.overlays import resize_ids
+
+    return resize_ids(segments, size)
+
+
+def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result, card, options: CamOptions,
+              probs: np.ndarray) -> list[dict[str, str]]:
+    """Overlay and heatmap PNGs of each image on the photo at its own size; per image {kind: relative path}.
+
+    The overlay's opacity follows the heat (cold regions show the photo untouched); both carry a colour
+    scale and a caption naming the layer.
+    """
     written = []
+    name = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "cam": "CAM"}[options.variant]
     for i, stem in enumerate(stems(rows)):
-        photo = display_photo(rows["path"].iloc[i], images[i])
-        heat = out.picture("gradcam", stem, "heatmap")
+        path = rows["path"].iloc[i]
+        photo = display_photo(path, images[i])
+        caption = Caption(file=Path(path).name, true_label=_label(rows["label"].iloc[i]),
+                          pred_label=card.classes[result.targets[i]], prob=_prob(probs[i]), method=name,
+                          detail=f"layer {result.layer}")
         over = out.picture("gradcam", stem, "overlay")
-        plots.save_png(plots.heatmap_picture(result.heatmaps[i], photo.shape[:2], options.palette), heat)
-        plots.save_png(plots.overlay(photo, result.heatmaps[i], options.palette, options.alpha), over)
+        heat = out.picture("gradcam", stem, "heatmap")
+        pic = heat_on_photo(photo, result.heatmaps[i], palette=options.palette, max_alpha=options.alpha)
+        plots.save_png(add_caption(pic, caption, scale=options.palette), over, caption)
+        plain = plots.heatmap_picture(result.heatmaps[i], pic.shape[:2], options.palette)
+        plots.save_png(add_caption(plain, caption, scale=options.palette), heat, caption)
         written.append({"heatmap": _rel(out, heat), "overlay": _rel(out, over)})
     return written
 
 
-SIDE_BY_SIDE_KINDS = (("gradcam", "overlay"), ("lime", "outline"))
+def _picture_part(path: Path, photo_shape: tuple[int, ...]) -> np.ndarray | None:
+    """The picture of a captioned PNG without its caption band (the band sits under a photo-shaped top)."""
+    from PIL import Image
+
+    if not path.is_file():
+        return None
+    with Image.open(path) as img:
+        arr = np.asarray(img.convert("RGB"))
+    height = round(arr.shape[1] * photo_shape[0] / photo_shape[1])
+    return arr[:min(height, arr.shape[0])]
 
 
 def write_side_by_side(out: ExplainLayout, rows: pd.DataFrame, *, force: bool = True) -> list[Path]:
-    """Photo | Grad-CAM | LIME for each image, from the methods' PNGs that exist (composed after all methods).
+    """Photo | Grad-CAM | LIME for each image, titled, from the methods' PNGs that exist (after all methods).
 
     ``force=False`` leaves pictures that exist alone.
     """
-    from PIL import Image
-
     paths = []
     for i, stem in enumerate(stems(rows)):
-        if not force and out.side_by_side(stem).is_file():
+        target = out.side_by_side(stem)
+        if not force and target.is_file():
             continue
-        panels = []
-        for method, kind in SIDE_BY_SIDE_KINDS:
-            path = out.picture(method, stem, kind)
-            if path.is_file():
-                with Image.open(path) as img:
-                    panels.append(np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0)
+        path = rows["path"].iloc[i]
+        photo = display_photo(path, np.zeros((8, 8, 3), np.float32))
+        panels = [(title, _picture_part(out.picture(method, stem, kind), photo.shape))
+                  for title, method, kind in SIDE_BY_SIDE_KINDS]
+        panels = [(title, pic) for title, pic in panels if pic is not None]
         if not panels:
             continue
-        size = panels[0].shape[:2]
-        photo = display_photo(rows["path"].iloc[i], np.zeros((*size, 3), np.float32))
-        paths.append(plots.save_png(plots.side_by_side([photo, *panels]), out.side_by_side(stem)))
+        true = _label(rows["label"].iloc[i])
+        lines = [f"{Path(path).name}" + (f" | true {true}" if true else "")]
+        caption = plots.read_caption(out.picture("gradcam", stem, "overlay")) or ""
+        lines += caption.splitlines()[:1]
+        picture = add_caption(plots.side_by_side([("photo", photo), *panels]), lines)
+        paths.append(plots.save_png(picture, target, "\n".join(lines)))
     return paths

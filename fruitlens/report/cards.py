@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fruitlens.layout import picture_stem
 from fruitlens.report.html import esc, figure, fmt, glob_escape, natural_key, prob, table
 from fruitlens.report.loader import ReportData
 
@@ -78,8 +79,15 @@ def is_score(column: str) -> bool:
     return column in SCORE_HELP or column.endswith(("_auc", "_score", "_hit"))
 
 
-def lime_images(data: ReportData, image_id: str, label: str | None) -> list[tuple[Path, str]]:
-    """The LIME picture of an image (``explain/lime/<image_id>_*.png``) with its caption, as a list."""
+def lime_images(data: ReportData, image_id: str, label: str | None,
+                rows: pd.DataFrame | None = None) -> list[tuple[Path, str]]:
+    """The LIME picture of an image with its caption, as a list: the ``picture_path`` its rows name, else
+    ``explain/lime/<image_id>_*.png`` (runs written before pictures were named after their photos)."""
+    if rows is not None and "picture_path" in rows:
+        named = [p for p in rows["picture_path"].dropna().astype(str) if p]
+        path = data.run.file(named[0], data.run.explain.root) if named else None
+        if path is not None:
+            return [(path, LIME_CAPTIONS.get("outline", "LIME"))]
     folder = data.run.explain.pictures_dir("lime")
     if not folder.is_dir():
         return []
@@ -139,12 +147,12 @@ def explanation_card(data: ReportData, row: pd.Series, *, note: str = "") -> str
     lime = lime_rows(data, image_id, pred)
     lime_label = str(lime["label"].iloc[0]) if lime is not None and "label" in lime else pred
     figures += [figure(data.run.image_src(path), esc(tag), alt=f"LIME explanation of {image_id}")
-                for path, tag in lime_images(data, image_id, lime_label)]
+                for path, tag in lime_images(data, image_id, lime_label, lime)]
     g = gradcam_row(data, image_id, pred)
     if g is not None:
         figures.append(_gradcam_figure(data, g, image_id))
     if lime is None and g is None:
-        side = data.run.explain.side_by_side_dir / f"{image_id}.png"
+        side = data.run.explain.side_by_side(picture_stem(str(row.get("path", "")), image_id))
         if side.is_file():
             figures.append(figure(data.run.image_src(side), "explanations side by side"))
     head = (f"<div class=\"card-head\"><span class=\"badge {verdict}\">{verdict}</span> "
