@@ -4,15 +4,18 @@ import json
 
 import keras
 import numpy as np
-import pandas as pd
 import pytest
 import tensorflow as tf
 from PIL import Image
 
-from fruitlens import tables
-from fruitlens.explain import runner
+from fruitlens import plots, tables
+from fruitlens.batch import engine
+from fruitlens.batch.methods import run_cam
+from fruitlens.batch.rows import rows_from_inputs
+from fruitlens.config import CamOptions
 from fruitlens.explain.base import find_layer, walk_layers
-from fruitlens.explain.gradcam import CAM, GradCAM, GradCAMPlusPlus, cam, explain_chunk, gradcam, gradcam_plus_plus
+from fruitlens.explain.gradcam import CAM, GradCAM, GradCAMPlusPlus, cam, gradcam, gradcam_plus_plus
+from fruitlens.layout import ExplainLayout
 from fruitlens.runs import load_run
 from tests.helpers import tiny_run
 
@@ -229,32 +232,27 @@ def run_dir(tmp_path_factory):
     return tiny_run(tmp_path_factory.mktemp("run"), classes=("a", "b", "c", "d", "e", "f"), image_size=(20, 20))
 
 
-def test_explain_chunk_rows_pngs_and_side_by_side(demo_dir, run_dir, tmp_path):
+def test_batch_method_rows_and_captioned_pictures_on_the_photo(demo_dir, run_dir, tmp_path):
     model, card = load_run(run_dir)
-    rows = runner.select_images([demo_dir], split="test", limit=3)
-    images, rows, _ = runner.read_chunk(rows, card.image_size)
-    out = tmp_path / "explain"
-    lime_png = out / "lime" / f"{rows['image_id'].iloc[0]}_outline.png"  # as the LIME method writes it
-    lime_png.parent.mkdir(parents=True)
-    Image.new("RGB", (100, 100), (255, 0, 0)).save(lime_png)
-    df = explain_chunk(model, card, images, rows, out, palette="magma", alpha=0.5, steps=5)
+    images, rows, _ = engine.read_chunk(rows_from_inputs([demo_dir], split="test", limit=3), card.image_size)
+    out = ExplainLayout(tmp_path / "explain")
+    df = run_cam(model, card, images, rows, CamOptions(palette="magma", alpha=0.5, faithfulness_steps=5), out)
     tables.write_table(df, tmp_path / "g.parquet", "gradcam")  # the schema accepts the rows
-    assert len(df) == 3 and set(df["layer"]) == {find_layer(model).path}
+    assert len(df) == 3 and set(df["layer"]) == {find_layer(model).path} and list(df["path"]) == list(rows["path"])
     assert df["label"].isin(card.classes).all() and df["pointing_hit"].map(lambda v: isinstance(v, bool)).all()
     assert df["peak_y"].between(0, 19).all() and df["deletion_auc"].between(0, 1).all()
     for path in [*df["heatmap_path"], *df["overlay_path"]]:
-        assert Image.open(out / path).size == (100, 100)  # drawn on the 100 x 100 photo, not the 20 x 20 input
-    widths = [Image.open(out / "side_by_side" / f"{i}.png").size[0] for i in df["image_id"]]
-    assert widths[0] > widths[1] == widths[2]  # the first has a third (LIME) panel
+        width, height = Image.open(out.root / path).size
+        assert width == 300 and height > 300  # the 100 x 100 photo (enlarged x3, not the 20 x 20 input) + caption
+        caption = plots.read_caption(out.root / path)
+        assert "Grad-CAM" in caption and f"layer {find_layer(model).path}" in caption and "predicted" in caption
 
 
-def test_explain_chunk_rejects_bad_options(run_dir, tmp_path):
-    model, card = load_run(run_dir)
-    rows = pd.DataFrame({"image_id": ["x"], "path": ["x"], "label": [""], "mask_path": [None]})
-    with pytest.raises(ValueError, match="unknown palette 'nope'"):
-        explain_chunk(model, card, np.zeros((1, 20, 20, 3), np.float32), rows, tmp_path, palette="nope")
-    with pytest.raises(ValueError, match="unknown Grad-CAM variant 'x'; expected one of gradcam, gradcam\\+\\+, cam"):
-        explain_chunk(model, card, np.zeros((1, 20, 20, 3), np.float32), rows, tmp_path, variant="x")
+def test_options_are_checked_where_they_enter():
+    with pytest.raises(ValueError, match="palette 'nope': expected a matplotlib colormap"):
+        CamOptions(palette="nope")
+    with pytest.raises(ValueError, match="variant 'x': expected one of gradcam, gradcam\\+\\+, cam"):
+        CamOptions(variant="x")
 
 
 def test_cli_explain_gradcam_resumes(demo_dir, run_dir, tmp_path, capsys):
@@ -270,7 +268,10 @@ def test_cli_explain_gradcam_resumes(demo_dir, run_dir, tmp_path, capsys):
     assert main(args) == 0
     assert "5 already done" in capsys.readouterr().out
     assert main([*args[:-4], "--alpha", "2"]) == 2
-    assert "--alpha 2.0: expected a blend weight in [0, 1]" in capsys.readouterr().err
+    assert "--alpha 2.0: expected an opacity in [0, 1]" in capsys.readouterr().err
+    assert main([*args[:-4], "--layer", "nosuch"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--layer nosuch: layer 'nosuch' not found" in err and len(err.splitlines()) == 1
 
 
 def test_softmax_inside_a_nested_classifier_is_left_out():

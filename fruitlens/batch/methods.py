@@ -90,9 +90,7 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
     files = pictures.write_lime(out, rows, images, results, card, options)
     frames = []
     for i, res in enumerate(results):
-        df = res.to_rows(ids[i], card.classes)
-        df["path"] = rows["path"].iloc[i]
-        df["true_label"] = rows["label"].iloc[i]
+        df = res.to_rows(ids[i], card.classes, path=rows["path"].iloc[i], true_label=rows["label"].iloc[i])
         df["segments_path"] = files[i]["segments"]
         df["picture_path"] = files[i].get("outline")
         is_top = (df["label_index"] == res.labels[0]).to_numpy()

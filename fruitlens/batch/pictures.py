@@ -156,8 +156,8 @@ def write_side_by_side(out: ExplainLayout, rows: pd.DataFrame, *, force: bool = 
             continue
         true = _label(rows["label"].iloc[i])
         lines = [f"{Path(path).name}" + (f" | true {true}" if true else "")]
-        caption = plots.read_caption(out.picture("gradcam", stem, "overlay")) or ""
-        lines += caption.splitlines()[:1]
+        first = next((out.picture(m, stem, k) for _, m, k in SIDE_BY_SIDE_KINDS if out.picture(m, stem, k).is_file()))
+        lines += (plots.read_caption(first) or "").splitlines()[:1]
         picture = add_caption(plots.side_by_side([("photo", photo), *panels]), lines)
         paths.append(plots.save_png(picture, target, "\n".join(lines)))
     return paths

@@ -104,10 +104,12 @@ class LimeExplanation:
         per_sp[chosen] = np.sign(w[chosen]).astype(np.int8)
         return per_sp[self.segments]
 
-    def to_rows(self, image_id: str = "", class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    def to_rows(self, image_id: str = "", class_names: Sequence[str] | None = None, *, path: str | None = None,
+                true_label: str | None = None) -> pd.DataFrame:
         """The ``lime`` table rows of this image: one per (label, superpixel), long form.
 
-        Columns: the LIME schema (image_id, label (class name when ``class_names`` is given), label_prob,
+        Columns: the LIME schema (image_id, path and true_label of the source image (None when not given),
+        label (class name when ``class_names`` is given), label_prob,
         superpixel, weight, intercept, score, local_pred, num_samples, segmenter) then label_index, rank
         (of the label among the explained ones, 0 first), pixels (superpixel area) and selected.
         """
@@ -121,6 +123,8 @@ class LimeExplanation:
         pick = lambda d: np.repeat([d[label] for label in self.labels], s)  # noqa: E731
         return pd.DataFrame({
             "image_id": image_id,
+            "path": path,
+            "true_label": true_label,
             "label": np.repeat(names, s),
             "label_prob": pick(self.label_prob).astype(np.float32),
             "superpixel": np.tile(np.arange(s, dtype=np.int32), k),
