@@ -212,10 +212,7 @@ class ModelSource:
         card_path = (where if kind == "savedmodel" else where.parent) / CARD_FILE
         if not card_path.is_file():
             return None
-        try:
-            card = ModelCard.from_json(tables.read_json(card_path))
-        except (ValueError, TypeError, OSError) as exc:
-            raise ModelSourceError(f"{card_path}: unreadable model card ({exc})") from exc
+        card = read_source_card(card_path)
         if card.source and Path(card.source).name != where.name:
             log.info("%s describes %s, not %s: ignored", card_path, card.source, where.name)
             return None
@@ -236,7 +233,7 @@ class ModelSource:
         if kind == "imagenet":
             return self._load_imagenet(str(where))
         if kind == "card":
-            return self._follow_card(Path(where))
+            return self._follow_card(Path(where)).load()
         if kind == "savedmodel":
             raw = load_saved_model(Path(where))
             fixed = signature_size(raw)
@@ -245,11 +242,16 @@ class ModelSource:
             fixed = input_size(raw, where)
         return self._finish(raw, kind, Path(where), fixed, self._card_next_to(kind, Path(where)))
 
-    def _follow_card(self, folder: Path):
-        card = ModelCard.from_json(tables.read_json(folder / CARD_FILE))
-        if not card.source or Path(card.source).expanduser().absolute() == folder:
+    def _follow_card(self, folder: Path) -> ModelSource:
+        """The source a card folder's ``model.json`` names (a model, never another card folder)."""
+        card = read_source_card(folder / CARD_FILE)
+        if not card.source:
             raise ModelSourceError(f"{folder / CARD_FILE}: the card names no model source; expected {KINDS}")
-        return self._from_card(card).load()
+        source = self._from_card(card)
+        if source.resolve()[0] == "card":
+            raise ModelSourceError(f"{folder / CARD_FILE}: source {card.source} is another card folder; "
+                                   "expected the model itself")
+        return source
 
     def _from_card(self, card: ModelCard) -> ModelSource:
         """A source for ``card.source`` with the card's settings, this source's explicit options on top."""
@@ -296,8 +298,9 @@ class ModelSource:
         classes = self._classes(card, int(model.output_shape[-1]), str(where))
         arch = card.arch if card is not None else f"{'savedmodel' if kind == 'savedmodel' else 'keras'}:{raw.name}"
         base = card or ModelCard(classes=classes, image_size=size, arch=arch)
+        fit = self.fit if self.fit != "resize" or card is None else card.fit
         return model, dataclasses.replace(
-            base, classes=classes, image_size=size, source=str(where), fit=self.fit,
+            base, classes=classes, image_size=size, source=str(where), fit=fit,
             preprocessing=base.preprocessing if inside else preprocessing, wrap_preprocessing=not inside)
 
     def _load_imagenet(self, app_name: str):
@@ -329,8 +332,7 @@ class ModelSource:
         """
         kind, where = self.resolve()
         if kind == "card":
-            card = ModelCard.from_json(tables.read_json(Path(where) / CARD_FILE))
-            return self._from_card(card).digest()
+            return self._follow_card(Path(where)).digest()
         if kind == "imagenet":
             app = IMAGENET_APPS[str(where)]
             weights = cached_file(app.weights_file, app.weights_origin, app.weights_hash, f"{self.spec} weights")
@@ -357,11 +359,30 @@ def load_model_source(spec: str | os.PathLike, **kwargs):
     return ModelSource(str(spec), **kwargs).load()
 
 
+def read_source_card(path: str | os.PathLike) -> ModelCard:
+    """A ``model.json`` card; unreadable JSON or fields are one ModelSourceError line."""
+    try:
+        return ModelCard.from_json(tables.read_json(path))
+    except (ValueError, TypeError, OSError) as exc:
+        raise ModelSourceError(f"{path}: unreadable model card ({first_line(exc)})") from exc
+
+
 def write_source_card(out_dir: str | os.PathLike, card: ModelCard) -> Path:
-    """Write ``card`` as ``out_dir/model.json``; ``ModelSource(out_dir)`` then loads the same model again."""
+    """Write ``card`` as ``out_dir/model.json``; ``ModelSource(out_dir)`` then loads the same model again.
+
+    Raises:
+        ModelSourceError: the card names no source, or ``out_dir`` holds another model whose card it would
+            replace (a run folder).
+    """
     if not card.source:
         raise ModelSourceError("card without a source: expected the card returned by ModelSource.load()")
-    return tables.write_json(Path(out_dir) / CARD_FILE, card.to_json())
+    out = Path(out_dir)
+    for name in (MODEL_FILE, SAVED_MODEL_FILE):
+        model_path = out.absolute() / name
+        if model_path.is_file() and Path(card.source).expanduser().absolute() not in (model_path, out.absolute()):
+            raise ModelSourceError(f"{out}: holds {name} of another model; write the card of {card.source} "
+                                   "to another folder")
+    return tables.write_json(out / CARD_FILE, card.to_json())
 
 
 # ------------------------------------------------------------------------------------ photos to input size

@@ -8,6 +8,7 @@ whatever the input size (a 59 MB file), so its cases are marked slow.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import zipfile
 
@@ -356,3 +357,18 @@ def test_imagenet_table_matches_keras_applications():
     for app in IMAGENET_APPS.values():
         assert app.weights_origin.endswith("/" + app.weights_file)
         assert callable(getattr(keras.applications, app.constructor))
+
+
+def test_source_cards_never_replace_a_run_card_nor_chain(tmp_path):
+    run = tiny_run(tmp_path / "run")
+    other = tiny_run(tmp_path / "other")
+    _, card = ModelSource(str(other)).load()
+    with pytest.raises(ValueError, match=r"run: holds model.keras of another model"):
+        write_source_card(run, card)
+    write_source_card(tmp_path / "out", card)
+    write_source_card(tmp_path / "out2", dataclasses.replace(card, source=str(tmp_path / "out")))
+    with pytest.raises(ValueError, match=r"out2/model.json: source .*out is another card folder"):
+        ModelSource(str(tmp_path / "out2")).load()
+    (tmp_path / "out2" / "model.json").write_text("{not json")
+    with pytest.raises(ValueError, match=r"out2/model.json: unreadable model card"):
+        ModelSource(str(tmp_path / "out2")).load()
