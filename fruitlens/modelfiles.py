@@ -28,7 +28,6 @@ class ModelSourceError(RunError):
     """A model that cannot be loaded as asked (one line naming the file or value and what was expected)."""
 
 
-
 # ------------------------------------------------------------------------------------ ImageNet applications
 
 
@@ -199,10 +198,21 @@ def _check_file(path: Path) -> None:
         with zipfile.ZipFile(path) as archive:
             if "config.json" not in archive.namelist():
                 raise ModelSourceError(f"{path}: zip archive without config.json; not a Keras model")
-    else:
-        with open(path, "rb") as fh:
-            if fh.read(8) != HDF5_SIGNATURE:
-                raise ModelSourceError(f"{path}: not an HDF5 file; expected a model saved with model.save(.h5)")
+    elif not _has_hdf5_signature(path):
+        raise ModelSourceError(f"{path}: not an HDF5 file; expected a model saved with model.save(.h5)")
+
+
+def _has_hdf5_signature(path: Path) -> bool:
+    """The HDF5 signature at offset 0, 512, 1024, 2048, ... (after a user block), as the format allows."""
+    size = path.stat().st_size
+    with open(path, "rb") as fh:
+        offset = 0
+        while offset + 8 <= size and offset <= 1 << 20:
+            fh.seek(offset)
+            if fh.read(8) == HDF5_SIGNATURE:
+                return True
+            offset = 512 if offset == 0 else offset * 2
+    return False
 
 
 def load_keras_file(path: Path, unsafe: bool = False):
