@@ -152,6 +152,9 @@ class ModelSource:
         preprocessing: what the RAW model expects (rescale [0, 1], none [0, 255], tf, caffe, torch).
         fit: how a photo of another aspect becomes the input size (``fit_photo``): resize or crop.
         unsafe: allow Lambda layers' Python code to run on loading (``safe_mode=False``).
+
+    Options given here win over a card (``model.json``) next to the model; an explicit ``preprocessing`` always
+    wraps, even a run folder's model. ``fit="resize"`` (the default) keeps a card's ``fit``.
     """
 
     spec: str

@@ -184,6 +184,10 @@ def test_default_class_names_and_one_line_errors(tmp_path, caplog):
     assert tuple(model.input_shape) == (None, 20, 30, 3)
     with pytest.raises(ValueError, match=r"any_size\.h5: 2 class names but the model outputs 4 scores"):
         ModelSource(str(tmp_path / "any_size.h5"), image_size=(20, 30), classes=("a", "b")).load()
+    (tmp_path / "names.txt").write_text("w\nx\ny\nz\n")
+    named = ModelSource(str(tmp_path / "any_size.h5"), image_size=(20, 30), classes_file=str(tmp_path / "names.txt"))
+    assert named.load()[1].classes == ("w", "x", "y", "z")
+    assert named.digest() != ModelSource(str(tmp_path / "any_size.h5"), image_size=(20, 30)).digest()
 
 
 @pytest.mark.parametrize(("fmt", "content", "message"), [
