@@ -10,12 +10,15 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
 from fruitlens import metrics, tables
+
+if TYPE_CHECKING:
+    from fruitlens.modelio import ModelSource
 
 log = logging.getLogger(__name__)
 
@@ -159,34 +162,45 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
     return result
 
 
-def predict_files(run_dir: str | os.PathLike, files: Sequence[str | os.PathLike], out_dir: str | os.PathLike, *,
-                  top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256, annotate: bool = True) -> pd.DataFrame:
+def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | os.PathLike],
+                  out_dir: str | os.PathLike, *, top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256,
+                  annotate: bool = True) -> pd.DataFrame:
     """Predict image files of any size and mode; write predictions.parquet and annotated copies.
+
+    Args:
+        model: a :class:`~fruitlens.modelio.ModelSource`, or its spec (a run folder, a model file or folder,
+            ``imagenet:<app>``). Photos are brought to the model's size with its card's ``fit``.
+        files: image files.
+        out_dir: where predictions.parquet and ``annotated/`` go.
 
     Annotated copies (``out_dir/annotated/<stem>.png``) are the original image (converted to RGB, enlarged
     if small) with the predicted label and probability drawn on it. Unreadable files get a row with an
-    ``error`` and no prediction; they never stop the run.
+    ``error`` and no prediction; they never stop the run unless no file at all could be read.
 
     Returns:
         The predictions table (plus an ``error`` column).
+
+    Raises:
+        ValueError: the model cannot be loaded (ModelSourceError), or none of the files could be read.
     """
     from fruitlens.dataset import image_id
     from fruitlens.images import read_rgb
-    from fruitlens.inputs import decode_images
+    from fruitlens.modelio import as_model_source, read_fitted
     from fruitlens.plots import annotate as draw_label
     from fruitlens.plots import save_png
-    from fruitlens.runs import load_run
 
-    model, card = load_run(run_dir)
+    model, card = as_model_source(model).load()
     out = Path(out_dir)
     paths = [Path(f).expanduser().resolve() for f in files]
-    images_u8, errors = decode_images(paths, card.image_size)
+    images, errors = read_fitted(paths, card.image_size, card.fit)
     ok = np.array([not e for e in errors], dtype=bool)
+    if not ok.any():
+        first = f" (first: {errors[0]})" if errors else ""
+        raise ValueError(f"none of the {len(paths)} files could be read{first}")
     rows = pd.DataFrame({"image_id": [image_id(str(p)) for p in paths], "path": [str(p) for p in paths],
                          "label": [""] * len(paths)})
     probs = np.full((len(paths), card.num_classes), np.nan, dtype=np.float32)
-    if ok.any():
-        probs[ok] = predict_probs(model, images_u8[ok].astype(np.float32) / 255.0, batch_size)
+    probs[ok] = predict_probs(model, images[ok], batch_size)
     table = predictions_table(rows, np.nan_to_num(probs, nan=0.0), card.classes, top_k_count)
     table.loc[~ok, "pred_label"] = ""
     table.loc[~ok, "pred_prob"] = np.float32(np.nan)

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 
 from fruitlens import tables
+from fruitlens.layout import CARD_FILE, MODEL_FILE
 
-MODEL_FILE = "model.keras"
-CARD_FILE = "model.json"
+__all__ = ["CARD_FILE", "MODEL_FILE", "ModelCard", "RunError", "load_run", "model_digest", "predict_batches"]
 
 
 class RunError(ValueError):
@@ -32,12 +32,17 @@ class ModelCard:
     classes: tuple[str, ...]  # class names in output order
     image_size: tuple[int, int]  # (height, width) the model takes
     arch: str  # architecture name, e.g. "seed_cnn" or "transfer:vgg16"
-    preprocessing: str = "rescale"  # what the model does inside to its [0, 1] input
+    preprocessing: str = "rescale"  # what is done to the [0, 1] input before the network (see wrap_preprocessing)
     fingerprint: str = ""  # dataset fingerprint it was trained on
     seed: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # the resolved training config
     versions: dict[str, str] = field(default_factory=dict)
+    # False: the saved model does `preprocessing` itself (fruitlens train). True: the model file expects
+    # `preprocessing` (a fruitlens.modelio name) and fruitlens wraps it to take [0, 1] (any outside model).
+    wrap_preprocessing: bool = False
+    source: str = ""  # where the model was loaded from (a path or imagenet:<app>); "" in a run folder's card
+    fit: str = "resize"  # how photos of another aspect are brought to image_size (modelio.fit_photo)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -86,34 +91,26 @@ def read_card(run_dir: str | os.PathLike) -> ModelCard:
 
 
 def load_run(run_dir: str | os.PathLike):
-    """Load ``(model, card)`` from a run folder.
+    """Load ``(model, card)`` from a run folder (through :class:`fruitlens.modelio.ModelSource`).
 
     Raises:
-        RunError: the folder has no ``model.keras`` or no readable ``model.json``.
+        RunError: the folder has no ``model.keras`` or no readable ``model.json``, or the model cannot be loaded.
     """
-    import keras
+    from fruitlens.modelio import ModelSource
 
-    try:  # registers fruitlens' own serialisable layers, if any
-        import fruitlens.models  # noqa: F401
-    except ImportError:
-        pass
     run = Path(run_dir)
     path = run / MODEL_FILE
     if not path.is_file():
         raise RunError(f"{path}: no saved model; expected a run folder written by `fruitlens train`")
-    card = read_card(run)
-    return keras.models.load_model(path, compile=False), card
+    read_card(run)
+    return ModelSource(str(run)).load()
 
 
 def model_digest(run_dir: str | os.PathLike) -> str:
     """sha256 of the saved model file (a cache key for everything computed from the model)."""
-    import hashlib
+    from fruitlens.modelio import file_sha256
 
-    h = hashlib.sha256()
-    with open(Path(run_dir) / MODEL_FILE, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return file_sha256(Path(run_dir) / MODEL_FILE)
 
 
 def as_predict_fn(model_or_fn):
