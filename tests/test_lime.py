@@ -260,7 +260,7 @@ def test_explain_command_lime(demo_dir, tmp_path, capsys):
     first = table.groupby("image_id")["label_index"].transform("first") == table["label_index"]
     assert table.loc[first, ["deletion_auc", "insertion_auc"]].apply(lambda c: c.between(0, 1)).all().all()
     assert table.loc[~first, "deletion_auc"].isna().all() and len(top)
-    for image_id, rows in table.groupby("image_id"):
+    for _, rows in table.groupby("image_id"):
         seg = np.load(out / rows["segments_path"].iloc[0])
         assert seg.shape == (20, 16) and seg.max() + 1 == rows["superpixel"].nunique()
         outline = out / rows["picture_path"].iloc[0]

@@ -65,14 +65,19 @@ def part_key(method: str, options: Any, model_digest: str, chunk: Sequence[Mappi
     return text_digest(method, json.dumps(to_plain(options), sort_keys=True), model_digest, code, *images)[:24]
 
 
-def read_chunk(rows: pd.DataFrame, size: tuple[int, int]) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
-    """Read the images of ``rows`` at ``size``: (images, rows read, failures with an ``error`` column)."""
+def read_chunk(rows: pd.DataFrame, size: tuple[int, int], fit: str = "resize"
+               ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """Read the images of ``rows`` at ``size`` (``fit``: resize or centre-crop photos of another aspect).
+
+    Returns (images, rows read, failures with an ``error`` column).
+    """
     from fruitlens.images import read_rgb
+    from fruitlens.modelio import fit_photo
 
     images, ok, failed = [], [], []
     for i, path in enumerate(rows["path"]):
         try:
-            images.append(read_rgb(path, size))
+            images.append(read_rgb(path, size) if fit == "resize" else fit_photo(read_rgb(path), size, fit)[0])
             ok.append(i)
         except ValueError as exc:
             log.warning("skipping %s", exc)
@@ -114,7 +119,7 @@ def explain_chunk(model, card, chunk: Sequence[Mapping[str, Any]], out_dir: str 
     """
     out = ExplainLayout(out_dir)
     rows = pd.DataFrame(list(chunk))
-    images, ok, failed = read_chunk(rows, card.image_size)
+    images, ok, failed = read_chunk(rows, card.image_size, getattr(card, "fit", "resize"))
     schema = tables.SCHEMAS[method]
     frame = METHODS[method].run(model, card, images, ok, options, out) if len(ok) else schema.empty_table().to_pandas()
     tables.write_table(frame, out.part(method, key), schema)

@@ -45,6 +45,15 @@ def display_photo(path: str, model_input: np.ndarray) -> np.ndarray:
     return plots.display_photo(photo, model_input)
 
 
+def model_box(photo: np.ndarray, card) -> tuple[int, int, int, int] | None:
+    """The part of the (display) photo the model saw: None for the whole photo, a centred box when it crops."""
+    if getattr(card, "fit", "resize") == "resize":
+        return None
+    from fruitlens.modelio import fit_photo
+
+    return fit_photo(photo, card.image_size, card.fit)[1]
+
+
 def _label(value) -> str | None:
     return value if isinstance(value, str) and value else None
 
@@ -77,12 +86,13 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
                                      f"{res.num_samples} samples, R² {res.score[top]:.2f}",
                               legend=f"green supports {label}, red against")
             pic = lime_on_photo(photo, res.segments, res.weights[top], threshold=options.threshold,
-                                num_features=options.display_features)
+                                num_features=options.display_features, box=model_box(photo, card))
             target = out.picture("lime", stem, "outline")
             plots.save_png(add_caption(pic, caption, legend=lime_legend(label)), target, caption)
             files["outline"] = _rel(out, target)
         if options.plots == "all":
-            bounds = lime_on_photo(photo, res.segments, np.zeros(res.num_superpixels), num_features=0)
+            bounds = lime_on_photo(photo, res.segments, np.zeros(res.num_superpixels), num_features=0,
+                                   box=model_box(photo, card))
             seg = plots.lime_boundaries(bounds / 255.0, _ids_at(res.segments, bounds.shape[:2]))
             plots.save_png(add_caption(seg, [f"{res.num_superpixels} superpixels ({options.segmenter}) of "
                                              f"{Path(path).name}"]), out.picture("lime", stem, "boundaries"))
@@ -117,7 +127,8 @@ def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result
                           detail=f"layer {result.layer}")
         over = out.picture("gradcam", stem, "overlay")
         heat = out.picture("gradcam", stem, "heatmap")
-        pic = heat_on_photo(photo, result.heatmaps[i], palette=options.palette, max_alpha=options.alpha)
+        pic = heat_on_photo(photo, result.heatmaps[i], palette=options.palette, max_alpha=options.alpha,
+                            box=model_box(photo, card))
         plots.save_png(add_caption(pic, caption, scale=options.palette), over, caption)
         plain = plots.heatmap_picture(result.heatmaps[i], pic.shape[:2], options.palette)
         plots.save_png(add_caption(plain, caption, scale=options.palette), heat, caption)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 DEFAULT_DEMO_DIR = "data/demo"
@@ -51,3 +52,51 @@ def build_options(cls: type, values: dict[str, Any], flags: dict[str, str] | Non
                 text = new
                 break
         raise CommandError(text) from exc
+
+
+MODEL_HELP = ("a run folder, a Keras model file (.keras, .h5) or SavedModel folder, or imagenet:<application> "
+              "(vgg16, resnet50, mobilenet_v2, inception_v3, efficientnet_b0, ...)")
+
+
+def add_model_arguments(p) -> None:
+    """--model and what a model file may not say about itself."""
+    from fruitlens.modelio import FITS, PREPROCESSINGS
+
+    p.add_argument("--model", required=True, help=MODEL_HELP)
+    g = p.add_argument_group("model files that do not say (a model.json card next to the file is read first)")
+    g.add_argument("--classes", help="class names in output order, comma-separated")
+    g.add_argument("--classes-file", type=Path, help="class names: a .txt (one per line) or .json file")
+    g.add_argument("--image-size", dest="model_image_size", help="the model's input size, HxW (when not fixed)")
+    g.add_argument("--preprocessing", choices=PREPROCESSINGS,
+                   help="what the model expects: rescale ([0, 1]), none ([0, 255]), tf ([-1, 1]), caffe, torch")
+    g.add_argument("--fit", choices=FITS, default=None,
+                   help="photos of another aspect: resize (squeeze, default) or crop (centre)")
+    g.add_argument("--unsafe-load-code", action="store_true",
+                   help="allow Lambda layers: RUNS PYTHON CODE stored in the model file; only for files you trust")
+
+
+def model_source(args):
+    """The ``ModelSource`` of --model and its flags (checked by the dataclass)."""
+    from fruitlens.modelio import ModelSource
+
+    size = _image_size(args.model_image_size) if args.model_image_size else None
+    values = {"spec": str(args.model), "classes": _csv(args.classes),
+              "classes_file": str(args.classes_file) if args.classes_file else None,
+              "image_size": (size, size) if isinstance(size, int) else size, "preprocessing": args.preprocessing,
+              "unsafe": bool(args.unsafe_load_code)}
+    if args.fit:
+        values["fit"] = args.fit
+    try:
+        return ModelSource(**values)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+
+
+def load_model(args):
+    """(model, card, digest) of --model; a bad file is one line."""
+    source = model_source(args)
+    try:
+        model, card = source.load()
+        return model, card, source.digest()
+    except ValueError as exc:
+        raise CommandError(str(exc).splitlines()[0]) from exc

@@ -10,14 +10,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fruitlens.cli.common import CommandError, build_options
+from fruitlens.cli.common import CommandError, add_model_arguments, build_options, load_model
 
 
 def _add_explain(sub) -> None:
     from fruitlens.config import CHUNK_SIZE, METHODS
 
     p = sub.add_parser("explain", help="explain predictions with LIME and/or Grad-CAM (tables and PNGs)")
-    p.add_argument("--model", type=Path, required=True, help="run folder with model.keras and model.json")
     p.add_argument("--data", type=Path, nargs="+", required=True,
                    help="a dataset root, a folder of photos (searched recursively), or image files")
     p.add_argument("--method", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
@@ -51,6 +50,7 @@ def _add_explain(sub) -> None:
     cam.add_argument("--gradcam-variant", help="gradcam (default), gradcam++, or cam (global average pooling + dense)")
     cam.add_argument("--palette", help="matplotlib colormap of heatmaps (default jet)")
     cam.add_argument("--alpha", type=float, help="the most opaque the heat overlay gets, 0..1")
+    add_model_arguments(p)
 
 
 def _given(args, names: dict[str, str]) -> dict[str, Any]:
@@ -108,7 +108,7 @@ def _cmd_explain(args) -> int:
     from fruitlens.batch.engine import explain_images
     from fruitlens.batch.rows import rows_from_inputs
     from fruitlens.config import parse_methods
-    from fruitlens.runs import load_run, model_digest
+    from fruitlens.modelio import check_layer_access, write_source_card
 
     try:
         methods = parse_methods(args.method)
@@ -119,20 +119,28 @@ def _cmd_explain(args) -> int:
             raise CommandError(f"{flag} {value}: expected at least 1")
     options = explain_options(args)
     rows = rows_from_inputs(args.data, split=args.split, limit=args.limit, unlabelled=args.unlabelled)
-    model, card = load_run(args.model)
-    if "gradcam" in methods:  # a bad layer is a one-line error before any work
+    model, card, digest = load_model(args)
+    if "gradcam" in methods:  # a model without visible layers or a bad layer: one line before any work
         from fruitlens.explain.base import find_layer
 
         try:
+            check_layer_access(model, "gradcam")
             find_layer(model, options.gradcam.layer)
         except ValueError as exc:
-            raise CommandError(f"--layer {options.gradcam.layer}: {exc}") from exc
+            flag = f"--layer {options.gradcam.layer}: " if options.gradcam.layer else ""
+            raise CommandError(f"{flag}{exc}") from exc
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"--out {args.out}: is a file; expected a folder")
     with tqdm(total=len(rows), unit="img", desc="explain", disable=None, file=sys.stderr) as bar:
         try:
-            totals = explain_images(model, card, model_digest(args.model), rows, args.out, methods, options,
+            totals = explain_images(model, card, digest, rows, args.out, methods, options,
                                     chunk_size=args.chunk_size, progress=bar.update)
         except ValueError as exc:
             raise CommandError(str(exc).splitlines()[0]) from exc
+    try:  # a rerun needs no model flags: the card next to the outputs says them
+        write_source_card(args.out, card)
+    except ValueError as exc:
+        print(f"note: {exc}", file=sys.stderr)
     done = ", ".join(f"{m}: {totals[m]} rows" for m in methods)
     print(f"explained {len(rows) - totals['skipped'] - totals['failed']} images ({done}); "
           f"{totals['skipped']} already done, {totals['failed']} unreadable; wrote {args.out}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fruitlens.cli.common import CommandError, _csv, _image_size, build_options
+from fruitlens.cli.common import CommandError, _csv, _image_size, add_model_arguments, build_options, model_source
 
 
 def _add_train(sub) -> None:
@@ -96,19 +96,26 @@ def _cmd_evaluate(args) -> int:
 
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="predict image files and write annotated copies")
-    p.add_argument("files", nargs="+", type=Path)
-    p.add_argument("--model", type=Path, required=True)
+    p = sub.add_parser("predict", help="predict image files or folders of photos; write annotated copies")
+    p.add_argument("files", nargs="+", type=Path, help="image files and folders (searched recursively)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--top-k", type=int, default=5)
+    add_model_arguments(p)
 
 
 def _cmd_predict(args) -> int:
+    from fruitlens.batch.rows import photos_in
     from fruitlens.inference import predict_files
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
-    table = predict_files(args.model, args.files, args.out, top_k_count=args.top_k)
+    files = [f for arg in args.files for f in (photos_in(arg) if arg.is_dir() else [arg])]
+    if not files:
+        raise CommandError(f"{' '.join(map(str, args.files))}: no image files found")
+    try:
+        table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k)
+    except ValueError as exc:  # a bad model file, or not one image could be read
+        raise CommandError(str(exc).splitlines()[0]) from exc
     for row in table.itertuples():
         if row.error:
             print(f"error: {row.error}")  # the reason starts with the path
@@ -122,7 +129,7 @@ def _cmd_predict(args) -> int:
 
 def _add_visualize(sub) -> None:
     p = sub.add_parser("visualize", help="activation grids and filter patterns for one image")
-    p.add_argument("--model", type=Path, required=True)
+    add_model_arguments(p)
     p.add_argument("--image", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--channels", type=int, default=40, help="activation maps per layer (8 per row)")
@@ -147,7 +154,7 @@ def _cmd_visualize(args) -> int:
     if args.palette not in matplotlib.colormaps:
         raise CommandError(f"--palette {args.palette}: expected a matplotlib colormap such as viridis, jet, magma")
     try:
-        paths = visualize_run(args.model, args.image, args.out, channels=args.channels, filters=args.filters,
+        paths = visualize_run(model_source(args), args.image, args.out, channels=args.channels, filters=args.filters,
                               steps=args.steps, seed=args.seed, palette=args.palette)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc

@@ -105,10 +105,12 @@ def _channels(model, ref: LayerRef) -> int:
     return _compiled(model, ref.path)[1]
 
 
-def visualize_run(run_dir: str | os.PathLike, image_path: str | os.PathLike, out_dir: str | os.PathLike, *,
+def visualize_run(run_dir, image_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                   channels: int = 40, filters: int = 40, steps: int = 30, seed: int = 0,
                   palette: str = "viridis") -> list[Path]:
-    """Activation grids of one image and filter patterns, for every conv layer of a run's model.
+    """Activation grids of one image and filter patterns, for every conv layer of a model.
+
+    ``run_dir``: a run folder, a model file, or a ``fruitlens.modelio.ModelSource``.
 
     Writes ``out_dir/activations/<layer>.png`` and ``out_dir/filters/<layer>.png`` (nested layers as
     ``backbone__name``).
@@ -120,9 +122,10 @@ def visualize_run(run_dir: str | os.PathLike, image_path: str | os.PathLike, out
         RunError: the run folder has no model; ValueError: the image cannot be read.
     """
     from fruitlens.images import read_rgb
-    from fruitlens.runs import load_run
+    from fruitlens.modelio import as_model_source, check_layer_access
 
-    model, card = load_run(run_dir)
+    model, card = as_model_source(run_dir).load()
+    check_layer_access(model, "activations")
     image = read_rgb(image_path, card.image_size)
     out = Path(out_dir)
     paths = save_activation_grids(model, image, out / "activations", channels=channels, palette=palette,
