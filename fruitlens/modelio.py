@@ -327,15 +327,23 @@ class ModelSource:
 
     # -- identity
 
-    def digest(self) -> str:
+    def digest(self, card: ModelCard | None = None) -> str:
         """sha256 of the model's content (file bytes; a SavedModel's files; imagenet: app name + weights sha),
         mixed with the options that change the outputs when any is given (a cache key for derived results).
 
-        For a plain run folder this equals ``runs.model_digest`` (the sha256 of its model.keras).
+        For a plain run folder this equals ``runs.model_digest`` (the sha256 of its model.keras). With the
+        ``card`` that ``load`` returned, the options mixed in are the card's resolved ones, so the same model
+        gives the same digest however it was named (flags, a card next to the file, a card folder).
         """
         kind, where = self.resolve()
         if kind == "card":
-            return self._follow_card(Path(where)).digest()
+            return self._follow_card(Path(where)).digest(card)
+        if card is not None:
+            content = dataclasses.replace(self, classes=None, classes_file=None, image_size=None,
+                                          preprocessing=None, fit="resize").digest()
+            resolved = {"classes": list(card.classes), "image_size": list(card.image_size),
+                        "preprocessing": card.preprocessing, "wrap": card.wrap_preprocessing, "fit": card.fit}
+            return hashlib.sha256(f"{content}\n{json.dumps(resolved, sort_keys=True)}".encode()).hexdigest()
         if kind == "imagenet":
             app = IMAGENET_APPS[str(where)]
             weights = cached_file(app.weights_file, app.weights_origin, app.weights_hash, f"{self.spec} weights")

@@ -97,6 +97,6 @@ def load_model(args):
     source = model_source(args)
     try:
         model, card = source.load()
-        return model, card, source.digest()
+        return model, card, source.digest(card)
     except ValueError as exc:
         raise CommandError(str(exc).splitlines()[0]) from exc
