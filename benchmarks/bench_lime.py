@@ -297,8 +297,10 @@ def part_full(limit: int | None, time_limit_s: float) -> dict:
 def part_demo(n_train: int, n_test: int) -> dict:
     """How often the top supporting superpixel overlaps the sticker that decides the class (vs chance)."""
     from fruitlens import tables
-    from fruitlens.explain.runner import explain_images, select_images
-    from fruitlens.runs import ModelCard, predict_batches, write_card
+    from fruitlens.batch.engine import explain_images
+    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.config import ExplainOptions, LimeOptions
+    from fruitlens.runs import ModelCard, load_run, model_digest, predict_batches, write_card
     from fruitlens.synthetic import write_demo_dataset
 
     size = 64
@@ -313,10 +315,12 @@ def part_demo(n_train: int, n_test: int) -> dict:
         run.mkdir()
         model.save(run / "model.keras")
         write_card(run, ModelCard(classes=tuple(classes), image_size=(size, size), arch="seed_cnn-like"))
-        rows = select_images([data], split="test")
+        rows = rows_from_inputs([data], split="test")
         out = Path(tmp) / "explain"
-        _, seconds = timed(explain_images, run, rows, out, ["lime"],
-                           options={"lime": {"num_samples": 1000, "plots": "none"}})
+        saved, card = load_run(run)
+        options = ExplainOptions(lime=LimeOptions(num_samples=1000, plots="none"))
+        _, seconds = timed(explain_images, saved, card, model_digest(run), rows, out, ["lime"], options,
+                           chunk_size=32)
         table = tables.read_table(out / "lime.parquet")
         top = table[table["rank"] == 0]
         best = top.loc[top.groupby("image_id")["weight"].idxmax()]

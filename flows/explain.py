@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from prefect import flow, unmapped
+import time
+
+from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from flows.settings import build_task_runner, run_name, slug
 from fruitlens.batch.engine import out_lock
 from fruitlens.config import CHUNK_SIZE, ExplainOptions, build, to_plain
+from fruitlens.summary import progress_line
 from tasks.explain import explain_chunk_task, finish_task, plan_task
 
 
@@ -51,7 +54,7 @@ def explain_flow(model_dir: str, index_dir: str, out_dir: str, methods: list[str
                                             f"{len(plan['chunks'])} chunks, explained with {', '.join(methods)}")
         mapped = [item for m in methods for item in _map_chunks(model_dir, out_dir, m, opts[m], plan)]
         sizes = {future.task_run_id: n for future, n in mapped}
-        finished, failed = 0, []
+        finished, failed, start, log = 0, [], time.perf_counter(), get_run_logger()
         for future in as_completed([future for future, _ in mapped]):
             future.wait()
             if future.state.is_completed():
@@ -59,6 +62,8 @@ def explain_flow(model_dir: str, index_dir: str, out_dir: str, methods: list[str
             else:
                 failed.append(future)
             update_progress_artifact(progress, 100.0 * finished / max(total, 1))
+            log.info(progress_line("explained", finished, total, time.perf_counter() - start,
+                                   "image explanations" if len(methods) > 1 else "images"))
         if failed:
             raise RuntimeError(f"{len(failed)} of {len(mapped)} explanation chunks failed; rerun to redo only "
                                f"those ({failed[0].state.type.value}: {failed[0].state.message})")

@@ -25,16 +25,19 @@ def train_task(data_dir: str, run_dir: str, train_config: dict) -> dict:
     """Train with ``train_config`` (TrainConfig fields) into ``run_dir``; resumes from its checkpoint."""
     from fruitlens.config import build
     from fruitlens.layout import RunLayout
+    from fruitlens.progress import epoch_lines
     from fruitlens.runs import model_digest
     from fruitlens.training import ResumeError, TrainConfig, train_model
 
     config = build(TrainConfig, train_config, "train")
+    log = get_run_logger()
     resume = (RunLayout(run_dir).checkpoints_dir / "last.keras").is_file()
+    lines = [epoch_lines(log, config.epochs)]
     try:  # a run killed mid-training goes on from its last checkpoint
-        result = train_model(data_dir, run_dir, config, resume=resume)
+        result = train_model(data_dir, run_dir, config, resume=resume, callbacks=lines)
     except ResumeError as exc:  # the checkpoint is of other data or another configuration
-        get_run_logger().info("not resuming (%s): training from scratch", exc)
-        result = train_model(data_dir, run_dir, config, resume=False)
+        log.info("not resuming (%s): training from scratch", exc)
+        result = train_model(data_dir, run_dir, config, resume=False, callbacks=lines)
     return {"run_dir": run_dir, "model_digest": model_digest(run_dir), "epochs": int(result.get("epochs", 0)),
             "metrics": dict(result.get("metrics", {})), "classes": list(result.get("classes", [])),
             "curves_path": str(RunLayout(run_dir).curves)}

@@ -61,12 +61,30 @@ def quiet_libraries(verbose: bool) -> None:
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
+class RunFormatter(logging.Formatter):
+    """Log lines that name the flow or task run they come from (orchestrators attach the run's name)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        who = getattr(record, "task_run_name", None) or getattr(record, "flow_run_name", None)
+        text = super().format(record)
+        return f"{who}: {text}" if who else text
+
+
+def setup_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(RunFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO if verbose else logging.WARNING)
+    for name in ("prefect.flow_runs", "prefect.task_runs", "fruitlens"):  # progress lines of runs
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     commands = all_commands()
     parser = build_parser(commands)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(args.verbose)
     quiet_libraries(args.verbose)
     from fruitlens.dataset import DatasetError
     from fruitlens.runs import RunError
