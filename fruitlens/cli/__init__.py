@@ -70,9 +70,19 @@ class RunFormatter(logging.Formatter):
         return f"{who}: {text}" if who else text
 
 
+def _first_line(record: logging.LogRecord) -> bool:
+    """Keep an orchestrator's error lines to their first line (the traceback is for ``--verbose``)."""
+    text = record.getMessage()
+    if "\n" in text or record.exc_info:
+        record.msg, record.args, record.exc_info, record.exc_text = text.splitlines()[0], (), None, None
+    return True
+
+
 def setup_logging(verbose: bool) -> None:
     handler = logging.StreamHandler()
     handler.setFormatter(RunFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
+    if not verbose:
+        handler.addFilter(_first_line)
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if verbose else logging.WARNING)
