@@ -25,7 +25,8 @@ def test_hand_computed_curves_and_areas():
     np.testing.assert_allclose(res.insertion, [[0, 1, 1, 1, 1], [0, 0, 0, 0, 1]], atol=1e-6)
     np.testing.assert_allclose(res.deletion_auc, [0.125, 0.875], atol=1e-6)
     np.testing.assert_allclose(res.insertion_auc, [0.875, 0.125], atol=1e-6)
-    assert res.to_rows()[0] == pytest.approx({"deletion_auc": 0.125, "insertion_auc": 0.875})
+    row = res.to_rows(["x", "y"]).iloc[0]
+    assert row["image_id"] == "x" and (row["deletion_auc"], row["insertion_auc"]) == pytest.approx((0.125, 0.875))
 
 
 def test_batch_size_and_saliency_resolution_do_not_change_results():

@@ -282,3 +282,11 @@ def test_softmax_inside_a_nested_classifier_is_left_out():
     assert result.layer == f"{inner.name}/colour"
     np.testing.assert_allclose(result.scores, GradCAM(colour_model(softmax="none")).explain(images, [0, 1]).scores,
                                rtol=1e-6)
+
+
+def test_cam_result_rows():
+    model = colour_model()
+    result = GradCAM(model).explain(blobs(2), [0, 1], upsample=False)
+    rows = result.to_rows(["x", "y"], ["red", "blue"])
+    assert list(rows["image_id"]) == ["x", "y"] and list(rows["label"]) == ["red", "blue"]
+    assert (rows["layer"] == "colour").all() and rows["score"].dtype == np.float64

@@ -328,3 +328,17 @@ def test_explanation_pictures():
     assert len(fig.axes[0].lines) >= 3  # a density, its rug, the threshold lines
     plots.plt.close(fig)
     assert plots.upscale_nearest(seg, 3).shape == (36, 54)
+
+
+def test_one_verb_explainer_and_batch_rows(keras_model):
+    from fruitlens.explain.lime import LimeExplainer
+
+    x = np.random.default_rng(3).random((2, 12, 17, 3)).astype(np.float32)
+    segments = np.stack([grid_segments(12, 17)] * 2)
+    result = LimeExplainer(keras_model, num_samples=40, seed=5).explain(x, [1, 2], segments=segments)
+    direct = explain_lime(keras_model, x, segments=segments, labels=[1, 2], num_samples=40, seed=5)
+    assert len(result) == 2 and [r.labels for r in result] == [(1,), (2,)]
+    for ours, ref in zip(result, direct, strict=True):
+        np.testing.assert_array_equal(ours.weights[ours.labels[0]], ref.weights[ref.labels[0]])
+    rows = result.to_rows(["a", "b"])
+    assert list(rows["image_id"].unique()) == ["a", "b"] and len(rows) == 2 * 6

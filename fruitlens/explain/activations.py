@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import logging
 import os
-import weakref
 from pathlib import Path
 
 import numpy as np
 
 from fruitlens.explain.base import LayerRef, check_images, conv_layers, find_layer, trace_model
+from fruitlens.explain.keras_graph import cached
 
 log = logging.getLogger(__name__)
 
-_TRACED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def layer_file_name(path: str) -> str:
@@ -46,11 +45,8 @@ def layer_activations(model, images, layers=None) -> dict[str, np.ndarray]:
     """
     images = check_images(images)
     refs = resolve_layers(model, layers)
-    key = tuple(r.path for r in refs)
-    cache = _TRACED.setdefault(model, {})
-    if key not in cache:
-        cache[key] = trace_model(model, refs, outputs=False)
-    outs = cache[key](images, training=False)
+    key = ("activations", tuple(r.path for r in refs))
+    outs = cached(model, key, lambda: trace_model(model, refs, outputs=False))(images, training=False)
     outs = outs if isinstance(outs, list | tuple) else [outs]
     return {r.path: np.asarray(o, dtype=np.float32) for r, o in zip(refs, outs, strict=True)}
 

@@ -1,223 +1,34 @@
-"""Shared machinery of the heatmap explainers: finding layers, tracing models, targets, batching, scaling.
+"""Shared machinery of the heatmap explainers: targets, batching, the gradient step, scaling, upsampling.
 
-Keras' own recipe, ``Model(model.inputs, [layer.output, model.output])``, fails on a Sequential model that
-was never called and on layers inside a nested backbone (their ``.output`` belongs to the backbone's own
-graph). Here every model is *re-traced* instead: its layers are called again on a fresh ``keras.Input``,
-recursing into nested Sequential and functional models, which yields one flat functional graph whose outputs
-are any inner layers we want to look at plus the class scores. Weights are shared, nothing of the model is
-changed, and the last softmax is left out of the traced graph (a Dense layer with a softmax activation is
-recomputed as ``x @ kernel + bias``), so gradients are taken on pre-softmax logits.
-
-Each CAM method subclasses :class:`BaseCAM` and overrides only :meth:`BaseCAM.cam_weights`.
+Models are walked and re-traced by ``fruitlens.explain.keras_graph`` (re-exported here: ``walk_layers``,
+``find_layer``, ``trace_model``, ...). Each CAM method subclasses :class:`BaseCAM` and overrides only
+:meth:`BaseCAM.cam_weights`.
 """
 
 from __future__ import annotations
 
 import logging
-import weakref
-from collections.abc import Sequence
-from dataclasses import dataclass
 
 import keras
 import numpy as np
 import tensorflow as tf
-from keras import ops
-from keras.src.models.functional import Functional  # not exported; needed to walk nested graphs
+
+from fruitlens.explain.keras_graph import (  # noqa: F401 - re-exported for the explainers
+    CONV_TYPES,
+    LayerRef,
+    cached,
+    conv_layers,
+    find_head,
+    find_layer,
+    head_kind,
+    trace_model,
+    walk_layers,
+)
+from fruitlens.explain.results import CAMResult  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-CONV_TYPES = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D,
-              keras.layers.Conv2DTranspose)
 EPS = 1e-7
-
-
-# ------------------------------------------------------------------------------------ walking models
-
-
-@dataclass(frozen=True)
-class LayerRef:
-    """A layer somewhere in a (possibly nested) model: its path ``outer/inner/name`` and its ancestors."""
-
-    path: str
-    layer: keras.layers.Layer
-    parents: tuple  # the nested models that contain it, outermost first (the top model excluded)
-
-    @property
-    def name(self) -> str:
-        return self.layer.name
-
-
-def _is_graph(layer) -> bool:
-    """A model whose layers we can re-trace in order: Sequential or functional (not subclassed)."""
-    return isinstance(layer, keras.Sequential | Functional)
-
-
-def _children(model) -> list:
-    return [lay for lay in model.layers if not isinstance(lay, keras.layers.InputLayer)]
-
-
-def walk_layers(model, _prefix: str = "", _parents: tuple = ()) -> list[LayerRef]:
-    """Every layer of ``model`` in execution order, nested Sequential/functional models expanded.
-
-    A nested model appears itself, followed by its own layers (paths ``backbone/block5_conv3``).
-    """
-    refs: list[LayerRef] = []
-    for lay in _children(model):
-        path = f"{_prefix}{lay.name}"
-        refs.append(LayerRef(path, lay, _parents))
-        if _is_graph(lay):
-            refs.extend(walk_layers(lay, f"{path}/", (*_parents, lay)))
-    return refs
-
-
-def conv_layers(model) -> list[LayerRef]:
-    """The convolutional layers of ``model`` (nested backbones included), in execution order."""
-    return [ref for ref in walk_layers(model) if isinstance(ref.layer, CONV_TYPES)]
-
-
-def find_layer(model, layer: str | keras.layers.Layer | None = None) -> LayerRef:
-    """Resolve ``layer`` (None = the last conv layer, a name, a path ``outer/inner``, or a layer object).
-
-    Raises:
-        ValueError: no such layer (the message lists the conv layers), or a name that is ambiguous.
-    """
-    refs = walk_layers(model)
-    convs = [r.path for r in refs if isinstance(r.layer, CONV_TYPES)]
-    if layer is None:
-        if not convs:
-            raise ValueError(f"model {model.name!r} has no convolutional layer; pass layer= explicitly")
-        return next(r for r in refs if r.path == convs[-1])
-    if isinstance(layer, keras.layers.Layer):
-        found = [r for r in refs if r.layer is layer]
-    else:
-        found = [r for r in refs if r.path == layer] or [r for r in refs if r.name == layer]
-    if not found:
-        raise ValueError(f"layer {layer!r} not found in model {model.name!r}; conv layers: {', '.join(convs)}")
-    if len(found) > 1:
-        raise ValueError(f"layer name {layer!r} is ambiguous; use one of the paths {[r.path for r in found]}")
-    return found[0]
-
-
-def _is_softmax(fn) -> bool:
-    return getattr(fn, "__name__", "") == "softmax"
-
-
-def find_head(model) -> LayerRef | None:
-    """The layer that produces ``model``'s output (inside nested models too); None for subclassed models."""
-    if isinstance(model, keras.Sequential):
-        last = _children(model)[-1]
-    elif isinstance(model, Functional):
-        if len(model.outputs) != 1:
-            raise ValueError(f"model {model.name!r} has {len(model.outputs)} outputs; expected one (class scores)")
-        last = model.outputs[0]._keras_history.operation
-    else:
-        return None
-    if _is_graph(last):
-        inner = find_head(last)
-        return None if inner is None else LayerRef(f"{last.name}/{inner.path}", inner.layer, (last, *inner.parents))
-    return LayerRef(last.name, last, ())
-
-
-def head_kind(layer) -> str | None:
-    """How the final softmax is removed: 'dense' (recompute the logits), 'skip' (a softmax layer), or None."""
-    if isinstance(layer, keras.layers.Dense) and _is_softmax(layer.activation):
-        return "dense"
-    if isinstance(layer, keras.layers.Softmax):
-        return "skip"
-    if isinstance(layer, keras.layers.Activation) and _is_softmax(layer.activation):
-        return "skip"
-    return None
-
-
-# ------------------------------------------------------------------------------------ re-tracing
-
-
-class _Tracer:
-    """Calls a model's layers again on new inputs, capturing some layers and stripping the final softmax."""
-
-    def __init__(self, model, capture: Sequence[LayerRef], logits: bool, pre_activation: bool = False):
-        self.capture = {id(r.layer) for r in capture}
-        self.pre_activation = pre_activation
-        head = find_head(model) if logits else None
-        self.head = head.layer if head is not None and head_kind(head.layer) else None
-        if logits and head is None:
-            log.warning("model %s is not Sequential/functional: scores are taken from its output", model.name)
-        wanted = [*capture, *([head] if self.head is not None else [])]
-        self.expand = {id(p) for r in wanted for p in r.parents}
-        self.store: dict[int, object] = {}
-
-    def run(self, op, args, kwargs):
-        if op is self.head:
-            x = args[0]
-            if head_kind(op) == "skip":
-                out = x
-            else:
-                out = ops.matmul(x, op.kernel)
-                if op.use_bias:
-                    out = out + op.bias
-        elif id(op) in self.expand and isinstance(op, keras.Sequential):
-            out = args[0]
-            for lay in _children(op):
-                out = self.run(lay, (out,), {})
-        elif id(op) in self.expand:
-            out = op._run_through_graph(args[0], operation_fn=lambda o: lambda *a, **k: self.run(o, a, k))
-        elif id(op) in self.capture and self.pre_activation and _has_activation(op):
-            pre = op.convolution_op(args[0], op.kernel)
-            if op.use_bias:
-                pre = pre + op.bias  # channels_last: the bias broadcasts over the last axis
-            self.store[id(op)] = pre
-            return op.activation(pre)
-        else:
-            out = op(*args, **kwargs)
-        if id(op) in self.capture:
-            self.store[id(op)] = out
-        return out
-
-
-def _has_activation(layer) -> bool:
-    """A channels-last Conv2D with a non-linear activation built in (its pre-activation can be taken)."""
-    return (isinstance(layer, keras.layers.Conv2D) and layer.data_format == "channels_last"
-            and layer.activation is not None and getattr(layer.activation, "__name__", "") != "linear")
-
-
-def trace_model(model, capture: Sequence[LayerRef], *, logits: bool = True, outputs: bool = True,
-                pre_activation: bool = False) -> keras.Model:
-    """A new functional model over ``model``'s layers (shared weights) returning the captured layers' outputs.
-
-    Args:
-        model: a built Sequential, functional, or nested model taking (N, H, W, 3).
-        capture: layers (from :func:`walk_layers` / :func:`find_layer`) whose outputs to return, in order.
-        logits: drop the final softmax (the last output is then the pre-softmax scores).
-        outputs: also return the model's (pre-softmax) output as the last element; without it the graph is
-            pruned to what the captured layers need (faster for activations and filter patterns).
-        pre_activation: for captured Conv2D layers with a built-in activation, return the value before it
-            (filter visualisation: a ReLU that is off everywhere has no gradient to climb).
-
-    Returns:
-        A keras Model: ``x -> [captured..., scores]`` (or ``[captured...]``).
-    """
-    if not model.built:
-        raise ValueError(f"model {model.name!r} is not built; build or call it on data first")
-    shape = tuple(model.inputs[0].shape[1:]) if getattr(model, "inputs", None) else tuple(model.input_shape[1:])
-    inp = keras.Input(shape=shape, dtype="float32")
-    tracer = _Tracer(model, capture, logits and outputs, pre_activation)
-    if _is_graph(model):
-        tracer.expand.add(id(model))
-        out = tracer.run(model, (inp,), {})
-    elif capture:
-        raise ValueError(f"model {model.name!r} is subclassed: its layers cannot be re-traced")
-    else:
-        out = model(inp)
-    missing = [r.path for r in capture if id(r.layer) not in tracer.store]
-    if missing:
-        raise ValueError(f"layers {missing} are not on the path from the input to the output")
-    got = [tracer.store[id(r.layer)] for r in capture]
-    for ref, tensor in zip(capture, got, strict=True):
-        if len(tensor.shape) != 4:
-            raise ValueError(f"layer {ref.path!r} has output shape {tuple(tensor.shape)}; "
-                             "expected a 4-D (N, h, w, channels) feature map")
-    got += [out] if outputs else []
-    return keras.Model(inp, got, name=f"{model.name}_traced")
 
 
 # ------------------------------------------------------------------------------------ inputs and targets
@@ -272,38 +83,6 @@ def peaks(heatmaps: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------ the base explainer
 
 
-@dataclass(frozen=True)
-class CAMResult:
-    """Heatmaps of N images and what they explain.
-
-    Attributes:
-        heatmaps: (N, H, W) float32 in [0, 1] (or (N, h, w) at the layer's resolution), no NaN.
-        targets: (N,) int class ids explained.
-        scores: (N,) float32 pre-softmax score of each target.
-        layer: path of the layer the maps come from.
-    """
-
-    heatmaps: np.ndarray
-    targets: np.ndarray
-    scores: np.ndarray
-    layer: str
-
-    def __post_init__(self) -> None:
-        n = len(self.heatmaps)
-        if self.heatmaps.ndim != 3 or self.targets.shape != (n,) or self.scores.shape != (n,):
-            raise ValueError(f"CAMResult shapes {self.heatmaps.shape}, {self.targets.shape}, {self.scores.shape}: "
-                             "expected (N, H, W), (N,), (N,)")
-
-    @property
-    def peaks(self) -> np.ndarray:
-        """(N, 2) int (y, x) of each heatmap's maximum."""
-        return peaks(self.heatmaps)
-
-
-# compiled gradient steps, per model, per (method, layer): reused by later calls on the same model
-_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
 class BaseCAM:
     """Class activation maps: target resolution, batching, the gradient step, scaling, upsampling.
 
@@ -331,27 +110,27 @@ class BaseCAM:
 
     def _step(self):
         ref = find_layer(self.model, self.layer)
-        key = (type(self), ref.path)
-        cache = _STEPS.setdefault(self.model, {})
-        if key not in cache:
-            self.check(ref)
-            traced = trace_model(self.model, [ref])
+        return cached(self.model, ("cam-step", type(self), ref.path), lambda: (ref, self._build_step(ref)))
 
-            @tf.function(reduce_retracing=True)
-            def step(x, targets):
-                with tf.GradientTape() as tape:
-                    acts, scores = traced(x, training=False)
-                    acts, scores = tf.cast(acts, tf.float32), tf.cast(scores, tf.float32)
-                    targets = tf.where(targets < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), targets)
-                    score = tf.gather(scores, targets, batch_dims=1)  # (N,): each image its own class
-                # the gradient of the sum is each image's own gradient: images never mix in inference
-                grads = tape.gradient(score, acts) if self.needs_gradients else None
-                weights = self.cam_weights(acts, grads, targets)
-                cams = tf.einsum("nhwk,nk->nhw", acts, weights)
-                return scale_maps(cams), targets, score
+    def _build_step(self, ref: LayerRef):
+        """The compiled gradient step of this method at ``ref`` (built once per model, see ``cached``)."""
+        self.check(ref)
+        traced = trace_model(self.model, [ref])
 
-            cache[key] = (ref, step)
-        return cache[key]
+        @tf.function(reduce_retracing=True)
+        def step(x, targets):
+            with tf.GradientTape() as tape:
+                acts, scores = traced(x, training=False)
+                acts, scores = tf.cast(acts, tf.float32), tf.cast(scores, tf.float32)
+                targets = tf.where(targets < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), targets)
+                score = tf.gather(scores, targets, batch_dims=1)  # (N,): each image its own class
+            # the gradient of the sum is each image's own gradient: images never mix in inference
+            grads = tape.gradient(score, acts) if self.needs_gradients else None
+            weights = self.cam_weights(acts, grads, targets)
+            cams = tf.einsum("nhwk,nk->nhw", acts, weights)
+            return scale_maps(cams), targets, score
+
+        return step
 
     def check(self, ref: LayerRef) -> None:
         """Raise ValueError when the method cannot explain ``ref`` in this model (CAM's structure check)."""

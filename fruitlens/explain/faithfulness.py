@@ -17,46 +17,16 @@ region (the demo data's sticker masks).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 
 from fruitlens.explain.base import check_images
+from fruitlens.explain.results import FaithfulnessResult
 from fruitlens.runs import as_predict_fn
 
 Baseline = float | Literal["mean", "blur"]
 BASELINES = ("mean", "blur")
-
-
-@dataclass(frozen=True)
-class FaithfulnessResult:
-    """Deletion and insertion curves of N explanations.
-
-    Attributes:
-        fractions: (S + 1,) share of pixels removed / inserted at each step, 0 .. 1.
-        deletion: (N, S + 1) probability of the target class as pixels are removed.
-        insertion: (N, S + 1) probability of the target class as pixels are inserted.
-        deletion_auc: (N,) area under each deletion curve (lower is more faithful).
-        insertion_auc: (N,) area under each insertion curve (higher is more faithful).
-    """
-
-    fractions: np.ndarray
-    deletion: np.ndarray
-    insertion: np.ndarray
-    deletion_auc: np.ndarray
-    insertion_auc: np.ndarray
-
-    def __post_init__(self) -> None:
-        n, s = self.deletion.shape
-        if self.fractions.shape != (s,) or self.insertion.shape != (n, s) or self.deletion_auc.shape != (n,) \
-                or self.insertion_auc.shape != (n,):
-            raise ValueError("FaithfulnessResult shapes do not agree: expected (S+1,), (N, S+1) x 2, (N,) x 2")
-
-    def to_rows(self) -> list[dict]:
-        """One dict per image: deletion_auc, insertion_auc."""
-        return [{"deletion_auc": float(d), "insertion_auc": float(i)}
-                for d, i in zip(self.deletion_auc, self.insertion_auc, strict=True)]
 
 
 def baseline_images(images: np.ndarray, baseline: Baseline) -> np.ndarray:

@@ -14,16 +14,15 @@ returned as optimised; grids stretch each pattern's contrast only for display.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from fruitlens.explain.base import find_layer, trace_model
+from fruitlens.explain.keras_graph import cached
 
 NOISE_LEVELS = 10.0  # initial noise: gray 0.5 +- this many 8-bit levels
-_ASCENT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _trimmed_mean(acts: tf.Tensor, filters: tf.Tensor, border: int) -> tf.Tensor:
@@ -37,32 +36,36 @@ def _trimmed_mean(acts: tf.Tensor, filters: tf.Tensor, border: int) -> tf.Tensor
 
 def _compiled(model, layer):
     ref = find_layer(model, layer)
-    cache = _ASCENT.setdefault(model, {})
-    if ref.path not in cache:
-        # pruned graphs (only what the layer needs); the ascent climbs the filter's response before its
-        # activation (a ReLU that is off on the whole start image gives no gradient), the score is the output
-        pre = trace_model(model, [ref], outputs=False, pre_activation=True)
-        traced = trace_model(model, [ref], outputs=False)
+    return cached(model, ("filters", ref.path), lambda: _build(model, ref))
 
-        @tf.function(reduce_retracing=True)
-        def ascend(images, filters, steps, step_size, border):
-            def body(i, x):
-                with tf.GradientTape() as tape:
-                    tape.watch(x)
-                    loss = tf.reduce_sum(_trimmed_mean(pre(x, training=False), filters, border))
-                g = tape.gradient(loss, x)
-                rms = tf.sqrt(tf.reduce_mean(tf.square(g), axis=(1, 2, 3), keepdims=True))
-                return i + 1, tf.clip_by_value(x + step_size * g / (rms + 1e-8), 0.0, 1.0)
 
-            return tf.while_loop(lambda i, x: i < steps, body, (tf.constant(0), images))[1]
+def _build(model, ref):
+    """Pruned graphs (only what the layer needs) and the compiled ascent and score of one layer.
 
-        @tf.function(reduce_retracing=True)
-        def score(images, filters, border):
-            return _trimmed_mean(traced(images, training=False), filters, border)
+    The ascent climbs the filter's response before its activation (a ReLU that is off on the whole start image
+    gives no gradient); the score is the output.
+    """
+    pre = trace_model(model, [ref], outputs=False, pre_activation=True)
+    traced = trace_model(model, [ref], outputs=False)
 
-        channels = int(traced.outputs[0].shape[-1])
-        cache[ref.path] = (ref, channels, ascend, score)
-    return cache[ref.path]
+    @tf.function(reduce_retracing=True)
+    def ascend(images, filters, steps, step_size, border):
+        def body(i, x):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                loss = tf.reduce_sum(_trimmed_mean(pre(x, training=False), filters, border))
+            g = tape.gradient(loss, x)
+            rms = tf.sqrt(tf.reduce_mean(tf.square(g), axis=(1, 2, 3), keepdims=True))
+            return i + 1, tf.clip_by_value(x + step_size * g / (rms + 1e-8), 0.0, 1.0)
+
+        return tf.while_loop(lambda i, x: i < steps, body, (tf.constant(0), images))[1]
+
+    @tf.function(reduce_retracing=True)
+    def score(images, filters, border):
+        return _trimmed_mean(traced(images, training=False), filters, border)
+
+    channels = int(traced.outputs[0].shape[-1])
+    return ref, channels, ascend, score
 
 
 def _input_size(model, size: tuple[int, int] | None) -> tuple[int, int]:

@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Literal, get_args
 
 import numpy as np
-import pandas as pd
 
 from fruitlens.config import HIDE_COLORS
+from fruitlens.explain.results import LimeExplanation, LimeResult
 from fruitlens.explain.segmentation import Segmenter, make_segmenter, relabel
 from fruitlens.runs import as_predict_fn
 
@@ -44,101 +43,6 @@ FeatureSelection = Literal["auto", "highest_weights", "forward_selection", "none
 FEATURE_SELECTIONS: tuple[str, ...] = get_args(FeatureSelection)
 KERNEL_WIDTH = 0.25
 BATCH_BYTES = 16 << 20  # default model batch: about 16 MiB of float32 pixels (139 images at 100x100)
-
-
-@dataclass(frozen=True)
-class LimeExplanation:
-    """LIME's explanation of one image (arrays are read-only).
-
-    Attributes:
-        segments: (H, W) int32 superpixel ids 0..S-1.
-        labels: explained class indices, in order (highest probability first for ``top_labels``).
-        weights: {label: (S,) float64} Ridge coefficient per superpixel id (0 where not selected).
-        intercept, score, local_pred: {label: float} Ridge intercept, weighted R^2 on the samples, and the
-            local model's prediction for the unperturbed image.
-        label_prob: {label: float} the model's output for the unperturbed image.
-        features: {label: tuple of superpixel ids} the selected superpixels, by decreasing |weight|.
-        num_samples: perturbed samples used (the first is the image itself).
-        segmenter: how ``segments`` was made ("given" when passed in).
-    """
-
-    segments: np.ndarray
-    labels: tuple[int, ...]
-    weights: dict[int, np.ndarray]
-    intercept: dict[int, float]
-    score: dict[int, float]
-    local_pred: dict[int, float]
-    label_prob: dict[int, float]
-    features: dict[int, tuple[int, ...]]
-    num_samples: int
-    segmenter: str = "given"
-
-    def __post_init__(self) -> None:
-        s = self.num_superpixels
-        for label in self.labels:
-            if self.weights[label].shape != (s,):
-                raise ValueError(f"weights for label {label} of shape {self.weights[label].shape}: expected ({s},)")
-            self.weights[label].flags.writeable = False
-        self.segments.flags.writeable = False
-
-    @property
-    def num_superpixels(self) -> int:
-        return int(self.segments.max()) + 1
-
-    def ranked(self, label: int) -> list[tuple[int, float]]:
-        """(superpixel, weight) of the selected superpixels by decreasing |weight| (lime's ``local_exp``)."""
-        w = self.weights[label]
-        return [(int(f), float(w[f])) for f in self.features[label]]
-
-    def mask(self, label: int, *, num_features: int | None = 5, threshold: float = 0.0,
-             positive_only: bool = False) -> np.ndarray:
-        """(H, W) int8: +1 on supporting superpixels, -1 on opposing ones, 0 elsewhere.
-
-        Takes the ``num_features`` superpixels with the largest |weight| (all when None) whose |weight| exceeds
-        ``threshold``; ``positive_only`` keeps supporting ones only (lime's ``get_image_and_mask``).
-        """
-        w = self.weights[label]
-        chosen = [f for f, v in self.ranked(label) if abs(v) > threshold and (v > 0 or not positive_only)]
-        chosen = chosen[:num_features] if num_features is not None else chosen
-        per_sp = np.zeros(self.num_superpixels, np.int8)
-        per_sp[chosen] = np.sign(w[chosen]).astype(np.int8)
-        return per_sp[self.segments]
-
-    def to_rows(self, image_id: str = "", class_names: Sequence[str] | None = None, *, path: str | None = None,
-                true_label: str | None = None) -> pd.DataFrame:
-        """The ``lime`` table rows of this image: one per (label, superpixel), long form.
-
-        Columns: the LIME schema (image_id, path and true_label of the source image (None when not given),
-        label (class name when ``class_names`` is given), label_prob,
-        superpixel, weight, intercept, score, local_pred, num_samples, segmenter) then label_index, rank
-        (of the label among the explained ones, 0 first), pixels (superpixel area) and selected.
-        """
-        s = self.num_superpixels
-        k = len(self.labels)
-        labels = np.repeat(np.asarray(self.labels, dtype=np.int64), s)
-        names = [class_names[i] for i in self.labels] if class_names is not None else [str(i) for i in self.labels]
-        selected = np.zeros((k, s), bool)
-        for j, label in enumerate(self.labels):
-            selected[j, list(self.features[label])] = True
-        pick = lambda d: np.repeat([d[label] for label in self.labels], s)  # noqa: E731
-        return pd.DataFrame({
-            "image_id": image_id,
-            "path": path,
-            "true_label": true_label,
-            "label": np.repeat(names, s),
-            "label_prob": pick(self.label_prob).astype(np.float32),
-            "superpixel": np.tile(np.arange(s, dtype=np.int32), k),
-            "weight": np.concatenate([self.weights[label] for label in self.labels]) if k else np.zeros(0),
-            "intercept": pick(self.intercept),
-            "score": pick(self.score),
-            "local_pred": pick(self.local_pred),
-            "num_samples": np.int32(self.num_samples),
-            "segmenter": self.segmenter,
-            "label_index": labels.astype(np.int32),
-            "rank": np.repeat(np.arange(k, dtype=np.int32), s),
-            "pixels": np.tile(np.bincount(self.segments.ravel(), minlength=s).astype(np.int32), k),
-            "selected": selected.ravel(),
-        })
 
 
 def explain_lime(
@@ -223,6 +127,30 @@ def explain_lime(
     with threadpool_limits(limits=1, user_api="blas"):
         return [_fit_one(masks[i], probs[i], targets[i], seg[i], num_samples, num_features, feature_selection,
                          kernel_width, seg_name) for i in range(n)]
+
+
+class LimeExplainer:
+    """LIME with the same verb as every explainer: ``explain(images, targets=None) -> LimeResult``.
+
+    Args:
+        model_or_fn: a Keras model or a function (B, H, W, 3) -> (B, C) of class probabilities.
+        top_labels: classes explained per image when ``targets`` is None (highest probability first).
+        **options: the other keyword arguments of :func:`explain_lime` (num_samples, hide_color, seed,
+            batch_size, segmenter, num_features, feature_selection, kernel_width); checked on each call.
+    """
+
+    method = "lime"
+
+    def __init__(self, model_or_fn, *, top_labels: int = 1, **options):
+        self.model = model_or_fn
+        self.top_labels = top_labels
+        self.options = dict(options)
+
+    def explain(self, images, targets=None, *, segments: np.ndarray | None = None) -> LimeResult:
+        """Explain ``images`` (N, H, W, 3) in [0, 1] for ``targets`` ((N,) or (N, k) class ids; None: the
+        ``top_labels`` predicted ones). ``segments`` (N, H, W) skips segmentation."""
+        return LimeResult(tuple(explain_lime(self.model, images, segments=segments, labels=targets,
+                                             top_labels=self.top_labels, **self.options)))
 
 
 # ------------------------------------------------------------------------------------ sampling and prediction
