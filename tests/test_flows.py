@@ -341,3 +341,25 @@ def test_prefect_yaml_deploys_the_nightly_flow():
     assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
     PipelineConfig.from_dict(deployment["parameters"]["config"])  # a valid config
     assert CronSchedule(cron=deployment["schedules"][0]["cron"]).cron == "0 2 * * *"
+
+
+def test_cli_and_flow_share_one_engine_and_write_identical_tables(cache, demo_dir, tmp_path):
+    from flows.explain import explain_flow
+
+    run_dir = tiny_run(tmp_path / "run", classes=CLASSES, image_size=(16, 16))
+    index_or_load(demo_dir, run_dir / "index")
+    options = {"lime": {"num_samples": 40, "plots": "explanation", "seed": 3, "faithfulness_steps": 4},
+               "gradcam": {"faithfulness_steps": 4, "seed": 3}}
+    flow_out = tmp_path / "flow"
+    explain_flow(model_dir=str(run_dir), index_dir=str(run_dir / "index"), out_dir=str(flow_out),
+                 methods=["lime", "gradcam"], limit=None, chunk_size=5, options=options)
+    cli_out = tmp_path / "cli"
+    assert main(["explain", "--model", str(run_dir), "--data", str(demo_dir), "--out", str(cli_out),
+                 "--num-samples", "40", "--plots", "explanation", "--seed", "3", "--faithfulness-steps", "4",
+                 "--chunk-size", "7"]) == 0
+    for table in ("lime.parquet", "gradcam.parquet", "failed.parquet"):
+        a, b = tables.read_table(flow_out / table), tables.read_table(cli_out / table)
+        assert len(a) == len(b) and (table == "failed.parquet" or len(a))
+        pd.testing.assert_frame_equal(a, b, check_dtype=False)
+    assert sorted(p.name for p in (flow_out / "side_by_side").glob("*.png")) == \
+        sorted(p.name for p in (cli_out / "side_by_side").glob("*.png"))

@@ -55,7 +55,7 @@ def _base_columns(rows: pd.DataFrame) -> dict[str, list]:
 # ------------------------------------------------------------------------------------ LIME
 
 
-def _lime_faithfulness(model, images: np.ndarray, results, options: LimeOptions) -> np.ndarray:
+def _lime_faithfulness(model, images: np.ndarray, results, options: LimeOptions, ids: list[str]) -> np.ndarray:
     """(N, 2) deletion and insertion AUCs of each image's top-label superpixel weights (NaN when off)."""
     if options.faithfulness_steps < 1 or not results:
         return np.full((len(results), 2), np.nan)
@@ -64,7 +64,8 @@ def _lime_faithfulness(model, images: np.ndarray, results, options: LimeOptions)
     top = np.array([res.labels[0] for res in results])
     saliency = saliency_from_superpixels(np.stack([res.segments for res in results]),
                                          [res.weights[label] for res, label in zip(results, top, strict=True)])
-    curves = deletion_insertion(model, images, saliency, top, steps=options.faithfulness_steps, seed=options.seed)
+    curves = deletion_insertion(model, images, saliency, top, steps=options.faithfulness_steps,
+                                seed=[image_seed(options.seed, i) for i in ids])
     return np.stack([curves.deletion_auc, curves.insertion_auc], axis=1)
 
 
@@ -85,7 +86,7 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
                            hide_color=options.fill, seed=[image_seed(options.seed, i) for i in ids],
                            batch_size=options.batch_size, segmenter=segmenter, num_features=options.num_features,
                            feature_selection=options.feature_selection)
-    faith = _lime_faithfulness(model, images, results, options)
+    faith = _lime_faithfulness(model, images, results, options, ids)
     masks = _masks(rows, card.image_size)
     files = pictures.write_lime(out, rows, images, results, card, options)
     frames = []
@@ -123,7 +124,8 @@ def run_cam(model, card, images: np.ndarray, rows: pd.DataFrame, options: CamOpt
 
     result = explainer(model, options.variant, options.layer, batch_size=options.batch_size).explain(images)
     faith = deletion_insertion(model, images, result.heatmaps, result.targets, steps=max(options.faithfulness_steps, 1),
-                               baseline=options.baseline, batch_size=options.batch_size, seed=options.seed)
+                               baseline=options.baseline, batch_size=options.batch_size,
+                               seed=[image_seed(options.seed, i) for i in rows["image_id"]])
     masks = _masks(rows, card.image_size)
     hits: list = [None] * len(rows)
     if masks:

@@ -48,11 +48,20 @@ def baseline_images(images: np.ndarray, baseline: Baseline) -> np.ndarray:
     raise ValueError(f"baseline {baseline!r}: expected a gray level in [0, 1] or one of {BASELINES}")
 
 
-def pixel_ranks(saliency: np.ndarray, seed: int = 0) -> np.ndarray:
-    """(N, H, W) saliency -> (N, H, W) int rank of each pixel, 0 = most important; ties in seeded random order."""
+def pixel_ranks(saliency: np.ndarray, seed: int | Sequence = 0) -> np.ndarray:
+    """(N, H, W) saliency -> (N, H, W) int rank of each pixel, 0 = most important; ties in seeded random order.
+
+    ``seed``: one seed for the batch, or one per image (an int or a tuple of ints each), so that an image's
+    ranks do not depend on the batch it is in.
+    """
     n = len(saliency)
     flat = saliency.reshape(n, -1)
-    tie = np.random.default_rng(seed).random(flat.shape)
+    if np.isscalar(seed):
+        tie = np.random.default_rng(seed).random(flat.shape)
+    else:
+        if len(seed) != n:
+            raise ValueError(f"{len(seed)} seeds for {n} images: expected one seed or one per image")
+        tie = np.stack([np.random.default_rng(s).random(flat.shape[1]) for s in seed])
     order = np.lexsort((tie, -flat), axis=-1)  # most salient first, ties broken at random
     ranks = np.empty_like(order)
     np.put_along_axis(ranks, order, np.arange(flat.shape[1])[None, :].repeat(n, 0), axis=-1)
@@ -60,7 +69,7 @@ def pixel_ranks(saliency: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def deletion_insertion(model_or_fn, images, saliency, targets, *, steps: int = 20, baseline: Baseline = "mean",
-                       batch_size: int = 256, seed: int = 0) -> FaithfulnessResult:
+                       batch_size: int = 256, seed: int | Sequence = 0) -> FaithfulnessResult:
     """Deletion and insertion curves of saliency maps, scored by the model in large batches.
 
     Args:
@@ -73,7 +82,7 @@ def deletion_insertion(model_or_fn, images, saliency, targets, *, steps: int = 2
         baseline: value of removed pixels: a gray level in [0, 1], ``"mean"`` (each image's mean colour) or
             ``"blur"`` (a strongly blurred copy).
         batch_size: images per model call.
-        seed: order of pixels with equal saliency.
+        seed: order of pixels with equal saliency: one seed, or one per image (see ``pixel_ranks``).
 
     Returns:
         A :class:`FaithfulnessResult` with (N, S + 1) curves and (N,) areas (trapezoid over fractions 0..1).
