@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -86,17 +87,22 @@ def test_transfer_backbone_weights_ignore_global_random_state():
 
 
 def test_training_twice_under_a_hammering_thread_gives_identical_weights(demo_dir, tmp_path):
-    """Dropout, augmentation, shuffling and initial weights all come from the config seed."""
+    """Dropout, augmentation, shuffling and initial weights all come from the config seed. The second run
+    trains in a worker thread, as a Prefect task does."""
     config = TrainConfig(arch="seed_cnn", image_size=16, batch_size=16, epochs=2, seed=9, augment=True,
                          classes=("red_dot", "blue_dot", "cyan_ring"))
-    runs = []
+
+    def train(i: int):
+        random.seed(i)  # different global states before each run must not matter
+        np.random.seed(i)
+        keras.utils.set_random_seed(1000 + i)
+        train_model(demo_dir, tmp_path / f"run{i}", config)
+        return keras.models.load_model(tmp_path / f"run{i}" / "model.keras", compile=False)
+
     with hammering() as draws:
-        for i in range(2):
-            random.seed(i)  # different global states before each run must not matter
-            np.random.seed(i)
-            keras.utils.set_random_seed(1000 + i)
-            train_model(demo_dir, tmp_path / f"run{i}", config)
-            runs.append(keras.models.load_model(tmp_path / f"run{i}" / "model.keras", compile=False))
+        runs = [train(0)]
+        with ThreadPoolExecutor(1) as pool:
+            runs.append(pool.submit(train, 1).result())
     assert draws[0] > 0
     assert same_weights(runs[0].get_weights(), runs[1].get_weights())
     last = [keras.models.load_model(tmp_path / f"run{i}" / "checkpoints" / "last.keras") for i in range(2)]
