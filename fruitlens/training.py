@@ -4,12 +4,18 @@
 (see :mod:`fruitlens.inputs`), and fits. After every epoch it writes, each atomically (temp file +
 ``os.replace``): ``checkpoints/best.keras`` when the monitored validation metric improved,
 ``checkpoints/last.keras`` (with optimizer state) and then ``checkpoints/state.json`` (epochs done, history
-rows, best value, early-stopping counters, dropout RNG states). ``resume=True`` loads ``last.keras`` and
-continues at the next epoch. Each epoch's sample order is a stateless function of (seed, epoch), augmentation
-generators are reseeded from (seed, epoch) at each epoch's first batch, and the dropout generators' states
-(which Keras does not save with a model) are restored, so a resumed run retraces the uninterrupted one
-exactly (tests and the benchmark check the histories are equal). At the end it writes ``model.keras`` (the
-best epoch's weights, no optimizer), ``model.json``, ``history.parquet`` and ``curves.png``.
+rows, best value, early-stopping counters, dropout RNG states, classes, dataset fingerprint). ``resume=True``
+loads ``last.keras`` and continues at the next epoch; it refuses, in one line, a checkpoint made with another
+configuration (checked before any data is read), other classes or another dataset (fingerprint). Temp files
+a killed checkpoint write left behind are removed at the start of every run.
+
+Each epoch's sample order is a stateless function of (seed, epoch), augmentation generators are reseeded
+from (seed, epoch) at each epoch's first batch, the initial weights and dropout seeds are derived from the
+seed alone (``models.with_seeds``; no global random state), and the dropout generators' states (which
+Keras does not save with a model) are restored, so a resumed run retraces the uninterrupted one exactly,
+even in another process (tests and the benchmark check the histories are equal). At the end it writes
+``model.keras`` (the best epoch's weights, no optimizer), ``model.json``, ``history.parquet`` and
+``curves.png``.
 
 ``mode="bottleneck"`` (transfer architectures): the backbones run once over the training and validation
 images, the pooled features are cached in ``run_dir/cache``, the head is trained on them (checkpoints are

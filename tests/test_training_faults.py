@@ -147,3 +147,16 @@ def test_sigkilled_training_process_resumes_to_the_uninterrupted_history(demo_di
     final = keras.models.load_model(run / "model.keras", compile=False).get_weights()
     expected = keras.models.load_model(reference / "model.keras", compile=False).get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(final, expected, strict=True))
+
+
+def test_cli_says_why_in_one_line(one_epoch, demo_dir, tmp_path, capsys):
+    from fruitlens.cli import main
+
+    assert main(["train", "--data", str(demo_dir), "--out", str(tmp_path), "--image-size", "100000"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "image_size 100000: expected at most 1024 pixels per side" in err
+    other = _other_data("other_files", demo_dir, tmp_path)
+    assert main(["train", "--data", str(other), "--out", str(one_epoch), "--arch", "seed_cnn", "--image-size", "16",
+                 "--batch-size", "16", "--seed", "3", "--epochs", "2", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot resume: the dataset changed" in err
