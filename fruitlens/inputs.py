@@ -320,10 +320,7 @@ def build_augmenter(config: AugmentConfig | None = None, seed: int = 0):
 
 def augment_preview(images: np.ndarray, n: int = 20, *, config: AugmentConfig | None = None,
                     seed: int = 0) -> np.ndarray:
-    """``n`` augmented versions of ``images`` (cycled): (n, H, W, 3) float32 in [0, 1]."""
-    import keras
-
-    keras.utils.set_random_seed(seed)
+    """``n`` augmented versions of ``images`` (cycled): (n, H, W, 3) float32 in [0, 1]; same seed, same output."""
     aug = build_augmenter(config, seed)
     batch = np.asarray(images, dtype=np.float32)[np.arange(n) % len(images)]
     return np.clip(np.asarray(aug(batch, training=True)), 0.0, 1.0).astype(np.float32)

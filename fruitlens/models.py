@@ -143,6 +143,68 @@ def lenet(num_classes: int, image_size: tuple[int, int]) -> keras.Model:
     ], name="lenet")
 
 
+# ---------------------------------------------------------------------------------------- seeding
+
+
+def derive_seed(seed: int, *keys: int) -> int:
+    """A 31-bit seed for one random component, a stateless function of ``seed`` and ``keys``.
+
+    Distinct keys give independent seeds (``numpy.random.SeedSequence``), so two layers never share noise.
+    """
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, *(int(k) for k in keys)]).generate_state(1)
+    return int(state[0]) & 0x7FFFFFFF
+
+
+def _fill_seeds(config, seed: int, counter: list[int]):
+    """``config`` (a Keras config tree) with every ``"seed": None`` replaced by the next derived seed."""
+    if isinstance(config, dict):
+        out = {}
+        for key, value in config.items():
+            if key == "seed" and value is None:
+                out[key] = derive_seed(seed, counter[0])
+                counter[0] += 1
+            else:
+                out[key] = _fill_seeds(value, seed, counter)
+        return out
+    if isinstance(config, list | tuple):
+        return type(config)(_fill_seeds(v, seed, counter) for v in config)
+    return config
+
+
+def unseeded_parts(model: keras.Model) -> list[str]:
+    """Paths in ``model``'s config of random components (initializers, dropout, augmentation) with no seed."""
+    found: list[str] = []
+
+    def walk(config, path: str) -> None:
+        if isinstance(config, dict):
+            for key, value in config.items():
+                if key == "seed" and value is None:
+                    found.append(path)
+                walk(value, f"{path}/{config.get('name', key) if key == 'config' else key}")
+        elif isinstance(config, list | tuple):
+            for i, value in enumerate(config):
+                walk(value, f"{path}[{i}]")
+
+    walk(model.get_config(), model.name)
+    return found
+
+
+def with_seeds(model: keras.Model, seed: int | None) -> keras.Model:
+    """The same architecture rebuilt with every unseeded initializer and dropout given its own derived seed.
+
+    Keras draws the seed of an unseeded initializer or dropout layer from Python's global ``random`` when
+    the layer is made, so anything else drawing random numbers in the process (another thread, an earlier
+    test) changes the initial weights. Rebuilding from the config with explicit seeds (derived from ``seed``
+    and the component's position in the config) makes the weights a function of ``seed`` alone, whatever
+    else runs. ``seed=None`` returns ``model`` unchanged. The returned model carries the seeds in its
+    config, so ``keras.models.clone_model`` and a saved-and-loaded copy keep them.
+    """
+    if seed is None:
+        return model
+    config = _fill_seeds(model.get_config(), int(seed), [0])
+    return type(model).from_config(config)
+
+
 ARCHS: dict[str, Callable[[int, tuple[int, int]], keras.Model]] = {
     "seed_cnn": seed_cnn,
     "fruit_net": fruit_net,
@@ -233,8 +295,8 @@ def check_weights(arch: str, weights: str, alpha: float = 1.0) -> None:
             raise ModelError(f"--weights {w}: no such file; expected imagenet, none or a .weights.h5 file")
 
 
-def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none", *, alpha: float = 1.0
-                   ) -> keras.Model:
+def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none", *, alpha: float = 1.0,
+                   seed: int | None = None) -> keras.Model:
     """One Keras application without its top, on (H, W, 3) input in the backbone's own range.
 
     Args:
@@ -243,6 +305,8 @@ def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none"
         weights: ``imagenet`` (Keras' cache or a download), ``none``, or a ``.weights.h5`` file saved from
             the same backbone (``backbone.save_weights(path)``).
         alpha: width multiplier (mobilenet_v2 only).
+        seed: seeds the initial weights (weights ``none``) and any dropout inside (see :func:`with_seeds`);
+            None: Keras' unseeded defaults.
 
     Raises:
         ModelError: one line when the weights are unavailable or do not fit, or the size is too small.
@@ -268,7 +332,7 @@ def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none"
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                              "pass --weights PATH (a .weights.h5 file) or none") from exc
     try:
-        model = spec.build(weights=None, **kwargs)
+        model = with_seeds(spec.build(weights=None, **kwargs), seed)
     except ValueError as exc:
         raise ModelError(f"{name} at {image_size[0]}x{image_size[1]}: {str(exc).splitlines()[0]}") from exc
     if weights not in ("none", "", None):
@@ -308,24 +372,29 @@ def split_weights(weights: str, n: int) -> list[str]:
     return parts
 
 
-def build_head(feature_dim: int, num_classes: int, units: int = 256, dropout: float = 0.5) -> keras.Model:
+def build_head(feature_dim: int, num_classes: int, units: int = 256, dropout: float = 0.5, *,
+               seed: int | None = None) -> keras.Model:
     """The tutorials' dense head on pooled features: Dense(256, ReLU), Dropout(0.5), softmax."""
     L = keras.layers
-    return keras.Sequential([keras.Input((feature_dim,)), L.Dense(units, activation="relu"), L.Dropout(dropout),
+    head = keras.Sequential([keras.Input((feature_dim,)), L.Dense(units, activation="relu"), L.Dropout(dropout),
                              L.Dense(num_classes, activation="softmax")], name="head")
+    return with_seeds(head, seed)
 
 
 def build_transfer(backbones: Sequence[str], num_classes: int, image_size: tuple[int, int], *,
-                   weights: str = "imagenet", mode: Mode = "frozen", alpha: float = 1.0) -> keras.Model:
+                   weights: str = "imagenet", mode: Mode = "frozen", alpha: float = 1.0, seed: int | None = None
+                   ) -> keras.Model:
     """Backbones (each with its own preprocessing, global average pooled) -> concatenated ``features`` ->
     a dense head named ``head``. ``mode``: frozen/bottleneck freeze the backbones; finetune unfreezes
-    the last block of each. Backbones always run in inference mode (batch-norm statistics kept)."""
+    the last block of each. Backbones always run in inference mode (batch-norm statistics kept).
+    ``seed`` seeds each backbone and the head with its own derived seed (None: unseeded)."""
     if mode not in MODES:
         raise ModelError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
     inp = _input(image_size)
     pooled = []
-    for name, w in zip(backbones, split_weights(weights, len(backbones)), strict=True):
-        bb = build_backbone(name, image_size, w, alpha=alpha)
+    part_seed = (lambda i: None) if seed is None else (lambda i: derive_seed(seed, 1_000, i))
+    for i, (name, w) in enumerate(zip(backbones, split_weights(weights, len(backbones)), strict=True)):
+        bb = build_backbone(name, image_size, w, alpha=alpha, seed=part_seed(i))
         bb.name = f"backbone_{name}"
         if mode == "finetune":
             _freeze_before_last_block(bb, name)
@@ -336,7 +405,7 @@ def build_transfer(backbones: Sequence[str], num_classes: int, image_size: tuple
         pooled.append(keras.layers.GlobalAveragePooling2D(name=f"pool_{name}")(x))
     features = (keras.layers.Concatenate(name="features")(pooled) if len(pooled) > 1
                 else keras.layers.Identity(name="features")(pooled[0]))
-    head = build_head(int(features.shape[-1]), num_classes)
+    head = build_head(int(features.shape[-1]), num_classes, seed=part_seed(len(backbones)))
     return keras.Model(inp, head(features), name="transfer_" + "_".join(backbones))
 
 
@@ -347,7 +416,11 @@ def features_model(model: keras.Model) -> keras.Model:
 
 def build_model(arch: str, num_classes: int, image_size: int | Sequence[int], *, weights: str = "imagenet",
                 mode: Mode = "frozen", alpha: float = 1.0, seed: int | None = None) -> keras.Model:
-    """Build an architecture by name (see module docstring); ``seed`` seeds the initial weights.
+    """Build an architecture by name (see module docstring).
+
+    ``seed`` decides the initial weights and the dropout noise, and nothing else does: every initializer
+    and dropout layer gets its own seed derived from it (:func:`with_seeds`), so the same seed gives the
+    same model whatever else draws random numbers in the process. None: Keras' unseeded defaults.
 
     Raises:
         ModelError: unknown name, fewer than 2 classes, weights not available, size too small.
@@ -358,11 +431,9 @@ def build_model(arch: str, num_classes: int, image_size: int | Sequence[int], *,
     if num_classes < 2:
         raise ModelError(f"{num_classes} class(es): expected at least 2")
     kind, backbones = parse_arch(arch)
-    if seed is not None:
-        keras.utils.set_random_seed(seed)
     if kind == "transfer":
-        return build_transfer(backbones, num_classes, size, weights=weights, mode=mode, alpha=alpha)
-    return ARCHS[kind](num_classes, size)
+        return build_transfer(backbones, num_classes, size, weights=weights, mode=mode, alpha=alpha, seed=seed)
+    return with_seeds(ARCHS[kind](num_classes, size), seed)
 
 
 def preprocessing_of(arch: str) -> str:

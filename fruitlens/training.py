@@ -4,12 +4,18 @@
 (see :mod:`fruitlens.inputs`), and fits. After every epoch it writes, each atomically (temp file +
 ``os.replace``): ``checkpoints/best.keras`` when the monitored validation metric improved,
 ``checkpoints/last.keras`` (with optimizer state) and then ``checkpoints/state.json`` (epochs done, history
-rows, best value, early-stopping counters, dropout RNG states). ``resume=True`` loads ``last.keras`` and
-continues at the next epoch. Each epoch's sample order is a stateless function of (seed, epoch), augmentation
-generators are reseeded from (seed, epoch) at each epoch's first batch, and the dropout generators' states
-(which Keras does not save with a model) are restored, so a resumed run retraces the uninterrupted one
-exactly (tests and the benchmark check the histories are equal). At the end it writes ``model.keras`` (the
-best epoch's weights, no optimizer), ``model.json``, ``history.parquet`` and ``curves.png``.
+rows, best value, early-stopping counters, dropout RNG states, classes, dataset fingerprint). ``resume=True``
+loads ``last.keras`` and continues at the next epoch; it refuses, in one line, a checkpoint made with another
+configuration (checked before any data is read), other classes or another dataset (fingerprint). Temp files
+a killed checkpoint write left behind are removed at the start of every run.
+
+Each epoch's sample order is a stateless function of (seed, epoch), augmentation generators are reseeded
+from (seed, epoch) at each epoch's first batch, the initial weights and dropout seeds are derived from the
+seed alone (``models.with_seeds``; no global random state), and the dropout generators' states (which
+Keras does not save with a model) are restored, so a resumed run retraces the uninterrupted one exactly,
+even in another process (tests and the benchmark check the histories are equal). At the end it writes
+``model.keras`` (the best epoch's weights, no optimizer), ``model.json``, ``history.parquet`` and
+``curves.png``.
 
 ``mode="bottleneck"`` (transfer architectures): the backbones run once over the training and validation
 images, the pooled features are cached in ``run_dir/cache``, the head is trained on them (checkpoints are
@@ -42,6 +48,10 @@ ClassWeights = Literal["none", "balanced"]
 Monitor = Literal["val_accuracy", "val_loss"]
 # Keys that may change between a killed run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "memory_limit"}
+# Largest image side. Every model here is made for 20-299 px inputs (the Keras backbones' native sizes
+# are 224-299); one 1024x1024 RGB image is 3 MiB of uint8 pixels and ~1 GiB of float32 activations in a
+# VGG16, so anything larger is a typo (a 100000 px side asks for a 4.9 TiB decode of 170k images).
+MAX_IMAGE_SIDE = 1024
 
 
 class ResumeError(ValueError):
@@ -93,6 +103,8 @@ class TrainConfig:
 
         parse_arch(self.arch)
         size = as_size(self.image_size)
+        if max(size) > MAX_IMAGE_SIDE:
+            raise ValueError(f"image_size {self.image_size!r}: expected at most {MAX_IMAGE_SIDE} pixels per side")
         object.__setattr__(self, "image_size", size[0] if size[0] == size[1] else size)
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
@@ -308,13 +320,40 @@ def class_weights_for(labels: np.ndarray, num_classes: int) -> dict[int, float]:
 # -------------------------------------------------------------------------------------------- training
 
 
-def _check_resumable(saved: dict, config: TrainConfig) -> None:
-    now = config.to_dict()
-    changed = sorted(k for k in set(saved) | set(now) if k not in RESUMABLE_CHANGES and saved.get(k) != now.get(k))
+_RESUME_HINT = "train into a new --out or without --resume"
+
+
+def _check_same_config(saved: dict, config: TrainConfig) -> None:
+    """Refuse (one-line ValueError) to resume a checkpoint made with another config (arch, size, seed, ...)."""
+    before, now = saved["config"], config.to_dict()
+    changed = sorted(k for k in set(before) | set(now) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
     if changed:
-        detail = ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in changed)
-        raise ResumeError(f"cannot resume: the configuration changed ({detail}); train into a new --out or "
-                         "without --resume")
+        detail = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
+        raise ResumeError(f"cannot resume: the configuration changed ({detail}); {_RESUME_HINT}")
+
+
+def _check_same_data(saved: dict, data: TrainData) -> None:
+    """Refuse (one-line ValueError) to resume a checkpoint made on other classes or another dataset."""
+    hint = _RESUME_HINT
+    if list(saved["classes"]) != list(data.classes):
+        raise ResumeError(f"cannot resume: the classes changed ({', '.join(saved['classes'])} -> "
+                         f"{', '.join(data.classes)}); {hint}")
+    # checkpoints written before the fingerprint was recorded are let through (nothing to compare)
+    if saved.get("fingerprint") not in (None, data.fingerprint):
+        raise ResumeError(f"cannot resume: the dataset changed (fingerprint {saved['fingerprint'][:16]} -> "
+                         f"{data.fingerprint[:16]}: files added, removed or edited); {hint}")
+
+
+def remove_leftover_temp_files(ckpt_dir: Path) -> list[Path]:
+    """Delete temp files a killed checkpoint write left in ``ckpt_dir`` (``.best.*.tmp.keras`` ...).
+
+    Only the atomic writers' temp names (``.<stem>.<random>.tmp<suffix>``) are touched. Returns what was removed.
+    """
+    removed = sorted(p for p in ckpt_dir.glob(".*.tmp*") if p.is_file())
+    for path in removed:
+        log.warning("removing %s, left by an interrupted checkpoint write", path)
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def _bottleneck_features(full_model, data, cache_dir: Path, key: str, batch_size: int = 64) -> np.ndarray:
@@ -396,21 +435,23 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
     run = Path(run_dir)
     ckpt = run / CHECKPOINTS
     ckpt.mkdir(parents=True, exist_ok=True)
+    remove_leftover_temp_files(ckpt)
     models.check_weights(config.arch, config.weights, config.alpha)  # before reading any data
+    resumed = resume and (ckpt / STATE_FILE).is_file() and (ckpt / "last.keras").is_file()
+    if resume and not resumed:
+        log.warning("--resume: no checkpoint in %s; starting a fresh run", ckpt)
+    saved = tables.read_json(ckpt / STATE_FILE) if resumed else None
+    if saved is not None:
+        _check_same_config(saved, config)  # before reading any data
     data = prepare_data(data_dir, run, config, workers=workers)
     num_classes = len(data.classes)
     monitor = config.monitor if data.val is not None else config.monitor.replace("val_", "")
 
     state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "best_epoch": None,
-                             "config": config.to_dict(), "classes": list(data.classes), "stopped_early": False}
-    resumed = resume and (ckpt / STATE_FILE).is_file() and (ckpt / "last.keras").is_file()
-    if resume and not resumed:
-        log.warning("--resume: no checkpoint in %s; starting a fresh run", ckpt)
-    if resumed:
-        saved = tables.read_json(ckpt / STATE_FILE)
-        _check_resumable(saved["config"], config)
-        if list(saved["classes"]) != list(data.classes):
-            raise ResumeError(f"cannot resume: classes changed ({saved['classes']} -> {list(data.classes)})")
+                             "config": config.to_dict(), "classes": list(data.classes),
+                             "fingerprint": data.fingerprint, "stopped_early": False}
+    if saved is not None:
+        _check_same_data(saved, data)
         state.update({k: v for k, v in saved.items() if k != "config"})
     else:
         for name in ("best.keras", "last.keras", STATE_FILE):

@@ -2,7 +2,7 @@
 
 1. starts ``prefect server start`` on 127.0.0.1:4200 (SQLite in a fresh PREFECT_HOME), unless one answers;
 2. runs ``fruitlens demo`` against it (PREFECT_API_URL set), into a temporary folder;
-3. reads the nightly flow run and its artifacts back through the REST API;
+3. reads the nightly flow run and its artifacts back with Prefect's own client;
 4. opens the flow run page (Artifacts tab) in headless Chromium: ``--dump-dom`` must contain the artifact
    keys, and ``--screenshot`` saves the page.
 
@@ -42,19 +42,40 @@ def find_chromium() -> str | None:
     return None
 
 
-def api(url: str, path: str, body: dict | None = None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{url}{path}", data=data, headers={"Content-Type": "application/json"},
-                                 method="POST" if body is not None else "GET")
-    with urllib.request.urlopen(req, timeout=30) as r:
+def get_json(url: str, timeout: float = 30):
+    """GET ``url`` and parse its JSON (the server's health, Chromium's DevTools target list)."""
+    with urllib.request.urlopen(url, timeout=timeout) as r:
         return json.loads(r.read())
 
 
 def healthy(url: str) -> bool:
     try:
-        return api(url, "/health") is True
+        return get_json(f"{url}/health") is True
     except OSError:
         return False
+
+
+def read_back(url: str):
+    """The newest ``nightly`` flow run, its artifacts and every artifact, read with Prefect's client."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterName
+    from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            runs = await client.read_flow_runs(flow_run_filter=FlowRunFilter(name=FlowRunFilterName(like_="nightly-")),
+                                               sort=FlowRunSort.START_TIME_DESC, limit=1)
+            arts = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[runs[0].id])),
+                sort=ArtifactSort.CREATED_DESC, limit=200)
+            every = await client.read_artifacts(sort=ArtifactSort.CREATED_DESC, limit=200)
+            return runs[0], arts, every
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        return asyncio.run(read())
 
 
 def start_server(port: int, home: Path) -> subprocess.Popen | None:
@@ -124,7 +145,7 @@ async def _flow_run_tab(browser: str, page: str, keys: list[str], shot: Path, ti
             deadline = time.monotonic() + 30
             while True:
                 try:
-                    targets = api(f"http://127.0.0.1:{port}", "/json/list")
+                    targets = get_json(f"http://127.0.0.1:{port}/json/list")
                     ws_url = next(t["webSocketDebuggerUrl"] for t in targets if t.get("type") == "page")
                     break
                 except (OSError, StopIteration):
@@ -194,29 +215,24 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{args.port}/api"
     try:
         run_demo(url, work, args.small)
-        runs = api(url, "/flow_runs/filter", {"flow_runs": {"name": {"like_": "nightly-"}}, "sort": "START_TIME_DESC",
-                                              "limit": 1, "offset": 0})
-        run = runs[0]
-        arts = api(url, "/artifacts/filter", {"artifacts": {"flow_run_id": {"any_": [run["id"]]}},
-                                              "limit": 200, "offset": 0, "sort": "CREATED_DESC"})
-        keys = sorted({a["key"] for a in arts if a.get("key")})
-        print(f"flow run {run['name']} ({run['state_name']}): {len(arts)} artifacts: {', '.join(keys)}")
+        run, arts, every = read_back(url)
+        keys = sorted({a.key for a in arts if a.key})
+        print(f"flow run {run.name} ({run.state_name}): {len(arts)} artifacts: {', '.join(keys)}")
         import asyncio
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        page = f"http://127.0.0.1:{args.port}/runs/flow-run/{run['id']}"
+        page = f"http://127.0.0.1:{args.port}/runs/flow-run/{run.id}"
         body = asyncio.run(_flow_run_tab(browser, page, keys, args.out))
         shown = [k for k in keys if k in body]
         print(f"flow run page {page}, Artifacts tab: {len(shown)} of {len(keys)} artifact keys shown; "
               f"screenshot {args.out} ({args.out.stat().st_size if args.out.is_file() else 0} bytes)")
         listing = f"http://127.0.0.1:{args.port}/artifacts"
         dom = chromium(browser, listing, "--dump-dom").stdout
-        all_keys = sorted({a["key"] for a in api(url, "/artifacts/filter", {"limit": 200, "offset": 0,
-                                                                            "sort": "CREATED_DESC"}) if a.get("key")})
+        all_keys = sorted({a.key for a in every if a.key})
         listed = [k for k in all_keys if k in dom]
         print(f"artifacts page {listing} (--dump-dom): {len(listed)} of {len(all_keys)} keys listed "
               f"(subflow artifacts included: {', '.join(sorted(set(all_keys) - set(keys)))})")
-        ok = (run["state_name"] == "Completed" and bool(keys) and len(shown) == len(keys)
+        ok = (run.state_name == "Completed" and bool(keys) and len(shown) == len(keys)
               and len(listed) == len(all_keys) and args.out.is_file())
         if not ok:
             print(f"missing: flow run page {sorted(set(keys) - set(shown))}, artifacts page "

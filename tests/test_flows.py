@@ -63,7 +63,7 @@ def now() -> datetime:
 
 def task_states(since: datetime) -> dict[str, list[str]]:
     """Task run name -> state names of every task run in flow runs started after ``since`` (from the server)."""
-    from prefect import get_client
+    from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId, FlowRunFilterStartTime
     from prefect.client.schemas.sorting import FlowRunSort, TaskRunSort
 
@@ -86,22 +86,19 @@ def task_states(since: datetime) -> dict[str, list[str]]:
 
 
 def latest_artifacts(keys: list[str]) -> dict[str, dict]:
-    """The latest artifact of each key, read from the server's REST API.
-
-    (prefect 3.8.8's ``read_artifacts`` sends nulls the server rejects, or joins on task runs when given empty
-    filters, so the filter request is posted as the UI posts it.)
-    """
-    from prefect import get_client
+    """The latest artifact of each key (as the API's JSON), read with Prefect's own client."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     async def read():
         async with get_client() as client:
-            body = {"artifacts": {"key": {"any_": keys}}, "limit": 200, "offset": 0, "sort": "CREATED_DESC"}
-            response = await client._client.post("/artifacts/filter", json=body)
-            return response.json()
+            return await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=keys)),
+                                               sort=ArtifactSort.CREATED_DESC, limit=200)
 
     out: dict[str, dict] = {}
     for art in asyncio.run(read()):
-        out.setdefault(art["key"], art)  # newest first
+        out.setdefault(art.key, art.model_dump(mode="json"))  # newest first
     return out
 
 

@@ -93,7 +93,9 @@ def test_resume_refuses_a_changed_config_and_allows_more_epochs(uninterrupted, d
 
 
 def test_early_stopping_stops_and_stays_stopped(demo_dir, tmp_path):
-    config = TrainConfig(epochs=6, early_stopping=1, learning_rate=1e-12, monitor="val_loss", **FAST)
+    # lr 1e-12: the weights stay put, so val_accuracy cannot improve (val_loss still drifts with the
+    # batch-norm statistics, so it is not the metric to starve)
+    config = TrainConfig(epochs=6, early_stopping=1, learning_rate=1e-12, monitor="val_accuracy", **FAST)
     result = train_model(demo_dir, tmp_path, config)
     assert result["stopped_early"] and result["epochs"] < 6
     again = train_model(demo_dir, tmp_path, config, resume=True)
