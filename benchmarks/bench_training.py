@@ -186,7 +186,9 @@ def main() -> None:
     which = args.only.split(",")
     if not (FRUITS360 / "Training").is_dir():
         raise SystemExit(f"Fruits-360 not found at {FRUITS360}")
-    from fruitlens.training import DEMO_CONFIG
+    from fruitlens.config import TrainConfig
+
+    fruit_net = TrainConfig(arch="fruit_net", image_size=32, epochs=8, batch_size=32)  # the benchmark's setting
 
     work = Path(tempfile.mkdtemp(prefix="bench_training_"))
     results: dict = {"dataset": str(FRUITS360), "epochs": args.epochs, "batch_size": BATCH, "image_size": SIZE}
@@ -200,9 +202,9 @@ def main() -> None:
             elif name == "fruitlens":
                 results["fruitlens"] = bench_fruitlens(args.epochs, work)
             elif name == "fruit_net":
-                ep = args.fruit_net_epochs or DEMO_CONFIG.epochs
-                results["fruit_net"] = {"image_size": DEMO_CONFIG.image_size, "epochs": ep,
-                                        **bench_fruitlens(ep, work, "fruit_net", DEMO_CONFIG.image_size)}
+                ep = args.fruit_net_epochs or fruit_net.epochs
+                results["fruit_net"] = {"image_size": fruit_net.image_size, "epochs": ep,
+                                        **bench_fruitlens(ep, work, "fruit_net", fruit_net.image_size)}
             elif name == "resume":
                 results["resume"] = bench_resume(args.epochs, work, results.get("fruitlens"))
             print(f"{name}: {results.get(name)} ({time.perf_counter() - t:.0f}s)", flush=True)

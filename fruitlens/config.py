@@ -2,7 +2,7 @@
 
 A pipeline config file (YAML or JSON) holds any of the fields of :class:`PipelineConfig`, at any depth::
 
-    train: {arch: fruit_net, image_size: 32, epochs: 6}      # fruitlens.training.TrainConfig fields
+    train: {arch: fruit_net, image_size: 32, epochs: 6}      # fruitlens.config.TrainConfig fields
     methods: [lime, gradcam]
     explain_limit: 30                                          # null: all images of the split
     chunk_size: 16
@@ -18,15 +18,15 @@ else ``~/.fruitlens/cache``). This module never imports Prefect.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal, get_args
+
+from fruitlens.typed import build, check, to_plain  # noqa: F401 - build and to_plain are part of this API
 
 Split = Literal["train", "val", "test"]
 Selection = Literal["report", "first"]
@@ -43,107 +43,6 @@ PALETTE = "jet"  # heatmap colours
 HIDE_COLORS = {"mean": None, "white": 1.0, "black": 0.0, "gray": 0.5}
 # Small enough that `fruitlens demo` runs in a few minutes on two cores.
 DEMO_TRAIN: dict[str, Any] = {"arch": "fruit_net", "image_size": 32, "epochs": 6, "batch_size": 32, "seed": 42}
-
-
-# ------------------------------------------------------------------------------------ strict building
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(map(str, get_args(tp)))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _type_name(a) for a in get_args(tp))
-    if origin in (tuple, list):
-        return "a list"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(tp, str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """``value`` checked against the annotation ``tp`` (lists become tuples; ints are accepted as floats)."""
-    origin = get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return value if isinstance(value, tp) else build(tp, value, where)
-    if origin is Literal:
-        if value in get_args(tp):
-            return value
-    elif origin in (typing.Union, types.UnionType):
-        for option in get_args(tp):
-            if option is type(None) and value is None:
-                return None
-        for option in get_args(tp):
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, where)
-            except ValueError:
-                continue
-    elif origin is tuple:
-        if isinstance(value, list | tuple):
-            args = get_args(tp)
-            item = args[0] if args else Any
-            if len(args) == 2 and args[1] is Ellipsis or len(args) == 1:
-                return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-            if len(args) == len(value):
-                return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
-    elif origin is dict or tp is dict:
-        if isinstance(value, Mapping):
-            return dict(value)
-    elif tp is Any:
-        return value
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ValueError(f"{where} {value!r}: expected {_type_name(tp)}")
-
-
-def build(cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
-    """An instance of the dataclass ``cls`` from plain values: unknown keys and wrong types are ValueErrors.
-
-    ``where`` prefixes the key names in messages (``explain_options.lime``). Values are checked against the
-    field annotations; the class's ``__post_init__`` then checks ranges.
-    """
-    if values is None:
-        values = {}
-    if not isinstance(values, Mapping):
-        raise ValueError(f"{where or cls.__name__} {values!r}: expected a mapping of {cls.__name__} fields")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in fields(cls) if f.init]
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        keys = ", ".join(f"{where}.{k}" if where else str(k) for k in unknown)
-        raise ValueError(f"unknown key {keys}; expected one of {', '.join(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
-    try:
-        return cls(**kwargs)
-    except ValueError as exc:
-        raise ValueError(f"{where}: {exc}" if where else str(exc)) from exc
-
-
-def to_plain(obj: Any) -> Any:
-    """A config dataclass as JSON-able values (tuples as lists, nested dataclasses as dicts)."""
-    if dataclasses.is_dataclass(obj):
-        return {f.name: to_plain(getattr(obj, f.name)) for f in fields(obj) if f.init}
-    if isinstance(obj, tuple | list):
-        return [to_plain(v) for v in obj]
-    if isinstance(obj, Mapping):
-        return {str(k): to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-def _check(checks: list[tuple[bool, str, Any, str]]) -> None:
-    for ok, name, value, expected in checks:
-        if not ok:
-            raise ValueError(f"{name} {value!r}: expected {expected}")
 
 
 # ------------------------------------------------------------------------------------ explanation methods
@@ -176,7 +75,7 @@ class LimeOptions:
     def __post_init__(self) -> None:
         from fruitlens.explain.segmentation import make_segmenter
 
-        _check([
+        check([
             (self.num_samples >= 2, "num_samples", self.num_samples, "at least 2"),
             (self.top_labels >= 1, "top_labels", self.top_labels, "at least 1"),
             (self.num_features is None or self.num_features >= 1, "num_features", self.num_features,
@@ -191,10 +90,10 @@ class LimeOptions:
         ])
         hide = self.hide_color
         if isinstance(hide, str):
-            _check([(hide in HIDE_COLORS, "hide_color", hide, f"{', '.join(HIDE_COLORS)}, a number or R,G,B")])
+            check([(hide in HIDE_COLORS, "hide_color", hide, f"{', '.join(HIDE_COLORS)}, a number or R,G,B")])
         else:
             values = hide if isinstance(hide, tuple) else (hide,)
-            _check([(all(0.0 <= float(v) <= 1.0 for v in values), "hide_color", hide, "values in [0, 1]")])
+            check([(all(0.0 <= float(v) <= 1.0 for v in values), "hide_color", hide, "values in [0, 1]")])
         try:
             make_segmenter(self.segmenter, **self.segmenter_params)
         except ValueError as exc:
@@ -231,7 +130,7 @@ class CamOptions:
     def __post_init__(self) -> None:
         import matplotlib
 
-        _check([
+        check([
             (self.variant in get_args(CamVariant), "variant", self.variant,
              "one of " + ", ".join(get_args(CamVariant))),
             (self.palette in matplotlib.colormaps, "palette", self.palette, "a matplotlib colormap (jet, viridis...)"),
@@ -269,9 +168,126 @@ def parse_methods(methods: str | typing.Sequence[str]) -> tuple[str, ...]:
 # ------------------------------------------------------------------------------------ the pipeline
 
 
-def _train_config(values: Mapping[str, Any] | Any):
-    from fruitlens.training import TrainConfig
+# ------------------------------------------------------------------------------------ training
 
+ClassWeights = Literal["none", "balanced"]
+Monitor = Literal["val_accuracy", "val_loss"]
+TrainMode = Literal["bottleneck", "frozen", "finetune"]
+# Side of the largest input fruitlens builds a model for: a 1024 x 1024 float32 batch of 32 is already 400 MB,
+# and a typo (100000) would otherwise ask for terabytes before anything could say so.
+MAX_IMAGE_SIDE = 1024
+DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of decoded uint8 pixels kept in memory before spilling to disk
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run (recorded in the model card and in run.json).
+
+    Attributes:
+        arch: ``seed_cnn`` | ``fruit_net`` | ``small_convnet`` | ``lenet`` | ``transfer:<b>[,<b>...]``.
+        image_size: side (int) or (height, width).
+        epochs, batch_size, seed: as usual; same seed, same run.
+        classes: class names to train on (None: all).
+        weights: transfer only: ``imagenet`` | ``none`` | a ``.weights.h5`` file per backbone (comma-separated).
+        mode: transfer only: ``bottleneck`` | ``frozen`` | ``finetune``.
+        alpha: mobilenet_v2 width multiplier.
+        learning_rate: None: the architecture's default (see ``models.default_optimizer``).
+        augment: random flips/rotations/shifts/shear/zoom on training batches (``augment_options`` tunes them).
+        early_stopping: patience in epochs on ``monitor`` (0: off).
+        class_weights: ``balanced`` weighs each class by n / (C * n_class) in the loss.
+        tensorboard: write TensorBoard logs to ``run_dir/logs``.
+        val_fraction: share of training images carved out for validation when the data has no val split.
+        monitor: the validation metric that picks the best epoch.
+    """
+
+    arch: str = "seed_cnn"
+    image_size: int | tuple[int, int] = 20
+    epochs: int = 10
+    batch_size: int = 32
+    classes: tuple[str, ...] | None = None
+    seed: int = 42
+    weights: str = "imagenet"
+    mode: Literal["bottleneck", "frozen", "finetune"] = "frozen"
+    alpha: float = 1.0
+    learning_rate: float | None = None
+    augment: bool = False
+    augment_options: tuple[tuple[str, Any], ...] | dict[str, Any] = ()  # AugmentConfig fields; kept as sorted pairs
+    early_stopping: int = 0
+    class_weights: ClassWeights = "none"
+    tensorboard: bool = False
+    val_fraction: float = 0.15
+    monitor: Monitor = "val_accuracy"
+    memory_limit: int = DEFAULT_MEMORY_LIMIT
+
+    def __post_init__(self) -> None:
+        from fruitlens.inputs import AugmentConfig, as_size
+        from fruitlens.models import MODES, parse_arch
+
+        parse_arch(self.arch)
+        size = as_size(self.image_size)
+        if max(size) > MAX_IMAGE_SIDE:
+            raise ValueError(f"image_size {self.image_size!r}: expected at most {MAX_IMAGE_SIDE} pixels per side")
+        object.__setattr__(self, "image_size", size[0] if size[0] == size[1] else size)
+        if self.classes is not None:
+            object.__setattr__(self, "classes", tuple(self.classes))
+        object.__setattr__(self, "augment_options", tuple(sorted(dict(self.augment_options).items())))
+        try:
+            AugmentConfig(**dict(self.augment_options))  # validates names and values
+        except TypeError as exc:
+            valid = ", ".join(AugmentConfig.__dataclass_fields__)
+            raise ValueError(f"augment_options {dict(self.augment_options)}: expected keys among {valid}") from exc
+        checks = [
+            (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
+            (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
+            (self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}"),
+            (self.class_weights in ("none", "balanced"), "class_weights", self.class_weights, "none or balanced"),
+            (self.monitor in ("val_accuracy", "val_loss"), "monitor", self.monitor, "val_accuracy or val_loss"),
+            (0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a fraction in (0, 1)"),
+            (self.early_stopping >= 0, "early_stopping", self.early_stopping, "a patience >= 0 (0: off)"),
+            (self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0"),
+            (self.alpha > 0, "alpha", self.alpha, "> 0"),
+        ]
+        for ok, name, value, expected in checks:
+            if not ok:
+                raise ValueError(f"{name} {value!r}: expected {expected}")
+        if self.augment and self.mode == "bottleneck" and self.arch.startswith("transfer:"):
+            raise ValueError("augment with mode bottleneck: features are computed once, so nothing would be "
+                             "augmented; use mode frozen or finetune")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width)."""
+        from fruitlens.inputs import as_size
+
+        return as_size(self.image_size)
+
+    @property
+    def is_bottleneck(self) -> bool:
+        return self.arch.startswith("transfer:") and self.mode == "bottleneck"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["image_size"] = self.image_size if isinstance(self.image_size, int) else list(self.image_size)
+        d["classes"] = list(self.classes) if self.classes is not None else None
+        d["augment_options"] = dict(self.augment_options)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Build from a dict (e.g. a pipeline config file); unknown keys are a ValueError naming them."""
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(d) - set(valid))
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
+        d = dict(d)
+        if isinstance(d.get("image_size"), list):
+            d["image_size"] = tuple(d["image_size"])
+        if isinstance(d.get("classes"), str):
+            d["classes"] = tuple(c.strip() for c in d["classes"].split(",") if c.strip())
+        return cls(**d)
+
+
+def _train_config(values: Mapping[str, Any] | Any):
     if isinstance(values, TrainConfig):
         return values
     if not isinstance(values, Mapping):
@@ -287,7 +303,7 @@ class PipelineConfig:
     """Everything a pipeline run needs besides the data and the output folder.
 
     Attributes:
-        train: a ``fruitlens.training.TrainConfig`` (a mapping of its fields in files: the demo's defaults
+        train: a ``fruitlens.config.TrainConfig`` (a mapping of its fields in files: the demo's defaults
             for fields not given).
         split: the split that is evaluated and explained.
         methods: explanation methods (``METHODS``).
@@ -323,7 +339,7 @@ class PipelineConfig:
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", _train_config(self.train))
         object.__setattr__(self, "methods", parse_methods(self.methods))
-        _check([
+        check([
             (self.explain_limit is None or self.explain_limit >= 1, "explain_limit", self.explain_limit,
              "at least 1 or null"),
             (self.chunk_size >= 1, "chunk_size", self.chunk_size, "at least 1"),

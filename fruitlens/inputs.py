@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from fruitlens.config import DEFAULT_MEMORY_LIMIT
 from fruitlens.images import MAX_PIXELS, to_rgb
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_PARALLEL = 4000  # fewer files than this are decoded in the calling process
-DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of decoded uint8 pixels kept in memory before spilling to disk
 
 
 def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:

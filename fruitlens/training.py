@@ -30,142 +30,35 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from fruitlens import tables
-from fruitlens.inputs import DEFAULT_MEMORY_LIMIT, AugmentConfig, as_size
+from fruitlens.config import MAX_IMAGE_SIDE  # noqa: F401 - re-exported
+from fruitlens.inputs import AugmentConfig
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
-ClassWeights = Literal["none", "balanced"]
-Monitor = Literal["val_accuracy", "val_loss"]
 # Keys that may change between a killed run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "memory_limit"}
 # Largest image side. Every model here is made for 20-299 px inputs (the Keras backbones' native sizes
 # are 224-299); one 1024x1024 RGB image is 3 MiB of uint8 pixels and ~1 GiB of float32 activations in a
 # VGG16, so anything larger is a typo (a 100000 px side asks for a 4.9 TiB decode of 170k images).
-MAX_IMAGE_SIDE = 1024
+
 
 
 class ResumeError(ValueError):
     """A checkpoint that cannot be resumed: it belongs to other data or another configuration."""
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """Everything that decides a training run (recorded in the model card and in run.json).
-
-    Attributes:
-        arch: ``seed_cnn`` | ``fruit_net`` | ``small_convnet`` | ``lenet`` | ``transfer:<b>[,<b>...]``.
-        image_size: side (int) or (height, width).
-        epochs, batch_size, seed: as usual; same seed, same run.
-        classes: class names to train on (None: all).
-        weights: transfer only: ``imagenet`` | ``none`` | a ``.weights.h5`` file per backbone (comma-separated).
-        mode: transfer only: ``bottleneck`` | ``frozen`` | ``finetune``.
-        alpha: mobilenet_v2 width multiplier.
-        learning_rate: None: the architecture's default (see ``models.default_optimizer``).
-        augment: random flips/rotations/shifts/shear/zoom on training batches (``augment_options`` tunes them).
-        early_stopping: patience in epochs on ``monitor`` (0: off).
-        class_weights: ``balanced`` weighs each class by n / (C * n_class) in the loss.
-        tensorboard: write TensorBoard logs to ``run_dir/logs``.
-        val_fraction: share of training images carved out for validation when the data has no val split.
-        monitor: the validation metric that picks the best epoch.
-    """
-
-    arch: str = "seed_cnn"
-    image_size: int | tuple[int, int] = 20
-    epochs: int = 10
-    batch_size: int = 32
-    classes: tuple[str, ...] | None = None
-    seed: int = 42
-    weights: str = "imagenet"
-    mode: Literal["bottleneck", "frozen", "finetune"] = "frozen"
-    alpha: float = 1.0
-    learning_rate: float | None = None
-    augment: bool = False
-    augment_options: tuple[tuple[str, Any], ...] | dict[str, Any] = ()  # AugmentConfig fields; kept as sorted pairs
-    early_stopping: int = 0
-    class_weights: ClassWeights = "none"
-    tensorboard: bool = False
-    val_fraction: float = 0.15
-    monitor: Monitor = "val_accuracy"
-    memory_limit: int = DEFAULT_MEMORY_LIMIT
-
-    def __post_init__(self) -> None:
-        from fruitlens.models import MODES, parse_arch
-
-        parse_arch(self.arch)
-        size = as_size(self.image_size)
-        if max(size) > MAX_IMAGE_SIDE:
-            raise ValueError(f"image_size {self.image_size!r}: expected at most {MAX_IMAGE_SIDE} pixels per side")
-        object.__setattr__(self, "image_size", size[0] if size[0] == size[1] else size)
-        if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(self.classes))
-        object.__setattr__(self, "augment_options", tuple(sorted(dict(self.augment_options).items())))
-        try:
-            AugmentConfig(**dict(self.augment_options))  # validates names and values
-        except TypeError as exc:
-            valid = ", ".join(AugmentConfig.__dataclass_fields__)
-            raise ValueError(f"augment_options {dict(self.augment_options)}: expected keys among {valid}") from exc
-        checks = [
-            (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
-            (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
-            (self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}"),
-            (self.class_weights in ("none", "balanced"), "class_weights", self.class_weights, "none or balanced"),
-            (self.monitor in ("val_accuracy", "val_loss"), "monitor", self.monitor, "val_accuracy or val_loss"),
-            (0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a fraction in (0, 1)"),
-            (self.early_stopping >= 0, "early_stopping", self.early_stopping, "a patience >= 0 (0: off)"),
-            (self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0"),
-            (self.alpha > 0, "alpha", self.alpha, "> 0"),
-        ]
-        for ok, name, value, expected in checks:
-            if not ok:
-                raise ValueError(f"{name} {value!r}: expected {expected}")
-        if self.augment and self.mode == "bottleneck" and self.arch.startswith("transfer:"):
-            raise ValueError("augment with mode bottleneck: features are computed once, so nothing would be "
-                             "augmented; use mode frozen or finetune")
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(height, width)."""
-        return as_size(self.image_size)
-
-    @property
-    def is_bottleneck(self) -> bool:
-        return self.arch.startswith("transfer:") and self.mode == "bottleneck"
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["image_size"] = self.image_size if isinstance(self.image_size, int) else list(self.image_size)
-        d["classes"] = list(self.classes) if self.classes is not None else None
-        d["augment_options"] = dict(self.augment_options)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        """Build from a dict (e.g. a pipeline config file); unknown keys are a ValueError naming them."""
-        valid = [f.name for f in fields(cls)]
-        unknown = sorted(set(d) - set(valid))
-        if unknown:
-            raise ValueError(f"unknown training option(s) {', '.join(unknown)}; valid: {', '.join(valid)}")
-        d = dict(d)
-        if isinstance(d.get("image_size"), list):
-            d["image_size"] = tuple(d["image_size"])
-        if isinstance(d.get("classes"), str):
-            d["classes"] = tuple(c.strip() for c in d["classes"].split(",") if c.strip())
-        return cls(**d)
-
-
-# The better default for the demo data and Fruits-360 (see benchmarks/README.md, "Training").
-DEMO_CONFIG = TrainConfig(arch="fruit_net", image_size=32, epochs=8, batch_size=32)
-
+# TrainConfig lives with every other option in fruitlens.config (re-exported here).
+from fruitlens.config import TrainConfig  # noqa: E402,F401
 
 # ------------------------------------------------------------------------------------------ callbacks
 

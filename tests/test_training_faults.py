@@ -154,7 +154,7 @@ def test_cli_says_why_in_one_line(one_epoch, demo_dir, tmp_path, capsys):
 
     assert main(["train", "--data", str(demo_dir), "--out", str(tmp_path), "--image-size", "100000"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "image_size 100000: expected at most 1024 pixels per side" in err
+    assert err.count("\n") == 1 and "--image-size 100000: expected at most 1024 pixels per side" in err
     other = _other_data("other_files", demo_dir, tmp_path)
     assert main(["train", "--data", str(other), "--out", str(one_epoch), "--arch", "seed_cnn", "--image-size", "16",
                  "--batch-size", "16", "--seed", "3", "--epochs", "2", "--resume"]) == 2
