@@ -24,6 +24,7 @@ from PIL import Image
 from fruitlens import plots, tables
 from fruitlens.dataset import index_or_load
 from fruitlens.images import read_rgb
+from fruitlens.layout import ExplainLayout, picture_stem
 from fruitlens.runs import ModelCard, library_versions, write_card
 from fruitlens.synthetic import CLASSES, write_demo_dataset
 
@@ -172,25 +173,29 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
         score = float(rng.uniform(0.35, 0.85))
         evidence = rng.uniform(0, 0.3, n_sp)
         evidence[0] = 0.0 if wrong_pred else 1.0  # the strongest superpixel is on the sticker when right
+        source = str(index.root / row.path)
+        stem = picture_stem(source, row.image_id)  # named as the batch engine names them
+        outline = ExplainLayout(ex).picture("lime", stem, "outline")
         for sp in range(n_sp):
-            lime_rows.append({"image_id": row.image_id, "label": p["pred_label"], "label_prob": float(p["pred_prob"]),
+            lime_rows.append({"image_id": row.image_id, "path": source, "label": p["pred_label"],
+                              "label_prob": float(p["pred_prob"]),
                               "superpixel": sp, "weight": float(weights[sp]), "intercept": 0.2, "score": score,
                               "local_pred": float(p["pred_prob"]) - 0.05, "num_samples": 300, "segmenter": "slic",
-                              "true_label": row.label, "evidence": float(evidence[sp])})
+                              "true_label": row.label, "evidence": float(evidence[sp]),
+                              "picture_path": outline.relative_to(ex).as_posix()})
         lime_pic = plots.overlay(photo, np.where(heat > 0.5, 1.0, 0.0), palette="Greens", alpha=0.5)
-        plots.save_png(lime_pic, ex / "lime" / f"{row.image_id}_outline.png")
-        plots.save_png(photo * (heat > 0.5)[..., None], ex / "lime" / f"{row.image_id}_block.png")
-        plots.save_png(photo, ex / "lime" / f"{row.image_id}_boundaries.png")
+        plots.save_png(lime_pic, outline)
+        plots.save_png(photo, ExplainLayout(ex).picture("lime", stem, "boundaries"))
         small = np.asarray(Image.fromarray(heat).resize(IMAGE_SIZE[::-1], Image.Resampling.BILINEAR))
         small = small / max(float(small.max()), 1e-6)
         cam_pic = plots.overlay(photo, small, palette="jet", alpha=0.45)
-        heat_rel, over_rel = f"gradcam/{row.image_id}_heatmap.png", f"gradcam/{row.image_id}_overlay.png"
+        heat_rel, over_rel = f"gradcam/{stem}_heatmap.png", f"gradcam/{stem}_overlay.png"
         plots.save_png(small, ex / heat_rel)
         plots.save_png(cam_pic, ex / over_rel)
         plots.save_png(plots.image_grid(np.stack([photo, lime_pic, cam_pic]), ncols=3),
-                       ex / "side_by_side" / f"{row.image_id}.png")
+                       ExplainLayout(ex).side_by_side(stem))
         py, px = np.unravel_index(int(np.argmax(small)), small.shape)
-        cam_rows.append({"image_id": row.image_id, "label": p["pred_label"], "layer": LAYERS[-1],
+        cam_rows.append({"image_id": row.image_id, "path": source, "label": p["pred_label"], "layer": LAYERS[-1],
                          "heatmap_path": heat_rel, "overlay_path": over_rel, "peak_y": int(py), "peak_x": int(px),
                          "deletion_auc": float(rng.uniform(0.05, 0.3)), "insertion_auc": float(rng.uniform(0.6, 0.95)),
                          "true_label": row.label, "target_prob": float(p["pred_prob"]), "variant": "gradcam",

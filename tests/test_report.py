@@ -446,21 +446,22 @@ def test_chromium_probe_catches_broken_images_and_script_errors(chromium, fabric
 @pytest.mark.slow
 def test_report_of_a_real_tiny_run(chromium, demo_dir, tmp_path):
     """Train, evaluate, explain and visualize for real (tiny), then the report renders with every picture."""
-    training = pytest.importorskip("fruitlens.training", reason="training (issue 3) not in this branch")
-    inference = pytest.importorskip("fruitlens.inference", reason="evaluation (issue 3) not in this branch")
-    activations = pytest.importorskip("fruitlens.explain.activations", reason="visualize (issue 5) not in this branch")
-    pytest.importorskip("fruitlens.explain.lime", reason="LIME (issue 4) not in this branch")
-    pytest.importorskip("fruitlens.explain.gradcam", reason="Grad-CAM (issue 5) not in this branch")
-    from fruitlens.explain.runner import explain_images, select_images
-
+    from fruitlens import inference, training
+    from fruitlens.batch.engine import explain_images
+    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.config import ExplainOptions, LimeOptions
     from fruitlens.dataset import index_or_load
+    from fruitlens.explain import activations
+    from fruitlens.runs import load_run, model_digest
 
     run = tmp_path / "run"
     index_or_load(demo_dir, run / "index")
     training.train_model(demo_dir, run, training.TrainConfig(epochs=2, image_size=20, seed=0))
     inference.evaluate_run(run, demo_dir, run / "eval")
-    rows = select_images([demo_dir], split="test")
-    explain_images(run, rows, run / "explain", ["lime", "gradcam"], options={"lime": {"num_samples": 100}})
+    rows = rows_from_inputs([demo_dir], split="test")
+    model, card = load_run(run)
+    explain_images(model, card, model_digest(run), rows, run / "explain", ["lime", "gradcam"],
+                   ExplainOptions(lime=LimeOptions(num_samples=100)), chunk_size=16)
     first = rows["path"].iloc[0]
     activations.visualize_run(run, first, run / "visualize")
     build_report(run)
