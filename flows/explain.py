@@ -10,16 +10,16 @@ from prefect.futures import as_completed
 
 from flows.settings import build_task_runner, run_name, slug
 from fruitlens.batch.engine import out_lock
-from fruitlens.config import CHUNK_SIZE, ExplainOptions, build, to_plain
+from fruitlens.config import CHUNK_SIZE, ExplainOptions, build, model_source_fields, to_plain
 from fruitlens.summary import progress_line
 from tasks.explain import explain_chunk_task, finish_task, plan_task
 
 
 def _name() -> str:
-    return run_name("explain", "methods", "split", "limit", "model_dir")
+    return run_name("explain", "methods", "split", "limit", "out_dir")
 
 
-def _map_chunks(model_dir: str, out_dir: str, method: str, options: dict, plan: dict) -> list[tuple]:
+def _map_chunks(model: dict, out_dir: str, method: str, options: dict, plan: dict) -> list[tuple]:
     """One task per chunk of ``method`` (with its image count): chunks whose part is on disk may be Cached,
     the others always run."""
     futures = []
@@ -27,17 +27,18 @@ def _map_chunks(model_dir: str, out_dir: str, method: str, options: dict, plan: 
         picked = [i for i, d in enumerate(plan["done"][method]) if d == done]
         if picked:
             task = explain_chunk_task if done else explain_chunk_task.with_options(refresh_cache=True)
-            mapped = task.map(unmapped(model_dir), unmapped(out_dir), unmapped(method), unmapped(options),
+            mapped = task.map(unmapped(model), unmapped(out_dir), unmapped(method), unmapped(options),
                               [plan["chunks"][i] for i in picked], picked, [plan["keys"][method][i] for i in picked])
             futures += [(f, len(plan["chunks"][i])) for f, i in zip(mapped, picked, strict=True)]
     return futures
 
 
 @flow(name="explain", flow_run_name=_name, task_runner=build_task_runner("thread"), log_prints=True)
-def explain_flow(model_dir: str, index_dir: str, out_dir: str, methods: list[str], split: str = "test",
+def explain_flow(model: str | dict, index_dir: str, out_dir: str, methods: list[str], split: str = "test",
                  limit: int | None = None, chunk_size: int = CHUNK_SIZE, options: dict | None = None,
                  select: str = "first", predictions_path: str | None = None, artifact_prefix: str = "") -> dict:
-    """Explain ``limit`` images of ``split`` (all when None) of an index with ``methods``.
+    """Explain ``limit`` images of ``split`` (all when None) of an index with ``methods``, by ``model`` (a run
+    folder, a model file, ``imagenet:<app>``, or a mapping of ``ModelSource`` fields).
 
     ``select``: "first" (by image id) or "report" (the images the report shows first, from
     ``predictions_path``). Every (method, chunk) is one task writing one content-keyed part
@@ -45,14 +46,15 @@ def explain_flow(model_dir: str, index_dir: str, out_dir: str, methods: list[str
     and row counts, and the first image explained.
     """
     opts = to_plain(build(ExplainOptions, options or {}))
-    plan = plan_task(model_dir, index_dir, out_dir, split, limit, select, predictions_path, chunk_size,
+    model = model_source_fields(model)
+    plan = plan_task(model, index_dir, out_dir, split, limit, select, predictions_path, chunk_size,
                      list(methods), opts)
     total = sum(map(len, plan["chunks"])) * len(methods)
     with out_lock(out_dir):
         progress = create_progress_artifact(0.0, key=f"{slug(artifact_prefix + 'explain-progress')}",
                                             description=f"{total // max(len(methods), 1)} images in "
                                             f"{len(plan['chunks'])} chunks, explained with {', '.join(methods)}")
-        mapped = [item for m in methods for item in _map_chunks(model_dir, out_dir, m, opts[m], plan)]
+        mapped = [item for m in methods for item in _map_chunks(model, out_dir, m, opts[m], plan)]
         sizes = {future.task_run_id: n for future, n in mapped}
         finished, failed, start, log = 0, [], time.perf_counter(), get_run_logger()
         for future in as_completed([future for future, _ in mapped]):

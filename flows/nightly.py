@@ -17,13 +17,13 @@ from flows.explain import explain_flow
 from flows.index import index_flow
 from flows.settings import build_task_runner, run_name, slug, subflow
 from flows.train import train_flow
-from fruitlens.config import PipelineConfig, to_plain
+from fruitlens.config import PipelineConfig, model_source_fields, to_plain
 from fruitlens.layout import RunLayout
 from fruitlens.promotion import default_models_home
 from fruitlens.summary import run_summary
 from tasks.cache import fresh
 from tasks.evaluate import evaluate_task
-from tasks.promote import compare_task, current_model_task, promote_task
+from tasks.promote import compare_task, current_model_task, existing_model, promote_task
 from tasks.report import report_task, run_record_task
 from tasks.visualize import visualize_task
 
@@ -79,17 +79,26 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
     prefix = f"{slug(run.root.name)}-"
     step = Steps()
     index = step("index", subflow(index_flow), data_dir, str(run.index_dir))
-    train = step("train", subflow(train_flow), data_dir, str(run.root), cfg.train.to_dict())
-    new = step("evaluate", subflow(evaluate_flow), str(run.root), data_dir, cfg.split)
+    if cfg.model is None:
+        train = step("train", subflow(train_flow), data_dir, str(run.root), cfg.train.to_dict())
+        model = model_source_fields(str(run.root))
+    else:  # an existing model is explained: nothing is trained, compared or promoted
+        train, model = existing_model(cfg.model), cfg.model
+    new = step("evaluate", subflow(evaluate_flow), str(run.root), data_dir, cfg.split, model=model)
     explain = explain_flow.with_options(task_runner=build_task_runner(cfg.task_runner, cfg.dask_address))
-    explained = step("explain", subflow(explain), str(run.root), str(run.index_dir), str(run.explain_dir),
+    explained = step("explain", subflow(explain), model, str(run.index_dir), str(run.explain_dir),
                      list(cfg.methods), cfg.split, cfg.explain_limit, cfg.chunk_size, to_plain(cfg.explain_options),
                      cfg.explain_select, str(run.predictions), prefix)
     if cfg.visualize and explained["first_image"]:
-        step("visualize", fresh(visualize_task, run.visualize_dir), str(run.root), explained["first_image"]["path"],
+        step("visualize", fresh(visualize_task, run.visualize_dir), model, explained["first_image"]["path"],
              str(run.visualize_dir))
-    comparison = step("compare", compare_with_current, run, data_dir, cfg, home, train, new, step)
-    publish_comparison(comparison["rows"], comparison["promote"], prefix=prefix, note=comparison["note"])
+    if cfg.model is None:
+        comparison = step("compare", compare_with_current, run, data_dir, cfg, home, train, new, step)
+    else:
+        comparison = {"rows": [], "promote": False, "path": "", "old": None, "models_home": home,
+                      "note": f"explained the existing model {cfg.model['spec']}: nothing trained or promoted"}
+    if comparison["rows"]:
+        publish_comparison(comparison["rows"], comparison["promote"], prefix=prefix, note=comparison["note"])
     record = {"data_dir": str(data_dir), "models_home": home, "metrics": new["headline"],
               "promoted": comparison["promote"], "model_digest": train["model_digest"]}
     run_record_task(str(run.root), cfg.to_dict(), step.timings, record)

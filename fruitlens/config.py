@@ -319,6 +319,9 @@ class PipelineConfig:
         models_home: where the "current" model lives (default: ``<out>/../models``).
         task_runner: "thread" (default) or "dask" for the explanation chunks.
         dask_address: scheduler address for "dask"; None starts a local cluster.
+        model: explain an existing model instead of training one: a spec (``pets.keras``, ``imagenet:vgg16``,
+            a run folder) or a mapping of ``fruitlens.modelio.ModelSource`` fields (spec, classes,
+            classes_file, image_size, preprocessing, fit); no training, no comparison, no promotion.
     """
 
     train: Any = field(default_factory=lambda: _train_config({}))
@@ -335,9 +338,12 @@ class PipelineConfig:
     models_home: str | None = None
     task_runner: TaskRunnerName = "thread"
     dask_address: str | None = None
+    model: str | dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", _train_config(self.train))
+        if self.model is not None:
+            object.__setattr__(self, "model", model_source_fields(self.model))
         object.__setattr__(self, "methods", parse_methods(self.methods))
         check([
             (self.explain_limit is None or self.explain_limit >= 1, "explain_limit", self.explain_limit,
@@ -370,6 +376,17 @@ class PipelineConfig:
 
     def replace(self, **changes: Any) -> PipelineConfig:
         return PipelineConfig.from_dict({**self.to_dict(), **changes})
+
+
+def model_source_fields(model: str | Mapping[str, Any]) -> dict[str, Any]:
+    """A model spec or ModelSource fields, checked (without loading anything): the fields as plain values."""
+    from fruitlens.modelio import ModelSource
+
+    values = {"spec": model} if isinstance(model, str) else dict(model)
+    try:
+        return to_plain(build(ModelSource, values, "model"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(str(exc) if str(exc).startswith("model") else f"model: {exc}") from exc
 
 
 def load_config(path: str | os.PathLike | None) -> PipelineConfig:

@@ -108,10 +108,12 @@ def _rows_for(data_dir: str | os.PathLike, run_dir: Path, split: str) -> pd.Data
     return rows.reset_index(drop=True)
 
 
-def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
+def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                  split: str = "test", top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256,
                  max_mistakes: int = 20) -> dict[str, Any]:
-    """Predict one split of ``data_dir`` with the run's model and write the evaluation into ``out_dir``.
+    """Predict one split of ``data_dir`` with a model and write the evaluation into ``out_dir``.
+
+    ``run_dir``: a run folder, a model file, or a ``fruitlens.modelio.ModelSource``.
 
     Writes predictions.parquet (the `predictions` table), metrics.json (see :func:`classification_metrics`,
     plus the split, the dataset and images whose label is not one of the model's classes), confusion.parquet
@@ -124,11 +126,12 @@ def evaluate_run(run_dir: str | os.PathLike, data_dir: str | os.PathLike, out_di
         RunError: the run folder has no model/card. ValueError: unknown split or no image in it.
     """
     from fruitlens.inputs import decode_images
+    from fruitlens.modelio import as_model_source
     from fruitlens.plots import plot_confusion, plot_gallery
-    from fruitlens.runs import load_run
 
-    run, out = Path(run_dir), Path(out_dir)
-    model, card = load_run(run)
+    source = as_model_source(run_dir)
+    run, out = Path(source.spec), Path(out_dir)
+    model, card = source.load()
     rows = _rows_for(data_dir, run, split)
     images_u8, errors = decode_images(rows["abs_path"], card.image_size)
     ok = np.array([not e for e in errors], dtype=bool)

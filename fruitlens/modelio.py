@@ -360,9 +360,16 @@ class ModelSource:
         return hashlib.sha256(f"{content}\n{json.dumps(options, sort_keys=True)}".encode()).hexdigest()
 
 
-def as_model_source(model: ModelSource | str | os.PathLike) -> ModelSource:
-    """A ModelSource as is; a path or ``imagenet:<app>`` string as ``ModelSource(spec)``."""
-    return model if isinstance(model, ModelSource) else ModelSource(str(model))
+def as_model_source(model) -> ModelSource:
+    """A ModelSource as is; a path or ``imagenet:<app>`` string as ``ModelSource(spec)``; a mapping of its
+    fields (plain values, as pipeline configs and task parameters hold them) checked and built."""
+    if isinstance(model, ModelSource):
+        return model
+    if isinstance(model, dict):
+        from fruitlens.typed import build
+
+        return build(ModelSource, model, "model")
+    return ModelSource(str(model))
 
 
 def load_model_source(spec: str | os.PathLike, **kwargs):

@@ -67,11 +67,14 @@ def run_summary(run_dir: str | os.PathLike, data_dir: str, config, index: Mappin
     metric = config.promote_metric
     lines = [f"- data: `{_escape(data_dir)}`, {index['num_ok']} usable images ({index['num_bad']} unusable), "
              f"{len(index['classes'])} classes",
-             f"- model: {_escape(config.train.arch)} at {config.train.size[0]}x{config.train.size[1]} px, "
-             f"{train['epochs']} epochs, digest `{train['model_digest'][:12]}`",
+             (f"- model: {_escape(config.train.arch)} at {config.train.size[0]}x{config.train.size[1]} px, "
+              f"{train['epochs']} epochs" if config.model is None else f"- model: `{_escape(config.model['spec'])}`")
+             + f", digest `{train['model_digest'][:12]}`",
              "- explained: " + ", ".join(f"{m} {n} rows" for m, n in explained.get("rows", {}).items()),
              f"- current model: {'promoted this run' if comparison['promote'] else 'kept'} "
              f"({metric} new {new[metric]:.4f}" + ("" if old is None else f", current {old[metric]:.4f}") + ")"]
+    if config.model is not None:
+        lines.pop()
     if comparison.get("note"):
         lines.append(f"- {_escape(comparison['note'])}")
     images = [["training curves", str(run.curves)], ["confusion matrix", str(run.eval_dir / "confusion.png")]]

@@ -46,6 +46,13 @@ def fresh(task, *outputs: str | Path):
     return task.with_options(refresh_cache=True)
 
 
+def run_folder_name(key: str = "out_dir") -> str:
+    """The name of the run folder a task writes into (the parent of its ``key`` folder)."""
+    from prefect.runtime import task_run
+
+    return Path(str((task_run.parameters or {}).get(key, ""))).parent.name
+
+
 def run_name(prefix: str, *keys: str):
     """A task_run_name callable: ``prefix-<last part of each path parameter>``."""
     def name() -> str:

@@ -9,22 +9,23 @@ from tasks.cache import content_cache
 
 
 @task(name="plan-explanations", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
-def plan_task(model_dir: str, index_dir: str, out_dir: str, split: str, limit: int | None, select: str,
+def plan_task(model: dict, index_dir: str, out_dir: str, split: str, limit: int | None, select: str,
               predictions_path: str | None, chunk_size: int, methods: list[str], options: dict) -> dict:
     """The chunks (plain records), each (method, chunk)'s part key, and which parts are already done."""
     from fruitlens import tables
     from fruitlens.batch import engine, rows
     from fruitlens.config import ExplainOptions, build
-    from fruitlens.digests import file_digest_cached
-    from fruitlens.layout import ExplainLayout, RunLayout
+    from fruitlens.layout import ExplainLayout
+    from fruitlens.modelio import as_model_source
     from fruitlens.selection import images_to_explain
 
     first = []
     if select == "report" and limit is not None and predictions_path:
         first = images_to_explain(tables.read_table(predictions_path), limit=limit)
     chunks = engine.plan_chunks(rows.rows_from_index(index_dir, split, limit, first), chunk_size)
-    model = file_digest_cached(RunLayout(model_dir).model)
-    keys = engine.plan_keys(chunks, methods, build(ExplainOptions, options), model, engine.engine_code())
+    source = as_model_source(model)
+    digest = source.digest(source.load()[1])
+    keys = engine.plan_keys(chunks, methods, build(ExplainOptions, options), digest, engine.engine_code())
     out = ExplainLayout(out_dir)
     done = {m: [engine.part_state(out, m, k) == "done" for k in keys[m]] for m in methods}
     return {"chunks": chunks, "keys": keys, "done": done}
@@ -32,17 +33,17 @@ def plan_task(model_dir: str, index_dir: str, out_dir: str, split: str, limit: i
 
 @task(name="explain-chunk", cache_policy=content_cache(), retries=1, retry_delay_seconds=1, persist_result=True,
       task_run_name="{method}-chunk-{index}")
-def explain_chunk_task(model_dir: str, out_dir: str, method: str, options: dict, chunk: list[dict], index: int,
+def explain_chunk_task(model: dict, out_dir: str, method: str, options: dict, chunk: list[dict], index: int,
                        key: str) -> dict:
     """One method's part of one chunk (``key``: its content key: model, options, code and images)."""
     from fruitlens.batch import engine
     from fruitlens.batch.methods import METHODS
     from fruitlens.config import build
-    from fruitlens.runs import load_run
+    from fruitlens.modelio import as_model_source
 
-    model, card = load_run(model_dir)
-    return engine.explain_chunk(model, card, chunk, out_dir, method, build(METHODS[method].options_type, options),
-                                key)
+    keras_model, card = as_model_source(model).load()
+    return engine.explain_chunk(keras_model, card, chunk, out_dir, method,
+                                build(METHODS[method].options_type, options), key)
 
 
 @task(name="finish-explanations", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

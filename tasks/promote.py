@@ -6,6 +6,17 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 
+@task(name="existing-model", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=1)
+def existing_model(model: dict) -> dict:
+    """What the pipeline knows of a model it did not train: its digest and classes (as the train task says)."""
+    from fruitlens.modelio import as_model_source
+
+    source = as_model_source(model)
+    _, card = source.load()
+    return {"run_dir": None, "model_digest": source.digest(card), "epochs": 0, "metrics": {},
+            "classes": list(card.classes), "curves_path": ""}
+
+
 @task(name="current-model", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def current_model_task(models_home: str, classes: list[str]) -> dict:
     """The current model's folder and digest when it can be compared with a model of ``classes``; else why not."""

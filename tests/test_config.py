@@ -166,3 +166,14 @@ def test_summary_markdown_embeds_thumbnails(tmp_path):
     assert "<b>" not in md and "&lt;b&gt;x&lt;/b&gt;" in md  # markup in names is escaped
     assert "| accuracy | 0.5000 |" in md and "- a line" in md and md.count("data:image/png;base64,") == 1
     assert len(md) < 200_000
+
+
+def test_model_field_takes_a_spec_or_source_fields():
+    assert PipelineConfig.from_dict({"model": "imagenet:vgg16"}).model["spec"] == "imagenet:vgg16"
+    cfg = PipelineConfig.from_dict({"model": {"spec": "pets.h5", "classes": ["cat", "dog"], "image_size": [48, 64]}})
+    assert cfg.model["classes"] == ["cat", "dog"] and cfg.model["image_size"] == [48, 64]
+    assert PipelineConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ValueError, match="unknown key model.clases"):
+        PipelineConfig.from_dict({"model": {"spec": "pets.h5", "clases": ["cat"]}})
+    with pytest.raises(ValueError, match="model.preprocessing 'caffee': expected one of"):
+        PipelineConfig.from_dict({"model": {"spec": "pets.h5", "preprocessing": "caffee"}})

@@ -242,7 +242,7 @@ def test_crashed_explain_run_resumes_without_losing_or_duplicating_rows(cache, d
     ids = list(rows_from_index(run_dir / "index", "test")["image_id"])
     FAIL.clear()
     FAIL.add(ids[9])  # the third of six chunks of 4 fails (and its retry too)
-    params = {"model_dir": str(run_dir), "index_dir": str(run_dir / "index"), "out_dir": str(run_dir / "explain"),
+    params = {"model": str(run_dir), "index_dir": str(run_dir / "index"), "out_dir": str(run_dir / "explain"),
               "methods": ["lime"], "chunk_size": 4, "artifact_prefix": "run-"}
     try:
         state = explain_flow(**params, return_state=True)
@@ -269,7 +269,7 @@ def test_dask_runner_gives_the_same_tables(cache, demo_dir, tmp_path):
 
     run_dir = tiny_run(tmp_path / "run", classes=CLASSES, image_size=(16, 16))
     index_or_load(demo_dir, run_dir / "index")
-    params = {"model_dir": str(run_dir), "index_dir": str(run_dir / "index"), "methods": ["lime", "gradcam"],
+    params = {"model": str(run_dir), "index_dir": str(run_dir / "index"), "methods": ["lime", "gradcam"],
               "limit": 6, "chunk_size": 2,
               "options": {"lime": {"num_samples": 40, "plots": "none"}, "gradcam": {"faithfulness_steps": 4}}}
     threads = explain_flow(**params, out_dir=str(tmp_path / "threads"))["tables"]
@@ -348,7 +348,7 @@ def test_cli_and_flow_share_one_engine_and_write_identical_tables(cache, demo_di
     options = {"lime": {"num_samples": 40, "plots": "explanation", "seed": 3, "faithfulness_steps": 4},
                "gradcam": {"faithfulness_steps": 4, "seed": 3}}
     flow_out = tmp_path / "flow"
-    explain_flow(model_dir=str(run_dir), index_dir=str(run_dir / "index"), out_dir=str(flow_out),
+    explain_flow(model=str(run_dir), index_dir=str(run_dir / "index"), out_dir=str(flow_out),
                  methods=["lime", "gradcam"], limit=None, chunk_size=5, options=options)
     cli_out = tmp_path / "cli"
     assert main(["explain", "--model", str(run_dir), "--data", str(demo_dir), "--out", str(cli_out),
@@ -360,3 +360,18 @@ def test_cli_and_flow_share_one_engine_and_write_identical_tables(cache, demo_di
         pd.testing.assert_frame_equal(a, b, check_dtype=False)
     assert sorted(p.name for p in (flow_out / "side_by_side").glob("*.png")) == \
         sorted(p.name for p in (cli_out / "side_by_side").glob("*.png"))
+
+
+def test_pipeline_explains_an_existing_model_without_training(cache, demo_dir, tmp_path):
+    from flows.nightly import nightly_flow
+
+    model_dir = tiny_run(tmp_path / "theirs", classes=CLASSES, image_size=(16, 16))
+    config = {**TINY, "model": {"spec": str(model_dir / "model.keras"), "classes": list(CLASSES)},
+              "explain_limit": 6, "visualize": False}
+    out = tmp_path / "runs" / "existing"
+    summary = nightly_flow(str(demo_dir), str(out), config, str(tmp_path / "models"))
+    assert not (out / "model.keras").exists() and not (out / "checkpoints").exists()  # nothing trained
+    assert not summary["promoted"] and not (tmp_path / "models" / "current").exists()
+    assert len(tables.read_table(out / "eval" / "predictions.parquet")) == 24
+    assert tables.read_table(out / "explain" / "gradcam.parquet")["image_id"].nunique() == 6
+    assert "explained the existing model" in summary["note"] and (out / "report.html").is_file()
