@@ -83,7 +83,7 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
             caption = Caption(file=Path(path).name, true_label=_label(true), pred_label=label,
                               prob=_prob(res.label_prob[top]), method="LIME",
                               detail=f"{res.num_superpixels} superpixels ({options.segmenter}), "
-                                     f"{res.num_samples} samples, R² {res.score[top]:.2f}",
+                                     f"{res.num_samples} samples, fit R2 {res.score[top]:.2f}",
                               legend=f"green supports {label}, red against")
             pic = lime_on_photo(photo, res.segments, res.weights[top], threshold=options.threshold,
                                 num_features=options.display_features, box=model_box(photo, card))
