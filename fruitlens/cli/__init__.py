@@ -86,7 +86,7 @@ def setup_logging(verbose: bool) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO if verbose else logging.WARNING)
-    for name in ("prefect.flow_runs", "prefect.task_runs", "fruitlens"):  # progress lines of runs
+    for name in ("prefect.flow_runs", "prefect.task_runs"):  # the progress lines of flow and task runs
         logging.getLogger(name).setLevel(logging.INFO)
 
 
