@@ -27,7 +27,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 Mode = Literal["bottleneck", "frozen", "finetune"]
-MODES: tuple[str, ...] = ("bottleneck", "frozen", "finetune")
+from fruitlens.config import MODES  # noqa: E402,F401 - re-exported
 
 
 class ModelError(ValueError):
@@ -245,22 +245,18 @@ BACKBONES: dict[str, Backbone] = {
 def parse_arch(arch: str) -> tuple[str, tuple[str, ...]]:
     """``"seed_cnn"`` -> ("seed_cnn", ()); ``"transfer:vgg16,resnet50"`` -> ("transfer", ("vgg16", "resnet50")).
 
+    The names live in ``fruitlens.config`` (checked without importing Keras); a test keeps them equal to
+    ``ARCHS`` and ``BACKBONES``.
+
     Raises:
         ModelError: unknown architecture or backbone (naming the valid ones).
     """
-    if arch.startswith("transfer:"):
-        names = tuple(n.strip() for n in arch.split(":", 1)[1].replace("+", ",").split(",") if n.strip())
-        bad = [n for n in names if n not in BACKBONES]
-        if bad or not names:
-            raise ModelError(f"backbone {', '.join(bad) or '(none)'} in {arch!r}: expected one or more of "
-                             f"{', '.join(BACKBONES)}")
-        if len(set(names)) != len(names):
-            raise ModelError(f"{arch!r}: a backbone is named twice")
-        return "transfer", names
-    if arch not in ARCHS:
-        raise ModelError(f"architecture {arch!r}: expected one of {', '.join(ARCHS)} or "
-                         f"transfer:<{'|'.join(BACKBONES)}>[,<backbone>...]")
-    return arch, ()
+    from fruitlens.config import parse_arch as parse_names
+
+    try:
+        return parse_names(arch)
+    except ValueError as exc:
+        raise ModelError(str(exc)) from exc
 
 
 def _keras_cache_dir() -> Path:

@@ -23,8 +23,7 @@ def plan_task(model: dict, index_dir: str, out_dir: str, split: str, limit: int 
     if select == "report" and limit is not None and predictions_path:
         first = images_to_explain(tables.read_table(predictions_path), limit=limit)
     chunks = engine.plan_chunks(rows.rows_from_index(index_dir, split, limit, first), chunk_size)
-    source = as_model_source(model)
-    digest = source.digest(source.load()[1])
+    digest = as_model_source(model).digest()  # the file's content and the options given: no loading
     keys = engine.plan_keys(chunks, methods, build(ExplainOptions, options), digest, engine.engine_code())
     out = ExplainLayout(out_dir)
     done = {m: [engine.part_state(out, m, k) == "done" for k in keys[m]] for m in methods}

@@ -113,3 +113,11 @@ def test_concatenated_backbones_and_saved_model_round_trip(tmp_path):
     model.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras", compile=False)
     np.testing.assert_allclose(np.asarray(again(x, training=False)), p, atol=1e-5)
+
+
+def test_architecture_names_checked_without_keras_match_the_builders():
+    from fruitlens import config, models
+
+    assert config.ARCH_NAMES == tuple(models.ARCHS) and config.BACKBONE_NAMES == tuple(models.BACKBONES)
+    with pytest.raises(models.ModelError, match="architecture 'resnet'"):
+        models.parse_arch("resnet")
