@@ -120,17 +120,30 @@ def run_digest(run_dir: str | os.PathLike, skip: Sequence[str] | None = None) ->
 # ------------------------------------------------------------------------------------ code
 
 
+def _roots() -> list[Path]:
+    """The folders holding the project's packages (the checkout's root in a development install)."""
+    found = []
+    for package in PROJECT_PACKAGES:
+        spec = importlib.util.find_spec(package)  # top-level packages only: importing them is cheap
+        if spec is not None and spec.submodule_search_locations:
+            found += [Path(p).parent for p in spec.submodule_search_locations]
+    return list(dict.fromkeys(found))
+
+
 def _module_file(name: str) -> Path | None:
-    """The source file of a project module (without importing it), or None when there is none."""
-    if name.split(".")[0] not in PROJECT_PACKAGES:
+    """The source file of a project module, found on disk without importing anything, or None.
+
+    (``importlib.util.find_spec("a.b.c")`` would import ``a.b``, and with it TensorFlow for some modules.)
+    """
+    parts = name.split(".")
+    if parts[0] not in PROJECT_PACKAGES:
         return None
-    try:
-        spec = importlib.util.find_spec(name)
-    except (ImportError, ValueError):
-        return None
-    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
+    for root in _roots():
+        base = root.joinpath(*parts)
+        for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
