@@ -27,6 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from PIL import Image
 
@@ -322,15 +323,16 @@ def index_dataset(
     layout, found = find_class_dirs(root)
     found = select_classes(found, classes)
     rows, notes = list_files(found, root)
+    refused = [_refusal(row["path"], root, follow_external_links) for row in rows]
+    for row in rows:  # names that are not UTF-8 (refused above) stored escaped: parquet takes only UTF-8
+        row.update({k: printable(v) for k, v in row.items() if isinstance(v, str)})
     df = pd.DataFrame(rows, columns=["path", "split", "label", "mask_path"])
 
-    refused = pd.Series([_refusal(p, root, follow_external_links) for p in df["path"]], index=df.index, dtype=object)
-    todo = refused.isna().to_numpy()
+    todo = np.array([r is None for r in refused], dtype=bool)
     checked, reused = _check_with_reuse(df[todo], root, verify, workers, previous)
-    bad_rows = pd.DataFrame([_refused_row(*r) for r in refused[~todo]], index=df.index[~todo], columns=_CHECK_COLS)
+    bad_rows = pd.DataFrame([_refused_row(*r) for r in refused if r is not None], index=df.index[~todo],
+                            columns=_CHECK_COLS)
     checked = _typed(pd.concat([checked, bad_rows]).loc[df.index]) if len(bad_rows) else checked
-    for col in ("path", "label", "mask_path"):
-        df[col] = [None if v is None else printable(v) for v in df[col]]
     df = pd.concat([df.reset_index(drop=True), checked.reset_index(drop=True)], axis=1)
     if layout == "classes":
         df["split"] = _holdout(df, seed, val_fraction, test_fraction) if len(df) else pd.Series(dtype=str)

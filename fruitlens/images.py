@@ -108,7 +108,9 @@ def _check_opened(img: Image.Image, name: object) -> None:
 def orientation(img: Image.Image) -> int:
     """The EXIF orientation (1-8) of an opened image; 1 when absent or unreadable."""
     try:
-        value = img.getexif().get(ORIENTATION_TAG, 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # PIL's "Corrupt EXIF data": handled as no tag
+            value = img.getexif().get(ORIENTATION_TAG, 1)
     except _EXIF_ERRORS:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
