@@ -6,7 +6,9 @@ gets a row; files that cannot be used get a ``status`` other than ``ok`` and a o
 run goes on. Checking is cheap but real: JPEGs are decoded at 1/8 scale (draft mode), which still walks the
 whole entropy-coded stream and so catches a cut-off file; other formats are decoded in full; ``verify``
 decodes everything in full. A re-index into the same output folder reuses the rows of unchanged files
-(same path, size and modification time).
+(same path, size and modification time). Whether a file is usable is decided by ``images.open_image``, the
+rule predict and explain apply too; before it, a name that is not UTF-8 gets ``bad_name`` and a file whose
+real path is outside the root (a symlink) gets ``outside_root``, and neither is opened.
 """
 
 from __future__ import annotations
