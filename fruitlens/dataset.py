@@ -6,7 +6,9 @@ gets a row; files that cannot be used get a ``status`` other than ``ok`` and a o
 run goes on. Checking is cheap but real: JPEGs are decoded at 1/8 scale (draft mode), which still walks the
 whole entropy-coded stream and so catches a cut-off file; other formats are decoded in full; ``verify``
 decodes everything in full. A re-index into the same output folder reuses the rows of unchanged files
-(same path, size and modification time).
+(same path, size and modification time). Whether a file is usable is decided by ``images.open_image``, the
+rule predict and explain apply too; before it, a name that is not UTF-8 gets ``bad_name`` and a file whose
+real path is outside the root (a symlink) gets ``outside_root``, and neither is opened.
 """
 
 from __future__ import annotations
@@ -27,23 +29,30 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from fruitlens import tables
-from fruitlens.images import MAX_PIXELS
+from fruitlens.images import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIX,
+    USABLE_MODES,
+    ImageRefused,
+    open_image,
+    upright_size,
+)
 
 log = logging.getLogger(__name__)
 
-SPLIT_ALIASES = {
-    "training": "train", "train": "train",
-    "validation": "val", "valid": "val", "val": "val",
-    "test": "test", "testing": "test",
+SPLIT_ALIASES = {  # compared lower-case: Training, TRAIN and training_set all count
+    "training": "train", "train": "train", "training_set": "train", "train_set": "train",
+    "validation": "val", "valid": "val", "val": "val", "validation_set": "val", "val_set": "val",
+    "valid_set": "val",
+    "test": "test", "testing": "test", "test_set": "test", "testing_set": "test",
 }
 SPLITS = ("train", "val", "test")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
-MASK_SUFFIX = ".mask.png"  # evidence masks written next to demo images; not images to classify
-USABLE_MODES = {"RGB", "RGBA", "L", "LA", "P", "PA", "CMYK", "YCbCr", "I;16", "I;16B", "I;16L", "I", "1", "RGBX"}
+__all__ = ["IMAGE_SUFFIXES", "MASK_SUFFIX", "USABLE_MODES"]  # re-exported from fruitlens.images
 
 
 class DatasetError(ValueError):
@@ -62,6 +71,7 @@ class DatasetIndex:
     warnings: tuple[str, ...] = field(default=())
     seconds: float = 0.0
     reused: int = 0  # rows taken unchanged from a previous index
+    split_folders: tuple[tuple[str, str], ...] = field(default=())  # (folder name, split) as read
 
     @property
     def usable(self) -> pd.DataFrame:
@@ -88,6 +98,11 @@ def _norm(name: str) -> str:
 
 def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def split_folders(root: Path) -> dict[str, str]:
+    """Top-level folders of ``root`` read as splits: folder name -> train, val or test (case-insensitive)."""
+    return {d.name: SPLIT_ALIASES[d.name.lower()] for d in _visible_dirs(root) if d.name.lower() in SPLIT_ALIASES}
 
 
 def find_class_dirs(root: Path) -> tuple[str, list[tuple[str | None, str, Path]]]:
@@ -200,28 +215,19 @@ def check_file(path: str, verify: bool = False) -> dict:
     except OSError as exc:
         return bad("unreadable", f"cannot read: {exc.strerror or exc}")
     row["sha256"] = hashlib.sha256(data).hexdigest()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+    try:
+        img = open_image(io.BytesIO(data), name=path)
+    except ImageRefused as exc:
+        return bad(exc.status, exc.reason)
+    with img:
+        width, height = upright_size(img)  # as a viewer shows it: EXIF orientation 5-8 swaps the axes
+        row.update(width=width, height=height, mode=img.mode, format=img.format or "")
         try:
-            img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            return bad("not_image", "not a recognised image format (content does not match the suffix)")
-        except Image.DecompressionBombError as exc:
-            return bad("too_large", str(exc))
-        except (OSError, SyntaxError, ValueError) as exc:
-            return bad("corrupt", f"cannot read header: {exc}")
-        row.update(width=img.width, height=img.height, mode=img.mode, format=img.format or "")
-        if img.width * img.height > MAX_PIXELS:
-            return bad("too_large", f"{img.width}x{img.height} pixels; expected at most {MAX_PIXELS} "
-                       "(possible decompression bomb)")
-        if getattr(img, "n_frames", 1) > 1:
-            return bad("animated", f"animated {img.format} with {img.n_frames} frames; expected a still image")
-        if img.mode not in USABLE_MODES:
-            return bad("unsupported_mode", f"mode {img.mode}; expected RGB, grayscale, CMYK or with alpha")
-        try:
-            if img.format == "JPEG" and not verify:
-                img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
-            img.load()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                if img.format == "JPEG" and not verify:
+                    img.draft("RGB", (max(1, img.width // 8), max(1, img.height // 8)))
+                img.load()
         except (OSError, SyntaxError, ValueError) as exc:
             status = "truncated" if "truncated" in str(exc) or "broken data stream" in str(exc) else "corrupt"
             return bad(status, f"decode failed: {exc}")
@@ -255,7 +261,7 @@ def check_files(paths: list[str], *, verify: bool = False, workers: int | None =
 
 def image_id(rel_path: str) -> str:
     """Stable id of an image: a hash of its path relative to the dataset root."""
-    return hashlib.sha1(rel_path.encode("utf-8")).hexdigest()[:16]
+    return hashlib.sha1(rel_path.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _holdout(df: pd.DataFrame, seed: int, val_fraction: float, test_fraction: float) -> pd.Series:
@@ -296,6 +302,7 @@ def index_dataset(
     verify: bool = False,
     workers: int | None = None,
     previous: pd.DataFrame | None = None,
+    follow_external_links: bool = False,
 ) -> DatasetIndex:
     """Index ``data_dir`` into the `images` table.
 
@@ -306,6 +313,8 @@ def index_dataset(
         verify: decode every image in full instead of the cheaper reduced-size JPEG decode.
         workers: processes used to check files (default: all cores).
         previous: an earlier `images` table of the same root; rows of unchanged files are reused.
+        follow_external_links: read files whose real path (after symlinks) is outside ``data_dir``; by
+            default they get status ``outside_root`` and are neither opened nor hashed.
 
     Raises:
         DatasetError: missing folder, no class folders, or an unknown class name.
@@ -315,9 +324,16 @@ def index_dataset(
     layout, found = find_class_dirs(root)
     found = select_classes(found, classes)
     rows, notes = list_files(found, root)
+    refused = [_refusal(row["path"], root, follow_external_links) for row in rows]
+    for row in rows:  # names that are not UTF-8 (refused above) stored escaped: parquet takes only UTF-8
+        row.update({k: printable(v) for k, v in row.items() if isinstance(v, str)})
     df = pd.DataFrame(rows, columns=["path", "split", "label", "mask_path"])
 
-    checked, reused = _check_with_reuse(df, root, verify, workers, previous)
+    todo = np.array([r is None for r in refused], dtype=bool)
+    checked, reused = _check_with_reuse(df[todo], root, verify, workers, previous)
+    bad_rows = pd.DataFrame([_refused_row(*r) for r in refused if r is not None], index=df.index[~todo],
+                            columns=_CHECK_COLS)
+    checked = _typed(pd.concat([checked, bad_rows]).loc[df.index]) if len(bad_rows) else checked
     df = pd.concat([df.reset_index(drop=True), checked.reset_index(drop=True)], axis=1)
     if layout == "classes":
         df["split"] = _holdout(df, seed, val_fraction, test_fraction) if len(df) else pd.Series(dtype=str)
@@ -337,11 +353,36 @@ def index_dataset(
     table = df[tables.IMAGES_SCHEMA.names].sort_values(["split", "label", "path"], ignore_index=True)
     return DatasetIndex(root=root, layout=layout, table=table, classes=class_index,
                         fingerprint=fingerprint_of(table), warnings=tuple(notes),
-                        seconds=time.perf_counter() - start, reused=reused)
+                        seconds=time.perf_counter() - start, reused=reused,
+                        split_folders=tuple(split_folders(root).items()) if layout == "splits" else ())
+
+
+_CHECK_COLS = ["width", "height", "mode", "format", "bytes", "sha256", "status", "error", "mtime_ns"]
+
+
+def printable(name: str) -> str:
+    """A path as a storable string: bytes that are not UTF-8 (surrogate escapes) written as ``\\xff``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _refusal(rel_path: str, root: Path, follow_external_links: bool) -> tuple[str, str] | None:
+    """(status, error) for a file refused before anything is opened: a non-UTF-8 name, or a link out of root."""
+    if printable(rel_path) != rel_path:
+        return "bad_name", "file name is not valid UTF-8; rename the file (not read)"
+    if not follow_external_links:
+        real = os.path.realpath(root / rel_path)
+        if not Path(real).is_relative_to(root):
+            return "outside_root", (f"links to {printable(real)}, outside the dataset root; not read "
+                                    "(follow_external_links=True reads it)")
+    return None
+
+
+def _refused_row(status: str, error: str) -> list:
+    return [0, 0, "", "", 0, "", status, error, 0]
 
 
 def _check_with_reuse(df, root, verify, workers, previous) -> tuple[pd.DataFrame, int]:
-    cols = ["width", "height", "mode", "format", "bytes", "sha256", "status", "error", "mtime_ns"]
+    cols = _CHECK_COLS
     result = pd.DataFrame(index=df.index, columns=cols)
     todo = list(df.index)
     reused = 0
@@ -359,8 +400,12 @@ def _check_with_reuse(df, root, verify, workers, previous) -> tuple[pd.DataFrame
     if todo:
         checked = check_files([str(root / p) for p in df.loc[todo, "path"]], verify=verify, workers=workers)
         result.loc[todo, cols] = pd.DataFrame(checked, columns=cols).to_numpy()
+    return _typed(result), reused
+
+
+def _typed(result: pd.DataFrame) -> pd.DataFrame:
     return result.astype({"width": "int32", "height": "int32", "bytes": "int64", "mtime_ns": "int64",
-                          "mode": str, "format": str, "sha256": str, "status": str, "error": str}), reused
+                          "mode": str, "format": str, "sha256": str, "status": str, "error": str})
 
 
 # ------------------------------------------------------------------------------------ read/write
@@ -385,6 +430,7 @@ def write_index(index: DatasetIndex, out_dir: str | os.PathLike) -> Path:
         "warnings": list(index.warnings),
         "seconds": round(index.seconds, 3),
         "reused": index.reused,
+        "split_folders": dict(index.split_folders),
     })
     return out
 
@@ -396,7 +442,8 @@ def load_index(out_dir: str | os.PathLike) -> DatasetIndex:
     return DatasetIndex(root=Path(meta["root"]), layout=meta["layout"],
                         table=tables.read_table(out / "images.parquet"),
                         classes=tables.read_json(out / "classes.json"), fingerprint=meta["fingerprint"],
-                        warnings=tuple(meta["warnings"]), seconds=meta["seconds"], reused=meta.get("reused", 0))
+                        warnings=tuple(meta["warnings"]), seconds=meta["seconds"], reused=meta.get("reused", 0),
+                        split_folders=tuple(meta.get("split_folders", {}).items()))
 
 
 def index_or_load(data_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None, **kwargs) -> DatasetIndex:
@@ -426,6 +473,8 @@ def format_summary(index: DatasetIndex, max_bad: int = 50) -> str:
     counts = index.counts()
     lines = [f"{index.root}  layout={index.layout}  classes={len(index.classes)}  "
              f"files={len(index.table)}  ok={len(index.usable)}  bad={len(index.table) - len(index.usable)}"]
+    if index.split_folders:
+        lines.append("splits from folders: " + ", ".join(f"{name} -> {split}" for name, split in index.split_folders))
     if len(counts):
         counts.loc["TOTAL"] = counts.sum()
         lines.append(counts.to_string())

@@ -209,15 +209,14 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     table.loc[~ok, "pred_prob"] = np.float32(np.nan)
     table["topk_labels"] = [labels if good else [] for labels, good in zip(table["topk_labels"], ok, strict=True)]
     table["topk_probs"] = [probs_k if good else [] for probs_k, good in zip(table["topk_probs"], ok, strict=True)]
-    table["correct"] = False
+    table["correct"] = pd.Series([None] * len(table), dtype=object)  # unlabelled: unknown, not wrong
     table["error"] = errors
     tables.write_table(table, out / "predictions.parquet", "predictions")
     if annotate:
-        used: dict[str, int] = {}
+        from fruitlens.layout import picture_stem
+
         for i in np.flatnonzero(ok):
-            stem = paths[i].stem
-            used[stem] = used.get(stem, 0) + 1
-            name = stem if used[stem] == 1 else f"{stem}_{used[stem]}"
+            name = picture_stem(paths[i], table["image_id"][i])  # d1/a.jpg and d2/a.jpg: two copies
             try:
                 original = read_rgb(paths[i])
             except ValueError as exc:

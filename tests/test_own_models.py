@@ -92,3 +92,45 @@ def test_predict_of_nothing_readable_is_an_error(tmp_path, model_file, capsys):
     bad.write_bytes(b"not an image")
     assert main(["predict", str(bad), "--model", str(model_file), *MODEL_FLAGS, "--out", str(tmp_path / "o")]) == 2
     assert "none of the 1 files could be read" in capsys.readouterr().err
+
+
+def test_predict_same_names_in_two_folders_gives_two_copies_and_unknown_correctness(tmp_path, model_file):
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(chelsea()).save(tmp_path / folder / "a.jpg")
+    out = tmp_path / "out"
+    assert main(["predict", str(tmp_path / "d1"), str(tmp_path / "d2"), "--model", str(model_file), *MODEL_FLAGS,
+                 "--out", str(out)]) == 0
+    table = tables.read_table(out / "predictions.parquet")
+    assert len(table) == 2 and table["correct"].isna().all()
+    assert len(list((out / "annotated").glob("a-*.png"))) == 2
+
+
+def test_exif_rotated_photos_give_the_same_predictions_and_explanations(demo_dir, tmp_path, capsys):
+    """Demo test images stored sideways with EXIF orientation 6 or 8 read, predict and explain as the originals."""
+    from fruitlens import images
+    from tests.helpers import tiny_run
+    from tests.test_images import _rotated_copy
+
+    run = tiny_run(tmp_path / "run", classes=("a", "b", "c", "d", "e", "f"), image_size=(20, 20))
+    upright, turned = tmp_path / "upright", tmp_path / "turned"
+    upright.mkdir(), turned.mkdir()
+    for i, src in enumerate(sorted((demo_dir / "Test").glob("*/0000.jpg"))[:4]):
+        name = f"{src.parent.name}.jpg"
+        Image.open(src).save(upright / name, quality=100, subsampling=0)
+        _rotated_copy(upright / name, turned / name, (6, 8)[i % 2])
+        assert Image.open(turned / name).size[::-1] == Image.open(upright / name).size  # stored sideways
+        assert images.orientation(Image.open(turned / name)) in (6, 8)
+    for folder in (upright, turned):
+        assert main(["predict", str(folder), "--model", str(run), "--out", str(tmp_path / f"p-{folder.name}")]) == 0
+        assert main(["explain", "--model", str(run), "--data", str(folder), "--out", str(tmp_path / f"e-{folder.name}"),
+                     "--method", "gradcam", "--faithfulness-steps", "2"]) == 0
+    a, b = (tables.read_table(tmp_path / f"p-{f}" / "predictions.parquet") for f in ("upright", "turned"))
+    assert list(a["pred_label"]) == list(b["pred_label"])
+    np.testing.assert_allclose(a["pred_prob"], b["pred_prob"], atol=0.02)
+    ga, gb = (tables.read_table(tmp_path / f"e-{f}" / "gradcam.parquet") for f in ("upright", "turned"))
+    assert list(ga["label"]) == list(gb["label"])
+    assert (abs(ga["peak_y"] - gb["peak_y"]) + abs(ga["peak_x"] - gb["peak_x"]) <= 2).all()  # the same place
+    for rel in gb["overlay_path"]:  # drawn upright: the photo's upright aspect
+        width, height = Image.open(tmp_path / "e-turned" / rel).size
+        assert width == 300 and height > 300

@@ -59,14 +59,9 @@ def is_photo_folder(folder: Path) -> bool:
 
 def photos_in(folder: Path) -> list[Path]:
     """Every image file under ``folder`` (recursively), hidden files and evidence masks left out, sorted."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in sorted(filenames):
-            if name.startswith(".") or name.endswith(MASK_SUFFIX) or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            found.append(Path(dirpath) / name)
-    return found
+    from fruitlens.images import list_images
+
+    return list_images(folder)
 
 
 def _file_rows(files: Sequence[Path], root: Path | None = None) -> pd.DataFrame:
