@@ -2,7 +2,7 @@
 
 A pipeline config file (YAML or JSON) holds any of the fields of :class:`PipelineConfig`, at any depth::
 
-    train: {arch: fruit_net, image_size: 32, epochs: 6}      # fruitlens.config.TrainConfig fields
+    train: {arch: fruit_net, image_size: 32, epochs: 5}      # fruitlens.config.TrainConfig fields
     methods: [lime, gradcam]
     explain_limit: 30                                          # null: all images of the split
     chunk_size: 16
@@ -41,8 +41,9 @@ CHUNK_SIZE = 16  # images per explanation chunk: one task, one Parquet part, the
 FAITHFULNESS_STEPS = 20  # steps of the deletion / insertion curves
 PALETTE = "jet"  # heatmap colours
 HIDE_COLORS = {"mean": None, "white": 1.0, "black": 0.0, "gray": 0.5}
-# Small enough that `fruitlens demo` runs in a few minutes on two cores.
-DEMO_TRAIN: dict[str, Any] = {"arch": "fruit_net", "image_size": 32, "epochs": 6, "batch_size": 32, "seed": 42}
+# Small enough that `fruitlens demo` runs in a few minutes on two cores, and leaves the demo's fruit_net a few
+# mistakes for the report to explain (5 epochs: 98.3% of the 300 test images right; 6 epochs: all of them).
+DEMO_TRAIN: dict[str, Any] = {"arch": "fruit_net", "image_size": 32, "epochs": 5, "batch_size": 32, "seed": 42}
 
 
 # ------------------------------------------------------------------------------------ explanation methods
