@@ -332,7 +332,8 @@ class PipelineConfig:
             for fields not given).
         split: the split that is evaluated and explained.
         methods: explanation methods (``METHODS``).
-        explain_limit: explain at most N images of ``split``; None for all of them.
+        explain_limit: explain at most N images of ``split``; None for all of them. With explain_select
+            "report" it is raised to the number of classes, so every class gets an explained example.
         explain_select: which images when limited: "report" (the images the report shows: the most confused
             pairs' mistakes first, then across classes; ``fruitlens.selection.images_to_explain``) or "first"
             (the first N by image id).

@@ -108,3 +108,12 @@ def images_to_explain(predictions: pd.DataFrame, *, limit: int | None = None, sa
     order = firsts + extras + round0 + comparisons + later_extras + firsts_of_covered + rounds
     chosen = list(dict.fromkeys(order))
     return chosen if limit is None else chosen[:limit]
+
+
+def explain_budget(predictions: pd.DataFrame, limit: int) -> int:
+    """How many images to explain for a report: ``limit``, raised to one per class when there are more classes.
+
+    With 33 classes and the default 30, every class still gets an explained example.
+    """
+    labels = predictions["label"].dropna().astype(str)
+    return max(int(limit), int(labels[labels != ""].nunique()))

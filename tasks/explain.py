@@ -17,11 +17,13 @@ def plan_task(model: dict, index_dir: str, out_dir: str, split: str, limit: int 
     from fruitlens.config import ExplainOptions, build
     from fruitlens.layout import ExplainLayout
     from fruitlens.modelio import as_model_source
-    from fruitlens.selection import images_to_explain
+    from fruitlens.selection import explain_budget, images_to_explain
 
     first = []
     if select == "report" and limit is not None and predictions_path:
-        first = images_to_explain(tables.read_table(predictions_path), limit=limit)
+        predictions = tables.read_table(predictions_path)
+        limit = explain_budget(predictions, limit)  # at least one image per class
+        first = images_to_explain(predictions, limit=limit)
     chunks = engine.plan_chunks(rows.rows_from_index(index_dir, split, limit, first), chunk_size)
     digest = as_model_source(model).digest()  # the file's content and the options given: no loading
     keys = engine.plan_keys(chunks, methods, build(ExplainOptions, options), digest, engine.engine_code())

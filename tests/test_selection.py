@@ -66,3 +66,12 @@ def test_bad_arguments(kwargs, match):
         images_to_explain(_predictions(2), **kwargs)
     with pytest.raises(ValueError, match="image_id"):
         images_to_explain(_predictions(2).drop(columns="image_id"))
+
+
+def test_the_budget_grows_to_one_image_per_class():
+    import pandas as pd
+
+    from fruitlens.selection import explain_budget
+
+    pred = pd.DataFrame({"label": [f"c{i}" for i in range(33)] + ["", None], "pred_label": ["c0"] * 35})
+    assert explain_budget(pred, 30) == 33 and explain_budget(pred, 40) == 40
