@@ -47,14 +47,15 @@ class Steps:
 
 
 def compare_with_current(run: RunLayout, data_dir: str, cfg: PipelineConfig, home: str, train: dict,
-                         new: dict, step: Steps) -> dict:
+                         new: dict) -> dict:
     """Evaluate the current model on the same split when it knows the same classes; compare; promote."""
     current = current_model_task(home, train["classes"])
     same = current["model_digest"] == train["model_digest"]
     old = None
     if current["run_dir"] and not same:
-        old = step("evaluate_current", fresh(evaluate_task, run.eval_current_dir / "predictions.parquet"),
-                   current["run_dir"], data_dir, str(run.eval_current_dir), cfg.split)["headline"]
+        evaluate = fresh(evaluate_task, run.eval_current_dir / "predictions.parquet")
+        old = evaluate(model_source_fields(current["run_dir"]), data_dir, str(run.eval_current_dir),
+                       cfg.split)["headline"]
     elif same:
         old = new["headline"]  # the same model: no need to evaluate it twice
     comparison = compare_task(str(run.root), new["headline"], old, cfg.promote_metric, same)
@@ -93,7 +94,7 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
         step("visualize", fresh(visualize_task, run.visualize_dir), model, explained["first_image"]["path"],
              str(run.visualize_dir))
     if cfg.model is None:
-        comparison = step("compare", compare_with_current, run, data_dir, cfg, home, train, new, step)
+        comparison = step("compare", compare_with_current, run, data_dir, cfg, home, train, new)
     else:
         comparison = {"rows": [], "promote": False, "path": "", "old": None, "models_home": home,
                       "note": f"explained the existing model {cfg.model['spec']}: nothing trained or promoted"}
