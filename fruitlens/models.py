@@ -14,8 +14,6 @@ backbones (include_top=False, global average pooling) under a small dense head; 
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["bottleneck", "frozen", "finetune"]
 from fruitlens.config import MODES  # noqa: E402,F401 - re-exported
+from fruitlens.modelfiles import _network_available, keras_cache_dir  # noqa: E402 - one owner of Keras' cache
 
 
 class ModelError(ValueError):
@@ -259,19 +258,6 @@ def parse_arch(arch: str) -> tuple[str, tuple[str, ...]]:
         raise ModelError(str(exc)) from exc
 
 
-def _keras_cache_dir() -> Path:
-    base = os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
-    return Path(base) / "models"
-
-
-def _network_available(host: str = "storage.googleapis.com", timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def check_weights(arch: str, weights: str, alpha: float = 1.0) -> None:
     """Fail fast (before any data is read) when a transfer arch's weights cannot be had.
 
@@ -283,7 +269,7 @@ def check_weights(arch: str, weights: str, alpha: float = 1.0) -> None:
         return
     for name, w in zip(backbones, split_weights(weights, len(backbones)), strict=True):
         if w == "imagenet":
-            cached = _keras_cache_dir() / BACKBONES[name].weights_file.format(alpha=float(alpha), rows=224)
+            cached = keras_cache_dir() / BACKBONES[name].weights_file.format(alpha=float(alpha), rows=224)
             if not cached.is_file() and not _network_available():
                 raise ModelError(f"weights=imagenet for {name}: no cached weights at {cached} and no network to "
                                  "download them; pass --weights PATH (a .weights.h5 file) or none")
@@ -315,8 +301,8 @@ def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none"
         raise ModelError(f"alpha {alpha}: only mobilenet_v2 has a width multiplier, not {name}")
     if weights == "imagenet":
         cached = spec.weights_file.format(alpha=float(alpha), rows=224)
-        if not (_keras_cache_dir() / cached).is_file() and not _network_available():
-            raise ModelError(f"weights=imagenet for {name}: no cached weights at {_keras_cache_dir() / cached} "
+        if not (keras_cache_dir() / cached).is_file() and not _network_available():
+            raise ModelError(f"weights=imagenet for {name}: no cached weights at {keras_cache_dir() / cached} "
                              "and no network to download them; pass --weights PATH (a .weights.h5 file) or none")
         try:
             return spec.build(weights="imagenet", **kwargs)
