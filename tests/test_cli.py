@@ -86,3 +86,19 @@ def test_demo_data_command(tmp_path, capsys):
 def test_console_script_runs():
     out = subprocess.run([sys.executable, "-m", "fruitlens", "--help"], capture_output=True, text=True, check=True)
     assert "index" in out.stdout and "explain" in out.stdout and "demo" in out.stdout
+
+
+def test_logging_set_up_by_main_survives_a_closed_stderr(capsys):
+    """main() installs a log handler; it must follow sys.stderr, not keep the (later closed) one of its call."""
+    import io
+    import logging
+
+    temp, saved = io.StringIO(), sys.stderr
+    sys.stderr = temp
+    try:
+        main(["cache", "path"])
+    finally:
+        sys.stderr = saved
+    temp.close()  # as pytest closes a test's capture
+    logging.getLogger("prefect.task_runs").info("a line after the stream main() saw was closed")
+    assert "a line after" in capsys.readouterr().err

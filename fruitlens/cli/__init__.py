@@ -78,8 +78,21 @@ def _first_line(record: logging.LogRecord) -> bool:
     return True
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes, not the one it was created with: a caller that
+    swaps stderr and closes its replacement (pytest's capture, a notebook) leaves no handler on a closed file."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # StreamHandler.__init__ assigns it
+        pass
+
+
 def setup_logging(verbose: bool) -> None:
-    handler = logging.StreamHandler()
+    handler = _StderrHandler()
     handler.setFormatter(RunFormatter("%(asctime)s %(message)s", datefmt="%H:%M:%S"))
     if not verbose:
         handler.addFilter(_first_line)
