@@ -11,7 +11,7 @@ from prefect.futures import as_completed
 from flows.settings import build_task_runner, run_name, slug
 from fruitlens.batch.engine import out_lock
 from fruitlens.config import CHUNK_SIZE, ExplainOptions, build, model_source_fields, to_plain
-from fruitlens.summary import progress_line
+from fruitlens.progress import progress_line
 from tasks.explain import explain_chunk_task, finish_task, plan_task
 
 

@@ -1,4 +1,5 @@
-"""Progress a person can follow: one line per training epoch, for logs and consoles without ANSI codes."""
+"""Progress a person can follow, for logs and consoles without ANSI codes: one line per training epoch, and a text
+progress bar with the time left."""
 
 from __future__ import annotations
 
@@ -23,3 +24,17 @@ def epoch_lines(log: Callable[[str], None] | logging.Logger, epochs: int):
             emit(f"epoch {epoch + 1}/{epochs}: {values} ({time.perf_counter() - self.start:.1f}s)")
 
     return EpochLines()
+
+
+def progress_line(what: str, done: int, total: int, seconds: float, unit: str = "images") -> str:
+    """``explained: 48/300 images (16%) [##........] 12s, about 1m03s left``: a text progress bar with an ETA."""
+    share = done / total if total else 1.0
+    bar = "#" * round(10 * share) + "." * (10 - round(10 * share))
+    left = seconds / done * (total - done) if done else float("nan")
+    eta = "" if done == 0 or done >= total else f", about {_duration(left)} left"
+    return f"{what}: {done}/{total} {unit} ({share:.0%}) [{bar}] {_duration(seconds)}{eta}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, float(seconds))
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s" if seconds >= 60 else f"{seconds:.0f}s"

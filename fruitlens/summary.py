@@ -102,17 +102,3 @@ def write_run_json(run_dir: str | os.PathLike, *, config: Mapping[str, Any], tim
         "config": dict(config), "versions": library_versions(),
         "timings": {k: round(float(v), 3) for k, v in timings.items()},
         "total_seconds": round(float(sum(timings.values())), 3), **dict(extra or {})})
-
-
-def progress_line(what: str, done: int, total: int, seconds: float, unit: str = "images") -> str:
-    """``explained: 48/300 images (16%) [##........] 12s, about 1m03s left``: a text progress bar with an ETA."""
-    share = done / total if total else 1.0
-    bar = "#" * round(10 * share) + "." * (10 - round(10 * share))
-    left = seconds / done * (total - done) if done else float("nan")
-    eta = "" if done == 0 or done >= total else f", about {_duration(left)} left"
-    return f"{what}: {done}/{total} {unit} ({share:.0%}) [{bar}] {_duration(seconds)}{eta}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0.0, float(seconds))
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s" if seconds >= 60 else f"{seconds:.0f}s"

@@ -97,8 +97,8 @@ def rows_from_inputs(data: Sequence[str | os.PathLike], *, split: str = "test", 
             files = photos_in(folder)
             if not files:
                 raise DatasetError(f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-            return _file_rows(files, folder.resolve()).head(limit) if limit is not None else _file_rows(
-                files, folder.resolve())
+            df = _file_rows(files, folder.resolve())
+            return df.head(limit) if limit is not None else df
         index = index_dataset(folder)
         rows = index.usable[index.usable["split"] == split]
         if rows.empty:
