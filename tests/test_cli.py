@@ -107,5 +107,6 @@ def test_logging_set_up_by_main_survives_a_closed_stderr(capsys):
 def test_progress_line_shows_share_bar_and_time_left():
     from fruitlens.progress import progress_line
 
-    assert progress_line("explained", 15, 60, 30.0) == "explained: 15/60 images (25%) [##........] 30s, about 1m30s left"
+    line = progress_line("explained", 15, 60, 30.0)
+    assert line == "explained: 15/60 images (25%) [##........] 30s, about 1m30s left"
     assert progress_line("explained", 60, 60, 75.0) == "explained: 60/60 images (100%) [##########] 1m15s"
