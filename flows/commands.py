@@ -48,6 +48,21 @@ def _pipeline_config(args, base=None):
         raise CommandError(str(exc)) from exc
 
 
+def _own_logging(args) -> None:
+    """Configure Prefect's logging now, then put fruitlens' handler back on top of it.
+
+    Prefect configures logging (a root console handler with its own format and full tracebacks) when it is
+    first imported, which is after the CLI set up its own; without this, task lines do not name their task and
+    a failure prints Prefect's traceback.
+    """
+    from prefect.logging.configuration import ensure_logging_setup
+
+    from fruitlens.cli import setup_logging
+
+    ensure_logging_setup()
+    setup_logging(args.verbose)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
@@ -64,6 +79,7 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
     from flows.nightly import nightly_flow
     from flows.settings import pipeline_settings
 
+    _own_logging(args)
     if not PREFECT_API_URL.value():
         print("note: PREFECT_API_URL is not set, so the runs go to a temporary Prefect server; start one with "
               "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api to watch them in the UI")
@@ -87,6 +103,8 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
         print(f"note: {summary['note']}")
     print(f"wrote {out} (run.json" + (", report.html)" if summary.get("report") else ")"))
     return 0
+
+
 def _cmd_run(args) -> int:
     return _run_pipeline(args, args.data, args.out, _pipeline_config(args))
 
@@ -128,6 +146,7 @@ def _cmd_serve(args) -> int:
     from flows.nightly import nightly_flow
     from flows.settings import pipeline_settings
 
+    _own_logging(args)
     try:
         CronSchedule(cron=args.cron, timezone=args.timezone or "UTC")  # validates the expression and zone
         schedule = Cron(args.cron, timezone=args.timezone or "UTC")
@@ -167,7 +186,6 @@ def _cmd_cache(args) -> int:
     else:
         print(f"no task cache at {path}")
     return 0
-
 
 
 COMMANDS = {
