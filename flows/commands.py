@@ -77,6 +77,7 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
     from prefect.settings import PREFECT_API_URL
 
     from flows.nightly import nightly_flow
+    from flows.server import temporary_server
     from flows.settings import pipeline_settings
 
     _own_logging(args)
@@ -85,7 +86,7 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
               "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api to watch them in the UI")
     start = time.perf_counter()
     try:
-        with pipeline_settings(args.cache_dir):
+        with temporary_server(), pipeline_settings(args.cache_dir):
             summary = nightly_flow(str(data), str(out), cfg.to_dict(),
                                    str(args.models_home) if args.models_home else None)
     except Exception as exc:  # noqa: BLE001 - whatever failed inside the flow run: one line, not a traceback

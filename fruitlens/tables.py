@@ -7,7 +7,9 @@ never leaves half a table: readers see the old file or the new one.
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import tempfile
 import threading
 from collections.abc import Iterator
@@ -18,6 +20,8 @@ from typing import Any
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
 
 IMAGES_SCHEMA = pa.schema(
     [
@@ -138,7 +142,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temp file keeps the destination's suffix so that writers which pick a format by extension
     (Keras, matplotlib, PIL) still work. On error the temp file is removed and ``path`` is untouched.
     The file gets the mode any new file gets under the process umask (0644 under umask 022), not the
-    0600 of ``tempfile.mkstemp``.
+    0600 of ``tempfile.mkstemp``. An ``OSError`` while writing (a full disk) is raised naming ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -150,9 +154,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if tmp_path.is_file():
             os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, path)
+    except OSError as exc:  # a full disk, a vanished folder: name the file we were writing, keep the errno
+        if exc.filename is not None and Path(exc.filename) == path:
+            raise
+        raise OSError(exc.errno, f"{exc.strerror or exc} (writing {path}; the previous file is untouched)",
+                      str(path)) from exc
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def remove_temp_files(folder: str | os.PathLike, recursive: bool = False) -> list[Path]:
+    """Delete the temp files that writes cut short by a kill left in ``folder`` (and below, if ``recursive``).
+
+    Only :func:`atomic_path`'s names (``.<stem>.<random>.tmp<suffix>``) are touched; call it where no other writer
+    is at work (under a lock, before a run starts). Returns what was removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = folder.rglob(".*.tmp*") if recursive else folder.glob(".*.tmp*")
+    removed = sorted(p for p in found if p.is_file() and re.fullmatch(r"\..+\.[^.]+\.tmp(\.\w+)?", p.name))
+    for path in removed:
+        log.warning("removing %s, left by an interrupted write", path)
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

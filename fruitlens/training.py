@@ -238,15 +238,8 @@ def _check_same_data(saved: dict, data: TrainData) -> None:
 
 
 def remove_leftover_temp_files(ckpt_dir: Path) -> list[Path]:
-    """Delete temp files a killed checkpoint write left in ``ckpt_dir`` (``.best.*.tmp.keras`` ...).
-
-    Only the atomic writers' temp names (``.<stem>.<random>.tmp<suffix>``) are touched. Returns what was removed.
-    """
-    removed = sorted(p for p in ckpt_dir.glob(".*.tmp*") if p.is_file())
-    for path in removed:
-        log.warning("removing %s, left by an interrupted checkpoint write", path)
-        path.unlink(missing_ok=True)
-    return removed
+    """Delete temp files a killed checkpoint write left in ``ckpt_dir`` (``.best.*.tmp.keras`` ...)."""
+    return tables.remove_temp_files(ckpt_dir)
 
 
 def _bottleneck_features(full_model, data, cache_dir: Path, key: str, batch_size: int = 64) -> np.ndarray:

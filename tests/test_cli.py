@@ -1,4 +1,5 @@
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -64,10 +65,34 @@ def test_index_command_writes_tables(demo_dir, tmp_path, capsys):
         (["index", "/no/such/dir", "--out", "x"], "no such directory"),
         (["index", "{demo}", "--out", "x", "--classes", "red_dott"], "closest: red_dot"),
         (["index", "{demo}", "--out", "x", "--val-fraction", "1.5"], "--val-fraction 1.5"),
+        (["index", "{demo}", "--out", "x", "--workers", "0"], "--workers 0: expected at least 1"),
+        (["index", "{demo}", "--out", "x", "--workers", "-1"], "--workers -1: expected at least 1"),
+        (["index", "{demo}", "--out", "x", "--classes", ","], "expected comma-separated names"),
+        (["index", "{demo}", "--out", "{file}"], "is a file; expected a folder"),
+        (["index", "{demo}", "--out", "{file}/sub"], "is a file; expected a folder"),
+        (["index", "{demo}", "--out", "{readonly}/sub"], "is not writable"),
+        (["train", "--data", "{demo}", "--out", "{file}"], "is a file; expected a folder"),
+        (["train", "--data", "{demo}", "--out", "x", "--image-size", "0"], "--image-size 0: expected a positive"),
+        (["train", "--data", "{demo}", "--out", "x", "--epochs", "0"], "--epochs 0: expected at least 1"),
+        (["evaluate", "--model", "{file}", "--data", "{demo}", "--out", "{file}"], "is a file; expected a folder"),
+        (["explain", "--model", "x", "--data", "{demo}", "--out", "{file}"], "is a file; expected a folder"),
+        (["predict", "{file}", "--model", "x", "--out", "{file}/o"], "is a file; expected a folder"),
+        (["run", "--data", "{demo}", "--out", "{file}"], "is a file; expected a folder"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_2(args, reason, demo_dir, tmp_path, capsys):
-    args = [a.replace("{demo}", str(demo_dir)) if a != "x" else str(tmp_path / "x") for a in args]
+def test_bad_input_is_one_line_and_exit_2(args, reason, demo_dir, tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    readonly = tmp_path / "readonly"
+    readonly.mkdir(mode=0o555)
+    real_access = os.access  # root may write anywhere: the refusal os.access gives a normal user, simulated
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != readonly and real_access(p, mode))
+    subs = {"{demo}": str(demo_dir), "{file}": str(tmp_path / "file"), "{readonly}": str(readonly)}
+    expanded = []
+    for a in args:
+        for key, value in subs.items():
+            a = a.replace(key, value)
+        expanded.append(str(tmp_path / "x") if a == "x" else a)
+    args = expanded
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert reason in err and len(err.splitlines()) == 1

@@ -146,6 +146,7 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     link = arts["e2e-report-link"]["data"]
     assert link.startswith("[") and "file://" in link and "report.html" in link
 
+    written = {rel: (out / rel).stat().st_mtime_ns for rel in ("model.keras", "eval/predictions.parquet")}
     since, start = now(), time.perf_counter()
     assert main(args) == 0  # nothing changed
     second = time.perf_counter() - start
@@ -157,8 +158,10 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     assert heavy.pop("report-e2e") == ["Completed"]
     assert all(set(v) == {"Cached"} for v in heavy.values()), heavy
     pd.testing.assert_frame_equal(tables.read_table(out / "explain" / "lime.parquet"), lime)
+    # nothing heavy was redone: the model and the predictions are the files the first run wrote (the speed-up itself
+    # is measured in benchmarks/bench_pipeline.py, not asserted here: timings on a shared machine are noise)
+    assert {rel: (out / rel).stat().st_mtime_ns for rel in written} == written
     print(f"first run {first:.1f}s, second run {second:.1f}s ({first / second:.1f}x)")
-    assert second * 3 < first, (first, second)
 
 
 def _flip(path: Path) -> None:

@@ -213,3 +213,16 @@ def test_every_reader_refuses_what_index_refuses(odd_dir, name, status):
     assert info.value.status == status
     with pytest.raises(ValueError):
         images.open_image(path)
+
+
+@pytest.mark.parametrize("name", ["../../../etc/cron.d/x.jpg", "/abs/olute.png", "..jpg", ".hidden.jpg",
+                                  "a/../../b.jpg", "con\x00trol\n.jpg", "ünï çødé ✓.jpg", "x" * 300 + ".jpg"])
+def test_picture_names_never_leave_their_folder(name, tmp_path):
+    from fruitlens.layout import ExplainLayout, picture_stem
+
+    stem = picture_stem(name, "1c5939efdeadbeef")
+    assert "/" not in stem and "\\" not in stem and not stem.startswith(".") and stem.endswith("-1c5939ef")
+    assert len(stem) <= 50 and stem.isprintable()
+    out = ExplainLayout(tmp_path)
+    for picture in (out.picture("lime", stem, "outline"), out.side_by_side(stem)):
+        assert picture.resolve().is_relative_to(tmp_path.resolve())

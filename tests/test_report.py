@@ -490,3 +490,31 @@ def test_configuration_shows_the_options_that_apply(arch, kept, dropped):
     shown = applicable_options({"arch": arch, "epochs": 3, "weights": "none", "mode": "frozen", "alpha": 1.0,
                                 "augment": False, "augment_options": {"zoom": 0.1}})
     assert kept <= set(shown) and not dropped & set(shown) and "augment_options" not in shown
+
+
+def test_class_names_with_markup_are_escaped_everywhere(fabricated, tmp_path):
+    """A class folder named like an HTML tag shows as text: the page gets no new element from it."""
+    evil = "<img src=x onerror=alert(1)>"
+    run = tmp_path / "run"
+    shutil.copytree(fabricated, run)
+
+    def rename(value):
+        if isinstance(value, str):
+            return value.replace("red_dot", evil)
+        if isinstance(value, list | tuple | np.ndarray):
+            return [rename(v) for v in value]
+        if isinstance(value, dict):
+            return {rename(k): rename(v) for k, v in value.items()}
+        return value
+
+    for path in run.rglob("*.parquet"):
+        table = tables.read_table(path)
+        for column in table.select_dtypes(include="object").columns:
+            table[column] = table[column].map(rename)
+        tables.write_table(table, path)
+    for path in run.rglob("*.json"):
+        tables.write_json(path, rename(tables.read_json(path)))
+    build_report(run)
+    page = _html(run)
+    assert html.escape(evil) in page and "onerror=alert(1)>" not in page
+    assert page.count("<img src=x") == 0

@@ -160,3 +160,30 @@ def test_cli_says_why_in_one_line(one_epoch, demo_dir, tmp_path, capsys):
                  "--batch-size", "16", "--seed", "3", "--epochs", "2", "--resume"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot resume: the dataset changed" in err
+
+
+def test_a_full_disk_keeps_the_previous_table_and_says_which_file_in_one_line(monkeypatch, tmp_path, capsys):
+    """ENOSPC in the middle of a table write: exit 1, one line naming the file, the old table byte-identical."""
+    import errno
+
+    import pyarrow.parquet as pq
+
+    from fruitlens.cli import main
+
+    data = write_demo_dataset(tmp_path / "data", n_train=2, n_test=1)
+    out = tmp_path / "index"
+    assert main(["index", str(data), "--out", str(out)]) == 0
+    before = (out / "images.parquet").read_bytes()
+    capsys.readouterr()
+
+    def full_disk(table, where, *args, **kwargs):
+        Path(where).write_bytes(b"PAR1 half a tab")  # the writer got this far, then the disk was full
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq, "write_table", full_disk)
+    (data / "Test" / "red_dot" / "0000.jpg").unlink()  # something changed, so the table is written again
+    assert main(["index", str(data), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "No space left on device" in err[0] and str(out / "images.parquet") in err[0]
+    assert (out / "images.parquet").read_bytes() == before
+    assert not [p.name for p in out.iterdir() if ".tmp" in p.name]

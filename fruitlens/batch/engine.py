@@ -191,6 +191,7 @@ def out_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
             raise ValueError(f"{out.root}: another fruitlens run is writing explanations here; wait for it to "
                              "finish or choose another --out") from exc
         try:
+            tables.remove_temp_files(out.root, recursive=True)  # what a killed writer left; none is at work now
             yield out.root
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

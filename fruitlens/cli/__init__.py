@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fruitlens.cli import data, explain, model
-from fruitlens.cli.common import CommandError
+from fruitlens.cli.common import CommandError, check_shared_flags
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 
@@ -113,10 +113,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fruitlens.runs import RunError
 
     try:
+        check_shared_flags(args)
         return commands[args.command][1](args)
     except (CommandError, DatasetError, RunError) as exc:
         print(f"fruitlens {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk or a vanished folder mid-run: one line, nothing half-written
+        if args.verbose:
+            raise
+        print(f"fruitlens {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"fruitlens {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,30 @@ DEFAULT_DEMO_OUT = "artifacts/demo"
 
 class CommandError(Exception):
     """A one-line reason a command cannot run (bad path, bad value)."""
+
+
+def check_output_folder(path: Path | None, flag: str = "--out") -> None:
+    """Refuse, before any work, an output folder that is a file, lies under a file, or cannot be written."""
+    if path is None:
+        return
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"{flag} {path}: is a file; expected a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise CommandError(f"{flag} {path}: {existing} is a file; expected a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{flag} {path}: {existing} is not writable; expected a folder you can write to")
+
+
+def check_shared_flags(args) -> None:
+    """The checks every command's common flags get, wherever they appear: --out and --workers."""
+    check_output_folder(getattr(args, "out", None))
+    workers = getattr(args, "workers", None)
+    if workers is not None and workers < 1:
+        raise CommandError(f"--workers {workers}: expected at least 1")
 
 
 def _csv(value: str | None) -> list[str] | None:

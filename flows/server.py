@@ -1,0 +1,106 @@
+"""A temporary Prefect server for one command, which dies with the command even when it is killed.
+
+Without ``PREFECT_API_URL`` Prefect starts a temporary server of its own in a subprocess and stops it at exit;
+a command killed with SIGKILL never reaches its exit handlers and leaves that server running as an orphan.
+:func:`temporary_server` starts the same server (``uvicorn`` on ``prefect.server.api.server:create_app``, UI
+off) with the kernel's parent-death signal set, so it goes when the command goes, however it ends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+log = logging.getLogger(__name__)
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask the kernel to SIGKILL this process when the process that started it ends (Linux)."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except OSError:  # not Linux: the server is still stopped at a normal exit
+        pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    with httpx.Client() as client:
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the temporary Prefect server exited with code {proc.returncode}")
+            try:
+                if client.get(f"{url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    raise RuntimeError(f"the temporary Prefect server at {url} did not answer within {timeout:.0f} s")
+
+
+def _flush_run_logs() -> None:
+    """Send the flow and task run logs still queued to the server while it is there to take them."""
+    from prefect.logging.handlers import APILogHandler
+
+    try:
+        APILogHandler().flush()
+    except Exception as exc:  # noqa: BLE001 - logs lost at exit must not fail the command
+        log.debug("could not flush run logs: %s", exc)
+
+
+@contextmanager
+def temporary_server(timeout: float = 120.0) -> Iterator[str]:
+    """The API URL of the server to use: ``PREFECT_API_URL`` if set, else a temporary one for this block.
+
+    The temporary server's URL is set for this process and the processes it starts (Dask workers) while the
+    block runs; the server is stopped afterwards, and the kernel kills it if this process dies first.
+    """
+    current = PREFECT_API_URL.value()
+    if current:
+        yield current
+        return
+    Path(PREFECT_HOME.value()).mkdir(parents=True, exist_ok=True)  # where the server's SQLite database goes
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_UI_ENABLED": "0", "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
+         "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
+        env=env, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+    log.info("started a temporary Prefect server on %s (pid %d)", url, proc.pid)
+    before = os.environ.get("PREFECT_API_URL")
+    try:
+        _wait_healthy(url, proc, timeout)
+        os.environ["PREFECT_API_URL"] = url
+        with temporary_settings(updates={PREFECT_API_URL: url}):
+            yield url
+    finally:
+        _flush_run_logs()
+        if before is None:
+            os.environ.pop("PREFECT_API_URL", None)
+        else:
+            os.environ["PREFECT_API_URL"] = before
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
