@@ -106,6 +106,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     "predictions": PREDICTIONS_SCHEMA,
     "lime": LIME_SCHEMA,
     "gradcam": GRADCAM_SCHEMA,
+    # the other heatmap methods write Grad-CAM's rows (``fruitlens.batch.methods.run_heatmap``)
+    **{m: GRADCAM_SCHEMA for m in ("layercam", "scorecam", "saliency", "smoothgrad", "integrated_gradients",
+                                   "occlusion", "rise")},
 }
 
 
