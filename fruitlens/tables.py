@@ -97,10 +97,25 @@ GRADCAM_SCHEMA = pa.schema(
     ]
 )
 
+# one row per explanation method and variant of a run (``fruitlens.batch.ranking``)
+FAITHFULNESS_SCHEMA = pa.schema(
+    [
+        ("method", pa.string()),
+        ("variant", pa.string()),
+        ("images", pa.int32()),
+        ("deletion_auc", pa.float64()),
+        ("insertion_auc", pa.float64()),
+        ("pointing_game", pa.float64()),  # null: no evidence masks (or LIME)
+        ("pointed", pa.int32()),  # images with an evidence mask
+        ("rank", pa.int32()),  # 1 = most faithful (mean of the ranks on the three scores)
+    ]
+)
+
 FAILED_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
 
 SCHEMAS: dict[str, pa.Schema] = {
     "failed": FAILED_SCHEMA,
+    "faithfulness": FAITHFULNESS_SCHEMA,
     "images": IMAGES_SCHEMA,
     "history": HISTORY_SCHEMA,
     "predictions": PREDICTIONS_SCHEMA,

@@ -1,6 +1,8 @@
 """The heatmap methods in batch runs: gradcam-style rows with a method column, captioned pictures, faithfulness,
 pointing game on the demo masks; selectable with --method and in the pipeline config; options checked."""
 
+import shutil
+
 import pytest
 from PIL import Image
 
@@ -65,3 +67,36 @@ def test_pipeline_config_takes_the_methods_and_their_options():
         PipelineConfig.from_dict({"explain_options": {"integrated_gradients": {"reference": "pink"}}})
     with pytest.raises(ValueError, match="method nosuch"):
         PipelineConfig.from_dict({"methods": ["nosuch"]})
+
+
+def test_faithfulness_table_ranks_every_method_and_the_report_shows_it(demo_dir, run_dir, tmp_path):
+    from fruitlens.batch import engine
+    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.config import ExplainOptions, LimeOptions, OcclusionOptions
+    from fruitlens.report import build_report
+    from fruitlens.runs import load_run, model_digest
+
+    model, card = load_run(run_dir)
+    rows = rows_from_inputs([demo_dir], split="test", limit=4)
+    options = ExplainOptions(lime=LimeOptions(num_samples=20, faithfulness_steps=4),
+                             occlusion=OcclusionOptions(window=5, stride=5, faithfulness_steps=4),
+                             rise=RiseOptions(masks=16, faithfulness_steps=4))
+    run = tmp_path / "run"
+    shutil.copytree(run_dir, run)
+    out = run / "explain"
+    engine.explain_images(model, card, model_digest(run_dir), rows, out, ["lime", "occlusion", "rise"], options,
+                          chunk_size=3)
+    ranked = tables.read_table(out / "faithfulness.parquet")
+    assert list(ranked.columns) == tables.FAITHFULNESS_SCHEMA.names
+    assert set(ranked["method"]) == {"lime", "occlusion", "rise"} and (ranked["images"] == 4).all()
+    assert ranked["rank"].min() == 1 and list(ranked["rank"]) == sorted(ranked["rank"])
+    pointing = ranked.set_index("method")["pointing_game"]
+    assert pointing.isna()["lime"] and pointing[["occlusion", "rise"]].between(0, 1).all()
+    from fruitlens.batch.ranking import faithfulness_rows
+
+    again = faithfulness_rows(out)
+    assert again.equals(ranked)
+    page = build_report(run).read_text()
+    section = page[page.index('<section id="ranking">'):]
+    section = section[:section.index("</section>")]
+    assert "RISE" in section and "Occlusion" in section and "LIME" in section and "most faithful" in section
