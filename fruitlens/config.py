@@ -26,6 +26,19 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' options are part of this API
+    FAITHFULNESS_STEPS,
+    PALETTE,
+    Baseline,
+    HeatmapOptions,
+    IntegratedGradientsOptions,
+    LayerCamOptions,
+    OcclusionOptions,
+    RiseOptions,
+    SaliencyOptions,
+    ScoreCamOptions,
+    SmoothGradOptions,
+)
 from fruitlens.typed import build, check, to_plain  # noqa: F401 - build and to_plain are part of this API
 
 Split = Literal["train", "val", "test"]
@@ -35,11 +48,8 @@ PromoteMetric = Literal["accuracy", "macro_f1"]
 Plots = Literal["all", "explanation", "none"]
 FeatureSelection = Literal["auto", "highest_weights", "forward_selection", "none"]
 CamVariant = Literal["gradcam", "gradcam++", "cam"]
-Baseline = Literal["mean", "blur"]
 
 CHUNK_SIZE = 16  # images per explanation chunk: one task, one Parquet part, the unit of resume
-FAITHFULNESS_STEPS = 20  # steps of the deletion / insertion curves
-PALETTE = "jet"  # heatmap colours
 HIDE_COLORS = {"mean": None, "white": 1.0, "black": 0.0, "gray": 0.5}
 # Small enough that `fruitlens demo` runs in a few minutes on two cores, and leaves the demo's fruit_net a few
 # mistakes for the report to explain (5 epochs: 98.3% of the 300 test images right; 6 epochs: all of them).
@@ -148,8 +158,15 @@ class ExplainOptions:
 
     lime: LimeOptions = field(default_factory=LimeOptions)
     gradcam: CamOptions = field(default_factory=CamOptions)
+    layercam: LayerCamOptions = field(default_factory=LayerCamOptions)
+    scorecam: ScoreCamOptions = field(default_factory=ScoreCamOptions)
+    saliency: SaliencyOptions = field(default_factory=SaliencyOptions)
+    smoothgrad: SmoothGradOptions = field(default_factory=SmoothGradOptions)
+    integrated_gradients: IntegratedGradientsOptions = field(default_factory=IntegratedGradientsOptions)
+    occlusion: OcclusionOptions = field(default_factory=OcclusionOptions)
+    rise: RiseOptions = field(default_factory=RiseOptions)
 
-    def of(self, method: str) -> LimeOptions | CamOptions:
+    def of(self, method: str) -> LimeOptions | CamOptions | HeatmapOptions:
         return getattr(self, method)
 
 

@@ -101,15 +101,33 @@ GRADCAM_SCHEMA = pa.schema(
     ]
 )
 
+# one row per explanation method and variant of a run (``fruitlens.batch.ranking``)
+FAITHFULNESS_SCHEMA = pa.schema(
+    [
+        ("method", pa.string()),
+        ("variant", pa.string()),
+        ("images", pa.int32()),
+        ("deletion_auc", pa.float64()),
+        ("insertion_auc", pa.float64()),
+        ("pointing_game", pa.float64()),  # null: no evidence masks (or LIME)
+        ("pointed", pa.int32()),  # images with an evidence mask
+        ("rank", pa.int32()),  # 1 = most faithful (mean of the ranks on the three scores)
+    ]
+)
+
 FAILED_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
 
 SCHEMAS: dict[str, pa.Schema] = {
     "failed": FAILED_SCHEMA,
+    "faithfulness": FAITHFULNESS_SCHEMA,
     "images": IMAGES_SCHEMA,
     "history": HISTORY_SCHEMA,
     "predictions": PREDICTIONS_SCHEMA,
     "lime": LIME_SCHEMA,
     "gradcam": GRADCAM_SCHEMA,
+    # the other heatmap methods write Grad-CAM's rows (``fruitlens.batch.methods.run_heatmap``)
+    **{m: GRADCAM_SCHEMA for m in ("layercam", "scorecam", "saliency", "smoothgrad", "integrated_gradients",
+                                   "occlusion", "rise")},
 }
 
 

@@ -205,6 +205,9 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
     tables.write_table(cams, ex / "gradcam.parquet", "gradcam")
     tables.write_table(pd.DataFrame({"image_id": pd.Series([], dtype=str), "path": pd.Series([], dtype=str),
                                      "error": pd.Series([], dtype=str)}), ex / "failed.parquet")
+    from fruitlens.batch.ranking import write_faithfulness
+
+    write_faithfulness(ex)  # as the engine does after the methods ran
 
     # --- activation and filter grids
     for i, layer in enumerate(LAYERS):

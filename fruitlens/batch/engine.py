@@ -159,7 +159,8 @@ def finish(out_dir: str | os.PathLike, keys: Mapping[str, Sequence[str]]) -> dic
     """Join each method's parts of the current plan into ``<method>.parquet`` and delete every other part.
 
     ``keys`` maps each method to its chunks' part keys. ``failed.parquet`` lists the images that could not be
-    read (once each, whatever the number of methods). Returns the table paths by method (and ``failed``).
+    read (once each, whatever the number of methods); ``faithfulness.parquet`` ranks every method table of the
+    folder (``fruitlens.batch.ranking``). Returns the table paths by method (and ``failed``, ``faithfulness``).
     """
     out = ExplainLayout(out_dir)
     paths: dict[str, Path] = {}
@@ -174,6 +175,9 @@ def finish(out_dir: str | os.PathLike, keys: Mapping[str, Sequence[str]]) -> dic
     table = pa.concat_tables(tabs).to_pandas().drop_duplicates("image_id") if tabs else pd.DataFrame(
         columns=tables.FAILED_SCHEMA.names)
     paths[FAILED] = tables.write_table(table.sort_values("image_id"), out.table(FAILED), tables.FAILED_SCHEMA)
+    from fruitlens.batch.ranking import FAITHFULNESS, write_faithfulness
+
+    paths[FAITHFULNESS] = write_faithfulness(out.root)  # every method table of the folder, ranked
     return paths
 
 

@@ -13,6 +13,7 @@ method's files: pictures that combine methods are composed afterwards (``picture
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from collections.abc import Callable
@@ -23,8 +24,26 @@ import pandas as pd
 
 from fruitlens import tables
 from fruitlens.batch import pictures
-from fruitlens.config import CamOptions, LimeOptions
+from fruitlens.config import (
+    CamOptions,
+    HeatmapOptions,
+    IntegratedGradientsOptions,
+    LayerCamOptions,
+    LimeOptions,
+    OcclusionOptions,
+    RiseOptions,
+    SaliencyOptions,
+    ScoreCamOptions,
+    SmoothGradOptions,
+)
 from fruitlens.layout import ExplainLayout
+
+# What captions, pictures and the report call each method (and each Grad-CAM variant)
+TITLES: dict[str, str] = {
+    "lime": "LIME", "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "cam": "CAM", "layercam": "Layer-CAM",
+    "scorecam": "Score-CAM", "saliency": "Gradients", "smoothgrad": "SmoothGrad",
+    "integrated_gradients": "Integrated Gradients", "occlusion": "Occlusion", "rise": "RISE",
+}
 
 
 @dataclass(frozen=True)
@@ -108,21 +127,55 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
     return pd.concat(frames, ignore_index=True) if frames else tables.LIME_SCHEMA.empty_table().to_pandas()
 
 
-# ------------------------------------------------------------------------------------ Grad-CAM
+# ------------------------------------------------------------------------------------ heatmap methods
 
 
-def run_cam(model, card, images: np.ndarray, rows: pd.DataFrame, options: CamOptions,
-            out: ExplainLayout) -> pd.DataFrame:
-    """Grad-CAM (or Grad-CAM++ / CAM) rows, one per image, and pictures of one chunk.
+def heatmap_explainer(method: str, model, options):
+    """The explainer of a heatmap ``method`` (a name in ``METHODS`` other than lime) built from its options."""
+    from fruitlens.explain import gradcam, gradients, perturbation
 
-    Columns: image_id, path, label (explained class), layer, heatmap_path, overlay_path, peak_y, peak_x (at
-    the model's input size), deletion_auc, insertion_auc, true_label, target_prob, variant, pointing_hit
-    (None without a mask).
+    o = options
+    if method == "gradcam":
+        return gradcam.explainer(model, o.variant, o.layer, batch_size=o.batch_size)
+    makers = {
+        "layercam": lambda: gradcam.LayerCAM(model, o.layer, batch_size=o.batch_size),
+        "scorecam": lambda: gradcam.ScoreCAM(model, o.layer, batch_size=o.batch_size, channels=o.channels),
+        "saliency": lambda: gradients.Saliency(model, batch_size=o.batch_size),
+        "smoothgrad": lambda: gradients.SmoothGrad(model, samples=o.samples, noise=o.noise, seed=o.seed,
+                                                   batch_size=o.batch_size),
+        "integrated_gradients": lambda: gradients.IntegratedGradients(model, steps=o.steps, reference=o.reference,
+                                                                      batch_size=o.batch_size),
+        "occlusion": lambda: perturbation.Occlusion(model, window=o.window, stride=o.stride, fill=o.fill,
+                                                    batch_size=o.batch_size),
+        "rise": lambda: perturbation.RISE(model, masks=o.masks, cells=o.cells, keep=o.keep, seed=o.seed,
+                                          fill=o.fill, batch_size=o.batch_size),
+    }
+    if method not in makers:
+        raise ValueError(f"unknown heatmap method {method!r}; expected gradcam or one of {', '.join(makers)}")
+    return makers[method]()
+
+
+def variant_of(method: str, options) -> str:
+    """The ``variant`` column: Grad-CAM's variant, Faster Score-CAM, or the method's own name."""
+    if method == "gradcam":
+        return options.variant
+    if method == "scorecam" and options.channels is not None:
+        return f"scorecam@{options.channels}"
+    return method
+
+
+def run_heatmap(method: str, model, card, images: np.ndarray, rows: pd.DataFrame, options: HeatmapOptions,
+                out: ExplainLayout) -> pd.DataFrame:
+    """Rows of a heatmap method (Grad-CAM and its variants, gradients, perturbations), one per image, and
+    its pictures (under ``<method>/``) of one chunk.
+
+    Columns: image_id, path, label (explained class), layer (``input`` for pixel methods), heatmap_path,
+    overlay_path, peak_y, peak_x (at the model's input size), deletion_auc, insertion_auc, true_label,
+    target_prob, method, variant, pointing_hit (None without a mask).
     """
     from fruitlens.explain.faithfulness import deletion_insertion, pointing_game
-    from fruitlens.explain.gradcam import explainer
 
-    result = explainer(model, options.variant, options.layer, batch_size=options.batch_size).explain(images)
+    result = heatmap_explainer(method, model, options).explain(images)
     faith = deletion_insertion(model, images, result.heatmaps, result.targets, steps=max(options.faithfulness_steps, 1),
                                baseline=options.baseline, batch_size=options.batch_size,
                                seed=[image_seed(options.seed, i) for i in rows["image_id"]])
@@ -133,7 +186,12 @@ def run_cam(model, card, images: np.ndarray, rows: pd.DataFrame, options: CamOpt
         for i, hit in zip(where, pointing_game(result.heatmaps[where], np.stack([masks[i] for i in where])),
                           strict=True):
             hits[i] = bool(hit)
-    files = pictures.write_cam(out, rows, images, result, card, options, faith.deletion[:, 0])
+    variant = variant_of(method, options)
+    title = TITLES.get(options.variant if method == "gradcam" else method, method)
+    if variant.startswith("scorecam@"):
+        title = f"Faster Score-CAM ({options.channels} channels)"
+    files = pictures.write_cam(out, rows, images, result, card, options, faith.deletion[:, 0], method=method,
+                               title=title)
     peaks = result.peaks
     off = options.faithfulness_steps < 1
     return pd.DataFrame({
@@ -143,12 +201,30 @@ def run_cam(model, card, images: np.ndarray, rows: pd.DataFrame, options: CamOpt
         "peak_y": peaks[:, 0].astype(np.int32), "peak_x": peaks[:, 1].astype(np.int32),
         "deletion_auc": np.full(len(rows), np.nan) if off else faith.deletion_auc.astype(float),
         "insertion_auc": np.full(len(rows), np.nan) if off else faith.insertion_auc.astype(float),
-        "target_prob": faith.deletion[:, 0].astype(float), "variant": options.variant, "pointing_hit": hits,
+        "target_prob": faith.deletion[:, 0].astype(float), "method": method, "variant": variant,
+        "pointing_hit": hits,
     })
+
+
+def run_cam(model, card, images: np.ndarray, rows: pd.DataFrame, options: CamOptions,
+            out: ExplainLayout) -> pd.DataFrame:
+    """Grad-CAM (or Grad-CAM++ / CAM) rows and pictures of one chunk (see :func:`run_heatmap`)."""
+    return run_heatmap("gradcam", model, card, images, rows, options, out)
+
+
+def _heatmap_method(name: str, options_type: type) -> Method:
+    return Method(name, options_type, functools.partial(run_heatmap, name))
 
 
 # Plain imports, one entry per method: the CLI, the config and the flows all take their names from here.
 METHODS: dict[str, Method] = {
     "lime": Method("lime", LimeOptions, run_lime),
     "gradcam": Method("gradcam", CamOptions, run_cam),
+    **{name: _heatmap_method(name, tp) for name, tp in (
+        ("layercam", LayerCamOptions), ("scorecam", ScoreCamOptions), ("saliency", SaliencyOptions),
+        ("smoothgrad", SmoothGradOptions), ("integrated_gradients", IntegratedGradientsOptions),
+        ("occlusion", OcclusionOptions), ("rise", RiseOptions))},
 }
+
+# The heatmap methods: every one but LIME writes gradcam-style rows and overlay / heatmap pictures
+HEATMAP_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m != "lime")

@@ -111,22 +111,23 @@ def _ids_at(segments: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result, card, options: CamOptions,
-              probs: np.ndarray) -> list[dict[str, str]]:
+              probs: np.ndarray, *, method: str = "gradcam", title: str | None = None) -> list[dict[str, str]]:
     """Overlay and heatmap PNGs of each image on the photo at its own size; per image {kind: relative path}.
 
     The overlay's opacity follows the heat (cold regions show the photo untouched); both carry a colour
-    scale and a caption naming the layer.
+    scale and a caption naming the method and the layer (``input`` for pixel methods). Pictures go under
+    ``<method>/``; ``title`` names the method in the caption (default: Grad-CAM's variant).
     """
     written = []
-    name = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "cam": "CAM"}[options.variant]
+    name = title or {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "cam": "CAM"}[options.variant]
     for i, stem in enumerate(stems(rows)):
         path = rows["path"].iloc[i]
         photo = display_photo(path, images[i])
         caption = Caption(file=Path(path).name, true_label=_label(rows["label"].iloc[i]),
                           pred_label=card.classes[result.targets[i]], prob=_prob(probs[i]), method=name,
-                          detail=f"layer {result.layer}")
-        over = out.picture("gradcam", stem, "overlay")
-        heat = out.picture("gradcam", stem, "heatmap")
+                          detail="input pixels" if result.layer == "input" else f"layer {result.layer}")
+        over = out.picture(method, stem, "overlay")
+        heat = out.picture(method, stem, "heatmap")
         pic = heat_on_photo(photo, result.heatmaps[i], palette=options.palette, max_alpha=options.alpha,
                             box=model_box(photo, card))
         plots.save_png(add_caption(pic, caption, scale=options.palette), over, caption)

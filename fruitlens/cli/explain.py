@@ -1,12 +1,16 @@
-"""`fruitlens explain`: LIME and Grad-CAM over a dataset, a folder of photos or files, on the batch engine.
+"""`fruitlens explain`: LIME, Grad-CAM and the other heatmap methods over a dataset, a folder of photos or files.
 
-Every option is a field of ``fruitlens.config.LimeOptions`` / ``CamOptions``: flags left out keep the
-dataclass's default, and the dataclass validates what is given (one owner for each default and each check).
+Every option is a field of the method's options dataclass in ``fruitlens.config`` (``LimeOptions``,
+``CamOptions``, ``SmoothGradOptions``, ...): flags left out keep the dataclass's default, and the dataclass
+validates what is given (one owner for each default and each check). Fields without a flag of their own are
+set with ``--set METHOD.FIELD=VALUE``.
 """
 
 from __future__ import annotations
 
 import sys
+import typing
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -14,12 +18,16 @@ from fruitlens.cli.common import CommandError, add_model_arguments, build_option
 
 
 def _add_explain(sub) -> None:
-    from fruitlens.config import CHUNK_SIZE, METHODS
+    from fruitlens.config import CHUNK_SIZE, METHODS, PipelineConfig
 
-    p = sub.add_parser("explain", help="explain predictions with LIME and/or Grad-CAM (tables and PNGs)")
+    p = sub.add_parser("explain", help="explain predictions with LIME, Grad-CAM and other methods (tables, PNGs)")
     p.add_argument("--data", type=Path, nargs="+", required=True,
                    help="a dataset root, a folder of photos (searched recursively), or image files")
-    p.add_argument("--method", default=",".join(METHODS), help=f"comma-separated: {', '.join(METHODS)}")
+    p.add_argument("--method", default=",".join(PipelineConfig().methods),
+                   help=f"comma-separated: {', '.join(METHODS)} (default: {','.join(PipelineConfig().methods)})")
+    p.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE", dest="settings",
+                   help="any option of a method, e.g. smoothgrad.samples=50, rise.masks=1000, "
+                        "integrated_gradients.reference=blur (repeatable; values read as YAML)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--limit", type=int, default=None, help="explain at most N images")
     p.add_argument("--split", default="test", help="split of a dataset root to explain (default: test)")
@@ -46,7 +54,8 @@ def _add_explain(sub) -> None:
     lime.add_argument("--threshold", type=float, help="PNGs: draw superpixels with |weight| above it")
     lime.add_argument("--plots", help="PNGs: all (default), explanation (no density), none")
     cam = p.add_argument_group("Grad-CAM (defaults: fruitlens.config.CamOptions)")
-    cam.add_argument("--layer", help="conv layer name or path (backbone/block5_conv3); default: the last conv layer")
+    cam.add_argument("--layer", help="conv layer name or path (backbone/block5_conv3) of Grad-CAM, Layer-CAM and "
+                     "Score-CAM; default: the last conv layer")
     cam.add_argument("--gradcam-variant", help="gradcam (default), gradcam++, or cam (global average pooling + dense)")
     cam.add_argument("--palette", help="matplotlib colormap of heatmaps (default jet)")
     cam.add_argument("--alpha", type=float, help="the most opaque the heat overlay gets, 0..1")
@@ -86,7 +95,7 @@ def _segmenter_params(args) -> dict[str, float]:
 
 def explain_options(args):
     """The typed options of both methods from the flags (each checked by its dataclass)."""
-    from fruitlens.config import CamOptions, ExplainOptions, LimeOptions
+    from fruitlens.config import CamOptions, ExplainOptions, LimeOptions, build
 
     shared = _given(args, {"seed": "seed", "faithfulness_steps": "faithfulness_steps"})
     lime = shared | _given(args, {k: k for k in ("num_samples", "segmenter", "top_labels", "num_features",
@@ -98,8 +107,38 @@ def explain_options(args):
         lime["segmenter_params"] = params
     cam = shared | _given(args, {"layer": "layer", "variant": "gradcam_variant", "palette": "palette",
                                  "alpha": "alpha"})
-    return ExplainOptions(lime=build_options(LimeOptions, lime),
-                          gradcam=build_options(CamOptions, cam, {"variant": "--gradcam-variant"}))
+    settings = _settings(args.settings)
+    unknown = sorted(set(settings) - {f.name for f in fields(ExplainOptions)})
+    if unknown:
+        raise CommandError(f"--set {unknown[0]}.…: unknown method; expected one of "
+                           f"{', '.join(f.name for f in fields(ExplainOptions))}")
+    built = {"lime": build_options(LimeOptions, lime | settings.get("lime", {})),
+             "gradcam": build_options(CamOptions, cam | settings.get("gradcam", {}), {"variant": "--gradcam-variant"})}
+    for f in fields(ExplainOptions):
+        if f.name in built:
+            continue
+        tp = typing.get_type_hints(ExplainOptions)[f.name]
+        names = {g.name for g in fields(tp)}
+        given = {k: v for k, v in cam.items() if k in names} | settings.get(f.name, {})
+        try:
+            built[f.name] = build(tp, given, f.name)
+        except ValueError as exc:
+            raise CommandError(f"--set {exc}") from exc
+    return ExplainOptions(**built)
+
+
+def _settings(items: list[str]) -> dict[str, dict[str, Any]]:
+    """``["rise.masks=1000", ...]`` -> {"rise": {"masks": 1000}} (values read as YAML: numbers, null, lists)."""
+    import yaml
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        method, dot, name = key.strip().partition(".")
+        if not sep or not dot or not method or not name:
+            raise CommandError(f"--set {item}: expected METHOD.FIELD=VALUE, e.g. rise.masks=1000")
+        out.setdefault(method, {})[name] = yaml.safe_load(value)
+    return out
 
 
 def _cmd_explain(args) -> int:
@@ -120,14 +159,15 @@ def _cmd_explain(args) -> int:
     options = explain_options(args)
     rows = rows_from_inputs(args.data, split=args.split, limit=args.limit, unlabelled=args.unlabelled)
     model, card, digest = load_model(args)
-    if "gradcam" in methods:  # a model without visible layers or a bad layer: one line before any work
+    for method in (m for m in methods if m in ("gradcam", "layercam", "scorecam")):
         from fruitlens.explain.base import find_layer
 
+        layer = options.of(method).layer  # a model without visible layers or a bad layer: one line before any work
         try:
             check_layer_access(model, "gradcam")
-            find_layer(model, options.gradcam.layer)
+            find_layer(model, layer)
         except ValueError as exc:
-            flag = f"--layer {options.gradcam.layer}: " if options.gradcam.layer else ""
+            flag = f"--layer {layer}: " if layer else ""
             raise CommandError(f"{flag}{exc}") from exc
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out}: is a file; expected a folder")

@@ -2,7 +2,9 @@
 
 Models are walked and re-traced by ``fruitlens.explain.keras_graph`` (re-exported here: ``walk_layers``,
 ``find_layer``, ``trace_model``, ...). Each CAM method subclasses :class:`BaseCAM` and overrides only
-:meth:`BaseCAM.cam_weights`.
+:meth:`BaseCAM.cam_weights` (or :meth:`BaseCAM.cam_map` when its weights vary over space or need more model
+calls). Methods that explain the input pixels (gradients, perturbations) subclass :class:`BaseAttribution` and
+override only :meth:`BaseAttribution.attribute`.
 """
 
 from __future__ import annotations
@@ -96,6 +98,7 @@ class BaseCAM:
 
     method = "base"
     needs_gradients = True
+    step_key: tuple = ()  # options the compiled step depends on (part of its cache key)
 
     def __init__(self, model, layer: str | keras.layers.Layer | None = None, *, batch_size: int = 256):
         if batch_size < 1:
@@ -108,9 +111,18 @@ class BaseCAM:
         """Channel weights (N, K) from activations (N, h, w, K), their gradients and targets (N,)."""
         raise NotImplementedError
 
+    def cam_map(self, x: tf.Tensor, acts: tf.Tensor, grads: tf.Tensor | None, targets: tf.Tensor) -> tf.Tensor:
+        """The (N, h, w) map before ReLU and scaling; by default sum_k weight_k * activation_k."""
+        return tf.einsum("nhwk,nk->nhw", acts, self.cam_weights(acts, grads, targets))
+
+    def images_per_step(self, ref: LayerRef) -> int:
+        """Images per compiled step (methods that call the model once per channel take fewer)."""
+        return self.batch_size
+
     def _step(self):
         ref = find_layer(self.model, self.layer)
-        return cached(self.model, ("cam-step", type(self), ref.path), lambda: (ref, self._build_step(ref)))
+        key = ("cam-step", type(self), ref.path, self.step_key)
+        return cached(self.model, key, lambda: (ref, self._build_step(ref)))
 
     def _build_step(self, ref: LayerRef):
         """The compiled gradient step of this method at ``ref`` (built once per model, see ``cached``)."""
@@ -126,9 +138,7 @@ class BaseCAM:
                 score = tf.gather(scores, targets, batch_dims=1)  # (N,): each image its own class
             # the gradient of the sum is each image's own gradient: images never mix in inference
             grads = tape.gradient(score, acts) if self.needs_gradients else None
-            weights = self.cam_weights(acts, grads, targets)
-            cams = tf.einsum("nhwk,nk->nhw", acts, weights)
-            return scale_maps(cams), targets, score
+            return scale_maps(self.cam_map(x, acts, grads, targets)), targets, score
 
         return step
 
@@ -150,10 +160,10 @@ class BaseCAM:
         num_classes = int(self.model.output_shape[-1])
         targets = check_targets(targets, len(images), num_classes)
         ref, step = self._step()
+        per = self.images_per_step(ref)
         maps, resolved, scores = [], [], []
-        for start in range(0, len(images), self.batch_size):
-            m, t, s = step(tf.constant(images[start:start + self.batch_size]),
-                           tf.constant(targets[start:start + self.batch_size]))
+        for start in range(0, len(images), per):
+            m, t, s = step(tf.constant(images[start:start + per]), tf.constant(targets[start:start + per]))
             maps.append(m.numpy())
             resolved.append(t.numpy())
             scores.append(s.numpy())
@@ -161,3 +171,101 @@ class BaseCAM:
         if upsample:
             heat = upsample_maps(heat, images.shape[1:3])
         return CAMResult(heat, np.concatenate(resolved).astype(np.int64), np.concatenate(scores), ref.path)
+
+
+# ------------------------------------------------------------------------------------ input-space explainers
+
+
+def logits_fn(model):
+    """A compiled ``x -> (N, C)`` float32 pre-softmax scores of ``model`` (a final softmax left out), cached."""
+    def build():
+        traced = trace_model(model, [])
+
+        @tf.function(reduce_retracing=True)
+        def scores(x):
+            out = traced(x, training=False)
+            return tf.cast(out[0] if isinstance(out, list | tuple) else out, tf.float32)
+
+        return scores
+
+    return cached(model, ("logits",), build)
+
+
+def gradient_fn(model):
+    """A compiled ``(x, targets) -> d score[target] / d x`` (N, H, W, 3) on pre-softmax scores, cached."""
+    def build():
+        scores = logits_fn(model)
+
+        @tf.function(reduce_retracing=True)
+        def grads(x, targets):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                score = tf.gather(scores(x), targets, batch_dims=1)
+            return tape.gradient(score, x)  # each image's own gradient: images never mix in inference
+
+        return grads
+
+    return cached(model, ("input-gradient",), build)
+
+
+def scale_per_image(maps: np.ndarray, *, minmax: bool = False) -> np.ndarray:
+    """(N, H, W) -> float32 in [0, 1]: ReLU then divide by each map's maximum (``minmax``: subtract each
+    map's minimum first); a constant or all-zero map becomes zero, NaN never appears."""
+    maps = np.asarray(maps, dtype=np.float32)
+    if minmax:
+        maps = maps - maps.min(axis=(1, 2), keepdims=True)
+    maps = np.maximum(maps, 0.0)
+    top = maps.max(axis=(1, 2), keepdims=True)
+    return np.divide(maps, top, out=np.zeros_like(maps), where=top > 0)
+
+
+class BaseAttribution:
+    """Explainers of the input pixels: targets, batching and scaling shared; subclasses override
+    :meth:`attribute`.
+
+    Args:
+        model: a Keras model taking (N, H, W, 3) float32 in [0, 1] and returning (N, C) class scores.
+        batch_size: model inputs per call (gradient or forward pass).
+    """
+
+    method = "base"
+    layer = "input"
+
+    def __init__(self, model, *, batch_size: int = 256):
+        if batch_size < 1:
+            raise ValueError(f"batch_size {batch_size}: expected at least 1")
+        self.model = model
+        self.batch_size = batch_size
+
+    def attribute(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """(N, H, W) raw importance of each pixel for each image's target (any scale; positive = evidence)."""
+        raise NotImplementedError
+
+    def scale(self, raw: np.ndarray) -> np.ndarray:
+        """Raw importance -> (N, H, W) in [0, 1]."""
+        return scale_per_image(raw)
+
+    def logits(self, images: np.ndarray) -> np.ndarray:
+        """(M, H, W, 3) -> (M, C) float32 pre-softmax scores, ``batch_size`` at a time."""
+        scores = logits_fn(self.model)
+        return np.concatenate([scores(tf.constant(images[i:i + self.batch_size])).numpy()
+                               for i in range(0, len(images), self.batch_size)])
+
+    def explain(self, images, targets=None) -> CAMResult:
+        """Heatmaps for ``images``, each for its own target class.
+
+        Args:
+            images: (N, H, W, 3) float in [0, 1]; never modified.
+            targets: (N,) class ids, or one int for all, or None for each image's predicted class.
+
+        Returns:
+            A :class:`CAMResult` with (N, H, W) float32 heatmaps in [0, 1] (layer ``input``).
+        """
+        images = check_images(images)
+        num_classes = int(self.model.output_shape[-1])
+        targets = check_targets(targets, len(images), num_classes)
+        scores = self.logits(images)
+        targets = np.where(targets < 0, scores.argmax(axis=1), targets).astype(np.int32)
+        picked = scores[np.arange(len(images)), targets].astype(np.float32)
+        heat = self.scale(self.attribute(images, targets))
+        return CAMResult(heat.astype(np.float32), targets.astype(np.int64), picked, self.layer)

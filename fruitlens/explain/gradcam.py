@@ -1,14 +1,20 @@
-"""Grad-CAM, Grad-CAM++ and CAM heatmaps, batched, on pre-softmax scores, for any Sequential/functional model.
+"""Grad-CAM, Grad-CAM++, CAM, Layer-CAM and Score-CAM heatmaps, batched, for any Sequential/functional model.
 
-All three share :class:`fruitlens.explain.base.BaseCAM` (layer lookup, re-tracing, targets, one compiled
+All five share :class:`fruitlens.explain.base.BaseCAM` (layer lookup, re-tracing, targets, one compiled
 gradient step per batch, scaling, upsampling) and differ only in how the channel weights are computed:
 
 - Grad-CAM (Selvaraju et al. 2017): the class score's gradient averaged over space.
 - Grad-CAM++ (Chattopadhay et al. 2018): positive gradients weighted by second/third-order terms.
 - CAM (Zhou et al. 2016): the final Dense layer's weights of the class, for models ending in
   conv -> global average pooling -> Dense.
+- Layer-CAM (Jiang et al. 2021): each activation weighted by its own positive gradient, location by location.
+- Score-CAM (Wang et al. 2020): no gradients; channel k's weight is the target's softmax probability of the
+  image multiplied by channel k's activation (upsampled to the input, min-max scaled to [0, 1]). All
+  channels of a group of images go through the model in one batch. Faster Score-CAM (``channels``): only the
+  channels of highest activation variance are scored, the others weigh 0.
 
-The map is ReLU(sum_k weight_k * activation_k), divided by its own maximum (all-zero stays zero).
+The map is ReLU(sum_k weight_k * activation_k), divided by its own maximum (all-zero stays zero). Gradients
+are taken on pre-softmax scores.
 Batch runs call them through ``fruitlens.batch.methods``.
 """
 
@@ -21,11 +27,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fruitlens.explain.base import EPS, BaseCAM, LayerRef, find_head, walk_layers
+from fruitlens.explain.base import EPS, BaseCAM, LayerRef, find_head, logits_fn, walk_layers
 
 log = logging.getLogger(__name__)
 
-Variant = Literal["gradcam", "gradcam++", "cam"]
+Variant = Literal["gradcam", "gradcam++", "cam", "layercam", "scorecam"]
 
 
 class GradCAM(BaseCAM):
@@ -72,13 +78,75 @@ class CAM(BaseCAM):
         return tf.gather(tf.transpose(tf.cast(dense.kernel, tf.float32)), targets)  # (N, K)
 
 
-VARIANTS: dict[str, type[BaseCAM]] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "cam": CAM}
+class LayerCAM(BaseCAM):
+    """Layer-CAM: sum_k ReLU(gradient_k) * activation_k at each location (weights vary over space)."""
+
+    method = "layercam"
+
+    def cam_map(self, x, acts, grads, targets):
+        return tf.reduce_sum(tf.nn.relu(grads) * acts, axis=-1)
 
 
-def explainer(model, variant: Variant = "gradcam", layer=None, *, batch_size: int = 256) -> BaseCAM:
-    """The explainer of ``variant`` (gradcam, gradcam++, cam); an unknown name is a ValueError."""
+class ScoreCAM(BaseCAM):
+    """Score-CAM: channel weights are the target probabilities of the image masked by each channel.
+
+    Args:
+        channels: Faster Score-CAM: score only this many channels (highest spatial variance of the
+            activation, per image); None scores all.
+        batch_size: model inputs per call; ``batch_size // channels`` images go through at once.
+    """
+
+    method = "scorecam"
+    needs_gradients = False
+
+    def __init__(self, model, layer=None, *, batch_size: int = 256, channels: int | None = None):
+        super().__init__(model, layer, batch_size=batch_size)
+        if channels is not None and channels < 1:
+            raise ValueError(f"channels {channels}: expected at least 1 or None (all)")
+        self.channels = channels
+        self.step_key = (channels,)
+
+    def _used(self, ref: LayerRef) -> int:
+        k = int(ref.layer.output.shape[-1])
+        return k if self.channels is None else min(k, self.channels)
+
+    def images_per_step(self, ref: LayerRef) -> int:
+        return max(1, self.batch_size // self._used(ref))
+
+    def cam_map(self, x, acts, grads, targets):
+        n, k = tf.shape(acts)[0], acts.shape[-1]
+        size = tf.shape(x)[1:3]
+        used = k if self.channels is None else min(k, self.channels)
+        if used < k:  # Faster Score-CAM: the channels of highest variance, per image
+            keep = tf.math.top_k(tf.math.reduce_variance(acts, axis=(1, 2)), used).indices  # (N, used)
+            picked = tf.gather(acts, keep, axis=3, batch_dims=1)
+        else:
+            keep, picked = None, acts
+        up = tf.image.resize(picked, size, method="bilinear")  # (N, H, W, used)
+        low = tf.reduce_min(up, axis=(1, 2), keepdims=True)
+        masks = tf.math.divide_no_nan(up - low, tf.reduce_max(up, axis=(1, 2), keepdims=True) - low)
+        masked = tf.transpose(masks, (0, 3, 1, 2))[..., None] * x[:, None]  # (N, used, H, W, 3)
+        flat = tf.reshape(masked, tf.concat([[n * used], tf.shape(x)[1:]], 0))
+        probs = tf.nn.softmax(logits_fn(self.model)(flat), axis=-1)
+        probs = tf.reshape(probs, (n, used, -1))
+        weights = tf.gather(probs, targets, axis=2, batch_dims=1)  # (N, used)
+        if keep is not None:
+            weights = tf.reduce_sum(tf.one_hot(keep, k) * weights[..., None], axis=1)  # (N, K), 0 elsewhere
+        return tf.einsum("nhwk,nk->nhw", acts, weights)
+
+
+VARIANTS: dict[str, type[BaseCAM]] = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "cam": CAM,
+                                      "layercam": LayerCAM, "scorecam": ScoreCAM}
+
+
+def explainer(model, variant: Variant = "gradcam", layer=None, *, batch_size: int = 256,
+              channels: int | None = None) -> BaseCAM:
+    """The explainer of ``variant`` (gradcam, gradcam++, cam, layercam, scorecam); an unknown name is a
+    ValueError. ``channels``: Score-CAM's channel subset (Faster Score-CAM), None for all."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown Grad-CAM variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    if variant == "scorecam":
+        return ScoreCAM(model, layer, batch_size=batch_size, channels=channels)
     return VARIANTS[variant](model, layer, batch_size=batch_size)
 
 

@@ -84,6 +84,35 @@ def section_explanations(data: ReportData, opts: ReportOptions) -> str:
     return "".join(parts)
 
 
+def section_ranking(data: ReportData, opts: ReportOptions) -> str:
+    """The explanation methods of the run ranked by faithfulness (``faithfulness.parquet``)."""
+    from fruitlens.batch.methods import TITLES
+    from fruitlens.batch.ranking import FAITHFULNESS
+
+    path = data.run.explain.table(FAITHFULNESS)
+    ranked = data.run.table(path)
+    if ranked is None or ranked.empty:
+        return missing("The faithfulness of the explanation methods", data.run.rel(path))
+    shown = ranked.assign(method=[TITLES.get(v, TITLES.get(m, m)) if not str(v).startswith("scorecam@")
+                                  else f"Faster Score-CAM ({str(v).split('@')[1]} channels)"
+                                  for m, v in zip(ranked["method"], ranked["variant"], strict=True)])
+    best = shown.iloc[0]
+    text = (f"<p>{len(shown):,} explanation methods ran on this data; the most faithful is "
+            f"<b>{esc(best['method'])}</b> (deletion AUC {best['deletion_auc']:.3f}, insertion AUC "
+            f"{best['insertion_auc']:.3f}"
+            + (f", peak on the evidence in {best['pointing_game']:.0%} of {int(best['pointed'])} images"
+               if best["pointing_game"] == best["pointing_game"] else "") + ").</p>"
+            "<p class=\"note\">Rank: the mean of each method's ranks on deletion AUC (lower is more faithful: "
+            "the class probability falls fast as the most important pixels are removed), insertion AUC (higher "
+            "is more faithful) and the pointing game (the share of images with an evidence mask whose heatmap "
+            "peak falls inside it; empty where there are no masks, and for LIME). Scores are means over the "
+            "explained images.</p>")
+    return text + table(shown, columns=["rank", "method", "variant", "images", "deletion_auc", "insertion_auc",
+                                        "pointing_game", "pointed"],
+                        headers={"deletion_auc": "deletion AUC ↓", "insertion_auc": "insertion AUC ↑",
+                                 "pointing_game": "pointing game ↑", "pointed": "images with a mask"})
+
+
 def section_visualize(data: ReportData, opts: ReportOptions) -> str:
     parts = []
     for kind, title, text in (
