@@ -215,6 +215,14 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
         pats = rng.uniform(0, 1, (channels, 16, 16, 3)).astype(np.float32)
         plots.save_png(plots.image_grid(pats, ncols=8), run / "visualize" / "filters" / f"{layer}.png")
 
+    # --- the randomisation test (fruitlens sanity --out RUN/sanity): Grad-CAM changes, an edge detector does not
+    steps = [("", "none"), ("predictions", "dense"), ("conv2", "conv"), ("conv1", "conv")]
+    sanity_rows = [{"method": m, "step": k, "layer": layer, "layer_kind": kind, "image_id": str(i), "path": None,
+                    "label": "x", "spearman": 1.0 if k == 0 or m == "edges" else float(rng.uniform(-0.2, 0.3)),
+                    "ssim": 1.0 if k == 0 or m == "edges" else 0.1, "top_k_overlap": None, "seed": 0}
+                   for m in ("gradcam", "edges") for k, (layer, kind) in enumerate(steps) for i in range(3)]
+    tables.write_table(pd.DataFrame(sanity_rows), run / "sanity" / "sanity.parquet", "sanity")
+
     # --- nightly comparison and the pipeline record
     acc = float(correct.mean())
     tables.write_table(pd.DataFrame({"metric": ["accuracy", "macro_f1", "n"], "new": [acc, acc - 0.01, len(test)],

@@ -59,16 +59,27 @@ def test_gradcam_passes_and_an_edge_detector_fails(trained, tmp_path):
         assert result.rank[m].shape == (4, 4) and np.isfinite(result.rank[m]).all()
         np.testing.assert_allclose(result.rank[m][0], 1.0)  # step 0 is the original explanation
     np.testing.assert_allclose(result.rank["edges"], 1.0)  # ignores the model: never changes
-    verdict = sanity.write_sanity(result, images, rows, tmp_path, seed=3).set_index("method")
+    verdict = sanity.write_sanity(result, images, rows, tmp_path / "sanity", seed=3).set_index("method")
     assert bool(verdict.loc["gradcam", "passed"]), verdict.loc["gradcam", "reason"]
     assert not bool(verdict.loc["edges", "passed"])
     assert "rank correlation 1.00" in verdict.loc["edges", "reason"]
-    table = tables.read_table(tmp_path / "sanity.parquet")
+    table = tables.read_table(tmp_path / "sanity" / "sanity.parquet")
     assert list(table.columns[:len(tables.SANITY_SCHEMA)]) == tables.SANITY_SCHEMA.names
     assert len(table) == 4 * 4 * 4 and table.loc[table["method"] == "lime", "ssim"].isna().all()
     assert table.loc[table["method"] == "lime", "top_k_overlap"].between(0, 1).all()
-    assert (tmp_path / "sanity.png").stat().st_size > 10_000
-    assert tables.read_json(tmp_path / "verdicts.json")["thresholds"]["max_rank"] == sanity.THRESHOLDS.max_rank
+    assert (tmp_path / "sanity" / "sanity.png").stat().st_size > 10_000
+    saved = tables.read_json(tmp_path / "sanity" / "verdicts.json")
+    assert saved["thresholds"]["max_rank"] == sanity.THRESHOLDS.max_rank
+    # the report of a run folder with a sanity/ folder says the verdicts
+    from fruitlens.report import build_report
+    from fruitlens.runs import ModelCard, write_card
+
+    write_card(tmp_path, ModelCard(classes=tuple("abcdef"), image_size=(24, 24), arch="tiny"))
+    page = build_report(tmp_path).read_text()
+    part = page[page.index('<section id="sanity">'):]
+    part = part[:part.index("</section>")]
+    assert "Grad-CAM <b class=\"good\">passes</b>" in part and "edge detector <b class=\"bad\">fails</b>" in part
+    assert "<img" in part
 
 
 def test_same_seed_same_cascade(trained):

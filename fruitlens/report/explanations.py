@@ -100,3 +100,36 @@ def section_visualize(data: ReportData, opts: ReportOptions) -> str:
         parts.extend(figure(data.run.image_src(f), f"layer <code>{esc(f.stem)}</code>", cls="wide grid")
                      for f in files)
     return "".join(parts)
+
+
+def section_sanity(data: ReportData, opts: ReportOptions) -> str:
+    """The model parameter randomisation test (``fruitlens sanity --out RUN/sanity``): a verdict per method."""
+    from fruitlens.explain.sanity import METHOD_TITLES, THRESHOLDS, verdicts
+
+    lay = data.layout.sanity
+    if data.sanity is None:
+        return missing(f"The randomisation test of the explanations (fruitlens sanity --model {data.run.root} "
+                       f"--data DATA --out {lay.root})", data.run.rel(lay.table))
+    found = verdicts(data.sanity)
+    parts = [f"<p>Each explanation method was run on {int(data.sanity['image_id'].nunique()):,} images while the "
+             "model's layers were re-initialised one after the other, from the top down (Adebayo et al., "
+             "<i>Sanity Checks for Saliency Maps</i>, 2018). An explanation that depends on the model changes; one "
+             "that stays the same shows the image, not what the model learned. A method passes when, from the first "
+             f"convolution re-initialised on, its explanations keep a mean rank correlation below "
+             f"{THRESHOLDS.max_rank} with the original (and SSIM below {THRESHOLDS.max_ssim}, or for LIME a top-5 "
+             f"superpixel overlap below {THRESHOLDS.max_top_k}).</p>", "<ul>"]
+    for v in found.to_dict("records"):
+        name = esc(METHOD_TITLES.get(v["method"], v["method"]))
+        word = "<b class=\"good\">passes</b>" if v["passed"] else "<b class=\"bad\">fails</b>"
+        parts.append(f"<li>{name} {word}: {esc(v['reason'])}.</li>")
+    parts.append("</ul>")
+    if lay.figure.is_file():
+        parts.append(figure(data.run.image_src(lay.figure), "The cascade for two images (left: the photo; then "
+                            "the explanation of the original model and after each layer is re-initialised) and "
+                            "the mean similarity per step", cls="wide"))
+    columns = ["method", "images", "steps", "first_conv_layer", "rank_at_first_conv", "rank", "ssim", "top_k",
+               "final_rank", "passed"]
+    parts.append(table(found, columns=columns, headers={
+        "rank": "mean rank corr. from first conv", "ssim": "mean SSIM", "top_k": "mean top-5 overlap",
+        "final_rank": "rank corr., all random"}))
+    return "".join(parts)
