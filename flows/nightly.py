@@ -22,6 +22,7 @@ from fruitlens.layout import RunLayout
 from fruitlens.promotion import default_models_home
 from fruitlens.summary import run_summary
 from tasks.cache import fresh
+from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
 from tasks.promote import compare_task, current_model_task, existing_model, promote_task
 from tasks.report import report_task, run_record_task
@@ -58,12 +59,17 @@ def compare_with_current(run: RunLayout, data_dir: str, cfg: PipelineConfig, hom
                        cfg.split)["headline"]
     elif same:
         old = new["headline"]  # the same model: no need to evaluate it twice
-    comparison = compare_task(str(run.root), new["headline"], old, cfg.promote_metric, same)
+    drift = None
+    if current["run_dir"] and not same and cfg.drift_probe:
+        drift = fresh(drift_task, run.drift)(model_source_fields(current["run_dir"]),
+                                             model_source_fields(str(run.root)), str(run.index_dir),
+                                             str(run.explain_dir), cfg.split, cfg.drift_probe, str(run.drift_dir))
+    comparison = compare_task(str(run.root), new["headline"], old, cfg.promote_metric, same, drift, cfg.max_drift)
     if comparison["promote"] and not same:
         promote_task(str(run.root), home, {"model_digest": train["model_digest"], "metrics": new["headline"]})
     if current["note"]:
         get_run_logger().info("%s", current["note"])
-    return {**comparison, "old": old, "note": current["note"], "models_home": home}
+    return {**comparison, "old": old, "note": current["note"], "models_home": home, "drift": drift}
 
 
 @flow(name="nightly", flow_run_name=_name, log_prints=True)

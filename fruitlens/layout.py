@@ -199,6 +199,15 @@ class RunLayout:
     def sanity(self) -> SanityLayout:
         return SanityLayout(self.root / "sanity")
 
+    @property
+    def drift_dir(self) -> Path:
+        """drift.parquet and pictures/<photo>-<id>.png: the evidence of the new vs the current model (nightly)."""
+        return self.root / "drift"
+
+    @property
+    def drift(self) -> Path:
+        return self.drift_dir / "drift.parquet"
+
     # ---- the run as a whole
     @property
     def comparison(self) -> Path:

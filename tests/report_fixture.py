@@ -223,6 +223,14 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
                    for m in ("gradcam", "edges") for k, (layer, kind) in enumerate(steps) for i in range(3)]
     tables.write_table(pd.DataFrame(sanity_rows), run / "sanity" / "sanity.parquet", "sanity")
 
+    # --- the nightly's explanation drift: two of three probe images moved
+    tables.write_table(pd.DataFrame({
+        "image_id": ["p0", "p1", "p2"], "path": ["a.jpg", "b.jpg", "c.jpg"], "label": ["x", "x", "y"],
+        "old_pred": ["x", "x", "y"], "new_pred": ["x", "y", "y"], "prediction_changed": [False, True, False],
+        "heatmap_rank": [0.9, 0.1, 0.3], "top_superpixel_agreement": [1.0, 0.2, 0.4],
+        "old_evidence_share": [0.5, 0.6, None], "new_evidence_share": [0.5, 0.1, None],
+        "evidence_share_change": [0.0, -0.5, None], "moved": [False, True, True]}), run / "drift" / "drift.parquet")
+
     # --- nightly comparison and the pipeline record
     acc = float(correct.mean())
     tables.write_table(pd.DataFrame({"metric": ["accuracy", "macro_f1", "n"], "new": [acc, acc - 0.01, len(test)],

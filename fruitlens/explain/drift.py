@@ -107,7 +107,8 @@ def drift_summary(table: pd.DataFrame) -> dict:
 def write_drift(out_dir, table: pd.DataFrame, images: np.ndarray, old_maps: np.ndarray, new_maps: np.ndarray,
                 *, top: int = 4) -> pd.DataFrame:
     """Write ``drift.parquet`` and, for the ``top`` images whose evidence moved most, a picture old vs new
-    (``drift/<stem>.png``: photo, current model's Grad-CAM, new model's); returns the table with ``picture_path``."""
+    (``pictures/<stem>.png``: photo, current model's Grad-CAM, new model's); returns the table with
+    ``picture_path`` (relative to ``out_dir``)."""
     from pathlib import Path
 
     from fruitlens import plots, tables
@@ -122,7 +123,7 @@ def write_drift(out_dir, table: pd.DataFrame, images: np.ndarray, old_maps: np.n
         panels = [("photo", images[i]),
                   (f"current: {r['old_pred']}", plots.overlay(images[i], old_maps[i], "jet", 0.5)),
                   (f"new: {r['new_pred']}", plots.overlay(images[i], new_maps[i], "jet", 0.5))]
-        path = out / "drift" / f"{stem}.png"
+        path = out / "pictures" / f"{stem}.png"
         plots.save_png(plots.side_by_side(panels, height=160), path,
                        f"{Path(str(r['path'])).name}: Grad-CAM of the current and the new model, rank correlation "
                        f"{r['heatmap_rank']:.2f}")
@@ -130,3 +131,44 @@ def write_drift(out_dir, table: pd.DataFrame, images: np.ndarray, old_maps: np.n
     table = table.assign(picture_path=pictures)
     tables.write_table(table, out / "drift.parquet", DRIFT_SCHEMA)
     return table
+
+
+def probe_rows(index_dir, split: str, explain_dir, n: int) -> pd.DataFrame:
+    """The probe set: the first ``n`` (by image id) of the images explained in ``explain_dir``, with their
+    index rows (path, label, mask_path, sha256); every usable image of ``split`` when none was explained."""
+    from pathlib import Path
+
+    from fruitlens import tables
+    from fruitlens.batch.rows import rows_from_index
+    from fruitlens.layout import ExplainLayout
+
+    rows = rows_from_index(index_dir, split)
+    ids: set[str] = set()
+    for method in ("gradcam", "lime"):
+        path = ExplainLayout(Path(explain_dir)).table(method)
+        if path.is_file():
+            ids |= set(tables.read_table(path)["image_id"].astype(str))
+    if ids:
+        rows = rows[rows["image_id"].astype(str).isin(ids)]
+    return rows.sort_values("image_id", ignore_index=True).head(n)
+
+
+def drift_run(old_source, new_source, rows: pd.DataFrame, out_dir) -> dict:
+    """Explain ``rows`` with both models (``fruitlens.modelio.ModelSource``s), write the drift table and pictures
+    into ``out_dir``; returns ``drift_summary`` plus the table's path."""
+    from pathlib import Path
+
+    from fruitlens.batch.engine import read_chunk
+    from fruitlens.batch.methods import _masks
+
+    old_model, old_card = old_source.load()
+    new_model, card = new_source.load()
+    if tuple(old_card.classes) != tuple(card.classes) or tuple(old_card.image_size) != tuple(card.image_size):
+        return {"images": 0, "moved_share": 0.0, "mean_rank": None, "classes": {}, "path": ""}
+    images, rows, _ = read_chunk(rows, card.image_size, card.fit)
+    if not len(rows):
+        return {"images": 0, "moved_share": 0.0, "mean_rank": None, "classes": {}, "path": ""}
+    table, old_maps, new_maps = explanation_drift(old_model, new_model, images, rows, card.classes,
+                                                  masks=_masks(rows, card.image_size))
+    write_drift(out_dir, table, images, old_maps, new_maps)
+    return {**drift_summary(table), "path": str(Path(out_dir) / "drift.parquet")}

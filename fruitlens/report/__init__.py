@@ -25,7 +25,7 @@ from fruitlens.report.evaluation import headline, section_confusion, section_met
 from fruitlens.report.explanations import section_explanations, section_sanity, section_visualize, section_why
 from fruitlens.report.html import asset, esc
 from fruitlens.report.loader import ReportData, ReportOptions, load
-from fruitlens.report.record import section_comparison, section_dataset, section_run, section_training
+from fruitlens.report.record import section_comparison, section_dataset, section_drift, section_run, section_training
 from fruitlens.runs import RunError
 
 __all__ = ["REPORT_FILE", "SECTIONS", "ReportOptions", "build_report"]
@@ -42,6 +42,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("visualize", "Activations and filters"),
     ("sanity", "Do the explanations depend on the model?"),
     ("comparison", "Comparison with the previous model"),
+    ("drift", "What changed in what the model looks at"),
     ("run", "Configuration, versions and timings"),
 )
 
@@ -49,7 +50,7 @@ _BUILDERS: dict[str, Callable[[ReportData, ReportOptions], str]] = {
     "dataset": section_dataset, "training": section_training, "metrics": section_metrics,
     "confusion": section_confusion, "mistakes": section_mistakes, "why": section_why,
     "explanations": section_explanations, "visualize": section_visualize, "sanity": section_sanity,
-    "comparison": section_comparison,
+    "comparison": section_comparison, "drift": section_drift,
     "run": section_run,
 }
 
