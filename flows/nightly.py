@@ -1,4 +1,5 @@
-"""nightly_flow: index -> train -> evaluate -> explain -> visualize -> compare/promote -> run record -> report.
+"""nightly_flow: index -> train -> evaluate -> explain -> visualize -> class evidence -> compare (accuracy and
+explanation drift)/promote -> run record -> report.
 
 ``fruitlens run`` and ``fruitlens demo`` run it once; ``fruitlens serve`` serves it on a cron schedule and
 ``prefect.yaml`` deploys it to a work pool. Unchanged steps are Cached, so a night with no new data costs
@@ -24,8 +25,10 @@ from fruitlens.summary import run_summary
 from tasks.cache import fresh
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
+from tasks.evidence import evidence_task
 from tasks.promote import compare_task, current_model_task, existing_model, promote_task
 from tasks.report import report_task, run_record_task
+from tasks.stability import stability_task
 from tasks.visualize import visualize_task
 
 
@@ -99,6 +102,13 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
     if cfg.visualize and explained["first_image"]:
         step("visualize", fresh(visualize_task, run.visualize_dir), model, explained["first_image"]["path"],
              str(run.visualize_dir))
+    if cfg.stability_images and "lime" in cfg.methods:
+        step("lime_stability", fresh(stability_task, run.explain.stability), model, str(run.index_dir),
+             str(run.explain_dir), cfg.split, cfg.stability_images, to_plain(cfg.explain_options.lime),
+             str(run.explain.stability))
+    if cfg.class_evidence:
+        step("class_evidence", fresh(evidence_task, run.class_evidence), model, str(run.index_dir), cfg.split,
+             str(run.evidence_dir))
     if cfg.model is None:
         comparison = step("compare", compare_with_current, run, data_dir, cfg, home, train, new)
     else:

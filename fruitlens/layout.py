@@ -75,6 +75,11 @@ class ExplainLayout:
         return self.side_by_side_dir / f"{stem}.png"
 
     @property
+    def stability(self) -> Path:
+        """LIME under two seeds for a sample of the images (``fruitlens.explain.stability``)."""
+        return self.root / "stability.parquet"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".explain.lock"
 
@@ -198,6 +203,19 @@ class RunLayout:
     @property
     def sanity(self) -> SanityLayout:
         return SanityLayout(self.root / "sanity")
+
+    @property
+    def evidence_dir(self) -> Path:
+        """class_evidence.parquet and class_evidence.png: where the model looks, per class (``explain.evidence``)."""
+        return self.root / "evidence"
+
+    @property
+    def class_evidence(self) -> Path:
+        return self.evidence_dir / "class_evidence.parquet"
+
+    @property
+    def class_evidence_png(self) -> Path:
+        return self.evidence_dir / "class_evidence.png"
 
     @property
     def drift_dir(self) -> Path:

@@ -223,6 +223,12 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
                    for m in ("gradcam", "edges") for k, (layer, kind) in enumerate(steps) for i in range(3)]
     tables.write_table(pd.DataFrame(sanity_rows), run / "sanity" / "sanity.parquet", "sanity")
 
+    # --- per-class evidence: the right predictions point at the sticker more often than the mistakes
+    tables.write_table(pd.DataFrame({"label": ["x", "x", "y"], "group": ["correct", "mistake", "correct"],
+                                     "images": [10, 2, 12], "with_mask": [10, 2, 12],
+                                     "pointing_game": [0.8, 0.0, 0.7], "evidence_share": [0.4, 0.1, 0.35]}),
+                       run / "evidence" / "class_evidence.parquet")
+
     # --- the nightly's explanation drift: two of three probe images moved
     tables.write_table(pd.DataFrame({
         "image_id": ["p0", "p1", "p2"], "path": ["a.jpg", "b.jpg", "c.jpg"], "label": ["x", "x", "y"],

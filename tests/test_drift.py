@@ -74,3 +74,39 @@ def test_same_model_shows_no_drift(models):
     assert not table["moved"].any() and not table["prediction_changed"].any()
     np.testing.assert_allclose(table["heatmap_rank"], 1.0)
     assert drift.drift_summary(table)["moved_share"] == 0.0
+
+
+def test_class_evidence_per_class_and_group(models, tmp_path):
+    from fruitlens.explain.evidence import EVIDENCE_SCHEMA, class_evidence, write_class_evidence
+    from fruitlens.synthetic import CLASSES
+
+    standard, _, old, _ = models
+    from fruitlens.batch.rows import rows_from_inputs
+
+    rows = rows_from_inputs([standard], split="test")
+    table, means = class_evidence(old, rows, CLASSES, (32, 32), batch=7)  # batches that split classes
+    assert table["images"].sum() == len(rows) and set(table["group"]) <= {"correct", "mistake"}
+    assert (table["with_mask"] == table["images"]).all() and table["pointing_game"].between(0, 1).all()
+    assert table["evidence_share"].between(0, 1).all()
+    for heat in means.values():
+        assert heat.shape == (32, 32) and 0 <= heat.min() and heat.max() <= 1
+    path = write_class_evidence(tmp_path, table, means, CLASSES)
+    back = tables.read_table(path)
+    assert list(back.columns) == EVIDENCE_SCHEMA.names and (tmp_path / "class_evidence.png").is_file()
+
+
+def test_lime_stability_under_two_seeds(models):
+    from fruitlens.config import LimeOptions
+    from fruitlens.explain.stability import STABILITY_SCHEMA, lime_stability, stability_line
+    from fruitlens.synthetic import CLASSES
+
+    standard, _, old, _ = models
+    images, rows, _ = _probe(standard)
+    images, rows = images[:3], rows.head(3)
+    few = lime_stability(old, images, rows, CLASSES, LimeOptions(num_samples=40), (0, 1))
+    same = lime_stability(old, images, rows, CLASSES, LimeOptions(num_samples=40), (0, 0))
+    assert list(few.columns) == STABILITY_SCHEMA.names and len(few) == 3
+    np.testing.assert_allclose(same["top_k_overlap"], 1.0)  # the same seed twice: the same explanation
+    np.testing.assert_allclose(same["rank_correlation"], 1.0)
+    assert few["top_k_overlap"].between(0, 1).all() and (few["rank_correlation"] < 1).any()
+    assert "LIME at 40 samples, the same 3 images under two seeds" in stability_line(few)

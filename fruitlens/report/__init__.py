@@ -22,7 +22,13 @@ from pathlib import Path
 from fruitlens import tables
 from fruitlens.layout import REPORT_FILE, RunLayout
 from fruitlens.report.evaluation import headline, section_confusion, section_metrics, section_mistakes
-from fruitlens.report.explanations import section_explanations, section_sanity, section_visualize, section_why
+from fruitlens.report.explanations import (
+    section_evidence,
+    section_explanations,
+    section_sanity,
+    section_visualize,
+    section_why,
+)
 from fruitlens.report.html import asset, esc
 from fruitlens.report.loader import ReportData, ReportOptions, load
 from fruitlens.report.record import section_comparison, section_dataset, section_drift, section_run, section_training
@@ -39,6 +45,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("mistakes", "Most confident mistakes"),
     ("why", "Why the model confuses them"),
     ("explanations", "Explanations per class"),
+    ("evidence", "Evidence per class"),
     ("visualize", "Activations and filters"),
     ("sanity", "Do the explanations depend on the model?"),
     ("comparison", "Comparison with the previous model"),
@@ -50,6 +57,7 @@ _BUILDERS: dict[str, Callable[[ReportData, ReportOptions], str]] = {
     "dataset": section_dataset, "training": section_training, "metrics": section_metrics,
     "confusion": section_confusion, "mistakes": section_mistakes, "why": section_why,
     "explanations": section_explanations, "visualize": section_visualize, "sanity": section_sanity,
+    "evidence": section_evidence,
     "comparison": section_comparison, "drift": section_drift,
     "run": section_run,
 }

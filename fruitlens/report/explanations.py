@@ -69,6 +69,10 @@ def section_explanations(data: ReportData, opts: ReportOptions) -> str:
         parts.append(f"<p class=\"note\">{len(shown) - len(without):,} of {len(shown):,} classes have an explained "
                      f"image; none was explained for {esc(', '.join(without[:30]))}"
                      f"{' …' if len(without) > 30 else ''}.</p>")
+    from fruitlens.explain.stability import stability_line
+
+    if line := stability_line(data.stability):
+        parts.append(f"<p class=\"note\" id=\"lime-stability\">{esc(line)}</p>")
     parts.append(SCORE_LEGEND)
     blocks = []
     for cls, chosen in shown:
@@ -132,4 +136,32 @@ def section_sanity(data: ReportData, opts: ReportOptions) -> str:
     parts.append(table(found, columns=columns, headers={
         "rank": "mean rank corr. from first conv", "ssim": "mean SSIM", "top_k": "mean top-5 overlap",
         "final_rank": "rank corr., all random"}))
+    return "".join(parts)
+
+
+def section_evidence(data: ReportData, opts: ReportOptions) -> str:
+    """Per class: the mean Grad-CAM heatmap over its right predictions and its mistakes; pointing game and
+    evidence share where the data has masks (``fruitlens.explain.evidence``)."""
+    t = data.class_evidence
+    lay = data.layout
+    if t is None:
+        return missing("Evidence per class", data.run.rel(lay.class_evidence))
+    parts = ["<p>For every image of the split, Grad-CAM of the predicted class, averaged per true class over the "
+             "images the model got right and over its mistakes. Where the data has evidence masks, the pointing "
+             "game (how often the heatmap's peak is on the evidence) and the evidence share (how much of the heat "
+             "is on it) say whether the model looks at what decides the class.</p>"]
+    masked = t[t["with_mask"] > 0] if "with_mask" in t.columns else t.iloc[:0]
+    if len(masked):
+        both = masked.pivot(index="label", columns="group", values="pointing_game")
+        if {"correct", "mistake"} <= set(both.columns):
+            gap = both.dropna()
+            if len(gap):
+                worse = int((gap["mistake"] < gap["correct"]).sum())
+                parts.append(f"<p>In {worse} of {len(gap)} classes with mistakes, the mistakes point at the evidence "
+                             "less often than the right predictions.</p>")
+    if lay.class_evidence_png.is_file():
+        parts.append(figure(data.run.image_src(lay.class_evidence_png), "Mean Grad-CAM heatmap per class: right "
+                            "predictions and mistakes", cls="grid"))
+    parts.append(table(t, headers={"pointing_game": "pointing game", "evidence_share": "evidence share",
+                                   "with_mask": "with mask"}))
     return "".join(parts)
