@@ -1,4 +1,5 @@
-"""nightly_flow: index -> train -> evaluate -> explain -> visualize -> compare/promote -> run record -> report.
+"""nightly_flow: index -> train -> evaluate -> explain -> visualize -> class evidence -> compare (accuracy and
+explanation drift)/promote -> run record -> report.
 
 ``fruitlens run`` and ``fruitlens demo`` run it once; ``fruitlens serve`` serves it on a cron schedule and
 ``prefect.yaml`` deploys it to a work pool. Unchanged steps are Cached, so a night with no new data costs
@@ -22,9 +23,12 @@ from fruitlens.layout import RunLayout
 from fruitlens.promotion import default_models_home
 from fruitlens.summary import run_summary
 from tasks.cache import fresh
+from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
+from tasks.evidence import evidence_task
 from tasks.promote import compare_task, current_model_task, existing_model, promote_task
 from tasks.report import report_task, run_record_task
+from tasks.stability import stability_task
 from tasks.visualize import visualize_task
 
 
@@ -58,12 +62,17 @@ def compare_with_current(run: RunLayout, data_dir: str, cfg: PipelineConfig, hom
                        cfg.split)["headline"]
     elif same:
         old = new["headline"]  # the same model: no need to evaluate it twice
-    comparison = compare_task(str(run.root), new["headline"], old, cfg.promote_metric, same)
+    drift = None
+    if current["run_dir"] and not same and cfg.drift_probe:
+        drift = fresh(drift_task, run.drift)(model_source_fields(current["run_dir"]),
+                                             model_source_fields(str(run.root)), str(run.index_dir),
+                                             str(run.explain_dir), cfg.split, cfg.drift_probe, str(run.drift_dir))
+    comparison = compare_task(str(run.root), new["headline"], old, cfg.promote_metric, same, drift, cfg.max_drift)
     if comparison["promote"] and not same:
         promote_task(str(run.root), home, {"model_digest": train["model_digest"], "metrics": new["headline"]})
     if current["note"]:
         get_run_logger().info("%s", current["note"])
-    return {**comparison, "old": old, "note": current["note"], "models_home": home}
+    return {**comparison, "old": old, "note": current["note"], "models_home": home, "drift": drift}
 
 
 @flow(name="nightly", flow_run_name=_name, log_prints=True)
@@ -93,6 +102,13 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
     if cfg.visualize and explained["first_image"]:
         step("visualize", fresh(visualize_task, run.visualize_dir), model, explained["first_image"]["path"],
              str(run.visualize_dir))
+    if cfg.stability_images and "lime" in cfg.methods:
+        step("lime_stability", fresh(stability_task, run.explain.stability), model, str(run.index_dir),
+             str(run.explain_dir), cfg.split, cfg.stability_images, to_plain(cfg.explain_options.lime),
+             str(run.explain.stability))
+    if cfg.class_evidence:
+        step("class_evidence", fresh(evidence_task, run.class_evidence), model, str(run.index_dir), cfg.split,
+             str(run.evidence_dir))
     if cfg.model is None:
         comparison = step("compare", compare_with_current, run, data_dir, cfg, home, train, new)
     else:

@@ -365,6 +365,14 @@ class PipelineConfig:
         model: explain an existing model instead of training one: a spec (``pets.keras``, ``imagenet:vgg16``,
             a run folder) or a mapping of ``fruitlens.modelio.ModelSource`` fields (spec, classes,
             classes_file, image_size, preprocessing, fit); no training, no comparison, no promotion.
+        class_evidence: the mean Grad-CAM heatmap per class over its right predictions and its mistakes, with the
+            pointing game and evidence share per class where masks exist (``fruitlens.explain.evidence``).
+        stability_images: explained images LIME explains again under a second seed (top-5 agreement and rank
+            correlation, ``fruitlens.explain.stability``); 0: off.
+        drift_probe: images (of those explained) both the new and the current model explain with Grad-CAM to
+            see whether the evidence moved (``fruitlens.explain.drift``); 0: off.
+        max_drift: hold the new model back when more than this share of the probe images' evidence moved
+            (0..1); None (default): drift is reported, never decides.
     """
 
     train: Any = field(default_factory=lambda: _train_config({}))
@@ -382,6 +390,10 @@ class PipelineConfig:
     task_runner: TaskRunnerName = "thread"
     dask_address: str | None = None
     model: str | dict[str, Any] | None = None
+    class_evidence: bool = True
+    stability_images: int = 6
+    drift_probe: int = 12
+    max_drift: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", _train_config(self.train))
@@ -392,6 +404,10 @@ class PipelineConfig:
             (self.explain_limit is None or self.explain_limit >= 1, "explain_limit", self.explain_limit,
              "at least 1 or null"),
             (self.chunk_size >= 1, "chunk_size", self.chunk_size, "at least 1"),
+            (self.drift_probe >= 0, "drift_probe", self.drift_probe, "at least 0 (0: off)"),
+            (self.stability_images >= 0, "stability_images", self.stability_images, "at least 0 (0: off)"),
+            (self.max_drift is None or 0.0 <= self.max_drift <= 1.0, "max_drift", self.max_drift,
+             "a share in [0, 1] or null"),
         ])
 
     def to_dict(self) -> dict[str, Any]:

@@ -11,6 +11,7 @@ A run folder (``fruitlens run --out RUN``, ``fruitlens train --out RUN``)::
       eval_current/ the current model evaluated on the same split (nightly comparison)
       explain/      see ExplainLayout
       visualize/    activations/<layer>.png, filters/<layer>.png
+      sanity/       sanity.parquet, sanity.png, verdicts.json (``fruitlens sanity --out RUN/sanity``)
 
 Everyone who reads or writes these files takes the names from here; nobody spells them out.
 """
@@ -74,8 +75,36 @@ class ExplainLayout:
         return self.side_by_side_dir / f"{stem}.png"
 
     @property
+    def stability(self) -> Path:
+        """LIME under two seeds for a sample of the images (``fruitlens.explain.stability``)."""
+        return self.root / "stability.parquet"
+
+    @property
     def lock(self) -> Path:
         return self.root / ".explain.lock"
+
+
+@dataclass(frozen=True)
+class SanityLayout:
+    """A sanity-check folder (``fruitlens sanity --out DIR``, or ``RUN/sanity``): the ``sanity`` table, the
+    cascade figure and the verdicts."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def table(self) -> Path:
+        return self.root / "sanity.parquet"
+
+    @property
+    def figure(self) -> Path:
+        return self.root / "sanity.png"
+
+    @property
+    def verdicts(self) -> Path:
+        return self.root / "verdicts.json"
 
 
 @dataclass(frozen=True)
@@ -170,6 +199,32 @@ class RunLayout:
     def visualize_kind_dir(self, kind: str) -> Path:
         """``visualize/activations`` or ``visualize/filters``: one PNG per layer."""
         return self.visualize_dir / kind
+
+    @property
+    def sanity(self) -> SanityLayout:
+        return SanityLayout(self.root / "sanity")
+
+    @property
+    def evidence_dir(self) -> Path:
+        """class_evidence.parquet and class_evidence.png: where the model looks, per class (``explain.evidence``)."""
+        return self.root / "evidence"
+
+    @property
+    def class_evidence(self) -> Path:
+        return self.evidence_dir / "class_evidence.parquet"
+
+    @property
+    def class_evidence_png(self) -> Path:
+        return self.evidence_dir / "class_evidence.png"
+
+    @property
+    def drift_dir(self) -> Path:
+        """drift.parquet and pictures/<photo>-<id>.png: the evidence of the new vs the current model (nightly)."""
+        return self.root / "drift"
+
+    @property
+    def drift(self) -> Path:
+        return self.drift_dir / "drift.parquet"
 
     # ---- the run as a whole
     @property

@@ -49,10 +49,13 @@ def comparable(new_classes: Sequence[str], models_home: str | os.PathLike) -> tu
 
 
 def compare_models(new: Mapping[str, float], current: Mapping[str, float] | None,
-                   metric: str = "accuracy") -> tuple[pd.DataFrame, bool]:
+                   metric: str = "accuracy", drift: Mapping[str, Any] | None = None,
+                   max_drift: float | None = None) -> tuple[pd.DataFrame, bool]:
     """A table new vs current on each metric, and whether the new model is promoted.
 
-    The new model is promoted when there is no current one, or when it is not worse on ``metric``.
+    The new model is promoted when there is no current one, or when it is not worse on ``metric`` and, with
+    ``max_drift``, the share of probe images whose evidence moved (``drift``: ``explain.drift.drift_summary``)
+    is at most ``max_drift``. The drift numbers are rows of the table (new: the value, current: none).
     """
     names = [m for m in ("accuracy", "macro_f1", "n") if m in new]
     rows = []
@@ -61,6 +64,13 @@ def compare_models(new: Mapping[str, float], current: Mapping[str, float] | None
         rows.append({"metric": name, "new": float(new[name]), "current": None if cur is None else float(cur),
                      "delta": None if cur is None else round(float(new[name]) - float(cur), 6)})
     promote = current is None or float(new[metric]) >= float(current[metric])
+    if drift and drift.get("images"):
+        for name in ("moved_share", "mean_rank", "predictions_changed"):
+            if drift.get(name) is not None:
+                rows.append({"metric": f"evidence_{name}", "new": float(drift[name]), "current": None,
+                             "delta": None})
+        if max_drift is not None and current is not None and float(drift["moved_share"]) > max_drift:
+            promote = False
     return pd.DataFrame(rows, columns=["metric", "new", "current", "delta"]), promote
 
 

@@ -68,8 +68,13 @@ def _sticker(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: flo
         raise ValueError(f"unknown sticker shape {shape!r}")
 
 
-def make_sample(label: str, rng: np.random.Generator) -> Sample:
-    """One demo image of class ``label`` with its evidence mask."""
+def make_sample(label: str, rng: np.random.Generator, *, moved: bool = False) -> Sample:
+    """One demo image of class ``label`` with its evidence mask.
+
+    ``moved`` (the drift variant): the deciding sticker sits in the image's top-left corner, off the fruit, and
+    the fruit carries a decoy sticker of another class instead, so a model trained on such images looks
+    elsewhere than one trained on the standard ones. The fruit is the same as without ``moved``.
+    """
     if label not in STICKERS:
         raise ValueError(f"unknown demo class {label!r}; expected one of {', '.join(CLASSES)}")
     colour, shape = STICKERS[label]
@@ -100,6 +105,15 @@ def make_sample(label: str, rng: np.random.Generator) -> Sample:
     t = rng.uniform(0, 2 * np.pi)
     d = rng.uniform(0, 0.7)
     sx, sy = cx + d * (rx - r) * np.cos(t), cy + d * (ry - r) * np.sin(t)
+    if moved:  # a decoy of another class where the sticker was; the real one moves to the corner
+        others = [c for c in CLASSES if c != label]
+        decoy_colour, decoy_shape = STICKERS[others[int(rng.integers(len(others)))]]
+        decoy = Image.new("L", (SIZE, SIZE), 0)
+        _sticker(ImageDraw.Draw(decoy), decoy_shape, sx, sy, r, 255)
+        arr[np.asarray(decoy) > 127, :3] = decoy_colour
+        arr[np.asarray(decoy) > 127, 3] = 255
+        r = max(r, 6.0)
+        sx, sy = r + 2.0, r + 2.0
     mask_img = Image.new("L", (SIZE, SIZE), 0)
     _sticker(ImageDraw.Draw(mask_img), shape, sx, sy, r, 255)
     mask = np.asarray(mask_img) > 127
@@ -123,20 +137,26 @@ def write_demo_dataset(
     classes: tuple[str, ...] = CLASSES,
     seed: int = 0,
     quality: int = 92,
+    moved: tuple[str, ...] = (),
 ) -> Path:
     """Write the demo dataset as ``out_dir/{Training,Test}/<class>/<i>.jpg`` with ``<i>.mask.png`` beside.
 
-    Deterministic: image ``i`` of a class and split depends only on (seed, class, split, i).
+    Deterministic: image ``i`` of a class and split depends only on (seed, class, split, i). The classes in
+    ``moved`` get the drift variant (their sticker in the corner, a decoy on the fruit; see ``make_sample``).
     Returns ``out_dir``.
     """
     out = Path(out_dir)
+    unknown = sorted(set(moved) - set(CLASSES))
+    if unknown:
+        raise ValueError(f"moved classes {', '.join(unknown)}: expected demo classes ({', '.join(CLASSES)})")
     for split_i, (split, n) in enumerate((("Training", n_train), ("Test", n_test))):
         for label in classes:
             folder = out / split / label
             folder.mkdir(parents=True, exist_ok=True)
             class_i = CLASSES.index(label)
             for i in range(n):
-                sample = make_sample(label, np.random.default_rng([seed, class_i, split_i, i]))
+                sample = make_sample(label, np.random.default_rng([seed, class_i, split_i, i]),
+                                     moved=label in moved)
                 Image.fromarray(sample.image).save(folder / f"{i:04d}.jpg", quality=quality)
                 Image.fromarray(sample.mask.astype(np.uint8) * 255).save(folder / f"{i:04d}{MASK_SUFFIX}")
     return out

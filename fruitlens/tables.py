@@ -115,6 +115,22 @@ FAITHFULNESS_SCHEMA = pa.schema(
     ]
 )
 
+SANITY_SCHEMA = pa.schema(
+    [
+        ("method", pa.string()),  # gradcam, gradcam++, lime, or an extra explainer's name
+        ("step", pa.int32()),  # 0: the original model; k: the top k weighted layers re-initialised
+        ("layer", pa.string()),  # the layer re-initialised at this step ("" at step 0)
+        ("layer_kind", pa.string()),  # none | dense | conv
+        ("image_id", pa.string()),
+        ("path", pa.string()),
+        ("label", pa.string()),  # the class explained at every step
+        ("spearman", pa.float64()),  # rank correlation with step 0 (heatmap pixels, or LIME weights)
+        ("ssim", pa.float64()),  # SSIM of heatmaps with step 0; null for LIME
+        ("top_k_overlap", pa.float64()),  # LIME: share of the top-5 superpixels kept; null for heatmaps
+        ("seed", pa.int32()),
+    ]
+)
+
 FAILED_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -128,6 +144,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     # the other heatmap methods write Grad-CAM's rows (``fruitlens.batch.methods.run_heatmap``)
     **{m: GRADCAM_SCHEMA for m in ("layercam", "scorecam", "saliency", "smoothgrad", "integrated_gradients",
                                    "occlusion", "rise")},
+    "sanity": SANITY_SCHEMA,
 }
 
 

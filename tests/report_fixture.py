@@ -218,6 +218,28 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
         pats = rng.uniform(0, 1, (channels, 16, 16, 3)).astype(np.float32)
         plots.save_png(plots.image_grid(pats, ncols=8), run / "visualize" / "filters" / f"{layer}.png")
 
+    # --- the randomisation test (fruitlens sanity --out RUN/sanity): Grad-CAM changes, an edge detector does not
+    steps = [("", "none"), ("predictions", "dense"), ("conv2", "conv"), ("conv1", "conv")]
+    sanity_rows = [{"method": m, "step": k, "layer": layer, "layer_kind": kind, "image_id": str(i), "path": None,
+                    "label": "x", "spearman": 1.0 if k == 0 or m == "edges" else float(rng.uniform(-0.2, 0.3)),
+                    "ssim": 1.0 if k == 0 or m == "edges" else 0.1, "top_k_overlap": None, "seed": 0}
+                   for m in ("gradcam", "edges") for k, (layer, kind) in enumerate(steps) for i in range(3)]
+    tables.write_table(pd.DataFrame(sanity_rows), run / "sanity" / "sanity.parquet", "sanity")
+
+    # --- per-class evidence: the right predictions point at the sticker more often than the mistakes
+    tables.write_table(pd.DataFrame({"label": ["x", "x", "y"], "group": ["correct", "mistake", "correct"],
+                                     "images": [10, 2, 12], "with_mask": [10, 2, 12],
+                                     "pointing_game": [0.8, 0.0, 0.7], "evidence_share": [0.4, 0.1, 0.35]}),
+                       run / "evidence" / "class_evidence.parquet")
+
+    # --- the nightly's explanation drift: two of three probe images moved
+    tables.write_table(pd.DataFrame({
+        "image_id": ["p0", "p1", "p2"], "path": ["a.jpg", "b.jpg", "c.jpg"], "label": ["x", "x", "y"],
+        "old_pred": ["x", "x", "y"], "new_pred": ["x", "y", "y"], "prediction_changed": [False, True, False],
+        "heatmap_rank": [0.9, 0.1, 0.3], "top_superpixel_agreement": [1.0, 0.2, 0.4],
+        "old_evidence_share": [0.5, 0.6, None], "new_evidence_share": [0.5, 0.1, None],
+        "evidence_share_change": [0.0, -0.5, None], "moved": [False, True, True]}), run / "drift" / "drift.parquet")
+
     # --- nightly comparison and the pipeline record
     acc = float(correct.mean())
     tables.write_table(pd.DataFrame({"metric": ["accuracy", "macro_f1", "n"], "new": [acc, acc - 0.01, len(test)],

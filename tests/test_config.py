@@ -137,6 +137,15 @@ def test_metrics_tables_and_comparison():
     assert not promote  # worse on accuracy: the current model stays
     table, promote = promotion.compare_models(head, dict(head))
     assert promote and (table["delta"] == 0).all()  # not worse: promoted
+    drift = {"images": 10, "moved_share": 0.4, "mean_rank": 0.6, "predictions_changed": 1}
+    table, promote = promotion.compare_models(head, dict(head), drift=drift)
+    assert promote and table.set_index("metric").loc["evidence_moved_share", "new"] == 0.4  # off by default
+    _, promote = promotion.compare_models(head, dict(head), drift=drift, max_drift=0.3)
+    assert not promote  # the evidence moved on more probe images than allowed
+    _, promote = promotion.compare_models(head, dict(head), drift=drift, max_drift=0.5)
+    assert promote
+    with pytest.raises(ValueError, match="max_drift"):
+        PipelineConfig.from_dict({"max_drift": 2})
 
 
 def test_promote_model_swaps_current(tmp_path):

@@ -378,3 +378,32 @@ def test_pipeline_explains_an_existing_model_without_training(cache, demo_dir, t
     assert len(tables.read_table(out / "eval" / "predictions.parquet")) == 24
     assert tables.read_table(out / "explain" / "gradcam.parquet")["image_id"].nunique() == 6
     assert "explained the existing model" in summary["note"] and (out / "report.html").is_file()
+
+
+def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, tmp_path):
+    from flows.nightly import nightly_flow
+    from fruitlens.synthetic import write_demo_dataset
+
+    moved = ("blue_dot", "red_dot")
+    std = write_demo_dataset(tmp_path / "std", n_train=30, n_test=3)
+    shifted = write_demo_dataset(tmp_path / "moved", n_train=30, n_test=3, moved=moved)
+    config = {**TINY, "train": {"arch": "fruit_net", "image_size": 32, "epochs": 12, "batch_size": 16},
+              "methods": ["gradcam"], "visualize": False, "drift_probe": 18, "max_drift": 0.2}
+    home, first = tmp_path / "models", tmp_path / "runs" / "first"
+    nightly_flow(str(std), str(first), config, str(home))
+    assert not (first / "drift").exists()  # no current model yet: nothing to compare
+    again = nightly_flow(str(std), str(first), config, str(home))  # same data: the same model, no drift
+    assert again["promoted"] and not (first / "drift").exists()
+    second = tmp_path / "runs" / "second"
+    summary = nightly_flow(str(shifted), str(second), config, str(home))
+    drift = tables.read_table(second / "drift" / "drift.parquet")
+    assert len(drift) == 18
+    affected = drift["label"].isin(moved)
+    assert drift.loc[affected, "moved"].mean() >= 0.5
+    assert drift.loc[affected, "moved"].mean() > drift.loc[~affected, "moved"].mean()
+    comparison = tables.read_table(second / "comparison.parquet").set_index("metric")
+    assert comparison.loc["evidence_moved_share", "new"] == pytest.approx(drift["moved"].mean())
+    if drift["moved"].mean() > 0.2:  # max_drift holds the new model back
+        assert not summary["promoted"]
+    page = (second / "report.html").read_text()
+    assert "What changed in what the model looks at" in page and "drift/pictures/" not in page  # embedded

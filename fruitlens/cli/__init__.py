@@ -16,7 +16,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from fruitlens.cli import data, explain, model
+from fruitlens.cli import data, explain, model, sanity
 from fruitlens.cli.common import CommandError, check_shared_flags
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
@@ -32,7 +32,8 @@ def _plugin_commands() -> dict[str, tuple[Callable, Callable]]:
     return found
 
 
-COMMANDS: dict[str, tuple[Callable, Callable]] = {**data.COMMANDS, **model.COMMANDS, **explain.COMMANDS}
+COMMANDS: dict[str, tuple[Callable, Callable]] = {**data.COMMANDS, **model.COMMANDS, **explain.COMMANDS,
+                                                  **sanity.COMMANDS}
 
 
 def all_commands() -> dict[str, tuple[Callable, Callable]]:

@@ -22,10 +22,17 @@ from pathlib import Path
 from fruitlens import tables
 from fruitlens.layout import REPORT_FILE, RunLayout
 from fruitlens.report.evaluation import headline, section_confusion, section_metrics, section_mistakes
-from fruitlens.report.explanations import section_explanations, section_ranking, section_visualize, section_why
+from fruitlens.report.explanations import (
+    section_evidence,
+    section_explanations,
+    section_ranking,
+    section_sanity,
+    section_visualize,
+    section_why,
+)
 from fruitlens.report.html import asset, esc
 from fruitlens.report.loader import ReportData, ReportOptions, load
-from fruitlens.report.record import section_comparison, section_dataset, section_run, section_training
+from fruitlens.report.record import section_comparison, section_dataset, section_drift, section_run, section_training
 from fruitlens.runs import RunError
 
 __all__ = ["REPORT_FILE", "SECTIONS", "ReportOptions", "build_report"]
@@ -40,8 +47,11 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("why", "Why the model confuses them"),
     ("explanations", "Explanations per class"),
     ("ranking", "Explanation methods ranked by faithfulness"),
+    ("evidence", "Evidence per class"),
     ("visualize", "Activations and filters"),
+    ("sanity", "Do the explanations depend on the model?"),
     ("comparison", "Comparison with the previous model"),
+    ("drift", "What changed in what the model looks at"),
     ("run", "Configuration, versions and timings"),
 )
 
@@ -49,7 +59,9 @@ _BUILDERS: dict[str, Callable[[ReportData, ReportOptions], str]] = {
     "dataset": section_dataset, "training": section_training, "metrics": section_metrics,
     "confusion": section_confusion, "mistakes": section_mistakes, "why": section_why,
     "explanations": section_explanations, "ranking": section_ranking, "visualize": section_visualize,
-    "comparison": section_comparison, "run": section_run,
+    "sanity": section_sanity, "evidence": section_evidence,
+    "comparison": section_comparison, "drift": section_drift,
+    "run": section_run,
 }
 
 

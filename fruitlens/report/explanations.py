@@ -69,6 +69,10 @@ def section_explanations(data: ReportData, opts: ReportOptions) -> str:
         parts.append(f"<p class=\"note\">{len(shown) - len(without):,} of {len(shown):,} classes have an explained "
                      f"image; none was explained for {esc(', '.join(without[:30]))}"
                      f"{' …' if len(without) > 30 else ''}.</p>")
+    from fruitlens.explain.stability import stability_line
+
+    if line := stability_line(data.stability):
+        parts.append(f"<p class=\"note\" id=\"lime-stability\">{esc(line)}</p>")
     parts.append(SCORE_LEGEND)
     blocks = []
     for cls, chosen in shown:
@@ -128,4 +132,65 @@ def section_visualize(data: ReportData, opts: ReportOptions) -> str:
         parts.append(f"<p>{text}</p>")
         parts.extend(figure(data.run.image_src(f), f"layer <code>{esc(f.stem)}</code>", cls="wide grid")
                      for f in files)
+    return "".join(parts)
+
+
+def section_sanity(data: ReportData, opts: ReportOptions) -> str:
+    """The model parameter randomisation test (``fruitlens sanity --out RUN/sanity``): a verdict per method."""
+    from fruitlens.explain.sanity import METHOD_TITLES, THRESHOLDS, verdicts
+
+    lay = data.layout.sanity
+    if data.sanity is None:
+        return missing(f"The randomisation test of the explanations (fruitlens sanity --model {data.run.root} "
+                       f"--data DATA --out {lay.root})", data.run.rel(lay.table))
+    found = verdicts(data.sanity)
+    parts = [f"<p>Each explanation method was run on {int(data.sanity['image_id'].nunique()):,} images while the "
+             "model's layers were re-initialised one after the other, from the top down (Adebayo et al., "
+             "<i>Sanity Checks for Saliency Maps</i>, 2018). An explanation that depends on the model changes; one "
+             "that stays the same shows the image, not what the model learned. A method passes when, from the first "
+             f"convolution re-initialised on, its explanations keep a mean rank correlation below "
+             f"{THRESHOLDS.max_rank} with the original (and SSIM below {THRESHOLDS.max_ssim}, or for LIME a top-5 "
+             f"superpixel overlap below {THRESHOLDS.max_top_k}).</p>", "<ul>"]
+    for v in found.to_dict("records"):
+        name = esc(METHOD_TITLES.get(v["method"], v["method"]))
+        word = "<b class=\"good\">passes</b>" if v["passed"] else "<b class=\"bad\">fails</b>"
+        parts.append(f"<li>{name} {word}: {esc(v['reason'])}.</li>")
+    parts.append("</ul>")
+    if lay.figure.is_file():
+        parts.append(figure(data.run.image_src(lay.figure), "The cascade for two images (left: the photo; then "
+                            "the explanation of the original model and after each layer is re-initialised) and "
+                            "the mean similarity per step", cls="wide"))
+    columns = ["method", "images", "steps", "first_conv_layer", "rank_at_first_conv", "rank", "ssim", "top_k",
+               "final_rank", "passed"]
+    parts.append(table(found, columns=columns, headers={
+        "rank": "mean rank corr. from first conv", "ssim": "mean SSIM", "top_k": "mean top-5 overlap",
+        "final_rank": "rank corr., all random"}))
+    return "".join(parts)
+
+
+def section_evidence(data: ReportData, opts: ReportOptions) -> str:
+    """Per class: the mean Grad-CAM heatmap over its right predictions and its mistakes; pointing game and
+    evidence share where the data has masks (``fruitlens.explain.evidence``)."""
+    t = data.class_evidence
+    lay = data.layout
+    if t is None:
+        return missing("Evidence per class", data.run.rel(lay.class_evidence))
+    parts = ["<p>For every image of the split, Grad-CAM of the predicted class, averaged per true class over the "
+             "images the model got right and over its mistakes. Where the data has evidence masks, the pointing "
+             "game (how often the heatmap's peak is on the evidence) and the evidence share (how much of the heat "
+             "is on it) say whether the model looks at what decides the class.</p>"]
+    masked = t[t["with_mask"] > 0] if "with_mask" in t.columns else t.iloc[:0]
+    if len(masked):
+        both = masked.pivot(index="label", columns="group", values="pointing_game")
+        if {"correct", "mistake"} <= set(both.columns):
+            gap = both.dropna()
+            if len(gap):
+                worse = int((gap["mistake"] < gap["correct"]).sum())
+                parts.append(f"<p>In {worse} of {len(gap)} classes with mistakes, the mistakes point at the evidence "
+                             "less often than the right predictions.</p>")
+    if lay.class_evidence_png.is_file():
+        parts.append(figure(data.run.image_src(lay.class_evidence_png), "Mean Grad-CAM heatmap per class: right "
+                            "predictions and mistakes", cls="grid"))
+    parts.append(table(t, headers={"pointing_game": "pointing game", "evidence_share": "evidence share",
+                                   "with_mask": "with mask"}))
     return "".join(parts)

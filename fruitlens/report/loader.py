@@ -141,6 +141,10 @@ class ReportData:
     comparison: pd.DataFrame | None
     classes: list[str]
     dataset_root: Path | None
+    sanity: pd.DataFrame | None = None  # RUN/sanity/sanity.parquet (fruitlens sanity), when present
+    stability: pd.DataFrame | None = None  # RUN/explain/stability.parquet (LIME under two seeds)
+    class_evidence: pd.DataFrame | None = None  # RUN/evidence/class_evidence.parquet
+    drift: pd.DataFrame | None = None  # RUN/drift/drift.parquet (nightly: new vs current model's evidence)
     headline: dict[str, Any] | None = None  # metrics.headline_metrics
     confusion: pd.DataFrame | None = None  # rows true label, columns predicted label (classes that occur)
     per_class: pd.DataFrame | None = None
@@ -204,6 +208,8 @@ def load(root: Path, embed: bool = True) -> ReportData:
                       history=run.table(lay.history), predictions=predictions, metrics_json=metrics_json,
                       lime=lime, gradcam=gradcam, failed=run.table(lay.explain.table(FAILED)),
                       comparison=run.table(lay.comparison), classes=classes, unknown_labels=unknown,
+                      sanity=run.table(lay.sanity.table), drift=run.table(lay.drift),
+                      class_evidence=run.table(lay.class_evidence), stability=run.table(lay.explain.stability),
                       dataset_root=_dataset_root((index_meta, "root"), (metrics_json, "data"),
                                                  (run_json, "data_dir")))
     for t in (lime, gradcam):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -173,6 +174,37 @@ def section_comparison(data: ReportData, opts: ReportOptions) -> str:
             parts.append(f"<ul>{''.join(lines)}</ul>")
         c = shown
     parts.append(table(c))
+    return "".join(parts)
+
+
+def section_drift(data: ReportData, opts: ReportOptions, top: int = 4) -> str:
+    """The nightly's explanation drift: the new and the current model's Grad-CAM on the same probe images."""
+    from fruitlens.explain.drift import DRIFT_RANK, DRIFT_SHARE, drift_summary
+
+    d = data.drift
+    if d is None:
+        return missing("Explanation drift (made by the nightly flow when a current model exists)",
+                       data.run.rel(data.layout.drift))
+    s = drift_summary(d)
+    parts = [f"<p>The new model and the current one explained the same {s['images']:,} probe images with "
+             f"Grad-CAM, each for its own prediction. An image's evidence <i>moved</i> when the two heatmaps' rank "
+             f"correlation is below {DRIFT_RANK} or the share of heat on the evidence mask changed by "
+             f"{DRIFT_SHARE} or more.</p>"]
+    words = (f"The evidence moved on <b>{pct(s['moved_share'])}</b> of the probe images (mean rank correlation "
+             f"{fmt(s['mean_rank'])}); the prediction changed on {s['predictions_changed']:,}.")
+    if s["classes"]:
+        named = ", ".join(f"{esc(c)} ({pct(v)})" for c, v in list(s["classes"].items())[:8])
+        words += f" Classes whose evidence moved: {named}."
+    parts.append(f"<p class=\"{'missing' if s['moved_share'] > 0 else 'good'}\">{words}</p>")
+    shown = d[d["picture_path"].notna()] if "picture_path" in d.columns else d.iloc[:0]
+    shown = shown.sort_values("heatmap_rank").head(top)
+    figs = [figure(data.run.image_src(data.layout.drift_dir / str(r.picture_path)),
+                   f"{esc(Path(str(r.path)).name)}: current {esc(r.old_pred)}, new {esc(r.new_pred)}, rank "
+                   f"correlation {fmt(r.heatmap_rank)}") for r in shown.itertuples()]
+    if figs:
+        parts.append(f"<h3>The images whose evidence moved most (old vs new)</h3><div class=\"cards\">"
+                     f"{''.join(figs)}</div>")
+    parts.append(details("Every probe image", table(d.drop(columns=["picture_path", "path"], errors="ignore"))))
     return "".join(parts)
 
 

@@ -1,0 +1,118 @@
+"""Per-class evidence: where the model looks, class by class, when it is right and when it is wrong.
+
+For every image of a split, Grad-CAM of the predicted class; per true class, the mean heatmap over its correctly
+classified images and over its mistakes, and where the data has evidence masks the pointing game (the heatmap's
+peak on the mask) and the evidence share (the share of heat on the mask). Written as the ``class_evidence``
+table and one figure (``RUN/evidence/``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+EVIDENCE_SCHEMA = pa.schema([
+    ("label", pa.string()),  # the true class
+    ("group", pa.string()),  # correct | mistake
+    ("images", pa.int32()),
+    ("with_mask", pa.int32()),  # images with an evidence mask
+    ("pointing_game", pa.float64()),  # share of heatmap peaks on the mask; null without masks
+    ("evidence_share", pa.float64()),  # mean share of heat on the mask; null without masks
+])
+
+GROUPS = ("correct", "mistake")
+
+
+def class_evidence(model, rows: pd.DataFrame, class_names: Sequence[str], size: tuple[int, int], *,
+                   fit: str = "resize", batch: int = 256, layer: str | None = None
+                   ) -> tuple[pd.DataFrame, dict[tuple[str, str], np.ndarray]]:
+    """The ``class_evidence`` rows of the labelled ``rows`` and the mean heatmaps {(class, group): (h, w)}."""
+    from fruitlens.batch.engine import read_chunk
+    from fruitlens.batch.methods import _masks
+    from fruitlens.explain.drift import evidence_share
+    from fruitlens.explain.faithfulness import pointing_game
+    from fruitlens.explain.gradcam import GradCAM
+
+    rows = rows[rows["label"].isin(class_names)].reset_index(drop=True)
+    cam = GradCAM(model, layer)
+    sums: dict[tuple[str, str], np.ndarray] = {}
+    stats: dict[tuple[str, str], dict[str, list]] = {}
+    for start in range(0, len(rows), batch):
+        images, part, _ = read_chunk(rows.iloc[start:start + batch], size, fit)
+        if not len(part):
+            continue
+        result = cam.explain(images)
+        masks = _masks(part, size)
+        for i, (label, target) in enumerate(zip(part["label"], result.targets, strict=True)):
+            key = (str(label), "correct" if class_names[int(target)] == label else "mistake")
+            sums[key] = sums.get(key, 0) + result.heatmaps[i]
+            s = stats.setdefault(key, {"n": [], "hit": [], "share": []})
+            s["n"].append(1)
+            if i in masks:
+                s["hit"].append(bool(pointing_game(result.heatmaps[i:i + 1], masks[i][None])[0]))
+                s["share"].append(float(evidence_share(result.heatmaps[i:i + 1], masks[i][None].astype(np.float32))[0]))
+    out = []
+    for label in class_names:
+        for group in GROUPS:
+            s = stats.get((label, group))
+            if s is None:
+                continue
+            out.append({"label": label, "group": group, "images": len(s["n"]), "with_mask": len(s["hit"]),
+                        "pointing_game": float(np.mean(s["hit"])) if s["hit"] else None,
+                        "evidence_share": float(np.nanmean(s["share"])) if s["share"] else None})
+    means = {k: v / len(stats[k]["n"]) for k, v in sums.items()}
+    return pd.DataFrame(out, columns=EVIDENCE_SCHEMA.names), means
+
+
+def evidence_figure(table: pd.DataFrame, means: dict[tuple[str, str], np.ndarray], class_names: Sequence[str]):
+    """Mean Grad-CAM heatmap per class (rows) over its right predictions and its mistakes (columns)."""
+    import matplotlib.pyplot as plt
+
+    classes = [c for c in class_names if any((c, g) in means for g in GROUPS)]
+    fig, axes = plt.subplots(len(classes), 2, figsize=(4.2, 1.9 * len(classes) + 0.6), squeeze=False)
+    info = table.set_index(["label", "group"])
+    for r, cls in enumerate(classes):
+        for c, group in enumerate(GROUPS):
+            ax = axes[r, c]
+            ax.set_xticks([]), ax.set_yticks([])
+            if (cls, group) in means:
+                ax.imshow(means[(cls, group)], cmap="jet", vmin=0, vmax=1)
+                row = info.loc[(cls, group)]
+                extra = f", on mask {row['evidence_share']:.0%}" if pd.notna(row["evidence_share"]) else ""
+                n = int(row["images"])
+                ax.set_xlabel(f"{n} image{'s' if n != 1 else ''}{extra}", fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            if r == 0:
+                ax.set_title(f"{group} predictions" if group == "correct" else "mistakes", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(cls, fontsize=8)
+    fig.suptitle("Mean Grad-CAM heatmap per true class\n(0 blue to 1 red; the share of heat on the evidence mask)",
+                 fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_class_evidence(out_dir, table: pd.DataFrame, means, class_names: Sequence[str]) -> Path:
+    """Write ``class_evidence.parquet`` and ``class_evidence.png`` into ``out_dir``; the table's path."""
+    from fruitlens import tables
+    from fruitlens.plots import save_figure
+
+    out = Path(out_dir)
+    if means:
+        save_figure(evidence_figure(table, means, class_names), out / "class_evidence.png", dpi=110)
+    return tables.write_table(table, out / "class_evidence.parquet", EVIDENCE_SCHEMA)
+
+
+def evidence_run(source, index_dir, split: str, out_dir) -> str:
+    """Per-class evidence of the model ``source`` (a ``ModelSource``) on ``split`` of the index; the table path."""
+    from fruitlens.batch.rows import rows_from_index
+
+    model, card = source.load()
+    rows = rows_from_index(index_dir, split)
+    table, means = class_evidence(model, rows, list(card.classes), tuple(card.image_size), fit=card.fit)
+    return str(write_class_evidence(out_dir, table, means, list(card.classes)))

@@ -1,0 +1,112 @@
+"""Explanation drift between two models (fruitlens.explain.drift) on the demo data and its moved-sticker variant."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fruitlens import tables
+from fruitlens.explain import drift
+from fruitlens.synthetic import write_demo_dataset
+
+MOVED = ("blue_dot", "red_dot")
+EPOCHS = 12
+N_TRAIN = 30
+
+
+def _train(data_dir, seed: int = 0):
+    import keras
+
+    from fruitlens.batch.engine import read_chunk
+    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.synthetic import CLASSES
+
+    x, rows, _ = read_chunk(rows_from_inputs([data_dir], split="train"), (32, 32))
+    y = np.array([CLASSES.index(c) for c in rows["label"]])
+    from fruitlens.models import build_model, compile_model
+
+    keras.utils.set_random_seed(seed)
+    model = compile_model(build_model("fruit_net", len(CLASSES), 32, weights="none", seed=seed), "fruit_net")
+    model.fit(x, y, epochs=EPOCHS, batch_size=16, verbose=0, shuffle=True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    standard = write_demo_dataset(tmp_path_factory.mktemp("std"), n_train=N_TRAIN, n_test=3)
+    moved = write_demo_dataset(tmp_path_factory.mktemp("moved"), n_train=N_TRAIN, n_test=3, moved=MOVED)
+    return standard, moved, _train(standard), _train(moved)
+
+
+def _probe(data_dir):
+    from fruitlens.batch.engine import read_chunk
+    from fruitlens.batch.methods import _masks
+    from fruitlens.batch.rows import rows_from_inputs
+
+    images, rows, _ = read_chunk(rows_from_inputs([data_dir], split="test"), (32, 32))
+    return images, rows, _masks(rows, (32, 32))
+
+
+def test_moved_sticker_is_flagged_for_the_affected_classes(models, tmp_path):
+    from fruitlens.synthetic import CLASSES
+
+    _, moved_dir, old, new = models
+    images, rows, masks = _probe(moved_dir)
+    table, old_maps, new_maps = drift.explanation_drift(old, new, images, rows, CLASSES, masks=masks)
+    summary = drift.drift_summary(table)
+    affected = table["label"].isin(MOVED)
+    assert table.loc[affected, "moved"].mean() > table.loc[~affected, "moved"].mean()
+    assert table.loc[affected, "moved"].mean() >= 0.5 and set(MOVED) <= set(summary["classes"])
+    assert table.loc[affected, "new_evidence_share"].mean() > table.loc[affected, "old_evidence_share"].mean()
+    written = drift.write_drift(tmp_path, table, images, old_maps, new_maps, top=2)
+    assert written["picture_path"].notna().sum() == 2
+    back = tables.read_table(tmp_path / "drift.parquet")
+    assert list(back.columns[:len(drift.DRIFT_SCHEMA)]) == drift.DRIFT_SCHEMA.names
+    assert all((tmp_path / p).is_file() for p in written["picture_path"].dropna())
+
+
+def test_same_model_shows_no_drift(models):
+    from fruitlens.synthetic import CLASSES
+
+    standard, _, old, _ = models
+    images, rows, masks = _probe(standard)
+    table, _, _ = drift.explanation_drift(old, old, images, rows, CLASSES, masks=masks)
+    assert not table["moved"].any() and not table["prediction_changed"].any()
+    np.testing.assert_allclose(table["heatmap_rank"], 1.0)
+    assert drift.drift_summary(table)["moved_share"] == 0.0
+
+
+def test_class_evidence_per_class_and_group(models, tmp_path):
+    from fruitlens.explain.evidence import EVIDENCE_SCHEMA, class_evidence, write_class_evidence
+    from fruitlens.synthetic import CLASSES
+
+    standard, _, old, _ = models
+    from fruitlens.batch.rows import rows_from_inputs
+
+    rows = rows_from_inputs([standard], split="test")
+    table, means = class_evidence(old, rows, CLASSES, (32, 32), batch=7)  # batches that split classes
+    assert table["images"].sum() == len(rows) and set(table["group"]) <= {"correct", "mistake"}
+    assert (table["with_mask"] == table["images"]).all() and table["pointing_game"].between(0, 1).all()
+    assert table["evidence_share"].between(0, 1).all()
+    for heat in means.values():
+        assert heat.shape == (32, 32) and 0 <= heat.min() and heat.max() <= 1
+    path = write_class_evidence(tmp_path, table, means, CLASSES)
+    back = tables.read_table(path)
+    assert list(back.columns) == EVIDENCE_SCHEMA.names and (tmp_path / "class_evidence.png").is_file()
+
+
+def test_lime_stability_under_two_seeds(models):
+    from fruitlens.config import LimeOptions
+    from fruitlens.explain.stability import STABILITY_SCHEMA, lime_stability, stability_line
+    from fruitlens.synthetic import CLASSES
+
+    standard, _, old, _ = models
+    images, rows, _ = _probe(standard)
+    images, rows = images[:3], rows.head(3)
+    few = lime_stability(old, images, rows, CLASSES, LimeOptions(num_samples=40), (0, 1))
+    same = lime_stability(old, images, rows, CLASSES, LimeOptions(num_samples=40), (0, 0))
+    assert list(few.columns) == STABILITY_SCHEMA.names and len(few) == 3
+    np.testing.assert_allclose(same["top_k_overlap"], 1.0)  # the same seed twice: the same explanation
+    np.testing.assert_allclose(same["rank_correlation"], 1.0)
+    assert few["top_k_overlap"].between(0, 1).all() and (few["rank_correlation"] < 1).any()
+    assert "LIME at 40 samples, the same 3 images under two seeds" in stability_line(few)
