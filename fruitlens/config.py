@@ -57,6 +57,8 @@ class LimeOptions:
     max_num_iter; quickshift: kernel_size, max_dist, ratio, sigma; felzenszwalb: scale, sigma, min_size).
     ``hide_color``: "mean", "white", "black", "gray", a number or an RGB triple in [0, 1].
     ``plots``: which PNGs: all, explanation (no weight density), none.
+    ``adaptive``: sample in rounds of ``round_size`` and stop each image once ``max SE(w) / max |w|`` is at
+    most ``tolerance``, at most ``num_samples`` rows; False: exactly ``num_samples`` rows per image.
     """
 
     num_samples: int = 1000
@@ -72,6 +74,9 @@ class LimeOptions:
     display_features: int = 5
     plots: Plots = "all"
     faithfulness_steps: int = FAITHFULNESS_STEPS
+    adaptive: bool = True
+    round_size: int = 200
+    tolerance: float = 0.1
 
     def __post_init__(self) -> None:
         from fruitlens.explain.segmentation import make_segmenter
@@ -79,6 +84,8 @@ class LimeOptions:
         check([
             (self.num_samples >= 2, "num_samples", self.num_samples, "at least 2"),
             (self.top_labels >= 1, "top_labels", self.top_labels, "at least 1"),
+            (self.round_size >= 2, "round_size", self.round_size, "at least 2"),
+            (self.tolerance >= 0, "tolerance", self.tolerance, ">= 0 (0: never stop early)"),
             (self.num_features is None or self.num_features >= 1, "num_features", self.num_features,
              "at least 1 or null"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "at least 1 or null"),

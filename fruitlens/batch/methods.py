@@ -85,7 +85,8 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
     results = explain_lime(model, images, top_labels=options.top_labels, num_samples=options.num_samples,
                            hide_color=options.fill, seed=[image_seed(options.seed, i) for i in ids],
                            batch_size=options.batch_size, segmenter=segmenter, num_features=options.num_features,
-                           feature_selection=options.feature_selection)
+                           feature_selection=options.feature_selection, adaptive=options.adaptive,
+                           round_size=options.round_size, tolerance=options.tolerance)
     faith = _lime_faithfulness(model, images, results, options, ids)
     masks = _masks(rows, card.image_size)
     files = pictures.write_lime(out, rows, images, results, card, options)

@@ -6,6 +6,7 @@ dataclass's default, and the dataclass validates what is given (one owner for ea
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,14 @@ def _add_explain(sub) -> None:
     p.add_argument("--faithfulness-steps", type=int, default=None,
                    help="steps of the deletion/insertion curves of both methods (0: off; default 20)")
     lime = p.add_argument_group("LIME (defaults: fruitlens.config.LimeOptions)")
-    lime.add_argument("--num-samples", type=int, help="perturbed samples per image (default 1000)")
+    lime.add_argument("--num-samples", type=int, help="perturbed samples per image: the most when adaptive, "
+                      "exactly this many with --no-adaptive (default 1000)")
+    lime.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
+                      help="sample in rounds and stop each image when its weights are stable (default on); "
+                      "--no-adaptive: a fixed --num-samples")
+    lime.add_argument("--round-size", type=int, help="adaptive: samples per image per round (default 200)")
+    lime.add_argument("--tolerance", type=float, help="adaptive: stop when max SE(weight) / max |weight| is at "
+                      "most this (default 0.1)")
     lime.add_argument("--segmenter", help="superpixels: slic (default), quickshift, felzenszwalb")
     lime.add_argument("--n-superpixels", type=int, default=None, help="slic: number of superpixels (default 50)")
     lime.add_argument("--compactness", type=float, default=None, help="slic: compactness (default 20)")
@@ -90,7 +98,8 @@ def explain_options(args):
 
     shared = _given(args, {"seed": "seed", "faithfulness_steps": "faithfulness_steps"})
     lime = shared | _given(args, {k: k for k in ("num_samples", "segmenter", "top_labels", "num_features",
-                                                 "feature_selection", "batch_size", "threshold", "plots")})
+                                                 "feature_selection", "batch_size", "threshold", "plots",
+                                                 "adaptive", "round_size", "tolerance")})
     if args.hide_color is not None:
         lime["hide_color"] = _hide_color(args.hide_color)
     params = _segmenter_params(args)
