@@ -33,6 +33,9 @@ Selection = Literal["report", "first"]
 TaskRunnerName = Literal["thread", "dask"]
 PromoteMetric = Literal["accuracy", "macro_f1"]
 Plots = Literal["all", "explanation", "none"]
+#: the PNG kinds LIME can write per image; ``plots`` names a set of them (``LimeOptions.plot_kinds``)
+LIME_PLOT_KINDS = ("outline", "boundaries", "density")
+PLOT_SETS = {"all": LIME_PLOT_KINDS, "explanation": ("outline",), "none": ()}
 FeatureSelection = Literal["auto", "highest_weights", "forward_selection", "none"]
 CamVariant = Literal["gradcam", "gradcam++", "cam"]
 Baseline = Literal["mean", "blur"]
@@ -56,9 +59,12 @@ class LimeOptions:
     ``segmenter_params`` holds the segmenter's own parameters (slic: n_superpixels, compactness, sigma,
     max_num_iter; quickshift: kernel_size, max_dist, ratio, sigma; felzenszwalb: scale, sigma, min_size).
     ``hide_color``: "mean", "white", "black", "gray", a number or an RGB triple in [0, 1].
-    ``plots``: which PNGs: all, explanation (no weight density), none.
+    ``plots``: which PNGs: all (outline, boundaries, density), explanation (outline), none, or a comma-separated
+    list of kinds (default outline,boundaries: the weight density is a matplotlib figure that costs about ten
+    times the other two together, see benchmarks/README.md).
     ``adaptive``: sample in rounds of ``round_size`` and stop each image once ``max SE(w) / max |w|`` is at
-    most ``tolerance``, at most ``num_samples`` rows; False: exactly ``num_samples`` rows per image.
+    most ``tolerance``, at most ``num_samples`` rows; False (the default: adaptive did not reach the reference's
+    seed-to-seed agreement at a third of the rows, benchmarks/README.md): exactly ``num_samples`` rows.
     """
 
     num_samples: int = 1000
@@ -72,11 +78,11 @@ class LimeOptions:
     batch_size: int | None = None
     threshold: float = 0.0
     display_features: int = 5
-    plots: Plots = "all"
+    plots: str = "outline,boundaries"
     faithfulness_steps: int = FAITHFULNESS_STEPS
-    adaptive: bool = True
+    adaptive: bool = False
     round_size: int = 200
-    tolerance: float = 0.1
+    tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         from fruitlens.explain.segmentation import make_segmenter
@@ -94,7 +100,9 @@ class LimeOptions:
             (self.faithfulness_steps >= 0, "faithfulness_steps", self.faithfulness_steps, ">= 0 (0: off)"),
             (self.feature_selection in get_args(FeatureSelection), "feature_selection", self.feature_selection,
              "one of " + ", ".join(get_args(FeatureSelection))),
-            (self.plots in get_args(Plots), "plots", self.plots, "one of " + ", ".join(get_args(Plots))),
+            (self.plots in PLOT_SETS or (bool(self.plots) and set(self.plots.split(",")) <= set(LIME_PLOT_KINDS)),
+             "plots", self.plots, "one of " + ", ".join(get_args(Plots)) + " or a comma-separated list of "
+             + ", ".join(LIME_PLOT_KINDS)),
         ])
         hide = self.hide_color
         if isinstance(hide, str):
@@ -107,6 +115,11 @@ class LimeOptions:
         except ValueError as exc:
             raise ValueError(f"segmenter {self.segmenter!r}: {exc}") from exc
         object.__setattr__(self, "segmenter_params", dict(sorted(self.segmenter_params.items())))
+
+    @property
+    def plot_kinds(self) -> frozenset[str]:
+        """The LIME PNG kinds to write (``plots`` resolved)."""
+        return frozenset(PLOT_SETS.get(self.plots, tuple(self.plots.split(","))))
 
     @property
     def fill(self) -> float | tuple[float, ...] | None:

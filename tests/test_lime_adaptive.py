@@ -131,7 +131,7 @@ def test_no_adaptive_flag(demo_dir, tmp_path):
     common = ["explain", "--model", str(run), "--data", str(demo_dir), "--method", "lime", "--limit", "2",
               "--plots", "none", "--num-samples", "300", "--n-superpixels", "12"]
     assert main(common + ["--out", str(tmp_path / "fixed"), "--no-adaptive"]) == 0
-    assert main(common + ["--out", str(tmp_path / "adaptive"), "--round-size", "100"]) == 0
+    assert main(common + ["--out", str(tmp_path / "adaptive"), "--adaptive", "--round-size", "100"]) == 0
     fixed = tables.read_table(tmp_path / "fixed" / "lime.parquet")
     adaptive = tables.read_table(tmp_path / "adaptive" / "lime.parquet")
     assert (fixed["num_samples"] == 300).all() and (fixed["max_samples"] == 300).all()

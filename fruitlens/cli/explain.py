@@ -35,11 +35,11 @@ def _add_explain(sub) -> None:
     lime.add_argument("--num-samples", type=int, help="perturbed samples per image: the most when adaptive, "
                       "exactly this many with --no-adaptive (default 1000)")
     lime.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
-                      help="sample in rounds and stop each image when its weights are stable (default on); "
-                      "--no-adaptive: a fixed --num-samples")
+                      help="sample in rounds and stop each image when its weights are stable, at most "
+                      "--num-samples; --no-adaptive (default): exactly --num-samples")
     lime.add_argument("--round-size", type=int, help="adaptive: samples per image per round (default 200)")
     lime.add_argument("--tolerance", type=float, help="adaptive: stop when max SE(weight) / max |weight| is at "
-                      "most this (default 0.1)")
+                      "most this (default 0.05)")
     lime.add_argument("--segmenter", help="superpixels: slic (default), quickshift, felzenszwalb")
     lime.add_argument("--n-superpixels", type=int, default=None, help="slic: number of superpixels (default 50)")
     lime.add_argument("--compactness", type=float, default=None, help="slic: compactness (default 20)")
@@ -52,7 +52,8 @@ def _add_explain(sub) -> None:
     lime.add_argument("--feature-selection", help="auto (default), highest_weights, forward_selection, none")
     lime.add_argument("--batch-size", type=int, help="perturbed images per model call")
     lime.add_argument("--threshold", type=float, help="PNGs: draw superpixels with |weight| above it")
-    lime.add_argument("--plots", help="PNGs: all (default), explanation (no density), none")
+    lime.add_argument("--plots", help="LIME PNGs: all, explanation (outline only), none, or kinds "
+                      "outline,boundaries,density (default outline,boundaries)")
     cam = p.add_argument_group("Grad-CAM (defaults: fruitlens.config.CamOptions)")
     cam.add_argument("--layer", help="conv layer name or path (backbone/block5_conv3); default: the last conv layer")
     cam.add_argument("--gradcam-variant", help="gradcam (default), gradcam++, or cam (global average pooling + dense)")

@@ -26,8 +26,8 @@ and the heteroscedasticity-robust (HC0 sandwich) covariance of its coefficients,
 ``A^-1 (sum_i sw_i^2 r_i^2 x_i x_i') A^-1`` with ``A = X'WX + alpha I`` on the centred design and ``r`` the
 residuals, gives a standard error per weight. The image's *stability* is ``max_s SE(w_s) / max_s |w_s|``
 (the largest standard error relative to the strongest weight, the worst over the explained labels); it stops
-when that is at most ``tolerance`` (default 0.1: every weight known to a tenth of the strongest one, at one
-standard error). It needs no model of the classifier, holds for any residual variance pattern, and is what
+when that is at most ``tolerance`` (default 0.05: every weight known to a twentieth of the strongest one, at
+one standard error). It needs no model of the classifier, holds for any residual variance pattern, and is what
 decides both the ranking (top-k overlap) and the weights' order (Spearman). A tolerance of 0 never stops
 early. Images that have stopped leave the next round's model batches: only the unfinished ones are perturbed
 and predicted. All rows of image i are drawn up front from its generator, so an adaptive run that stops
@@ -59,7 +59,7 @@ FeatureSelection = Literal["auto", "highest_weights", "forward_selection", "none
 FEATURE_SELECTIONS: tuple[str, ...] = get_args(FeatureSelection)
 KERNEL_WIDTH = 0.25
 ROUND_SIZE = 200
-TOLERANCE = 0.1
+TOLERANCE = 0.05
 RIDGE_ALPHA = 1.0
 BATCH_BYTES = 16 << 20  # default model batch: about 16 MiB of float32 pixels (139 images at 100x100)
 
