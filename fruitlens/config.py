@@ -46,6 +46,9 @@ Selection = Literal["report", "first"]
 TaskRunnerName = Literal["thread", "dask"]
 PromoteMetric = Literal["accuracy", "macro_f1"]
 Plots = Literal["all", "explanation", "none"]
+#: the PNG kinds LIME can write per image; ``plots`` names a set of them (``LimeOptions.plot_kinds``)
+LIME_PLOT_KINDS = ("outline", "boundaries", "density")
+PLOT_SETS = {"all": LIME_PLOT_KINDS, "explanation": ("outline",), "none": ()}
 FeatureSelection = Literal["auto", "highest_weights", "forward_selection", "none"]
 CamVariant = Literal["gradcam", "gradcam++", "cam"]
 
@@ -66,7 +69,12 @@ class LimeOptions:
     ``segmenter_params`` holds the segmenter's own parameters (slic: n_superpixels, compactness, sigma,
     max_num_iter; quickshift: kernel_size, max_dist, ratio, sigma; felzenszwalb: scale, sigma, min_size).
     ``hide_color``: "mean", "white", "black", "gray", a number or an RGB triple in [0, 1].
-    ``plots``: which PNGs: all, explanation (no weight density), none.
+    ``plots``: which PNGs: all (outline, boundaries, density), explanation (outline), none, or a comma-separated
+    list of kinds (default outline,boundaries: the weight density is a matplotlib figure that costs about ten
+    times the other two together, see benchmarks/README.md).
+    ``adaptive``: sample in rounds of ``round_size`` and stop each image once ``max SE(w) / max |w|`` is at
+    most ``tolerance``, at most ``num_samples`` rows; False (the default: adaptive did not reach the reference's
+    seed-to-seed agreement at a third of the rows, benchmarks/README.md): exactly ``num_samples`` rows.
     """
 
     num_samples: int = 1000
@@ -80,8 +88,11 @@ class LimeOptions:
     batch_size: int | None = None
     threshold: float = 0.0
     display_features: int = 5
-    plots: Plots = "all"
+    plots: str = "outline,boundaries"
     faithfulness_steps: int = FAITHFULNESS_STEPS
+    adaptive: bool = False
+    round_size: int = 200
+    tolerance: float = 0.05
 
     def __post_init__(self) -> None:
         from fruitlens.explain.segmentation import make_segmenter
@@ -89,6 +100,8 @@ class LimeOptions:
         check([
             (self.num_samples >= 2, "num_samples", self.num_samples, "at least 2"),
             (self.top_labels >= 1, "top_labels", self.top_labels, "at least 1"),
+            (self.round_size >= 2, "round_size", self.round_size, "at least 2"),
+            (self.tolerance >= 0, "tolerance", self.tolerance, ">= 0 (0: never stop early)"),
             (self.num_features is None or self.num_features >= 1, "num_features", self.num_features,
              "at least 1 or null"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "at least 1 or null"),
@@ -97,7 +110,9 @@ class LimeOptions:
             (self.faithfulness_steps >= 0, "faithfulness_steps", self.faithfulness_steps, ">= 0 (0: off)"),
             (self.feature_selection in get_args(FeatureSelection), "feature_selection", self.feature_selection,
              "one of " + ", ".join(get_args(FeatureSelection))),
-            (self.plots in get_args(Plots), "plots", self.plots, "one of " + ", ".join(get_args(Plots))),
+            (self.plots in PLOT_SETS or (bool(self.plots) and set(self.plots.split(",")) <= set(LIME_PLOT_KINDS)),
+             "plots", self.plots, "one of " + ", ".join(get_args(Plots)) + " or a comma-separated list of "
+             + ", ".join(LIME_PLOT_KINDS)),
         ])
         hide = self.hide_color
         if isinstance(hide, str):
@@ -110,6 +125,11 @@ class LimeOptions:
         except ValueError as exc:
             raise ValueError(f"segmenter {self.segmenter!r}: {exc}") from exc
         object.__setattr__(self, "segmenter_params", dict(sorted(self.segmenter_params.items())))
+
+    @property
+    def plot_kinds(self) -> frozenset[str]:
+        """The LIME PNG kinds to write (``plots`` resolved)."""
+        return frozenset(PLOT_SETS.get(self.plots, tuple(self.plots.split(","))))
 
     @property
     def fill(self) -> float | tuple[float, ...] | None:

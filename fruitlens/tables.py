@@ -80,8 +80,11 @@ LIME_SCHEMA = pa.schema(
         ("intercept", pa.float64()),
         ("score", pa.float64()),
         ("local_pred", pa.float64()),
-        ("num_samples", pa.int32()),
+        ("num_samples", pa.int32()),  # samples used (adaptive LIME: where the image stopped)
         ("segmenter", pa.string()),
+        ("max_samples", pa.int32()),  # the most it could use (num_samples asked for)
+        ("stability", pa.float64()),  # max SE(weight) / max |weight| reached (fruitlens.explain.lime)
+        ("converged", pa.bool_()),  # stability within the tolerance
     ]
 )
 

@@ -181,6 +181,7 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
                               "label_prob": float(p["pred_prob"]),
                               "superpixel": sp, "weight": float(weights[sp]), "intercept": 0.2, "score": score,
                               "local_pred": float(p["pred_prob"]) - 0.05, "num_samples": 300, "segmenter": "slic",
+                              "max_samples": 1000, "stability": 0.08, "converged": True,
                               "true_label": row.label, "evidence": float(evidence[sp]),
                               "picture_path": outline.relative_to(ex).as_posix()})
         lime_pic = plots.overlay(photo, np.where(heat > 0.5, 1.0, 0.0), palette="Greens", alpha=0.5)

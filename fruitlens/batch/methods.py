@@ -17,6 +17,7 @@ import functools
 import hashlib
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,10 +105,15 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
     results = explain_lime(model, images, top_labels=options.top_labels, num_samples=options.num_samples,
                            hide_color=options.fill, seed=[image_seed(options.seed, i) for i in ids],
                            batch_size=options.batch_size, segmenter=segmenter, num_features=options.num_features,
-                           feature_selection=options.feature_selection)
-    faith = _lime_faithfulness(model, images, results, options, ids)
-    masks = _masks(rows, card.image_size)
-    files = pictures.write_lime(out, rows, images, results, card, options)
+                           feature_selection=options.feature_selection, adaptive=options.adaptive,
+                           round_size=options.round_size, tolerance=options.tolerance)
+    # the PNGs (PIL, numpy; matplotlib for the density, in this one thread only) are drawn while the model
+    # runs the faithfulness curves: TensorFlow releases the GIL, so both cores work
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lime-png") as pool:
+        drawn = pool.submit(pictures.write_lime, out, rows, images, results, card, options)
+        faith = _lime_faithfulness(model, images, results, options, ids)
+        masks = _masks(rows, card.image_size)
+        files = drawn.result()
     frames = []
     for i, res in enumerate(results):
         df = res.to_rows(ids[i], card.classes, path=rows["path"].iloc[i], true_label=rows["label"].iloc[i])

@@ -66,8 +66,9 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
                options: LimeOptions) -> list[dict[str, str]]:
     """Segments (.npy) and the LIME PNGs of each image; per image {kind: relative path}.
 
-    ``outline`` (always, unless plots is "none"): the top label's strongest superpixels on the photo;
-    with plots "all" also ``boundaries`` (every superpixel, to tune the segmenter) and ``density``.
+    The kinds in ``options.plot_kinds``: ``outline``, the top label's strongest superpixels on the photo;
+    ``boundaries``, every superpixel (to tune the segmenter); ``density``, the weights' distribution per label
+    (a matplotlib figure: by far the dearest).
     """
     written = []
     for image, res, stem, path, true in zip(images, results, stems(rows), rows["path"], rows["label"], strict=True):
@@ -76,10 +77,11 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
         with tables.atomic_path(seg_path) as tmp, open(tmp, "wb") as fh:
             np.save(fh, res.segments)
         files["segments"] = _rel(out, seg_path)
-        if options.plots != "none":
-            top = res.labels[0]
-            label = card.classes[top]
-            photo = display_photo(path, image)
+        kinds = options.plot_kinds
+        top = res.labels[0]
+        label = card.classes[top]
+        photo = display_photo(path, image) if kinds & {"outline", "boundaries"} else None
+        if "outline" in kinds:
             caption = Caption(file=Path(path).name, true_label=_label(true), pred_label=label,
                               prob=_prob(res.label_prob[top]), method="LIME",
                               detail=f"{res.num_superpixels} superpixels ({options.segmenter}), "
@@ -90,12 +92,13 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
             target = out.picture("lime", stem, "outline")
             plots.save_png(add_caption(pic, caption, legend=lime_legend(label)), target, caption)
             files["outline"] = _rel(out, target)
-        if options.plots == "all":
+        if "boundaries" in kinds:
             bounds = lime_on_photo(photo, res.segments, np.zeros(res.num_superpixels), num_features=0,
                                    box=model_box(photo, card))
             seg = plots.lime_boundaries(bounds / 255.0, _ids_at(res.segments, bounds.shape[:2]))
             plots.save_png(add_caption(seg, [f"{res.num_superpixels} superpixels ({options.segmenter}) of "
                                              f"{Path(path).name}"]), out.picture("lime", stem, "boundaries"))
+        if "density" in kinds:
             names = {card.classes[lab]: res.weights[lab] for lab in res.labels}
             fig = plots.lime_weight_density(names, threshold=options.threshold or None,
                                             title=f"{Path(path).name}: {label} ({res.label_prob[top]:.2f})")

@@ -8,6 +8,7 @@ set with ``--set METHOD.FIELD=VALUE``.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import typing
 from dataclasses import fields
@@ -39,7 +40,14 @@ def _add_explain(sub) -> None:
     p.add_argument("--faithfulness-steps", type=int, default=None,
                    help="steps of the deletion/insertion curves of both methods (0: off; default 20)")
     lime = p.add_argument_group("LIME (defaults: fruitlens.config.LimeOptions)")
-    lime.add_argument("--num-samples", type=int, help="perturbed samples per image (default 1000)")
+    lime.add_argument("--num-samples", type=int, help="perturbed samples per image: the most when adaptive, "
+                      "exactly this many with --no-adaptive (default 1000)")
+    lime.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
+                      help="sample in rounds and stop each image when its weights are stable, at most "
+                      "--num-samples; --no-adaptive (default): exactly --num-samples")
+    lime.add_argument("--round-size", type=int, help="adaptive: samples per image per round (default 200)")
+    lime.add_argument("--tolerance", type=float, help="adaptive: stop when max SE(weight) / max |weight| is at "
+                      "most this (default 0.05)")
     lime.add_argument("--segmenter", help="superpixels: slic (default), quickshift, felzenszwalb")
     lime.add_argument("--n-superpixels", type=int, default=None, help="slic: number of superpixels (default 50)")
     lime.add_argument("--compactness", type=float, default=None, help="slic: compactness (default 20)")
@@ -52,7 +60,8 @@ def _add_explain(sub) -> None:
     lime.add_argument("--feature-selection", help="auto (default), highest_weights, forward_selection, none")
     lime.add_argument("--batch-size", type=int, help="perturbed images per model call")
     lime.add_argument("--threshold", type=float, help="PNGs: draw superpixels with |weight| above it")
-    lime.add_argument("--plots", help="PNGs: all (default), explanation (no density), none")
+    lime.add_argument("--plots", help="LIME PNGs: all, explanation (outline only), none, or kinds "
+                      "outline,boundaries,density (default outline,boundaries)")
     cam = p.add_argument_group("Grad-CAM (defaults: fruitlens.config.CamOptions)")
     cam.add_argument("--layer", help="conv layer name or path (backbone/block5_conv3) of Grad-CAM, Layer-CAM and "
                      "Score-CAM; default: the last conv layer")
@@ -99,7 +108,8 @@ def explain_options(args):
 
     shared = _given(args, {"seed": "seed", "faithfulness_steps": "faithfulness_steps"})
     lime = shared | _given(args, {k: k for k in ("num_samples", "segmenter", "top_labels", "num_features",
-                                                 "feature_selection", "batch_size", "threshold", "plots")})
+                                                 "feature_selection", "batch_size", "threshold", "plots",
+                                                 "adaptive", "round_size", "tolerance")})
     if args.hide_color is not None:
         lime["hide_color"] = _hide_color(args.hide_color)
     params = _segmenter_params(args)

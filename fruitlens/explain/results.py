@@ -96,6 +96,10 @@ class LimeExplanation:
         features: {label: tuple of superpixel ids} the selected superpixels, by decreasing |weight|.
         num_samples: perturbed samples used (the first is the image itself).
         segmenter: how ``segments`` was made ("given" when passed in).
+        max_samples: the most samples the image could get (``num_samples`` asked for; equal to the used ones
+            in fixed mode).
+        stability: ``max SE(weight) / max |weight|`` reached (HC0 sandwich of the Ridge fit; NaN unknown).
+        converged: stability within the tolerance asked for (adaptive runs stop there).
     """
 
     segments: np.ndarray
@@ -108,6 +112,9 @@ class LimeExplanation:
     features: dict[int, tuple[int, ...]]
     num_samples: int
     segmenter: str = "given"
+    max_samples: int | None = None
+    stability: float = float("nan")
+    converged: bool = False
 
     def __post_init__(self) -> None:
         s = self.num_superpixels
@@ -146,7 +153,8 @@ class LimeExplanation:
 
         Columns: the LIME schema (image_id, path and true_label of the source image (None when not given),
         label (class name when ``class_names`` is given), label_prob,
-        superpixel, weight, intercept, score, local_pred, num_samples, segmenter) then label_index, rank
+        superpixel, weight, intercept, score, local_pred, num_samples (used), segmenter, max_samples, stability,
+        converged) then label_index, rank
         (of the label among the explained ones, 0 first), pixels (superpixel area) and selected.
         """
         s = self.num_superpixels
@@ -170,6 +178,9 @@ class LimeExplanation:
             "local_pred": pick(self.local_pred),
             "num_samples": np.int32(self.num_samples),
             "segmenter": self.segmenter,
+            "max_samples": np.int32(self.max_samples if self.max_samples is not None else self.num_samples),
+            "stability": float(self.stability),
+            "converged": bool(self.converged),
             "label_index": labels.astype(np.int32),
             "rank": np.repeat(np.arange(k, dtype=np.int32), s),
             "pixels": np.tile(np.bincount(self.segments.ravel(), minlength=s).astype(np.int32), k),

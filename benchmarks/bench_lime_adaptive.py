@@ -1,0 +1,254 @@
+"""Adaptive LIME vs fixed-1000 vs the `lime` package (0.2.0.1), side by side in one run.
+
+For each model of ``benchmarks.bench_lime.CONFIGS`` (trained briefly in the run, stated in the result), on the
+same Fruits-360 test images and the same superpixels (SLIC, 50), mean-colour fill (``hide_color=None``), top
+label:
+
+- the reference `LimeImageExplainer.explain_instance` at 1000 samples, seeds 1 and 2 (batch_size 1000, its
+  fastest setting);
+- fruitlens fixed 1000 samples (``adaptive=False``), all images in one call;
+- fruitlens adaptive (rounds of 200, up to 1000) at several tolerances, all images in one call.
+
+Reported: seconds per image, model rows per image (mean and distribution), and agreement with the reference at
+seed 1: Spearman of the top label's weights and top-5 overlap (shared superpixels among the 5 largest |weight|),
+beside the reference's own seed-1-vs-seed-2 agreement. Rows per image are also counted on ``--rows-images``
+more images (no reference needed).
+
+``--parts demo``: the demo dataset and its small convnet: top supporting superpixel on the sticker, fixed-1000 vs
+adaptive, same model and images. ``--parts cli``: `fruitlens explain` LIME + Grad-CAM with the default PNGs on
+``--cli-images`` Fruits-360 test images, adaptive vs fixed (and fixed with ``--plots none``), each in a
+subprocess, the 20x20 seed_cnn-like model; the 5,195-image time extrapolated from the rate.
+
+Run: ``python -m benchmarks.bench_lime_adaptive [--parts speed,demo,cli]`` from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks._common import FRUITS360, RESULTS, ROOT, write_result  # noqa: E402
+from benchmarks.bench_lime import CONFIGS, load_split, reference_weights, seed_cnn_like, spearman, timed  # noqa: E402
+
+TOLERANCES = (0.03, 0.05, 0.1)
+
+
+def top5_overlap(a: np.ndarray, b: np.ndarray) -> float:
+    ta = set(np.argsort(-np.abs(a), kind="stable")[:5].tolist())
+    tb = set(np.argsort(-np.abs(b), kind="stable")[:5].tolist())
+    return len(ta & tb) / 5
+
+
+def _dist(values) -> dict:
+    v = np.asarray(values, dtype=float)
+    return {"mean": float(v.mean()), "min": float(v.min()), "p25": float(np.percentile(v, 25)),
+            "median": float(np.median(v)), "p75": float(np.percentile(v, 75)), "max": float(v.max()),
+            "share_at_max": float((v >= v.max()).mean()) if len(v) else 0.0}
+
+
+def part_speed(config: str, n_agree: int, n_rows: int, per_class: int | None) -> dict:
+    import lime.lime_image as lime_image
+
+    from fruitlens.explain.lime import explain_lime
+    from fruitlens.explain.segmentation import make_segmenter
+
+    lime_image.tqdm = lambda rows: rows
+    build, size, cfg_per_class, epochs = CONFIGS[config]
+    per_class = cfg_per_class if per_class is None else (per_class if cfg_per_class is None
+                                                         else min(per_class, cfg_per_class))
+    train_x, train_y, classes, _ = load_split(FRUITS360, "Training", size, per_class)
+    test_x, test_y, _, _ = load_split(FRUITS360, "Test", size, 4, seed=1)
+    model = build(size, len(classes))
+    _, train_s = timed(model.fit, train_x, train_y, epochs=epochs, batch_size=32, verbose=0, shuffle=True)
+    del train_x
+    accuracy = float((model.predict(test_x, verbose=0).argmax(1) == test_y).mean())
+    print(f"[{config}] trained {epochs} epochs in {train_s:.0f} s; test accuracy {accuracy:.3f}", flush=True)
+    order = np.random.default_rng(2).permutation(len(test_x))
+    images = test_x[order[:max(n_agree, n_rows)]]
+    segments = make_segmenter("slic", n_superpixels=50).segment(images)
+    n_sp = segments.reshape(len(segments), -1).max(1) + 1
+    common = dict(top_labels=1, hide_color=None, num_samples=1000)
+
+    def reference(i: int, seed: int):
+        explainer = lime_image.LimeImageExplainer(random_state=seed)
+        return explainer.explain_instance(images[i].astype(np.float64), lambda b: model.predict(b, verbose=0),
+                                          batch_size=1000, segmentation_fn=lambda _: segments[i], random_seed=0,
+                                          **common)
+
+    explain_lime(model, images[:2], segments=segments[:2], **common)  # warm up
+    reference(0, 0)
+    ref1, ref2, t_ref = [], [], []
+    for i in range(n_agree):
+        e1, t1 = timed(reference, i, 1)
+        ref1.append(e1)
+        ref2.append(reference(i, 2))
+        t_ref.append(t1)
+    a = slice(0, n_agree)
+    fixed, t_fixed = timed(explain_lime, model, images[a], segments=segments[a], seed=0, **common)
+    runs = {"fixed_1000": (fixed, t_fixed)}
+    for tol in TOLERANCES:
+        runs[f"adaptive_tol{tol:g}"] = timed(explain_lime, model, images[a], segments=segments[a], seed=0,
+                                             adaptive=True, round_size=200, tolerance=tol, **common)
+
+    def agreement(exps) -> dict:
+        rho, over = [], []
+        for i in range(n_agree):
+            label = int(ref1[i].top_labels[0])
+            w_ref = reference_weights(ref1[i], label, n_sp[i])
+            if exps is None:
+                w = reference_weights(ref2[i], label, n_sp[i])
+            else:
+                w = exps[i].weights[exps[i].labels[0]] if exps[i].labels[0] == label else None
+            if w is None:
+                continue
+            rho.append(spearman(w, w_ref))
+            over.append(top5_overlap(w, w_ref))
+        return {"spearman": float(np.mean(rho)), "top5_overlap": float(np.mean(over)), "images": len(rho)}
+
+    result = {"model": {"config": config, "input": f"{size}x{size}", "test_accuracy": accuracy,
+                        "trained": f"{epochs} epochs on {len(train_y)} Fruits-360 training images"},
+              "images": n_agree, "mean_superpixels": float(n_sp[:n_agree].mean()),
+              "reference_seed1_vs_seed2": agreement(None),
+              "reference_s_per_image": float(np.mean(t_ref))}
+    for name, (exps, t) in runs.items():
+        rows = [e.num_samples for e in exps]
+        result[name] = {"s_per_image": t / n_agree, "rows_per_image": _dist(rows),
+                        "vs_reference_seed1": agreement(exps),
+                        "stability": _dist([e.stability for e in exps])}
+    # rows per image on more images (no reference)
+    if n_rows > n_agree:
+        for tol in TOLERANCES:
+            exps, t = timed(explain_lime, model, images[:n_rows], segments=segments[:n_rows], seed=0, adaptive=True,
+                            round_size=200, tolerance=tol, **common)
+            result[f"adaptive_tol{tol:g}"]["rows_per_image_more"] = {"images": n_rows, **_dist(
+                [e.num_samples for e in exps]), "s_per_image": t / n_rows}
+    for name in ("reference_seed1_vs_seed2", *runs):
+        r = result[name] if name.startswith("reference") else result[name]["vs_reference_seed1"]
+        rows = "" if name.startswith("reference") else \
+            f" rows {result[name]['rows_per_image']['mean']:.0f} s/img {result[name]['s_per_image']:.3f}"
+        print(f"[{config}] {name}: spearman {r['spearman']:.3f} top5 {r['top5_overlap']:.2f}{rows}", flush=True)
+    return result
+
+
+def part_demo(n_train: int, n_test: int) -> dict:
+    """Top supporting superpixel on the sticker: fixed-1000 vs adaptive, the same model and images."""
+    from benchmarks.bench_lime import convnet
+    from fruitlens import tables
+    from fruitlens.batch.engine import explain_images
+    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.config import ExplainOptions, LimeOptions
+    from fruitlens.runs import ModelCard, load_run, model_digest, predict_batches, write_card
+    from fruitlens.synthetic import write_demo_dataset
+
+    size = 64
+    out: dict = {}
+    with tempfile.TemporaryDirectory(prefix="bench_lime_adaptive_demo_") as tmp:
+        data = write_demo_dataset(Path(tmp) / "demo", n_train=n_train, n_test=n_test)
+        train_x, train_y, classes, _ = load_split(data, "Training", size, None)
+        test_x, test_y, _, _ = load_split(data, "Test", size, None)
+        model = convnet(size, len(classes))
+        model.fit(train_x, train_y, epochs=6, batch_size=32, verbose=0)
+        out["model_accuracy"] = float((predict_batches(model, test_x).argmax(1) == test_y).mean())
+        run = Path(tmp) / "run"
+        run.mkdir()
+        model.save(run / "model.keras")
+        write_card(run, ModelCard(classes=tuple(classes), image_size=(size, size), arch="convnet"))
+        rows = rows_from_inputs([data], split="test")
+        saved, card = load_run(run)
+        for name, lime in (("fixed_1000", LimeOptions(num_samples=1000, plots="none", adaptive=False)),
+                           *((f"adaptive_tol{t:g}", LimeOptions(num_samples=1000, plots="none", tolerance=t))
+                             for t in TOLERANCES)):
+            ex = Path(tmp) / name
+            _, seconds = timed(explain_images, saved, card, model_digest(run), rows, ex, ["lime"],
+                               ExplainOptions(lime=lime), chunk_size=32)
+            table = tables.read_table(ex / "lime.parquet")
+            top = table[table["rank"] == 0]
+            best = top.loc[top.groupby("image_id")["weight"].idxmax()]
+            out[name] = {"images": len(best), "top_superpixel_on_sticker": float((best["evidence"] > 0).mean()),
+                         "rows_per_image": _dist(best["num_samples"]), "seconds": seconds}
+            out["chance"] = float(top.groupby("image_id")["evidence"].apply(lambda e: (e > 0).mean()).mean())
+            print(f"demo {name}: on sticker {out[name]['top_superpixel_on_sticker']:.1%}, rows "
+                  f"{out[name]['rows_per_image']['mean']:.0f}, {seconds:.1f} s", flush=True)
+    out["settings"] = f"{size}x{size} convnet, 6 epochs on {n_train} per class; slic 50; up to 1000 samples"
+    return out
+
+
+def part_cli(n_images: int, per_class: int | None) -> dict:
+    """`fruitlens explain` LIME + Grad-CAM, default PNGs, adaptive vs fixed, on the first test images."""
+    from fruitlens.runs import ModelCard, write_card
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench_lime_adaptive_cli_"))
+    run = tmp / "run"
+    run.mkdir()
+    train_x, train_y, classes, _ = load_split(FRUITS360, "Training", 20, per_class)
+    model = seed_cnn_like(20, len(classes))
+    model.fit(train_x, train_y, epochs=3, batch_size=32, verbose=0)
+    model.save(run / "model.keras")
+    write_card(run, ModelCard(classes=tuple(classes), image_size=(20, 20), arch="seed_cnn-like"))
+    result: dict = {"images": n_images, "model": f"20x20 seed_cnn-like, 3 epochs on {len(train_y)} images"}
+    variants = {"adaptive_tol0.05": ["--adaptive", "--tolerance", "0.05"], "fixed": ["--no-adaptive"],
+                "adaptive_tol0.1": ["--adaptive", "--tolerance", "0.1"],
+                "fixed_plots_none": ["--no-adaptive", "--plots", "none"]}
+    for name, flags in variants.items():
+        out = tmp / name
+        cmd = [sys.executable, "-m", "fruitlens", "explain", "--model", str(run), "--data", str(FRUITS360),
+               "--out", str(out), "--limit", str(n_images), *flags]
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        wall = time.perf_counter() - start
+        if proc.returncode:
+            raise RuntimeError(proc.stderr[-2000:])
+        import pandas as pd
+
+        lime = pd.read_parquet(out / "lime.parquet", columns=["image_id", "num_samples"]).drop_duplicates("image_id")
+        result[name] = {"seconds": wall, "s_per_image": wall / n_images, "projected_5195_s": wall / n_images * 5195,
+                        "rows_per_image": _dist(lime["num_samples"]), "flags": flags,
+                        "pngs": len(list(out.rglob("*.png")))}
+        print(f"cli {name}: {wall:.1f} s for {n_images} images -> {wall / n_images * 5195 / 60:.1f} min for 5,195; "
+              f"rows {lime['num_samples'].mean():.0f}", flush=True)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--parts", default="speed,demo,cli")
+    parser.add_argument("--configs", default=",".join(CONFIGS))
+    parser.add_argument("--agree-images", type=int, default=12)
+    parser.add_argument("--rows-images", type=int, default=64)
+    parser.add_argument("--train-per-class", type=int, default=None,
+                        help="training images per class (default: as bench_lime.CONFIGS)")
+    parser.add_argument("--cli-images", type=int, default=500)
+    args = parser.parse_args()
+    result: dict = {}
+    path = RESULTS / "lime_adaptive.json"
+
+    def save(name: str, value: dict) -> None:
+        if not result and path.is_file():
+            result.update({k: v for k, v in json.loads(path.read_text()).items() if k != "machine"})
+        result[name] = {**value, "measured": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                        "load_average_after": os.getloadavg()}
+        write_result("lime_adaptive", result)
+
+    parts = args.parts.split(",")
+    if "speed" in parts:
+        for config in args.configs.split(","):
+            save(config, part_speed(config, args.agree_images, args.rows_images, args.train_per_class))
+    if "demo" in parts:
+        save("demo", part_demo(100, 25))
+    if "cli" in parts:
+        save("cli", part_cli(args.cli_images, args.train_per_class))
+
+
+if __name__ == "__main__":
+    main()
