@@ -141,35 +141,19 @@ class LimeOptions:
 
 
 @dataclass(frozen=True)
-class CamOptions:
-    """Grad-CAM (and its variants) in batch runs.
+class CamOptions(HeatmapOptions):
+    """Grad-CAM (and its variants) in batch runs: the fields of every heatmap method, plus these two.
 
-    ``layer``: conv layer name or path (``backbone/block5_conv3``), null for the last conv layer.
-    ``palette`` and ``alpha``: heatmap colours (a matplotlib colormap) and the most opaque the overlay gets.
-    ``faithfulness_steps`` and ``baseline``: the deletion / insertion curves.
+    ``variant``: gradcam, gradcam++ or cam. ``layer``: conv layer name or path (``backbone/block5_conv3``), null
+    for the last conv layer.
     """
 
     variant: CamVariant = "gradcam"
     layer: str | None = None
-    palette: str = PALETTE
-    alpha: float = 0.6
-    faithfulness_steps: int = FAITHFULNESS_STEPS
-    baseline: Baseline = "mean"
-    batch_size: int = 256
-    seed: int = 0
 
-    def __post_init__(self) -> None:
-        import matplotlib
-
-        check([
-            (self.variant in get_args(CamVariant), "variant", self.variant,
-             "one of " + ", ".join(get_args(CamVariant))),
-            (self.palette in matplotlib.colormaps, "palette", self.palette, "a matplotlib colormap (jet, viridis...)"),
-            (0.0 <= self.alpha <= 1.0, "alpha", self.alpha, "an opacity in [0, 1]"),
-            (self.faithfulness_steps >= 0, "faithfulness_steps", self.faithfulness_steps, ">= 0 (0: off)"),
-            (self.baseline in get_args(Baseline), "baseline", self.baseline, "one of mean, blur"),
-            (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
-        ])
+    def checks(self) -> list[tuple]:
+        return [(self.variant in get_args(CamVariant), "variant", self.variant,
+                 "one of " + ", ".join(get_args(CamVariant)))]
 
 
 @dataclass(frozen=True)

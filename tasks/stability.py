@@ -8,12 +8,12 @@ from tasks.cache import content_cache, run_folder_name
 
 
 def _model_and_probe(inputs: dict) -> dict:
-    from fruitlens.explain.drift import probe_rows
+    from fruitlens.explain.drift import probe_content, probe_rows
     from fruitlens.modelio import as_model_source
 
     rows = probe_rows(inputs["index_dir"], inputs["split"], inputs["explain_dir"], inputs["images"])
     return {"model": as_model_source(inputs["model"]).digest(),
-            "probe": [f"{i}:{s}" for i, s in zip(rows["image_id"], rows["sha256"], strict=True)]}
+            "probe": probe_content(rows)}
 
 
 @task(name="lime-stability", cache_policy=content_cache(_model_and_probe), retries=1, retry_delay_seconds=1,

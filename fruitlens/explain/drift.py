@@ -133,6 +133,11 @@ def write_drift(out_dir, table: pd.DataFrame, images: np.ndarray, old_maps: np.n
     return table
 
 
+def probe_content(rows) -> list[str]:
+    """What a cache key needs of probe images: ``<image id>:<sha256>`` of each, in order."""
+    return [f"{i}:{s}" for i, s in zip(rows["image_id"], rows["sha256"], strict=True)]
+
+
 def probe_rows(index_dir, split: str, explain_dir, n: int) -> pd.DataFrame:
     """The probe set: the first ``n`` (by image id) of the images explained in ``explain_dir``, with their
     index rows (path, label, mask_path, sha256); every usable image of ``split`` when none was explained."""
