@@ -373,7 +373,7 @@ def _refusal(rel_path: str, root: Path, follow_external_links: bool) -> tuple[st
         real = os.path.realpath(root / rel_path)
         if not Path(real).is_relative_to(root):
             return "outside_root", (f"links to {printable(real)}, outside the dataset root; not read "
-                                    "(follow_external_links=True reads it)")
+                                    "(fruitlens index --follow-external-links reads it)")
     return None
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fruitlens import dataset, images
+from fruitlens import dataset, images, tables
 
 ROTATIONS = {  # EXIF orientation -> how to store the upright pixels so a viewer shows them upright
     3: Image.Transpose.ROTATE_180,
@@ -201,6 +201,18 @@ def test_odd_files_get_a_status_and_index_goes_on(odd_dir, monkeypatch, tmp_path
     dataset.write_index(index, tmp_path / "out")  # parquet takes the escaped name
     assert dataset.index_dataset(odd_dir, workers=1, follow_external_links=True).table.set_index("path").loc[
         "linked/o.jpg", "status"] == "ok"
+
+
+def test_index_command_reads_links_out_of_the_root_only_when_asked(odd_dir, tmp_path, capsys):
+    from fruitlens.cli import main
+
+    assert main(["index", str(odd_dir), "--out", str(tmp_path / "a"), "--workers", "1"]) == 0
+    refused = tables.read_table(tmp_path / "a" / "images.parquet").set_index("path")
+    assert refused.loc["linked/o.jpg", "status"] == "outside_root"
+    assert "--follow-external-links" in refused.loc["linked/o.jpg", "error"]
+    assert main(["index", str(odd_dir), "--out", str(tmp_path / "b"), "--workers", "1",
+                 "--follow-external-links"]) == 0
+    assert tables.read_table(tmp_path / "b" / "images.parquet").set_index("path").loc["linked/o.jpg", "status"] == "ok"
 
 
 @pytest.mark.parametrize(("name", "status"), [("fifo.jpg", "not_a_file"), ("sock.jpg", "not_a_file"),

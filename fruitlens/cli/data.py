@@ -19,6 +19,8 @@ def _add_index(sub) -> None:
     p.add_argument("--test-fraction", type=float, default=0.15, help="holdout share for test (single-folder layout)")
     p.add_argument("--verify", action="store_true", help="decode every image in full (slower, catches more)")
     p.add_argument("--workers", type=int, default=None, help="processes used to check files (default: all cores)")
+    p.add_argument("--follow-external-links", action="store_true",
+                   help="read files that symlinks lead to outside DATA_DIR (default: reported as outside_root)")
 
 
 def _cmd_index(args) -> int:
@@ -29,7 +31,8 @@ def _cmd_index(args) -> int:
             raise CommandError(f"{name} {value}: expected a fraction in [0, 1)")
     index = index_or_load(args.data_dir, args.out, classes=_csv(args.classes), seed=args.seed,
                           val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                          verify=args.verify, workers=args.workers)
+                          verify=args.verify, workers=args.workers,
+                          follow_external_links=args.follow_external_links)
     print(format_summary(index))
     print(f"wrote {args.out}/images.parquet ({len(index.table)} rows), classes.json ({len(index.classes)} classes)")
     return 0
