@@ -113,6 +113,7 @@ def write_drift(out_dir, table: pd.DataFrame, images: np.ndarray, old_maps: np.n
 
     from fruitlens import plots, tables
     from fruitlens.layout import picture_stem
+    from fruitlens.overlays import heat_on_photo, with_colorbar
 
     out = Path(out_dir)
     order = np.argsort(table["heatmap_rank"].to_numpy(), kind="stable")[:top]
@@ -121,10 +122,11 @@ def write_drift(out_dir, table: pd.DataFrame, images: np.ndarray, old_maps: np.n
         r = table.iloc[i]
         stem = picture_stem(r["path"], r["image_id"])
         panels = [("photo", images[i]),
-                  (f"current: {r['old_pred']}", plots.overlay(images[i], old_maps[i], "jet", 0.5)),
-                  (f"new: {r['new_pred']}", plots.overlay(images[i], new_maps[i], "jet", 0.5))]
+                  (f"current: {r['old_pred']}", heat_on_photo(images[i], old_maps[i])),
+                  (f"new: {r['new_pred']}", heat_on_photo(images[i], new_maps[i]))]
         path = out / "pictures" / f"{stem}.png"
-        plots.save_png(plots.side_by_side(panels, height=160), path,
+        picture = with_colorbar(plots.side_by_side(panels, height=160), "jet", ("Grad-CAM low", "high"))
+        plots.save_png(picture, path,
                        f"{Path(str(r['path'])).name}: Grad-CAM of the current and the new model, rank correlation "
                        f"{r['heatmap_rank']:.2f}")
         pictures[i] = path.relative_to(out).as_posix()
