@@ -112,7 +112,8 @@ def _cmd_run(args) -> int:
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="generate the demo dataset and run the whole pipeline on it")
-    p.add_argument("--out", type=Path, default=Path(DEFAULT_DEMO_OUT))
+    p.add_argument("--out", type=Path, default=Path(DEFAULT_DEMO_OUT),
+                   help=f"run folder (default: {DEFAULT_DEMO_OUT})")
     p.add_argument("--data", type=Path, default=Path(DEFAULT_DEMO_DIR), help="where the demo dataset is written")
     p.add_argument("--train-per-class", type=int, default=200, help="demo images per class (training)")
     p.add_argument("--test-per-class", type=int, default=50, help="demo images per class (test)")

@@ -29,7 +29,7 @@ def _add_explain(sub) -> None:
     p.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE", dest="settings",
                    help="any option of a method, e.g. smoothgrad.samples=50, rise.masks=1000, "
                         "integrated_gradients.reference=blur (repeatable; values read as YAML)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for the tables and PNGs (reruns resume there)")
     p.add_argument("--limit", type=int, default=None, help="explain at most N images")
     p.add_argument("--split", default="test", help="split of a dataset root to explain (default: test)")
     p.add_argument("--unlabelled", action="store_true", help="read --data as a folder of photos even when it "

@@ -75,7 +75,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--model", type=Path, required=True, help="run folder with model.keras and model.json")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--split", default="test")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True,
+                   help="folder for predictions.parquet, metrics.json, the confusion and mistakes PNGs")
     p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
 
 
@@ -98,7 +99,7 @@ def _cmd_evaluate(args) -> int:
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="predict image files or folders of photos; write annotated copies")
     p.add_argument("files", nargs="+", type=Path, help="image files and folders (searched recursively)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for predictions.parquet and the annotated copies")
     p.add_argument("--top-k", type=int, default=5)
     add_model_arguments(p)
 
@@ -131,7 +132,7 @@ def _add_visualize(sub) -> None:
     p = sub.add_parser("visualize", help="activation grids and filter patterns for one image")
     add_model_arguments(p)
     p.add_argument("--image", type=Path, required=True)
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="folder for the activation grids and filter patterns")
     p.add_argument("--channels", type=int, default=40, help="activation maps per layer (8 per row)")
     p.add_argument("--filters", type=int, default=40, help="filter patterns per layer")
     p.add_argument("--steps", type=int, default=30, help="gradient ascent steps per filter pattern")
