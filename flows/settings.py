@@ -12,6 +12,7 @@ from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_LOCAL_ST
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from fruitlens.config import cache_dir
+from fruitlens.layout import RunLayout
 
 RESULTS = "results"
 
@@ -80,6 +81,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-") or "run"
 
 
+def _folder_label(path: Path) -> str:
+    """A folder's name, or its run folder's name for a run's explanation folder (RUN/explain -> RUN)."""
+    return path.parent.name if RunLayout(path.parent).explain_dir == path else path.name
+
+
 def run_name(prefix: str, *keys: str) -> str:
     """``prefix-<param>-<param>`` from the running flow's parameters (paths shortened to their last part)."""
     from prefect.runtime import flow_run
@@ -93,6 +99,6 @@ def run_name(prefix: str, *keys: str) -> str:
         if isinstance(value, list | tuple):
             value = "+".join(map(str, value))
         elif key.endswith("_dir"):
-            value = Path(str(value)).name
+            value = _folder_label(Path(str(value)))
         parts.append(str(value))
     return "-".join(slug(p) for p in parts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,8 @@ def test_own_data_after_the_demo_and_what_the_run_prints(demo_dir, tmp_path):
     assert "epoch 1/2:" in printed and "epoch 2/2:" in printed  # one line per epoch
     assert "explained:" in printed and "[##########]" in printed  # the explanation progress bar
     assert "lime-chunk-0: " in printed and "train-demo: " in printed  # task lines name their task
+    assert "lime-stability-demo: " in printed and "explain-lime-gradcam-test-8-demo: " in printed  # and the run
+    assert not re.search(r"^[\w-]+-: ", printed, re.M), "a task run name ends without its run folder"
     for noise in ("cpu_feature_guard", "oneDNN", "absl::InitializeLog", "\x1b["):  # TF start-up, ANSI codes
         assert noise not in printed, noise
     assert (artifacts / "models" / "current" / "model.keras").is_file()
