@@ -24,6 +24,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
 from PIL.PngImagePlugin import PngInfo  # noqa: E402
 
@@ -397,6 +398,7 @@ def history_figure(history, title: str | None = None):
             if col in history and history[col].notna().any():
                 ax.plot(epochs, history[col], style, marker="o", markersize=3, label=col)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no epoch 1.5
         ax.set_title(metric)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:

@@ -182,3 +182,16 @@ def test_written_files_get_the_umask_mode(tmp_path, umask):
         os.umask(old)
     for path in (png, raw):
         assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+
+def test_training_curves_tick_whole_epochs():
+    import pandas as pd
+
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "loss": [0.7, 0.1, 0.06, 0.03, 0.02],
+                            "val_loss": [0.1, 0.03, 0.01, 0.003, 0.002], "accuracy": [0.8, 0.97, 0.99, 1.0, 1.0]})
+    fig = plots.history_figure(history)
+    fig.canvas.draw()
+    for ax in fig.axes:
+        ticks = ax.get_xticks()
+        assert len(ticks) > 1 and np.all(ticks == np.round(ticks)), ticks
+    plots.plt.close(fig)
