@@ -60,27 +60,33 @@ from fruitlens.overlays import (  # noqa: E402, F401  (re-exported)
 from fruitlens.tables import atomic_path  # noqa: E402
 
 
-def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str | None = None) -> Path:
+def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str | None = None, *,
+             text: dict[str, str] | None = None) -> Path:
     """Write an (H, W, 3) or (H, W) image, float in [0, 1] or uint8, as a PNG, atomically.
 
     ``caption`` (a ``Caption`` or text) is stored as the PNG's ``Description`` text chunk, so tools and
-    tests can read what the picture shows (``read_caption``) without looking at pixels.
+    tests can read what the picture shows (``read_caption``) without looking at pixels; ``text`` adds
+    other chunks (e.g. the ``palette`` of a heatmap, for pictures composed from this one).
     """
     arr = image if image.dtype == np.uint8 else to_uint8(image)
     info = None
+    chunks = dict(text or {})
     if caption is not None:
+        chunks["Description"] = caption.text() if isinstance(caption, Caption) else str(caption)
+    if chunks:
         info = PngInfo()
-        info.add_text("Description", caption.text() if isinstance(caption, Caption) else str(caption))
+        for key, value in chunks.items():
+            info.add_text(key, value)
     with atomic_path(path) as tmp:
         Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info, compress_level=1)  # 3x faster than 6, +8 %
     return Path(path)
 
 
-def read_caption(path: str | os.PathLike) -> str | None:
-    """The ``Description`` text ``save_png`` stored in a PNG, None when it has none."""
+def read_caption(path: str | os.PathLike, key: str = "Description") -> str | None:
+    """The ``Description`` text (or another ``key``) ``save_png`` stored in a PNG, None when it has none."""
     with Image.open(path) as img:
         img.load()
-        return img.text.get("Description") if hasattr(img, "text") else None
+        return img.text.get(key) if hasattr(img, "text") else None
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:

@@ -5,9 +5,10 @@ import os
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
-from fruitlens import tables
-from fruitlens.batch import engine
+from fruitlens import plots, tables
+from fruitlens.batch import engine, pictures
 from fruitlens.batch import rows as batch_rows
 from fruitlens.batch.methods import METHODS, Method
 from fruitlens.config import ExplainOptions, LimeOptions
@@ -170,3 +171,16 @@ def test_real_methods_write_traceable_tables_and_pictures(demo_dir, run_dir, tmp
     assert os.path.basename(lime["picture_path"].iloc[0]).startswith(os.path.splitext(
         os.path.basename(lime["path"].iloc[0]))[0])
     assert len(list(layout.side_by_side_dir.glob("*.png"))) == 3
+    side = np.asarray(Image.open(next(layout.side_by_side_dir.glob("*.png"))).convert("RGB")).astype(int)
+    band = side[-60:]  # under the panels: the LIME legend's swatches and Grad-CAM's colour scale
+    assert (np.abs(band - [0, 204, 0]).sum(axis=2) < 30).sum() > 50, "no green 'supports' swatch"
+    assert (np.abs(band - [0, 0, 128]).sum(axis=2) < 60).sum() > 20, "no jet colour scale (dark blue end)"
+    assert plots.read_caption(out / cam["overlay_path"].iloc[0], "palette") == "jet"
+
+
+def test_side_by_side_panel_titles_name_the_layer_and_the_segmenter():
+    assert pictures._panel_title("Grad-CAM", "predicted a (p=0.90)\nGrad-CAM | layer model/conv3 | x.jpg") == \
+        "Grad-CAM · layer conv3"
+    assert pictures._panel_title("LIME", "predicted a (p=0.90)\nLIME | 40 superpixels (slic), 300 samples, "
+                                 "fit R2 0.80 | x.jpg\nlegend") == "LIME · 40 superpixels (slic)"
+    assert pictures._panel_title("LIME", "") == "LIME"

@@ -133,7 +133,8 @@ def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result
         heat = out.picture(method, stem, "heatmap")
         pic = heat_on_photo(photo, result.heatmaps[i], palette=options.palette, max_alpha=options.alpha,
                             box=model_box(photo, card))
-        plots.save_png(add_caption(pic, caption, scale=options.palette), over, caption)
+        plots.save_png(add_caption(pic, caption, scale=options.palette), over, caption,
+                       text={"palette": options.palette})
         plain = plots.heatmap_picture(result.heatmaps[i], pic.shape[:2], options.palette)
         plots.save_png(add_caption(plain, caption, scale=options.palette), heat, caption)
         written.append({"heatmap": _rel(out, heat), "overlay": _rel(out, over)})
@@ -164,15 +165,30 @@ def write_side_by_side(out: ExplainLayout, rows: pd.DataFrame, *, force: bool = 
             continue
         path = rows["path"].iloc[i]
         photo = display_photo(path, np.zeros((8, 8, 3), np.float32))
-        panels = [(title, _picture_part(out.picture(method, stem, kind), photo.shape))
-                  for title, method, kind in SIDE_BY_SIDE_KINDS]
-        panels = [(title, pic) for title, pic in panels if pic is not None]
-        if not panels:
+        found = [(title, out.picture(method, stem, kind)) for title, method, kind in SIDE_BY_SIDE_KINDS]
+        found = [(title, png) for title, png in found if png.is_file()]
+        if not found:
             continue
-        true = _label(rows["label"].iloc[i])
-        lines = [f"{Path(path).name}" + (f" | true {true}" if true else "")]
-        first = next((out.picture(m, stem, k) for _, m, k in SIDE_BY_SIDE_KINDS if out.picture(m, stem, k).is_file()))
-        lines += (plots.read_caption(first) or "").splitlines()[:1]
-        picture = add_caption(plots.side_by_side([("photo", photo), *panels]), lines)
+        captions = {title: plots.read_caption(png) or "" for title, png in found}
+        panels = [(_panel_title(title, captions[title]), _picture_part(png, photo.shape)) for title, png in found]
+        predicted = captions[found[0][0]].splitlines()[:1]  # "predicted X (p=0.97) | true Y (right)"
+        lines = [Path(path).name, *predicted]
+        pred_label = predicted[0].removeprefix("predicted ").rsplit(" (p=", 1)[0] if predicted else ""
+        legend = lime_legend(pred_label) if "LIME" in captions and pred_label else None
+        palette = plots.read_caption(found[0][1], "palette") if found[0][0] == "Grad-CAM" else None
+        picture = add_caption(plots.side_by_side([("photo", photo), *panels]), lines, legend=legend,
+                              scale=palette, scale_labels=("Grad-CAM low", "high"))
         paths.append(plots.save_png(picture, target, "\n".join(lines)))
     return paths
+
+
+def _panel_title(title: str, caption: str) -> str:
+    """``Grad-CAM · layer conv3_1`` or ``LIME · 47 superpixels (slic)``: the method and its detail from the
+    panel's own caption (its second line, ``method | detail | file``)."""
+    parts = (caption.splitlines()[1:2] or [""])[0].split(" | ")
+    if len(parts) < 2:
+        return title
+    detail = parts[1].split(", ")[0]  # LIME's detail also lists samples and fit: keep the segmenter
+    if detail.startswith("layer "):
+        detail = "layer " + detail.removeprefix("layer ").rsplit("/", 1)[-1]  # nested model prefixes dropped
+    return f"{title} · {detail}"
