@@ -82,11 +82,16 @@ def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str 
     return Path(path)
 
 
-def read_caption(path: str | os.PathLike, key: str = "Description") -> str | None:
-    """The ``Description`` text (or another ``key``) ``save_png`` stored in a PNG, None when it has none."""
+def read_png_text(path: str | os.PathLike) -> dict[str, str]:
+    """Every text chunk ``save_png`` stored in a PNG (``Description``, and any ``text`` it was given)."""
     with Image.open(path) as img:
         img.load()
-        return img.text.get(key) if hasattr(img, "text") else None
+        return dict(getattr(img, "text", {}))
+
+
+def read_caption(path: str | os.PathLike) -> str | None:
+    """The ``Description`` text ``save_png`` stored in a PNG, None when it has none."""
+    return read_png_text(path).get("Description")
 
 
 def save_figure(fig, path: str | os.PathLike, dpi: int = 100) -> Path:

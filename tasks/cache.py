@@ -46,11 +46,11 @@ def fresh(task, *outputs: str | Path):
     return task.with_options(refresh_cache=True)
 
 
-def run_folder_name(key: str = "out_dir", up: int = 1) -> str:
-    """The name of the run folder a task writes into: ``up`` levels above its ``key`` path."""
+def run_folder_name(key: str = "out_dir") -> str:
+    """The name of the run folder a task writes into (the parent of its ``key`` folder)."""
     from prefect.runtime import task_run
 
-    return Path(str((task_run.parameters or {}).get(key, ""))).parents[up - 1].name
+    return Path(str((task_run.parameters or {}).get(key, ""))).parent.name
 
 
 def run_name(prefix: str, *keys: str):

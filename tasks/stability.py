@@ -16,9 +16,8 @@ def _model_and_probe(inputs: dict) -> dict:
             "probe": probe_content(rows)}
 
 
-# out_path is RUN/explain/stability.parquet: the run folder is two levels up
 @task(name="lime-stability", cache_policy=content_cache(_model_and_probe), retries=1, retry_delay_seconds=1,
-      persist_result=True, task_run_name=lambda: f"lime-stability-{run_folder_name('out_path', up=2)}")
+      persist_result=True, task_run_name=lambda: f"lime-stability-{run_folder_name('explain_dir')}")
 def stability_task(model: dict, index_dir: str, explain_dir: str, split: str, images: int, lime: dict,
                    out_path: str) -> str:
     """Write the stability table of the first ``images`` explained images to ``out_path``; its path."""

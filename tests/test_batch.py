@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fruitlens import plots, tables
-from fruitlens.batch import engine, pictures
+from fruitlens.batch import engine
 from fruitlens.batch import rows as batch_rows
 from fruitlens.batch.methods import METHODS, Method
 from fruitlens.config import ExplainOptions, LimeOptions
@@ -175,12 +175,6 @@ def test_real_methods_write_traceable_tables_and_pictures(demo_dir, run_dir, tmp
     band = side[-60:]  # under the panels: the LIME legend's swatches and Grad-CAM's colour scale
     assert (np.abs(band - [0, 204, 0]).sum(axis=2) < 30).sum() > 50, "no green 'supports' swatch"
     assert (np.abs(band - [0, 0, 128]).sum(axis=2) < 60).sum() > 20, "no jet colour scale (dark blue end)"
-    assert plots.read_caption(out / cam["overlay_path"].iloc[0], "palette") == "jet"
-
-
-def test_side_by_side_panel_titles_name_the_layer_and_the_segmenter():
-    assert pictures._panel_title("Grad-CAM", "predicted a (p=0.90)\nGrad-CAM | layer model/conv3 | x.jpg") == \
-        "Grad-CAM · layer conv3"
-    assert pictures._panel_title("LIME", "predicted a (p=0.90)\nLIME | 40 superpixels (slic), 300 samples, "
-                                 "fit R2 0.80 | x.jpg\nlegend") == "LIME · 40 superpixels (slic)"
-    assert pictures._panel_title("LIME", "") == "LIME"
+    recorded = plots.read_png_text(out / cam["overlay_path"].iloc[0])
+    assert recorded["palette"] == "jet" and recorded["panel"].startswith("Grad-CAM · layer ")
+    assert plots.read_png_text(out / lime["picture_path"].iloc[0])["panel"].startswith("LIME · ")

@@ -4,6 +4,7 @@ import os
 import stat
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from skimage import data
@@ -185,8 +186,6 @@ def test_written_files_get_the_umask_mode(tmp_path, umask):
 
 
 def test_training_curves_tick_whole_epochs():
-    import pandas as pd
-
     history = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "loss": [0.7, 0.1, 0.06, 0.03, 0.02],
                             "val_loss": [0.1, 0.03, 0.01, 0.003, 0.002], "accuracy": [0.8, 0.97, 0.99, 1.0, 1.0]})
     fig = plots.history_figure(history)

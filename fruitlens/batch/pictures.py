@@ -90,7 +90,9 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
             pic = lime_on_photo(photo, res.segments, res.weights[top], threshold=options.threshold,
                                 num_features=options.display_features, box=model_box(photo, card))
             target = out.picture("lime", stem, "outline")
-            plots.save_png(add_caption(pic, caption, legend=lime_legend(label)), target, caption)
+            plots.save_png(add_caption(pic, caption, legend=lime_legend(label)), target, caption,
+                           text={"panel": f"LIME · {res.num_superpixels} superpixels ({options.segmenter})",
+                                 "label": label})
             files["outline"] = _rel(out, target)
         if "boundaries" in kinds:
             bounds = lime_on_photo(photo, res.segments, np.zeros(res.num_superpixels), num_features=0,
@@ -133,8 +135,10 @@ def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result
         heat = out.picture(method, stem, "heatmap")
         pic = heat_on_photo(photo, result.heatmaps[i], palette=options.palette, max_alpha=options.alpha,
                             box=model_box(photo, card))
+        panel = f"{name} · input pixels" if result.layer == "input" else \
+            f"{name} · layer {result.layer.rsplit('/', 1)[-1]}"  # a nested model's prefix dropped
         plots.save_png(add_caption(pic, caption, scale=options.palette), over, caption,
-                       text={"palette": options.palette})
+                       text={"palette": options.palette, "panel": panel})
         plain = plots.heatmap_picture(result.heatmaps[i], pic.shape[:2], options.palette)
         plots.save_png(add_caption(plain, caption, scale=options.palette), heat, caption)
         written.append({"heatmap": _rel(out, heat), "overlay": _rel(out, over)})
@@ -169,26 +173,13 @@ def write_side_by_side(out: ExplainLayout, rows: pd.DataFrame, *, force: bool = 
         found = [(title, png) for title, png in found if png.is_file()]
         if not found:
             continue
-        captions = {title: plots.read_caption(png) or "" for title, png in found}
-        panels = [(_panel_title(title, captions[title]), _picture_part(png, photo.shape)) for title, png in found]
-        predicted = captions[found[0][0]].splitlines()[:1]  # "predicted X (p=0.97) | true Y (right)"
-        lines = [Path(path).name, *predicted]
-        pred_label = predicted[0].removeprefix("predicted ").rsplit(" (p=", 1)[0] if predicted else ""
-        legend = lime_legend(pred_label) if "LIME" in captions and pred_label else None
-        palette = plots.read_caption(found[0][1], "palette") if found[0][0] == "Grad-CAM" else None
-        picture = add_caption(plots.side_by_side([("photo", photo), *panels]), lines, legend=legend,
-                              scale=palette, scale_labels=("Grad-CAM low", "high"))
+        # what each panel's PNG recorded when it was drawn: its title, the LIME label, the heatmap palette
+        text = {title: plots.read_png_text(png) for title, png in found}
+        panels = [(text[title].get("panel", title), _picture_part(png, photo.shape)) for title, png in found]
+        lines = [Path(path).name, *text[found[0][0]].get("Description", "").splitlines()[:1]]  # predicted X (p=..)
+        lime_label = text.get("LIME", {}).get("label")
+        picture = add_caption(plots.side_by_side([("photo", photo), *panels]), lines,
+                              legend=lime_legend(lime_label) if lime_label else None,
+                              scale=text.get("Grad-CAM", {}).get("palette"), scale_labels=("Grad-CAM low", "high"))
         paths.append(plots.save_png(picture, target, "\n".join(lines)))
     return paths
-
-
-def _panel_title(title: str, caption: str) -> str:
-    """``Grad-CAM · layer conv3_1`` or ``LIME · 47 superpixels (slic)``: the method and its detail from the
-    panel's own caption (its second line, ``method | detail | file``)."""
-    parts = (caption.splitlines()[1:2] or [""])[0].split(" | ")
-    if len(parts) < 2:
-        return title
-    detail = parts[1].split(", ")[0]  # LIME's detail also lists samples and fit: keep the segmenter
-    if detail.startswith("layer "):
-        detail = "layer " + detail.removeprefix("layer ").rsplit("/", 1)[-1]  # nested model prefixes dropped
-    return f"{title} · {detail}"
