@@ -3,8 +3,9 @@
 1. starts ``prefect server start`` on 127.0.0.1:4200 (SQLite in a fresh PREFECT_HOME), unless one answers;
 2. runs ``fruitlens demo`` against it (PREFECT_API_URL set), into a temporary folder;
 3. reads the nightly flow run and its artifacts back with Prefect's own client;
-4. opens the flow run page (Artifacts tab) in headless Chromium: ``--dump-dom`` must contain the artifact
-   keys, and ``--screenshot`` saves the page.
+4. opens the flow run page (Artifacts tab) and the artifacts page in headless Chromium, driven over the DevTools
+   protocol: each must show the artifact keys (polled until they do, up to 90 s each, so a slow machine is waited
+   for rather than sampled once), and a screenshot of the flow run page is saved.
 
     python scripts/ui_screenshot.py [--out docs/ui-flow-run.png] [--small] [--port 4200] [--keep]
 
@@ -116,19 +117,13 @@ def run_demo(url: str, work: Path, small: bool) -> Path:
     return out
 
 
-def chromium(browser: str, url: str, *args: str, budget_ms: int = 20000) -> subprocess.CompletedProcess:
-    with tempfile.TemporaryDirectory(prefix="chromium-", ignore_cleanup_errors=True) as profile:
-        return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                               "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                               "--disable-sync", f"--user-data-dir={profile}", "--window-size=1400,1000",
-                               f"--virtual-time-budget={budget_ms}", *args, url],
-                              capture_output=True, text=True, timeout=180)
-
-
-async def _flow_run_tab(browser: str, page: str, keys: list[str], shot: Path, timeout: float = 90) -> str:
-    """Open ``page`` in headless Chromium over the DevTools protocol, click its Artifacts tab, wait until the
-    artifact keys show, screenshot it; the page's text. (``--dump-dom`` alone shows the default Logs tab:
-    the UI hides the other tabs until the flow run has loaded.)"""
+async def _page_showing(browser: str, page: str, keys: list[str], shot: Path | None = None, tab: str | None = None,
+                        timeout: float = 90) -> str:
+    """Open ``page`` in headless Chromium over the DevTools protocol, click its ``tab`` (if given) until the
+    artifact ``keys`` all show or ``timeout`` passes, screenshot it to ``shot`` (if given); the page's text.
+    Polling, not ``--dump-dom``: the UI fetches from the API after load, and under load a fixed virtual-time
+    budget snapshots the page before the list arrives; the flow run page also hides its other tabs until
+    the run has loaded."""
     import asyncio
     import base64
 
@@ -171,19 +166,21 @@ async def _flow_run_tab(browser: str, page: str, keys: list[str], shot: Path, ti
 
                 await call("Page.navigate", url=page)
                 click = ("(() => { const t = [...document.querySelectorAll('li.p-tab, [role=tab], button')]"
-                         ".find(b => b.textContent.trim() === 'Artifacts'); if (t) { t.click(); return true; }"
+                         f".find(b => b.textContent.trim() === {json.dumps(tab)}); if (t) {{ t.click(); return true; }}"
                          " return false; })()")
                 deadline = time.monotonic() + timeout
                 body = ""
                 while time.monotonic() < deadline:
-                    await call("Runtime.evaluate", expression=click, returnByValue=True)
+                    if tab:
+                        await call("Runtime.evaluate", expression=click, returnByValue=True)
                     body = await text()
                     if all(k in body for k in keys):
                         break
                     await asyncio.sleep(1)
-                await asyncio.sleep(1)
-                png = await call("Page.captureScreenshot", format="png")
-                shot.write_bytes(base64.b64decode(png["data"]))
+                if shot is not None:
+                    await asyncio.sleep(1)
+                    png = await call("Page.captureScreenshot", format="png")
+                    shot.write_bytes(base64.b64decode(png["data"]))
                 return body
         finally:
             proc.terminate()
@@ -222,15 +219,15 @@ def main(argv: list[str] | None = None) -> int:
 
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page = f"http://127.0.0.1:{args.port}/runs/flow-run/{run.id}"
-        body = asyncio.run(_flow_run_tab(browser, page, keys, args.out))
+        body = asyncio.run(_page_showing(browser, page, keys, shot=args.out, tab="Artifacts"))
         shown = [k for k in keys if k in body]
         print(f"flow run page {page}, Artifacts tab: {len(shown)} of {len(keys)} artifact keys shown; "
               f"screenshot {args.out} ({args.out.stat().st_size if args.out.is_file() else 0} bytes)")
         listing = f"http://127.0.0.1:{args.port}/artifacts"
-        dom = chromium(browser, listing, "--dump-dom").stdout
         all_keys = sorted({a.key for a in every if a.key})
-        listed = [k for k in all_keys if k in dom]
-        print(f"artifacts page {listing} (--dump-dom): {len(listed)} of {len(all_keys)} keys listed "
+        listing_text = asyncio.run(_page_showing(browser, listing, all_keys))
+        listed = [k for k in all_keys if k in listing_text]
+        print(f"artifacts page {listing}: {len(listed)} of {len(all_keys)} keys listed "
               f"(subflow artifacts included: {', '.join(sorted(set(all_keys) - set(keys)))})")
         ok = (run.state_name == "Completed" and bool(keys) and len(shown) == len(keys)
               and len(listed) == len(all_keys) and args.out.is_file())
