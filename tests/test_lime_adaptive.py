@@ -1,4 +1,4 @@
-"""Adaptive LIME: rounds that stop when the weights are stable; the fixed count unchanged bit for bit."""
+"""Adaptive LIME: rounds that stop when the weights are stable; the fixed count unchanged (to the last bits)."""
 
 import numpy as np
 import pytest
@@ -28,15 +28,17 @@ GOLDEN = [
 ]
 
 
-def test_fixed_mode_reproduces_the_results_before_adaptive_sampling_bit_for_bit():
+def test_fixed_mode_reproduces_the_results_before_adaptive_sampling():
     h, w = 12, 17
     seg = np.broadcast_to(grid_segments(h, w), (2, h, w))
     x = np.random.default_rng(0).uniform(0.2, 1.0, (2, h, w, 3)).astype(np.float32)
     res = explain_lime(logistic_model, x, segments=seg, num_samples=64, seed=3, batch_size=50, adaptive=False)
     for e, golden in zip(res, GOLDEN, strict=True):
         top = e.labels[0]
-        got = [float(v).hex() for v in e.weights[top]] + [float(e.intercept[top]).hex(), float(e.score[top]).hex()]
-        assert got == golden
+        got = [*e.weights[top], e.intercept[top], e.score[top]]
+        # bit for bit on the CPU that recorded them (AMD EPYC); another CPU's BLAS kernels round the Ridge's sums
+        # differently in the last bit or two (an Intel Xeon: 2e-15 relative), other samples would differ by O(1)
+        np.testing.assert_allclose(got, [float.fromhex(v) for v in golden], rtol=1e-12, atol=0)
         assert e.num_samples == e.max_samples == 64 and np.isfinite(e.stability)
 
 
