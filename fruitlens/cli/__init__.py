@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 
 from fruitlens.cli import data, explain, model, sanity
 from fruitlens.cli.common import CommandError, check_shared_flags
+from fruitlens.cli.quiet import quiet_tensorflow_import
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
 
@@ -58,6 +59,7 @@ def quiet_libraries(verbose: bool) -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
     if not verbose:
         os.environ.setdefault("ABSL_MIN_LOG_LEVEL", "3")
+        quiet_tensorflow_import()  # the lines no log level silences (oneDNN's, on Intel CPUs)
         # Keras' "N out of the last M calls triggered tf.function retracing" advice is for developers
         logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
