@@ -7,7 +7,9 @@ label:
 - the reference `LimeImageExplainer.explain_instance` at 1000 samples, seeds 1 and 2 (batch_size 1000, its
   fastest setting);
 - fruitlens fixed 1000 samples (``adaptive=False``), all images in one call;
-- fruitlens adaptive (rounds of 200, up to 1000) at several tolerances, all images in one call.
+- fruitlens adaptive (rounds of 200, up to 1000) at several tolerances, all images in one call;
+- fruitlens at a third of the rows (333, independent and balanced rows) and the balanced design
+  (``design="balanced"``) at 400 and 1000 rows and adaptive in rounds of 128.
 
 Reported: seconds per image, model rows per image (mean and distribution), and agreement with the reference at
 seed 1: Spearman of the top label's weights and top-5 overlap (shared superpixels among the 5 largest |weight|),
@@ -41,6 +43,13 @@ from benchmarks._common import FRUITS360, RESULTS, ROOT, write_result  # noqa: E
 from benchmarks.bench_lime import CONFIGS, load_split, reference_weights, seed_cnn_like, spearman, timed  # noqa: E402
 
 TOLERANCES = (0.03, 0.05, 0.1)
+#: fixed counts beside fixed-1000: (design, rows); a third of 1000 is the issue's row budget
+FIXED_COUNTS = (("random", 333), ("balanced", 333), ("balanced", 400), ("balanced", 1000))
+#: adaptive runs: independent rows in rounds of 200; the balanced design in rounds of one Hadamard block pair
+#: (128 rows for up to 63 superpixels)
+ADAPTIVE = {**{f"adaptive_tol{t:g}": dict(round_size=200, tolerance=t) for t in TOLERANCES},
+            **{f"balanced_adaptive_tol{t:g}": dict(round_size=128, tolerance=t, design="balanced")
+               for t in (0.05, 0.08)}}
 
 
 def top5_overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,9 +105,12 @@ def part_speed(config: str, n_agree: int, n_rows: int, per_class: int | None) ->
     a = slice(0, n_agree)
     fixed, t_fixed = timed(explain_lime, model, images[a], segments=segments[a], seed=0, **common)
     runs = {"fixed_1000": (fixed, t_fixed)}
-    for tol in TOLERANCES:
-        runs[f"adaptive_tol{tol:g}"] = timed(explain_lime, model, images[a], segments=segments[a], seed=0,
-                                             adaptive=True, round_size=200, tolerance=tol, **common)
+    for design, rows in FIXED_COUNTS:
+        runs[f"{design}_{rows}"] = timed(explain_lime, model, images[a], segments=segments[a], seed=0,
+                                         design=design, **{**common, "num_samples": rows})
+    for name, kw in ADAPTIVE.items():
+        runs[name] = timed(explain_lime, model, images[a], segments=segments[a], seed=0, adaptive=True, **kw,
+                           **common)
 
     def agreement(exps) -> dict:
         rho, over = [], []
@@ -127,10 +139,10 @@ def part_speed(config: str, n_agree: int, n_rows: int, per_class: int | None) ->
                         "stability": _dist([e.stability for e in exps])}
     # rows per image on more images (no reference)
     if n_rows > n_agree:
-        for tol in TOLERANCES:
+        for name, kw in ADAPTIVE.items():
             exps, t = timed(explain_lime, model, images[:n_rows], segments=segments[:n_rows], seed=0, adaptive=True,
-                            round_size=200, tolerance=tol, **common)
-            result[f"adaptive_tol{tol:g}"]["rows_per_image_more"] = {"images": n_rows, **_dist(
+                            **kw, **common)
+            result[name]["rows_per_image_more"] = {"images": n_rows, **_dist(
                 [e.num_samples for e in exps]), "s_per_image": t / n_rows}
     for name in ("reference_seed1_vs_seed2", *runs):
         r = result[name] if name.startswith("reference") else result[name]["vs_reference_seed1"]

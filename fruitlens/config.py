@@ -50,6 +50,7 @@ Plots = Literal["all", "explanation", "none"]
 LIME_PLOT_KINDS = ("outline", "boundaries", "density")
 PLOT_SETS = {"all": LIME_PLOT_KINDS, "explanation": ("outline",), "none": ()}
 FeatureSelection = Literal["auto", "highest_weights", "forward_selection", "none"]
+LimeDesign = Literal["random", "balanced"]  # how LIME draws its rows (fruitlens.explain.lime.draw_masks)
 CamVariant = Literal["gradcam", "gradcam++", "cam"]
 
 CHUNK_SIZE = 16  # images per explanation chunk: one task, one Parquet part, the unit of resume
@@ -70,11 +71,11 @@ class LimeOptions:
     max_num_iter; quickshift: kernel_size, max_dist, ratio, sigma; felzenszwalb: scale, sigma, min_size).
     ``hide_color``: "mean", "white", "black", "gray", a number or an RGB triple in [0, 1].
     ``plots``: which PNGs: all (outline, boundaries, density), explanation (outline), none, or a comma-separated
-    list of kinds (default outline,boundaries: the weight density is a matplotlib figure that costs about ten
-    times the other two together, see benchmarks/README.md).
+    list of kinds (default outline,boundaries: the density figure costs ten times the other two, benchmarks).
     ``adaptive``: sample in rounds of ``round_size`` and stop each image once ``max SE(w) / max |w|`` is at
     most ``tolerance``, at most ``num_samples`` rows; False (the default: adaptive did not reach the reference's
     seed-to-seed agreement at a third of the rows, benchmarks/README.md): exactly ``num_samples`` rows.
+    ``design``: "random" rows (as the `lime` package) or "balanced" (Hadamard blocks: less noise, same estimand).
     """
 
     num_samples: int = 1000
@@ -93,6 +94,7 @@ class LimeOptions:
     adaptive: bool = False
     round_size: int = 200
     tolerance: float = 0.05
+    design: LimeDesign = "random"
 
     def __post_init__(self) -> None:
         from fruitlens.explain.segmentation import make_segmenter
@@ -102,6 +104,7 @@ class LimeOptions:
             (self.top_labels >= 1, "top_labels", self.top_labels, "at least 1"),
             (self.round_size >= 2, "round_size", self.round_size, "at least 2"),
             (self.tolerance >= 0, "tolerance", self.tolerance, ">= 0 (0: never stop early)"),
+            (self.design in get_args(LimeDesign), "design", self.design, "one of random, balanced"),
             (self.num_features is None or self.num_features >= 1, "num_features", self.num_features,
              "at least 1 or null"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "at least 1 or null"),

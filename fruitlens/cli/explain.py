@@ -48,6 +48,8 @@ def _add_explain(sub) -> None:
     lime.add_argument("--round-size", type=int, help="adaptive: samples per image per round (default 200)")
     lime.add_argument("--tolerance", type=float, help="adaptive: stop when max SE(weight) / max |weight| is at "
                       "most this (default 0.05)")
+    lime.add_argument("--design", help="how the perturbed samples are drawn: random (default, as the lime "
+                      "package) or balanced (Hadamard blocks: less noise in the weights at the same count)")
     lime.add_argument("--segmenter", help="superpixels: slic (default), quickshift, felzenszwalb")
     lime.add_argument("--n-superpixels", type=int, default=None, help="slic: number of superpixels (default 50)")
     lime.add_argument("--compactness", type=float, default=None, help="slic: compactness (default 20)")
@@ -109,7 +111,7 @@ def explain_options(args):
     shared = _given(args, {"seed": "seed", "faithfulness_steps": "faithfulness_steps"})
     lime = shared | _given(args, {k: k for k in ("num_samples", "segmenter", "top_labels", "num_features",
                                                  "feature_selection", "batch_size", "threshold", "plots",
-                                                 "adaptive", "round_size", "tolerance")})
+                                                 "adaptive", "round_size", "tolerance", "design")})
     if args.hide_color is not None:
         lime["hide_color"] = _hide_color(args.hide_color)
     params = _segmenter_params(args)

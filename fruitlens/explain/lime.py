@@ -5,7 +5,11 @@ For each image (Ribeiro et al. 2016, as in ``lime.lime_image`` / ``lime.lime_bas
 1. superpixels ``segments`` (H, W) with ids 0..S-1 (``fruitlens.explain.segmentation``). The default is SLIC
    with 50 superpixels (the R package's default): quickshift with lime's parameters gives 1-8 superpixels on
    Fruits-360 at 100x100 and a single one at 20x20, which leaves nothing to explain;
-2. ``num_samples`` binary rows z (S,) drawn uniformly, the first row all ones (the image itself);
+2. ``num_samples`` binary rows z (S,) drawn uniformly, the first row all ones (the image itself): independent
+   rows as the reference draws them (``design="random"``), or fold-over randomised Hadamard blocks
+   (``design="balanced"``, :func:`draw_masks`): each row is still uniform, but within a block every superpixel
+   is hidden in half the rows and independently of every other one, which takes sampling noise out of the
+   weights (400 balanced rows agree with the reference at 1000 as well as it agrees with itself, benchmarks);
 3. perturbed image for row z: superpixel s kept where z[s] = 1, else filled with its mean colour
    (``hide_color=None``) or a given colour; built by indexing, ``where(z[segments], image, fill)``;
 4. the model's output (probabilities: the Ridge is fitted on what the model returns, like the reference);
@@ -47,8 +51,9 @@ from collections.abc import Sequence
 from typing import Literal, get_args
 
 import numpy as np
+from scipy.linalg import hadamard
 
-from fruitlens.config import HIDE_COLORS
+from fruitlens.config import HIDE_COLORS, LimeDesign
 from fruitlens.explain.results import LimeExplanation, LimeResult
 from fruitlens.explain.segmentation import Segmenter, make_segmenter, relabel
 from fruitlens.runs import as_predict_fn
@@ -61,6 +66,7 @@ KERNEL_WIDTH = 0.25
 ROUND_SIZE = 200
 TOLERANCE = 0.05
 RIDGE_ALPHA = 1.0
+DESIGNS: tuple[str, ...] = get_args(LimeDesign)
 BATCH_BYTES = 16 << 20  # default model batch: about 16 MiB of float32 pixels (139 images at 100x100)
 
 
@@ -82,6 +88,7 @@ def explain_lime(
     adaptive: bool = False,
     round_size: int = ROUND_SIZE,
     tolerance: float = TOLERANCE,
+    design: LimeDesign = "random",
 ) -> list[LimeExplanation]:
     """Explain each image's prediction with LIME over superpixels.
 
@@ -108,6 +115,8 @@ def explain_lime(
             the most rows an image gets. False: exactly ``num_samples`` rows per image.
         round_size: rows per image per round when adaptive (the first round included); at least 2.
         tolerance: adaptive stopping bound on ``max SE(w) / max |w|`` (0: never stop early).
+        design: how the rows are drawn (:func:`draw_masks`): "random" (lime's independent rows) or "balanced"
+            (fold-over randomised Hadamard blocks: the same distribution per row, less noise in the weights).
 
     Returns:
         One ``LimeExplanation`` per image, in order.
@@ -137,12 +146,10 @@ def explain_lime(
         raise ValueError(f"round_size {round_size}: expected at least 2")
     if tolerance < 0:
         raise ValueError(f"tolerance {tolerance}: expected >= 0")
+    if design not in DESIGNS:
+        raise ValueError(f"unknown design {design!r}; expected one of {', '.join(DESIGNS)}")
     rngs = [np.random.default_rng(e) for e in entropy]
-    masks = []
-    for rng, s in zip(rngs, sizes, strict=True):  # per image, not per sample
-        z = rng.integers(0, 2, (num_samples, s), dtype=np.int8).astype(bool)
-        z[0] = True
-        masks.append(z)
+    masks = [draw_masks(rng, num_samples, int(s), design) for rng, s in zip(rngs, sizes, strict=True)]
     if batch_size is None:
         batch_size = int(np.clip(BATCH_BYTES // (h * w * 3 * 4), 32, 1024))
     if batch_size < 1:
@@ -325,6 +332,32 @@ def _targets(labels, top_labels: int, probs0: np.ndarray, n: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------ the local linear models
+
+
+def draw_masks(rng: np.random.Generator, num_samples: int, s: int, design: str = "random") -> np.ndarray:
+    """(num_samples, s) bool rows, each uniform on {0, 1}^s, the first all ones (the image itself).
+
+    "random": independent rows (lime's). "balanced": fold-over blocks of a randomised Hadamard design: in each
+    block of 2m rows (m the power of two above s) every superpixel is hidden in exactly half the rows and every
+    pair of superpixels in each of the four on/off combinations equally often, and each row's complement is in
+    the block too, so the superpixels' main effects are not confounded with each other nor with their pairwise
+    interactions. Each block draws its own column subset, column flips and row order, so every row is still
+    uniform on {0, 1}^s: the same estimand as "random", with less sampling noise in the weights.
+    """
+    if design == "random":
+        z = rng.integers(0, 2, (num_samples, s), dtype=np.int8).astype(bool)
+    else:
+        m = 1 << int(np.ceil(np.log2(s + 1)))
+        h = hadamard(m)[:, 1:] > 0  # (m, m - 1): each column half true, columns pairwise orthogonal
+        blocks, total = [], 0
+        while total < num_samples:
+            b = h[:, rng.choice(m - 1, s, replace=False)] ^ rng.integers(0, 2, s).astype(bool)
+            b = np.concatenate([b, ~b])
+            blocks.append(b[rng.permutation(len(b))])
+            total += len(b)
+        z = np.concatenate(blocks)[:num_samples]
+    z[0] = True
+    return z
 
 
 def kernel_weights(data: np.ndarray, kernel_width: float) -> np.ndarray:
