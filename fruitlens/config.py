@@ -104,7 +104,7 @@ class LimeOptions:
             (self.top_labels >= 1, "top_labels", self.top_labels, "at least 1"),
             (self.round_size >= 2, "round_size", self.round_size, "at least 2"),
             (self.tolerance >= 0, "tolerance", self.tolerance, ">= 0 (0: never stop early)"),
-            (self.design in get_args(LimeDesign), "design", self.design, "one of random, balanced"),
+            (self.design in (designs := get_args(LimeDesign)), "design", self.design, "one of " + ", ".join(designs)),
             (self.num_features is None or self.num_features >= 1, "num_features", self.num_features,
              "at least 1 or null"),
             (self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "at least 1 or null"),

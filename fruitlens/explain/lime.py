@@ -349,12 +349,10 @@ def draw_masks(rng: np.random.Generator, num_samples: int, s: int, design: str =
     else:
         m = 1 << int(np.ceil(np.log2(s + 1)))
         h = hadamard(m)[:, 1:] > 0  # (m, m - 1): each column half true, columns pairwise orthogonal
-        blocks, total = [], 0
-        while total < num_samples:
+        blocks = []
+        for _ in range(-(-num_samples // (2 * m))):  # blocks of 2m rows, the last one cut
             b = h[:, rng.choice(m - 1, s, replace=False)] ^ rng.integers(0, 2, s).astype(bool)
-            b = np.concatenate([b, ~b])
-            blocks.append(b[rng.permutation(len(b))])
-            total += len(b)
+            blocks.append(np.concatenate([b, ~b])[rng.permutation(2 * m)])
         z = np.concatenate(blocks)[:num_samples]
     z[0] = True
     return z
