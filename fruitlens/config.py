@@ -26,6 +26,15 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from fruitlens.lime_options import (  # noqa: F401 - LIME's options are part of this API
+    HIDE_COLORS,
+    LIME_PLOT_KINDS,
+    PLOT_SETS,
+    FeatureSelection,
+    LimeDesign,
+    LimeOptions,
+    Plots,
+)
 from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' options are part of this API
     FAITHFULNESS_STEPS,
     PALETTE,
@@ -45,102 +54,15 @@ Split = Literal["train", "val", "test"]
 Selection = Literal["report", "first"]
 TaskRunnerName = Literal["thread", "dask"]
 PromoteMetric = Literal["accuracy", "macro_f1"]
-Plots = Literal["all", "explanation", "none"]
-#: the PNG kinds LIME can write per image; ``plots`` names a set of them (``LimeOptions.plot_kinds``)
-LIME_PLOT_KINDS = ("outline", "boundaries", "density")
-PLOT_SETS = {"all": LIME_PLOT_KINDS, "explanation": ("outline",), "none": ()}
-FeatureSelection = Literal["auto", "highest_weights", "forward_selection", "none"]
-LimeDesign = Literal["random", "balanced"]  # how LIME draws its rows (fruitlens.explain.lime.draw_masks)
 CamVariant = Literal["gradcam", "gradcam++", "cam"]
 
 CHUNK_SIZE = 16  # images per explanation chunk: one task, one Parquet part, the unit of resume
-HIDE_COLORS = {"mean": None, "white": 1.0, "black": 0.0, "gray": 0.5}
 # Small enough that `fruitlens demo` runs in a few minutes on two cores, and leaves the demo's fruit_net a few
 # mistakes for the report to explain (5 epochs: 98.3% of the 300 test images right; 6 epochs: all of them).
 DEMO_TRAIN: dict[str, Any] = {"arch": "fruit_net", "image_size": 32, "epochs": 5, "batch_size": 32, "seed": 42}
 
 
 # ------------------------------------------------------------------------------------ explanation methods
-
-
-@dataclass(frozen=True)
-class LimeOptions:
-    """LIME in batch runs (see ``fruitlens.explain.lime.explain_lime`` for the meaning of each).
-
-    ``segmenter_params`` holds the segmenter's own parameters (slic: n_superpixels, compactness, sigma,
-    max_num_iter; quickshift: kernel_size, max_dist, ratio, sigma; felzenszwalb: scale, sigma, min_size).
-    ``hide_color``: "mean", "white", "black", "gray", a number or an RGB triple in [0, 1].
-    ``plots``: which PNGs: all (outline, boundaries, density), explanation (outline), none, or a comma-separated
-    list of kinds (default outline,boundaries: the density figure costs ten times the other two, benchmarks).
-    ``adaptive``: sample in rounds of ``round_size`` and stop each image once ``max SE(w) / max |w|`` is at
-    most ``tolerance``, at most ``num_samples`` rows; False (the default: adaptive did not reach the reference's
-    seed-to-seed agreement at a third of the rows, benchmarks/README.md): exactly ``num_samples`` rows.
-    ``design``: "random" rows (as the `lime` package) or "balanced" (Hadamard blocks: less noise, same estimand).
-    """
-
-    num_samples: int = 1000
-    seed: int = 0
-    segmenter: str = "slic"
-    segmenter_params: dict[str, float] = field(default_factory=dict)
-    hide_color: str | float | tuple[float, float, float] = "mean"
-    top_labels: int = 1
-    num_features: int | None = None
-    feature_selection: FeatureSelection = "auto"
-    batch_size: int | None = None
-    threshold: float = 0.0
-    display_features: int = 5
-    plots: str = "outline,boundaries"
-    faithfulness_steps: int = FAITHFULNESS_STEPS
-    adaptive: bool = False
-    round_size: int = 200
-    tolerance: float = 0.05
-    design: LimeDesign = "random"
-
-    def __post_init__(self) -> None:
-        from fruitlens.explain.segmentation import make_segmenter
-
-        check([
-            (self.num_samples >= 2, "num_samples", self.num_samples, "at least 2"),
-            (self.top_labels >= 1, "top_labels", self.top_labels, "at least 1"),
-            (self.round_size >= 2, "round_size", self.round_size, "at least 2"),
-            (self.tolerance >= 0, "tolerance", self.tolerance, ">= 0 (0: never stop early)"),
-            (self.design in (designs := get_args(LimeDesign)), "design", self.design, "one of " + ", ".join(designs)),
-            (self.num_features is None or self.num_features >= 1, "num_features", self.num_features,
-             "at least 1 or null"),
-            (self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "at least 1 or null"),
-            (self.threshold >= 0, "threshold", self.threshold, ">= 0"),
-            (self.display_features >= 1, "display_features", self.display_features, "at least 1"),
-            (self.faithfulness_steps >= 0, "faithfulness_steps", self.faithfulness_steps, ">= 0 (0: off)"),
-            (self.feature_selection in get_args(FeatureSelection), "feature_selection", self.feature_selection,
-             "one of " + ", ".join(get_args(FeatureSelection))),
-            (self.plots in PLOT_SETS or (bool(self.plots) and set(self.plots.split(",")) <= set(LIME_PLOT_KINDS)),
-             "plots", self.plots, "one of " + ", ".join(get_args(Plots)) + " or a comma-separated list of "
-             + ", ".join(LIME_PLOT_KINDS)),
-        ])
-        hide = self.hide_color
-        if isinstance(hide, str):
-            check([(hide in HIDE_COLORS, "hide_color", hide, f"{', '.join(HIDE_COLORS)}, a number or R,G,B")])
-        else:
-            values = hide if isinstance(hide, tuple) else (hide,)
-            check([(all(0.0 <= float(v) <= 1.0 for v in values), "hide_color", hide, "values in [0, 1]")])
-        try:
-            make_segmenter(self.segmenter, **self.segmenter_params)
-        except ValueError as exc:
-            raise ValueError(f"segmenter {self.segmenter!r}: {exc}") from exc
-        object.__setattr__(self, "segmenter_params", dict(sorted(self.segmenter_params.items())))
-
-    @property
-    def plot_kinds(self) -> frozenset[str]:
-        """The LIME PNG kinds to write (``plots`` resolved)."""
-        return frozenset(PLOT_SETS.get(self.plots, tuple(self.plots.split(","))))
-
-    @property
-    def fill(self) -> float | tuple[float, ...] | None:
-        """``hide_color`` as ``explain_lime`` takes it (None: each superpixel's mean colour)."""
-        return HIDE_COLORS[self.hide_color] if isinstance(self.hide_color, str) else self.hide_color
-
-    def __hash__(self) -> int:  # segmenter_params is a dict
-        return hash(json.dumps(to_plain(self), sort_keys=True))
 
 
 @dataclass(frozen=True)

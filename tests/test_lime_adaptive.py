@@ -50,7 +50,7 @@ def test_stability_uses_the_same_ridge_as_the_weights():
     z = np.random.default_rng((1, 0)).integers(0, 2, (300, 6), dtype=np.int8).astype(bool)
     z[0] = True
     y = logistic_model(np.where(z[:, seg[0]][..., None], x[0], x[0].mean(axis=(0, 1))))  # grid cells: one colour
-    assert fl._stability(z, y[:, [e.labels[0]]], fl.KERNEL_WIDTH) > 0
+    assert fl.stability(z, y[:, [e.labels[0]]], fl.KERNEL_WIDTH) > 0
     # closed-form ridge of _stability == sklearn's: its SE is relative to these weights
     sw = fl.kernel_weights(z.astype(float), fl.KERNEL_WIDTH)
     from sklearn.linear_model import Ridge

@@ -83,18 +83,25 @@ def test_an_unknown_design_is_refused_where_it_enters():
         LimeOptions(design="hadamard")
 
 
-def test_design_flag(demo_dir, tmp_path, capsys):
+def test_design_and_control_variate_flags(demo_dir, tmp_path, capsys):
     from tests.helpers import tiny_run
 
     run = tiny_run(tmp_path / "run", classes=("a", "b", "c", "d", "e", "f"), image_size=(20, 16))
     common = ["explain", "--model", str(run), "--data", str(demo_dir), "--method", "lime", "--limit", "2",
-              "--plots", "none", "--num-samples", "200", "--n-superpixels", "12"]
-    assert main(common + ["--out", str(tmp_path / "random")]) == 0
-    assert main(common + ["--out", str(tmp_path / "balanced"), "--design", "balanced"]) == 0
-    random = tables.read_table(tmp_path / "random" / "lime.parquet").sort_values(["image_id", "superpixel"])
-    balanced = tables.read_table(tmp_path / "balanced" / "lime.parquet").sort_values(["image_id", "superpixel"])
-    assert (balanced["num_samples"] == 200).all() and len(balanced) == len(random)
-    assert not np.allclose(balanced["weight"].to_numpy(), random["weight"].to_numpy())
+              "--plots", "none", "--num-samples", "200", "--n-superpixels", "12", "--no-adaptive"]
+    variants = {"random": ["--design", "random", "--no-control-variate"],
+                "balanced": ["--design", "balanced", "--no-control-variate"],
+                "balanced_cv": ["--design", "balanced", "--control-variate"], "default": []}
+    weights = {}
+    for name, flags in variants.items():
+        assert main(common + ["--out", str(tmp_path / name), *flags]) == 0
+        table = tables.read_table(tmp_path / name / "lime.parquet").sort_values(["image_id", "superpixel"])
+        assert (table["num_samples"] == 200).all()
+        weights[name] = table["weight"].to_numpy()
+    assert len({len(w) for w in weights.values()}) == 1
+    assert not np.allclose(weights["balanced"], weights["random"])
+    assert not np.allclose(weights["balanced_cv"], weights["balanced"])
+    np.testing.assert_array_equal(weights["default"], weights["balanced_cv"])  # the defaults: balanced, with it
     capsys.readouterr()
     assert main(common + ["--out", str(tmp_path / "bad"), "--design", "sobol"]) == 2
     assert "design" in capsys.readouterr().err

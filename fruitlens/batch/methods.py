@@ -107,7 +107,7 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
                            batch_size=options.batch_size, segmenter=segmenter, num_features=options.num_features,
                            feature_selection=options.feature_selection, adaptive=options.adaptive,
                            round_size=options.round_size, tolerance=options.tolerance,
-                           design=options.design)
+                           design=options.design, control_variate=options.control_variate)
     # the PNGs (PIL, numpy; matplotlib for the density, in this one thread only) are drawn while the model
     # runs the faithfulness curves: TensorFlow releases the GIL, so both cores work
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lime-png") as pool:

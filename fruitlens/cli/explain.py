@@ -44,12 +44,15 @@ def _add_explain(sub) -> None:
                       "exactly this many with --no-adaptive (default 1000)")
     lime.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=None,
                       help="sample in rounds and stop each image when its weights are stable, at most "
-                      "--num-samples; --no-adaptive (default): exactly --num-samples")
-    lime.add_argument("--round-size", type=int, help="adaptive: samples per image per round (default 200)")
+                      "--num-samples (default); --no-adaptive: exactly --num-samples")
+    lime.add_argument("--round-size", type=int, help="adaptive: samples per image per round (default 128)")
     lime.add_argument("--tolerance", type=float, help="adaptive: stop when max SE(weight) / max |weight| is at "
                       "most this (default 0.05)")
-    lime.add_argument("--design", help="how the perturbed samples are drawn: random (default, as the lime "
-                      "package) or balanced (Hadamard blocks: less noise in the weights at the same count)")
+    lime.add_argument("--design", help="how the perturbed samples are drawn: balanced (default; Hadamard blocks: "
+                      "less noise in the weights at the same count) or random (as the lime package)")
+    lime.add_argument("--control-variate", action=argparse.BooleanOptionalAction, default=None,
+                      help="fit the weights with a logistic surrogate as control variate: less noise, same "
+                      "estimand (default); --no-control-variate: the plain weighted Ridge")
     lime.add_argument("--segmenter", help="superpixels: slic (default), quickshift, felzenszwalb")
     lime.add_argument("--n-superpixels", type=int, default=None, help="slic: number of superpixels (default 50)")
     lime.add_argument("--compactness", type=float, default=None, help="slic: compactness (default 20)")
@@ -111,7 +114,8 @@ def explain_options(args):
     shared = _given(args, {"seed": "seed", "faithfulness_steps": "faithfulness_steps"})
     lime = shared | _given(args, {k: k for k in ("num_samples", "segmenter", "top_labels", "num_features",
                                                  "feature_selection", "batch_size", "threshold", "plots",
-                                                 "adaptive", "round_size", "tolerance", "design")})
+                                                 "adaptive", "round_size", "tolerance", "design",
+                                                 "control_variate")})
     if args.hide_color is not None:
         lime["hide_color"] = _hide_color(args.hide_color)
     params = _segmenter_params(args)

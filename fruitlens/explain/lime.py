@@ -38,6 +38,13 @@ and predicted. All rows of image i are drawn up front from its generator, so an 
 image i at n rows gives exactly the explanation of a fixed run with ``num_samples=n`` (the first n rows of
 a draw are a smaller draw); the stability is reported in fixed mode too.
 
+Control variate (``control_variate=True``, :class:`fruitlens.explain.lime_fit.Surrogate`): a weighted logistic
+fit ``g`` of the explained probability on the rows is the control variate. The weights are the Ridge of ``f - g``
+on the drawn rows plus the same Ridge of ``g`` on a fixed draw of 8192 rows that needs no model call, so only
+what the logistic model misses carries the few rows' sampling noise. Same estimand; with the balanced design,
+256 rows agree with the reference at 1000 better than the reference agrees with itself (benchmarks). Outputs
+outside [0, 1] (logits) are explained without it, with a warning.
+
 Randomness: image i draws its samples from ``np.random.default_rng((seed, i))`` when ``seed`` is an int
 (its position in the batch), or from ``np.random.default_rng(seed[i])`` when ``seed`` is a sequence with one
 entry per image (an int or a tuple of ints). So ``explain_lime(x, seed=s)[i]`` equals
@@ -51,9 +58,15 @@ from collections.abc import Sequence
 from typing import Literal, get_args
 
 import numpy as np
-from scipy.linalg import hadamard
 
 from fruitlens.config import HIDE_COLORS, LimeDesign
+from fruitlens.explain.lime_fit import (  # noqa: F401 - draw_masks and kernel_weights are part of this API
+    draw_masks,
+    fit_explanation,
+    fit_surrogate,
+    kernel_weights,
+    stability,
+)
 from fruitlens.explain.results import LimeExplanation, LimeResult
 from fruitlens.explain.segmentation import Segmenter, make_segmenter, relabel
 from fruitlens.runs import as_predict_fn
@@ -65,7 +78,6 @@ FEATURE_SELECTIONS: tuple[str, ...] = get_args(FeatureSelection)
 KERNEL_WIDTH = 0.25
 ROUND_SIZE = 200
 TOLERANCE = 0.05
-RIDGE_ALPHA = 1.0
 DESIGNS: tuple[str, ...] = get_args(LimeDesign)
 BATCH_BYTES = 16 << 20  # default model batch: about 16 MiB of float32 pixels (139 images at 100x100)
 
@@ -89,6 +101,7 @@ def explain_lime(
     round_size: int = ROUND_SIZE,
     tolerance: float = TOLERANCE,
     design: LimeDesign = "random",
+    control_variate: bool = False,
 ) -> list[LimeExplanation]:
     """Explain each image's prediction with LIME over superpixels.
 
@@ -117,6 +130,8 @@ def explain_lime(
         tolerance: adaptive stopping bound on ``max SE(w) / max |w|`` (0: never stop early).
         design: how the rows are drawn (:func:`draw_masks`): "random" (lime's independent rows) or "balanced"
             (fold-over randomised Hadamard blocks: the same distribution per row, less noise in the weights).
+        control_variate: estimate the weights with a logistic surrogate as control variate (module docstring):
+            the same estimand, less sampling noise; for outputs in [0, 1] (others are fitted without it).
 
     Returns:
         One ``LimeExplanation`` per image, in order.
@@ -163,15 +178,19 @@ def explain_lime(
         probs = _predict_perturbed(fn, x, seg, fill, [(i, 0, num_samples) for i in range(n)], masks, batch_size)
         probs = probs.reshape(n, num_samples, -1)
         targets = _targets(labels, top_labels, probs[:, 0], n)
+        _check_probabilities(probs, control_variate)
         with threadpool_limits(limits=1, user_api="blas"):
-            stab = [_stability(masks[i], probs[i][:, targets[i]], kernel_width) for i in range(n)]
-            return [_fit_one(masks[i], probs[i], targets[i], seg[i], num_samples, num_features, feature_selection,
-                             kernel_width, seg_name, stab[i], tolerance, num_samples) for i in range(n)]
+            cvs = [fit_surrogate(masks[i], probs[i][:, targets[i]], kernel_width, control_variate) for i in range(n)]
+            stab = [stability(masks[i], probs[i][:, targets[i]], kernel_width, cvs[i]) for i in range(n)]
+            return [fit_explanation(masks[i], probs[i], targets[i], seg[i], num_samples, num_features,
+                                    feature_selection, kernel_width, seg_name, stab[i], tolerance, num_samples,
+                                    cvs[i]) for i in range(n)]
     used = np.zeros(n, np.int64)
     outs: list[list[np.ndarray]] = [[] for _ in range(n)]
     stab = np.full(n, np.inf)
     active = list(range(n))
     targets = None
+    cvs: list = [None] * n
     while active:
         pieces = [(i, int(used[i]), int(min(used[i] + round_size, num_samples))) for i in active]
         probs = _predict_perturbed(fn, x, seg, fill, pieces, masks, batch_size)
@@ -182,16 +201,19 @@ def explain_lime(
             used[i] = b
         if targets is None:  # the first round holds every image's unperturbed row
             targets = _targets(labels, top_labels, np.stack([outs[i][0][0] for i in range(n)]), n)
+        _check_probabilities(probs, control_variate)
         with threadpool_limits(limits=1, user_api="blas"):
             for i in active:
                 y = np.concatenate(outs[i])
                 outs[i] = [y]
-                stab[i] = _stability(masks[i][:used[i]], y[:, targets[i]], kernel_width)
+                z = masks[i][:used[i]]
+                cvs[i] = fit_surrogate(z, y[:, targets[i]], kernel_width, control_variate)
+                stab[i] = stability(z, y[:, targets[i]], kernel_width, cvs[i])
         active = [i for i in active if used[i] < num_samples and not stab[i] <= tolerance]
     with threadpool_limits(limits=1, user_api="blas"):
-        return [_fit_one(masks[i][:used[i]], outs[i][0], targets[i], seg[i], int(used[i]), num_features,
-                         feature_selection, kernel_width, seg_name, float(stab[i]), tolerance, num_samples)
-                for i in range(n)]
+        return [fit_explanation(masks[i][:used[i]], outs[i][0], targets[i], seg[i], int(used[i]), num_features,
+                                feature_selection, kernel_width, seg_name, float(stab[i]), tolerance, num_samples,
+                                cvs[i]) for i in range(n)]
 
 
 class LimeExplainer:
@@ -313,6 +335,12 @@ def _predict_perturbed(fn, x, seg, fill, pieces, masks, batch_size: int) -> np.n
     return probs
 
 
+def _check_probabilities(probs: np.ndarray, control_variate: bool) -> None:
+    if control_variate and (probs.min() < 0.0 or probs.max() > 1.0):
+        log.warning("control_variate: the model's outputs span [%.3g, %.3g], not probabilities in [0, 1]; "
+                    "those images are explained without it", probs.min(), probs.max())
+
+
 def _targets(labels, top_labels: int, probs0: np.ndarray, n: int) -> np.ndarray:
     """(N, k) class indices to explain per image."""
     c = probs0.shape[1]
@@ -329,141 +357,3 @@ def _targets(labels, top_labels: int, probs0: np.ndarray, n: int) -> np.ndarray:
     if t.min() < 0 or t.max() >= c:
         raise ValueError(f"labels {sorted(set(t.ravel().tolist()))}: expected class indices in 0..{c - 1}")
     return t
-
-
-# ------------------------------------------------------------------------------------ the local linear models
-
-
-def draw_masks(rng: np.random.Generator, num_samples: int, s: int, design: str = "random") -> np.ndarray:
-    """(num_samples, s) bool rows, each uniform on {0, 1}^s, the first all ones (the image itself).
-
-    "random": independent rows (lime's). "balanced": fold-over blocks of a randomised Hadamard design: in each
-    block of 2m rows (m the power of two above s) every superpixel is hidden in exactly half the rows and every
-    pair of superpixels in each of the four on/off combinations equally often, and each row's complement is in
-    the block too, so the superpixels' main effects are not confounded with each other nor with their pairwise
-    interactions. Each block draws its own column subset, column flips and row order, so every row is still
-    uniform on {0, 1}^s: the same estimand as "random", with less sampling noise in the weights.
-    """
-    if design == "random":
-        z = rng.integers(0, 2, (num_samples, s), dtype=np.int8).astype(bool)
-    else:
-        m = 1 << int(np.ceil(np.log2(s + 1)))
-        h = hadamard(m)[:, 1:] > 0  # (m, m - 1): each column half true, columns pairwise orthogonal
-        blocks = []
-        for _ in range(-(-num_samples // (2 * m))):  # blocks of 2m rows, the last one cut
-            b = h[:, rng.choice(m - 1, s, replace=False)] ^ rng.integers(0, 2, s).astype(bool)
-            blocks.append(np.concatenate([b, ~b])[rng.permutation(2 * m)])
-        z = np.concatenate(blocks)[:num_samples]
-    z[0] = True
-    return z
-
-
-def kernel_weights(data: np.ndarray, kernel_width: float) -> np.ndarray:
-    """lime's sample weights: exponential kernel of the cosine distance of each row to the all-ones row."""
-    s = data.shape[1]
-    # cosine distance of each row to the all-ones row: 1 - |z| / sqrt(|z| S); an all-zero row is at 1
-    distances = 1.0 - np.sqrt(data.sum(axis=1) / s)
-    return np.sqrt(np.exp(-(distances ** 2) / kernel_width ** 2))
-
-
-def _stability(z: np.ndarray, y: np.ndarray, kernel_width: float) -> float:
-    """``max_s SE(w_s) / max_s |w_s|`` of the weighted Ridge of ``y`` (n, k) on ``z`` (n, S), worst label.
-
-    The Ridge is lime's (alpha 1, intercept, sample weights ``sw``), solved in closed form on the weighted-
-    centred design; SE from the HC0 sandwich ``A^-1 X' diag(sw^2 r^2) X A^-1``, ``A = X' diag(sw) X + alpha I``.
-    inf when every weight is 0 (nothing to rank yet) or there are too few rows for a residual.
-    """
-    data = z.astype(np.float64)
-    n, s = data.shape
-    if n <= 2:
-        return float("inf")
-    sw = kernel_weights(data, kernel_width)
-    wsum = sw.sum()
-    xc = data - (sw @ data) / wsum
-    yc = y - (sw @ y) / wsum
-    a = (xc.T * sw) @ xc + RIDGE_ALPHA * np.eye(s)
-    a_inv = np.linalg.inv(a)
-    beta = a_inv @ ((xc.T * sw) @ yc)  # (S, k)
-    resid = yc - xc @ beta
-    worst = 0.0
-    for j in range(y.shape[1]):
-        u = xc * (sw * resid[:, j])[:, None]
-        half = a_inv @ u.T  # (S, n): cov = half @ half.T
-        se = np.sqrt(np.einsum("ij,ij->i", half, half))
-        top = np.abs(beta[:, j]).max()
-        if top <= 0:
-            return float("inf")
-        worst = max(worst, float(se.max() / top))
-    return worst
-
-
-def _fit_one(z: np.ndarray, probs: np.ndarray, labels: np.ndarray, seg: np.ndarray, num_samples: int,
-             num_features: int | None, selection: str, kernel_width: float, seg_name: str,
-             stability: float = float("nan"), tolerance: float = 0.0, max_samples: int | None = None
-             ) -> LimeExplanation:
-    from sklearn.linear_model import Ridge
-    from sklearn.metrics import r2_score
-
-    data = z.astype(np.float64)
-    s = data.shape[1]
-    sw = kernel_weights(data, kernel_width)
-    labels = [int(v) for v in labels]
-    y = probs[:, labels]
-    weights, intercept, score, local_pred, features = {}, {}, {}, {}, {}
-    if num_features is None or num_features >= s or selection == "none":
-        used = {label: np.arange(s) for label in labels}
-    elif selection == "highest_weights" or (selection == "auto" and num_features > 6):
-        coef = np.atleast_2d(Ridge(alpha=0.01).fit(data, y, sample_weight=sw).coef_)  # (k, S); data[0] is all ones
-        used = {label: np.argsort(-np.abs(coef[j]), kind="stable")[:num_features] for j, label in enumerate(labels)}
-    else:
-        used = {label: _forward_selection(data, y[:, j], sw, num_features) for j, label in enumerate(labels)}
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for j, label in enumerate(labels):
-        groups.setdefault(tuple(sorted(used[label].tolist())), []).append(j)
-    for cols, js in groups.items():  # one multi-target Ridge per distinct feature set (one when all are used)
-        cols_idx = np.asarray(cols, dtype=np.int64)
-        xs = data[:, cols_idx]
-        ridge = Ridge(alpha=1.0).fit(xs, y[:, js], sample_weight=sw)
-        coef = np.atleast_2d(ridge.coef_)
-        pred = ridge.predict(xs).reshape(len(xs), -1)
-        r2 = np.atleast_1d(r2_score(y[:, js], pred, sample_weight=sw, multioutput="raw_values"))
-        for q, j in enumerate(js):
-            label = labels[j]
-            full = np.zeros(s)
-            full[cols_idx] = coef[q]
-            weights[label] = full
-            intercept[label] = float(np.atleast_1d(ridge.intercept_)[q])
-            score[label] = float(r2[q])
-            local_pred[label] = float(pred[0, q])
-            features[label] = tuple(int(f) for f in cols_idx[np.argsort(-np.abs(coef[q]), kind="stable")])
-    return LimeExplanation(
-        segments=seg.copy(), labels=tuple(labels), weights=weights, intercept=intercept, score=score,
-        local_pred=local_pred, label_prob={label: float(probs[0, label]) for label in labels}, features=features,
-        num_samples=num_samples, segmenter=seg_name, max_samples=max_samples or num_samples,
-        stability=float(stability), converged=bool(stability <= tolerance))
-
-
-def _forward_selection(data: np.ndarray, y: np.ndarray, sw: np.ndarray, num_features: int) -> np.ndarray:
-    """lime's forward selection (greedy, weighted least squares with intercept), every candidate at once.
-
-    At each step the candidate that maximises the weighted R^2 of an unregularised fit with the features
-    chosen so far is added; ties go to the lowest superpixel id, as in the reference loop.
-    """
-    mean_x = np.average(data, axis=0, weights=sw)
-    mean_y = np.average(y, weights=sw)
-    root = np.sqrt(sw)[:, None]
-    xc = (data - mean_x) * root  # weighted, centred: the intercept drops out
-    yc = (y - mean_y) * root[:, 0]
-    gram = xc.T @ xc  # (S, S)
-    xty = xc.T @ yc  # (S,)
-    used: list[int] = []
-    s = data.shape[1]
-    for _ in range(min(num_features, s)):
-        cand = np.setdiff1d(np.arange(s), used)
-        sets = np.concatenate([np.tile(used, (len(cand), 1)).astype(np.int64), cand[:, None]], axis=1)  # (J, m)
-        g = gram[sets[:, :, None], sets[:, None, :]]  # (J, m, m)
-        r = xty[sets]  # (J, m)
-        beta = np.einsum("jab,jb->ja", np.linalg.pinv(g, hermitian=True), r)
-        explained = np.einsum("ja,ja->j", beta, r)  # y'X (X'X)^-1 X'y: larger is a larger R^2
-        used.append(int(cand[np.argmax(explained)]))
-    return np.asarray(used, dtype=np.int64)
