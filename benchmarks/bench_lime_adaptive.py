@@ -9,17 +9,20 @@ label:
 - fruitlens fixed 1000 samples (``adaptive=False``), all images in one call;
 - fruitlens adaptive (rounds of 200, up to 1000) at several tolerances, all images in one call;
 - fruitlens at a third of the rows (333, independent and balanced rows) and the balanced design
-  (``design="balanced"``) at 400 and 1000 rows and adaptive in rounds of 128.
+  (``design="balanced"``) at 400 and 1000 rows and adaptive in rounds of 128;
+- the logistic control variate (``control_variate=True``) at 128-333 rows and adaptive (the batch default:
+  balanced, control variate, rounds of 128, tolerance 0.05).
 
 Reported: seconds per image, model rows per image (mean and distribution), and agreement with the reference at
 seed 1: Spearman of the top label's weights and top-5 overlap (shared superpixels among the 5 largest |weight|),
 beside the reference's own seed-1-vs-seed-2 agreement. Rows per image are also counted on ``--rows-images``
 more images (no reference needed).
 
-``--parts demo``: the demo dataset and its small convnet: top supporting superpixel on the sticker, fixed-1000 vs
-adaptive, same model and images. ``--parts cli``: `fruitlens explain` LIME + Grad-CAM with the default PNGs on
-``--cli-images`` Fruits-360 test images, adaptive vs fixed (and fixed with ``--plots none``), each in a
-subprocess, the 20x20 seed_cnn-like model; the 5,195-image time extrapolated from the rate.
+``--parts demo``: the demo dataset and its small convnet: top supporting superpixel on the sticker, fixed-1000
+(lime's procedure) vs the batch default vs adaptive with independent rows, same model and images.
+``--parts cli``: `fruitlens explain` LIME + Grad-CAM with the default PNGs on ``--cli-images`` Fruits-360 test
+images, the defaults vs lime's fixed procedure (each also with ``--plots none``), each in a subprocess, the
+20x20 seed_cnn-like model; the 5,195-image time extrapolated from the rate (``--cli-images 5195``: all of it).
 
 Run: ``python -m benchmarks.bench_lime_adaptive [--parts speed,demo,cli]`` from the repository root.
 """
@@ -43,13 +46,22 @@ from benchmarks._common import FRUITS360, RESULTS, ROOT, write_result  # noqa: E
 from benchmarks.bench_lime import CONFIGS, load_split, reference_weights, seed_cnn_like, spearman, timed  # noqa: E402
 
 TOLERANCES = (0.03, 0.05, 0.1)
-#: fixed counts beside fixed-1000: (design, rows); a third of 1000 is the issue's row budget
-FIXED_COUNTS = (("random", 333), ("balanced", 333), ("balanced", 400), ("balanced", 1000))
+#: fixed counts beside fixed-1000 (all with independent rows and the plain Ridge unless named): a third of 1000
+#: is the issue's row budget; "cv" is the logistic control variate
+FIXED_COUNTS = {"random_333": dict(num_samples=333), "balanced_333": dict(num_samples=333, design="balanced"),
+                "balanced_400": dict(num_samples=400, design="balanced"),
+                "balanced_1000": dict(num_samples=1000, design="balanced"),
+                "random_cv_333": dict(num_samples=333, control_variate=True),
+                **{f"balanced_cv_{n}": dict(num_samples=n, design="balanced", control_variate=True)
+                   for n in (128, 256, 333)}}
 #: adaptive runs: independent rows in rounds of 200; the balanced design in rounds of one Hadamard block pair
-#: (128 rows for up to 63 superpixels)
+#: (128 rows for up to 63 superpixels), without and with the control variate; "default" is the batch default
 ADAPTIVE = {**{f"adaptive_tol{t:g}": dict(round_size=200, tolerance=t) for t in TOLERANCES},
             **{f"balanced_adaptive_tol{t:g}": dict(round_size=128, tolerance=t, design="balanced")
-               for t in (0.05, 0.08)}}
+               for t in (0.05, 0.08)},
+            **{f"balanced_cv_adaptive_tol{t:g}": dict(round_size=128, tolerance=t, design="balanced",
+                                                      control_variate=True) for t in (0.03, 0.05, 0.08)},
+            "default": dict(round_size=128, tolerance=0.05, min_samples=256, design="balanced", control_variate=True)}
 
 
 def top5_overlap(a: np.ndarray, b: np.ndarray) -> float:
@@ -105,9 +117,8 @@ def part_speed(config: str, n_agree: int, n_rows: int, per_class: int | None) ->
     a = slice(0, n_agree)
     fixed, t_fixed = timed(explain_lime, model, images[a], segments=segments[a], seed=0, **common)
     runs = {"fixed_1000": (fixed, t_fixed)}
-    for design, rows in FIXED_COUNTS:
-        runs[f"{design}_{rows}"] = timed(explain_lime, model, images[a], segments=segments[a], seed=0,
-                                         design=design, **{**common, "num_samples": rows})
+    for name, kw in FIXED_COUNTS.items():
+        runs[name] = timed(explain_lime, model, images[a], segments=segments[a], seed=0, **{**common, **kw})
     for name, kw in ADAPTIVE.items():
         runs[name] = timed(explain_lime, model, images[a], segments=segments[a], seed=0, adaptive=True, **kw,
                            **common)
@@ -177,8 +188,12 @@ def part_demo(n_train: int, n_test: int) -> dict:
         write_card(run, ModelCard(classes=tuple(classes), image_size=(size, size), arch="convnet"))
         rows = rows_from_inputs([data], split="test")
         saved, card = load_run(run)
-        for name, lime in (("fixed_1000", LimeOptions(num_samples=1000, plots="none", adaptive=False)),
-                           *((f"adaptive_tol{t:g}", LimeOptions(num_samples=1000, plots="none", tolerance=t))
+        reference = dict(adaptive=False, design="random", control_variate=False)  # lime's own procedure
+        for name, lime in (("fixed_1000", LimeOptions(num_samples=1000, plots="none", **reference)),
+                           ("default", LimeOptions(num_samples=1000, plots="none")),
+                           *((f"adaptive_tol{t:g}", LimeOptions(num_samples=1000, plots="none", tolerance=t,
+                                                                round_size=200, design="random",
+                                                                control_variate=False))
                              for t in TOLERANCES)):
             ex = Path(tmp) / name
             _, seconds = timed(explain_images, saved, card, model_digest(run), rows, ex, ["lime"],
@@ -208,9 +223,9 @@ def part_cli(n_images: int, per_class: int | None) -> dict:
     model.save(run / "model.keras")
     write_card(run, ModelCard(classes=tuple(classes), image_size=(20, 20), arch="seed_cnn-like"))
     result: dict = {"images": n_images, "model": f"20x20 seed_cnn-like, 3 epochs on {len(train_y)} images"}
-    variants = {"adaptive_tol0.05": ["--adaptive", "--tolerance", "0.05"], "fixed": ["--no-adaptive"],
-                "adaptive_tol0.1": ["--adaptive", "--tolerance", "0.1"],
-                "fixed_plots_none": ["--no-adaptive", "--plots", "none"]}
+    reference = ["--no-adaptive", "--design", "random", "--no-control-variate"]  # lime's own procedure
+    variants = {"default": [], "fixed": reference, "default_plots_none": ["--plots", "none"],
+                "fixed_plots_none": [*reference, "--plots", "none"]}
     for name, flags in variants.items():
         out = tmp / name
         cmd = [sys.executable, "-m", "fruitlens", "explain", "--model", str(run), "--data", str(FRUITS360),

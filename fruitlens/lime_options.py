@@ -52,6 +52,7 @@ class LimeOptions:
     adaptive: bool = True
     round_size: int = 128  # one fold-over Hadamard block for up to 63 superpixels
     tolerance: float = 0.05
+    min_samples: int = 256  # two blocks: one can meet the tolerance while the small weights' order is noise
     design: LimeDesign = "balanced"
     control_variate: bool = True
 
@@ -63,6 +64,7 @@ class LimeOptions:
             (self.top_labels >= 1, "top_labels", self.top_labels, "at least 1"),
             (self.round_size >= 2, "round_size", self.round_size, "at least 2"),
             (self.tolerance >= 0, "tolerance", self.tolerance, ">= 0 (0: never stop early)"),
+            (self.min_samples >= 0, "min_samples", self.min_samples, ">= 0"),
             (self.design in (designs := get_args(LimeDesign)), "design", self.design, "one of " + ", ".join(designs)),
             (self.num_features is None or self.num_features >= 1, "num_features", self.num_features,
              "at least 1 or null"),

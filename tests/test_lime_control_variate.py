@@ -88,3 +88,17 @@ def test_adaptive_stops_sooner_with_it():
     rows = {name: np.mean([e.num_samples for e in exps]) for name, exps in (("plain", plain), ("cv", cv))}
     assert all(e.converged for e in cv) and all(e.num_samples == 32 for e in cv)  # stable after one round
     assert rows["plain"] > 200, rows  # measured: 410 rows without it
+
+
+def test_adaptive_never_stops_before_min_samples():
+    kw = dict(num_samples=1000, adaptive=True, round_size=32, tolerance=0.01, design="balanced", control_variate=True)
+    early = _explain(logistic_in_the_cells, range(3), **kw)
+    floor = _explain(logistic_in_the_cells, range(3), min_samples=96, **kw)
+    assert [e.num_samples for e in early] == [32] * 3 and [e.num_samples for e in floor] == [96] * 3
+    assert all(e.converged for e in floor)
+    with pytest.raises(ValueError, match="min_samples -1"):
+        _explain(logistic_in_the_cells, [0], min_samples=-1, **kw)
+    from fruitlens.config import LimeOptions
+
+    with pytest.raises(ValueError, match="min_samples"):
+        LimeOptions(min_samples=-1)

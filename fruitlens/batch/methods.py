@@ -106,7 +106,7 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
                            hide_color=options.fill, seed=[image_seed(options.seed, i) for i in ids],
                            batch_size=options.batch_size, segmenter=segmenter, num_features=options.num_features,
                            feature_selection=options.feature_selection, adaptive=options.adaptive,
-                           round_size=options.round_size, tolerance=options.tolerance,
+                           round_size=options.round_size, tolerance=options.tolerance, min_samples=options.min_samples,
                            design=options.design, control_variate=options.control_variate)
     # the PNGs (PIL, numpy; matplotlib for the density, in this one thread only) are drawn while the model
     # runs the faithfulness curves: TensorFlow releases the GIL, so both cores work

@@ -48,6 +48,8 @@ def _add_explain(sub) -> None:
     lime.add_argument("--round-size", type=int, help="adaptive: samples per image per round (default 128)")
     lime.add_argument("--tolerance", type=float, help="adaptive: stop when max SE(weight) / max |weight| is at "
                       "most this (default 0.05)")
+    lime.add_argument("--min-samples", type=int, help="adaptive: no image stops before this many samples "
+                      "(default 256)")
     lime.add_argument("--design", help="how the perturbed samples are drawn: balanced (default; Hadamard blocks: "
                       "less noise in the weights at the same count) or random (as the lime package)")
     lime.add_argument("--control-variate", action=argparse.BooleanOptionalAction, default=None,
@@ -114,7 +116,7 @@ def explain_options(args):
     shared = _given(args, {"seed": "seed", "faithfulness_steps": "faithfulness_steps"})
     lime = shared | _given(args, {k: k for k in ("num_samples", "segmenter", "top_labels", "num_features",
                                                  "feature_selection", "batch_size", "threshold", "plots",
-                                                 "adaptive", "round_size", "tolerance", "design",
+                                                 "adaptive", "round_size", "tolerance", "min_samples", "design",
                                                  "control_variate")})
     if args.hide_color is not None:
         lime["hide_color"] = _hide_color(args.hide_color)

@@ -100,6 +100,7 @@ def explain_lime(
     adaptive: bool = False,
     round_size: int = ROUND_SIZE,
     tolerance: float = TOLERANCE,
+    min_samples: int = 0,
     design: LimeDesign = "random",
     control_variate: bool = False,
 ) -> list[LimeExplanation]:
@@ -128,6 +129,8 @@ def explain_lime(
             the most rows an image gets. False: exactly ``num_samples`` rows per image.
         round_size: rows per image per round when adaptive (the first round included); at least 2.
         tolerance: adaptive stopping bound on ``max SE(w) / max |w|`` (0: never stop early).
+        min_samples: adaptive: no image stops before this many rows (the bound can be met early while the
+            small weights' order is still noise; the batch default is two blocks, 256).
         design: how the rows are drawn (:func:`draw_masks`): "random" (lime's independent rows) or "balanced"
             (fold-over randomised Hadamard blocks: the same distribution per row, less noise in the weights).
         control_variate: estimate the weights with a logistic surrogate as control variate (module docstring):
@@ -161,6 +164,8 @@ def explain_lime(
         raise ValueError(f"round_size {round_size}: expected at least 2")
     if tolerance < 0:
         raise ValueError(f"tolerance {tolerance}: expected >= 0")
+    if min_samples < 0:
+        raise ValueError(f"min_samples {min_samples}: expected >= 0")
     if design not in DESIGNS:
         raise ValueError(f"unknown design {design!r}; expected one of {', '.join(DESIGNS)}")
     rngs = [np.random.default_rng(e) for e in entropy]
@@ -209,7 +214,7 @@ def explain_lime(
                 z = masks[i][:used[i]]
                 cvs[i] = fit_surrogate(z, y[:, targets[i]], kernel_width, control_variate)
                 stab[i] = stability(z, y[:, targets[i]], kernel_width, cvs[i])
-        active = [i for i in active if used[i] < num_samples and not stab[i] <= tolerance]
+        active = [i for i in active if used[i] < num_samples and not (stab[i] <= tolerance and used[i] >= min_samples)]
     with threadpool_limits(limits=1, user_api="blas"):
         return [fit_explanation(masks[i][:used[i]], outs[i][0], targets[i], seg[i], int(used[i]), num_features,
                                 feature_selection, kernel_width, seg_name, float(stab[i]), tolerance, num_samples,
