@@ -24,6 +24,7 @@ import json
 import logging
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
@@ -227,19 +228,26 @@ def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: 
     """
     totals = {m: 0 for m in methods} | {FAILED: 0, "skipped": 0}
     out = ExplainLayout(out_dir)
-    with out_lock(out.root):
+    # a chunk's side-by-side pictures (file decoding, PIL text, PNG encoding: all outside the GIL) are composed in
+    # a thread while the model works on the next chunk; one at a time, so memory stays bounded by a chunk
+    with out_lock(out.root), ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose") as pool:
         chunks = plan_chunks(rows, chunk_size)
         keys = plan_keys(chunks, methods, options, model_digest, engine_code())
+        composing = None
         for i, chunk in enumerate(chunks):
             todo = [m for m in methods if part_state(out, m, keys[m][i]) != "done"]
             for method in todo:
                 counts = explain_chunk(model, card, chunk, out.root, method, options.of(method), keys[method][i])
                 totals[method] += counts["rows"]
-            compose_chunk(chunk, out.root, force=bool(todo))
+            if composing is not None:
+                composing.result()  # its errors surface here
+            composing = pool.submit(compose_chunk, chunk, out.root, force=bool(todo))
             if not todo:
                 totals["skipped"] += len(chunk)
             if progress:
                 progress(len(chunk))
+        if composing is not None:
+            composing.result()
         paths = finish(out.root, keys)
     totals[FAILED] = int(pq.read_metadata(paths[FAILED]).num_rows)
     return totals
