@@ -229,7 +229,7 @@ class LimeExplainer:
         top_labels: classes explained per image when ``targets`` is None (highest probability first).
         **options: the other keyword arguments of :func:`explain_lime` (num_samples, hide_color, seed,
             batch_size, segmenter, num_features, feature_selection, kernel_width, adaptive, round_size,
-            tolerance); checked on each call.
+            tolerance, min_samples, design, control_variate); checked on each call.
     """
 
     method = "lime"
