@@ -146,19 +146,40 @@ def fit_surrogate(z: np.ndarray, y: np.ndarray, kernel_width: float, enabled: bo
     ridge[0, 0] = 1e-9
     coefs = []
     for target in np.clip(y, 1e-6, 1 - 1e-6).T:
-        mean = np.average(target, weights=sw)
-        b = np.zeros(s + 1)
-        b[0] = np.log(mean / (1 - mean))
-        for _ in range(iters):
-            p = 1.0 / (1.0 + np.exp(-(x @ b)))
-            step = np.linalg.solve((x.T * (sw * p * (1 - p))) @ x + ridge, x.T @ (sw * (p - target)) + ridge @ b)
-            b -= step
-            if np.abs(step).max() < 1e-8:
-                break
-        if not np.isfinite(b).all():
+        b = _logistic_newton(x, target, sw, ridge, iters)
+        if b is None:
             return None
         coefs.append(b)
     return Surrogate(np.stack(coefs), kernel_width)
+
+
+def _logistic_newton(x: np.ndarray, target: np.ndarray, sw: np.ndarray, ridge: np.ndarray, iters: int
+                     ) -> np.ndarray | None:
+    """Coefficients minimising the weighted cross-entropy of sigmoid(x @ b) against ``target`` plus
+    b' ridge b / 2: Newton steps, halved while they do not lower it (a full step can overshoot by orders of
+    magnitude when the targets all sit near 0 or 1). None when it does not converge to finite values."""
+    from scipy.special import expit
+
+    def loss(b: np.ndarray) -> float:
+        eta = x @ b
+        return float(sw @ (target * np.logaddexp(0, -eta) + (1 - target) * np.logaddexp(0, eta)) + b @ ridge @ b / 2)
+
+    mean = np.average(target, weights=sw)
+    b = np.zeros(x.shape[1])
+    b[0] = np.log(mean / (1 - mean))
+    current = loss(b)
+    for _ in range(iters):
+        p = expit(x @ b)
+        step = np.linalg.solve((x.T * (sw * p * (1 - p))) @ x + ridge, x.T @ (sw * (p - target)) + ridge @ b)
+        for _ in range(30):
+            trial = loss(b - step)
+            if trial <= current:
+                break
+            step = step / 2
+        b, current = b - step, min(trial, current)
+        if np.abs(step).max() < 1e-8:
+            break
+    return b if np.isfinite(b).all() else None
 
 
 def fit_explanation(z: np.ndarray, probs: np.ndarray, labels: np.ndarray, seg: np.ndarray, num_samples: int,
