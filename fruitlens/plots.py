@@ -26,7 +26,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
-from PIL.PngImagePlugin import PngInfo  # noqa: E402
 
 from fruitlens.captions import (  # noqa: E402, F401  (re-exported: the picture API lives in plots)
     MIN_SIDE,
@@ -57,6 +56,7 @@ from fruitlens.overlays import (  # noqa: E402, F401  (re-exported)
     upscale_nearest,
     with_colorbar,
 )
+from fruitlens.pngs import encode_png  # noqa: E402
 from fruitlens.tables import atomic_path  # noqa: E402
 
 
@@ -69,16 +69,12 @@ def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str 
     other chunks (e.g. the ``palette`` of a heatmap, for pictures composed from this one).
     """
     arr = image if image.dtype == np.uint8 else to_uint8(image)
-    info = None
     chunks = dict(text or {})
     if caption is not None:
         chunks["Description"] = caption.text() if isinstance(caption, Caption) else str(caption)
-    if chunks:
-        info = PngInfo()
-        for key, value in chunks.items():
-            info.add_text(key, value)
-    with atomic_path(path) as tmp:
-        Image.fromarray(arr).save(tmp, format="PNG", pnginfo=info, compress_level=1)  # 3x faster than 6, +8 %
+    data = encode_png(arr, chunks)  # zlib level 1: 3x faster than 6 for +8 % of bytes
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data)
     return Path(path)
 
 
