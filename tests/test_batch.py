@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fruitlens import plots, tables
-from fruitlens.batch import engine
+from fruitlens.batch import engine, pictures
 from fruitlens.batch import rows as batch_rows
 from fruitlens.batch.methods import METHODS, Method
 from fruitlens.config import ExplainOptions, LimeOptions
@@ -178,3 +178,17 @@ def test_real_methods_write_traceable_tables_and_pictures(demo_dir, run_dir, tmp
     recorded = plots.read_png_text(out / cam["overlay_path"].iloc[0])
     assert recorded["palette"] == "jet" and recorded["panel"].startswith("Grad-CAM · layer ")
     assert plots.read_png_text(out / lime["picture_path"].iloc[0])["panel"].startswith("LIME · ")
+
+
+def test_side_by_side_from_the_panels_kept_in_memory_equals_the_one_from_their_files(demo_dir, run_dir, tmp_path):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test").head(2)
+    model, card = load_run(run_dir)
+    options = ExplainOptions(lime=LimeOptions(num_samples=20, faithfulness_steps=0))
+    out = tmp_path / "out"
+    engine.explain_images(model, card, model_digest(run_dir), rows, out, ["lime", "gradcam"], options, chunk_size=2)
+    layout = ExplainLayout(out)
+    composed = {p.name: p.read_bytes() for p in layout.side_by_side_dir.glob("*.png")}
+    assert len(composed) == 2
+    assert pictures.DRAWN.take(layout.picture("lime", pictures.stems(rows)[0], "outline")) is None  # taken
+    from_files = pictures.write_side_by_side(layout, rows)  # nothing kept now: the panels are decoded
+    assert {p.name: p.read_bytes() for p in from_files} == composed
