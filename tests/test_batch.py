@@ -192,17 +192,3 @@ def test_side_by_side_from_the_panels_kept_in_memory_equals_the_one_from_their_f
     assert pictures.DRAWN.take(layout.picture("lime", pictures.stems(rows)[0], "outline")) is None  # taken
     from_files = pictures.write_side_by_side(layout, rows)  # nothing kept now: the panels are decoded
     assert {p.name: p.read_bytes() for p in from_files} == composed
-
-
-def test_two_chunks_at_once_write_the_tables_one_at_a_time_writes(demo_dir, run_dir, tmp_path):
-    rows = batch_rows.rows_from_inputs([demo_dir], split="test").head(6)
-    model, card = load_run(run_dir)
-    options = ExplainOptions(lime=LimeOptions(num_samples=40, plots="none", faithfulness_steps=3))
-    for workers in (1, 2):
-        engine.explain_images(model, card, model_digest(run_dir), rows, tmp_path / str(workers), ["lime", "gradcam"],
-                              options, chunk_size=2, workers=workers)
-    for table in ("lime", "gradcam", "faithfulness"):
-        pd.testing.assert_frame_equal(tables.read_table(tmp_path / "1" / f"{table}.parquet"),
-                                      tables.read_table(tmp_path / "2" / f"{table}.parquet"))
-    with pytest.raises(ValueError, match="workers 0: expected at least 1"):
-        engine.explain_images(model, card, "m", rows, tmp_path / "0", ["lime"], options, chunk_size=2, workers=0)
