@@ -192,11 +192,9 @@ def lime_explanation(image: np.ndarray, segments: np.ndarray, weights: np.ndarra
 
 def lime_weight_density(weights: dict[str, np.ndarray], *, threshold: float | None = None, title: str | None = None):
     """A figure with the density of superpixel weights per label (to pick a threshold), ±threshold dashed."""
-    from matplotlib.figure import Figure
     from scipy.stats import gaussian_kde
 
-    fig = Figure(figsize=(4.5, 3.0))  # not pyplot's: batch runs draw in two threads, pyplot is one global state
-    ax = fig.subplots()
+    fig, ax = plt.subplots(figsize=(4.5, 3.0))
     values = [np.asarray(w, dtype=np.float64) for w in weights.values()]
     lo = min((v.min() for v in values if v.size), default=-1.0)
     hi = max((v.max() for v in values if v.size), default=1.0)

@@ -23,7 +23,6 @@ import fcntl
 import json
 import logging
 import os
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -209,17 +208,9 @@ def plan_keys(chunks: Sequence[Sequence[Mapping[str, Any]]], methods: Sequence[s
     return {m: [part_key(m, options.of(m), model_digest, c, code) for c in chunks] for m in methods}
 
 
-def _warm_up(model, card) -> None:
-    """One prediction before threads share the model: Keras builds its predict step on the first call."""
-    from fruitlens.runs import as_predict_fn
-
-    if hasattr(model, "predict_on_batch"):
-        as_predict_fn(model)(np.zeros((1, *card.image_size, 3), np.float32))
-
-
 def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: str | os.PathLike,
                    methods: Sequence[str], options: ExplainOptions, *, chunk_size: int,
-                   progress: Callable[[int], None] | None = None, workers: int = 2) -> dict[str, int]:
+                   progress: Callable[[int], None] | None = None) -> dict[str, int]:
     """Explain ``rows`` with ``methods``, chunk by chunk, redoing only what is not done; one process.
 
     Args:
@@ -230,50 +221,31 @@ def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: 
         methods: names in ``METHODS``.
         options: every method's options.
         chunk_size: images per chunk (memory, resume granularity).
-        progress: called with the number of images finished after each chunk, in chunk order.
-        workers: (chunk, method) pairs explained at once, and chunks in flight at most (memory: that many
-            chunks). Two keep two cores busy: while one thread is in Python (fits, pictures) the other's
-            model call runs, TensorFlow releasing the GIL.
+        progress: called with the number of images finished after each chunk.
 
     Returns:
         Rows written per method in this call, ``failed`` images and ``skipped`` images (already done).
     """
-    if workers < 1:
-        raise ValueError(f"workers {workers}: expected at least 1")
     totals = {m: 0 for m in methods} | {FAILED: 0, "skipped": 0}
     out = ExplainLayout(out_dir)
-    # a chunk's side-by-side pictures are composed in their own thread once all its methods are done; one
-    # composition at a time, so memory stays bounded by ``workers`` + 1 chunks
-    with out_lock(out.root), ThreadPoolExecutor(max_workers=workers, thread_name_prefix="explain") as pool, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose") as composer:
+    # a chunk's side-by-side pictures (file decoding, PIL text, PNG encoding: all outside the GIL) are composed in
+    # a thread while the model works on the next chunk; one at a time, so memory stays bounded by a chunk
+    with out_lock(out.root), ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose") as pool:
         chunks = plan_chunks(rows, chunk_size)
         keys = plan_keys(chunks, methods, options, model_digest, engine_code())
-        _warm_up(model, card)
-        flying: deque = deque()  # (chunk, methods to do, their futures), oldest first
         composing = None
-
-        def land() -> None:
-            nonlocal composing
-            chunk, todo, futures = flying.popleft()
-            for method, future in zip(todo, futures, strict=True):
-                totals[method] += future.result()["rows"]  # a method's error surfaces here
+        for i, chunk in enumerate(chunks):
+            todo = [m for m in methods if part_state(out, m, keys[m][i]) != "done"]
+            for method in todo:
+                counts = explain_chunk(model, card, chunk, out.root, method, options.of(method), keys[method][i])
+                totals[method] += counts["rows"]
             if composing is not None:
-                composing.result()
-            composing = composer.submit(compose_chunk, chunk, out.root, force=bool(todo))
+                composing.result()  # its errors surface here
+            composing = pool.submit(compose_chunk, chunk, out.root, force=bool(todo))
             if not todo:
                 totals["skipped"] += len(chunk)
             if progress:
                 progress(len(chunk))
-
-        for i, chunk in enumerate(chunks):
-            todo = [m for m in methods if part_state(out, m, keys[m][i]) != "done"]
-            futures = [pool.submit(explain_chunk, model, card, chunk, out.root, m, options.of(m), keys[m][i])
-                       for m in todo]
-            flying.append((chunk, todo, futures))
-            if len(flying) >= workers:
-                land()
-        while flying:
-            land()
         if composing is not None:
             composing.result()
         paths = finish(out.root, keys)

@@ -31,32 +31,22 @@ SIDE_BY_SIDE_KINDS = (("Grad-CAM", "gradcam", "overlay"), ("LIME", "lime", "outl
 class _Drawn:
     """The side-by-side's panels as they were saved (pixels and text chunks), by PNG path, so that composing
     them does not decode them again (12 of 38 ms per image); a panel not here is read from its file. Holds
-    the most recent ones up to ``capacity`` bytes of pixels (three chunks of 16 images at 512 px, the engine's
-    most in flight, take about 90 MB); thread-safe."""
+    the most recent ``capacity`` pictures (two chunks of 16 images, about 25 MB); thread-safe."""
 
-    def __init__(self, capacity: int = 96 << 20):
+    def __init__(self, capacity: int = 64):
         self.capacity = capacity
         self._items: OrderedDict[Path, tuple[np.ndarray, dict[str, str]]] = OrderedDict()
-        self._bytes = 0
         self._lock = threading.Lock()
 
     def keep(self, path: Path, pixels: np.ndarray, text: dict[str, str]) -> None:
         with self._lock:
-            self._drop(Path(path))
             self._items[Path(path)] = (pixels, text)
-            self._bytes += pixels.nbytes
-            while self._bytes > self.capacity:
-                self._drop(next(iter(self._items)))
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
 
     def take(self, path: Path) -> tuple[np.ndarray, dict[str, str]] | None:
         with self._lock:
-            return self._drop(Path(path))
-
-    def _drop(self, path: Path) -> tuple[np.ndarray, dict[str, str]] | None:
-        item = self._items.pop(path, None)
-        if item is not None:
-            self._bytes -= item[0].nbytes
-        return item
+            return self._items.pop(Path(path), None)
 
 
 DRAWN = _Drawn()

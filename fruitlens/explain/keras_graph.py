@@ -23,7 +23,6 @@ model.
 from __future__ import annotations
 
 import logging
-import threading
 import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
@@ -58,19 +57,14 @@ def convolution(layer, x) -> Any:
 
 
 _CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-_BUILDING = threading.RLock()  # batch runs explain two chunks at once; a build may ask for another entry
 
 
 def cached(model, key: Hashable, build: Callable[[], Any]) -> Any:
-    """``build()`` once per (model, key): traced graphs and compiled steps, kept as long as the model lives.
-
-    Thread-safe: two threads asking for the same entry get the one built.
-    """
-    with _BUILDING:
-        per_model = _CACHE.setdefault(model, {})
-        if key not in per_model:
-            per_model[key] = build()
-        return per_model[key]
+    """``build()`` once per (model, key): traced graphs and compiled steps, kept as long as the model lives."""
+    per_model = _CACHE.setdefault(model, {})
+    if key not in per_model:
+        per_model[key] = build()
+    return per_model[key]
 
 
 # ------------------------------------------------------------------------------------ walking models
