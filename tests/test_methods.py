@@ -149,6 +149,19 @@ def test_gradients_of_a_linear_model(softmax):
                                atol=1e-5)
 
 
+@pytest.mark.parametrize("targets", [None, [1, 0, 1]])
+def test_saliency_in_one_pass_equals_the_shared_path(cmodel, targets):
+    """Saliency's one-pass step gives what the base explainer's forward pass + gradient sum give."""
+    from fruitlens.explain.base import BaseAttribution
+
+    x = images(3, shape=cmodel.input_shape[1:3])
+    fast = Saliency(cmodel, batch_size=2).explain(x, targets)
+    shared = BaseAttribution.explain(Saliency(cmodel, batch_size=2), x, targets)
+    np.testing.assert_allclose(fast.heatmaps, shared.heatmaps, atol=1e-6)
+    np.testing.assert_array_equal(fast.targets, shared.targets)
+    np.testing.assert_allclose(fast.scores, shared.scores, rtol=1e-5)
+
+
 @pytest.mark.parametrize("reference", ["black", "gray", "mean"])
 def test_integrated_gradients_closed_form(reference):
     """Linear logits: IG = (x - x') * W_t exactly, and its sum is f_t(x) - f_t(x') (completeness)."""

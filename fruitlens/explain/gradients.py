@@ -26,7 +26,15 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from fruitlens.explain.base import BaseAttribution, gradient_fn
+from fruitlens.explain.base import (
+    BaseAttribution,
+    CAMResult,
+    cached,
+    check_images,
+    check_targets,
+    gradient_fn,
+    logits_fn,
+)
 
 Reference = Literal["black", "white", "gray", "mean", "blur"]
 REFERENCES: tuple[str, ...] = ("black", "white", "gray", "mean", "blur")
@@ -82,6 +90,38 @@ class Saliency(_GradientMethod):
     def attribute(self, images, targets):
         g = self.gradient_sum(images, targets, 1, lambda x, rows, cols: x[rows, None])
         return np.abs(g).max(axis=-1)
+
+    def explain(self, images, targets=None) -> CAMResult:
+        """As :meth:`BaseAttribution.explain`, in one compiled pass per batch: the forward pass that gives the
+        gradient also resolves the targets and their scores (the base's separate forward pass and per-batch
+        sums took half the time of this method)."""
+        images = check_images(images)
+        targets = check_targets(targets, len(images), int(self.model.output_shape[-1])).astype(np.int32)
+        step = _saliency_step(self.model)
+        parts = [step(tf.constant(images[i:i + self.batch_size]), tf.constant(targets[i:i + self.batch_size]))
+                 for i in range(0, len(images), self.batch_size)]
+        raw, resolved, picked = (np.concatenate([p[j].numpy() for p in parts]) for j in range(3))
+        return CAMResult(self.scale(raw).astype(np.float32), resolved.astype(np.int64), picked.astype(np.float32),
+                         self.layer)
+
+
+def _saliency_step(model):
+    """A compiled ``(x, targets) -> (max_c |d score / d x|, targets, score)``; targets < 0: the top class."""
+    def build():
+        scores = logits_fn(model)
+
+        @tf.function(reduce_retracing=True)
+        def step(x, targets):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                s = scores(x)
+                targets = tf.where(targets < 0, tf.argmax(s, axis=-1, output_type=tf.int32), targets)
+                picked = tf.gather(s, targets, batch_dims=1)
+            return tf.reduce_max(tf.abs(tape.gradient(picked, x)), axis=-1), targets, picked
+
+        return step
+
+    return cached(model, ("saliency-step",), build)
 
 
 class SmoothGrad(_GradientMethod):
