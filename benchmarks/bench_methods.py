@@ -119,22 +119,75 @@ def ours(model, n_masks: int) -> dict:
 
 DETERMINISTIC = {"scorecam", "layercam", "saliency", "integrated_gradients", "occlusion"}
 
+# model passes per image each method makes (the peers make the same): forward-only, or forward and backward
+# (Layer-CAM's backward pass stops at its layer: cheaper than one to the input, so it has no floor here)
+PASSES = {"scorecam": ("forward", 64), "saliency": ("backward", 1),
+          "smoothgrad": ("backward", 25), "integrated_gradients": ("backward", 32), "occlusion": ("forward", 226),
+          "rise": ("forward", None)}  # RISE: one per mask
+
+
+def _passes_seconds(call, kind: str, inputs: np.ndarray, t: np.ndarray, size: int, repeat: int) -> float:
+    def run():
+        for i in range(0, len(inputs), size):
+            call(kind, inputs[i:i + size], t[i:i + size]).numpy()
+
+    run()  # trace
+    return best_of(run, repeat)[0]
+
+
+def floors(model, twin, x, targets, n_masks: int, repeat: int) -> dict:
+    """Seconds for len(x) images of the bare model passes each method needs and nothing else: one compiled
+    call per batch on inputs made beforehand, the best of batch sizes 128, 256 and 512. No implementation of
+    a method can be faster at the same number of passes, so peer time / floor bounds any speed-up over a peer.
+    """
+    import tensorflow as tf
+
+    forward = tf.function(lambda b: model(b, training=False))
+
+    @tf.function
+    def backward(b, t):
+        with tf.GradientTape() as tape:
+            tape.watch(b)
+            score = tf.reduce_sum(tf.gather(twin(b, training=False), t, batch_dims=1))
+        return tape.gradient(score, b)
+
+    def call(kind: str, inputs: np.ndarray, t: np.ndarray):
+        b = tf.constant(inputs)
+        return forward(b) if kind == "forward" else backward(b, tf.constant(t))
+
+    rng = np.random.default_rng(0)
+    out, timed = {}, {}
+    for name, (kind, per_image) in PASSES.items():
+        count = len(x) * (per_image or n_masks)
+        if (kind, count) not in timed:
+            inputs = np.clip(x[rng.integers(0, len(x), count)] + rng.normal(0, 0.1, (count, *x.shape[1:])), 0, 1
+                             ).astype(np.float32)
+            t = np.tile(targets, count // len(x) + 1)[:count].astype(np.int32)
+            timed[(kind, count)] = min(_passes_seconds(call, kind, inputs, t, size, repeat) for size in (128, 256, 512))
+        out[name] = timed[(kind, count)]
+    return out
+
 
 def part_speed(model, x, targets, n_masks: int, repeat: int) -> dict:
     twin = logits_copy(model)
     mine = ours(model, n_masks)
     theirs = peers(model, twin, x, targets, n_masks)
+    floor = floors(model, twin, x, targets, n_masks, repeat)
     rows = {}
     for name, fn in mine.items():
         fn(x[:2], targets[:2])  # compile
         ours_s, heat = best_of(lambda f=fn: f(x, targets), repeat)
         row = {"fruitlens_s_per_image": ours_s / len(x)}
+        if name in floor:
+            row |= {"floor_s_per_image": floor[name] / len(x), "fruitlens_over_floor": round(ours_s / floor[name], 2)}
         if name in theirs and callable(theirs[name][1]):
             label, peer = theirs[name]
             try:
                 peer()  # warm-up
                 peer_s, got = best_of(peer, repeat)
                 row |= {"peer": label, "peer_s_per_image": peer_s / len(x), "speedup": round(peer_s / ours_s, 2)}
+                if name in floor:
+                    row["peer_over_floor"] = round(peer_s / floor[name], 2)
                 if name in DETERMINISTIC:
                     got = np.asarray(got)
                     if name == "integrated_gradients" and got.ndim == 4 and got.shape[-1] == 3:
