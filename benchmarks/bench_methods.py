@@ -257,7 +257,7 @@ def main() -> None:
     probs = np.asarray(model.predict_on_batch(x_test))
     result = {"demo_model": {"train_images": len(x_train), "test_images": len(x_test), "epochs": args.epochs,
                              "test_accuracy": float((probs.argmax(1) == y_test).mean())},
-              "note": "2 CPU cores shared with other agents' jobs: absolute times are noisy, ratios less so"}
+              "note": "the load on the machine during the run is written down in benchmarks/README.md"}
     print(result["demo_model"], flush=True)
     x = np.concatenate([x_test, x_train])[:args.images]
     targets = np.asarray(model.predict_on_batch(x)).argmax(1).astype(np.int32)
