@@ -32,7 +32,8 @@ def test_a_picture_with_repeated_rows_is_about_pillows_size():
     assert ours < 1.15 * len(buf.getvalue())
 
 
-@pytest.mark.parametrize("bad", [np.zeros((3, 3), np.float32), np.zeros((3, 3, 2), np.uint8), np.zeros((0, 4, 3), np.uint8)])
+@pytest.mark.parametrize("bad", [np.zeros((3, 3), np.float32), np.zeros((3, 3, 2), np.uint8),
+                                 np.zeros((0, 4, 3), np.uint8)])
 def test_what_is_not_an_image_is_one_clear_error(bad):
     with pytest.raises(ValueError, match="expected"):
         encode_png(bad)
