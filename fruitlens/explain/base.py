@@ -192,7 +192,8 @@ def logits_fn(model):
 
 
 def gradient_fn(model):
-    """A compiled ``(x, targets) -> d score[target] / d x`` (N, H, W, 3) on pre-softmax scores, cached."""
+    """A compiled ``(x, targets) -> (d score[target] / d x (N, H, W, 3), targets, score[target])`` on
+    pre-softmax scores, cached; a target below 0 is the image's top class (resolved in the same pass)."""
     def build():
         scores = logits_fn(model)
 
@@ -200,8 +201,11 @@ def gradient_fn(model):
         def grads(x, targets):
             with tf.GradientTape() as tape:
                 tape.watch(x)
-                score = tf.gather(scores(x), targets, batch_dims=1)
-            return tape.gradient(score, x)  # each image's own gradient: images never mix in inference
+                s = scores(x)
+                targets = tf.cast(targets, tf.int32)
+                targets = tf.where(targets < 0, tf.argmax(s, axis=-1, output_type=tf.int32), targets)
+                score = tf.gather(s, targets, batch_dims=1)
+            return tape.gradient(score, x), targets, score  # each image's own gradient: images never mix
 
         return grads
 

@@ -29,11 +29,9 @@ import tensorflow as tf
 from fruitlens.explain.base import (
     BaseAttribution,
     CAMResult,
-    cached,
     check_images,
     check_targets,
     gradient_fn,
-    logits_fn,
 )
 
 Reference = Literal["black", "white", "gray", "mean", "blur"]
@@ -76,7 +74,7 @@ class _GradientMethod(BaseAttribution):
                 m = cols.stop - cols.start
                 x = tf.constant(inputs(images, rows, cols).reshape(g * m, h, w, 3))
                 t = tf.constant(np.repeat(targets[rows], m))
-                got = tf.reshape(grads(x, t), (g, m, h, w, 3))
+                got = tf.reshape(grads(x, t)[0], (g, m, h, w, 3))
                 total += tf.einsum("gmhwc,m->ghwc", got, tf.constant(weights[cols]))
             out[rows] = total.numpy()
         return out
@@ -97,31 +95,14 @@ class Saliency(_GradientMethod):
         sums took half the time of this method)."""
         images = check_images(images)
         targets = check_targets(targets, len(images), int(self.model.output_shape[-1])).astype(np.int32)
-        step = _saliency_step(self.model)
-        parts = [step(tf.constant(images[i:i + self.batch_size]), tf.constant(targets[i:i + self.batch_size]))
+        grads = gradient_fn(self.model)
+        parts = [grads(tf.constant(images[i:i + self.batch_size]), tf.constant(targets[i:i + self.batch_size]))
                  for i in range(0, len(images), self.batch_size)]
-        raw, resolved, picked = (np.concatenate([p[j].numpy() for p in parts]) for j in range(3))
+        raw = np.concatenate([tf.reduce_max(tf.abs(g), axis=-1).numpy() for g, _, _ in parts])
+        resolved, picked = (np.concatenate([p[j].numpy() for p in parts]) for j in (1, 2))
         return CAMResult(self.scale(raw).astype(np.float32), resolved.astype(np.int64), picked.astype(np.float32),
                          self.layer)
 
-
-def _saliency_step(model):
-    """A compiled ``(x, targets) -> (max_c |d score / d x|, targets, score)``; targets < 0: the top class."""
-    def build():
-        scores = logits_fn(model)
-
-        @tf.function(reduce_retracing=True)
-        def step(x, targets):
-            with tf.GradientTape() as tape:
-                tape.watch(x)
-                s = scores(x)
-                targets = tf.where(targets < 0, tf.argmax(s, axis=-1, output_type=tf.int32), targets)
-                picked = tf.gather(s, targets, batch_dims=1)
-            return tf.reduce_max(tf.abs(tape.gradient(picked, x)), axis=-1), targets, picked
-
-        return step
-
-    return cached(model, ("saliency-step",), build)
 
 
 class SmoothGrad(_GradientMethod):
