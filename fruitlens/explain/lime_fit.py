@@ -176,7 +176,9 @@ def _logistic_newton(x: np.ndarray, target: np.ndarray, sw: np.ndarray, ridge: n
             if trial <= current:
                 break
             step = step / 2
-        b, current = b - step, min(trial, current)
+        else:
+            break  # no step lowers the loss: b is its minimum to float precision
+        b, current = b - step, trial
         if np.abs(step).max() < 1e-8:
             break
     return b if np.isfinite(b).all() else None
