@@ -100,6 +100,9 @@ def wrap(text: str, fnt, width: int) -> list[str]:
     """Split ``text`` into lines no wider than ``width`` pixels (at spaces; over-long words are cut)."""
     lines: list[str] = []
     for paragraph in str(text).split("\n"):
+        if fnt.getlength(paragraph) <= width:  # most lines fit whole: one measurement instead of one per word
+            lines.append(paragraph)
+            continue
         current = ""
         for word in paragraph.split(" "):
             trial = f"{current} {word}" if current else word
@@ -160,7 +163,13 @@ def _rgb255(rgb: Sequence[float]) -> tuple[int, int, int]:
 
 
 def legend_band(items: Sequence[LegendItem], width: int, *, size: int | None = None) -> np.ndarray:
-    """A white band with a colour swatch and its text per item, flowing onto new lines as needed."""
+    """A white band with a colour swatch and its text per item, flowing onto new lines as needed (read-only:
+    the same legend is drawn once per width and size)."""
+    return _legend_band(tuple((tuple(rgb), str(text)) for rgb, text in items), int(width), size)
+
+
+@lru_cache(maxsize=128)
+def _legend_band(items: tuple[LegendItem, ...], width: int, size: int | None) -> np.ndarray:
     fnt = font(size or font_size(width))
     step = _line_height(fnt)
     box = step - 5
@@ -179,12 +188,17 @@ def legend_band(items: Sequence[LegendItem], width: int, *, size: int | None = N
         y = PAD + r * step
         draw.rectangle((x, y + 2, x + box, y + 2 + box), fill=_rgb255(rgb), outline=INK)
         draw.text((x + box + 4, y), str(text), fill=INK, font=fnt)
-    return np.asarray(img)
+    return _read_only(np.asarray(img))
+
+
+def _read_only(array: np.ndarray) -> np.ndarray:
+    array.flags.writeable = False
+    return array
 
 
 def colorbar(length: int, palette: str = "jet", labels: tuple[str, str] = ("low", "high"), *,
              thickness: int = 14, orientation: str = "vertical", size: int | None = None) -> np.ndarray:
-    """A colour scale strip with its two end labels, uint8.
+    """A colour scale strip with its two end labels, uint8 (read-only: each scale is drawn once).
 
     Args:
         length: pixels along the scale (the picture's height for "vertical", width for "horizontal").
@@ -197,6 +211,12 @@ def colorbar(length: int, palette: str = "jet", labels: tuple[str, str] = ("low"
     Returns:
         (length, w, 3) for vertical, (h, length, 3) for horizontal; white background.
     """
+    return _colorbar(int(length), str(palette), tuple(str(t) for t in labels), int(thickness), orientation, size)
+
+
+@lru_cache(maxsize=64)
+def _colorbar(length: int, palette: str, labels: tuple[str, ...], thickness: int, orientation: str,
+              size: int | None) -> np.ndarray:
     if palette not in matplotlib.colormaps:
         raise ValueError(f"unknown palette {palette!r}; expected a matplotlib colormap such as jet, inferno")
     if orientation not in ("vertical", "horizontal"):
@@ -212,7 +232,7 @@ def colorbar(length: int, palette: str = "jet", labels: tuple[str, str] = ("low"
         draw = ImageDraw.Draw(img)
         draw.text((PAD + thickness + 4, PAD), high, fill=INK, font=fnt)
         draw.text((PAD + thickness + 4, length - PAD - step), low, fill=INK, font=fnt)
-        return np.asarray(img)
+        return _read_only(np.asarray(img))
     low_w, high_w = (int(math.ceil(fnt.getlength(t))) for t in (low, high))
     strip = length - low_w - high_w - 6 * PAD
     if strip >= length // 2:  # labels beside the strip
@@ -222,7 +242,7 @@ def colorbar(length: int, palette: str = "jet", labels: tuple[str, str] = ("low"
         draw = ImageDraw.Draw(img)
         draw.text((PAD, PAD), low, fill=INK, font=fnt)
         draw.text((4 * PAD + low_w + strip, PAD), high, fill=INK, font=fnt)
-        return np.asarray(img)
+        return _read_only(np.asarray(img))
     strip = max(2, length - 2 * PAD)  # labels under the strip's two ends (wrapped when they meet)
     ramp = np.linspace(0.0, 1.0, strip)[None, :].repeat(thickness, axis=0)
     half = max(1, strip // 2 - PAD)
@@ -234,7 +254,7 @@ def colorbar(length: int, palette: str = "jet", labels: tuple[str, str] = ("low"
         draw.text((PAD, PAD + thickness + 2 + i * step), line, fill=INK, font=fnt)
     for i, line in enumerate(high_lines):
         draw.text((length - PAD - fnt.getlength(line), PAD + thickness + 2 + i * step), line, fill=INK, font=fnt)
-    return np.asarray(img)
+    return _read_only(np.asarray(img))
 
 
 def _colours(values: np.ndarray, palette: str) -> np.ndarray:

@@ -72,7 +72,7 @@ def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str 
     chunks = dict(text or {})
     if caption is not None:
         chunks["Description"] = caption.text() if isinstance(caption, Caption) else str(caption)
-    data = encode_png(arr, chunks)  # zlib level 1: 3x faster than 6 for +8 % of bytes
+    data = encode_png(arr, chunks)
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         fh.write(data)
     return Path(path)
@@ -144,10 +144,21 @@ def titled_grid(images: Sequence[np.ndarray], titles: Sequence[str], ncols: int 
 # --- LIME ---------------------------------------------------------------------------------------------------
 
 def lime_boundaries(image: np.ndarray, segments: np.ndarray, color=(1.0, 1.0, 0.0)) -> np.ndarray:
-    """(H, W, 3) image in [0, 1] with the boundaries of (H, W) ``segments`` drawn in ``color``."""
-    from skimage.segmentation import mark_boundaries
+    """(H, W, 3) image with the boundaries of every superpixel of (H, W) ``segments`` drawn in ``color``.
 
-    return mark_boundaries(np.clip(image, 0, 1), segments, color=color, mode="inner").astype(np.float32)
+    A uint8 image comes back uint8 (``color`` scaled to 0-255), any other as float32 in [0, 1].
+    """
+    from fruitlens.overlays import inner_edges
+
+    segments = np.asarray(segments)
+    if segments.shape != np.shape(image)[:2]:
+        raise ValueError(f"segments of shape {segments.shape}: expected the image's {np.shape(image)[:2]}")
+    if np.asarray(image).dtype == np.uint8:
+        out, ink = np.array(image), np.round(np.asarray(color, np.float64) * 255).astype(np.uint8)
+    else:
+        out, ink = np.clip(np.asarray(image, np.float32), 0, 1), np.asarray(color, np.float32)
+    out[inner_edges(segments.astype(np.int64) + 1)] = ink  # + 1: superpixel 0 is no background
+    return out
 
 
 def lime_explanation(image: np.ndarray, segments: np.ndarray, weights: np.ndarray, *, threshold: float = 0.0,
