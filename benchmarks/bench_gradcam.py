@@ -285,7 +285,9 @@ def main() -> None:
     from fruitlens.runs import ModelCard
 
     def explain_chunk(model, card, images, rows, out):
-        return run_cam(model, card, images, rows, CamOptions(), ExplainLayout(out))
+        frame, draw = run_cam(model, card, images, rows, CamOptions(), ExplainLayout(out))
+        draw()
+        return frame
 
     with tempfile.TemporaryDirectory() as tmp:
         paths = []

@@ -27,7 +27,7 @@ def fake_run(model, card, images, rows, options, out):
     probs = predict_batches(model, images)
     return pd.DataFrame({"image_id": rows["image_id"], "path": rows["path"], "true_label": rows["label"],
                          "label": [card.classes[i] for i in probs.argmax(1)],
-                         "mean": images.mean(axis=(1, 2, 3)) * options.num_samples})
+                         "mean": images.mean(axis=(1, 2, 3)) * options.num_samples}), engine.no_drawing
 
 
 @pytest.fixture()
@@ -185,10 +185,48 @@ def test_side_by_side_from_the_panels_kept_in_memory_equals_the_one_from_their_f
     model, card = load_run(run_dir)
     options = ExplainOptions(lime=LimeOptions(num_samples=20, faithfulness_steps=0))
     out = tmp_path / "out"
-    engine.explain_images(model, card, model_digest(run_dir), rows, out, ["lime", "gradcam"], options, chunk_size=2)
+    chunk = engine.plan_chunks(rows, 2)[0]
+    for method in ("lime", "gradcam"):  # in this process (as the pipeline's tasks do), so DRAWN is this one's
+        engine.explain_chunk(model, card, chunk, out, method, options.of(method), method)
+    engine.compose_chunk(chunk, out)
     layout = ExplainLayout(out)
     composed = {p.name: p.read_bytes() for p in layout.side_by_side_dir.glob("*.png")}
     assert len(composed) == 2
     assert pictures.DRAWN.take(layout.picture("lime", pictures.stems(rows)[0], "outline")) is None  # taken
     from_files = pictures.write_side_by_side(layout, rows)  # nothing kept now: the panels are decoded
     assert {p.name: p.read_bytes() for p in from_files} == composed
+
+
+def test_a_part_is_written_only_after_its_pictures_and_a_rerun_draws_them(demo_dir, run_dir, tmp_path):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test").head(4)
+    model, card = load_run(run_dir)
+    options = ExplainOptions(lime=LimeOptions(num_samples=20, faithfulness_steps=0))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "gradcam").write_text("a file where Grad-CAM's pictures go")  # the picture process cannot write them
+
+    def explain():
+        return engine.explain_images(model, card, model_digest(run_dir), rows, out, ["lime", "gradcam"], options,
+                                     chunk_size=2)
+
+    with pytest.raises(OSError):  # raised in the picture process, surfaced here
+        explain()
+    assert not list(out.glob("*.parts/*.parquet"))  # no part on disk claims pictures it does not have
+    (out / "gradcam").unlink()
+    totals = explain()
+    assert totals["skipped"] == 0 and totals["gradcam"] == 4
+    cam = tables.read_table(out / "gradcam.parquet")
+    assert all((out / p).is_file() for p in [*cam["overlay_path"], *cam["heatmap_path"]])
+    assert len(list(ExplainLayout(out).side_by_side_dir.glob("*.png"))) == 4
+
+
+def test_python_dash_m_fruitlens_explain_draws_in_its_picture_process(demo_dir, run_dir, tmp_path):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "fruitlens", "explain", "--data", str(demo_dir), "--model",
+                           str(run_dir), "--out", str(tmp_path / "out"), "--limit", "2", "--num-samples", "20"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("explained 2 images") == 1  # the spawned process did not run the command again
+    assert len(list(ExplainLayout(tmp_path / "out").side_by_side_dir.glob("*.png"))) == 2

@@ -23,6 +23,7 @@ import pytest
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from fruitlens import digests, tables  # noqa: E402
+from fruitlens.batch import engine  # noqa: E402
 from fruitlens.batch.methods import METHODS, Method  # noqa: E402
 from fruitlens.batch.rows import rows_from_index  # noqa: E402
 from fruitlens.cli import main  # noqa: E402
@@ -232,7 +233,7 @@ def fake_run(model, card, images, rows, options, out):
     CALLS.append(ids)
     if FAIL & set(ids):
         raise RuntimeError("simulated crash in one chunk")
-    return pd.DataFrame({"image_id": ids, "mean": images.mean(axis=(1, 2, 3))})
+    return pd.DataFrame({"image_id": ids, "mean": images.mean(axis=(1, 2, 3))}), engine.no_drawing
 
 
 def test_crashed_explain_run_resumes_without_losing_or_duplicating_rows(cache, demo_dir, tmp_path, monkeypatch):

@@ -236,7 +236,9 @@ def test_batch_method_rows_and_captioned_pictures_on_the_photo(demo_dir, run_dir
     model, card = load_run(run_dir)
     images, rows, _ = engine.read_chunk(rows_from_inputs([demo_dir], split="test", limit=3), card.image_size)
     out = ExplainLayout(tmp_path / "explain")
-    df = run_cam(model, card, images, rows, CamOptions(palette="magma", alpha=0.5, faithfulness_steps=5), out)
+    df, draw = run_cam(model, card, images, rows, CamOptions(palette="magma", alpha=0.5, faithfulness_steps=5), out)
+    assert not out.pictures_dir("gradcam").exists()  # the model's work is done; the pictures are drawn next
+    draw()
     tables.write_table(df, tmp_path / "g.parquet", "gradcam")  # the schema accepts the rows
     assert len(df) == 3 and set(df["layer"]) == {find_layer(model).path} and list(df["path"]) == list(rows["path"])
     assert df["label"].isin(card.classes).all() and df["pointing_hit"].map(lambda v: isinstance(v, bool)).all()

@@ -22,10 +22,13 @@ import errno
 import fcntl
 import json
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -112,24 +115,63 @@ def part_state(out: ExplainLayout, method: str, key: str) -> PartState:
     return "missing"
 
 
+@dataclass
+class Part:
+    """One method's part of one chunk, computed but not yet written: its rows, the images that could not be
+    read, and the drawing of its PNGs (written before the part, so that a part on disk has its pictures)."""
+
+    method: str
+    key: str
+    frame: pd.DataFrame
+    failed: pd.DataFrame
+    draw: Callable[[], object]
+
+
+def compute_part(model, card, chunk: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, method: str,
+                 options: Any, key: str, read: tuple[np.ndarray, pd.DataFrame, pd.DataFrame] | None = None) -> Part:
+    """The model's work of one method on one chunk (``read``: the chunk as ``read_chunk`` returned it)."""
+    out = ExplainLayout(out_dir)
+    images, ok, failed = read or read_chunk(pd.DataFrame(list(chunk)), card.image_size, getattr(card, "fit", "resize"))
+    if len(ok):
+        frame, draw = METHODS[method].run(model, card, images, ok, options, out)
+    else:
+        frame, draw = tables.SCHEMAS[method].empty_table().to_pandas(), no_drawing
+    return Part(method, key, frame, failed, draw)
+
+
+def no_drawing() -> None:
+    """The drawing of a part without pictures (a chunk none of whose images could be read)."""
+
+
+def write_part(out_dir: str | os.PathLike, part: Part) -> dict[str, int]:
+    """Write a computed part (after its drawing ran) and its failures; the rows and failures written."""
+    out = ExplainLayout(out_dir)
+    tables.write_table(part.frame, out.part(part.method, part.key), tables.SCHEMAS[part.method])
+    failed_part = out.part(FAILED, part.key)
+    if len(part.failed):
+        tables.write_table(part.failed, failed_part, tables.FAILED_SCHEMA)
+    elif failed_part.exists():
+        failed_part.unlink()
+    return {"rows": int(len(part.frame)), "failed": int(len(part.failed))}
+
+
 def explain_chunk(model, card, chunk: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, method: str,
                   options: Any, key: str) -> dict[str, int]:
-    """Explain one chunk with one method and write its part (and its failures) under ``key``.
+    """Explain one chunk with one method, draw its PNGs and write its part (and its failures) under ``key``.
 
     Returns the rows written and the images that could not be read.
     """
-    out = ExplainLayout(out_dir)
-    rows = pd.DataFrame(list(chunk))
-    images, ok, failed = read_chunk(rows, card.image_size, getattr(card, "fit", "resize"))
-    schema = tables.SCHEMAS[method]
-    frame = METHODS[method].run(model, card, images, ok, options, out) if len(ok) else schema.empty_table().to_pandas()
-    tables.write_table(frame, out.part(method, key), schema)
-    failed_part = out.part(FAILED, key)
-    if len(failed):
-        tables.write_table(failed, failed_part, tables.FAILED_SCHEMA)
-    elif failed_part.exists():
-        failed_part.unlink()
-    return {"rows": int(len(frame)), "failed": int(len(failed))}
+    part = compute_part(model, card, chunk, out_dir, method, options, key)
+    part.draw()
+    return write_part(out_dir, part)
+
+
+def draw_chunk(draws: Sequence[Callable[[], object]], chunk: Sequence[Mapping[str, Any]],
+               out_dir: str | os.PathLike, force: bool) -> int:
+    """Every method's PNGs of a chunk, then its side-by-side pictures (``compose_chunk``); how many of those."""
+    for draw in draws:
+        draw()
+    return compose_chunk(chunk, out_dir, force=force)
 
 
 def compose_chunk(chunk: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *, force: bool = True) -> int:
@@ -208,10 +250,31 @@ def plan_keys(chunks: Sequence[Sequence[Mapping[str, Any]]], methods: Sequence[s
     return {m: [part_key(m, options.of(m), model_digest, c, code) for c in chunks] for m in methods}
 
 
+@contextmanager
+def picture_process() -> Iterator[ProcessPoolExecutor]:
+    """One process that draws the PNGs (numpy, PIL, zlib: no TensorFlow in it) while this one runs the model.
+
+    Threads could not do it: drawing holds the GIL most of the time, and the model's calls are short. A fresh
+    interpreter (spawn, never fork: TensorFlow's threads do not survive a fork) takes about a second to start,
+    which the first chunk's model work hides.
+    """
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown(wait=True)
+
+
 def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: str | os.PathLike,
                    methods: Sequence[str], options: ExplainOptions, *, chunk_size: int,
                    progress: Callable[[int], None] | None = None) -> dict[str, int]:
-    """Explain ``rows`` with ``methods``, chunk by chunk, redoing only what is not done; one process.
+    """Explain ``rows`` with ``methods``, chunk by chunk, redoing only what is not done.
+
+    The model works here, chunk after chunk; each chunk's PNGs are drawn in a second process
+    (``picture_process``) while the model works on the next one, and its parts are written once its
+    pictures are, so a part on disk always has its PNGs. At most two chunks are in memory.
 
     Args:
         model, card: the model (takes [0, 1] images) and its card (classes, input size).
@@ -228,26 +291,32 @@ def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: 
     """
     totals = {m: 0 for m in methods} | {FAILED: 0, "skipped": 0}
     out = ExplainLayout(out_dir)
-    # a chunk's side-by-side pictures (file decoding, PIL text, PNG encoding: all outside the GIL) are composed in
-    # a thread while the model works on the next chunk; one at a time, so memory stays bounded by a chunk
-    with out_lock(out.root), ThreadPoolExecutor(max_workers=1, thread_name_prefix="compose") as pool:
+    pending: deque[tuple[Future, list[Part], int]] = deque()
+
+    def land() -> None:  # the oldest chunk: its pictures drawn, then its parts written
+        drawing, parts, size = pending.popleft()
+        drawing.result()  # the drawing's errors surface here
+        for part in parts:
+            totals[part.method] += write_part(out.root, part)["rows"]
+        if not parts:
+            totals["skipped"] += size
+        if progress:
+            progress(size)
+
+    with out_lock(out.root), picture_process() as painter:
         chunks = plan_chunks(rows, chunk_size)
         keys = plan_keys(chunks, methods, options, model_digest, engine_code())
-        composing = None
         for i, chunk in enumerate(chunks):
             todo = [m for m in methods if part_state(out, m, keys[m][i]) != "done"]
-            for method in todo:
-                counts = explain_chunk(model, card, chunk, out.root, method, options.of(method), keys[method][i])
-                totals[method] += counts["rows"]
-            if composing is not None:
-                composing.result()  # its errors surface here
-            composing = pool.submit(compose_chunk, chunk, out.root, force=bool(todo))
-            if not todo:
-                totals["skipped"] += len(chunk)
-            if progress:
-                progress(len(chunk))
-        if composing is not None:
-            composing.result()
+            read = read_chunk(pd.DataFrame(list(chunk)), card.image_size, getattr(card, "fit", "resize")) \
+                if todo else None
+            parts = [compute_part(model, card, chunk, out.root, m, options.of(m), keys[m][i], read) for m in todo]
+            pending.append((painter.submit(draw_chunk, [p.draw for p in parts], chunk, out.root, bool(todo)),
+                            parts, len(chunk)))
+            if len(pending) > 1:
+                land()
+        while pending:
+            land()
         paths = finish(out.root, keys)
     totals[FAILED] = int(pq.read_metadata(paths[FAILED]).num_rows)
     return totals

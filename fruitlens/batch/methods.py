@@ -2,13 +2,16 @@
 
 Every method has the same shape::
 
-    run(model, card, images, rows, options, out) -> pd.DataFrame
+    run(model, card, images, rows, options, out) -> (pd.DataFrame, Drawing)
 
 ``images`` is (N, H, W, 3) float32 in [0, 1] at the model's input size; ``rows`` has image_id, path,
 label (None when unknown), mask_path and sha256; ``options`` is the method's options dataclass
 (``fruitlens.config``); PNGs go under ``out`` (an ``ExplainLayout``). The returned rows follow the method's
-table schema (``fruitlens.tables.SCHEMAS``) and name the PNGs they wrote. A method reads no other
-method's files: pictures that combine methods are composed afterwards (``pictures.write_side_by_side``).
+table schema (``fruitlens.tables.SCHEMAS``) and name the PNGs that the returned ``Drawing`` writes when it is
+called: the model's work and the pictures are separate, so that the engine can draw one chunk in another
+process while the model works on the next (a Drawing pickles: a ``functools.partial`` of a function of
+``fruitlens.batch.pictures``). A method reads no other method's files: pictures that combine methods are
+composed afterwards (``pictures.write_side_by_side``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ import functools
 import hashlib
 import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,13 +49,16 @@ TITLES: dict[str, str] = {
 }
 
 
+Drawing = Callable[[], object]  # writes one method's PNGs of one chunk (picklable)
+
+
 @dataclass(frozen=True)
 class Method:
     """A batch explanation method: its name, options type and chunk function."""
 
     name: str
     options_type: type
-    run: Callable[..., pd.DataFrame]
+    run: Callable[..., tuple[pd.DataFrame, Drawing]]
 
 
 def image_seed(seed: int, image_id: str) -> tuple[int, int]:
@@ -90,8 +95,8 @@ def _lime_faithfulness(model, images: np.ndarray, results, options: LimeOptions,
 
 
 def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeOptions,
-             out: ExplainLayout) -> pd.DataFrame:
-    """LIME rows (one per explained label and superpixel) and pictures of one chunk.
+             out: ExplainLayout) -> tuple[pd.DataFrame, Drawing]:
+    """LIME rows (one per explained label and superpixel) of one chunk, and the drawing of its pictures.
 
     Beyond the ``lime`` schema the rows carry label_index, rank, pixels, selected, segments_path,
     picture_path, ``evidence`` (share of the superpixel inside the evidence mask; NaN without one) and
@@ -108,13 +113,9 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
                            feature_selection=options.feature_selection, adaptive=options.adaptive,
                            round_size=options.round_size, tolerance=options.tolerance, min_samples=options.min_samples,
                            design=options.design, control_variate=options.control_variate)
-    # the PNGs (PIL, numpy; matplotlib for the density, in this one thread only) are drawn while the model
-    # runs the faithfulness curves: TensorFlow releases the GIL, so both cores work
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lime-png") as pool:
-        drawn = pool.submit(pictures.write_lime, out, rows, images, results, card, options)
-        faith = _lime_faithfulness(model, images, results, options, ids)
-        masks = _masks(rows, card.image_size)
-        files = drawn.result()
+    faith = _lime_faithfulness(model, images, results, options, ids)
+    masks = _masks(rows, card.image_size)
+    files = pictures.lime_files(out, rows, options)
     frames = []
     for i, res in enumerate(results):
         df = res.to_rows(ids[i], card.classes, path=rows["path"].iloc[i], true_label=rows["label"].iloc[i])
@@ -131,7 +132,8 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
         else:
             df["evidence"] = np.nan
         frames.append(df)
-    return pd.concat(frames, ignore_index=True) if frames else tables.LIME_SCHEMA.empty_table().to_pandas()
+    frame = pd.concat(frames, ignore_index=True) if frames else tables.LIME_SCHEMA.empty_table().to_pandas()
+    return frame, functools.partial(pictures.write_lime, out, rows, images, results, card, options)
 
 
 # ------------------------------------------------------------------------------------ heatmap methods
@@ -172,9 +174,9 @@ def variant_of(method: str, options) -> str:
 
 
 def run_heatmap(method: str, model, card, images: np.ndarray, rows: pd.DataFrame, options: HeatmapOptions,
-                out: ExplainLayout) -> pd.DataFrame:
-    """Rows of a heatmap method (Grad-CAM and its variants, gradients, perturbations), one per image, and
-    its pictures (under ``<method>/``) of one chunk.
+                out: ExplainLayout) -> tuple[pd.DataFrame, Drawing]:
+    """Rows of a heatmap method (Grad-CAM and its variants, gradients, perturbations), one per image, of one
+    chunk, and the drawing of its pictures (under ``<method>/``).
 
     Columns: image_id, path, label (explained class), layer (``input`` for pixel methods), heatmap_path,
     overlay_path, peak_y, peak_x (at the model's input size), deletion_auc, insertion_auc, true_label,
@@ -197,8 +199,9 @@ def run_heatmap(method: str, model, card, images: np.ndarray, rows: pd.DataFrame
     title = TITLES.get(options.variant if method == "gradcam" else method, method)
     if variant.startswith("scorecam@"):
         title = f"Faster Score-CAM ({options.channels} channels)"
-    files = pictures.write_cam(out, rows, images, result, card, options, faith.deletion[:, 0], method=method,
-                               title=title)
+    files = pictures.cam_files(out, rows, method)
+    draw = functools.partial(pictures.write_cam, out, rows, images, result, card, options, faith.deletion[:, 0],
+                             method=method, title=title)
     peaks = result.peaks
     off = options.faithfulness_steps < 1
     return pd.DataFrame({
@@ -210,11 +213,11 @@ def run_heatmap(method: str, model, card, images: np.ndarray, rows: pd.DataFrame
         "insertion_auc": np.full(len(rows), np.nan) if off else faith.insertion_auc.astype(float),
         "target_prob": faith.deletion[:, 0].astype(float), "method": method, "variant": variant,
         "pointing_hit": hits,
-    })
+    }), draw
 
 
 def run_cam(model, card, images: np.ndarray, rows: pd.DataFrame, options: CamOptions,
-            out: ExplainLayout) -> pd.DataFrame:
+            out: ExplainLayout) -> tuple[pd.DataFrame, Drawing]:
     """Grad-CAM (or Grad-CAM++ / CAM) rows and pictures of one chunk (see :func:`run_heatmap`)."""
     return run_heatmap("gradcam", model, card, images, rows, options, out)
 

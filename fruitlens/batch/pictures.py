@@ -10,6 +10,7 @@ explanation folder, as the tables record them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -21,7 +22,7 @@ from fruitlens import plots, tables
 from fruitlens.captions import Caption, add_caption
 from fruitlens.config import CamOptions, LimeOptions
 from fruitlens.layout import ExplainLayout, picture_stem
-from fruitlens.overlays import heat_on_photo, lime_legend, lime_on_photo
+from fruitlens.overlays import MIN_SIDE, display_size, heat_on_photo, lime_legend, lime_on_photo
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,41 @@ def display_photo(path: str, model_input: np.ndarray) -> np.ndarray:
     return plots.display_photo(photo, model_input)
 
 
+class _Shown:
+    """Each image's photo as every picture of it is drawn on (read, shrunk, enlarged for the text: about 2 ms),
+    kept for the few pictures drawn of it, by (path, the file's size and time, model input size, fit) so that
+    a changed file is read again; thread-safe."""
+
+    def __init__(self, capacity: int = 32):
+        self.capacity = capacity
+        self._items: OrderedDict[tuple, tuple[np.ndarray, tuple[int, int, int, int]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path: str, model_input: np.ndarray, card) -> tuple[np.ndarray, tuple[int, int, int, int]]:
+        """(uint8 photo at display size, the box the model saw in it)."""
+        try:
+            stat = os.stat(path)
+            version = (stat.st_size, stat.st_mtime_ns)
+        except OSError:
+            version = None
+        key = (str(path), version, model_input.shape, tuple(card.image_size), getattr(card, "fit", "resize"))
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        photo = display_photo(path, model_input)
+        shown = display_size(photo, model_box(photo, card), MIN_SIDE)
+        shown[0].flags.writeable = False  # shared by the pictures drawn on it
+        with self._lock:
+            self._items[key] = shown
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return shown
+
+
+SHOWN = _Shown()
+
+
 def model_box(photo: np.ndarray, card) -> tuple[int, int, int, int] | None:
     """The part of the (display) photo the model saw: None for the whole photo, a centred box when it crops."""
     if getattr(card, "fit", "resize") == "resize":
@@ -92,6 +128,23 @@ def _label(value) -> str | None:
 
 def _prob(value: float) -> float:
     return float(np.clip(np.nan_to_num(value), 0.0, 1.0))  # models that end in logits: shown clipped
+
+
+def lime_files(out: ExplainLayout, rows: pd.DataFrame, options: LimeOptions) -> list[dict[str, str]]:
+    """What ``write_lime`` writes for each image: {kind: path relative to the explanation folder}."""
+    files = []
+    for stem in stems(rows):
+        entry = {"segments": _rel(out, out.pictures_dir("lime") / f"{stem}_segments.npy")}
+        if "outline" in options.plot_kinds:
+            entry["outline"] = _rel(out, out.picture("lime", stem, "outline"))
+        files.append(entry)
+    return files
+
+
+def cam_files(out: ExplainLayout, rows: pd.DataFrame, method: str) -> list[dict[str, str]]:
+    """What ``write_cam`` writes for each image: {kind: path relative to the explanation folder}."""
+    return [{kind: _rel(out, out.picture(method, stem, kind)) for kind in ("heatmap", "overlay")}
+            for stem in stems(rows)]
 
 
 def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, results, card,
@@ -112,7 +165,7 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
         kinds = options.plot_kinds
         top = res.labels[0]
         label = card.classes[top]
-        photo = display_photo(path, image) if kinds & {"outline", "boundaries"} else None
+        photo, box = SHOWN.get(path, image, card) if kinds & {"outline", "boundaries"} else (None, None)
         if "outline" in kinds:
             caption = Caption(file=Path(path).name, true_label=_label(true), pred_label=label,
                               prob=_prob(res.label_prob[top]), method="LIME",
@@ -120,15 +173,13 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
                                      f"{res.num_samples} samples, fit R2 {res.score[top]:.2f}",
                               legend=f"green supports {label}, red against")
             pic = lime_on_photo(photo, res.segments, res.weights[top], threshold=options.threshold,
-                                num_features=options.display_features, box=model_box(photo, card))
+                                num_features=options.display_features, box=box)
             target = out.picture("lime", stem, "outline")
             _save_panel(add_caption(pic, caption, legend=lime_legend(label)), target, caption,
                         {"panel": f"LIME · {res.num_superpixels} superpixels ({options.segmenter})", "label": label})
             files["outline"] = _rel(out, target)
         if "boundaries" in kinds:
-            bounds = lime_on_photo(photo, res.segments, np.zeros(res.num_superpixels), num_features=0,
-                                   box=model_box(photo, card))
-            seg = plots.lime_boundaries(bounds / 255.0, _ids_at(res.segments, bounds.shape[:2]))
+            seg = plots.lime_boundaries(photo, _ids_at(res.segments, photo.shape[:2]))
             plots.save_png(add_caption(seg, [f"{res.num_superpixels} superpixels ({options.segmenter}) of "
                                              f"{Path(path).name}"]), out.picture("lime", stem, "boundaries"))
         if "density" in kinds:
@@ -158,14 +209,13 @@ def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result
     name = title or {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "cam": "CAM"}[options.variant]
     for i, stem in enumerate(stems(rows)):
         path = rows["path"].iloc[i]
-        photo = display_photo(path, images[i])
+        photo, box = SHOWN.get(path, images[i], card)
         caption = Caption(file=Path(path).name, true_label=_label(rows["label"].iloc[i]),
                           pred_label=card.classes[result.targets[i]], prob=_prob(probs[i]), method=name,
                           detail="input pixels" if result.layer == "input" else f"layer {result.layer}")
         over = out.picture(method, stem, "overlay")
         heat = out.picture(method, stem, "heatmap")
-        pic = heat_on_photo(photo, result.heatmaps[i], palette=options.palette, max_alpha=options.alpha,
-                            box=model_box(photo, card))
+        pic = heat_on_photo(photo, result.heatmaps[i], palette=options.palette, max_alpha=options.alpha, box=box)
         panel = f"{name} · input pixels" if result.layer == "input" else \
             f"{name} · layer {result.layer.rsplit('/', 1)[-1]}"  # a nested model's prefix dropped
         _save_panel(add_caption(pic, caption, scale=options.palette), over, caption,
