@@ -231,19 +231,25 @@ def part_cli(n_images: int, per_class: int | None) -> dict:
         cmd = [sys.executable, "-m", "fruitlens", "explain", "--model", str(run), "--data", str(FRUITS360),
                "--out", str(out), "--limit", str(n_images), *flags]
         start = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
-                              env={**os.environ, "PYTHONPATH": str(ROOT)})
-        wall = time.perf_counter() - start
-        if proc.returncode:
-            raise RuntimeError(proc.stderr[-2000:])
+        with open(tmp / f"{name}.log", "w+") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+                                    env={**os.environ, "PYTHONPATH": str(ROOT)})
+            _, status, usage = os.wait4(proc.pid, 0)  # its CPU time and peak memory (its picture process's too)
+            wall = time.perf_counter() - start
+            if os.waitstatus_to_exitcode(status):
+                log.seek(0)
+                raise RuntimeError(log.read()[-2000:])
         import pandas as pd
 
         lime = pd.read_parquet(out / "lime.parquet", columns=["image_id", "num_samples"]).drop_duplicates("image_id")
         result[name] = {"seconds": wall, "s_per_image": wall / n_images, "projected_5195_s": wall / n_images * 5195,
+                        "user_s": usage.ru_utime, "sys_s": usage.ru_stime, "cpu_percent": 100 * (
+                            usage.ru_utime + usage.ru_stime) / wall, "peak_rss_mib": usage.ru_maxrss / 1024,
                         "rows_per_image": _dist(lime["num_samples"]), "flags": flags,
                         "pngs": len(list(out.rglob("*.png")))}
         print(f"cli {name}: {wall:.1f} s for {n_images} images -> {wall / n_images * 5195 / 60:.1f} min for 5,195; "
-              f"rows {lime['num_samples'].mean():.0f}", flush=True)
+              f"rows {lime['num_samples'].mean():.0f}; CPU {result[name]['cpu_percent']:.0f} %, peak RSS "
+              f"{result[name]['peak_rss_mib']:.0f} MiB", flush=True)
     return result
 
 
