@@ -21,8 +21,11 @@ more images (no reference needed).
 ``--parts demo``: the demo dataset and its small convnet: top supporting superpixel on the sticker, fixed-1000
 (lime's procedure) vs the batch default vs adaptive with independent rows, same model and images.
 ``--parts cli``: `fruitlens explain` LIME + Grad-CAM with the default PNGs on ``--cli-images`` Fruits-360 test
-images, the defaults vs lime's fixed procedure (each also with ``--plots none``), each in a subprocess, the
-20x20 seed_cnn-like model; the 5,195-image time extrapolated from the rate (``--cli-images 5195``: all of it).
+images, the defaults vs lime's fixed procedure (each also with ``--plots none``; ``--cli-variants``), each in a
+subprocess with its wall time, CPU time and peak memory, on a 20x20 model trained in the run: fruitlens' own
+``seed_cnn`` (``--cli-model seed_cnn``, the default, the issue's model) or the heavier seed_cnn-like stand-in of
+the other parts (``seed_cnn_like``, results under ``cli``); the 5,195-image time extrapolated from the rate
+(``--cli-images 5195``: all of it).
 
 Run: ``python -m benchmarks.bench_lime_adaptive [--parts speed,demo,cli]`` from the repository root.
 """
@@ -210,23 +213,38 @@ def part_demo(n_train: int, n_test: int) -> dict:
     return out
 
 
-def part_cli(n_images: int, per_class: int | None) -> dict:
-    """`fruitlens explain` LIME + Grad-CAM, default PNGs, adaptive vs fixed, on the first test images."""
+CLI_VARIANTS = ("default", "fixed", "default_plots_none", "fixed_plots_none")
+
+
+def _cli_model(run: Path, arch: str, per_class: int | None) -> str:
+    """Train the 20x20 model of the cli part into ``run``; what it is, in words."""
     from fruitlens.runs import ModelCard, write_card
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench_lime_adaptive_cli_"))
-    run = tmp / "run"
+    if arch == "seed_cnn":  # the issue's model: fruitlens' own seed_cnn, trained as a user trains it
+        cmd = [sys.executable, "-m", "fruitlens", "train", "--data", str(FRUITS360), "--out", str(run), "--arch",
+               "seed_cnn", "--image-size", "20", "--epochs", "3"]
+        subprocess.run(cmd, check=True, capture_output=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        return "20x20 seed_cnn (fruitlens train --arch seed_cnn --image-size 20 --epochs 3, all training images)"
     run.mkdir()
     train_x, train_y, classes, _ = load_split(FRUITS360, "Training", 20, per_class)
     model = seed_cnn_like(20, len(classes))
     model.fit(train_x, train_y, epochs=3, batch_size=32, verbose=0)
     model.save(run / "model.keras")
     write_card(run, ModelCard(classes=tuple(classes), image_size=(20, 20), arch="seed_cnn-like"))
-    result: dict = {"images": n_images, "model": f"20x20 seed_cnn-like, 3 epochs on {len(train_y)} images"}
+    return f"20x20 seed_cnn-like (32/64 filters at full resolution), 3 epochs on {len(train_y)} images"
+
+
+def part_cli(n_images: int, per_class: int | None, arch: str = "seed_cnn",
+             variants: tuple[str, ...] = CLI_VARIANTS) -> dict:
+    """`fruitlens explain` LIME + Grad-CAM, default PNGs, adaptive vs fixed, on the first test images."""
+    tmp = Path(tempfile.mkdtemp(prefix="bench_lime_adaptive_cli_"))
+    run = tmp / "run"
+    result: dict = {"images": n_images, "model": _cli_model(run, arch, per_class)}
     reference = ["--no-adaptive", "--design", "random", "--no-control-variate"]  # lime's own procedure
-    variants = {"default": [], "fixed": reference, "default_plots_none": ["--plots", "none"],
+    flags_of = {"default": [], "fixed": reference, "default_plots_none": ["--plots", "none"],
                 "fixed_plots_none": [*reference, "--plots", "none"]}
-    for name, flags in variants.items():
+    for name in variants:
+        flags = flags_of[name]
         out = tmp / name
         cmd = [sys.executable, "-m", "fruitlens", "explain", "--model", str(run), "--data", str(FRUITS360),
                "--out", str(out), "--limit", str(n_images), *flags]
@@ -262,6 +280,9 @@ def main() -> None:
     parser.add_argument("--train-per-class", type=int, default=None,
                         help="training images per class (default: as bench_lime.CONFIGS)")
     parser.add_argument("--cli-images", type=int, default=500)
+    parser.add_argument("--cli-model", choices=("seed_cnn", "seed_cnn_like"), default="seed_cnn",
+                        help="the cli part's model: fruitlens' seed_cnn (the issue's) or the heavier stand-in")
+    parser.add_argument("--cli-variants", default=",".join(CLI_VARIANTS))
     args = parser.parse_args()
     result: dict = {}
     path = RESULTS / "lime_adaptive.json"
@@ -280,7 +301,9 @@ def main() -> None:
     if "demo" in parts:
         save("demo", part_demo(100, 25))
     if "cli" in parts:
-        save("cli", part_cli(args.cli_images, args.train_per_class))
+        key = "cli" if args.cli_model == "seed_cnn_like" else f"cli_{args.cli_model}"
+        save(key, part_cli(args.cli_images, args.train_per_class, args.cli_model,
+                           tuple(args.cli_variants.split(","))))
 
 
 if __name__ == "__main__":

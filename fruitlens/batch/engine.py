@@ -12,8 +12,11 @@ id and sha256 (``part_key``). So
   model left behind) and deletes the others, so no row is ever doubled; a part that cannot be read (a crash
   mid-write on a full disk) counts as missing and is redone.
 
-Pictures that combine methods (side by side) are composed after every method of a chunk has run
-(``compose_chunk``). One writer at a time per output folder: ``out_lock``.
+A method's model work and its pictures are separate steps (``compute_part``, then the part's ``draw``), and a
+part is written only after its PNGs are. ``explain_images`` (``fruitlens explain``) draws each chunk's PNGs in
+a second process while the model works on the next chunk; the pipeline's tasks (``explain_chunk``) draw
+in their own thread. Pictures that combine methods (side by side) are composed after every method of a chunk
+has been drawn (``compose_chunk``). One writer at a time per output folder: ``out_lock``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,8 @@ import json
 import logging
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections import deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -131,7 +134,9 @@ def compute_part(model, card, chunk: Sequence[Mapping[str, Any]], out_dir: str |
                  options: Any, key: str, read: tuple[np.ndarray, pd.DataFrame, pd.DataFrame] | None = None) -> Part:
     """The model's work of one method on one chunk (``read``: the chunk as ``read_chunk`` returned it)."""
     out = ExplainLayout(out_dir)
-    images, ok, failed = read or read_chunk(pd.DataFrame(list(chunk)), card.image_size, getattr(card, "fit", "resize"))
+    if read is None:
+        read = read_chunk(pd.DataFrame(list(chunk)), card.image_size, getattr(card, "fit", "resize"))
+    images, ok, failed = read
     if len(ok):
         frame, draw = METHODS[method].run(model, card, images, ok, options, out)
     else:
