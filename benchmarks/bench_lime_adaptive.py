@@ -139,7 +139,10 @@ def part_speed(config: str, n_agree: int, n_rows: int, per_class: int | None) ->
                 continue
             rho.append(spearman(w, w_ref))
             over.append(top5_overlap(w, w_ref))
-        return {"spearman": float(np.mean(rho)), "top5_overlap": float(np.mean(over)), "images": len(rho)}
+        se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")  # noqa: E731
+        return {"spearman": float(np.mean(rho)), "top5_overlap": float(np.mean(over)), "images": len(rho),
+                "spearman_se": se(rho), "top5_overlap_se": se(over),
+                "per_image": {"spearman": [round(float(r), 4) for r in rho], "top5_overlap": over}}
 
     result = {"model": {"config": config, "input": f"{size}x{size}", "test_accuracy": accuracy,
                         "trained": f"{epochs} epochs on {len(train_y)} Fruits-360 training images"},
@@ -162,7 +165,8 @@ def part_speed(config: str, n_agree: int, n_rows: int, per_class: int | None) ->
         r = result[name] if name.startswith("reference") else result[name]["vs_reference_seed1"]
         rows = "" if name.startswith("reference") else \
             f" rows {result[name]['rows_per_image']['mean']:.0f} s/img {result[name]['s_per_image']:.3f}"
-        print(f"[{config}] {name}: spearman {r['spearman']:.3f} top5 {r['top5_overlap']:.2f}{rows}", flush=True)
+        print(f"[{config}] {name}: spearman {r['spearman']:.3f} ({r['spearman_se']:.3f}) "
+              f"top5 {r['top5_overlap']:.2f} ({r['top5_overlap_se']:.2f}){rows}", flush=True)
     return result
 
 
@@ -283,6 +287,7 @@ def main() -> None:
     parser.add_argument("--cli-model", choices=("seed_cnn", "seed_cnn_like"), default="seed_cnn",
                         help="the cli part's model: fruitlens' seed_cnn (the issue's) or the heavier stand-in")
     parser.add_argument("--cli-variants", default=",".join(CLI_VARIANTS))
+    parser.add_argument("--tag", default="", help="suffix of the result keys, to keep an earlier run's figures")
     args = parser.parse_args()
     result: dict = {}
     path = RESULTS / "lime_adaptive.json"
@@ -297,7 +302,7 @@ def main() -> None:
     parts = args.parts.split(",")
     if "speed" in parts:
         for config in args.configs.split(","):
-            save(config, part_speed(config, args.agree_images, args.rows_images, args.train_per_class))
+            save(config + args.tag, part_speed(config, args.agree_images, args.rows_images, args.train_per_class))
     if "demo" in parts:
         save("demo", part_demo(100, 25))
     if "cli" in parts:
