@@ -114,6 +114,8 @@ def test_augment_class_weights_tensorboard_and_cli(demo_dir, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr().out
     assert "trained small_convnet" in out and "2 classes" in out
+    # not a terminal: one line per epoch, no progress bar redrawn with carriage returns
+    assert "- val_accuracy: " in out and "\r" not in out
     card = read_card(tmp_path)
     assert card.image_size == (16, 20) and card.classes == ("blue_dot", "red_dot")
     assert card.config["augment"] and card.config["class_weights"] == "balanced"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from fruitlens.cli.common import CommandError, _csv, _image_size, add_model_arguments, build_options, model_source
@@ -58,7 +59,9 @@ def _cmd_train(args) -> int:
 
     config = _train_config(args)
     try:
-        result = train_model(args.data, args.out, config, resume=args.resume, verbose=1)
+        # a progress bar on a terminal; one line per epoch in a log or pipe (a bar there is one endless line)
+        verbose = 1 if sys.stdout.isatty() else 2
+        result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
     except ValueError as exc:  # bad weights file, no ImageNet weights offline, changed config on resume, ...
         raise CommandError(str(exc).splitlines()[0]) from exc
     m = result["metrics"]
