@@ -217,6 +217,9 @@ def test_a_part_is_written_only_after_its_pictures_and_a_rerun_draws_them(demo_d
     assert totals["skipped"] == 0 and totals["gradcam"] == 4
     cam = tables.read_table(out / "gradcam.parquet")
     assert all((out / p).is_file() for p in [*cam["overlay_path"], *cam["heatmap_path"]])
+    lime = tables.read_table(out / "lime.parquet")
+    drawn = {*lime["picture_path"].dropna(), *lime["segments_path"].dropna()}
+    assert len(drawn) == 8 and all((out / p).is_file() for p in drawn)  # what the rows name is what was drawn
     assert len(list(ExplainLayout(out).side_by_side_dir.glob("*.png"))) == 4
 
 
