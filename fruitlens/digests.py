@@ -101,10 +101,12 @@ def split_digests(index_dir: str | os.PathLike) -> dict[str, str]:
 def run_digest(run_dir: str | os.PathLike, skip: Sequence[str] | None = None) -> str:
     """Digest of every file of a run folder that a report shows.
 
-    Leaves out the top-level names in ``skip`` (default ``layout.NOT_REPORTED``: run.json, the report,
-    checkpoints, ...), hidden files and the ``*.parts`` folders.
+    Leaves out the top-level names in ``skip`` (default ``layout.NOT_REPORTED``: the report, checkpoints,
+    ...), hidden files and the ``*.parts`` folders; of run.json, the keys that describe one invocation
+    (``layout.PER_INVOCATION_KEYS``: timings, the decision), so an unchanged rerun gives the same digest.
+    Files are hashed once per (path, size, mtime) in a process.
     """
-    from fruitlens.layout import NOT_REPORTED
+    from fruitlens.layout import NOT_REPORTED, PER_INVOCATION_KEYS, RUN_RECORD_FILE
 
     skip = NOT_REPORTED if skip is None else skip
     root = Path(run_dir)
@@ -113,8 +115,26 @@ def run_digest(run_dir: str | os.PathLike, skip: Sequence[str] | None = None) ->
         rel = path.relative_to(root)
         if rel.parts[0] in skip or any(part.endswith(".parts") or part.startswith(".") for part in rel.parts):
             continue
-        h.update(f"{rel.as_posix()}\t{file_digest(path)}\n".encode("utf-8", "surrogateescape"))
+        if rel.as_posix() == RUN_RECORD_FILE:
+            digest = text_digest(_without_keys(path, PER_INVOCATION_KEYS))
+        else:
+            digest = file_digest_cached(path)
+        h.update(f"{rel.as_posix()}\t{digest}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
+
+
+def _without_keys(json_path: Path, keys: Sequence[str]) -> str:
+    """A JSON object file's text without ``keys`` (sorted keys); the file's text when it is not an object."""
+    import json
+
+    text = json_path.read_text(encoding="utf-8", errors="surrogateescape")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(data, dict):
+        return text
+    return json.dumps({k: v for k, v in data.items() if k not in keys}, sort_keys=True, default=str)
 
 
 # ------------------------------------------------------------------------------------ code
