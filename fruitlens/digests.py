@@ -13,8 +13,8 @@ import hashlib
 import importlib.util
 import os
 import threading
-from collections.abc import Iterable, Sequence
-from functools import cache
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cache, lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -60,14 +60,15 @@ def tree_digest(data_dir: str | os.PathLike) -> str:
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        folder = os.path.relpath(dirpath, root)  # once per folder: relpath per file cost most of the time
+        prefix = "" if folder == "." else folder + os.sep
         for name in filenames:
-            path = os.path.join(dirpath, name)
             try:
-                st = os.stat(path)
+                st = os.stat(os.path.join(dirpath, name))
                 size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
                 size, mtime = -1, -1
-            entries.append(f"{os.path.relpath(path, root)}\t{size}\t{mtime}")
+            entries.append(f"{prefix}{name}\t{size}\t{mtime}")
     h = hashlib.sha256(str(root).encode("utf-8", "surrogateescape"))
     for entry in sorted(entries):
         h.update(entry.encode("utf-8", "surrogateescape") + b"\n")
@@ -140,16 +141,18 @@ def _without_keys(json_path: Path, keys: Sequence[str]) -> str:
 # ------------------------------------------------------------------------------------ code
 
 
-def _roots() -> list[Path]:
+@cache
+def _roots() -> tuple[Path, ...]:
     """The folders holding the project's packages (the checkout's root in a development install)."""
     found = []
     for package in PROJECT_PACKAGES:
         spec = importlib.util.find_spec(package)  # top-level packages only: importing them is cheap
         if spec is not None and spec.submodule_search_locations:
             found += [Path(p).parent for p in spec.submodule_search_locations]
-    return list(dict.fromkeys(found))
+    return tuple(dict.fromkeys(found))
 
 
+@cache
 def _module_file(name: str) -> Path | None:
     """The source file of a project module, found on disk without importing anything, or None.
 
@@ -166,18 +169,38 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
+def _import_statements(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement of a module, at the top or nested in functions, classes, if/try/with/loops.
+
+    Only statement bodies are visited (imports are statements), not the expressions of a whole ``ast.walk``,
+    which cost ten times as much.
+    """
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                todo.extend(children)
+
+
+@lru_cache(maxsize=4096)
+def _imported_names(source: str, module: str, is_package: bool) -> frozenset[str]:
     """Module names a source file imports anywhere (top level or in functions), relative imports resolved.
 
     ``from pkg import x`` adds both ``pkg`` and ``pkg.x`` (x may be a submodule); names that are not
-    modules are dropped later, when no file is found for them.
+    modules are dropped later, when no file is found for them. Remembered per source text: the closures of
+    the pipeline's tasks share most of their files, each is parsed once.
     """
     package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _import_statements(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
@@ -185,7 +208,7 @@ def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
                 base = f"{anchor}.{base}" if base else anchor
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
+    return frozenset(names)
 
 
 _CLOSURE_LOCK = threading.Lock()  # CPython 3.11's ast.parse is not safe in concurrent threads
