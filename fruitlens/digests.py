@@ -105,7 +105,6 @@ def run_digest(run_dir: str | os.PathLike, skip: Sequence[str] | None = None) ->
     Leaves out the top-level names in ``skip`` (default ``layout.NOT_REPORTED``: the report, checkpoints,
     ...), hidden files and the ``*.parts`` folders; of run.json, the keys that describe one invocation
     (``layout.PER_INVOCATION_KEYS``: timings, the decision), so an unchanged rerun gives the same digest.
-    Files are hashed once per (path, size, mtime) in a process.
     """
     from fruitlens.layout import NOT_REPORTED, PER_INVOCATION_KEYS, RUN_RECORD_FILE
 
@@ -119,7 +118,7 @@ def run_digest(run_dir: str | os.PathLike, skip: Sequence[str] | None = None) ->
         if rel.as_posix() == RUN_RECORD_FILE:
             digest = text_digest(_without_keys(path, PER_INVOCATION_KEYS))
         else:
-            digest = file_digest_cached(path)
+            digest = file_digest(path)
         h.update(f"{rel.as_posix()}\t{digest}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
 
