@@ -160,6 +160,34 @@ def assert_cache_keys_need_no_tensorflow(data: Path, out: Path) -> None:
     assert not result["tensorflow"], result
 
 
+RERUN_CHECK = """
+import json, sys
+
+from flows.nightly import nightly_flow
+from flows.settings import pipeline_settings
+
+with pipeline_settings(sys.argv[4]):
+    summary = nightly_flow(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+heavy = ("tensorflow", "keras", "sklearn", "scipy", "skimage", "matplotlib.pyplot")
+print(json.dumps({"decision": summary["decision"], "imported": sorted(m for m in heavy if m in sys.modules)}))
+"""
+
+
+def assert_cached_rerun_imports_nothing_heavy(data: Path, out: Path, config: dict, cache_dir: Path) -> None:
+    """An unchanged rerun in a fresh process (as `fruitlens run` or a served night) imports none of TensorFlow,
+    scikit-learn, SciPy, scikit-image or pyplot: each costs a Cached pipeline seconds (issue 24)."""
+    import json
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    proc = subprocess.run([sys.executable, "-c", RERUN_CHECK, str(data), str(out), json.dumps(config),
+                           str(cache_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"decision": "unchanged", "imported": []}, result
+
+
 def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_path, capsys):
     import yaml
 
@@ -224,6 +252,7 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     assert record["decision"] == "unchanged" and not record["promoted"]
     assert tables.read_json(home / "current.json")["run_dir"] == str(out.resolve())
     assert_cache_keys_need_no_tensorflow(data, out)
+    assert_cached_rerun_imports_nothing_heavy(data, out, TINY, tmp_path / "cache")
     pd.testing.assert_frame_equal(tables.read_table(out / "explain" / "lime.parquet"), lime)
     # nothing heavy was redone: the model and the predictions are the files the first run wrote (the speed-up itself
     # is measured in benchmarks/bench_pipeline.py, not asserted here: timings on a shared machine are noise)
