@@ -31,6 +31,13 @@ import yaml
 pytest.importorskip("prefect")
 from tests.test_prefect_stack import Server, _free_port, _group_alive, _healthy, _stop_group  # noqa: E402
 
+
+class LoggedServer(Server):
+    @property
+    def log_path(self) -> Path:
+        return Path(self.env["PREFECT_HOME"]) / "server.log"
+
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # the nightly as small as it gets: 1 epoch at 16 px, Grad-CAM on 4 test images, no grids, stability or drift
@@ -49,7 +56,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Iterator[Server]:
+def server(tmp_path_factory) -> Iterator[LoggedServer]:
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -65,7 +72,7 @@ def server(tmp_path_factory) -> Iterator[Server]:
                 pytest.fail(f"prefect server start did not answer (rc={proc.poll()}): "
                             f"{(home / 'server.log').read_text()[-2000:]}")
             time.sleep(0.5)
-        yield Server(url, {**env, "PREFECT_API_URL": url}, proc)
+        yield LoggedServer(url, {**env, "PREFECT_API_URL": url}, proc)
     finally:
         _stop_group(proc)
         log.close()
@@ -106,11 +113,17 @@ def _deployment_runs(url: str, deployment: str):
         return asyncio.run(read())
 
 
-def _wait_for_completed_scheduled_run(url: str, deployment: str, procs: list[subprocess.Popen], logs: list[Path]):
-    """Poll until a run of ``deployment`` that the scheduler created is Completed; fail on a dead process."""
+def _wait_for_completed_scheduled_run(url: str, deployment: str, procs: list[subprocess.Popen], logs: list[Path],
+                                      server_log: Path):
+    """Poll until a run of ``deployment`` that the scheduler created is final; fail on a dead process or an error
+    in the server log (with SQLAlchemy 2.1.x the scheduler logs a traceback every cycle and schedules nothing)."""
     deadline = time.monotonic() + WAIT
     runs = []
     while time.monotonic() < deadline:
+        errors = _server_log_errors(server_log.read_text()) if server_log.exists() else []
+        if errors:
+            pytest.fail(f"the Prefect server logged errors while {deployment} waited for its schedule:\n"
+                        + "\n".join(errors[:5]) + f"\n{server_log.read_text()[-3000:]}")
         for proc, log in zip(procs, logs, strict=True):
             if proc.poll() is not None:
                 pytest.fail(f"{proc.args[:5]} exited with {proc.returncode}: {log.read_text()[-3000:]}")
@@ -144,10 +157,11 @@ def test_serve_schedule_fires_on_prefect_server_start(server, nightly_inputs, tm
                    "--data", str(data), "--out", str(tmp_path / "runs" / "nightly"), "--config", str(config)],
                   env, log)
     try:
-        runs, done = _wait_for_completed_scheduled_run(server.url, "nightly/every-minute", [proc], [log])
+        runs, done = _wait_for_completed_scheduled_run(server.url, "nightly/every-minute", [proc], [log],
+                                                       server.log_path)
     finally:
         _stop_group(proc)
-    _assert_scheduled_and_completed(runs, done, Path(server.env["PREFECT_HOME"]) / "server.log")
+    _assert_scheduled_and_completed(runs, done, server.log_path)
     assert (tmp_path / "runs" / "nightly" / "run.json").is_file()
     assert not (tmp_path / "home" / "prefect").exists()  # it used the configured server, started none
 
@@ -175,10 +189,11 @@ def test_prefect_yaml_deployment_fires_through_a_work_pool_and_worker(server, ni
     log = tmp_path / "worker.log"
     worker = _start([sys.executable, "-m", "prefect", "worker", "start", "--pool", "sched-test"], env, log)
     try:
-        runs, done = _wait_for_completed_scheduled_run(server.url, "nightly/fruitlens-nightly", [worker], [log])
+        runs, done = _wait_for_completed_scheduled_run(server.url, "nightly/fruitlens-nightly", [worker], [log],
+                                                       server.log_path)
     finally:
         _stop_group(worker)
-    _assert_scheduled_and_completed(runs, done, Path(server.env["PREFECT_HOME"]) / "server.log")
+    _assert_scheduled_and_completed(runs, done, server.log_path)
     assert (tmp_path / "runs" / "pool" / "run.json").is_file()
 
 
@@ -211,7 +226,8 @@ def test_serve_alone_starts_its_own_server_and_sigterm_leaves_nothing(nightly_in
             time.sleep(0.5)
         ui = found.group(1)
         url = f"{ui}/api"
-        runs, done = _wait_for_completed_scheduled_run(url, "nightly/alone", [proc], [log])
+        runs, done = _wait_for_completed_scheduled_run(url, "nightly/alone", [proc], [log],
+                                                       home / "prefect" / "server.log")
         _assert_scheduled_and_completed(runs, done, home / "prefect" / "server.log")
         assert (home / "prefect" / "prefect.db").is_file()
         with __import__("urllib.request").request.urlopen(ui, timeout=10) as page:  # the UI is on
