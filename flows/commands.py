@@ -176,6 +176,9 @@ def _cmd_serve(args) -> int:
     except ValueError as exc:
         raise CommandError(f"--cron {args.cron!r} --timezone {args.timezone}: expected a cron expression like "
                            "'0 2 * * *' and an IANA time zone") from exc
+    if not args.data.is_dir():
+        raise CommandError(f"--data {args.data}: no such folder; expected a dataset root (the demo's: "
+                           f"`fruitlens demo-data {args.data}`)")
     cfg = _pipeline_config(args)
     params = {"data_dir": str(args.data.resolve()), "out_dir": str(args.out.resolve()), "config": cfg.to_dict(),
               "models_home": str(args.models_home.resolve()) if args.models_home else None}

@@ -255,3 +255,13 @@ def test_serve_with_an_unreachable_server_is_one_line_exit_2(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and f"127.0.0.1:{port}" in lines[0] and "no Prefect server answers" in lines[0], done.stderr
     assert not (tmp_path / "home").exists()  # nothing started, nothing written
+
+
+def test_serve_with_no_dataset_is_one_line_exit_2_and_starts_no_server(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "fruitlens", "serve", "--data", str(tmp_path / "nope")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120,
+                          env=_clean_env(FRUITLENS_HOME=str(tmp_path / "home")))
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--data" in lines[0] and "nope" in lines[0], done.stderr
+    assert not (tmp_path / "home").exists()
