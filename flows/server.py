@@ -51,14 +51,14 @@ def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float) -> None:
     with httpx.Client() as client:
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with code {proc.returncode}")
+                raise RuntimeError(f"the Prefect server fruitlens started exited with code {proc.returncode}")
             try:
                 if client.get(f"{url}/health", timeout=2).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-    raise RuntimeError(f"the temporary Prefect server at {url} did not answer within {timeout:.0f} s")
+    raise RuntimeError(f"the Prefect server fruitlens started at {url} did not answer within {timeout:.0f} s")
 
 
 def server_answers(url: str, timeout: float = 5.0) -> bool:

@@ -38,6 +38,8 @@ class LoggedServer(Server):
         return Path(self.env["PREFECT_HOME"]) / "server.log"
 
 
+from flows.automations import ALERTS, automation_name  # noqa: E402
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
 # the nightly as small as it gets: 1 epoch at 16 px, Grad-CAM on 4 test images, no grids, stability or drift
@@ -137,11 +139,24 @@ def _wait_for_completed_scheduled_run(url: str, deployment: str, procs: list[sub
                 f"{[(r.name, r.state_name, r.auto_scheduled) for r in runs]}\n{tails}")
 
 
-def _assert_scheduled_and_completed(runs, done, server_log: Path) -> None:
+def _assert_scheduled_and_completed(runs, done, server_log: Path, log: Path) -> None:
     assert all(r.auto_scheduled for r in runs), [(r.name, r.auto_scheduled) for r in runs]  # none started by hand
-    assert [r.state.name for r in done] == ["Completed"] * len(done), [(r.name, r.state.message) for r in done]
+    assert [r.state.name for r in done] == ["Completed"] * len(done), (
+        [(r.name, r.state.name, r.state.message) for r in done], log.read_text()[-3000:])
     errors = _server_log_errors(server_log.read_text())
     assert not errors, "\n".join(errors[:20])
+
+
+def _automation_names(url: str) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            return {a.name for a in await client.read_automations()}
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        return asyncio.run(read())
 
 
 def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path = ROOT) -> subprocess.Popen:
@@ -161,7 +176,7 @@ def test_serve_schedule_fires_on_prefect_server_start(server, nightly_inputs, tm
                                                        server.log_path)
     finally:
         _stop_group(proc)
-    _assert_scheduled_and_completed(runs, done, server.log_path)
+    _assert_scheduled_and_completed(runs, done, server.log_path, log)
     assert (tmp_path / "runs" / "nightly" / "run.json").is_file()
     assert not (tmp_path / "home" / "prefect").exists()  # it used the configured server, started none
 
@@ -193,7 +208,7 @@ def test_prefect_yaml_deployment_fires_through_a_work_pool_and_worker(server, ni
                                                        server.log_path)
     finally:
         _stop_group(worker)
-    _assert_scheduled_and_completed(runs, done, server.log_path)
+    _assert_scheduled_and_completed(runs, done, server.log_path, log)
     assert (tmp_path / "runs" / "pool" / "run.json").is_file()
 
 
@@ -228,20 +243,25 @@ def test_serve_alone_starts_its_own_server_and_sigterm_leaves_nothing(nightly_in
         url = f"{ui}/api"
         runs, done = _wait_for_completed_scheduled_run(url, "nightly/alone", [proc], [log],
                                                        home / "prefect" / "server.log")
-        _assert_scheduled_and_completed(runs, done, home / "prefect" / "server.log")
+        _assert_scheduled_and_completed(runs, done, home / "prefect" / "server.log", log)
         assert (home / "prefect" / "prefect.db").is_file()
-        with __import__("urllib.request").request.urlopen(ui, timeout=10) as page:  # the UI is on
+        automations = _automation_names(url)
+        assert {automation_name(e) for e in ALERTS} <= automations, automations  # serve installed them
+        with __import__("urllib.request").request.urlopen(ui, timeout=30) as page:  # the UI is on
             assert page.status == 200 and b"<html" in page.read(2000).lower()
         server_pids = _pids_using(home / "prefect" / "prefect.db")
         assert server_pids, "found no process of the server serve started"
         os.kill(proc.pid, signal.SIGTERM)  # serve alone, as a service manager would
-        proc.wait(timeout=60)
+        try:  # a run of the next minute may be under way: the runner stops it first
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"serve did not exit within 120 s of SIGTERM: {log.read_text()[-3000:]}")
     finally:
         _stop_group(proc)
     deadline = time.monotonic() + 30
     while _pids_using(home / "prefect" / "prefect.db") and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert not _pids_using(home / "prefect" / "prefect.db"), "serve's Prefect server outlived it"
+    assert not _pids_using(home / "prefect" / "prefect.db"), f"serve's server outlived it: {log.read_text()[-3000:]}"
     assert not _healthy(url)
     assert not _group_alive(proc.pid)
 
