@@ -18,6 +18,7 @@ from flows.explain import explain_flow
 from flows.index import index_flow
 from flows.settings import build_task_runner, run_name, slug, subflow
 from flows.train import train_flow
+from fruitlens.batch.sanity import read_verdicts, sanity_methods
 from fruitlens.config import PipelineConfig, model_source_fields, to_plain
 from fruitlens.layout import RunLayout
 from fruitlens.promotion import default_models_home
@@ -28,6 +29,7 @@ from tasks.evaluate import evaluate_task
 from tasks.evidence import evidence_task
 from tasks.promote import compare_task, current_model_task, existing_model, promote_task
 from tasks.report import report_task, run_record_task
+from tasks.sanity import sanity_task
 from tasks.stability import stability_task
 from tasks.visualize import visualize_task
 
@@ -67,7 +69,8 @@ def compare_with_current(run: RunLayout, data_dir: str, cfg: PipelineConfig, hom
         drift = fresh(drift_task, run.drift)(model_source_fields(current["run_dir"]),
                                              model_source_fields(str(run.root)), str(run.index_dir),
                                              str(run.explain_dir), cfg.split, cfg.drift_probe, str(run.drift_dir))
-    comparison = compare_task(str(run.root), new["headline"], old, cfg.promote_metric, same, drift, cfg.max_drift)
+    comparison = compare_task(str(run.root), new["headline"], old, cfg.promote_metric, same, drift, cfg.max_drift,
+                              read_verdicts(run.sanity.root) or None)
     if comparison["promote"] and not same:
         promote_task(str(run.root), home, {"model_digest": train["model_digest"], "metrics": new["headline"]})
     if current["note"]:
@@ -106,6 +109,10 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
         step("lime_stability", fresh(stability_task, run.explain.stability), model, str(run.index_dir),
              str(run.explain_dir), cfg.split, cfg.stability_images, to_plain(cfg.explain_options.lime),
              str(run.explain.stability))
+    checked = sanity_methods(cfg.methods, cfg.explain_options)
+    if cfg.sanity_images and checked:
+        step("sanity", fresh(sanity_task, run.sanity.verdicts), model, str(run.index_dir), str(run.explain_dir),
+             cfg.split, cfg.sanity_images, list(checked), to_plain(cfg.explain_options), str(run.sanity.root))
     if cfg.class_evidence:
         step("class_evidence", fresh(evidence_task, run.class_evidence), model, str(run.index_dir), cfg.split,
              str(run.evidence_dir))
