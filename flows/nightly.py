@@ -1,5 +1,6 @@
-"""nightly_flow: index -> train -> evaluate -> explain -> visualize -> class evidence -> compare (accuracy and
-explanation drift)/promote -> run record -> report.
+"""nightly_flow: index -> train -> evaluate -> explain -> visualize -> sanity -> class evidence (and shortcut
+shares) -> compare (accuracy and explanation drift)/promote -> the night's row in the trend -> run record ->
+report -> events (``fruitlens.alerts``).
 
 ``fruitlens run`` and ``fruitlens demo`` run it once; ``fruitlens serve`` serves it on a cron schedule and
 ``prefect.yaml`` deploys it to a work pool. Unchanged steps are Cached, so a night with no new data costs
@@ -12,12 +13,14 @@ import time
 
 from prefect import flow, get_run_logger
 
-from flows.artifacts import publish_comparison, publish_links, publish_summary
+from flows.alerts import emit_alerts
+from flows.artifacts import publish_comparison, publish_links, publish_summary, publish_trend
 from flows.evaluate import evaluate_flow
 from flows.explain import explain_flow
 from flows.index import index_flow
 from flows.settings import build_task_runner, run_name, slug, subflow
 from flows.train import train_flow
+from fruitlens.alerts import night_alerts
 from fruitlens.batch.sanity import read_verdicts, sanity_methods
 from fruitlens.config import PipelineConfig, model_source_fields, to_plain
 from fruitlens.layout import RunLayout
@@ -27,6 +30,7 @@ from tasks.cache import fresh
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
 from tasks.evidence import evidence_task
+from tasks.nights import record_night_task
 from tasks.promote import compare_task, current_model_task, existing_model, promote_task
 from tasks.report import report_task, run_record_task
 from tasks.sanity import sanity_task
@@ -75,7 +79,7 @@ def compare_with_current(run: RunLayout, data_dir: str, cfg: PipelineConfig, hom
         promote_task(str(run.root), home, {"model_digest": train["model_digest"], "metrics": new["headline"]})
     if current["note"]:
         get_run_logger().info("%s", current["note"])
-    return {**comparison, "old": old, "note": current["note"], "models_home": home, "drift": drift}
+    return {**comparison, "old": old, "note": current["note"], "models_home": home, "drift": drift, "same": same}
 
 
 @flow(name="nightly", flow_run_name=_name, log_prints=True)
@@ -125,8 +129,14 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
         publish_comparison(comparison["rows"], comparison["promote"], prefix=prefix, note=comparison["note"])
     record = {"data_dir": str(data_dir), "models_home": home, "metrics": new["headline"],
               "promoted": comparison["promote"], "model_digest": train["model_digest"]}
+    trend = step("trend", record_night_task, home, str(run.root), train["model_digest"], new["headline"],
+                 sum(step.timings.values()), comparison["promote"], comparison.get("drift"))
+    publish_trend(trend, prefix=prefix)
     run_record_task(str(run.root), cfg.to_dict(), step.timings, record)
     report = step("report", fresh(report_task, run.report), str(run.root)) if cfg.report else None
+    emit_alerts(night_alerts(run.root, metrics=new["headline"], seconds=sum(step.timings.values()), report=report,
+                             model_digest=train["model_digest"], comparison=comparison, metric=cfg.promote_metric,
+                             max_drift=cfg.max_drift, trained=cfg.model is None), run.root)
     lines, images = run_summary(run.root, data_dir, cfg, index, train, explained, comparison, new["headline"],
                                 comparison["old"])
     publish_summary(f"fruitlens run {run.root.name}", new["headline"], lines, images, prefix=prefix)

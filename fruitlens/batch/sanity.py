@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+
 def sanity_methods(methods: Sequence[str], options) -> tuple[str, ...]:
     """The randomisation-test names of the run's ``methods`` (``ExplainOptions`` picks the CAM variant)."""
     from fruitlens.explain.sanity import CAM_METHODS
