@@ -12,9 +12,9 @@ learned a shortcut, not the object. Without evidence masks two regions can still
 
 Per image, the share of the heatmap's mass on each region; per class, the mean over its images. A class is
 flagged when, on either region, the share is at least :data:`MAX_SHARE` (the evidence sits *mostly* there)
-and at least :data:`MIN_LIFT` times the region's mean area share (more heat than a heatmap spread evenly over
-the image would put there: a photo that is three quarters backdrop does not flag a diffuse heatmap). The
-thresholds live here and nowhere else.
+and the heat per pixel on the region is at least :data:`MIN_LIFT` times the heat per pixel off it (a heatmap
+spread evenly over a photo that is three quarters backdrop puts three quarters of its heat there, with a lift
+of 1: not flagged). The thresholds live here and nowhere else.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ BORDER_BAND = 0.10  # share of the height (top, bottom) and width (left, right) 
 BACKGROUND_WINDOW = 5  # px: the neighbourhood whose grey-level spread decides "near-constant"
 BACKGROUND_STD = 0.02  # grey-level standard deviation (images in [0, 1]) below which a neighbourhood is plain
 MAX_SHARE = 0.5  # flagged at or above: most of the heat is on the region
-MIN_LIFT = 1.5  # ... and at least this many times the heat an even heatmap would put there
+MIN_LIFT = 2.0  # ... and the heat per pixel there at least this many times the heat per pixel elsewhere
 
 REGIONS = ("border", "background")
 SHARE_COLUMNS = ("border_share", "border_area", "background_share", "background_area")
@@ -89,6 +89,13 @@ def heat_shares(heatmaps: np.ndarray, images: np.ndarray, band: float = BORDER_B
     return out
 
 
+def lift(share: float, area: float) -> float:
+    """Heat per pixel on a region (``share`` of the heat on ``area`` of the image) over heat per pixel off it."""
+    on = share / area if area > 0 else 0.0
+    off = (1.0 - share) / (1.0 - area) if area < 1 else 0.0
+    return float("inf") if off == 0 and on > 0 else (on / off if off > 0 else 0.0)
+
+
 def image_rows(labels: Sequence[str], shares: dict[str, np.ndarray]) -> pd.DataFrame:
     """One row per image (images = 1) from :func:`heat_shares`, the input :func:`shortcut_table` takes."""
     return pd.DataFrame({"label": [str(x) for x in labels], "images": 1,
@@ -113,7 +120,7 @@ def shortcut_table(frame: pd.DataFrame) -> pd.DataFrame:
         for region in REGIONS:
             share, area = (float(np.average(t[f"{region}_{k}"], weights=n)) for k in ("share", "area"))
             row[f"{region}_share"], row[f"{region}_area"] = share, area
-            if share >= MAX_SHARE and share >= MIN_LIFT * area:
+            if share >= MAX_SHARE and lift(share, area) >= MIN_LIFT:
                 reasons.append(f"{share:.0%} of the heat on the {region} ({area:.0%} of the area)")
         rows.append({**row, "flagged": bool(reasons), "reason": "; ".join(reasons)})
     return pd.DataFrame(rows, columns=["label", "images", *SHARE_COLUMNS, "flagged", "reason"])

@@ -211,8 +211,8 @@ def _shortcut(data: ReportData) -> str:
     text = (f"<p>Without masks: per class, the share of Grad-CAM heat on the image border (the outer "
             f"{shortcut.BORDER_BAND:.0%} of each side) and on plain background (near-constant areas reaching the "
             f"edge). A class is flagged when at least {shortcut.MAX_SHARE:.0%} of its heat is on one of them and "
-            f"at least {shortcut.MIN_LIFT}x that region's area share: the model may tell the class by the frame or "
-            "the backdrop instead of the object.</p>")
+            f"its heat per pixel there is at least {shortcut.MIN_LIFT:g}x the heat per pixel elsewhere: the model "
+            "may tell the class by the frame or the backdrop instead of the object.</p>")
     line = esc(shortcut.shortcut_line(t))
     text += f"<p class=\"{'bad' if len(flagged) else 'good'}\">{line}</p>" if line else ""
     return "<h3 id=\"shortcut\">Shortcut alert</h3>" + text + table(t, headers={
