@@ -139,19 +139,21 @@ def trend_figure(table: pd.DataFrame):
                    ("shortcut_flags", "classes flagged as shortcuts", "s")), "count", None),
     )
     for ax, series, ylabel, ylim in panels:
-        for column, name, marker in series:
+        for k, (column, name, marker) in enumerate(series):
             y = pd.to_numeric(t[column], errors="coerce").to_numpy(np.float64)
-            if np.isfinite(y).any():
-                ax.plot(x, y, marker=marker, label=name)
-            else:
-                ax.plot([], [], marker=marker, label=f"{name}: not measured")
+            label = name if np.isfinite(y).any() else f"{name}: not measured"
+            if ylim:
+                ax.plot(x, y, marker=marker, label=label)
+            else:  # counts: side-by-side bars, so equal counts do not hide each other
+                bars = ax.bar(x + (k - 0.5) * 0.3, np.nan_to_num(y), width=0.3, label=label)
+                ax.bar_label(bars, labels=["–" if not np.isfinite(v) else f"{v:.0f}" for v in y], fontsize=7)
         ax.set_ylabel(ylabel)
         if ylim:
             ax.set_ylim(*ylim)
         else:
             top = np.nanmax(pd.to_numeric(t[[c for c, _, _ in series]].stack(), errors="coerce").to_numpy(
                 np.float64), initial=0.0)
-            ax.set_ylim(-0.3, max(top, 1.0) + 0.5)
+            ax.set_ylim(0, max(top, 1.0) + 0.5)
             ax.yaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")

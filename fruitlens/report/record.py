@@ -231,11 +231,16 @@ def section_trend(data: ReportData, opts: ReportOptions) -> str:
         parts.append(figure(data.run.image_src(lay.trend_png), "Accuracy and macro F1, the share of evidence "
                             "that moved and that sits on the masks, failed sanity checks and shortcut flags, night "
                             "by night", cls="wide"))
-    shown = t.drop(columns=["run_dir"], errors="ignore").assign(
-        model_digest=t["model_digest"].astype(str).str[:12])
-    parts.append(table(shown.iloc[::-1], headers={"macro_f1": "macro F1", "drift_share": "evidence moved",
-                                                  "evidence_share": "heat on masks", "sanity_failed": "sanity fails",
-                                                  "shortcut_flags": "shortcut flags"}))
+    shown = t.assign(date=pd.to_datetime(t["date"]).dt.strftime("%Y-%m-%d %H:%M"),
+                     model_digest=t["model_digest"].astype(str).str[:8],
+                     sanity=t["sanity"].astype(str).str.replace(",", ", "),
+                     shortcut_classes=t["shortcut_classes"].astype(str).str.replace(",", ", "))
+    parts.append(table(shown.iloc[::-1], columns=["date", "run", "model_digest", "accuracy", "macro_f1",
+                                                  "drift_share", "sanity", "evidence_share", "shortcut_classes",
+                                                  "seconds", "reruns"],
+                       headers={"date": "date (UTC)", "model_digest": "model", "macro_f1": "macro F1",
+                                "drift_share": "evidence moved", "evidence_share": "heat on masks",
+                                "shortcut_classes": "shortcut classes"}))
     return "".join(parts)
 
 
