@@ -116,7 +116,8 @@ def test_nights_keep_one_row_per_run_folder_and_model(tmp_path):
     assert rows[0]["model_digest"] == "bbb" and rows[0]["date"].startswith("2026-12-03")
     json.dumps(rows)  # a Prefect table artifact takes JSON values
     path = write_trend(tmp_path / "run", table)
-    assert path == RunLayout(tmp_path / "run").trend_table and RunLayout(tmp_path / "run").trend_png.stat().st_size > 5000
+    lay = RunLayout(tmp_path / "run")
+    assert path == lay.trend_table and lay.trend_png.stat().st_size > 5000
 
 
 # ------------------------------------------------------------------------------------ events and comparison
@@ -150,7 +151,8 @@ def test_night_alerts_payloads(tmp_path):
     assert alerts.drifted["drift_share"] == 0.5 and alerts.drifted["over_max_drift"] is True
     assert alerts.drifted["classes"] == {"red_dot": 1.0}
     assert alerts.sanity_failed["methods"] == ["lime"]
-    assert alerts.sanity_failed["figures"]["lime"]["rank"] == 0.7 and alerts.sanity_failed["figures"]["lime"]["ssim"] is None
+    lime = alerts.sanity_failed["figures"]["lime"]
+    assert lime["rank"] == 0.7 and lime["ssim"] is None and lime["passed"] is False
     assert alerts.shortcut["classes"] == {"red_dot": {"border": 0.9, "background": 0.1}}
     json.dumps([alerts.completed, alerts.promotion, alerts.drifted, alerts.sanity_failed, alerts.shortcut],
                allow_nan=False)
