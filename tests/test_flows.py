@@ -173,9 +173,9 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     assert main(args) == 0  # nothing changed
     second = time.perf_counter() - start
     states = task_states(since)
-    steps = ("index", "train", "evaluate", "lime-chunk", "gradcam-chunk", "visualize", "report")
+    steps = ("index", "train", "evaluate", "lime-chunk", "gradcam-chunk", "visualize", "sanity", "report")
     heavy = {k: v for k, v in states.items() if k.startswith(steps)}
-    assert len(chunk_states(heavy)) == 6 and {"train-e2e", "visualize-e2e"} <= set(heavy)
+    assert len(chunk_states(heavy)) == 6 and {"train-e2e", "visualize-e2e", "sanity-e2e"} <= set(heavy)
     # the report shows run.json's timings, which every run writes anew: it is rebuilt, everything else is Cached
     assert heavy.pop("report-e2e") == ["Completed"]
     assert all(set(v) == {"Cached"} for v in heavy.values()), heavy
