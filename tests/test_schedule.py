@@ -42,9 +42,10 @@ from flows.automations import ALERTS, automation_name  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
-# the nightly as small as it gets: 1 epoch at 16 px, Grad-CAM on 4 test images, no grids, stability or drift
+# the nightly as small as it gets: 1 epoch at 16 px, Grad-CAM on 4 test images, no grids, stability, drift, sanity
 TINY = {"train": {"image_size": 16, "epochs": 1, "batch_size": 16}, "methods": ["gradcam"], "explain_limit": 4,
-        "chunk_size": 4, "visualize": False, "stability_images": 0, "class_evidence": False, "drift_probe": 0}
+        "chunk_size": 4, "visualize": False, "stability_images": 0, "class_evidence": False, "drift_probe": 0,
+        "sanity_images": 0}
 FAST = {"PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "5",  # default 60
         "PREFECT_RUNNER_POLL_FREQUENCY": "2", "PREFECT_WORKER_QUERY_SECONDS": "2",  # default 10
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
