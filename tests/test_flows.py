@@ -135,8 +135,8 @@ from types import SimpleNamespace
 
 from prefect.cache_policies import CacheKeyFnPolicy
 
-import tasks.drift, tasks.evaluate, tasks.evidence, tasks.explain, tasks.index, tasks.report, tasks.stability
-import tasks.train, tasks.visualize
+import tasks.drift, tasks.evaluate, tasks.evidence, tasks.explain, tasks.index, tasks.report, tasks.sanity
+import tasks.stability, tasks.train, tasks.visualize
 from fruitlens.config import model_source_fields
 
 data, out = sys.argv[1], Path(sys.argv[2])
@@ -152,11 +152,12 @@ inputs = {
     "lime-stability": {"model": model, **run, "images": 4, "lime": {}, "out_path": str(out / "s.parquet")},
     "class-evidence": {"model": model, "index_dir": run["index_dir"], "split": "test", "out_dir": str(out / "e")},
     "explanation-drift": {"old_model": model, "new_model": model, **run, "probe": 4, "out_dir": str(out / "d")},
+    "sanity": {"model": model, **run, "images": 4, "methods": ["gradcam"], "options": {}, "out_dir": str(out / "x")},
     "report": {"run_dir": str(out)},
 }
 found, seconds = set(), {}
 for module in (tasks.drift, tasks.evaluate, tasks.evidence, tasks.explain, tasks.index, tasks.report,
-               tasks.stability, tasks.train, tasks.visualize):
+               tasks.sanity, tasks.stability, tasks.train, tasks.visualize):
     for task in vars(module).values():
         if isinstance(getattr(task, "cache_policy", None), CacheKeyFnPolicy):
             found.add(task.name)
@@ -177,7 +178,7 @@ def assert_cache_keys_need_no_tensorflow(data: Path, out: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(result["tasks"]) >= {"index", "train", "evaluate", "explain-chunk", "visualize", "lime-stability",
-                                    "class-evidence", "explanation-drift", "report"}, result
+                                    "class-evidence", "explanation-drift", "sanity", "report"}, result
     assert not result["tensorflow"], result
 
 
