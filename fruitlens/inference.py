@@ -167,7 +167,7 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
 
 def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | os.PathLike],
                   out_dir: str | os.PathLike, *, top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256,
-                  annotate: bool = True) -> pd.DataFrame:
+                  annotate: bool = True, labels: Sequence[str | None] | None = None) -> pd.DataFrame:
     """Predict image files of any size and mode; write predictions.parquet and annotated copies.
 
     Args:
@@ -175,6 +175,8 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
             ``imagenet:<app>``). Photos are brought to the model's size with its card's ``fit``.
         files: image files.
         out_dir: where predictions.parquet and ``annotated/`` go.
+        labels: the true label of each file, None where unknown (the default: all unknown). Unknown labels
+            are null in the table (as ``true_label`` in the explain tables), and so is ``correct``.
 
     Annotated copies (``out_dir/annotated/<stem>.png``) are the original image (converted to RGB, enlarged
     if small) with the predicted label and probability drawn on it. Unreadable files get a row with an
@@ -200,8 +202,11 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     if not ok.any():
         first = f" (first: {errors[0]})" if errors else ""
         raise ValueError(f"none of the {len(paths)} files could be read{first}")
+    known = list(labels) if labels is not None else [None] * len(paths)
+    if len(known) != len(paths):
+        raise ValueError(f"labels: {len(known)} for {len(paths)} files; expected one per file")
     rows = pd.DataFrame({"image_id": [image_id(str(p)) for p in paths], "path": [str(p) for p in paths],
-                         "label": [""] * len(paths)})
+                         "label": known})
     probs = np.full((len(paths), card.num_classes), np.nan, dtype=np.float32)
     probs[ok] = predict_probs(model, images[ok], batch_size)
     table = predictions_table(rows, np.nan_to_num(probs, nan=0.0), card.classes, top_k_count)
@@ -209,7 +214,10 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     table.loc[~ok, "pred_prob"] = np.float32(np.nan)
     table["topk_labels"] = [labels if good else [] for labels, good in zip(table["topk_labels"], ok, strict=True)]
     table["topk_probs"] = [probs_k if good else [] for probs_k, good in zip(table["topk_probs"], ok, strict=True)]
-    table["correct"] = pd.Series([None] * len(table), dtype=object)  # unlabelled: unknown, not wrong
+    labelled = np.array([bool(v) for v in known], dtype=bool)
+    table["label"] = pd.Series([v if v else None for v in known], dtype=object)  # unknown: null, not ""
+    table["correct"] = pd.Series([bool(c) if lab and good else None  # unlabelled: unknown, not wrong
+                                  for c, lab, good in zip(table["correct"], labelled, ok, strict=True)], dtype=object)
     table["error"] = errors
     tables.write_table(table, out / "predictions.parquet", "predictions")
     if annotate:

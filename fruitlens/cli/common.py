@@ -79,6 +79,14 @@ def build_options(cls: type, values: dict[str, Any], flags: dict[str, str] | Non
         raise CommandError(text) from exc
 
 
+def add_read_as_argument(p) -> None:
+    """--read-as: the one override of the rule that says whether a folder is a dataset or photos."""
+    from fruitlens.batch.rows import FOLDER_RULE, READ_AS
+
+    p.add_argument("--read-as", choices=READ_AS, default="auto",
+                   help=f"how a folder given as data is read; auto: {FOLDER_RULE}")
+
+
 MODEL_HELP = ("a run folder, a Keras model file (.keras, .h5) or SavedModel folder, or imagenet:<application> "
               "(vgg16, resnet50, mobilenet_v2, inception_v3, efficientnet_b0, ...)")
 

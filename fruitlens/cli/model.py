@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fruitlens.cli.common import CommandError, _csv, _image_size, add_model_arguments, build_options, model_source
+from fruitlens.cli.common import (
+    CommandError,
+    _csv,
+    _image_size,
+    add_model_arguments,
+    add_read_as_argument,
+    build_options,
+    model_source,
+)
 
 
 def _add_train(sub) -> None:
@@ -101,23 +109,25 @@ def _cmd_evaluate(args) -> int:
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="predict image files or folders of photos; write annotated copies")
-    p.add_argument("files", nargs="+", type=Path, help="image files and folders (searched recursively)")
+    p.add_argument("files", nargs="+", type=Path, help="image files and folders (a dataset folder: its images "
+                   "of every split, labelled; photos: every image under it)")
     p.add_argument("--out", type=Path, required=True, help="folder for predictions.parquet and the annotated copies")
     p.add_argument("--top-k", type=int, default=5)
+    add_read_as_argument(p)
     add_model_arguments(p)
 
 
 def _cmd_predict(args) -> int:
-    from fruitlens.batch.rows import photos_in
+    from fruitlens.batch.rows import FOLDER_RULE, files_and_labels
     from fruitlens.inference import predict_files
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
-    files = [f for arg in args.files for f in (photos_in(arg) if arg.is_dir() else [arg])]
+    files, labels = files_and_labels(args.files, args.read_as)
     if not files:
-        raise CommandError(f"{' '.join(map(str, args.files))}: no image files found")
+        raise CommandError(f"{' '.join(map(str, args.files))}: no image files found (rule: {FOLDER_RULE})")
     try:
-        table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k)
+        table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k, labels=labels)
     except ValueError as exc:  # a bad model file, or not one image could be read
         raise CommandError(str(exc).splitlines()[0]) from exc
     for row in table.itertuples():
