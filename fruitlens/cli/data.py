@@ -58,8 +58,9 @@ def _cmd_demo_data(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="(re)build RUN_DIR/report.html from the run's tables and files")
-    p.add_argument("run_dir", type=Path, help="a run folder (from `fruitlens run`, `demo` or `train`)")
+    p = sub.add_parser("report", help="(re)build DIR/report.html from a run's or an explain folder's tables and files")
+    p.add_argument("run_dir", type=Path, metavar="DIR", help="a run folder (from `fruitlens run`, `demo` or `train`), "
+                   "or an explain folder (from `fruitlens explain --out`): a page of your photos' explanations")
     p.add_argument("--samples-per-class", type=int, default=2, help="explained images shown per class")
     p.add_argument("--top-mistakes", type=int, default=12, help="confident mistakes shown as photos")
     p.add_argument("--no-embed", action="store_true",
@@ -74,8 +75,14 @@ def _cmd_report(args) -> int:
     for name, value in (("--samples-per-class", args.samples_per_class), ("--top-mistakes", args.top_mistakes)):
         if value < 1:
             raise CommandError(f"{name} {value}: expected at least 1")
-    path = build_report(args.run_dir, samples_per_class=args.samples_per_class, top_mistakes=args.top_mistakes,
-                        embed=not args.no_embed)
+    from fruitlens.layout import RunLayout
+    from fruitlens.report.photos import build_photos_report, is_explain_folder
+
+    if is_explain_folder(args.run_dir) and not RunLayout(args.run_dir).explain.root.is_dir():
+        path = build_photos_report(args.run_dir, embed=not args.no_embed)
+    else:
+        path = build_report(args.run_dir, samples_per_class=args.samples_per_class, top_mistakes=args.top_mistakes,
+                            embed=not args.no_embed)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
