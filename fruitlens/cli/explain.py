@@ -15,7 +15,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from fruitlens.cli.common import CommandError, add_model_arguments, add_read_as_argument, build_options, load_model
+from fruitlens.cli.common import (
+    CommandError,
+    Progress,
+    add_model_arguments,
+    add_read_as_argument,
+    build_options,
+    load_model,
+)
 
 
 def _add_explain(sub) -> None:
@@ -160,8 +167,6 @@ def _settings(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _cmd_explain(args) -> int:
-    from tqdm import tqdm
-
     from fruitlens.batch.engine import explain_images
     from fruitlens.batch.rows import rows_from_inputs
     from fruitlens.config import parse_methods
@@ -190,7 +195,7 @@ def _cmd_explain(args) -> int:
             raise CommandError(f"{flag}{exc}") from exc
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out}: is a file; expected a folder")
-    with tqdm(total=len(rows), unit="img", desc="explain", disable=None, file=sys.stderr) as bar:
+    with Progress(len(rows), "explained") as bar:
         try:
             totals = explain_images(model, card, digest, rows, args.out, methods, options,
                                     chunk_size=args.chunk_size, progress=bar.update)
