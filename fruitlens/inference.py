@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -167,7 +167,8 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
 
 def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | os.PathLike],
                   out_dir: str | os.PathLike, *, top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256,
-                  annotate: bool = True, labels: Sequence[str | None] | None = None) -> pd.DataFrame:
+                  annotate: bool = True, labels: Sequence[str | None] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Predict image files of any size and mode; write predictions.parquet and annotated copies.
 
     Args:
@@ -177,6 +178,8 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
         out_dir: where predictions.parquet and ``annotated/`` go.
         labels: the true label of each file, None where unknown (the default: all unknown). Unknown labels
             are null in the table (as ``true_label`` in the explain tables), and so is ``correct``.
+        progress: called as ``progress(done, total)`` once the files are read and predicted (done = 0) and after
+            each annotated copy.
 
     Annotated copies (``out_dir/annotated/<stem>.png``) are the original image (converted to RGB, enlarged
     if small) with the predicted label and probability drawn on it. Unreadable files get a row with an
@@ -223,7 +226,10 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     if annotate:
         from fruitlens.layout import picture_stem
 
-        for i in np.flatnonzero(ok):
+        todo = np.flatnonzero(ok)
+        if progress is not None:
+            progress(0, len(todo))
+        for done, i in enumerate(todo, 1):
             name = picture_stem(paths[i], table["image_id"][i])  # d1/a.jpg and d2/a.jpg: two copies
             try:
                 original = read_rgb(paths[i])
@@ -232,4 +238,6 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
                 continue
             text = f"{table['pred_label'][i]} {table['pred_prob'][i]:.0%}"
             save_png(draw_label(original, text), out / "annotated" / f"{name}.png")
+            if progress is not None:
+                progress(done, len(todo))
     return table

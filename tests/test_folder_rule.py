@@ -74,16 +74,18 @@ def test_predict_explain_and_sanity_agree_on_nested_photos(tmp_path, tiny_model,
     photos = _images(tmp_path / "photos", ["2023/june/a.jpg", "2024/b.jpg", "2024/c.jpg"])
     model = ["--model", str(tiny_model), *FLAGS]
     assert main(["predict", str(photos), *model, "--out", str(tmp_path / "p")]) == 0
+    assert "annotated: 3/3 images (100%)" in capsys.readouterr().err  # progress lines in a log, not a bar
     predicted = tables.read_table(tmp_path / "p" / "predictions.parquet")
     assert predicted["label"].isna().all() and predicted["correct"].isna().all()  # null, as in explain's tables
     assert main(["explain", "--data", str(photos), *model, "--method", "gradcam", "--faithfulness-steps", "2",
                  "--out", str(tmp_path / "e")]) == 0
     explained = tables.read_table(tmp_path / "e" / "gradcam.parquet")
     assert set(explained["path"]) == set(predicted["path"]) and len(predicted) == 3
-    capsys.readouterr()
+    assert "explained: 3/3 images (100%)" in capsys.readouterr().err
     assert main(["sanity", "--data", str(photos), *model, "--methods", "gradcam", "--limit", "5",
                  "--out", str(tmp_path / "s")]) == 0
-    assert "3 images" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "3 images" in captured.out and "sanity: 3/3 steps" in captured.err  # step 0 and 2 layers
 
 
 def test_explain_and_sanity_on_a_tiny_labelled_folder_fail_alike_with_the_rule(tmp_path, tiny_model, capsys):

@@ -128,7 +128,9 @@ def _cmd_predict(args) -> int:
     if not files:
         raise CommandError(f"{' '.join(map(str, args.files))}: no image files found (rule: {FOLDER_RULE})")
     try:
-        table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k, labels=labels)
+        with Progress(0, "annotated") as bar:
+            table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k, labels=labels,
+                                  progress=bar.advance_to)
     except ValueError as exc:  # a bad model file, or not one image could be read
         raise CommandError(str(exc).splitlines()[0]) from exc
     for row in table.itertuples():

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fruitlens.cli.common import (
     CommandError,
+    Progress,
     _csv,
     add_model_arguments,
     add_read_as_argument,
@@ -51,8 +52,9 @@ def _cmd_sanity(args) -> int:
     if not len(rows):
         raise CommandError(f"--data: none of the {len(failed)} images could be read")
     try:
-        result = sanity.run_sanity(model, images, methods=methods, layer=args.layer, lime_options=lime,
-                                   seed=args.seed)
+        with Progress(0, "sanity", unit="steps (the model re-initialised layer by layer)") as bar:
+            result = sanity.run_sanity(model, images, methods=methods, layer=args.layer, lime_options=lime,
+                                       seed=args.seed, progress=bar.advance_to)
     except ValueError as exc:
         raise CommandError(str(exc).splitlines()[0]) from exc
     found = sanity.write_sanity(result, images, rows, args.out, class_names=card.classes, seed=args.seed)
