@@ -141,12 +141,19 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     images = images_u8.astype(np.float32) / 255.0
     probs = predict_probs(model, images, batch_size)
     preds = predictions_table(rows, probs, card.classes, top_k_count)
-    tables.write_table(preds, out / "predictions.parquet", "predictions")
 
     class_of = {name: i for i, name in enumerate(card.classes)}
     known = rows["label"].map(class_of).notna().to_numpy()
+    if len(rows) and not known.any():  # nothing to score: a wrong or missing class list, not accuracy nan
+        have = sorted(set(rows["label"].astype(str)))
+        raise ValueError(f"{data_dir}: none of the {len(rows)} images of split {split!r} has a label the model "
+                         f"knows (its classes: {', '.join(map(str, card.classes[:8]))}"
+                         f"{', ...' if len(card.classes) > 8 else ''}; the folders: {', '.join(have[:8])}"
+                         f"{', ...' if len(have) > 8 else ''}); expected --classes naming the model's outputs "
+                         "in order, as the class folders are named")
     y_true = rows["label"].map(class_of)[known].to_numpy(dtype=np.int64)
     y_pred = probs.argmax(axis=1)[known]
+    tables.write_table(preds, out / "predictions.parquet", "predictions")
     result = classification_metrics(y_true, y_pred, card.classes, probs[known], top_k_count)
     result.update(split=split, data=str(Path(data_dir).expanduser().resolve()), unreadable=int((~ok).sum()),
                   unknown_label=int((~known).sum()), model_arch=card.arch)

@@ -100,3 +100,16 @@ def test_explain_and_sanity_on_a_tiny_labelled_folder_fail_alike_with_the_rule(t
     assert main(["predict", str(data), *model, "--out", str(tmp_path / "p")]) == 0
     table = tables.read_table(tmp_path / "p" / "predictions.parquet")
     assert sorted(table["label"]) == ["beach", "hills"] and table["correct"].notna().all()
+
+
+def test_evaluate_a_model_file_with_classes_and_refuse_unknown_labels(tmp_path, tiny_model, capsys):
+    data = _images(tmp_path / "d", ["Training/a/1.jpg", "Training/b/2.jpg", "Test/a/3.jpg", "Test/b/4.jpg"])
+    assert main(["evaluate", "--model", str(tiny_model), *FLAGS, "--data", str(data), "--out", str(tmp_path / "e")]) == 0
+    metrics = tables.read_json(tmp_path / "e" / "metrics.json")
+    assert metrics["num_images"] == 2 and metrics["unknown_label"] == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tiny_model), "--classes", "cat,dog", "--data", str(data),
+                 "--out", str(tmp_path / "f")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "none of the 2 images of split 'test' has a label the model knows" in err and "--classes" in err
+    assert not (tmp_path / "f" / "predictions.parquet").exists()

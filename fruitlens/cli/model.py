@@ -84,12 +84,12 @@ def _cmd_train(args) -> int:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="predict a split and write predictions.parquet, metrics.json, confusion")
-    p.add_argument("--model", type=Path, required=True, help="run folder with model.keras and model.json")
     p.add_argument("--data", type=Path, required=True, help="dataset root (its labelled images are evaluated)")
     p.add_argument("--split", default="test", help="split of the dataset to evaluate")
     p.add_argument("--out", type=Path, required=True,
                    help="folder for predictions.parquet, metrics.json, the confusion and mistakes PNGs")
     p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
+    add_model_arguments(p)
 
 
 def _cmd_evaluate(args) -> int:
@@ -98,7 +98,7 @@ def _cmd_evaluate(args) -> int:
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
     try:
-        metrics = evaluate_run(args.model, args.data, args.out, split=args.split, top_k_count=args.top_k)
+        metrics = evaluate_run(model_source(args), args.data, args.out, split=args.split, top_k_count=args.top_k)
     except ValueError as exc:
         raise CommandError(str(exc).splitlines()[0]) from exc
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images; macro F1 "
