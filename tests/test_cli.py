@@ -192,3 +192,16 @@ def test_visualize_layers_draws_only_those_and_names_a_bad_one(tmp_path, capsys)
     assert main([*common, "--layers", "nope", "--out", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--layers nope" in err
+
+
+def test_augment_preview_keeps_the_photos_aspect(tmp_path, capsys):
+    from PIL import Image
+    from skimage.data import chelsea
+
+    Image.fromarray(chelsea()).save(tmp_path / "cat.jpg")  # 451 x 300
+    assert main(["augment-preview", "--data", str(tmp_path / "cat.jpg"), "--out", str(tmp_path / "a"), "-n", "10"]) == 0
+    Image.new("RGB", (300, 300)).save(tmp_path / "sq.png")
+    assert main(["augment-preview", "--data", str(tmp_path / "sq.png"), "--out", str(tmp_path / "b"), "-n", "10"]) == 0
+    with Image.open(tmp_path / "a" / "augment_preview.png") as wide, \
+            Image.open(tmp_path / "b" / "augment_preview.png") as even:  # tiles 100 x 67 against 100 x 100
+        assert wide.width == even.width and wide.height < 0.75 * even.height

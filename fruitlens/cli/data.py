@@ -92,7 +92,8 @@ def _add_augment_preview(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset root, or one image file")
     p.add_argument("--out", type=Path, required=True, help="folder for augment_preview.png")
     p.add_argument("-n", "--count", type=int, default=20, help="augmented samples (default 20)")
-    p.add_argument("--image-size", default="100", help="side in pixels, or HxW")
+    p.add_argument("--image-size", default="100", help="longest side in pixels (the first image's aspect kept), "
+                   "or HxW")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled images and the augmentation")
 
 
@@ -104,7 +105,6 @@ def _cmd_augment_preview(args) -> int:
     if args.count < 1:
         raise CommandError(f"--count {args.count}: expected at least 1")
     size = _image_size(args.image_size)
-    size = (size, size) if isinstance(size, int) else size
     if args.data.is_file():
         paths = [args.data]
     else:
@@ -114,6 +114,15 @@ def _cmd_augment_preview(args) -> int:
         if len(rows) == 0:
             raise CommandError(f"--data {args.data}: no usable training image")
         paths = list(rows.sample(n=min(len(rows), args.count), random_state=args.seed)["abs_path"])
+    if isinstance(size, int):  # the longest side; the first image's aspect (a 3:2 photo stays 3:2)
+        from fruitlens.images import open_image, upright_size
+
+        try:
+            with open_image(paths[0]) as first:
+                w, h = upright_size(first)
+        except (ValueError, OSError) as exc:
+            raise CommandError(str(exc)) from exc
+        size = (max(1, round(size * h / max(w, h))), max(1, round(size * w / max(w, h))))
     try:
         images = [read_rgb(p, size) for p in paths]
     except ValueError as exc:
