@@ -188,6 +188,10 @@ def test_visualize_layers_draws_only_those_and_names_a_bad_one(tmp_path, capsys)
               "--filters", "2", "--steps", "1", "--channels", "2"]
     assert main([*common, "--layers", "c2", "--out", str(tmp_path / "v")]) == 0
     assert sorted(p.name for p in (tmp_path / "v").rglob("*.png")) == ["c2.png", "c2.png"]
+    from fruitlens import plots
+
+    title = plots.read_caption(tmp_path / "v" / "activations" / "c2.png")
+    assert "model m.keras |" in title and "from_01" not in title  # the file, not the wrapper's internal name
     assert "visualized: 2/2" in capsys.readouterr().err  # progress in a log: the final line
     assert main([*common, "--layers", "nope", "--out", str(tmp_path / "w")]) == 2
     err = capsys.readouterr().err.strip()
