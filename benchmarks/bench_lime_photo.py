@@ -32,7 +32,6 @@ def main() -> None:
     ap.add_argument("--num-samples", type=int, default=1000)
     args = ap.parse_args()
 
-    from PIL import Image
     from scipy.stats import spearmanr
     from skimage import data as skdata
 

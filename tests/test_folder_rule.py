@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -104,7 +103,8 @@ def test_explain_and_sanity_on_a_tiny_labelled_folder_fail_alike_with_the_rule(t
 
 def test_evaluate_a_model_file_with_classes_and_refuse_unknown_labels(tmp_path, tiny_model, capsys):
     data = _images(tmp_path / "d", ["Training/a/1.jpg", "Training/b/2.jpg", "Test/a/3.jpg", "Test/b/4.jpg"])
-    assert main(["evaluate", "--model", str(tiny_model), *FLAGS, "--data", str(data), "--out", str(tmp_path / "e")]) == 0
+    assert main(["evaluate", "--model", str(tiny_model), *FLAGS, "--data", str(data),
+                 "--out", str(tmp_path / "e")]) == 0
     metrics = tables.read_json(tmp_path / "e" / "metrics.json")
     assert metrics["num_images"] == 2 and metrics["unknown_label"] == 0
     capsys.readouterr()
