@@ -113,3 +113,11 @@ def test_evaluate_a_model_file_with_classes_and_refuse_unknown_labels(tmp_path, 
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert "none of the 2 images of split 'test' has a label the model knows" in err and "--classes" in err
     assert not (tmp_path / "f" / "predictions.parquet").exists()
+
+
+def test_explain_without_faithfulness_ranks_nothing_and_does_not_fail(tmp_path, tiny_model):
+    photos = _images(tmp_path / "photos", ["a.jpg", "b.jpg"])
+    assert main(["explain", "--data", str(photos), "--model", str(tiny_model), *FLAGS, "--method", "gradcam",
+                 "--faithfulness-steps", "0", "--out", str(tmp_path / "e")]) == 0
+    assert tables.read_table(tmp_path / "e" / "faithfulness.parquet").empty
+    assert len(tables.read_table(tmp_path / "e" / "gradcam.parquet")) == 2
