@@ -8,7 +8,7 @@ from tasks.cache import content_cache, run_folder_name
 
 
 def _model_and_probe(inputs: dict) -> dict:
-    from fruitlens.explain.drift import probe_content, probe_rows
+    from fruitlens.batch.rows import probe_content, probe_rows
     from fruitlens.modelio import as_model_source
 
     rows = probe_rows(inputs["index_dir"], inputs["split"], inputs["explain_dir"], inputs["images"])
@@ -20,9 +20,9 @@ def _model_and_probe(inputs: dict) -> dict:
 def sanity_task(model: dict, index_dir: str, explain_dir: str, split: str, images: int, methods: list[str],
                 options: dict, out_dir: str) -> str:
     """Write out_dir/sanity.parquet, sanity.png and verdicts.json for the first ``images`` explained images."""
+    from fruitlens.batch.rows import probe_rows
     from fruitlens.batch.sanity import sanity_run
     from fruitlens.config import ExplainOptions, build
-    from fruitlens.explain.drift import probe_rows
     from fruitlens.modelio import as_model_source
 
     rows = probe_rows(index_dir, split, explain_dir, images)

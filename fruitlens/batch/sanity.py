@@ -15,7 +15,7 @@ import pandas as pd
 
 def sanity_methods(methods: Sequence[str], options) -> tuple[str, ...]:
     """The randomisation-test names of the run's ``methods`` (``ExplainOptions`` picks the CAM variant)."""
-    from fruitlens.explain.sanity import CAM_METHODS
+    from fruitlens.sanity_names import CAM_METHODS
 
     out = []
     if "gradcam" in methods and options.gradcam.variant in CAM_METHODS:
@@ -55,6 +55,6 @@ def read_verdicts(out_dir) -> dict[str, bool]:
 
 def verdict_words(verdicts: Mapping[str, bool]) -> str:
     """``Grad-CAM passes, LIME FAILS`` ("" without verdicts)."""
-    from fruitlens.explain.sanity import METHOD_TITLES
+    from fruitlens.sanity_names import METHOD_TITLES
 
     return ", ".join(f"{METHOD_TITLES.get(m, m)} {'passes' if ok else 'FAILS'}" for m, ok in verdicts.items())
