@@ -33,7 +33,7 @@ from tasks.evidence import evidence_task
 from tasks.nights import record_night_task
 from tasks.promote import compare_task, current_model_task, existing_model, promote_task
 from tasks.report import report_task, run_record_task
-from tasks.sanity import sanity_task
+from tasks.sanity import discard_sanity_task, sanity_task
 from tasks.stability import stability_task
 from tasks.visualize import visualize_task
 
@@ -117,6 +117,8 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
     if cfg.sanity_images and checked:
         step("sanity", fresh(sanity_task, run.sanity.verdicts), model, str(run.index_dir), str(run.explain_dir),
              cfg.split, cfg.sanity_images, list(checked), to_plain(cfg.explain_options), str(run.sanity.root))
+    else:
+        discard_sanity_task(str(run.sanity.root))
     if cfg.class_evidence:
         step("class_evidence", fresh(evidence_task, run.class_evidence), model, str(run.index_dir), cfg.split,
              str(run.evidence_dir))

@@ -111,6 +111,10 @@ class SanityLayout:
     def verdicts(self) -> Path:
         return self.root / "verdicts.json"
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.table, self.figure, self.verdicts
+
 
 @dataclass(frozen=True)
 class RunLayout:

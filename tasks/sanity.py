@@ -27,3 +27,11 @@ def sanity_task(model: dict, index_dir: str, explain_dir: str, split: str, image
 
     rows = probe_rows(index_dir, split, explain_dir, images)
     return sanity_run(as_model_source(model), rows, methods, build(ExplainOptions, options), out_dir)
+
+
+@task(name="sanity-off")
+def discard_sanity_task(out_dir: str) -> list[str]:
+    """The nightly's sanity check is off: remove an earlier night's verdicts from the run folder."""
+    from fruitlens.batch.sanity import discard_sanity
+
+    return discard_sanity(out_dir)

@@ -280,3 +280,21 @@ def test_an_unchanged_rerun_keeps_its_nights_findings_and_draws_no_new_trend(tmp
     newer = record_night(home, night("/runs/nightly", "ccc", 0.95, 4, promoted=True))  # a new night: drawn again
     write_trend(run, newer)
     assert len(tables.read_table(lay.trend_table)) == 3 and lay.trend_png.stat().st_mtime_ns != drawn[lay.trend_png]
+
+
+def test_a_night_without_the_sanity_check_discards_the_verdicts_of_an_earlier_night(tmp_path):
+    from fruitlens.batch.sanity import discard_sanity, read_verdicts
+
+    run = RunLayout(tmp_path / "run")
+    run.sanity.root.mkdir(parents=True)
+    tables.write_json(run.sanity.verdicts, {"verdicts": [{"method": "gradcam", "passed": False}]})
+    run.sanity.figure.write_bytes(b"png")
+    (run.sanity.root / "notes.txt").write_text("the user's own file")
+    assert read_verdicts(run.sanity.root) == {"gradcam": False}
+
+    removed = discard_sanity(run.sanity.root)
+
+    assert sorted(removed) == sorted([str(run.sanity.verdicts), str(run.sanity.figure)])
+    assert read_verdicts(run.sanity.root) == {}
+    assert (run.sanity.root / "notes.txt").read_text() == "the user's own file"  # nothing else is touched
+    assert discard_sanity(tmp_path / "never-made") == []
