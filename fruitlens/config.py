@@ -420,3 +420,25 @@ def cache_dir() -> Path:
     """Where the pipeline's task cache and results live: ``$FRUITLENS_CACHE`` or ``<home>/cache``."""
     env = os.environ.get("FRUITLENS_CACHE")
     return Path(env).expanduser() if env else fruitlens_home() / "cache"
+
+
+CACHE_MARKER = ".fruitlens-cache"  # written into a cache folder when fruitlens creates or uses it
+
+
+def mark_cache(path: str | os.PathLike) -> Path:
+    """Create the cache folder ``path`` (if missing) and mark it as fruitlens' own when fruitlens created it
+    (or found it empty): only a marked folder is ever deleted by ``fruitlens cache clear``, so a folder that
+    held anything else (``--cache-dir $HOME``) is used but never marked."""
+    folder = Path(path)
+    fresh = not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / CACHE_MARKER
+    if fresh and not folder.is_symlink():
+        marker.write_text("a fruitlens task cache: `fruitlens cache clear` may delete this folder\n")
+    return folder
+
+
+def is_marked_cache(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder fruitlens marked as its cache (``mark_cache``), not a link to one."""
+    folder = Path(path)
+    return folder.is_dir() and not folder.is_symlink() and (folder / CACHE_MARKER).is_file()

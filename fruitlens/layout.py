@@ -30,6 +30,7 @@ RUN_RECORD_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.parquet"  # in an evaluation folder (RUN/eval, or `fruitlens evaluate --out`)
 METRICS_FILE = "metrics.json"
 FAILED = "failed"  # the pseudo-method whose table lists the images that could not be read
+LOCK_FILE = ".fruitlens.lock"  # in every folder a command writes: one writer at a time (fruitlens.locks)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,12 @@ class ExplainLayout:
 
     @property
     def lock(self) -> Path:
-        return self.root / ".explain.lock"
+        return self.root / LOCK_FILE
+
+    @property
+    def model_record(self) -> Path:
+        """Which model's explanations the folder holds (its digest): tables of two models are never mixed."""
+        return self.root / ".explained-model.json"
 
 
 @dataclass(frozen=True)

@@ -135,3 +135,66 @@ def test_progress_line_shows_share_bar_and_time_left():
     line = progress_line("explained", 15, 60, 30.0)
     assert line == "explained: 15/60 images (25%) [##........] 30s, about 1m30s left"
     assert progress_line("explained", 60, 60, 75.0) == "explained: 60/60 images (100%) [##########] 1m15s"
+
+
+# ---------------------------------------------------------------- nothing deleted or poisoned by mistake
+
+
+def test_cache_clear_deletes_only_a_folder_fruitlens_marked_as_its_cache(tmp_path, capsys):
+    from fruitlens.config import CACHE_MARKER, mark_cache
+
+    home = tmp_path / "home"  # FRUITLENS_CACHE=$HOME: a folder with the user's files, never marked
+    home.mkdir()
+    (home / "thesis.txt").write_text("years of work")
+    mark_cache(home)  # a run pointed at it uses it, but does not mark a folder that held something else
+    assert not (home / CACHE_MARKER).exists()
+    assert main(["cache", "clear", "--cache-dir", str(home)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not a fruitlens task cache" in err and "nothing deleted" in err and len(err.splitlines()) == 1
+    assert (home / "thesis.txt").read_text() == "years of work"
+
+    cache = mark_cache(tmp_path / "cache")  # created by fruitlens: marked
+    (cache / "results").mkdir()
+    assert main(["cache", "clear", "--cache-dir", str(cache)]) == 0 and not cache.exists()
+    link = tmp_path / "link"  # a link to a marked cache is not followed into a delete
+    mark_cache(tmp_path / "cache2")
+    link.symlink_to(tmp_path / "cache2")
+    assert main(["cache", "clear", "--cache-dir", str(link)]) == 2 and (tmp_path / "cache2").is_dir()
+
+
+@pytest.mark.parametrize("command", ["explain", "predict", "train", "evaluate", "run"])
+@pytest.mark.parametrize("nesting", ["out_in_data", "data_in_out"])
+def test_out_and_data_apart_or_one_line_before_any_work(command, nesting, tmp_path, capsys):
+    photos = tmp_path / "photos"
+    out = photos / "explained" if nesting == "out_in_data" else tmp_path / "out"
+    data = photos if nesting == "out_in_data" else out / "photos"
+    data.mkdir(parents=True)
+    args = {"explain": ["explain", "--model", "x", "--data", str(data), "--out", str(out)],
+            "predict": ["predict", str(data), "--model", "x", "--out", str(out)],
+            "train": ["train", "--data", str(data), "--out", str(out)],
+            "evaluate": ["evaluate", "--model", "x", "--data", str(data), "--out", str(out)],
+            "run": ["run", "--data", str(data), "--out", str(out)]}[command]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "inside" in err and str(data) in err, err
+    assert not (out / ".fruitlens.lock").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "predict", "explain"])
+def test_every_writer_of_a_folder_takes_the_one_lock(command, demo_dir, tmp_path, capsys):
+    from fruitlens.locks import folder_lock
+
+    out = tmp_path / "out"
+    photo = demo_dir / "Test" / "red_dot" / "0000.jpg"
+    args = {"train": ["train", "--data", str(demo_dir), "--out", str(out), "--epochs", "1"],
+            "evaluate": ["evaluate", "--model", str(tmp_path / "run"), "--data", str(demo_dir), "--out", str(out)],
+            "predict": ["predict", str(photo), "--model", str(tmp_path / "run"), "--out", str(out)],
+            "explain": ["explain", "--model", str(tmp_path / "run"), "--data", str(photo), "--out", str(out)]}
+    if command != "train":
+        from tests.helpers import tiny_run
+
+        tiny_run(tmp_path / "run")
+    with folder_lock(out):  # another command is writing there
+        assert main(args[command]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "another fruitlens run is writing here" in err and len(err.splitlines()) == 1, err

@@ -21,8 +21,6 @@ has been drawn (``compose_chunk``). One writer at a time per output folder: ``ou
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -46,6 +44,7 @@ from fruitlens.batch.methods import METHODS
 from fruitlens.config import ExplainOptions, to_plain
 from fruitlens.digests import code_digest, text_digest
 from fruitlens.layout import FAILED, ExplainLayout
+from fruitlens.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -231,22 +230,58 @@ def finish(out_dir: str | os.PathLike, keys: Mapping[str, Sequence[str]]) -> dic
 
 @contextmanager
 def out_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Hold the output folder for one writer; a second one gets a one-line ValueError instead of waiting."""
+    """Hold the output folder for one writer (``fruitlens.locks``); a second one gets a one-line ValueError.
+
+    Temporary files a killed writer left are removed once the lock is held (none is at work then).
+    """
     out = ExplainLayout(out_dir)
-    out.root.mkdir(parents=True, exist_ok=True)
-    with open(out.lock, "a+") as fh:
+    with folder_lock(out.root):
+        tables.remove_temp_files(out.root, recursive=True)
+        yield out.root
+
+
+def claim_folder(out_dir: str | os.PathLike, model_digest: str) -> list[str]:
+    """Make ``out_dir`` hold one model's explanations: ``model_digest``'s (call it under ``out_lock``).
+
+    A folder whose record names another model (or whose record cannot be read) is started clean: every
+    method's table, parts and PNGs, the side-by-side pictures and the ranking are removed, so that
+    ``faithfulness.parquet`` never ranks two models' methods together. Returns what was removed (empty when
+    nothing was), and logs it as a warning.
+    """
+    import shutil
+
+    from fruitlens.batch.ranking import FAITHFULNESS
+
+    out = ExplainLayout(out_dir)
+    previous: str | None = model_digest
+    if out.model_record.exists():
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise ValueError(f"{out.root}: another fruitlens run is writing explanations here; wait for it to "
-                             "finish or choose another --out") from exc
-        try:
-            tables.remove_temp_files(out.root, recursive=True)  # what a killed writer left; none is at work now
-            yield out.root
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            previous = json.loads(out.model_record.read_text())["model_digest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            previous = None
+    removed: list[str] = []
+    if previous != model_digest:
+        for method in (*METHODS, FAILED, FAITHFULNESS):
+            for path in (out.table(method), out.parts_dir(method), out.pictures_dir(method)):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+                else:
+                    continue
+                removed.append(path.name)
+        for path in (out.side_by_side_dir, out.stability):
+            if path.is_dir():
+                shutil.rmtree(path)
+                removed.append(path.name)
+            elif path.exists():
+                path.unlink()
+                removed.append(path.name)
+        if removed:
+            log.warning("%s held the explanations of another model (%s): removed %s and started clean", out.root,
+                        f"digest {previous[:12]}" if previous else "unreadable record", ", ".join(sorted(removed)))
+    tables.write_json(out.model_record, {"model_digest": model_digest})
+    return removed
 
 
 def plan_keys(chunks: Sequence[Sequence[Mapping[str, Any]]], methods: Sequence[str], options: ExplainOptions,
@@ -309,6 +344,7 @@ def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: 
             progress(size)
 
     with out_lock(out.root), picture_process() as painter:
+        claim_folder(out.root, model_digest)
         chunks = plan_chunks(rows, chunk_size)
         keys = plan_keys(chunks, methods, options, model_digest, engine_code())
         for i, chunk in enumerate(chunks):

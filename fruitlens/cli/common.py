@@ -31,9 +31,35 @@ def check_output_folder(path: Path | None, flag: str = "--out") -> None:
         raise CommandError(f"{flag} {path}: {existing} is not writable; expected a folder you can write to")
 
 
+def check_out_apart_from_data(out: Path | None, data, flag: str = "--data") -> None:
+    """Refuse an output folder inside a data folder (the next index would take the PNGs written there as
+    labelled photos) or a data folder inside the output folder (the outputs would be read as data next time).
+
+    ``data``: a path or a list of paths (files are checked by their folder only when they are the folder
+    itself: a photo next to ``--out`` is fine).
+    """
+    if out is None or data is None:
+        return
+    out_abs = Path(out).expanduser().resolve()
+    for item in data if isinstance(data, (list, tuple)) else [data]:
+        path = Path(item).expanduser()
+        if not path.is_dir():
+            continue
+        data_abs = path.resolve()
+        if out_abs == data_abs or data_abs in out_abs.parents:
+            raise CommandError(f"--out {out}: inside {flag} {item}; the outputs would be read as data next time. "
+                               "Expected an output folder outside the data")
+        if out_abs in data_abs.parents:
+            raise CommandError(f"{flag} {item}: inside --out {out}; expected data outside the output folder")
+
+
 def check_shared_flags(args) -> None:
-    """The checks every command's common flags get, wherever they appear: --out and --workers."""
+    """The checks every command's common flags get, wherever they appear: --out (a writable folder apart from
+    the data) and --workers."""
     check_output_folder(getattr(args, "out", None))
+    data_flag = "--data" if hasattr(args, "data") else "FILES"
+    check_out_apart_from_data(getattr(args, "out", None), getattr(args, "data", getattr(args, "files", None)),
+                              data_flag)
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise CommandError(f"--workers {workers}: expected at least 1")

@@ -55,13 +55,15 @@ def _train_config(args):
 
 
 def _cmd_train(args) -> int:
+    from fruitlens.locks import folder_lock
     from fruitlens.training import train_model
 
     config = _train_config(args)
     try:
         # a progress bar on a terminal; one line per epoch in a log or pipe (a bar there is one endless line)
         verbose = 1 if sys.stdout.isatty() else 2
-        result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
+        with folder_lock(args.out):  # a second train into the same folder is refused, not the last writer wins
+            result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
     except ValueError as exc:  # bad weights file, no ImageNet weights offline, changed config on resume, ...
         raise CommandError(str(exc).splitlines()[0]) from exc
     m = result["metrics"]
@@ -85,11 +87,14 @@ def _add_evaluate(sub) -> None:
 
 def _cmd_evaluate(args) -> int:
     from fruitlens.inference import evaluate_run
+    from fruitlens.locks import folder_lock
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
     try:
-        metrics = evaluate_run(args.model, args.data, args.out, split=args.split, top_k_count=args.top_k)
+        with folder_lock(args.out):
+            metrics = evaluate_run(args.model, args.data, args.out, split=args.split,
+                                   top_k_count=args.top_k)
     except ValueError as exc:
         raise CommandError(str(exc).splitlines()[0]) from exc
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images; macro F1 "
@@ -116,8 +121,11 @@ def _cmd_predict(args) -> int:
     files = [f for arg in args.files for f in (photos_in(arg) if arg.is_dir() else [arg])]
     if not files:
         raise CommandError(f"{' '.join(map(str, args.files))}: no image files found")
+    from fruitlens.locks import folder_lock
+
     try:
-        table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k)
+        with folder_lock(args.out):
+            table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k)
     except ValueError as exc:  # a bad model file, or not one image could be read
         raise CommandError(str(exc).splitlines()[0]) from exc
     for row in table.itertuples():
