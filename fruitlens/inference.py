@@ -177,8 +177,9 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
         out_dir: where predictions.parquet and ``annotated/`` go.
 
     Annotated copies (``out_dir/annotated/<stem>.png``) are the original image (converted to RGB, enlarged
-    if small) with the predicted label and probability drawn on it. Unreadable files get a row with an
-    ``error`` and no prediction; they never stop the run unless no file at all could be read.
+    if small, read at a long side of at most ``plots.ANNOTATED_MAX_SIDE`` if large) with the predicted label and
+    probability drawn on it. Unreadable files get a row with an ``error`` and no prediction; they never stop
+    the run unless no file at all could be read.
 
     Returns:
         The predictions table (plus an ``error`` column).
@@ -189,8 +190,8 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     from fruitlens.dataset import image_id
     from fruitlens.images import read_rgb
     from fruitlens.modelio import as_model_source, read_fitted
+    from fruitlens.plots import ANNOTATED_MAX_SIDE, save_png
     from fruitlens.plots import annotate as draw_label
-    from fruitlens.plots import save_png
 
     model, card = as_model_source(model).load()
     out = Path(out_dir)
@@ -218,7 +219,7 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
         for i in np.flatnonzero(ok):
             name = picture_stem(paths[i], table["image_id"][i])  # d1/a.jpg and d2/a.jpg: two copies
             try:
-                original = read_rgb(paths[i])
+                original = read_rgb(paths[i], max_side=ANNOTATED_MAX_SIDE)  # bounded working size
             except ValueError as exc:
                 log.warning("cannot annotate %s: %s", paths[i], exc)
                 continue

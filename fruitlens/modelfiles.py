@@ -151,6 +151,28 @@ def _classes_from_json(obj, path: Path) -> list[str]:
     return values
 
 
+MAX_CLASSES_FILE_BYTES = 4 << 20  # a class names file (ImageNet's index is 35 kB); larger is refused
+
+
+def check_classes_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a regular file of at most ``MAX_CLASSES_FILE_BYTES``; else one line, before any open
+    (a FIFO would block, ``/dev/zero`` never ends)."""
+    import stat
+
+    path = Path(path).expanduser()
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ModelSourceError(f"{path}: cannot read class names ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelSourceError(f"{path}: not a regular file (a device, pipe or folder); expected a .txt or .json "
+                               "file of class names")
+    if st.st_size > MAX_CLASSES_FILE_BYTES:
+        raise ModelSourceError(f"{path}: {st.st_size} bytes; expected a class names file of at most "
+                               f"{MAX_CLASSES_FILE_BYTES} bytes")
+    return path
+
+
 def read_classes(path: str | os.PathLike) -> tuple[str, ...]:
     """Class names from a text file (one per line, blank lines skipped) or a JSON file.
 
@@ -160,9 +182,13 @@ def read_classes(path: str | os.PathLike) -> tuple[str, ...]:
     Raises:
         ModelSourceError: missing or unreadable file, indices not 0..C-1, duplicate or empty names.
     """
-    path = Path(path).expanduser()
+    path = check_classes_file(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:  # read no more than the limit, whatever the file grew to since the check
+            data = fh.read(MAX_CLASSES_FILE_BYTES + 1)
+        if len(data) > MAX_CLASSES_FILE_BYTES:
+            raise ModelSourceError(f"{path}: more than {MAX_CLASSES_FILE_BYTES} bytes; expected a class names file")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelSourceError(f"{path}: cannot read class names ({exc})") from exc
     if path.suffix.lower() == ".json":

@@ -24,3 +24,35 @@ def tiny_run(run_dir: Path, classes=("a", "b", "c"), image_size=(12, 10), seed=0
     model.save(run_dir / "model.keras")
     write_card(run_dir, ModelCard(classes=classes, image_size=image_size, arch="tiny"))
     return run_dir
+
+
+def run_measured(args: list[str], *, memory_limit: int | None = None, timeout: float = 240.0,
+                 env: dict | None = None, cwd=None) -> tuple[int, str, int]:
+    """Run ``args`` in a child process; (exit code, stdout + stderr, peak RSS in bytes of that child alone).
+
+    ``memory_limit`` sets RLIMIT_AS in the child (bytes of address space; only for children without TensorFlow,
+    which reserves far more address space than it uses). The peak RSS comes from ``os.wait4`` of the child, so
+    other processes the tests started never count. A child past ``timeout`` is killed (exit code -9).
+    """
+    import os
+    import resource
+    import subprocess
+    import tempfile
+    import threading
+
+    def limit() -> None:
+        if memory_limit is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory_limit, memory_limit))
+
+    with tempfile.TemporaryFile() as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, preexec_fn=limit)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        text = out.read().decode("utf-8", "replace")
+    return proc.returncode, text, usage.ru_maxrss * 1024  # Linux: ru_maxrss in KiB

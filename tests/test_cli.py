@@ -198,3 +198,106 @@ def test_every_writer_of_a_folder_takes_the_one_lock(command, demo_dir, tmp_path
         assert main(args[command]) == 2
     err = capsys.readouterr().err.strip()
     assert "another fruitlens run is writing here" in err and len(err.splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------- limits wherever a size enters
+
+
+@pytest.mark.parametrize(
+    "args, reason",
+    [
+        (["explain", "--model", "{run}", "--data", "{photo}", "--out", "x", "--image-size", "100000"],
+         "expected at most 1024 pixels per side"),
+        (["predict", "{photo}", "--model", "{run}", "--out", "x", "--image-size", "100000x20"],
+         "expected at most 1024 pixels per side"),
+        (["explain", "--model", "{run}", "--data", "{photo}", "--out", "x", "--method", "smoothgrad",
+          "--set", "smoothgrad.samples=100000000"], "samples 100000000: expected 1 to 10000"),
+        (["explain", "--model", "{run}", "--data", "{photo}", "--out", "x", "--method", "rise",
+          "--set", "rise.masks=100000000"], "masks 100000000: expected 1 to 10000"),
+        (["explain", "--model", "{run}", "--data", "{photo}", "--out", "x", "--method", "integrated_gradients",
+          "--set", "integrated_gradients.steps=100000000"], "steps 100000000: expected 2 to 10000"),
+        (["explain", "--model", "{run}", "--data", "{photo}", "--out", "x", "--method", "lime", "--no-adaptive",
+          "--num-samples", "1000000000"], "--num-samples 1000000000: expected 2 to 100000"),
+        (["explain", "--model", "{run}", "--data", "{photo}", "--out", "x", "--faithfulness-steps", "10000000"],
+         "expected 0 (off) to 1000"),
+        (["explain", "--model", "{run}", "--data", "{photo}", "--out", "x", "--n-superpixels", "100000000"],
+         "expected at most 10000"),
+        (["augment-preview", "--data", "{photo}", "--out", "x", "--count", "100000"], "--count 100000: expected 1 to 200"),
+        (["augment-preview", "--data", "{photo}", "--out", "x", "--image-size", "5000"], "expected at most 1024"),
+        (["superpixels", "{photo}", "--out", "x", "--size", "100000x100000"], "expected at most 1024"),
+        (["explain", "--model", "{run}", "--data", "{photo}", "--out", "x", "--classes-file", "/dev/zero"],
+         "not a regular file"),
+        (["predict", "{photo}", "--model", "{run}", "--out", "x", "--classes-file", "{big}"],
+         "expected a class names file of at most"),
+    ],
+)
+def test_every_size_has_a_limit_refused_in_one_line_before_any_work(args, reason, tmp_path, capsys):
+    photo = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (8, 6), (200, 30, 30)).save(photo)
+    big = tmp_path / "classes.txt"
+    with open(big, "wb") as fh:  # a sparse 5 GB file: never read
+        fh.truncate(5 << 30)
+    subs = {"{run}": str(tmp_path / "no-model-needed"), "{photo}": str(photo), "{big}": str(big)}
+    expanded = [str(tmp_path / "x") if a == "x" else subs.get(a, a) for a in args]
+    assert main(expanded) == 2
+    err = capsys.readouterr().err.strip()
+    assert reason in err and len(err.splitlines()) == 1, err
+    assert not (tmp_path / "x").exists()  # refused before any work
+
+
+def test_a_fifo_as_classes_file_is_refused_not_waited_on(tmp_path):
+    fifo = tmp_path / "classes.txt"
+    os.mkfifo(fifo)
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    (tmp_path / "photos").mkdir()
+    proc = subprocess.run([sys.executable, "-m", "fruitlens", "predict", str(tmp_path / "photos"), "--model", "x",
+                           "--out", str(tmp_path / "o"), "--classes-file", str(fifo)],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "not a regular file" in proc.stderr, proc.stderr
+
+
+def test_smoothgrad_draws_are_bounded_by_the_models_input_size():
+    from fruitlens.config import SmoothGradOptions
+    from fruitlens.method_options import MAX_DRAW_BYTES
+
+    opts = SmoothGradOptions(samples=10_000)
+    opts.check_memory((20, 20), "smoothgrad")  # 48 MB: fine
+    with pytest.raises(ValueError, match=r"smoothgrad.samples 10000: .* GiB of draws at 1024x1024 pixels"):
+        opts.check_memory((1024, 1024), "smoothgrad")
+    assert opts.draw_bytes((1024, 1024)) > MAX_DRAW_BYTES
+
+
+BOMB = ("a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+        "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+        "f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f,*f]\n"
+        "h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g,*g]\ni: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h,*h]\n")
+
+
+def test_a_yaml_billion_laughs_config_fails_fast_in_bounded_memory(tmp_path):
+    """300 bytes that expand to 10^9 items: refused in seconds under a 1.5 GiB address-space limit."""
+    from tests.helpers import run_measured
+
+    config = tmp_path / "bomb.yaml"
+    config.write_text(BOMB + "explain_options: {lime: {num_samples: *i}}\n")
+    code = ("import sys; from fruitlens.config import load_config\n"
+            "try:\n    load_config(sys.argv[1])\nexcept ValueError as exc:\n    print('refused:', exc); sys.exit(2)\n")
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    rc, out, peak = run_measured([sys.executable, "-c", code, str(config)], memory_limit=3 << 29, timeout=60,
+                                 env=env)
+    assert rc == 2 and "more than 100000 values" in out and len(out) < 400, out
+    assert peak < 400 << 20, peak
+
+
+def test_a_billion_laughs_set_value_and_long_values_are_cut_in_messages(tmp_path, capsys):
+    from fruitlens.config import LimeOptions, build
+
+    value = "[" + ",".join(["[" + ",".join(["[1,2,3,4,5,6,7,8,9,10]"] * 10) + "]"] * 10) + "]"
+    assert main(["explain", "--model", "x", "--data", str(tmp_path), "--out", str(tmp_path / "o"),
+                 "--set", "lime.seed=" + value]) == 2
+    err = capsys.readouterr().err
+    assert len(err) < 400 and len(err.splitlines()) == 1, err
+    with pytest.raises(ValueError) as info:
+        build(LimeOptions, {"segmenter": "x" * 100_000})
+    assert len(str(info.value)) < 400

@@ -77,13 +77,13 @@ def read_chunk(rows: pd.DataFrame, size: tuple[int, int], fit: str = "resize"
 
     Returns (images, rows read, failures with an ``error`` column).
     """
-    from fruitlens.images import read_rgb
+    from fruitlens.images import read_rgb, read_uint8
     from fruitlens.modelio import fit_photo
 
     images, ok, failed = [], [], []
     for i, path in enumerate(rows["path"]):
         try:
-            images.append(read_rgb(path, size) if fit == "resize" else fit_photo(read_rgb(path), size, fit)[0])
+            images.append(read_rgb(path, size) if fit == "resize" else fit_photo(read_uint8(path), size, fit)[0])
             ok.append(i)
         except ValueError as exc:
             log.warning("skipping %s", exc)
@@ -129,10 +129,21 @@ class Part:
     draw: Callable[[], object]
 
 
+def check_draws(methods: Sequence[str], options: Any, size: tuple[int, int]) -> None:
+    """Refuse, before any work, a method whose draws for one image exceed ``MAX_DRAW_BYTES`` at ``size``
+    (``options``: ExplainOptions or {method: options})."""
+    for method in methods:
+        opts = options[method] if isinstance(options, Mapping) else options.of(method)
+        check = getattr(opts, "check_memory", None)
+        if check is not None:
+            check(tuple(size), method)
+
+
 def compute_part(model, card, chunk: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, method: str,
                  options: Any, key: str, read: tuple[np.ndarray, pd.DataFrame, pd.DataFrame] | None = None) -> Part:
     """The model's work of one method on one chunk (``read``: the chunk as ``read_chunk`` returned it)."""
     out = ExplainLayout(out_dir)
+    check_draws([method], {method: options}, card.image_size)
     if read is None:
         read = read_chunk(pd.DataFrame(list(chunk)), card.image_size, getattr(card, "fit", "resize"))
     images, ok, failed = read
@@ -329,6 +340,7 @@ def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: 
     Returns:
         Rows written per method in this call, ``failed`` images and ``skipped`` images (already done).
     """
+    check_draws(methods, options, card.image_size)
     totals = {m: 0 for m in methods} | {FAILED: 0, "skipped": 0}
     out = ExplainLayout(out_dir)
     pending: deque[tuple[Future, list[Part], int]] = deque()

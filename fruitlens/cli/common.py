@@ -128,9 +128,15 @@ def add_model_arguments(p) -> None:
 
 def model_source(args):
     """The ``ModelSource`` of --model and its flags (checked by the dataclass)."""
+    from fruitlens.modelfiles import check_classes_file
     from fruitlens.modelio import ModelSource
 
     size = _image_size(args.model_image_size) if args.model_image_size else None
+    if args.classes_file is not None:
+        try:
+            check_classes_file(args.classes_file)  # a FIFO or /dev/zero: one line, before anything is loaded
+        except ValueError as exc:
+            raise CommandError(f"--classes-file {exc}") from exc
     values = {"spec": str(args.model), "classes": _csv(args.classes),
               "classes_file": str(args.classes_file) if args.classes_file else None,
               "image_size": (size, size) if isinstance(size, int) else size, "preprocessing": args.preprocessing,

@@ -118,6 +118,7 @@ def _cmd_predict(args) -> int:
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    source = model_source(args)  # a bad flag: one line before any folder is read or written
     files = [f for arg in args.files for f in (photos_in(arg) if arg.is_dir() else [arg])]
     if not files:
         raise CommandError(f"{' '.join(map(str, args.files))}: no image files found")
@@ -125,7 +126,7 @@ def _cmd_predict(args) -> int:
 
     try:
         with folder_lock(args.out):
-            table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k)
+            table = predict_files(source, files, args.out, top_k_count=args.top_k)
     except ValueError as exc:  # a bad model file, or not one image could be read
         raise CommandError(str(exc).splitlines()[0]) from exc
     for row in table.itertuples():
