@@ -118,7 +118,7 @@ def build(cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
     names = [f.name for f in fields(cls) if f.init]
     unknown = sorted(map(str, set(values) - set(names)))
     if unknown:
-        keys = ", ".join(f"{where}.{short(k)}" if where else short(k) for k in unknown[:5])
+        keys = ", ".join(f"{where}.{k[:MAX_SHOWN]}" if where else k[:MAX_SHOWN] for k in unknown[:5])
         raise ValueError(f"unknown key {keys}; expected one of {', '.join(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     try:

@@ -166,7 +166,7 @@ def test_to_rows_matches_the_lime_schema(keras_model):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_samples": 1}, "num_samples 1: expected at least 2"),
+        ({"num_samples": 1}, "num_samples 1: expected 2 to 100000"),
         ({"feature_selection": "lasso"}, "unknown feature_selection 'lasso'; expected one of auto"),
         ({"hide_color": "pink"}, "unknown hide_color 'pink'; expected one of mean, white"),
         ({"top_labels": 9}, "top_labels 9: expected 1..4"),
@@ -282,7 +282,7 @@ def test_explain_command_lime(demo_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--num-samples", "1"], "--num-samples 1: expected at least 2"),
+        (["--num-samples", "1"], "--num-samples 1: expected 2 to 100000"),
         (["--segmenter", "quickshift", "--n-superpixels", "9"], "unknown quickshift parameter(s) n_superpixels"),
         (["--segmenter", "slick"], "unknown segmentation method 'slick'"),
         (["--hide-color", "pink"], "--hide-color 'pink': expected mean, white"),
