@@ -166,7 +166,7 @@ def test_to_rows_matches_the_lime_schema(keras_model):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_samples": 1}, "num_samples 1: expected 2 to 100000"),
+        ({"num_samples": 1}, "num_samples 1: expected at least 2"),
         ({"feature_selection": "lasso"}, "unknown feature_selection 'lasso'; expected one of auto"),
         ({"hide_color": "pink"}, "unknown hide_color 'pink'; expected one of mean, white"),
         ({"top_labels": 9}, "top_labels 9: expected 1..4"),
