@@ -28,6 +28,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ from fruitlens.batch.methods import METHODS
 from fruitlens.config import ExplainOptions, to_plain
 from fruitlens.digests import code_digest, text_digest
 from fruitlens.layout import FAILED, ExplainLayout
+from fruitlens.lifetime import die_with_parent
 from fruitlens.locks import folder_lock
 
 log = logging.getLogger(__name__)
@@ -301,17 +303,27 @@ def plan_keys(chunks: Sequence[Sequence[Mapping[str, Any]]], methods: Sequence[s
     return {m: [part_key(m, options.of(m), model_digest, c, code) for c in chunks] for m in methods}
 
 
+class PictureProcessDied(ChildProcessError):
+    """The picture process ended without a result (killed: by the OOM killer, by hand)."""
+
+
 @contextmanager
 def picture_process() -> Iterator[ProcessPoolExecutor]:
     """One process that draws the PNGs (numpy, PIL, zlib: no TensorFlow in it) while this one runs the model.
 
     Threads could not do it: drawing holds the GIL most of the time, and the model's calls are short. A fresh
     interpreter (spawn, never fork: TensorFlow's threads do not survive a fork) takes about a second to start,
-    which the first chunk's model work hides.
+    which the first chunk's model work hides. It dies with this process (``fruitlens.lifetime``), and its own
+    death is one :class:`PictureProcessDied` line: the chunks it had not drawn have no part, so a rerun redoes them.
     """
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         yield pool
+    except BrokenProcessPool as exc:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise PictureProcessDied("the picture process died (killed, or out of memory?); the chunks it had not "
+                                 "drawn were not written: rerun the same command to redo only those") from exc
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
