@@ -268,3 +268,35 @@ def test_explaining_with_another_model_replaces_the_first_models_tables(demo_dir
     _explain(run_dir, rows, out, model_dir=other)
     assert not (out / "gradcam.parquet").exists() and len(tables.read_table(out / "lime.parquet")) == 4
     assert tables.read_json(ExplainLayout(out).model_record) == {"model_digest": model_digest(other)}
+
+
+def test_a_part_damaged_in_the_middle_is_named_set_aside_and_redone(demo_dir, run_dir, tmp_path, fake, caplog):
+    """400 random bytes in the middle of a part, footer intact: once every rerun failed naming no file."""
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test")
+    out = tmp_path / "out"
+    _explain(run_dir, rows, out)
+    part = sorted((out / "lime.parts").glob("part-*.parquet"))[0]
+    assert engine.checksum_path(part).is_file()  # recorded when it was written
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2 - 200: len(data) // 2 + 200] = os.urandom(400)
+    part.write_bytes(bytes(data))
+    CALLS.clear()
+    with caplog.at_level("WARNING"):
+        totals = _explain(run_dir, rows, out)
+    assert len(CALLS) == 1 and totals["skipped"] == len(rows) - 7  # only the damaged chunk was redone
+    assert part.name in caplog.text and "damaged" in caplog.text
+    assert part.with_name(part.name + ".damaged").is_file()  # set aside, not deleted
+    assert len(tables.read_table(out / "lime.parquet")) == len(rows)
+    CALLS.clear()
+    assert _explain(run_dir, rows, out)["skipped"] == len(rows) and not CALLS  # whole again
+
+
+def test_a_part_written_before_checksums_is_read_in_full_and_adopted(demo_dir, run_dir, tmp_path, fake):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test", limit=7)
+    out = tmp_path / "out"
+    _explain(run_dir, rows, out)
+    part = next((out / "lime.parts").glob("part-*.parquet"))
+    engine.checksum_path(part).unlink()
+    CALLS.clear()
+    assert _explain(run_dir, rows, out)["skipped"] == 7 and not CALLS
+    assert engine.checksum_path(part).is_file()

@@ -43,7 +43,7 @@ from fruitlens import tables
 from fruitlens.batch import pictures
 from fruitlens.batch.methods import METHODS
 from fruitlens.config import ExplainOptions, to_plain
-from fruitlens.digests import code_digest, text_digest
+from fruitlens.digests import code_digest, file_digest, text_digest
 from fruitlens.layout import FAILED, ExplainLayout
 from fruitlens.lifetime import die_with_parent
 from fruitlens.locks import folder_lock
@@ -94,28 +94,51 @@ def read_chunk(rows: pd.DataFrame, size: tuple[int, int], fit: str = "resize"
     return stack, rows.iloc[ok].reset_index(drop=True), pd.DataFrame(failed, columns=["image_id", "path", "error"])
 
 
-def _readable(path: Path) -> bool:
+def checksum_path(part: Path) -> Path:
+    """Where a part's sha256 is recorded when it is written: ``part-<key>.parquet.sha256`` beside it."""
+    return part.with_name(part.name + ".sha256")
+
+
+def _whole(part: Path) -> bool:
+    """Whether ``part`` is the file that was written: its recorded sha256; a part written before checksums
+    were recorded is read in full (every page decoded) and, if whole, gets its checksum now."""
+    record = checksum_path(part)
+    if record.is_file():
+        try:
+            return record.read_text().strip() == file_digest(part)
+        except OSError:
+            return False
     try:
-        pq.read_metadata(path)
-        return True
+        pq.read_table(part)
     except (OSError, pa.ArrowException):
         return False
+    tables.write_bytes(record, file_digest(part).encode())
+    return True
+
+
+def set_part_aside(part: Path) -> Path:
+    """Move a damaged part out of the plan's way (``part-<key>.parquet.damaged``, replacing an older one)."""
+    aside = part.with_name(part.name + ".damaged")
+    os.replace(part, aside)
+    checksum_path(part).unlink(missing_ok=True)
+    return aside
 
 
 def part_state(out: ExplainLayout, method: str, key: str) -> PartState:
-    """``done`` (a readable part, nothing failed), ``retry`` (some image failed last time) or ``missing``.
+    """``done`` (a whole part, nothing failed), ``retry`` (some image failed last time) or ``missing``.
 
-    A part that cannot be read is deleted and counts as missing.
+    A part that is not the file that was written (its checksum, a crash mid-write, bytes changed on disk) is
+    named in a warning, set aside, and counts as missing: its chunk is redone.
     """
     part = out.part(method, key)
     if out.part(FAILED, key).exists():
         return "retry"
     if not part.exists():
         return "missing"
-    if _readable(part):
+    if _whole(part):
         return "done"
-    log.warning("%s cannot be read (a crash while it was written?): redoing its chunk", part)
-    part.unlink()
+    log.warning("%s is damaged (a crash while it was written, or changed on disk): set aside as %s; redoing its "
+                "chunk", part, set_part_aside(part).name)
     return "missing"
 
 
@@ -163,7 +186,10 @@ def no_drawing() -> None:
 def write_part(out_dir: str | os.PathLike, part: Part) -> dict[str, int]:
     """Write a computed part (after its drawing ran) and its failures; the rows and failures written."""
     out = ExplainLayout(out_dir)
-    tables.write_table(part.frame, out.part(part.method, part.key), tables.SCHEMAS[part.method])
+    path = out.part(part.method, part.key)
+    checksum_path(path).unlink(missing_ok=True)  # no stale checksum is ever paired with a new part
+    tables.write_table(part.frame, path, tables.SCHEMAS[part.method])
+    tables.write_bytes(checksum_path(path), file_digest(path).encode())
     failed_part = out.part(FAILED, part.key)
     if len(part.failed):
         tables.write_table(part.failed, failed_part, tables.FAILED_SCHEMA)
@@ -211,7 +237,11 @@ def _prune(folder: Path, keep: set[str]) -> int:
         for part in folder.glob("part-*.parquet"):
             if part.name not in keep:
                 part.unlink(missing_ok=True)
+                checksum_path(part).unlink(missing_ok=True)
                 gone += 1
+        for record in folder.glob("part-*.parquet.sha256"):  # a checksum whose part is gone
+            if not record.with_suffix("").exists():
+                record.unlink(missing_ok=True)
     return gone
 
 
