@@ -115,8 +115,33 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
     return 0
 
 
+def check_dask_address(cfg, timeout: float = 5.0) -> None:
+    """Refuse, before any step runs, a Dask scheduler that cannot be reached (once found after index and
+    train, 48 s later)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if cfg.task_runner != "dask" or not cfg.dask_address:
+        return
+    address = cfg.dask_address if "://" in cfg.dask_address else f"tcp://{cfg.dask_address}"
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port or 8786
+    except ValueError:
+        host = port = None
+    if not host:
+        raise CommandError(f"--dask-address {cfg.dask_address}: expected tcp://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise CommandError(f"--dask-address {cfg.dask_address}: cannot connect ({exc.strerror or exc}); expected "
+                           "a running Dask scheduler") from exc
+
+
 def _cmd_run(args) -> int:
-    return _run_pipeline(args, args.data, args.out, _pipeline_config(args))
+    cfg = _pipeline_config(args)
+    check_dask_address(cfg)
+    return _run_pipeline(args, args.data, args.out, cfg)
 
 
 def _add_demo(sub) -> None:

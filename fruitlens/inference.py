@@ -137,14 +137,23 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     ok = np.array([not e for e in errors], dtype=bool)
     for path, err in zip(rows["path"][~ok], np.asarray(errors, dtype=object)[~ok], strict=True):
         log.warning("skipping unreadable image %s: %s", path, err)
+    if not ok.any():
+        raise ValueError(f"{split}: none of the {len(rows)} images could be read (first: {errors[0]}); "
+                         "nothing evaluated")
     rows, images_u8 = rows[ok].reset_index(drop=True), images_u8[ok]
+    class_of = {name: i for i, name in enumerate(card.classes)}
+    known = rows["label"].map(class_of).notna().to_numpy()
+    if not known.any():  # a model without its card (class_0, ...) or data of other classes: no accuracy at all
+        labels = sorted(set(rows["label"].astype(str)))
+        raise ValueError(f"{split}: none of the {len(rows)} images has a label the model knows (data: "
+                         f"{', '.join(labels[:5])}{', ...' if len(labels) > 5 else ''}; model: "
+                         f"{', '.join(card.classes[:5])}{', ...' if len(card.classes) > 5 else ''}); nothing "
+                         "evaluated. Expected the model's run folder with its model.json, and data of its classes")
     images = images_u8.astype(np.float32) / 255.0
     probs = predict_probs(model, images, batch_size)
     preds = predictions_table(rows, probs, card.classes, top_k_count)
     tables.write_table(preds, out / "predictions.parquet", "predictions")
 
-    class_of = {name: i for i, name in enumerate(card.classes)}
-    known = rows["label"].map(class_of).notna().to_numpy()
     y_true = rows["label"].map(class_of)[known].to_numpy(dtype=np.int64)
     y_pred = probs.argmax(axis=1)[known]
     result = classification_metrics(y_true, y_pred, card.classes, probs[known], top_k_count)

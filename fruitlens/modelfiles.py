@@ -305,6 +305,25 @@ def check_output(model, where: str) -> None:
         raise ModelSourceError(f"{where}: output shape {model.output_shape}; expected (N, classes) class scores")
 
 
+def two_class_model(model, raw, where: str):
+    """A one-unit sigmoid classifier as the two-class model it is: outputs ``[1 - p, p]``.
+
+    A single unit that is not a sigmoid (a logit, a regression) cannot be read as class scores: refused, never
+    taken for a classifier of one class (which would call every photo that class).
+    """
+    import keras
+
+    last = raw.layers[-1] if getattr(raw, "layers", None) else None
+    activation = getattr(getattr(last, "activation", None), "__name__", None)
+    if activation != "sigmoid":
+        raise ModelSourceError(f"{where}: one output unit ({activation or 'unknown'} activation); expected one "
+                               "score per class, or a single sigmoid unit (a binary classifier: two classes)")
+    inp = keras.Input(model.input_shape[1:], name="image")
+    p = model(inp)
+    return keras.Model(inp, keras.layers.Concatenate(name="two_classes")(
+        [keras.layers.Rescaling(-1.0, offset=1.0, name="not_p")(p), p]), name=f"{model.name}_two_classes")
+
+
 def file_sha256(path: Path) -> str:
     """sha256 of a file's bytes."""
     h = hashlib.sha256()

@@ -60,6 +60,7 @@ from fruitlens.modelfiles import (
     load_saved_model,
     read_classes,
     signature_size,
+    two_class_model,
 )
 from fruitlens.runs import ModelCard
 
@@ -311,6 +312,8 @@ class ModelSource:
         needs_wrap = kind == "savedmodel" or preprocessing != "rescale" or fixed is None
         model = wrap_model(raw, size, preprocessing) if needs_wrap else raw
         check_output(model, str(where))
+        if int(model.output_shape[-1]) == 1:  # a sigmoid binary classifier: p(class 1), so 1 - p is class 0
+            model = two_class_model(model, raw, str(where))
         classes = self._classes(card, int(model.output_shape[-1]), str(where))
         arch = card.arch if card is not None else f"{'savedmodel' if kind == 'savedmodel' else 'keras'}:{raw.name}"
         base = card or ModelCard(classes=classes, image_size=size, arch=arch)

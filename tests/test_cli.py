@@ -301,3 +301,79 @@ def test_a_billion_laughs_set_value_and_long_values_are_cut_in_messages(tmp_path
     with pytest.raises(ValueError) as info:
         build(LimeOptions, {"segmenter": "x" * 100_000})
     assert len(str(info.value)) < 400
+
+
+# ---------------------------------------------------------------- exit codes that tell the truth
+
+
+def test_cheap_checks_come_before_tensorflow_is_imported(tmp_path):
+    code = ("import sys\nfrom fruitlens.cli import main\n"
+            "rc = main(['train', '--data', '/nonexistent', '--out', sys.argv[1]])\n"
+            "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules, 'imported TensorFlow first'\n"
+            "sys.exit(rc)\n")
+    env = {**os.environ, "PYTHONPATH": str(PACKAGE.parent)}
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2 and "--data /nonexistent: no such folder" in proc.stderr, proc.stderr
+
+
+def test_an_unreachable_dask_scheduler_is_refused_before_any_step(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    (tmp_path / "data").mkdir()
+    assert main(["run", "--data", str(tmp_path / "data"), "--out", str(tmp_path / "out"), "--task-runner", "dask",
+                 "--dask-address", f"tcp://127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot connect" in err and len(err.splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_evaluating_zero_images_is_exit_2_with_the_reason(demo_dir, tmp_path, capsys):
+    from tests.helpers import tiny_run
+
+    run = tiny_run(tmp_path / "run")
+    (run / "model.json").unlink()  # a run folder without its card: class_0, class_1, class_2
+    assert main(["evaluate", "--model", str(run / "model.keras"), "--data", str(demo_dir), "--out",
+                 str(tmp_path / "eval")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "none of the 24 images has a label the model knows" in err.splitlines()[-1], err  # after 2 warnings
+    assert not (tmp_path / "eval" / "metrics.json").exists()  # no NaN accuracy written
+
+
+def test_explaining_zero_readable_images_is_exit_2(tmp_path, capsys):
+    from tests.helpers import tiny_run
+
+    run = tiny_run(tmp_path / "run")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a photo")
+    assert main(["explain", "--model", str(run), "--data", str(notes), "--out", str(tmp_path / "out"),
+                 "--method", "gradcam"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "none of the 1 images could be read" in err.splitlines()[-1], err
+
+
+def test_a_one_unit_sigmoid_model_is_a_binary_classifier_and_a_one_unit_linear_is_refused(tmp_path, capsys):
+    import keras
+    import numpy as np
+    from PIL import Image
+
+    for activation in ("sigmoid", "linear"):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Flatten(),
+                                  keras.layers.Dense(1, activation=activation)])
+        model.save(tmp_path / f"{activation}.keras")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(photos / f"{i}.png")
+    assert main(["predict", str(photos), "--model", str(tmp_path / "sigmoid.keras"), "--classes", "cat,dog",
+                 "--out", str(tmp_path / "p")]) == 0
+    preds = tables.read_table(tmp_path / "p" / "predictions.parquet")
+    assert set(preds["pred_label"]) <= {"cat", "dog"} and (preds["pred_prob"] >= 0.5).all()
+    assert all(abs(sum(p) - 1) < 1e-5 for p in preds["topk_probs"])  # [1 - p, p]
+    capsys.readouterr()
+    assert main(["predict", str(photos), "--model", str(tmp_path / "linear.keras"), "--out", str(tmp_path / "q")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "one output unit (linear activation)" in err.splitlines()[-1], err

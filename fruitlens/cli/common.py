@@ -31,6 +31,14 @@ def check_output_folder(path: Path | None, flag: str = "--out") -> None:
         raise CommandError(f"{flag} {path}: {existing} is not writable; expected a folder you can write to")
 
 
+def check_data_folder(path: Path, flag: str = "--data") -> None:
+    """Refuse, before anything slow is imported, a data folder that does not exist or is not a folder."""
+    if not Path(path).exists():
+        raise CommandError(f"{flag} {path}: no such folder; expected a dataset root")
+    if not Path(path).is_dir():
+        raise CommandError(f"{flag} {path}: not a folder; expected a dataset root")
+
+
 def check_out_apart_from_data(out: Path | None, data, flag: str = "--data") -> None:
     """Refuse an output folder inside a data folder (the next index would take the PNGs written there as
     labelled photos) or a data folder inside the output folder (the outputs would be read as data next time).

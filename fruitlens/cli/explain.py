@@ -207,6 +207,9 @@ def _cmd_explain(args) -> int:
         write_source_card(args.out, card)
     except ValueError as exc:
         print(f"note: {exc}", file=sys.stderr)
+    if totals["failed"] == len(rows):  # not one image explained, now or before: not a success
+        raise CommandError(f"none of the {len(rows)} images could be read (see {args.out}/failed.parquet); "
+                           "nothing explained")
     done = ", ".join(f"{m}: {totals[m]} rows" for m in methods)
     print(f"explained {len(rows) - totals['skipped'] - totals['failed']} images ({done}); "
           f"{totals['skipped']} already done, {totals['failed']} unreadable; wrote {args.out}")

@@ -5,7 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fruitlens.cli.common import CommandError, _csv, _image_size, add_model_arguments, build_options, model_source
+from fruitlens.cli.common import (
+    CommandError,
+    _csv,
+    _image_size,
+    add_model_arguments,
+    build_options,
+    check_data_folder,
+    model_source,
+)
 
 
 def _add_train(sub) -> None:
@@ -40,7 +48,7 @@ def _add_train(sub) -> None:
 
 
 def _train_config(args):
-    from fruitlens.training import TrainConfig
+    from fruitlens.config import TrainConfig  # no TensorFlow: a bad flag is one line in a fraction of a second
 
     arch = args.arch
     if args.backbones:
@@ -56,9 +64,11 @@ def _train_config(args):
 
 def _cmd_train(args) -> int:
     from fruitlens.locks import folder_lock
+
+    check_data_folder(args.data)  # paths and flags before TensorFlow is imported (seconds)
+    config = _train_config(args)
     from fruitlens.training import train_model
 
-    config = _train_config(args)
     try:
         # a progress bar on a terminal; one line per epoch in a log or pipe (a bar there is one endless line)
         verbose = 1 if sys.stdout.isatty() else 2
@@ -86,11 +96,15 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from fruitlens.inference import evaluate_run
     from fruitlens.locks import folder_lock
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    check_data_folder(args.data)
+    if not args.model.exists() and not str(args.model).startswith("imagenet:"):
+        raise CommandError(f"--model {args.model}: no such file or folder; expected a run folder or a model file")
+    from fruitlens.inference import evaluate_run
+
     try:
         with folder_lock(args.out):
             metrics = evaluate_run(args.model, args.data, args.out, split=args.split,
