@@ -298,3 +298,39 @@ def test_superpixels_of_an_8000x7999_jpeg_work_at_a_bounded_resolution(tmp_path)
     assert peak < 1 << 30, f"peak RSS {peak / 2**20:.0f} MiB"
     with Image.open(tmp_path / "out" / "big_superpixels.png") as img:
         assert max(img.size) <= 2048
+
+
+def _hostile_photo_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder of photos with a good photo, a link leading outside, a link loop, a broken link and a file
+    whose name is not UTF-8; and the outside file."""
+    folder, outside = tmp_path / "photos", tmp_path / "private" / "secret.png"
+    folder.mkdir()
+    outside.parent.mkdir()
+    Image.new("RGB", (12, 10), (200, 30, 30)).save(folder / "good.png")
+    Image.new("RGB", (12, 10), (30, 200, 30)).save(outside)
+    (folder / "out.png").symlink_to(outside)
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "broken.png").symlink_to(folder / "gone.png")
+    Image.new("RGB", (12, 10), (30, 30, 200)).save(os.path.join(os.fsencode(folder), b"caf\xe9.png"))
+    return folder, outside
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_links_loops_and_bad_names_in_a_photo_folder_are_per_file_statuses(command, tmp_path, capsys):
+    from fruitlens.cli import main
+    from tests.helpers import tiny_run
+
+    folder, outside = _hostile_photo_folder(tmp_path)
+    run = tiny_run(tmp_path / "run")
+    out = tmp_path / "out"
+    args = {"predict": ["predict", str(folder), "--model", str(run), "--out", str(out)],
+            "explain": ["explain", "--model", str(run), "--data", str(folder), "--out", str(out),
+                        "--method", "gradcam"]}[command]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "out.png: links to" in err and "outside the dataset root; not read (outside_root)" in err
+    assert "loop.png: a link loop" in err and "broken.png: a broken link" in err
+    assert "caf\\xe9.png: file name is not valid UTF-8" in err and "Traceback" not in err
+    table = tables.read_table(out / ("predictions.parquet" if command == "predict" else "gradcam.parquet"))
+    assert list(table["path"].map(lambda p: Path(p).name)) == ["good.png"]  # only it was read
+    assert not any(str(outside) in str(p) for p in table["path"])
