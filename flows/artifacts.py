@@ -6,14 +6,24 @@ run of its own). Keys are stable (lowercase, dashes), so the UI shows each one's
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 
+def _cell(value):
+    """A table cell as the UI may show it: text holding markup (a class named ``<img onerror=...>``) escaped, so
+    it shows as text wherever it is rendered; plain names (``red_dot``) unchanged."""
+    if isinstance(value, str) and any(c in value for c in "<>&"):
+        return html.escape(value)
+    return value
+
+
 def _records(df) -> list[dict]:
-    return df.astype(object).where(df.notna(), None).to_dict("records")
+    return [{_cell(k): _cell(v) for k, v in row.items()}
+            for row in df.astype(object).where(df.notna(), None).to_dict("records")]
 
 
 def publish_eval_tables(eval_dir: str, prefix: str = "") -> dict:
@@ -35,6 +45,7 @@ def publish_comparison(rows: list[dict], promoted: bool, prefix: str = "", note:
     """Table artifact: the new model against the current one on the same test set."""
     verdict = "promoted to current" if promoted else "kept the current model (the new one is worse)"
     verdict += f"; {note}" if note else ""
+    rows = [{_cell(k): _cell(v) for k, v in row.items()} for row in rows]
     create_table_artifact(rows, key=f"{prefix}model-comparison", description=f"New vs current model: {verdict}")
 
 

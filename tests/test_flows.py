@@ -408,3 +408,17 @@ def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, 
         assert not summary["promoted"]
     page = (second / "report.html").read_text()
     assert "What changed in what the model looks at" in page and "drift/pictures/" not in page  # embedded
+
+
+def test_table_artifacts_escape_class_names_that_hold_markup(monkeypatch):
+    import pandas as pd
+
+    from flows import artifacts
+
+    seen = []
+    monkeypatch.setattr(artifacts, "create_table_artifact", lambda rows, **kw: seen.append(rows))
+    hostile = "<img src=x onerror=alert(1)>"
+    records = artifacts._records(pd.DataFrame({"class": [hostile, "red_dot"], "f1": [0.5, None]}))
+    assert records == [{"class": "&lt;img src=x onerror=alert(1)&gt;", "f1": 0.5}, {"class": "red_dot", "f1": None}]
+    artifacts.publish_comparison([{"model": hostile, "accuracy": 1.0}], promoted=False)
+    assert "<" not in str(seen[0])
