@@ -21,9 +21,12 @@ def _cell(value):
     return value
 
 
+def _escaped(rows: list[dict]) -> list[dict]:
+    return [{_cell(k): _cell(v) for k, v in row.items()} for row in rows]
+
+
 def _records(df) -> list[dict]:
-    return [{_cell(k): _cell(v) for k, v in row.items()}
-            for row in df.astype(object).where(df.notna(), None).to_dict("records")]
+    return _escaped(df.astype(object).where(df.notna(), None).to_dict("records"))
 
 
 def publish_eval_tables(eval_dir: str, prefix: str = "") -> dict:
@@ -45,8 +48,7 @@ def publish_comparison(rows: list[dict], promoted: bool, prefix: str = "", note:
     """Table artifact: the new model against the current one on the same test set."""
     verdict = "promoted to current" if promoted else "kept the current model (the new one is worse)"
     verdict += f"; {note}" if note else ""
-    rows = [{_cell(k): _cell(v) for k, v in row.items()} for row in rows]
-    create_table_artifact(rows, key=f"{prefix}model-comparison", description=f"New vs current model: {verdict}")
+    create_table_artifact(_escaped(rows), key=f"{prefix}model-comparison", description=f"New vs current model: {verdict}")
 
 
 def publish_summary(title: str, metrics: dict, lines: str, images: list[list[str]], prefix: str = "") -> None:
@@ -67,3 +69,9 @@ def publish_links(links: dict[str, str], prefix: str = "") -> int:
             create_link_artifact(p.resolve().as_uri(), link_text=f"{name}: {p.name}", key=key)
             n += 1
     return n
+
+
+def publish_trend(rows: list[dict], prefix: str = "") -> None:
+    """Table artifact: one row per night of the models home (``fruitlens.nights``), newest first."""
+    create_table_artifact(_escaped(rows), key=f"{prefix}nightly-trend",  # run folder names are user strings
+                          description="Trend across nights: accuracy, macro F1, drift, sanity, evidence, shortcuts")
