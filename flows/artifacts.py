@@ -48,7 +48,8 @@ def publish_comparison(rows: list[dict], promoted: bool, prefix: str = "", note:
     """Table artifact: the new model against the current one on the same test set."""
     verdict = "promoted to current" if promoted else "kept the current model (the new one is worse)"
     verdict += f"; {note}" if note else ""
-    create_table_artifact(_escaped(rows), key=f"{prefix}model-comparison", description=f"New vs current model: {verdict}")
+    create_table_artifact(_escaped(rows), key=f"{prefix}model-comparison",
+                          description=f"New vs current model: {verdict}")
 
 
 def publish_summary(title: str, metrics: dict, lines: str, images: list[list[str]], prefix: str = "") -> None:
