@@ -86,15 +86,24 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
     if not PREFECT_API_URL.value():
         print("note: PREFECT_API_URL is not set, so the runs go to a temporary Prefect server; start one with "
               "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api to watch them in the UI")
+    from contextlib import ExitStack
+
+    from fruitlens.locks import FolderBusy, folder_lock
+
     start = time.perf_counter()
-    try:
-        with temporary_server(), pipeline_settings(args.cache_dir):
-            summary = nightly_flow(str(data), str(out), cfg.to_dict(),
-                                   str(args.models_home) if args.models_home else None)
-    except Exception as exc:  # noqa: BLE001 - whatever failed inside the flow run: one line, not a traceback
-        print(f"fruitlens {args.command}: failed: {_one_line(exc)} (details in the Prefect UI and log above)",
-              file=sys.stderr)
-        return 1
+    with ExitStack() as held:
+        try:  # one `run` per run folder: a second one is refused before the server starts
+            held.enter_context(folder_lock(out))
+        except FolderBusy as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            with temporary_server(), pipeline_settings(args.cache_dir):
+                summary = nightly_flow(str(data), str(out), cfg.to_dict(),
+                                       str(args.models_home) if args.models_home else None)
+        except Exception as exc:  # noqa: BLE001 - whatever failed inside the flow run: one line, not a traceback
+            print(f"fruitlens {args.command}: failed: {_one_line(exc)} (details in the Prefect UI and log above)",
+                  file=sys.stderr)
+            return 1
     seconds = time.perf_counter() - start
     timings = summary["timings"]
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
@@ -108,8 +117,33 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
     return 0
 
 
+def check_dask_address(cfg, timeout: float = 5.0) -> None:
+    """Refuse, before any step runs, a Dask scheduler that cannot be reached (once found after index and
+    train, 48 s later)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if cfg.task_runner != "dask" or not cfg.dask_address:
+        return
+    address = cfg.dask_address if "://" in cfg.dask_address else f"tcp://{cfg.dask_address}"
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port or 8786
+    except ValueError:
+        host = port = None
+    if not host:
+        raise CommandError(f"--dask-address {cfg.dask_address}: expected tcp://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise CommandError(f"--dask-address {cfg.dask_address}: cannot connect ({exc.strerror or exc}); expected "
+                           "a running Dask scheduler") from exc
+
+
 def _cmd_run(args) -> int:
-    return _run_pipeline(args, args.data, args.out, _pipeline_config(args))
+    cfg = _pipeline_config(args)
+    check_dask_address(cfg)
+    return _run_pipeline(args, args.data, args.out, cfg)
 
 
 def _add_demo(sub) -> None:
@@ -244,17 +278,21 @@ def _add_cache(sub) -> None:
 def _cmd_cache(args) -> int:
     import shutil
 
-    from fruitlens.config import cache_dir
+    from fruitlens.config import CACHE_MARKER, cache_dir, is_marked_cache
 
     path = args.cache_dir or cache_dir()
     if args.action == "path":
         print(path)
         return 0
-    if path.exists():
-        shutil.rmtree(path)
-        print(f"cleared the task cache {path}")
-    else:
+    if not path.exists() and not path.is_symlink():
         print(f"no task cache at {path}")
+        return 0
+    if not is_marked_cache(path):  # $FRUITLENS_CACHE=$HOME must never empty the home folder
+        raise CommandError(f"--cache-dir {path}: not a fruitlens task cache (no {CACHE_MARKER} file that "
+                           "fruitlens writes into the caches it creates); nothing deleted. Expected the folder "
+                           "a run used as its cache")
+    shutil.rmtree(path)
+    print(f"cleared the task cache {path}")
     return 0
 
 

@@ -48,7 +48,7 @@ from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' opti
     ScoreCamOptions,
     SmoothGradOptions,
 )
-from fruitlens.typed import build, check, to_plain  # noqa: F401 - build and to_plain are part of this API
+from fruitlens.typed import build, check, check_value_count, short, to_plain  # noqa: F401 - API
 
 Split = Literal["train", "val", "test"]
 Selection = Literal["report", "first"]
@@ -136,13 +136,13 @@ def parse_arch(arch: str) -> tuple[str, tuple[str, ...]]:
         names = tuple(n.strip() for n in arch.split(":", 1)[1].replace("+", ",").split(",") if n.strip())
         bad = [n for n in names if n not in BACKBONE_NAMES]
         if bad or not names:
-            raise ValueError(f"backbone {', '.join(bad) or '(none)'} in {arch!r}: expected one or more of "
+            raise ValueError(f"backbone {', '.join(bad) or '(none)'} in {short(arch)}: expected one or more of "
                              f"{', '.join(BACKBONE_NAMES)}")
         if len(set(names)) != len(names):
-            raise ValueError(f"{arch!r}: a backbone is named twice")
+            raise ValueError(f"{short(arch)}: a backbone is named twice")
         return "transfer", names
     if arch not in ARCH_NAMES:
-        raise ValueError(f"architecture {arch!r}: expected one of {', '.join(ARCH_NAMES)} or "
+        raise ValueError(f"architecture {short(arch)}: expected one of {', '.join(ARCH_NAMES)} or "
                          f"transfer:<{'|'.join(BACKBONE_NAMES)}>[,<backbone>...]")
     return arch, ()
 # Side of the largest input fruitlens builds a model for: a 1024 x 1024 float32 batch of 32 is already 400 MB,
@@ -197,7 +197,7 @@ class TrainConfig:
         parse_arch(self.arch)
         size = as_size(self.image_size)
         if max(size) > MAX_IMAGE_SIDE:
-            raise ValueError(f"image_size {self.image_size!r}: expected at most {MAX_IMAGE_SIDE} pixels per side")
+            raise ValueError(f"image_size {short(self.image_size)}: expected at most {MAX_IMAGE_SIDE} pixels per side")
         object.__setattr__(self, "image_size", size[0] if size[0] == size[1] else size)
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
@@ -220,7 +220,7 @@ class TrainConfig:
         ]
         for ok, name, value, expected in checks:
             if not ok:
-                raise ValueError(f"{name} {value!r}: expected {expected}")
+                raise ValueError(f"{name} {short(value)}: expected {expected}")
         if self.augment and self.mode == "bottleneck" and self.arch.startswith("transfer:"):
             raise ValueError("augment with mode bottleneck: features are computed once, so nothing would be "
                              "augmented; use mode frozen or finetune")
@@ -262,7 +262,7 @@ def _train_config(values: Mapping[str, Any] | Any):
     if isinstance(values, TrainConfig):
         return values
     if not isinstance(values, Mapping):
-        raise ValueError(f"train {values!r}: expected a mapping of training options")
+        raise ValueError(f"train {short(values)}: expected a mapping of training options")
     values = {**DEMO_TRAIN, **values}
     if isinstance(values.get("classes"), str):  # "A,B" as on the command line
         values["classes"] = [c.strip() for c in values["classes"].split(",") if c.strip()]
@@ -363,7 +363,7 @@ class PipelineConfig:
             base = to_plain(cls().explain_options)
             given = values["explain_options"] or {}
             if not isinstance(given, Mapping):
-                raise ValueError(f"explain_options {given!r}: expected a mapping of method -> options")
+                raise ValueError(f"explain_options {short(given)}: expected a mapping of method -> options")
             unknown = sorted(set(given) - set(METHODS))
             if unknown:
                 raise ValueError(f"unknown key {', '.join('explain_options.' + k for k in unknown)}; "
@@ -387,6 +387,9 @@ def model_source_fields(model: str | Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(str(exc) if str(exc).startswith("model") else f"model: {exc}") from exc
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; anything this large is not one
+
+
 def load_config(path: str | os.PathLike | None) -> PipelineConfig:
     """Read a YAML (.yaml/.yml) or JSON config file; None gives the defaults.
 
@@ -398,6 +401,8 @@ def load_config(path: str | os.PathLike | None) -> PipelineConfig:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{p}: no such config file; expected a YAML or JSON file")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{p}: {p.stat().st_size} bytes; expected a config file of at most {MAX_CONFIG_BYTES}")
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
@@ -412,6 +417,7 @@ def load_config(path: str | os.PathLike | None) -> PipelineConfig:
         raise ValueError(f"{p}: unreadable config ({type(exc).__name__}: {exc})") from exc
     if data is not None and not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
+    check_value_count(data, str(p))  # a YAML alias bomb: refused before anything walks or prints it
     try:
         return PipelineConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
@@ -430,3 +436,25 @@ def cache_dir() -> Path:
     """Where the pipeline's task cache and results live: ``$FRUITLENS_CACHE`` or ``<home>/cache``."""
     env = os.environ.get("FRUITLENS_CACHE")
     return Path(env).expanduser() if env else fruitlens_home() / "cache"
+
+
+CACHE_MARKER = ".fruitlens-cache"  # written into a cache folder when fruitlens creates or uses it
+
+
+def mark_cache(path: str | os.PathLike) -> Path:
+    """Create the cache folder ``path`` (if missing) and mark it as fruitlens' own when fruitlens created it
+    (or found it empty): only a marked folder is ever deleted by ``fruitlens cache clear``, so a folder that
+    held anything else (``--cache-dir $HOME``) is used but never marked."""
+    folder = Path(path)
+    fresh = not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / CACHE_MARKER
+    if fresh and not folder.is_symlink():
+        marker.write_text("a fruitlens task cache: `fruitlens cache clear` may delete this folder\n")
+    return folder
+
+
+def is_marked_cache(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder fruitlens marked as its cache (``mark_cache``), not a link to one."""
+    folder = Path(path)
+    return folder.is_dir() and not folder.is_symlink() and (folder / CACHE_MARKER).is_file()

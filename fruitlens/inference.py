@@ -137,11 +137,10 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     ok = np.array([not e for e in errors], dtype=bool)
     for path, err in zip(rows["path"][~ok], np.asarray(errors, dtype=object)[~ok], strict=True):
         log.warning("skipping unreadable image %s: %s", path, err)
+    if not ok.any():
+        raise ValueError(f"{split}: none of the {len(rows)} images could be read (first: {errors[0]}); "
+                         "nothing evaluated")
     rows, images_u8 = rows[ok].reset_index(drop=True), images_u8[ok]
-    images = images_u8.astype(np.float32) / 255.0
-    probs = predict_probs(model, images, batch_size)
-    preds = predictions_table(rows, probs, card.classes, top_k_count)
-
     class_of = {name: i for i, name in enumerate(card.classes)}
     known = rows["label"].map(class_of).notna().to_numpy()
     if len(rows) and not known.any():  # nothing to score: a wrong or missing class list, not accuracy nan
@@ -151,6 +150,10 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
                          f"{', ...' if len(card.classes) > 8 else ''}; the folders: {', '.join(have[:8])}"
                          f"{', ...' if len(have) > 8 else ''}); expected --classes naming the model's outputs "
                          "in order, as the class folders are named")
+    images = images_u8.astype(np.float32) / 255.0
+    probs = predict_probs(model, images, batch_size)
+    preds = predictions_table(rows, probs, card.classes, top_k_count)
+
     y_true = rows["label"].map(class_of)[known].to_numpy(dtype=np.int64)
     y_pred = probs.argmax(axis=1)[known]
     tables.write_table(preds, out / "predictions.parquet", "predictions")
@@ -189,8 +192,9 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
             each annotated copy.
 
     Annotated copies (``out_dir/annotated/<stem>.png``) are the original image (converted to RGB, enlarged
-    if small) with the predicted label and probability drawn on it. Unreadable files get a row with an
-    ``error`` and no prediction; they never stop the run unless no file at all could be read.
+    if small, read at a long side of at most ``plots.ANNOTATED_MAX_SIDE`` if large) with the predicted label and
+    probability drawn on it. Unreadable files get a row with an ``error`` and no prediction; they never stop
+    the run unless no file at all could be read.
 
     Returns:
         The predictions table (plus an ``error`` column).
@@ -201,8 +205,8 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     from fruitlens.dataset import image_id
     from fruitlens.images import read_rgb
     from fruitlens.modelio import as_model_source, read_fitted
+    from fruitlens.plots import ANNOTATED_MAX_SIDE, save_png
     from fruitlens.plots import annotate as draw_label
-    from fruitlens.plots import save_png
 
     model, card = as_model_source(model).load()
     out = Path(out_dir)
@@ -239,7 +243,7 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
         for done, i in enumerate(todo, 1):
             name = picture_stem(paths[i], table["image_id"][i])  # d1/a.jpg and d2/a.jpg: two copies
             try:
-                original = read_rgb(paths[i])
+                original = read_rgb(paths[i], max_side=ANNOTATED_MAX_SIDE)  # bounded working size
             except ValueError as exc:
                 log.warning("cannot annotate %s: %s", paths[i], exc)
                 continue

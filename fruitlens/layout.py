@@ -35,6 +35,7 @@ METRICS_FILE = "metrics.json"
 SHORTCUT_FILE = "shortcut.parquet"  # in the evidence folder (RUN/evidence): fruitlens.explain.shortcut
 NIGHTS_FILE = "nights.parquet"  # in a models home and in RUN/trend: one row per run (fruitlens.nights)
 FAILED = "failed"  # the pseudo-method whose table lists the images that could not be read
+LOCK_FILE = ".fruitlens.lock"  # in every folder a command writes: one writer at a time (fruitlens.locks)
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,12 @@ class ExplainLayout:
 
     @property
     def lock(self) -> Path:
-        return self.root / ".explain.lock"
+        return self.root / LOCK_FILE
+
+    @property
+    def model_record(self) -> Path:
+        """Which model's explanations the folder holds (its digest): tables of two models are never mixed."""
+        return self.root / ".explained-model.json"
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from fruitlens import tables
+from fruitlens.config import MAX_IMAGE_SIDE
 from fruitlens.layout import CARD_FILE, MODEL_FILE
 from fruitlens.modelfiles import (
     IMAGENET_APPS,
@@ -59,6 +60,7 @@ from fruitlens.modelfiles import (
     load_saved_model,
     read_classes,
     signature_size,
+    two_class_model,
 )
 from fruitlens.runs import ModelCard
 
@@ -181,6 +183,9 @@ class ModelSource:
             size = tuple(int(v) for v in self.image_size)
             if len(size) != 2 or min(size) < 1:
                 raise ModelSourceError(f"image_size {self.image_size}: expected (height, width) > 0")
+            if max(size) > MAX_IMAGE_SIDE:  # the training limit holds for models that take any size too
+                raise ModelSourceError(f"image_size {size[0]}x{size[1]}: expected at most {MAX_IMAGE_SIDE} pixels "
+                                       "per side")
             object.__setattr__(self, "image_size", size)
         if self.preprocessing is not None and self.preprocessing not in PREPROCESSINGS:
             raise ModelSourceError(f"preprocessing {self.preprocessing!r}: expected one of {', '.join(PREPROCESSINGS)}")
@@ -226,6 +231,15 @@ class ModelSource:
     # -- loading
 
     def load(self):
+        """Load ``(model, card)`` (see ``_load``); a model whose input is larger than ``MAX_IMAGE_SIDE`` per side
+        is refused (its batches would not fit in memory)."""
+        model, card = self._load()
+        if max(card.image_size) > MAX_IMAGE_SIDE:
+            raise ModelSourceError(f"{self.spec}: input size {card.image_size[0]}x{card.image_size[1]}; expected at "
+                                   f"most {MAX_IMAGE_SIDE} pixels per side")
+        return model, card
+
+    def _load(self):
         """Load ``(model, card)``: the model takes (N, H, W, 3) float32 [0, 1] at ``card.image_size``.
 
         Raises:
@@ -298,6 +312,8 @@ class ModelSource:
         needs_wrap = kind == "savedmodel" or preprocessing != "rescale" or fixed is None
         model = wrap_model(raw, size, preprocessing) if needs_wrap else raw
         check_output(model, str(where))
+        if int(model.output_shape[-1]) == 1:  # a sigmoid binary classifier: p(class 1), so 1 - p is class 0
+            model = two_class_model(model, raw, str(where))
         classes = self._classes(card, int(model.output_shape[-1]), str(where))
         arch = card.arch if card is not None else f"{'savedmodel' if kind == 'savedmodel' else 'keras'}:{raw.name}"
         base = card or ModelCard(classes=classes, image_size=size, arch=arch)
@@ -453,7 +469,7 @@ def read_fitted(paths: Sequence[str | os.PathLike], size: tuple[int, int], fit: 
     ``resize`` goes through ``inputs.decode_images`` (the training pixels); ``crop`` reads each photo and
     applies :func:`fit_photo`. An unreadable file leaves zeros and its one-line reason.
     """
-    from fruitlens.images import read_rgb
+    from fruitlens.images import read_uint8
     from fruitlens.inputs import decode_images
 
     if fit == "resize":
@@ -463,7 +479,7 @@ def read_fitted(paths: Sequence[str | os.PathLike], size: tuple[int, int], fit: 
     errors = []
     for i, path in enumerate(paths):
         try:
-            out[i] = fit_photo(read_rgb(path), size, fit)[0]
+            out[i] = fit_photo(read_uint8(path), size, fit)[0]  # 8 bits: a quarter of float32's memory
             errors.append("")
         except ValueError as exc:
             errors.append(str(exc))

@@ -38,13 +38,13 @@ import numpy as np
 import pandas as pd
 
 from fruitlens import tables
+from fruitlens.checkpoints import STATE_FILE, checksums, resumable_state
 from fruitlens.config import MAX_IMAGE_SIDE  # noqa: F401 - re-exported
 from fruitlens.inputs import AugmentConfig
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-STATE_FILE = "state.json"
 # Keys that may change between a killed run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "memory_limit"}
 # Largest image side. Every model here is made for 20-299 px inputs (the Keras backbones' native sizes
@@ -106,6 +106,7 @@ def _make_checkpointer(ckpt_dir: Path, state: dict, monitor: str, seed_vars=(), 
                     self.model.save(tmp)
             with tables.atomic_path(ckpt_dir / "last.keras") as tmp:
                 self.model.save(tmp)
+            state["checksums"] = checksums(ckpt_dir)  # what a resume verifies (fruitlens.checkpoints)
             state["epoch"] = row["epoch"]
             state["seed_states"] = [np.asarray(v).tolist() for v in seed_vars]
             stopper = state.get("_stopper")
@@ -323,10 +324,8 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
     ckpt.mkdir(parents=True, exist_ok=True)
     remove_leftover_temp_files(ckpt)
     models.check_weights(config.arch, config.weights, config.alpha)  # before reading any data
-    resumed = resume and (ckpt / STATE_FILE).is_file() and (ckpt / "last.keras").is_file()
-    if resume and not resumed:
-        log.warning("--resume: no checkpoint in %s; starting a fresh run", ckpt)
-    saved = tables.read_json(ckpt / STATE_FILE) if resumed else None
+    saved = resumable_state(ckpt) if resume else None  # a damaged checkpoint: said, set aside, fresh start
+    resumed = saved is not None
     if saved is not None:
         _check_same_config(saved, config)  # before reading any data
     data = prepare_data(data_dir, run, config, workers=workers)

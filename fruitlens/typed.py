@@ -7,11 +7,43 @@ Unknown keys, wrong types and bad values are a ``ValueError`` that names the key
 from __future__ import annotations
 
 import dataclasses
+import reprlib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, Literal, get_args, get_origin
+
+MAX_SHOWN = 80  # characters of a value an error message shows (a YAML alias bomb must not be printed whole)
+MAX_VALUES = 100_000  # values (scalars, items, keys) a config or a --set value may hold: refused beyond
+
+_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no arguments
+_SHORT.maxlevel, _SHORT.maxtuple, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxset = 3, 6, 6, 6, 6
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = MAX_SHOWN, MAX_SHOWN, 40
+
+
+def short(value: Any) -> str:
+    """``repr(value)`` cut to about ``MAX_SHOWN`` characters, in bounded time whatever its size or nesting."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= MAX_SHOWN + 10 else text[:MAX_SHOWN] + "..."
+
+
+def check_value_count(value: Any, where: str, limit: int = MAX_VALUES) -> Any:
+    """``value`` unchanged if it holds at most ``limit`` values, counted through shared references (a YAML
+    "billion laughs" of 300 bytes holds 10^9); else a ValueError, found after at most ``limit`` steps."""
+    seen, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise ValueError(f"{where}: more than {limit} values (nested aliases that expand?); expected a "
+                             "plain config of numbers, names and short lists")
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -69,7 +101,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ValueError(f"{where} {value!r}: expected {_type_name(tp)}")
+    raise ValueError(f"{where} {short(value)}: expected {_type_name(tp)}")
 
 
 def build(cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
@@ -81,12 +113,12 @@ def build(cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
-        raise ValueError(f"{where or cls.__name__} {values!r}: expected a mapping of {cls.__name__} fields")
+        raise ValueError(f"{where or cls.__name__} {short(values)}: expected a mapping of {cls.__name__} fields")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls) if f.init]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(map(str, set(values) - set(names)))
     if unknown:
-        keys = ", ".join(f"{where}.{k}" if where else str(k) for k in unknown)
+        keys = ", ".join(f"{where}.{k[:MAX_SHOWN]}" if where else k[:MAX_SHOWN] for k in unknown[:5])
         raise ValueError(f"unknown key {keys}; expected one of {', '.join(names)}")
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     try:
@@ -109,4 +141,4 @@ def to_plain(obj: Any) -> Any:
 def check(checks: list[tuple[bool, str, Any, str]]) -> None:
     for ok, name, value, expected in checks:
         if not ok:
-            raise ValueError(f"{name} {value!r}: expected {expected}")
+            raise ValueError(f"{name} {short(value)}: expected {expected}")

@@ -45,7 +45,7 @@ def test_config_round_trip_and_partial_sections(tmp_path):
     ({"explain_options": {"gradcm": {}}}, r"unknown key explain_options.gradcm; expected one of lime, gradcam"),
     ({"explain_options": {"lime": {"num_sample": 5}}},
      r"unknown key explain_options.lime.num_sample; expected one of num_samples, seed"),
-    ({"explain_options": {"lime": {"num_samples": 1}}}, "explain_options.lime: num_samples 1: expected at least 2"),
+    ({"explain_options": {"lime": {"num_samples": 1}}}, "explain_options.lime: num_samples 1: expected 2 to 100000"),
     ({"explain_options": {"lime": {"segmenter_params": {"n_superpixel": 9}}}},
      "unknown slic parameter.s. n_superpixel"),
     ({"explain_options": {"gradcam": {"variant": "gradcam+"}}}, "variant 'gradcam\\+': expected one of gradcam"),
@@ -71,10 +71,13 @@ def test_config_file_errors(tmp_path):
 
 
 def test_cache_dir_and_clear(tmp_path, monkeypatch, capsys):
+    from fruitlens.config import mark_cache
+
     monkeypatch.setenv("FRUITLENS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("FRUITLENS_CACHE", raising=False)
     assert cache_dir() == tmp_path / "home" / "cache"
     monkeypatch.setenv("FRUITLENS_CACHE", str(tmp_path / "c"))
+    mark_cache(tmp_path / "c")  # as a run does when it creates its cache
     (tmp_path / "c" / "results").mkdir(parents=True)
     assert main(["cache", "path"]) == 0 and capsys.readouterr().out.strip() == str(tmp_path / "c")
     assert main(["cache", "clear"]) == 0 and not (tmp_path / "c").exists()

@@ -607,3 +607,17 @@ def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, 
     names = [name for name, _ in read_events("first", expect={"fruitlens.run.completed"})]
     assert names.count("fruitlens.run.completed") == 2  # the first night and its unchanged rerun
     assert names.count("fruitlens.model.promoted") == 1 and "fruitlens.model.rejected" not in names  # rerun: neither
+
+
+def test_table_artifacts_escape_class_names_that_hold_markup(monkeypatch):
+    import pandas as pd
+
+    from flows import artifacts
+
+    seen = []
+    monkeypatch.setattr(artifacts, "create_table_artifact", lambda rows, **kw: seen.append(rows))
+    hostile = "<img src=x onerror=alert(1)>"
+    records = artifacts._records(pd.DataFrame({"class": [hostile, "red_dot"], "f1": [0.5, None]}))
+    assert records == [{"class": "&lt;img src=x onerror=alert(1)&gt;", "f1": 0.5}, {"class": "red_dot", "f1": None}]
+    artifacts.publish_comparison([{"model": hostile, "accuracy": 1.0}], promoted=False)
+    assert "<" not in str(seen[0])

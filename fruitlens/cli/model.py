@@ -13,6 +13,7 @@ from fruitlens.cli.common import (
     add_model_arguments,
     add_read_as_argument,
     build_options,
+    check_data_folder,
     model_source,
 )
 
@@ -49,7 +50,7 @@ def _add_train(sub) -> None:
 
 
 def _train_config(args):
-    from fruitlens.training import TrainConfig
+    from fruitlens.config import TrainConfig  # no TensorFlow: a bad flag is one line in a fraction of a second
 
     arch = args.arch
     if args.backbones:
@@ -64,13 +65,17 @@ def _train_config(args):
 
 
 def _cmd_train(args) -> int:
+    from fruitlens.locks import folder_lock
+
+    check_data_folder(args.data)  # paths and flags before TensorFlow is imported (seconds)
+    config = _train_config(args)
     from fruitlens.training import train_model
 
-    config = _train_config(args)
     try:
         # a progress bar on a terminal; one line per epoch in a log or pipe (a bar there is one endless line)
         verbose = 1 if sys.stdout.isatty() else 2
-        result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
+        with folder_lock(args.out):  # a second train into the same folder is refused, not the last writer wins
+            result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
     except ValueError as exc:  # bad weights file, no ImageNet weights offline, changed config on resume, ...
         raise CommandError(str(exc).splitlines()[0]) from exc
     m = result["metrics"]
@@ -93,12 +98,19 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(args) -> int:
-    from fruitlens.inference import evaluate_run
+    from fruitlens.locks import folder_lock
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    check_data_folder(args.data)
+    if not Path(args.model).exists() and not str(args.model).startswith("imagenet:"):
+        raise CommandError(f"--model {args.model}: no such file or folder; expected a run folder or a model file")
+    source = model_source(args)
+    from fruitlens.inference import evaluate_run
+
     try:
-        metrics = evaluate_run(model_source(args), args.data, args.out, split=args.split, top_k_count=args.top_k)
+        with folder_lock(args.out):
+            metrics = evaluate_run(source, args.data, args.out, split=args.split, top_k_count=args.top_k)
     except ValueError as exc:
         raise CommandError(str(exc).splitlines()[0]) from exc
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images; macro F1 "
@@ -124,12 +136,15 @@ def _cmd_predict(args) -> int:
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    source = model_source(args)  # a bad flag: one line before any folder is read or written
     files, labels = files_and_labels(args.files, args.read_as)
     if not files:
         raise CommandError(f"{' '.join(map(str, args.files))}: no image files found (rule: {FOLDER_RULE})")
+    from fruitlens.locks import folder_lock
+
     try:
-        with Progress(0, "annotated") as bar:
-            table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k, labels=labels,
+        with folder_lock(args.out), Progress(0, "annotated") as bar:
+            table = predict_files(source, files, args.out, top_k_count=args.top_k, labels=labels,
                                   progress=bar.advance_to)
     except ValueError as exc:  # a bad model file, or not one image could be read
         raise CommandError(str(exc).splitlines()[0]) from exc
