@@ -119,6 +119,8 @@ def parse_methods(methods: str | typing.Sequence[str]) -> tuple[str, ...]:
 
 ClassWeights = Literal["none", "balanced"]
 Monitor = Literal["val_accuracy", "val_loss"]
+Keep = Literal["best", "last"]
+KEEPS: tuple[str, ...] = get_args(Keep)
 TrainMode = Literal["bottleneck", "frozen", "finetune"]
 MODES: tuple[str, ...] = get_args(TrainMode)
 # Architecture names (the builders live in fruitlens.models, which needs Keras; a test keeps these equal)
@@ -168,8 +170,12 @@ class TrainConfig:
         early_stopping: patience in epochs on ``monitor`` (0: off).
         class_weights: ``balanced`` weighs each class by n / (C * n_class) in the loss.
         tensorboard: write TensorBoard logs to ``run_dir/logs``.
-        val_fraction: share of training images carved out for validation when the data has no val split.
+        val_fraction: share of training images carved out for validation when the data has no val split
+            (0 <= v < 1; the command line's ``--val-split``). 0: no holdout, every training image is trained on
+            and the last epoch is kept (there is nothing to pick a best epoch on).
         monitor: the validation metric that picks the best epoch.
+        keep: which epoch's weights become the model: ``best`` (by ``monitor``; the last epoch when there are
+            no validation images) or ``last`` (the fixed-epoch model: ``epochs`` decides).
     """
 
     arch: str = "seed_cnn"
@@ -190,6 +196,7 @@ class TrainConfig:
     val_fraction: float = 0.15
     monitor: Monitor = "val_accuracy"
     memory_limit: int = DEFAULT_MEMORY_LIMIT
+    keep: Keep = "best"
 
     def __post_init__(self) -> None:
         from fruitlens.inputs import AugmentConfig, as_size
@@ -213,7 +220,9 @@ class TrainConfig:
             (self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}"),
             (self.class_weights in ("none", "balanced"), "class_weights", self.class_weights, "none or balanced"),
             (self.monitor in ("val_accuracy", "val_loss"), "monitor", self.monitor, "val_accuracy or val_loss"),
-            (0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a fraction in (0, 1)"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction,
+             "a fraction in [0, 1) (0: no holdout, train on every training image)"),
+            (self.keep in KEEPS, "keep", self.keep, f"one of {', '.join(KEEPS)}"),
             (self.early_stopping >= 0, "early_stopping", self.early_stopping, "a patience >= 0 (0: off)"),
             (self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0"),
             (self.alpha > 0, "alpha", self.alpha, "> 0"),

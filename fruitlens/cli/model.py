@@ -33,8 +33,11 @@ def _add_train(sub) -> None:
                    help="stop after PATIENCE epochs without validation improvement (0: off)")
     p.add_argument("--class-weights", default="none", help="none or balanced (for imbalanced classes)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to RUN_DIR/logs")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="validation share carved from train "
-                   "when the data has no validation split")
+    p.add_argument("--val-split", "--val-fraction", dest="val_fraction", type=float, default=0.15,
+                   help="validation share carved from train when the data has no validation split, 0 <= v < 1 "
+                   "(0: no holdout, train on every training image and keep the last epoch)")
+    p.add_argument("--keep", default="best", help="best (the best epoch by --monitor) or last (the last epoch: "
+                   "a fixed-epoch model)")
     p.add_argument("--monitor", default="val_accuracy", help="val_accuracy or val_loss: picks the best epoch")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
 
@@ -50,8 +53,8 @@ def _train_config(args):
               "seed": args.seed, "weights": args.weights, "mode": args.mode, "alpha": args.alpha,
               "learning_rate": args.learning_rate, "augment": args.augment, "early_stopping": args.early_stopping,
               "class_weights": args.class_weights, "tensorboard": args.tensorboard,
-              "val_fraction": args.val_fraction, "monitor": args.monitor}
-    return build_options(TrainConfig, values, {"early_stopping": "--early-stopping"})
+              "val_fraction": args.val_fraction, "monitor": args.monitor, "keep": args.keep}
+    return build_options(TrainConfig, values, {"early_stopping": "--early-stopping", "val_fraction": "--val-split"})
 
 
 def _cmd_train(args) -> int:
@@ -66,9 +69,14 @@ def _cmd_train(args) -> int:
         raise CommandError(str(exc).splitlines()[0]) from exc
     m = result["metrics"]
     start = f"resumed after epoch {result['resumed_from']}, " if result["resumed_from"] else ""
-    print(f"trained {config.arch} on {result['counts']['train']} images ({len(result['classes'])} classes): "
-          f"{start}{result['epochs']} epochs, best epoch {result['best_epoch']} "
-          f"val_accuracy {m.get('val_accuracy', float('nan')):.4f}; {result['seconds']:.1f}s")
+    v = result["validation"]
+    kept = (f"best epoch {result['best_epoch']} val_accuracy {m['val_accuracy']:.4f}"
+            if v["keep"] == "best" and "val_accuracy" in m else
+            f"kept the last epoch ({result['best_epoch']})" + (f", val_accuracy {m['val_accuracy']:.4f}"
+                                                               if "val_accuracy" in m else ""))
+    print(f"trained {config.arch} on {result['counts']['train']} images ({len(result['classes'])} classes), "
+          f"{v['held_out']} held out for validation: {start}{result['epochs']} epochs, {kept}; "
+          f"{result['seconds']:.1f}s")
     print(f"wrote {result['model_path']}, model.json, history.parquet, curves.png, checkpoints/")
     return 0
 
