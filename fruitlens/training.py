@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -383,7 +383,7 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         for name in ("best.keras", "last.keras", STATE_FILE):
             (ckpt / name).unlink(missing_ok=True)
 
-    full = augmenter = None
+    full = augmenter = recipe = None
     if config.is_bottleneck or not resumed:
         full = models.build_model(config.arch, num_classes, config.size, weights=config.weights,
                                   mode=config.mode, alpha=config.alpha, seed=config.seed)
@@ -403,14 +403,19 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         val_ds = (_features_dataset(val_x, data.val.labels, 1024, shuffle=False, seed=0)
                   if val_x is not None else None)
     else:
-        steps = math.ceil(len(data.train) / config.batch_size) * config.epochs
+        from fruitlens import recipes
+
+        recipe = recipes.resolved(config)
+        per_epoch = math.ceil(len(data.train) / config.batch_size)
         trainee = (keras.models.load_model(ckpt / "last.keras") if resumed
-                   else models.compile_model(full, config.arch, config.mode, config.learning_rate, steps))
+                   else recipes.compile_with(full, config, recipe, per_epoch))
         augmenter = (build_augmenter(AugmentConfig(**dict(config.augment_options)), seed=config.seed)
-                     if config.augment else None)
+                     if config.augment and recipe.augment_policy == "classic" else None)
         train_ds = make_dataset(data.train, config.batch_size, shuffle=True, seed=config.seed, epochs=config.epochs,
                                 initial_epoch=state["epoch"], augmenter=augmenter)
-        val_ds = make_dataset(data.val, 256) if data.val is not None else None
+        train_ds = recipes.finish_train(train_ds, config, recipe, num_classes, int(state["epoch"]) * per_epoch)
+        val_ds = recipes.finish_eval(make_dataset(data.val, 256) if data.val is not None else None, recipe,
+                                     num_classes)
 
     initial_epoch = int(state["epoch"])
     seed_vars = _seed_variables(trainee, augmenter)
@@ -469,7 +474,8 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
     card = ModelCard(classes=data.classes, image_size=config.size, arch=config.arch,
                      preprocessing=models.preprocessing_of(config.arch), fingerprint=data.fingerprint,
                      seed=config.seed, metrics={k: v for k, v in metrics.items() if not _isnan(v)},
-                     config={**config.to_dict(), "counts": data.counts, "validation": holdout},
+                     config={**config.to_dict(), "counts": data.counts, "validation": holdout,
+                             **({"recipe": asdict(recipe)} if recipe is not None else {})},
                      versions=library_versions())
     card_path = write_card(run, card)
     return {"model_path": str(model_path), "card_path": str(card_path), "history_path": str(history_path),

@@ -12,7 +12,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a classifier with checkpoints; writes model.keras, model.json, history")
     p.add_argument("--data", type=Path, required=True, help="dataset root")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--arch", default="seed_cnn", help="seed_cnn, fruit_net, small_convnet, lenet or "
+    p.add_argument("--arch", default="seed_cnn", help="seed_cnn, fruit_net, small_convnet, lenet, photo_resnet or "
                    "transfer:<vgg16|resnet50|mobilenet_v2|xception|inception_v3|efficientnet_b0>")
     p.add_argument("--backbones", default=None, help="comma-separated backbones whose features are concatenated "
                    "(same as --arch transfer:a,b,c)")
@@ -36,6 +36,20 @@ def _add_train(sub) -> None:
     p.add_argument("--val-split", "--val-fraction", dest="val_fraction", type=float, default=0.15,
                    help="validation share carved from train when the data has no validation split, 0 <= v < 1 "
                    "(0: no holdout, train on every training image and keep the last epoch)")
+    p.add_argument("--optimizer", default="default", help="default (the architecture's), adam, adamw, rmsprop, sgd")
+    p.add_argument("--schedule", default="default", help="learning rate: default (the architecture's), constant, "
+                   "cosine, warmup_cosine")
+    p.add_argument("--warmup-epochs", type=float, default=2.0, help="warm-up of warmup_cosine (at most half the run)")
+    p.add_argument("--weight-decay", type=float, default=0.004, help="AdamW's decoupled weight decay")
+    p.add_argument("--label-smoothing", type=float, default=None, help="0 <= v < 1 (default: 0.1 for "
+                   "photo_resnet, else 0)")
+    p.add_argument("--augment-policy", default=None, help="with --augment: classic (the tutorials' rotations/"
+                   "shifts/shear/zoom/flip) or photo (random resized crop, flip, colour jitter); default: photo "
+                   "for photo_resnet, else classic")
+    p.add_argument("--crop-scale", type=float, default=0.35, help="photo policy: smallest crop, share of the area")
+    p.add_argument("--jitter", type=float, default=0.2, help="photo policy: colour jitter strength (0: off)")
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta alpha (0: off)")
+    p.add_argument("--cutmix", type=float, default=0.0, help="cutmix Beta alpha (0: off)")
     p.add_argument("--keep", default="best", help="best (the best epoch by --monitor) or last (the last epoch: "
                    "a fixed-epoch model)")
     p.add_argument("--monitor", default="val_accuracy", help="val_accuracy or val_loss: picks the best epoch")
@@ -53,7 +67,10 @@ def _train_config(args):
               "seed": args.seed, "weights": args.weights, "mode": args.mode, "alpha": args.alpha,
               "learning_rate": args.learning_rate, "augment": args.augment, "early_stopping": args.early_stopping,
               "class_weights": args.class_weights, "tensorboard": args.tensorboard,
-              "val_fraction": args.val_fraction, "monitor": args.monitor, "keep": args.keep}
+              "val_fraction": args.val_fraction, "monitor": args.monitor, "keep": args.keep,
+              **{k: getattr(args, k) for k in ("optimizer", "schedule", "warmup_epochs", "weight_decay",
+                                               "label_smoothing", "augment_policy", "crop_scale", "jitter",
+                                               "mixup", "cutmix")}}
     return build_options(TrainConfig, values, {"early_stopping": "--early-stopping", "val_fraction": "--val-split"})
 
 
@@ -89,6 +106,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="folder for predictions.parquet, metrics.json, the confusion and mistakes PNGs")
     p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
+    p.add_argument("--tta", default="none", help="test-time augmentation: none or flip (the mean of each image's "
+                   "and its mirror's probabilities)")
 
 
 def _cmd_evaluate(args) -> int:
@@ -97,7 +116,10 @@ def _cmd_evaluate(args) -> int:
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
     try:
-        metrics = evaluate_run(args.model, args.data, args.out, split=args.split, top_k_count=args.top_k)
+        if args.tta not in ("none", "flip"):
+            raise CommandError(f"--tta {args.tta!r}: expected none or flip")
+        metrics = evaluate_run(args.model, args.data, args.out, split=args.split, top_k_count=args.top_k,
+                               tta=args.tta)
     except ValueError as exc:
         raise CommandError(str(exc).splitlines()[0]) from exc
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images; macro F1 "
