@@ -22,6 +22,9 @@ EVIDENCE_SCHEMA = pa.schema([
     ("with_mask", pa.int32()),  # images with an evidence mask
     ("pointing_game", pa.float64()),  # share of heatmap peaks on the mask; null without masks
     ("evidence_share", pa.float64()),  # mean share of heat on the mask; null without masks
+    # where the heat sits without masks (fruitlens.explain.shortcut): mean shares of heat and of area
+    ("border_share", pa.float64()), ("border_area", pa.float64()),
+    ("background_share", pa.float64()), ("background_area", pa.float64()),
 ])
 
 GROUPS = ("correct", "mistake")
@@ -36,6 +39,7 @@ def class_evidence(model, rows: pd.DataFrame, class_names: Sequence[str], size: 
     from fruitlens.explain.drift import evidence_share
     from fruitlens.explain.faithfulness import pointing_game
     from fruitlens.explain.gradcam import GradCAM
+    from fruitlens.explain.shortcut import SHARE_COLUMNS, heat_shares
 
     rows = rows[rows["label"].isin(class_names)].reset_index(drop=True)
     cam = GradCAM(model, layer)
@@ -47,11 +51,14 @@ def class_evidence(model, rows: pd.DataFrame, class_names: Sequence[str], size: 
             continue
         result = cam.explain(images)
         masks = _masks(part, size)
+        shares = heat_shares(result.heatmaps, images)
         for i, (label, target) in enumerate(zip(part["label"], result.targets, strict=True)):
             key = (str(label), "correct" if class_names[int(target)] == label else "mistake")
             sums[key] = sums.get(key, 0) + result.heatmaps[i]
-            s = stats.setdefault(key, {"n": [], "hit": [], "share": []})
+            s = stats.setdefault(key, {"n": [], "hit": [], "share": [], **{c: [] for c in SHARE_COLUMNS}})
             s["n"].append(1)
+            for c in SHARE_COLUMNS:
+                s[c].append(float(shares[c][i]))
             if i in masks:
                 s["hit"].append(bool(pointing_game(result.heatmaps[i:i + 1], masks[i][None])[0]))
                 s["share"].append(float(evidence_share(result.heatmaps[i:i + 1], masks[i][None].astype(np.float32))[0]))
@@ -63,7 +70,8 @@ def class_evidence(model, rows: pd.DataFrame, class_names: Sequence[str], size: 
                 continue
             out.append({"label": label, "group": group, "images": len(s["n"]), "with_mask": len(s["hit"]),
                         "pointing_game": float(np.mean(s["hit"])) if s["hit"] else None,
-                        "evidence_share": float(np.nanmean(s["share"])) if s["share"] else None})
+                        "evidence_share": float(np.nanmean(s["share"])) if s["share"] else None,
+                        **{c: float(np.mean(s[c])) for c in SHARE_COLUMNS}})
     means = {k: v / len(stats[k]["n"]) for k, v in sums.items()}
     return pd.DataFrame(out, columns=EVIDENCE_SCHEMA.names), means
 
@@ -115,4 +123,15 @@ def evidence_run(source, index_dir, split: str, out_dir) -> str:
     model, card = source.load()
     rows = rows_from_index(index_dir, split)
     table, means = class_evidence(model, rows, list(card.classes), tuple(card.image_size), fit=card.fit)
+    write_shortcut(out_dir, table)
     return str(write_class_evidence(out_dir, table, means, list(card.classes)))
+
+
+def write_shortcut(out_dir, evidence: pd.DataFrame) -> Path:
+    """Write ``shortcut.parquet`` (``fruitlens.explain.shortcut``: per class, is the evidence on the border or the
+    background?) from a ``class_evidence`` table into ``out_dir``; its path."""
+    from fruitlens import tables
+    from fruitlens.explain.shortcut import shortcut_table
+    from fruitlens.layout import SHORTCUT_FILE
+
+    return tables.write_table(shortcut_table(evidence), Path(out_dir) / SHORTCUT_FILE, "shortcut")
