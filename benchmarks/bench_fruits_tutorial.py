@@ -12,7 +12,10 @@ accuracy on the Test folder (5,195 images), which neither side sees before the e
 - ``fruitlens``: ``train_model`` with its defaults (15 % carved from Training, best epoch by val_accuracy),
   evaluated by ``evaluate_run`` (what ``fruitlens train ... && fruitlens evaluate`` do);
 - ``fruitlens_all``: ``train_model`` with ``val_fraction=0`` (``--val-split 0``: every training image, the
-  last epoch kept).
+  last epoch kept);
+- ``tutorial_fruitlens_pixels``: the tutorial's model and ``model.fit`` (Keras' own shuffling, global seed)
+  on the pixels fruitlens decodes (PIL, JPEG draft + bilinear, uint8), every training image: the
+  decoding alone.
 
     python -m benchmarks.bench_fruits_tutorial [--epochs 10] [--seeds 42] [--only tutorial,fruitlens_all,...]
 
@@ -38,7 +41,7 @@ FRUITS360 = _BESIDE if (_BESIDE / "Training").is_dir() else Path("/work/shared/d
 
 SIZE = 20
 BATCH = 32
-VARIANTS = ("tutorial", "tutorial_holdout", "fruitlens", "fruitlens_all")
+VARIANTS = ("tutorial", "tutorial_holdout", "fruitlens", "fruitlens_all", "tutorial_fruitlens_pixels")
 
 
 def _load_avg() -> list[float]:
@@ -74,6 +77,27 @@ def bench_tutorial(epochs: int, seed: int, holdout: float) -> dict:
     return {"test_accuracy": round(float(acc), 4), "trained_on": n_train, "held_out": 15506 - n_train if holdout
             else 0, "epoch_kept": epochs, "train_minutes": round(train_seconds / 60, 2), "load_before": load,
             "load_after": _load_avg()}
+
+
+def bench_tutorial_on_fruitlens_pixels(epochs: int, seed: int) -> dict:
+    """The tutorial's fit on fruitlens' decoded pixels (every training image), evaluated on fruitlens' test pixels."""
+    import keras
+
+    from fruitlens.dataset import index_dataset
+    from fruitlens.inputs import load_images
+    from fruitlens.models import compile_model, seed_cnn
+
+    keras.utils.set_random_seed(seed)
+    load = _load_avg()
+    start = time.perf_counter()
+    index = index_dataset(FRUITS360, seed=seed)
+    train, test = load_images(index.paths("train"), SIZE), load_images(index.paths("test"), SIZE)
+    model = compile_model(seed_cnn(len(index.classes), (SIZE, SIZE)), "seed_cnn")
+    model.fit(train.floats(), train.labels, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0)
+    train_seconds = time.perf_counter() - start
+    _, acc = model.evaluate(test.floats(), test.labels, batch_size=256, verbose=0)
+    return {"test_accuracy": round(float(acc), 4), "trained_on": len(train), "held_out": 0, "epoch_kept": epochs,
+            "train_minutes": round(train_seconds / 60, 2), "load_before": load, "load_after": _load_avg()}
 
 
 def bench_fruitlens(epochs: int, seed: int, work: Path, val_fraction: float) -> dict:
@@ -125,6 +149,8 @@ def main() -> None:
                     out = bench_tutorial(args.epochs, seed, 0.0)
                 elif name == "tutorial_holdout":
                     out = bench_tutorial(args.epochs, seed, 0.15)
+                elif name == "tutorial_fruitlens_pixels":
+                    out = bench_tutorial_on_fruitlens_pixels(args.epochs, seed)
                 elif name == "fruitlens":
                     out = bench_fruitlens(args.epochs, seed, work, 0.15)
                 else:

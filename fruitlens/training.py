@@ -201,7 +201,9 @@ def prepare_data(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config
     val_source = "the data's val split"
     if len(val_rows) == 0 and config.val_fraction > 0:
         train_rows, val_rows = split_validation(train_rows, config.val_fraction, config.seed)
-        val_source = f"{config.val_fraction:.0%} of the training images, stratified by class (val_fraction)"
+        val_source = (f"{config.val_fraction:.0%} of the training images, stratified by class (val_fraction)"
+                      if len(val_rows) else f"none: val_fraction {config.val_fraction} of the training images "
+                      "rounds to 0 per class")
     elif len(val_rows) == 0:
         val_source = "none (val_fraction 0: every training image is trained on)"
     t_index = time.perf_counter() - start

@@ -77,7 +77,7 @@ def test_nine_images_warn_in_one_line_instead_of_a_silent_nan(tmp_path, capsys):
     from fruitlens.report.record import holdout_paragraph
 
     html = holdout_paragraph(card.to_json())
-    assert "Warning: the validation split is empty" in html and "nothing held out" in html
+    assert "Warning: the validation split is empty" in html and "nothing held out (none: val_fraction 0.15" in html
 
 
 def test_a_tiny_validation_split_is_warned_about(demo_dir, tmp_path, caplog):
