@@ -15,7 +15,10 @@ accuracy on the Test folder (5,195 images), which neither side sees before the e
   last epoch kept);
 - ``tutorial_fruitlens_pixels``: the tutorial's model and ``model.fit`` (Keras' own shuffling, global seed)
   on the pixels fruitlens decodes (PIL, JPEG draft + bilinear, uint8), every training image: the
-  decoding alone.
+  decoding alone;
+- ``tutorial_fruitlens_init``: the same, with the initial weights and dropout seeds as fruitlens makes them
+  (``models.build_model(..., seed=seed)``, every initializer seeded from the run's seed) instead of Keras'
+  global seed: the initialisation alone.
 
     python -m benchmarks.bench_fruits_tutorial [--epochs 10] [--seeds 42] [--only tutorial,fruitlens_all,...]
 
@@ -41,7 +44,8 @@ FRUITS360 = _BESIDE if (_BESIDE / "Training").is_dir() else Path("/work/shared/d
 
 SIZE = 20
 BATCH = 32
-VARIANTS = ("tutorial", "tutorial_holdout", "fruitlens", "fruitlens_all", "tutorial_fruitlens_pixels")
+VARIANTS = ("tutorial", "tutorial_holdout", "fruitlens", "fruitlens_all", "tutorial_fruitlens_pixels",
+            "tutorial_fruitlens_init")
 
 
 def _load_avg() -> list[float]:
@@ -79,7 +83,7 @@ def bench_tutorial(epochs: int, seed: int, holdout: float) -> dict:
             "load_after": _load_avg()}
 
 
-def bench_tutorial_on_fruitlens_pixels(epochs: int, seed: int) -> dict:
+def bench_tutorial_on_fruitlens_pixels(epochs: int, seed: int, fruitlens_init: bool = False) -> dict:
     """The tutorial's fit on fruitlens' decoded pixels (every training image), evaluated on fruitlens' test pixels."""
     import keras
 
@@ -92,7 +96,12 @@ def bench_tutorial_on_fruitlens_pixels(epochs: int, seed: int) -> dict:
     start = time.perf_counter()
     index = index_dataset(FRUITS360, seed=seed)
     train, test = load_images(index.paths("train"), SIZE), load_images(index.paths("test"), SIZE)
-    model = compile_model(seed_cnn(len(index.classes), (SIZE, SIZE)), "seed_cnn")
+    if fruitlens_init:
+        from fruitlens.models import build_model
+
+        model = compile_model(build_model("seed_cnn", len(index.classes), SIZE, seed=seed), "seed_cnn")
+    else:
+        model = compile_model(seed_cnn(len(index.classes), (SIZE, SIZE)), "seed_cnn")
     model.fit(train.floats(), train.labels, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0)
     train_seconds = time.perf_counter() - start
     _, acc = model.evaluate(test.floats(), test.labels, batch_size=256, verbose=0)
@@ -151,6 +160,8 @@ def main() -> None:
                     out = bench_tutorial(args.epochs, seed, 0.15)
                 elif name == "tutorial_fruitlens_pixels":
                     out = bench_tutorial_on_fruitlens_pixels(args.epochs, seed)
+                elif name == "tutorial_fruitlens_init":
+                    out = bench_tutorial_on_fruitlens_pixels(args.epochs, seed, fruitlens_init=True)
                 elif name == "fruitlens":
                     out = bench_fruitlens(args.epochs, seed, work, 0.15)
                 else:
