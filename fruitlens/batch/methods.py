@@ -107,7 +107,9 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
 
     ids = [str(i) for i in rows["image_id"]]
     segmenter = make_segmenter(options.segmenter, **options.segmenter_params)
-    results = explain_lime(model, images, top_labels=options.top_labels, num_samples=options.num_samples,
+    at_photo = lime_segments(images, rows, card, segmenter, options.seed)
+    results = explain_lime(model, images, segments=np.stack([s.coarse for s in at_photo]),
+                           top_labels=options.top_labels, num_samples=options.num_samples,
                            hide_color=options.fill, seed=[image_seed(options.seed, i) for i in ids],
                            batch_size=options.batch_size, segmenter=segmenter, num_features=options.num_features,
                            feature_selection=options.feature_selection, adaptive=options.adaptive,
@@ -119,6 +121,7 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
     frames = []
     for i, res in enumerate(results):
         df = res.to_rows(ids[i], card.classes, path=rows["path"].iloc[i], true_label=rows["label"].iloc[i])
+        df["segmenter"] = f"{segmenter.name}@{at_photo[i].fine.shape[1]}x{at_photo[i].fine.shape[0]}"
         df["segments_path"] = files[i]["segments"]
         df["picture_path"] = files[i].get("outline")
         is_top = (df["label_index"] == res.labels[0]).to_numpy()
@@ -133,7 +136,27 @@ def run_lime(model, card, images: np.ndarray, rows: pd.DataFrame, options: LimeO
             df["evidence"] = np.nan
         frames.append(df)
     frame = pd.concat(frames, ignore_index=True) if frames else tables.LIME_SCHEMA.empty_table().to_pandas()
-    return frame, functools.partial(pictures.write_lime, out, rows, images, results, card, options)
+    return frame, functools.partial(pictures.write_lime, out, rows, images, results, card, options,
+                                    fine=[s.fine for s in at_photo])
+
+
+def lime_segments(images: np.ndarray, rows: pd.DataFrame, card, segmenter, seed: int) -> list:
+    """LIME's superpixels of each image, segmented on its photo at the working size
+    (``segmentation.photo_segments``); an image whose file cannot be read again is segmented as the model sees it."""
+    from fruitlens.explain.segmentation import PhotoSegments, photo_segments
+    from fruitlens.images import read_rgb
+
+    out = []
+    for image, path, image_id in zip(images, rows["path"], rows["image_id"], strict=True):
+        s = int(np.random.SeedSequence(image_seed(seed, str(image_id))).generate_state(1)[0])
+        try:
+            photo = read_rgb(path)
+        except (OSError, ValueError):
+            seg = segmenter.segment(image, s)
+            out.append(PhotoSegments(coarse=seg, fine=seg))
+            continue
+        out.append(photo_segments(photo, card.image_size, segmenter, fit=getattr(card, "fit", "resize"), seed=s))
+    return out
 
 
 # ------------------------------------------------------------------------------------ heatmap methods

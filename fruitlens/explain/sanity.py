@@ -204,7 +204,8 @@ def _lime_maps(result, targets: np.ndarray) -> tuple[list[np.ndarray], np.ndarra
 
 def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str] = METHODS,
                extra: Mapping[str, HeatmapExplainer] | None = None, targets: np.ndarray | None = None,
-               layer: str | None = None, lime_options=None, seed: int = 0) -> SanityResult:
+               layer: str | None = None, lime_options=None, seed: int = 0,
+               progress: Callable[[int, int], None] | None = None) -> SanityResult:
     """The cascading model parameter randomisation test on ``images``.
 
     Args:
@@ -217,6 +218,7 @@ def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str]
         lime_options: ``fruitlens.config.LimeOptions`` (num_samples, segmenter, hide_color, ...); its seed
             is replaced by ``seed`` so every step perturbs alike.
         seed: seeds the re-initialisation and LIME's samples.
+        progress: called as ``progress(steps done, steps)`` after each step (for a progress bar).
 
     Returns:
         A :class:`SanityResult` with one step per re-initialised layer, plus step 0.
@@ -262,10 +264,14 @@ def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str]
 
     rng = np.random.default_rng(seed)
     steps = [explain_all()]
+    if progress is not None:
+        progress(1, len(cascade) + 1)
     for ref in cascade:
         reinitialise(ref.layer, rng)
         steps.append(explain_all())
         log.info("sanity: re-initialised %s", ref.path)
+        if progress is not None:
+            progress(len(steps), len(cascade) + 1)
     names = list(steps[0])
     heatmaps = {m: np.stack([s[m][0] for s in steps]) for m in names}
     rank, ssim, top = {}, {}, {}
