@@ -31,10 +31,11 @@ def publish_eval_tables(eval_dir: str, prefix: str = "") -> dict:
     return {"classes": int(len(per_class)), "confusion_cells": int(len(confusion))}
 
 
-def publish_comparison(rows: list[dict], promoted: bool, prefix: str = "", note: str = "") -> None:
-    """Table artifact: the new model against the current one on the same test set."""
-    verdict = "promoted to current" if promoted else "kept the current model (the new one is worse)"
-    verdict += f"; {note}" if note else ""
+def publish_comparison(rows: list[dict], decision: str, prefix: str = "", note: str = "") -> None:
+    """Table artifact: the new model against the current one on the same test set, and the decision."""
+    from fruitlens.promotion import DECISION_WORDS
+
+    verdict = DECISION_WORDS[decision] + (f"; {note}" if note else "")
     create_table_artifact(rows, key=f"{prefix}model-comparison", description=f"New vs current model: {verdict}")
 
 

@@ -24,7 +24,8 @@ def _add_pipeline_options(p) -> None:
                    help="where explanation chunks run: a thread pool (default) or Dask (prefect-dask)")
     p.add_argument("--dask-address", default=None, help="Dask scheduler address (default: start a local cluster)")
     p.add_argument("--models-home", type=Path, default=None,
-                   help="where the current model lives (default: <out>/../models)")
+                   help="where the current model lives (default: <out>/../models/<out's name>, one per run folder; "
+                        "name one folder to share it between run folders)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="task cache and results (default: $FRUITLENS_CACHE or $FRUITLENS_HOME/cache)")
 
@@ -79,6 +80,7 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
     from flows.nightly import nightly_flow
     from flows.server import temporary_server
     from flows.settings import pipeline_settings
+    from fruitlens.promotion import decision_line
 
     _own_logging(args)
     if not PREFECT_API_URL.value():
@@ -99,7 +101,7 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
     m = summary["metrics"]
     print(f"pipeline steps took {sum(timings.values()):.1f}s ({steps}); the command {seconds:.1f}s with Prefect")
     print(f"test accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n']} images; "
-          f"{'promoted to current' if summary['promoted'] else 'kept the current model'} in {summary['models_home']}")
+          f"{decision_line(summary['decision'], summary['models_home'])}")
     if summary.get("note"):
         print(f"note: {summary['note']}")
     print(f"wrote {out} (run.json" + (", report.html)" if summary.get("report") else ")"))

@@ -336,7 +336,8 @@ class PipelineConfig:
         visualize: write activation and filter grids for the first explained image.
         report: write report.html.
         promote_metric: the metric the new model must not be worse on to become "current".
-        models_home: where the "current" model lives (default: ``<out>/../models``).
+        models_home: where the "current" model lives (default: ``<out>/../models/<out's name>``, one per run
+            folder; ``fruitlens.promotion.default_models_home``).
         task_runner: "thread" (default) or "dask" for the explanation chunks.
         dask_address: scheduler address for "dask"; None starts a local cluster.
         model: explain an existing model instead of training one: a spec (``pets.keras``, ``imagenet:vgg16``,

@@ -111,6 +111,10 @@ class SanityLayout:
     def verdicts(self) -> Path:
         return self.root / "verdicts.json"
 
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.table, self.figure, self.verdicts
+
 
 @dataclass(frozen=True)
 class RunLayout:
@@ -265,9 +269,13 @@ class RunLayout:
 
 EVAL_FILES = (PREDICTIONS_FILE, METRICS_FILE, "confusion.parquet", "confusion.png", "mistakes.png")
 
-# Top-level names of a run folder that a report does not show (its digest leaves them out). run.json is
-# shown (timings), so a rerun whose only change is its timings rebuilds the report too.
+# Top-level names of a run folder that a report does not show (its digest leaves them out).
 NOT_REPORTED = (REPORT_FILE, "checkpoints", "logs", "eval_current", "cache")
+
+# run.json keys that describe one invocation of the pipeline (its seconds, its decision), not what the run
+# folder holds. The report's digest leaves them out, so a rerun that changed nothing keeps the report as it is;
+# the report shows those of the run that built it, and says so.
+PER_INVOCATION_KEYS = ("timings", "total_seconds", "promoted", "decision")
 
 
 def picture_stem(path: str | os.PathLike, image_id: str, max_len: int = 40) -> str:

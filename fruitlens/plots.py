@@ -22,7 +22,6 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -58,6 +57,19 @@ from fruitlens.overlays import (  # noqa: E402, F401  (re-exported)
 )
 from fruitlens.pngs import encode_png  # noqa: E402
 from fruitlens.tables import atomic_path  # noqa: E402
+
+
+class _Pyplot:
+    """``matplotlib.pyplot``, imported on first use: a cached rerun draws nothing and should not pay for it
+    (0.2-0.7 s, every pipeline run imports this module through the explanation engine)."""
+
+    def __getattr__(self, name: str):
+        import matplotlib.pyplot
+
+        return getattr(matplotlib.pyplot, name)
+
+
+plt = _Pyplot()
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str | None = None, *,

@@ -164,6 +164,42 @@ def test_promote_model_swaps_current(tmp_path):
     assert promotion.comparable(("a",), tmp_path / "empty") == (False, "")
 
 
+def test_default_models_home_is_the_run_folders_own_and_each_run_ends_in_one_decision(tmp_path):
+    runs = tmp_path / "runs"
+    assert promotion.default_models_home(runs / "demo") == (runs / "models" / "demo").resolve()
+    assert promotion.default_models_home(runs / "fruits") == (runs / "models" / "fruits").resolve()
+    assert promotion.default_models_home(runs / "demo" / ".." / "demo") == promotion.default_models_home(runs / "demo")
+    assert promotion.decide(same_model=True, promote=True) == "unchanged"  # nothing to decide: it is current
+    assert promotion.decide(same_model=False, promote=True) == "promoted"
+    assert promotion.decide(same_model=False, promote=False) == "kept"
+    home = runs / "models" / "demo"
+    assert promotion.decision_line("unchanged", home) == f"unchanged: the current model in {home} is already this one"
+    assert promotion.decision_line("promoted", home) == f"promoted to current in {home}"
+    assert promotion.decision_line("kept", home) == f"kept the current model in {home}"
+    with pytest.raises(ValueError, match="decision 'maybe': expected one of promoted, kept, unchanged"):
+        promotion.decision_line("maybe", home)
+
+
+def test_report_key_leaves_out_what_describes_one_invocation(tmp_path):
+    """run.json's timings and decision change on every rerun; the report's digest ignores them, nothing else."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text('{"accuracy": 0.9}')
+    record = {"config": {"epochs": 5}, "data_dir": "d", "timings": {"train": 9.0}, "total_seconds": 9.0,
+              "promoted": True, "decision": "promoted"}
+    tables.write_json(run / "run.json", record)
+    before = digests.run_digest(run)
+    tables.write_json(run / "run.json", {**record, "timings": {"train": 0.1}, "total_seconds": 0.1,
+                                         "promoted": False, "decision": "unchanged"})
+    assert digests.run_digest(run) == before
+    tables.write_json(run / "run.json", {**record, "config": {"epochs": 6}})
+    assert digests.run_digest(run) != before
+    tables.write_json(run / "run.json", record)
+    (run / "eval" / "metrics.json").write_text('{"accuracy": 0.8}')
+    assert digests.run_digest(run) != before
+
+
 def test_summary_markdown_embeds_thumbnails(tmp_path):
     import numpy as np
 

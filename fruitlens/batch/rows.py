@@ -15,6 +15,7 @@ from typing import Literal
 
 import pandas as pd
 
+from fruitlens import tables
 from fruitlens.dataset import (
     IMAGE_SUFFIXES,
     MASK_SUFFIX,
@@ -25,6 +26,7 @@ from fruitlens.dataset import (
     load_index,
 )
 from fruitlens.digests import file_digest
+from fruitlens.layout import ExplainLayout
 
 COLUMNS = ("image_id", "path", "label", "mask_path", "sha256")
 
@@ -200,3 +202,25 @@ def files_and_labels(data: Sequence[str | os.PathLike], read_as: str = "auto") -
         files += [index.root / p for p in index.table["path"]]  # unusable files get their error row
         labels += [str(v) for v in index.table["label"]]
     return files, labels
+
+
+def probe_content(rows: pd.DataFrame) -> list[str]:
+    """What a cache key needs of probe images: ``<image id>:<sha256>`` of each, in order."""
+    return [f"{i}:{s}" for i, s in zip(rows["image_id"], rows["sha256"], strict=True)]
+
+
+def probe_rows(index_dir: str | os.PathLike, split: str, explain_dir: str | os.PathLike, n: int) -> pd.DataFrame:
+    """The probe set: the first ``n`` (by image id) of the images explained in ``explain_dir``, with their
+    index rows (path, label, mask_path, sha256); every usable image of ``split`` when none was explained.
+
+    Drift and LIME stability work on it, and their cache keys read it: nothing here imports TensorFlow.
+    """
+    rows = rows_from_index(index_dir, split)
+    ids: set[str] = set()
+    for method in ("gradcam", "lime"):
+        path = ExplainLayout(Path(explain_dir)).table(method)
+        if path.is_file():
+            ids |= set(tables.read_table(path)["image_id"].astype(str))
+    if ids:
+        rows = rows[rows["image_id"].astype(str).isin(ids)]
+    return rows.sort_values("image_id", ignore_index=True).head(n)

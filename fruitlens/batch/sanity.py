@@ -15,7 +15,7 @@ import pandas as pd
 
 def sanity_methods(methods: Sequence[str], options) -> tuple[str, ...]:
     """The randomisation-test names of the run's ``methods`` (``ExplainOptions`` picks the CAM variant)."""
-    from fruitlens.explain.sanity import CAM_METHODS
+    from fruitlens.sanity_names import CAM_METHODS
 
     out = []
     if "gradcam" in methods and options.gradcam.variant in CAM_METHODS:
@@ -42,6 +42,22 @@ def sanity_run(source, rows: pd.DataFrame, methods: Sequence[str], options, out_
     return str(SanityLayout(Path(out_dir)).verdicts)
 
 
+def discard_sanity(out_dir) -> list[str]:
+    """Remove a sanity folder's three files (not the folder, nothing else); the paths removed.
+
+    A nightly that does not run the check this time must not report an earlier night's verdicts, made with
+    another model, as this model's.
+    """
+    from fruitlens.layout import SanityLayout
+
+    removed = []
+    for path in SanityLayout(Path(out_dir)).files:
+        if path.is_file():
+            path.unlink()
+            removed.append(str(path))
+    return removed
+
+
 def read_verdicts(out_dir) -> dict[str, bool]:
     """{method: passed} from a sanity folder's verdicts.json; {} when there is none."""
     from fruitlens import tables
@@ -55,6 +71,6 @@ def read_verdicts(out_dir) -> dict[str, bool]:
 
 def verdict_words(verdicts: Mapping[str, bool]) -> str:
     """``Grad-CAM passes, LIME FAILS`` ("" without verdicts)."""
-    from fruitlens.explain.sanity import METHOD_TITLES
+    from fruitlens.sanity_names import METHOD_TITLES
 
     return ", ".join(f"{METHOD_TITLES.get(m, m)} {'passes' if ok else 'FAILS'}" for m, ok in verdicts.items())

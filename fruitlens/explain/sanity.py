@@ -27,14 +27,13 @@ import numpy as np
 import pandas as pd
 
 from fruitlens.explain.keras_graph import CONV_TYPES, LayerRef, find_layer, walk_layers
+from fruitlens.sanity_names import CAM_METHODS, METHOD_TITLES, METHODS  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 HeatmapExplainer = Callable[[keras.Model, np.ndarray, np.ndarray], np.ndarray]
 """(model, images (N, H, W, 3) in [0, 1], targets (N,) class ids) -> (N, H, W) heatmaps."""
 
-CAM_METHODS = ("gradcam", "gradcam++")
-METHODS = (*CAM_METHODS, "lime")
 TOP_K = 5  # LIME: superpixels compared by overlap
 
 
@@ -339,7 +338,6 @@ def edge_detector(model: keras.Model, images: np.ndarray, targets: np.ndarray) -
 
 # ------------------------------------------------------------------------------------ figure and files
 
-METHOD_TITLES = {"gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "lime": "LIME", "edges": "edge detector"}
 
 
 def cascade_figure(result: SanityResult, images: np.ndarray, *, shown: Sequence[int] = (0, 1),

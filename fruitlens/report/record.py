@@ -278,7 +278,9 @@ def _timings(rj: dict) -> str:
     raw = rj.get("timings")
     steps = [(str(k), float(v)) for k, v in raw.items() if isinstance(v, (int, float))] if isinstance(raw, dict) else []
     total = rj.get("total_seconds")
-    parts = ["<h3>Timings of each step</h3>"]
+    parts = ["<h3>Timings of each step</h3>",
+             "<p class=\"note\">Of the run that built this report. A later run that changes nothing (every step "
+             "cached) leaves the report as it is; its own timings are in <code>run.json</code>.</p>"]
     if not steps:
         parts.append("<p class=\"missing\">run.json records no step timings (<code>timings</code>).</p>")
     else:
