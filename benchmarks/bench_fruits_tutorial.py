@@ -37,7 +37,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from benchmarks._common import FRUITS360 as _BESIDE, write_result  # noqa: E402
+from benchmarks._common import FRUITS360 as _BESIDE  # noqa: E402
+from benchmarks._common import write_result
 
 # beside the repository (a checkout in /work/main), else the shared copy (a worktree elsewhere), else --data
 FRUITS360 = _BESIDE if (_BESIDE / "Training").is_dir() else Path("/work/shared/datasets/fruits360")

@@ -131,7 +131,6 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     from fruitlens.inputs import decode_images
     from fruitlens.modelio import as_model_source
     from fruitlens.plots import plot_confusion, plot_gallery
-
     from fruitlens.recipes import check_tta, tta_probs
 
     check_tta(tta)
