@@ -369,6 +369,8 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         _check_same_config(saved, config)  # before reading any data
     data = prepare_data(data_dir, run, config, workers=workers)
     num_classes = len(data.classes)
+    if saved is not None:
+        _check_same_data(saved, data)  # a refused resume says one line, not the holdout warning first
     holdout = holdout_record(data, config)
     if holdout["warning"]:
         log.warning("%s", holdout["warning"])
@@ -378,7 +380,6 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
                              "config": config.to_dict(), "classes": list(data.classes),
                              "fingerprint": data.fingerprint, "stopped_early": False}
     if saved is not None:
-        _check_same_data(saved, data)
         state.update({k: v for k, v in saved.items() if k != "config"})
     else:
         for name in ("best.keras", "last.keras", STATE_FILE):
