@@ -610,14 +610,19 @@ def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, 
 
 
 def test_table_artifacts_escape_class_names_that_hold_markup(monkeypatch):
+    """String cells as markdown that shows them as typed (the UI renders cells as markdown; headers as text,
+    so they stay raw); what the browser shows is tests/test_ui_artifacts.py."""
     import pandas as pd
 
     from flows import artifacts
 
     seen = []
-    monkeypatch.setattr(artifacts, "create_table_artifact", lambda rows, **kw: seen.append(rows))
+    monkeypatch.setattr(artifacts, "create_table_artifact", lambda rows, **kw: seen.append((rows, kw)))
     hostile = "<img src=x onerror=alert(1)>"
-    records = artifacts._records(pd.DataFrame({"class": [hostile, "red_dot"], "f1": [0.5, None]}))
-    assert records == [{"class": "&lt;img src=x onerror=alert(1)&gt;", "f1": 0.5}, {"class": "red_dot", "f1": None}]
-    artifacts.publish_comparison([{"model": hostile, "accuracy": 1.0}], promoted=False)
-    assert "<" not in str(seen[0])
+    records = artifacts._records(pd.DataFrame({"class": [hostile, "red_dot", "x*y*"], "f1": [0.5, None, 1.0]}))
+    assert records == [{"class": "&lt;img src=x onerror=alert\\(1\\)&gt;", "f1": 0.5},
+                       {"class": "red\\_dot", "f1": None}, {"class": "x\\*y\\*", "f1": 1.0}]
+    assert artifacts._escaped([{hostile: 1}]) == [{hostile: 1}]  # a header is shown as text
+    artifacts.publish_comparison([{"model": hostile, "accuracy": 1.0}], "kept", note=hostile)
+    rows, kw = seen[0]
+    assert "<" not in str(rows) and "<" not in kw["description"]
