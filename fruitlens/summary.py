@@ -64,12 +64,13 @@ def summary_markdown(title: str, metrics: Mapping[str, Any], lines: Sequence[str
                      images: Sequence[tuple[str, str | os.PathLike]], max_size: int = 240) -> str:
     """Markdown with the headline numbers, a few lines and thumbnails embedded as data URIs."""
     md_lines = [f"# {markdown_text(title)}", "", "| metric | value |", "|---|---|"]
-    md_lines += [f"| {markdown_text(k)} | {v:.4f} |" if isinstance(v, float) else f"| {markdown_text(k)} | {markdown_text(v)} |"
-                 for k, v in metrics.items()]
+    md_lines += [f"| {markdown_text(k)} | {v:.4f} |" if isinstance(v, float)
+                 else f"| {markdown_text(k)} | {markdown_text(v)} |" for k, v in metrics.items()]
     md_lines += ["", *lines, ""]
     for caption, path in images:
         if Path(path).is_file():
-            md_lines += [f"**{markdown_text(caption)}**", "", f"![{markdown_text(caption)}]({thumbnail_uri(path, max_size)})", ""]
+            text = markdown_text(caption)
+            md_lines += [f"**{text}**", "", f"![{text}]({thumbnail_uri(path, max_size)})", ""]
     return "\n".join(md_lines)
 
 
@@ -82,7 +83,8 @@ def run_summary(run_dir: str | os.PathLike, data_dir: str, config, index: Mappin
     lines = [f"- data: {markdown_text(data_dir)}, {index['num_ok']} usable images ({index['num_bad']} unusable), "
              f"{len(index['classes'])} classes",
              (f"- model: {markdown_text(config.train.arch)} at {config.train.size[0]}x{config.train.size[1]} px, "
-              f"{train['epochs']} epochs" if config.model is None else f"- model: {markdown_text(config.model['spec'])}")
+              f"{train['epochs']} epochs" if config.model is None
+              else f"- model: {markdown_text(config.model['spec'])}")
              + f", digest `{train['model_digest'][:12]}`",
              "- explained: " + ", ".join(f"{m} {n} rows" for m, n in explained.get("rows", {}).items()),
              f"- current model: {DECISION_WORDS[comparison['decision']]} "
