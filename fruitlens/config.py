@@ -119,10 +119,15 @@ def parse_methods(methods: str | typing.Sequence[str]) -> tuple[str, ...]:
 
 ClassWeights = Literal["none", "balanced"]
 Monitor = Literal["val_accuracy", "val_loss"]
+Keep = Literal["best", "last"]
+KEEPS: tuple[str, ...] = get_args(Keep)
 TrainMode = Literal["bottleneck", "frozen", "finetune"]
 MODES: tuple[str, ...] = get_args(TrainMode)
 # Architecture names (the builders live in fruitlens.models, which needs Keras; a test keeps these equal)
-ARCH_NAMES = ("seed_cnn", "fruit_net", "small_convnet", "lenet")
+ARCH_NAMES = ("seed_cnn", "fruit_net", "small_convnet", "lenet", "photo_resnet")
+OPTIMIZERS = ("default", "adam", "adamw", "rmsprop", "sgd")
+SCHEDULES = ("default", "constant", "cosine", "warmup_cosine")
+AUGMENT_POLICIES = ("classic", "photo")
 BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenet_v2", "xception", "inception_v3", "efficientnet_b0")
 
 
@@ -168,8 +173,23 @@ class TrainConfig:
         early_stopping: patience in epochs on ``monitor`` (0: off).
         class_weights: ``balanced`` weighs each class by n / (C * n_class) in the loss.
         tensorboard: write TensorBoard logs to ``run_dir/logs``.
-        val_fraction: share of training images carved out for validation when the data has no val split.
+        val_fraction: share of training images carved out for validation when the data has no val split
+            (0 <= v < 1; the command line's ``--val-split``). 0: no holdout, every training image is trained on
+            and the last epoch is kept (there is nothing to pick a best epoch on).
         monitor: the validation metric that picks the best epoch.
+        optimizer, schedule: ``default`` (the architecture's: the tutorials' for the tutorial models, AdamW with
+            warm-up + cosine for ``photo_resnet``), or adam | adamw | rmsprop | sgd, constant | cosine |
+            warmup_cosine (see :mod:`fruitlens.recipes`).
+        warmup_epochs: linear warm-up of ``warmup_cosine`` (epochs, may be fractional; at most half the run).
+        weight_decay: AdamW's decoupled weight decay.
+        label_smoothing: None: the architecture's (0.1 for ``photo_resnet``, else 0).
+        augment_policy: with ``augment``: ``classic`` (the tutorials' flips/rotations/shifts/shear/zoom) or
+            ``photo`` (random resized crop down to ``crop_scale`` of the area, flip, colour jitter by
+            ``jitter``); None: the architecture's (photo for ``photo_resnet``).
+        mixup, cutmix: Beta(alpha, alpha) mixing of each batch with itself reversed (0: off; both: one of
+            the two per batch).
+        keep: which epoch's weights become the model: ``best`` (by ``monitor``; the last epoch when there are
+            no validation images) or ``last`` (the fixed-epoch model: ``epochs`` decides).
     """
 
     arch: str = "seed_cnn"
@@ -190,6 +210,17 @@ class TrainConfig:
     val_fraction: float = 0.15
     monitor: Monitor = "val_accuracy"
     memory_limit: int = DEFAULT_MEMORY_LIMIT
+    keep: Keep = "best"
+    optimizer: str = "default"
+    schedule: str = "default"
+    warmup_epochs: float = 2.0
+    weight_decay: float = 0.004
+    label_smoothing: float | None = None
+    augment_policy: str | None = None
+    crop_scale: float = 0.35
+    jitter: float = 0.2
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     def __post_init__(self) -> None:
         from fruitlens.inputs import AugmentConfig, as_size
@@ -213,7 +244,21 @@ class TrainConfig:
             (self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}"),
             (self.class_weights in ("none", "balanced"), "class_weights", self.class_weights, "none or balanced"),
             (self.monitor in ("val_accuracy", "val_loss"), "monitor", self.monitor, "val_accuracy or val_loss"),
-            (0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a fraction in (0, 1)"),
+            (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}"),
+            (self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, ">= 0 (at most half the run is used)"),
+            (0 <= self.weight_decay < 1, "weight_decay", self.weight_decay, "in [0, 1)"),
+            (self.label_smoothing is None or 0 <= self.label_smoothing < 1, "label_smoothing",
+             self.label_smoothing, "in [0, 1) or null (the architecture's default)"),
+            (self.augment_policy is None or self.augment_policy in AUGMENT_POLICIES, "augment_policy",
+             self.augment_policy, f"one of {', '.join(AUGMENT_POLICIES)} or null (the architecture's default)"),
+            (0 < self.crop_scale <= 1, "crop_scale", self.crop_scale, "a share of the image area in (0, 1]"),
+            (0 <= self.jitter < 1, "jitter", self.jitter, "in [0, 1)"),
+            (self.mixup >= 0, "mixup", self.mixup, "a Beta parameter >= 0 (0: off)"),
+            (self.cutmix >= 0, "cutmix", self.cutmix, "a Beta parameter >= 0 (0: off)"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction,
+             "a fraction in [0, 1) (0: no holdout, train on every training image)"),
+            (self.keep in KEEPS, "keep", self.keep, f"one of {', '.join(KEEPS)}"),
             (self.early_stopping >= 0, "early_stopping", self.early_stopping, "a patience >= 0 (0: off)"),
             (self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0"),
             (self.alpha > 0, "alpha", self.alpha, "> 0"),

@@ -110,8 +110,11 @@ def _rows_for(data_dir: str | os.PathLike, run_dir: Path, split: str) -> pd.Data
 
 def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                  split: str = "test", top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256,
-                 max_mistakes: int = 20) -> dict[str, Any]:
+                 max_mistakes: int = 20, tta: str = "none") -> dict[str, Any]:
     """Predict one split of ``data_dir`` with a model and write the evaluation into ``out_dir``.
+
+    ``tta``: ``none`` or ``flip`` (test-time augmentation: the mean of the image's and its mirror's
+    probabilities; :func:`fruitlens.recipes.tta_probs`), recorded in metrics.json.
 
     ``run_dir``: a run folder, a model file, or a ``fruitlens.modelio.ModelSource``.
 
@@ -128,7 +131,9 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     from fruitlens.inputs import decode_images
     from fruitlens.modelio import as_model_source
     from fruitlens.plots import plot_confusion, plot_gallery
+    from fruitlens.recipes import check_tta, tta_probs
 
+    check_tta(tta)
     source = as_model_source(run_dir)
     run, out = Path(source.spec), Path(out_dir)
     model, card = source.load()
@@ -151,7 +156,7 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
                          f"{', ...' if len(have) > 8 else ''}); expected --classes naming the model's outputs "
                          "in order, as the class folders are named")
     images = images_u8.astype(np.float32) / 255.0
-    probs = predict_probs(model, images, batch_size)
+    probs = tta_probs(lambda x: predict_probs(model, x, batch_size), images, tta)
     preds = predictions_table(rows, probs, card.classes, top_k_count)
 
     y_true = rows["label"].map(class_of)[known].to_numpy(dtype=np.int64)
@@ -159,7 +164,7 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     tables.write_table(preds, out / "predictions.parquet", "predictions")
     result = classification_metrics(y_true, y_pred, card.classes, probs[known], top_k_count)
     result.update(split=split, data=str(Path(data_dir).expanduser().resolve()), unreadable=int((~ok).sum()),
-                  unknown_label=int((~known).sum()), model_arch=card.arch)
+                  unknown_label=int((~known).sum()), model_arch=card.arch, tta=tta)
     tables.write_json(out / "metrics.json", result)
 
     conf = metrics.confusion_matrix(preds, card.classes)

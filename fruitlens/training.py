@@ -30,7 +30,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,35 @@ class TrainData:
     fingerprint: str
     counts: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
+    val_source: str = ""  # where the validation images came from (for the card and the report)
+
+
+# Fewer validation images than this (or than one per class) and the best epoch is picked on noise.
+TINY_VAL = 20
+
+
+def holdout_record(data: TrainData, config: TrainConfig) -> dict[str, Any]:
+    """What was held out for validation, why, and which epoch is kept (the card's ``config.validation``)."""
+    n_val = data.counts.get("val", 0)
+    keep = "last" if config.keep == "last" or n_val == 0 else "best"
+    tiny = 0 < n_val < max(TINY_VAL, len(data.classes))
+    return {"held_out": n_val, "trained_on": data.counts.get("train", 0), "source": data.val_source,
+            "val_fraction": config.val_fraction, "keep": keep,
+            "why": ("picks the best epoch by " + config.monitor) if keep == "best" else
+                   ("monitored only, the last epoch is kept (keep=last)" if n_val else "nothing held out"),
+            "warning": holdout_warning(n_val, data.counts.get("train", 0), len(data.classes), config)
+            if (n_val == 0 and config.val_fraction > 0) or tiny else ""}
+
+
+def holdout_warning(n_val: int, n_train: int, num_classes: int, config: TrainConfig) -> str:
+    """One line on an empty or tiny validation split ('' when there is nothing to say)."""
+    if n_val == 0:
+        return (f"the validation split is empty (val_fraction {config.val_fraction} of {n_train} training "
+                f"images in {num_classes} classes rounds to 0 per class): no val_accuracy, the last epoch is "
+                "kept; pass --val-split 0 to say so, or give the data a val split")
+    return (f"the validation split has only {n_val} image(s) for {num_classes} classes (fewer than "
+            f"{max(TINY_VAL, num_classes)}): its accuracy moves in steps of {1 / n_val:.0%} and the best epoch "
+            "is picked on noise; consider --val-split 0 (keep the last epoch) or more data")
 
 
 def prepare_data(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig,
@@ -170,8 +199,14 @@ def prepare_data(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config
     val_rows = usable[usable["split"] == "val"]
     if len(train_rows) == 0:
         raise ValueError(f"{data_dir}: no usable training image (split 'train')")
-    if len(val_rows) == 0:
+    val_source = "the data's val split"
+    if len(val_rows) == 0 and config.val_fraction > 0:
         train_rows, val_rows = split_validation(train_rows, config.val_fraction, config.seed)
+        val_source = (f"{config.val_fraction:.0%} of the training images, stratified by class (val_fraction)"
+                      if len(val_rows) else f"none: val_fraction {config.val_fraction} of the training images "
+                      "rounds to 0 per class")
+    elif len(val_rows) == 0:
+        val_source = "none (val_fraction 0: every training image is trained on)"
     t_index = time.perf_counter() - start
     # one decode for train and val together: one process pool, one cache file
     both = pd.concat([train_rows, val_rows], ignore_index=True)
@@ -180,8 +215,11 @@ def prepare_data(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config
     n = len(train_rows)
     train = _drop_unreadable(_slice(decoded, slice(0, n)), train_rows)
     val = _drop_unreadable(_slice(decoded, slice(n, None)), val_rows) if len(val_rows) else None
+    if val is not None and len(val) == 0:
+        val = None
     return TrainData(train=train, val=val, classes=classes, fingerprint=index.fingerprint,
                      counts={"train": len(train), "val": len(val) if val is not None else 0},
+                     val_source=val_source,
                      timings={"index_seconds": t_index, "decode_seconds": time.perf_counter() - start - t_index})
 
 
@@ -219,7 +257,8 @@ _RESUME_HINT = "train into a new --out or without --resume"
 
 def _check_same_config(saved: dict, config: TrainConfig) -> None:
     """Refuse (one-line ValueError) to resume a checkpoint made with another config (arch, size, seed, ...)."""
-    before, now = saved["config"], config.to_dict()
+    # options added since the checkpoint was written count as their defaults
+    before, now = {**TrainConfig().to_dict(), **saved["config"]}, config.to_dict()
     changed = sorted(k for k in set(before) | set(now) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
@@ -330,6 +369,9 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         _check_same_config(saved, config)  # before reading any data
     data = prepare_data(data_dir, run, config, workers=workers)
     num_classes = len(data.classes)
+    holdout = holdout_record(data, config)
+    if holdout["warning"]:
+        log.warning("%s", holdout["warning"])
     monitor = config.monitor if data.val is not None else config.monitor.replace("val_", "")
 
     state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "best_epoch": None,
@@ -342,7 +384,7 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         for name in ("best.keras", "last.keras", STATE_FILE):
             (ckpt / name).unlink(missing_ok=True)
 
-    full = augmenter = None
+    full = augmenter = recipe = None
     if config.is_bottleneck or not resumed:
         full = models.build_model(config.arch, num_classes, config.size, weights=config.weights,
                                   mode=config.mode, alpha=config.alpha, seed=config.seed)
@@ -362,14 +404,19 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         val_ds = (_features_dataset(val_x, data.val.labels, 1024, shuffle=False, seed=0)
                   if val_x is not None else None)
     else:
-        steps = math.ceil(len(data.train) / config.batch_size) * config.epochs
+        from fruitlens import recipes
+
+        recipe = recipes.resolved(config)
+        per_epoch = math.ceil(len(data.train) / config.batch_size)
         trainee = (keras.models.load_model(ckpt / "last.keras") if resumed
-                   else models.compile_model(full, config.arch, config.mode, config.learning_rate, steps))
+                   else recipes.compile_with(full, config, recipe, per_epoch))
         augmenter = (build_augmenter(AugmentConfig(**dict(config.augment_options)), seed=config.seed)
-                     if config.augment else None)
+                     if config.augment and recipe.augment_policy == "classic" else None)
         train_ds = make_dataset(data.train, config.batch_size, shuffle=True, seed=config.seed, epochs=config.epochs,
                                 initial_epoch=state["epoch"], augmenter=augmenter)
-        val_ds = make_dataset(data.val, 256) if data.val is not None else None
+        train_ds = recipes.finish_train(train_ds, config, recipe, num_classes, int(state["epoch"]) * per_epoch)
+        val_ds = recipes.finish_eval(make_dataset(data.val, 256) if data.val is not None else None, recipe,
+                                     num_classes)
 
     initial_epoch = int(state["epoch"])
     seed_vars = _seed_variables(trainee, augmenter)
@@ -400,7 +447,8 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
 
     fit_seconds = time.perf_counter() - t_fit
     # The final model: the best epoch's weights (or the last where nothing was monitored), no optimizer.
-    best_path = ckpt / "best.keras" if (ckpt / "best.keras").is_file() else ckpt / "last.keras"
+    keep_last = holdout["keep"] == "last" or not (ckpt / "best.keras").is_file()
+    best_path = ckpt / "last.keras" if keep_last else ckpt / "best.keras"
     best = keras.models.load_model(best_path, compile=False)
     if config.is_bottleneck:
         full.get_layer("head").set_weights(best.get_weights())
@@ -414,7 +462,9 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
     history = pd.DataFrame(state["history"], columns=tables.HISTORY_SCHEMA.names)
     history_path = tables.write_table(history.astype({"epoch": "int32"}), run / "history.parquet", "history")
     curves_path = plot_history(history, run / "curves.png", title=f"{config.arch} on {Path(data_dir).name}")
-    best_epoch = state.get("best_epoch") or (int(history["epoch"].iloc[-1]) if len(history) else 0)
+    last_epoch = int(history["epoch"].iloc[-1]) if len(history) else 0
+    best_epoch = last_epoch if keep_last else (state.get("best_epoch") or last_epoch)
+    holdout["kept_epoch"] = int(best_epoch)
     at_best = history[history["epoch"] == best_epoch].iloc[0] if len(history) else None
     metrics = {} if at_best is None else {
         "best_epoch": int(best_epoch), "epochs": int(len(history)),
@@ -425,12 +475,15 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
     card = ModelCard(classes=data.classes, image_size=config.size, arch=config.arch,
                      preprocessing=models.preprocessing_of(config.arch), fingerprint=data.fingerprint,
                      seed=config.seed, metrics={k: v for k, v in metrics.items() if not _isnan(v)},
-                     config={**config.to_dict(), "counts": data.counts}, versions=library_versions())
+                     config={**config.to_dict(), "counts": data.counts, "validation": holdout,
+                             **({"recipe": asdict(recipe)} if recipe is not None else {})},
+                     versions=library_versions())
     card_path = write_card(run, card)
     return {"model_path": str(model_path), "card_path": str(card_path), "history_path": str(history_path),
             "curves_path": str(curves_path), "epochs": int(len(history)), "resumed_from": initial_epoch,
             "stopped_early": bool(state.get("stopped_early")), "best_epoch": int(best_epoch),
             "metrics": card.metrics, "counts": data.counts, "classes": list(data.classes),
+            "validation": holdout,
             "seconds": time.perf_counter() - start,
             "timings": {**data.timings, "fit_seconds": fit_seconds,
                         "other_seconds": time.perf_counter() - start - fit_seconds - sum(data.timings.values())}}
