@@ -11,7 +11,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
-from fruitlens.summary import markdown_text
+from fruitlens.summary import markdown_text, summary_markdown
 
 
 def _cell(value):
@@ -57,8 +57,6 @@ def publish_comparison(rows: list[dict], decision: str, prefix: str = "", note: 
 
 def publish_summary(title: str, metrics: dict, lines: str, images: list[list[str]], prefix: str = "") -> None:
     """Markdown artifact: headline numbers and small thumbnails embedded as data URIs."""
-    from fruitlens.summary import summary_markdown
-
     create_markdown_artifact(summary_markdown(title, metrics, [lines], [tuple(i) for i in images]),
                              key=f"{prefix}run-summary", description=markdown_text(title))
 
