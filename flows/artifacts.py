@@ -6,23 +6,25 @@ run of its own). Keys are stable (lowercase, dashes), so the UI shows each one's
 
 from __future__ import annotations
 
-import html
 import re
 from pathlib import Path
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
+from fruitlens.summary import markdown_text, summary_markdown
+
 
 def _cell(value):
-    """A table cell as the UI may show it: text holding markup (a class named ``<img onerror=...>``) escaped, so
-    it shows as text wherever it is rendered; plain names (``red_dot``) unchanged."""
-    if isinstance(value, str) and any(c in value for c in "<>&"):
-        return html.escape(value)
-    return value
+    """A table cell as the Prefect UI shows it: a string cell goes through the UI's markdown renderer, so a
+    string is written as markdown that shows it as typed (``fruitlens.summary.markdown_text``); numbers and
+    None are shown as they are."""
+    return markdown_text(value) if isinstance(value, str) else value
 
 
 def _escaped(rows: list[dict]) -> list[dict]:
-    return [{_cell(k): _cell(v) for k, v in row.items()} for row in rows]
+    """Rows with their string cells as markdown text; column names stay as they are, since the UI shows a
+    header as plain text (an escaped one would show ``&lt;`` literally)."""
+    return [{k: _cell(v) for k, v in row.items()} for row in rows]
 
 
 def _records(df) -> list[dict]:
@@ -50,15 +52,13 @@ def publish_comparison(rows: list[dict], decision: str, prefix: str = "", note: 
 
     verdict = DECISION_WORDS[decision] + (f"; {note}" if note else "")
     create_table_artifact(_escaped(rows), key=f"{prefix}model-comparison",
-                          description=f"New vs current model: {verdict}")
+                          description=markdown_text(f"New vs current model: {verdict}"))
 
 
 def publish_summary(title: str, metrics: dict, lines: str, images: list[list[str]], prefix: str = "") -> None:
     """Markdown artifact: headline numbers and small thumbnails embedded as data URIs."""
-    from fruitlens.summary import summary_markdown
-
     create_markdown_artifact(summary_markdown(title, metrics, [lines], [tuple(i) for i in images]),
-                             key=f"{prefix}run-summary", description=title)
+                             key=f"{prefix}run-summary", description=markdown_text(title))
 
 
 def publish_links(links: dict[str, str], prefix: str = "") -> int:

@@ -9,6 +9,7 @@ import base64
 import importlib.metadata as md
 import io
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,23 +41,36 @@ def explanation_pngs(explain_dir: str | os.PathLike, methods: Sequence[str], per
     return out
 
 
-def _escape(text: Any) -> str:
-    """Markdown-safe text: class names and paths may hold markup."""
-    import html
+_MARKDOWN_PUNCTUATION = re.compile(r"([\\`*_{}\[\]()#+\-.!|~:@])")  # ':', '@', '.' stop autolinks
 
-    return html.escape(str(text)).replace("|", "\\|").replace("*", "\\*").replace("_", "\\_").replace("`", "\\`")
+
+def markdown_text(value: Any) -> str:
+    """``value`` as markdown that shows exactly that text, with no markup from it interpreted.
+
+    For every user string (class names, paths, notes) that goes into a Prefect markdown artifact or a string
+    cell of a table artifact: the Prefect 3.8.8 UI renders both through its markdown renderer, which turns
+    ``<b>``/``<img src=x>`` into elements (attributes such as ``onerror`` sanitised away), ``x*y*`` into
+    emphasis and ``[a](url)`` into a link, and decodes ``&lt;``/``&gt;``/``&amp;`` but not numeric entities
+    (``&#x27;`` shows literally). So ``<``, ``>``, ``&`` become those three entities, the punctuation of
+    markdown syntax and of autolinks (``http://x``, ``www.x``, ``a@b.c``) is backslash-escaped, and whitespace
+    runs become one space (as HTML shows them anyway; a newline or leading spaces would start a new block).
+    ``tests/test_ui_artifacts.py`` checks what the UI shows in a browser.
+    """
+    text = _MARKDOWN_PUNCTUATION.sub(r"\\\1", " ".join(str(value).split()))
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def summary_markdown(title: str, metrics: Mapping[str, Any], lines: Sequence[str],
                      images: Sequence[tuple[str, str | os.PathLike]], max_size: int = 240) -> str:
     """Markdown with the headline numbers, a few lines and thumbnails embedded as data URIs."""
-    md_lines = [f"# {_escape(title)}", "", "| metric | value |", "|---|---|"]
-    md_lines += [f"| {_escape(k)} | {v:.4f} |" if isinstance(v, float) else f"| {_escape(k)} | {_escape(v)} |"
-                 for k, v in metrics.items()]
+    md_lines = [f"# {markdown_text(title)}", "", "| metric | value |", "|---|---|"]
+    md_lines += [f"| {markdown_text(k)} | {v:.4f} |" if isinstance(v, float)
+                 else f"| {markdown_text(k)} | {markdown_text(v)} |" for k, v in metrics.items()]
     md_lines += ["", *lines, ""]
     for caption, path in images:
         if Path(path).is_file():
-            md_lines += [f"**{_escape(caption)}**", "", f"![{_escape(caption)}]({thumbnail_uri(path, max_size)})", ""]
+            text = markdown_text(caption)
+            md_lines += [f"**{text}**", "", f"![{text}]({thumbnail_uri(path, max_size)})", ""]
     return "\n".join(md_lines)
 
 
@@ -66,10 +80,11 @@ def run_summary(run_dir: str | os.PathLike, data_dir: str, config, index: Mappin
     """The lines and pictures of the run-summary artifact."""
     run = RunLayout(run_dir)
     metric = config.promote_metric
-    lines = [f"- data: `{_escape(data_dir)}`, {index['num_ok']} usable images ({index['num_bad']} unusable), "
+    lines = [f"- data: {markdown_text(data_dir)}, {index['num_ok']} usable images ({index['num_bad']} unusable), "
              f"{len(index['classes'])} classes",
-             (f"- model: {_escape(config.train.arch)} at {config.train.size[0]}x{config.train.size[1]} px, "
-              f"{train['epochs']} epochs" if config.model is None else f"- model: `{_escape(config.model['spec'])}`")
+             (f"- model: {markdown_text(config.train.arch)} at {config.train.size[0]}x{config.train.size[1]} px, "
+              f"{train['epochs']} epochs" if config.model is None
+              else f"- model: {markdown_text(config.model['spec'])}")
              + f", digest `{train['model_digest'][:12]}`",
              "- explained: " + ", ".join(f"{m} {n} rows" for m, n in explained.get("rows", {}).items()),
              f"- current model: {DECISION_WORDS[comparison['decision']]} "
@@ -77,8 +92,8 @@ def run_summary(run_dir: str | os.PathLike, data_dir: str, config, index: Mappin
     if config.model is not None:
         lines.pop()
     if comparison.get("note"):
-        lines.append(f"- {_escape(comparison['note'])}")
-    lines += [f"- {_escape(line)}" for line in check_lines(run_dir)]
+        lines.append(f"- {markdown_text(comparison['note'])}")
+    lines += [f"- {markdown_text(line)}" for line in check_lines(run_dir)]
     images = [["training curves", str(run.curves)], ["confusion matrix", str(run.eval_dir / "confusion.png")]]
     images += [[f"{p.parent.name} {p.stem}", str(p)]
                for p in explanation_pngs(run.explain_dir, ["side_by_side", *config.methods], per_method=1)]

@@ -118,9 +118,10 @@ def run_demo(url: str, work: Path, small: bool) -> Path:
 
 
 async def _page_showing(browser: str, page: str, keys: list[str], shot: Path | None = None, tab: str | None = None,
-                        timeout: float = 90) -> str:
+                        timeout: float = 90, expression: str | None = None):
     """Open ``page`` in headless Chromium over the DevTools protocol, click its ``tab`` (if given) until the
-    artifact ``keys`` all show or ``timeout`` passes, screenshot it to ``shot`` (if given); the page's text.
+    artifact ``keys`` all show or ``timeout`` passes, screenshot it to ``shot`` (if given); the page's text,
+    or the value of the JavaScript ``expression`` (if given) evaluated in the page then.
     Polling, not ``--dump-dom``: the UI fetches from the API after load, and under load a fixed virtual-time
     budget snapshots the page before the list arrives; the flow run page also hides its other tabs until
     the run has loaded."""
@@ -181,6 +182,9 @@ async def _page_showing(browser: str, page: str, keys: list[str], shot: Path | N
                     await asyncio.sleep(1)
                     png = await call("Page.captureScreenshot", format="png")
                     shot.write_bytes(base64.b64decode(png["data"]))
+                if expression is not None:
+                    res = await call("Runtime.evaluate", expression=expression, returnByValue=True)
+                    return res.get("result", {}).get("value")
                 return body
         finally:
             proc.terminate()

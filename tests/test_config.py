@@ -211,7 +211,7 @@ def test_summary_markdown_embeds_thumbnails(tmp_path):
     png = save_png(np.random.default_rng(0).random((300, 200, 3)).astype("float32"), tmp_path / "x.png")
     md = summary.summary_markdown("run", {"accuracy": 0.5, "n": 3, "class": "<b>x</b>"}, ["- a line"],
                                   [("curves", png), ("missing", tmp_path / "no.png")])
-    assert "<b>" not in md and "&lt;b&gt;x&lt;/b&gt;" in md  # markup in names is escaped
+    assert "<b>" not in md and "| class | &lt;b&gt;x&lt;/b&gt; |" in md  # markup in names is escaped
     assert "| accuracy | 0.5000 |" in md and "- a line" in md and md.count("data:image/png;base64,") == 1
     assert len(md) < 200_000
 

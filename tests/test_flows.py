@@ -8,6 +8,7 @@ registers the cron schedule. Task run states are read back from the server.
 
 import asyncio
 import copy
+import json
 import os
 import re
 import shutil
@@ -29,6 +30,7 @@ from fruitlens.batch.rows import rows_from_index  # noqa: E402
 from fruitlens.cli import main  # noqa: E402
 from fruitlens.config import LimeOptions  # noqa: E402
 from fruitlens.dataset import index_or_load  # noqa: E402
+from fruitlens.summary import markdown_text  # noqa: E402
 from fruitlens.synthetic import CLASSES  # noqa: E402
 from tests.helpers import tiny_run  # noqa: E402
 
@@ -248,7 +250,8 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     arts = latest_artifacts(keys)
     assert sorted(arts) == sorted(keys)
     assert arts["e2e-run-summary"]["type"] == "markdown" and "data:image/png;base64," in arts["e2e-run-summary"]["data"]
-    assert arts["e2e-per-class-metrics"]["type"] == "table" and "red_dot" in str(arts["e2e-per-class-metrics"]["data"])
+    per_class = arts["e2e-per-class-metrics"]  # cells as markdown text (fruitlens.summary.markdown_text)
+    assert per_class["type"] == "table" and "red\\_dot" in {r["class"] for r in json.loads(per_class["data"])}
     assert arts["e2e-explain-progress"]["type"] == "progress" and float(arts["e2e-explain-progress"]["data"]) == 100.0
     link = arts["e2e-report-link"]["data"]
     assert link.startswith("[") and "file://" in link and "report.html" in link
@@ -581,7 +584,7 @@ def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, 
     assert ("Grad-CAM <b class=\"good\">passes</b>" if passed else "Grad-CAM <b class=\"bad\">fails</b>") in page
     assert ("⚠ fails the sanity check" in page) is (not passed)  # marked wherever Grad-CAM's pictures appear
     summary_md = latest_artifacts(["second-run-summary"])["second-run-summary"]["data"]
-    assert "sanity check (randomisation test): Grad-CAM" in summary_md
+    assert markdown_text("sanity check (randomisation test): Grad-CAM") in summary_md
 
     # the trend: one row per (run folder, model) in the models home, the rerun of the first night counted on
     # its row instead of added; a trend section with its figure; a table artifact with a stable key
@@ -610,14 +613,19 @@ def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, 
 
 
 def test_table_artifacts_escape_class_names_that_hold_markup(monkeypatch):
+    """String cells as markdown that shows them as typed (the UI renders cells as markdown; headers as text,
+    so they stay raw); what the browser shows is tests/test_ui_artifacts.py."""
     import pandas as pd
 
     from flows import artifacts
 
     seen = []
-    monkeypatch.setattr(artifacts, "create_table_artifact", lambda rows, **kw: seen.append(rows))
+    monkeypatch.setattr(artifacts, "create_table_artifact", lambda rows, **kw: seen.append((rows, kw)))
     hostile = "<img src=x onerror=alert(1)>"
-    records = artifacts._records(pd.DataFrame({"class": [hostile, "red_dot"], "f1": [0.5, None]}))
-    assert records == [{"class": "&lt;img src=x onerror=alert(1)&gt;", "f1": 0.5}, {"class": "red_dot", "f1": None}]
-    artifacts.publish_comparison([{"model": hostile, "accuracy": 1.0}], promoted=False)
-    assert "<" not in str(seen[0])
+    records = artifacts._records(pd.DataFrame({"class": [hostile, "red_dot", "x*y*"], "f1": [0.5, None, 1.0]}))
+    assert records == [{"class": "&lt;img src=x onerror=alert\\(1\\)&gt;", "f1": 0.5},
+                       {"class": "red\\_dot", "f1": None}, {"class": "x\\*y\\*", "f1": 1.0}]
+    assert artifacts._escaped([{hostile: 1}]) == [{hostile: 1}]  # a header is shown as text
+    artifacts.publish_comparison([{"model": hostile, "accuracy": 1.0}], "kept", note=hostile)
+    rows, kw = seen[0]
+    assert "<" not in str(rows) and "<" not in kw["description"]

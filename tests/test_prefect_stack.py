@@ -106,7 +106,8 @@ def server(tmp_path_factory) -> Iterator[Server]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    base.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT))
+    base.update(PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", PYTHONPATH=str(ROOT),
+                PREFECT_UI_API_URL=url)  # the UI in a browser calls this API, not :4200 (test_ui_artifacts.py)
     log = (home / "server.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                              "--port", str(port)], env=base, stdout=log, stderr=subprocess.STDOUT,
