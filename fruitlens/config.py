@@ -22,7 +22,7 @@ import json
 import os
 import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -39,6 +39,8 @@ from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' opti
     FAITHFULNESS_STEPS,
     PALETTE,
     Baseline,
+    CamOptions,
+    CamVariant,
     HeatmapOptions,
     IntegratedGradientsOptions,
     LayerCamOptions,
@@ -48,13 +50,13 @@ from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' opti
     ScoreCamOptions,
     SmoothGradOptions,
 )
+from fruitlens.registry import METHODS as REGISTRY
 from fruitlens.typed import build, check, to_plain  # noqa: F401 - build and to_plain are part of this API
 
 Split = Literal["train", "val", "test"]
 Selection = Literal["report", "first"]
 TaskRunnerName = Literal["thread", "dask"]
 PromoteMetric = Literal["accuracy", "macro_f1"]
-CamVariant = Literal["gradcam", "gradcam++", "cam"]
 
 CHUNK_SIZE = 16  # images per explanation chunk: one task, one Parquet part, the unit of resume
 # Small enough that `fruitlens demo` runs in a few minutes on two cores, and leaves the demo's fruit_net a few
@@ -65,41 +67,20 @@ DEMO_TRAIN: dict[str, Any] = {"arch": "fruit_net", "image_size": 32, "epochs": 5
 # ------------------------------------------------------------------------------------ explanation methods
 
 
-@dataclass(frozen=True)
-class CamOptions(HeatmapOptions):
-    """Grad-CAM (and its variants) in batch runs: the fields of every heatmap method, plus these two.
-
-    ``variant``: gradcam, gradcam++ or cam. ``layer``: conv layer name or path (``backbone/block5_conv3``), null
-    for the last conv layer.
-    """
-
-    variant: CamVariant = "gradcam"
-    layer: str | None = None
-
-    def checks(self) -> list[tuple]:
-        return [(self.variant in get_args(CamVariant), "variant", self.variant,
-                 "one of " + ", ".join(get_args(CamVariant)))]
+def _of(self, method: str):
+    """The options of ``method`` (a name in ``METHODS``)."""
+    return getattr(self, method)
 
 
-@dataclass(frozen=True)
-class ExplainOptions:
-    """The options of each explanation method, by method name."""
+#: The options of each explanation method, by method name: one field per ``fruitlens.registry.METHODS`` entry,
+#: its type the method's options class, its default that class's defaults.
+ExplainOptions = make_dataclass(
+    "ExplainOptions", [(name, spec.options, field(default_factory=spec.options)) for name, spec in REGISTRY.items()],
+    frozen=True, namespace={"of": _of, "__doc__": "The options of each explanation method, by method name "
+                            "(one field per method of ``fruitlens.registry.METHODS``)."})
+ExplainOptions.__module__ = __name__  # pickles by name, as a class written out here would
 
-    lime: LimeOptions = field(default_factory=LimeOptions)
-    gradcam: CamOptions = field(default_factory=CamOptions)
-    layercam: LayerCamOptions = field(default_factory=LayerCamOptions)
-    scorecam: ScoreCamOptions = field(default_factory=ScoreCamOptions)
-    saliency: SaliencyOptions = field(default_factory=SaliencyOptions)
-    smoothgrad: SmoothGradOptions = field(default_factory=SmoothGradOptions)
-    integrated_gradients: IntegratedGradientsOptions = field(default_factory=IntegratedGradientsOptions)
-    occlusion: OcclusionOptions = field(default_factory=OcclusionOptions)
-    rise: RiseOptions = field(default_factory=RiseOptions)
-
-    def of(self, method: str) -> LimeOptions | CamOptions | HeatmapOptions:
-        return getattr(self, method)
-
-
-METHODS: tuple[str, ...] = tuple(f.name for f in fields(ExplainOptions))
+METHODS: tuple[str, ...] = tuple(REGISTRY)  # the method names, as --method and the config take them
 
 
 def parse_methods(methods: str | typing.Sequence[str]) -> tuple[str, ...]:
@@ -297,7 +278,7 @@ class PipelineConfig:
         class_evidence: the mean Grad-CAM heatmap per class over its right predictions and its mistakes, with the
             pointing game and evidence share per class where masks exist (``fruitlens.explain.evidence``).
         stability_images: explained images LIME explains again under a second seed (top-5 agreement and rank
-            correlation, ``fruitlens.explain.stability``); 0: off.
+            correlation, ``fruitlens.batch.stability``); 0: off.
         drift_probe: images (of those explained) both the new and the current model explain with Grad-CAM to
             see whether the evidence moved (``fruitlens.explain.drift``); 0: off.
         max_drift: hold the new model back when more than this share of the probe images' evidence moved

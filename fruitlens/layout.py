@@ -76,7 +76,7 @@ class ExplainLayout:
 
     @property
     def stability(self) -> Path:
-        """LIME under two seeds for a sample of the images (``fruitlens.explain.stability``)."""
+        """LIME under two seeds for a sample of the images (``fruitlens.batch.stability``)."""
         return self.root / "stability.parquet"
 
     @property

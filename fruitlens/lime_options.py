@@ -90,6 +90,14 @@ class LimeOptions:
             raise ValueError(f"segmenter {self.segmenter!r}: {exc}") from exc
         object.__setattr__(self, "segmenter_params", dict(sorted(self.segmenter_params.items())))
 
+    def describe(self) -> str:
+        """The estimator in words: "adaptive, at most 300 samples (tolerance 0.05, at least 256), balanced
+        design, control variate, slic superpixels"."""
+        how = (f"adaptive, at most {self.num_samples:,} samples (tolerance {self.tolerance:g}, at least "
+               f"{min(self.min_samples, self.num_samples):,})" if self.adaptive else f"{self.num_samples:,} samples")
+        fit = "control variate" if self.control_variate else "plain Ridge"
+        return f"{how}, {self.design} design, {fit}, {self.segmenter} superpixels"
+
     @property
     def plot_kinds(self) -> frozenset[str]:
         """The LIME PNG kinds to write (``plots`` resolved)."""

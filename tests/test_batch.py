@@ -10,7 +10,7 @@ from PIL import Image
 from fruitlens import plots, tables
 from fruitlens.batch import engine, pictures
 from fruitlens.batch import rows as batch_rows
-from fruitlens.batch.methods import METHODS, Method
+from fruitlens.batch.methods import RUNNERS
 from fruitlens.config import ExplainOptions, LimeOptions
 from fruitlens.dataset import DatasetError
 from fruitlens.layout import ExplainLayout
@@ -20,7 +20,7 @@ from tests.helpers import tiny_run
 CALLS: list[list[str]] = []
 
 
-def fake_run(model, card, images, rows, options, out):
+def fake_run(method, model, card, images, rows, options, out):
     """A method that records its calls: one row per image with its mean pixel and the model's top class."""
     CALLS.append(list(rows["image_id"]))
     assert images.shape == (len(rows), *card.image_size, 3) and images.dtype == np.float32
@@ -33,7 +33,7 @@ def fake_run(model, card, images, rows, options, out):
 @pytest.fixture()
 def fake(monkeypatch):
     """The 'lime' method replaced by the fake (its options type stays LimeOptions: num_samples scales)."""
-    monkeypatch.setitem(METHODS, "lime", Method("lime", LimeOptions, fake_run))
+    monkeypatch.setitem(RUNNERS, "lime", fake_run)
     monkeypatch.setitem(tables.SCHEMAS, "lime", tables.pa.schema([("image_id", tables.pa.string())]))
     CALLS.clear()
 

@@ -96,17 +96,41 @@ def test_class_evidence_per_class_and_group(models, tmp_path):
 
 
 def test_lime_stability_under_two_seeds(models):
+    from fruitlens.batch.stability import STABILITY_SCHEMA, lime_stability, stability_line
     from fruitlens.config import LimeOptions
-    from fruitlens.explain.stability import STABILITY_SCHEMA, lime_stability, stability_line
     from fruitlens.synthetic import CLASSES
 
     standard, _, old, _ = models
     images, rows, _ = _probe(standard)
     images, rows = images[:3], rows.head(3)
-    few = lime_stability(old, images, rows, CLASSES, LimeOptions(num_samples=40), (0, 1))
-    same = lime_stability(old, images, rows, CLASSES, LimeOptions(num_samples=40), (0, 0))
+    fixed = LimeOptions(num_samples=40, adaptive=False)
+    few = lime_stability(old, images, rows, CLASSES, fixed, (0, 1))
+    same = lime_stability(old, images, rows, CLASSES, fixed, (0, 0))
     assert list(few.columns) == STABILITY_SCHEMA.names and len(few) == 3
     np.testing.assert_allclose(same["top_k_overlap"], 1.0)  # the same seed twice: the same explanation
     np.testing.assert_allclose(same["rank_correlation"], 1.0)
     assert few["top_k_overlap"].between(0, 1).all() and (few["rank_correlation"] < 1).any()
-    assert "LIME at 40 samples, the same 3 images under two seeds" in stability_line(few)
+    assert (few["samples_a"] == 40).all() and "(40 samples, balanced design" in stability_line(few)
+    assert "the same 3 images under two seeds" in stability_line(few)
+
+
+def test_lime_stability_measures_the_runs_own_adaptive_lime(models):
+    """The first seed's explanation is the one the batch run writes (same image seeds, same options: adaptive
+    stops below the budget), and the sentence names those options."""
+    from fruitlens.batch.methods import image_seed
+    from fruitlens.batch.stability import lime_stability, stability_line
+    from fruitlens.config import LimeOptions
+    from fruitlens.registry import METHODS
+    from fruitlens.synthetic import CLASSES
+
+    standard, _, old, _ = models
+    images, rows, _ = _probe(standard)
+    images, rows = images[:3], rows.head(3)
+    options = LimeOptions(num_samples=600, round_size=64, min_samples=128, seed=4)  # adaptive by default
+    table = lime_stability(old, images, rows, CLASSES, options)
+    run = METHODS["lime"].build(old, options).explain(images, seeds=[image_seed(4, i) for i in rows["image_id"]])
+    assert list(table["samples_a"]) == [e.num_samples for e in run]
+    assert (table["samples_a"] < 600).all() and (table["samples_b"] < 600).all()  # adaptive: stopped early
+    assert list(table["seed_a"]) == [4] * 3 and list(table["seed_b"]) == [5] * 3
+    line = stability_line(table)
+    assert "LIME with the run's options (adaptive, at most 600 samples" in line and "control variate" in line

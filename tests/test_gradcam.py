@@ -10,7 +10,7 @@ from PIL import Image
 
 from fruitlens import plots, tables
 from fruitlens.batch import engine
-from fruitlens.batch.methods import run_cam
+from fruitlens.batch.methods import run_method
 from fruitlens.batch.rows import rows_from_inputs
 from fruitlens.config import CamOptions
 from fruitlens.explain.base import find_layer, walk_layers
@@ -236,7 +236,8 @@ def test_batch_method_rows_and_captioned_pictures_on_the_photo(demo_dir, run_dir
     model, card = load_run(run_dir)
     images, rows, _ = engine.read_chunk(rows_from_inputs([demo_dir], split="test", limit=3), card.image_size)
     out = ExplainLayout(tmp_path / "explain")
-    df, draw = run_cam(model, card, images, rows, CamOptions(palette="magma", alpha=0.5, faithfulness_steps=5), out)
+    options = CamOptions(palette="magma", alpha=0.5, faithfulness_steps=5)
+    df, draw = run_method("gradcam", model, card, images, rows, options, out)
     assert not out.pictures_dir("gradcam").exists()  # the model's work is done; the pictures are drawn next
     draw()
     tables.write_table(df, tmp_path / "g.parquet", "gradcam")  # the schema accepts the rows

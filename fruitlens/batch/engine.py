@@ -42,10 +42,11 @@ import pyarrow.parquet as pq
 
 from fruitlens import tables
 from fruitlens.batch import pictures
-from fruitlens.batch.methods import METHODS
+from fruitlens.batch.methods import run_method
 from fruitlens.config import ExplainOptions, to_plain
 from fruitlens.digests import code_digest, text_digest
 from fruitlens.layout import FAILED, ExplainLayout
+from fruitlens.registry import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -138,9 +139,9 @@ def compute_part(model, card, chunk: Sequence[Mapping[str, Any]], out_dir: str |
         read = read_chunk(pd.DataFrame(list(chunk)), card.image_size, getattr(card, "fit", "resize"))
     images, ok, failed = read
     if len(ok):
-        frame, draw = METHODS[method].run(model, card, images, ok, options, out)
+        frame, draw = run_method(method, model, card, images, ok, options, out)
     else:
-        frame, draw = tables.SCHEMAS[method].empty_table().to_pandas(), no_drawing
+        frame, draw = tables.SCHEMAS[METHODS[method].table].empty_table().to_pandas(), no_drawing
     return Part(method, key, frame, failed, draw)
 
 
@@ -151,7 +152,7 @@ def no_drawing() -> None:
 def write_part(out_dir: str | os.PathLike, part: Part) -> dict[str, int]:
     """Write a computed part (after its drawing ran) and its failures; the rows and failures written."""
     out = ExplainLayout(out_dir)
-    tables.write_table(part.frame, out.part(part.method, part.key), tables.SCHEMAS[part.method])
+    tables.write_table(part.frame, out.part(part.method, part.key), tables.SCHEMAS[METHODS[part.method].table])
     failed_part = out.part(FAILED, part.key)
     if len(part.failed):
         tables.write_table(part.failed, failed_part, tables.FAILED_SCHEMA)
@@ -215,7 +216,8 @@ def finish(out_dir: str | os.PathLike, keys: Mapping[str, Sequence[str]]) -> dic
     for method, method_keys in keys.items():
         names = {out.part(method, k).name for k in method_keys}
         _prune(out.parts_dir(method), names)
-        paths[method] = _join([out.part(method, k) for k in method_keys], tables.SCHEMAS[method], out.table(method))
+        paths[method] = _join([out.part(method, k) for k in method_keys], tables.SCHEMAS[METHODS[method].table],
+                               out.table(method))
     all_keys = {k for ks in keys.values() for k in ks}
     _prune(out.parts_dir(FAILED), {out.part(FAILED, k).name for k in all_keys})
     failed = [out.part(FAILED, k) for k in sorted(all_keys)]

@@ -177,7 +177,7 @@ def _cmd_explain(args) -> int:
     options = explain_options(args)
     rows = rows_from_inputs(args.data, split=args.split, limit=args.limit, unlabelled=args.unlabelled)
     model, card, digest = load_model(args)
-    for method in (m for m in methods if m in ("gradcam", "layercam", "scorecam")):
+    for method in (m for m in methods if hasattr(options.of(m), "layer")):
         from fruitlens.explain.base import find_layer
 
         layer = options.of(method).layer  # a model without visible layers or a bad layer: one line before any work
