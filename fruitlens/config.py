@@ -24,8 +24,10 @@ import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
+from fruitlens.archs import ARCH_NAMES, BACKBONE_NAMES, MODES, TrainMode, parse_arch  # noqa: F401 - part of this API
+from fruitlens.augment import AugmentConfig
 from fruitlens.lime_options import (  # noqa: F401 - LIME's options are part of this API
     HIDE_COLORS,
     LIME_PLOT_KINDS,
@@ -51,6 +53,7 @@ from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' opti
     SmoothGradOptions,
 )
 from fruitlens.registry import METHODS as REGISTRY
+from fruitlens.sizes import DEFAULT_MEMORY_LIMIT, MAX_IMAGE_SIDE, as_size  # noqa: F401 - part of this API
 from fruitlens.typed import build, check, to_plain  # noqa: F401 - build and to_plain are part of this API
 
 Split = Literal["train", "val", "test"]
@@ -93,45 +96,10 @@ def parse_methods(methods: str | typing.Sequence[str]) -> tuple[str, ...]:
     return tuple(names)
 
 
-# ------------------------------------------------------------------------------------ the pipeline
-
-
 # ------------------------------------------------------------------------------------ training
 
 ClassWeights = Literal["none", "balanced"]
 Monitor = Literal["val_accuracy", "val_loss"]
-TrainMode = Literal["bottleneck", "frozen", "finetune"]
-MODES: tuple[str, ...] = get_args(TrainMode)
-# Architecture names (the builders live in fruitlens.models, which needs Keras; a test keeps these equal)
-ARCH_NAMES = ("seed_cnn", "fruit_net", "small_convnet", "lenet")
-BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenet_v2", "xception", "inception_v3", "efficientnet_b0")
-
-
-def parse_arch(arch: str) -> tuple[str, tuple[str, ...]]:
-    """``"seed_cnn"`` -> ("seed_cnn", ()); ``"transfer:vgg16,resnet50"`` -> ("transfer", ("vgg16", "resnet50")).
-
-    Raises:
-        ValueError: unknown architecture or backbone (naming the valid ones).
-    """
-    if arch.startswith("transfer:"):
-        names = tuple(n.strip() for n in arch.split(":", 1)[1].replace("+", ",").split(",") if n.strip())
-        bad = [n for n in names if n not in BACKBONE_NAMES]
-        if bad or not names:
-            raise ValueError(f"backbone {', '.join(bad) or '(none)'} in {arch!r}: expected one or more of "
-                             f"{', '.join(BACKBONE_NAMES)}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"{arch!r}: a backbone is named twice")
-        return "transfer", names
-    if arch not in ARCH_NAMES:
-        raise ValueError(f"architecture {arch!r}: expected one of {', '.join(ARCH_NAMES)} or "
-                         f"transfer:<{'|'.join(BACKBONE_NAMES)}>[,<backbone>...]")
-    return arch, ()
-# Side of the largest input fruitlens builds a model for: a 1024 x 1024 float32 batch of 32 is already 400 MB,
-# and a typo (100000) would otherwise ask for terabytes before anything could say so.
-MAX_IMAGE_SIDE = 1024
-DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of decoded uint8 pixels kept in memory before spilling to disk
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run (recorded in the model card and in run.json).
@@ -173,8 +141,6 @@ class TrainConfig:
     memory_limit: int = DEFAULT_MEMORY_LIMIT
 
     def __post_init__(self) -> None:
-        from fruitlens.inputs import AugmentConfig, as_size
-
         parse_arch(self.arch)
         size = as_size(self.image_size)
         if max(size) > MAX_IMAGE_SIDE:
@@ -209,8 +175,6 @@ class TrainConfig:
     @property
     def size(self) -> tuple[int, int]:
         """(height, width)."""
-        from fruitlens.inputs import as_size
-
         return as_size(self.image_size)
 
     @property
@@ -273,7 +237,7 @@ class PipelineConfig:
         task_runner: "thread" (default) or "dask" for the explanation chunks.
         dask_address: scheduler address for "dask"; None starts a local cluster.
         model: explain an existing model instead of training one: a spec (``pets.keras``, ``imagenet:vgg16``,
-            a run folder) or a mapping of ``fruitlens.modelio.ModelSource`` fields (spec, classes,
+            a run folder) or a mapping of ``fruitlens.modelspec.ModelSpec`` fields (spec, classes,
             classes_file, image_size, preprocessing, fit); no training, no comparison, no promotion.
         class_evidence: the mean Grad-CAM heatmap per class over its right predictions and its mistakes, with the
             pointing game and evidence share per class where masks exist (``fruitlens.explain.evidence``).
@@ -349,11 +313,11 @@ class PipelineConfig:
 
 def model_source_fields(model: str | Mapping[str, Any]) -> dict[str, Any]:
     """A model spec or ModelSource fields, checked (without loading anything): the fields as plain values."""
-    from fruitlens.modelio import ModelSource
+    from fruitlens.modelspec import ModelSpec
 
     values = {"spec": model} if isinstance(model, str) else dict(model)
     try:
-        return to_plain(build(ModelSource, values, "model"))
+        return to_plain(build(ModelSpec, values, "model"))
     except (TypeError, ValueError) as exc:
         raise ValueError(str(exc) if str(exc).startswith("model") else f"model: {exc}") from exc
 

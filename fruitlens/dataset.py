@@ -34,6 +34,7 @@ import pandas as pd
 from PIL import Image
 
 from fruitlens import tables
+from fruitlens.errors import DatasetError  # noqa: F401 - raised here; its home is fruitlens.errors
 from fruitlens.images import (
     IMAGE_SUFFIXES,
     MASK_SUFFIX,
@@ -53,10 +54,6 @@ SPLIT_ALIASES = {  # compared lower-case: Training, TRAIN and training_set all c
 }
 SPLITS = ("train", "val", "test")
 __all__ = ["IMAGE_SUFFIXES", "MASK_SUFFIX", "USABLE_MODES"]  # re-exported from fruitlens.images
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be indexed at all (missing folder, no classes, unknown class name)."""
 
 
 @dataclass(frozen=True)

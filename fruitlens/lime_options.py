@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from fruitlens.method_options import FAITHFULNESS_STEPS
+from fruitlens.segmenter_params import resolve_params
 from fruitlens.typed import check, to_plain
 
 Plots = Literal["all", "explanation", "none"]
@@ -57,8 +58,6 @@ class LimeOptions:
     control_variate: bool = True
 
     def __post_init__(self) -> None:
-        from fruitlens.explain.segmentation import make_segmenter
-
         check([
             (self.num_samples >= 2, "num_samples", self.num_samples, "at least 2"),
             (self.top_labels >= 1, "top_labels", self.top_labels, "at least 1"),
@@ -85,16 +84,17 @@ class LimeOptions:
             values = hide if isinstance(hide, tuple) else (hide,)
             check([(all(0.0 <= float(v) <= 1.0 for v in values), "hide_color", hide, "values in [0, 1]")])
         try:
-            make_segmenter(self.segmenter, **self.segmenter_params)
+            resolve_params(self.segmenter, dict(self.segmenter_params))
         except ValueError as exc:
             raise ValueError(f"segmenter {self.segmenter!r}: {exc}") from exc
         object.__setattr__(self, "segmenter_params", dict(sorted(self.segmenter_params.items())))
 
     def describe(self) -> str:
-        """The estimator in words: "adaptive, at most 300 samples (tolerance 0.05, at least 256), balanced
-        design, control variate, slic superpixels"."""
-        how = (f"adaptive, at most {self.num_samples:,} samples (tolerance {self.tolerance:g}, at least "
-               f"{min(self.min_samples, self.num_samples):,})" if self.adaptive else f"{self.num_samples:,} samples")
+        """The estimator in words: "adaptive, 256 to 300 samples at tolerance 0.05, balanced design, control
+        variate, slic superpixels" ("1,000 samples, random design, plain Ridge, ..." for the reference's)."""
+        low = min(self.min_samples, self.num_samples)
+        how = (f"adaptive, {low:,} to {self.num_samples:,} samples at tolerance {self.tolerance:g}" if self.adaptive
+               else f"{self.num_samples:,} samples")
         fit = "control variate" if self.control_variate else "plain Ridge"
         return f"{how}, {self.design} design, {fit}, {self.segmenter} superpixels"
 

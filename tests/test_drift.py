@@ -40,11 +40,10 @@ def models(tmp_path_factory):
 
 def _probe(data_dir):
     from fruitlens.batch.engine import read_chunk
-    from fruitlens.batch.methods import _masks
-    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.batch.rows import evidence_masks, rows_from_inputs
 
     images, rows, _ = read_chunk(rows_from_inputs([data_dir], split="test"), (32, 32))
-    return images, rows, _masks(rows, (32, 32))
+    return images, rows, evidence_masks(rows, (32, 32))
 
 
 def test_moved_sticker_is_flagged_for_the_affected_classes(models, tmp_path):
@@ -77,7 +76,8 @@ def test_same_model_shows_no_drift(models):
 
 
 def test_class_evidence_per_class_and_group(models, tmp_path):
-    from fruitlens.explain.evidence import EVIDENCE_SCHEMA, class_evidence, write_class_evidence
+    from fruitlens.batch.evidence import class_evidence
+    from fruitlens.explain.evidence import EVIDENCE_SCHEMA, write_class_evidence
     from fruitlens.synthetic import CLASSES
 
     standard, _, old, _ = models
@@ -133,4 +133,5 @@ def test_lime_stability_measures_the_runs_own_adaptive_lime(models):
     assert (table["samples_a"] < 600).all() and (table["samples_b"] < 600).all()  # adaptive: stopped early
     assert list(table["seed_a"]) == [4] * 3 and list(table["seed_b"]) == [5] * 3
     line = stability_line(table)
-    assert "LIME with the run's options (adaptive, at most 600 samples" in line and "control variate" in line
+    assert "LIME with the run's options (adaptive, 128 to 600 samples at tolerance 0.05" in line
+    assert "control variate" in line

@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from skimage.data import chelsea
 
-from fruitlens import modelfiles, tables
+from fruitlens import keras_cache, modelfiles, tables
 from fruitlens.explain.base import find_layer
 from fruitlens.explain.gradcam import gradcam
 from fruitlens.explain.lime import explain_lime
@@ -297,7 +297,7 @@ def test_predict_files_takes_a_source_and_refuses_all_unreadable(tmp_path, saved
 @pytest.fixture()
 def keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.setattr(modelfiles, "_network_available", lambda *a, **k: False)
+    monkeypatch.setattr(keras_cache, "network_available", lambda *a, **k: False)
     (tmp_path / "keras_home" / "models").mkdir(parents=True)
     return tmp_path / "keras_home" / "models"
 

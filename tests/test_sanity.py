@@ -69,7 +69,7 @@ def test_gradcam_passes_and_an_edge_detector_fails(trained, tmp_path):
     assert table.loc[table["method"] == "lime", "top_k_overlap"].between(0, 1).all()
     # LIME ran with a pipeline run's options (adaptive...), and the table and the verdicts say so
     ran = verdict.loc["lime", "options"]
-    assert ran.startswith("adaptive, at most 300 samples") and "seed 3 by position" in ran
+    assert ran.startswith("adaptive, 256 to 300 samples") and "seed 3 by position" in ran
     assert set(table.loc[table["method"] == "lime", "options"]) == {ran}
     assert verdict.loc["edges", "options"] == "an extra explainer"
     assert (tmp_path / "sanity" / "sanity.png").stat().st_size > 10_000

@@ -130,7 +130,7 @@ def test_cli_bad_values_are_one_line(demo_dir, tmp_path, capsys, monkeypatch):
     assert main(["train", "--data", str(demo_dir), "--out", str(tmp_path), "--image-size", "0"]) == 2
     assert "--image-size 0" in capsys.readouterr().err
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setattr(models, "_network_available", lambda *a, **k: False)
+    monkeypatch.setattr(models, "network_available", lambda *a, **k: False)
     assert main(["train", "--data", str(demo_dir), "--out", str(tmp_path), "--arch", "transfer:vgg16",
                  "--image-size", "32", "--epochs", "1"]) == 2
     err = capsys.readouterr().err

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from collections.abc import Callable
 
 import numpy as np
@@ -27,6 +26,7 @@ import pandas as pd
 
 from fruitlens import tables
 from fruitlens.batch import pictures
+from fruitlens.batch.rows import evidence_masks
 from fruitlens.layout import ExplainLayout
 from fruitlens.lime_options import LimeOptions
 from fruitlens.method_options import HeatmapOptions
@@ -38,13 +38,6 @@ Drawing = Callable[[], object]  # writes one method's PNGs of one chunk (picklab
 def image_seed(seed: int, image_id: str) -> tuple[int, int]:
     """The seed of one image in batch runs: (seed, 64-bit hash of its image id), independent of chunking."""
     return int(seed), int.from_bytes(hashlib.sha1(str(image_id).encode()).digest()[:8], "big")
-
-
-def _masks(rows: pd.DataFrame, size: tuple[int, int]) -> dict[int, np.ndarray]:
-    """Evidence masks (at ``size``) of the rows that have one, by position."""
-    from fruitlens.synthetic import read_mask
-
-    return {i: read_mask(m, size) for i, m in enumerate(rows["mask_path"]) if isinstance(m, str) and os.path.isfile(m)}
 
 
 def _base_columns(rows: pd.DataFrame) -> dict[str, list]:
@@ -79,7 +72,7 @@ def run_lime(method: str, model, card, images: np.ndarray, rows: pd.DataFrame, o
     ids = [str(i) for i in rows["image_id"]]
     results = METHODS[method].build(model, options).explain(images, seeds=[image_seed(options.seed, i) for i in ids])
     faith = _lime_faithfulness(model, images, results, options, ids)
-    masks = _masks(rows, card.image_size)
+    masks = evidence_masks(rows, card.image_size)
     files = pictures.lime_files(out, rows, options)
     frames = []
     for i, res in enumerate(results):
@@ -119,7 +112,7 @@ def run_heatmap(method: str, model, card, images: np.ndarray, rows: pd.DataFrame
     faith = deletion_insertion(model, images, result.heatmaps, result.targets, steps=max(options.faithfulness_steps, 1),
                                baseline=options.baseline, batch_size=options.batch_size,
                                seed=[image_seed(options.seed, i) for i in rows["image_id"]])
-    masks = _masks(rows, card.image_size)
+    masks = evidence_masks(rows, card.image_size)
     hits: list = [None] * len(rows)
     if masks:
         where = sorted(masks)

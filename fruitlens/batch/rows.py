@@ -11,6 +11,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fruitlens.dataset import IMAGE_SUFFIXES, MASK_SUFFIX, DatasetError, image_id, index_dataset, load_index
@@ -113,3 +114,10 @@ def rows_from_inputs(data: Sequence[str | os.PathLike], *, split: str = "test", 
             raise DatasetError(f"{dirs[0]}: a folder among files; expected one folder or image files")
         df = _file_rows(paths)
     return df.head(limit) if limit is not None else df
+
+
+def evidence_masks(rows: pd.DataFrame, size: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Evidence masks (at ``size``) of the rows that have one, by position."""
+    from fruitlens.synthetic import read_mask
+
+    return {i: read_mask(m, size) for i, m in enumerate(rows["mask_path"]) if isinstance(m, str) and os.path.isfile(m)}

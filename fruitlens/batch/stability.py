@@ -62,8 +62,8 @@ def stability_line(table: pd.DataFrame | None) -> str:
         return ""
     if "options" in table.columns:
         used = pd.concat([table["samples_a"], table["samples_b"]])
-        how = (f"LIME with the run's options ({table['options'].iloc[0]}; {used.mean():,.0f} samples per image "
-               f"on average)")
+        how = (f"LIME with the run's options ({table['options'].iloc[0]}: {used.mean():,.0f} samples per image "
+               "on average)")
     else:  # a table written before the options were recorded
         how = f"LIME at {int(table['num_samples'].iloc[0]):,} samples"
     return (f"{how}, the same {len(table):,} images under two seeds: "
