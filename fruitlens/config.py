@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from fruitlens.archs import ARCH_NAMES, BACKBONE_NAMES, MODES, TrainMode, parse_arch  # noqa: F401 - part of this API
 from fruitlens.augment import AugmentConfig
+from fruitlens.errors import OptionError
 from fruitlens.lime_options import (  # noqa: F401 - LIME's options are part of this API
     HIDE_COLORS,
     LIME_PLOT_KINDS,
@@ -92,7 +93,7 @@ def parse_methods(methods: str | typing.Sequence[str]) -> tuple[str, ...]:
     names = list(dict.fromkeys(m for m in names if m))
     bad = [m for m in names if m not in METHODS]
     if bad or not names:
-        raise ValueError(f"method {', '.join(bad) or '(none)'}: expected one or more of {', '.join(METHODS)}")
+        raise OptionError("methods", ", ".join(bad) or "(none)", f"one or more of {', '.join(METHODS)}")
     return tuple(names)
 
 
@@ -165,9 +166,7 @@ class TrainConfig:
             (self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0"),
             (self.alpha > 0, "alpha", self.alpha, "> 0"),
         ]
-        for ok, name, value, expected in checks:
-            if not ok:
-                raise ValueError(f"{name} {value!r}: expected {expected}")
+        check(checks)
         if self.augment and self.mode == "bottleneck" and self.arch.startswith("transfer:"):
             raise ValueError("augment with mode bottleneck: features are computed once, so nothing would be "
                              "augmented; use mode frozen or finetune")
@@ -301,8 +300,8 @@ class PipelineConfig:
                 raise ValueError(f"explain_options {given!r}: expected a mapping of method -> options")
             unknown = sorted(set(given) - set(METHODS))
             if unknown:
-                raise ValueError(f"unknown key {', '.join('explain_options.' + k for k in unknown)}; "
-                                 f"expected one of {', '.join(METHODS)}")
+                raise OptionError(", ".join("explain_options." + k for k in unknown), None, ", ".join(METHODS),
+                              unknown=True)
             # a partial section overrides the pipeline's defaults field by field
             values["explain_options"] = {m: {**base[m], **(given.get(m) or {})} for m in METHODS}
         return build(cls, values)
@@ -318,8 +317,10 @@ def model_source_fields(model: str | Mapping[str, Any]) -> dict[str, Any]:
     values = {"spec": model} if isinstance(model, str) else dict(model)
     try:
         return to_plain(build(ModelSpec, values, "model"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc) if str(exc).startswith("model") else f"model: {exc}") from exc
+    except OptionError as exc:
+        raise (exc if exc.key.startswith("model") else exc.at("model")) from exc
+    except (TypeError, ValueError) as exc:  # ModelSpec's own checks (ModelSourceError): one line naming the value
+        raise ValueError(f"model: {exc}") from exc
 
 
 def load_config(path: str | os.PathLike | None) -> PipelineConfig:

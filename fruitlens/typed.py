@@ -1,7 +1,8 @@
 """Building frozen option dataclasses from plain values (config files, flags), strictly.
 
-Unknown keys, wrong types and bad values are a ``ValueError`` that names the key with its path
-(``explain_options.lime.num_sample``) and what was expected; lists become tuples, ints are accepted as floats.
+Unknown keys, wrong types and bad values are an ``OptionError`` (a ``ValueError``, ``fruitlens.errors``) that
+carries the key with its path (``explain_options.lime.num_sample``), the value and what was expected; lists
+become tuples, ints are accepted as floats.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import typing
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, Literal, get_args, get_origin
+
+from fruitlens.errors import OptionError
 
 
 def _type_name(tp: Any) -> str:
@@ -42,7 +45,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
             try:
                 return _coerce(value, option, where)
-            except ValueError:
+            except OptionError:
                 continue
     elif origin is tuple:
         if isinstance(value, list | tuple):
@@ -69,7 +72,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ValueError(f"{where} {value!r}: expected {_type_name(tp)}")
+    raise OptionError(where, value, _type_name(tp))
 
 
 def build(cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
@@ -81,16 +84,18 @@ def build(cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
-        raise ValueError(f"{where or cls.__name__} {values!r}: expected a mapping of {cls.__name__} fields")
+        raise OptionError(where or cls.__name__, values, f"a mapping of {cls.__name__} fields")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls) if f.init]
     unknown = sorted(set(values) - set(names))
     if unknown:
         keys = ", ".join(f"{where}.{k}" if where else str(k) for k in unknown)
-        raise ValueError(f"unknown key {keys}; expected one of {', '.join(names)}")
+        raise OptionError(keys, None, ", ".join(names), unknown=True)
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     try:
         return cls(**kwargs)
+    except OptionError as exc:
+        raise (exc.at(where) if where else exc) from exc
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}" if where else str(exc)) from exc
 
@@ -107,6 +112,7 @@ def to_plain(obj: Any) -> Any:
 
 
 def check(checks: list[tuple[bool, str, Any, str]]) -> None:
+    """Raise an ``OptionError`` for the first ``(ok, name, value, expected)`` that is not ok."""
     for ok, name, value, expected in checks:
         if not ok:
-            raise ValueError(f"{name} {value!r}: expected {expected}")
+            raise OptionError(name, value, expected)

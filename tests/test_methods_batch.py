@@ -75,7 +75,7 @@ def test_pipeline_config_takes_the_methods_and_their_options():
         PipelineConfig.from_dict({"explain_options": {"rise": {"keep": 1.5}}})
     with pytest.raises(ValueError, match="reference 'pink'"):
         PipelineConfig.from_dict({"explain_options": {"integrated_gradients": {"reference": "pink"}}})
-    with pytest.raises(ValueError, match="method nosuch"):
+    with pytest.raises(ValueError, match="methods 'nosuch'"):
         PipelineConfig.from_dict({"methods": ["nosuch"]})
 
 

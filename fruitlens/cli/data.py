@@ -107,10 +107,7 @@ def _cmd_augment_preview(args) -> int:
         if len(rows) == 0:
             raise CommandError(f"--data {args.data}: no usable training image")
         paths = list(rows.sample(n=min(len(rows), args.count), random_state=args.seed)["abs_path"])
-    try:
-        images = [read_rgb(p, size) for p in paths]
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
+    images = [read_rgb(p, size) for p in paths]
     import numpy as np
 
     samples = augment_preview(np.stack(images), args.count, seed=args.seed)
@@ -144,10 +141,7 @@ def _cmd_superpixels(args) -> int:
     from fruitlens.images import read_rgb
 
     params = {name: getattr(args, name) for name in _SEGMENTER_FLAGS if getattr(args, name) is not None}
-    try:
-        segmenter = make_segmenter(args.method, **params)
-    except ValueError as exc:
-        raise CommandError(f"--method {args.method}: {exc}") from exc
+    segmenter = make_segmenter(args.method, **params)
     size = None
     if args.size:
         try:

@@ -58,12 +58,9 @@ def _cmd_train(args) -> int:
     from fruitlens.training import train_model
 
     config = _train_config(args)
-    try:
-        # a progress bar on a terminal; one line per epoch in a log or pipe (a bar there is one endless line)
-        verbose = 1 if sys.stdout.isatty() else 2
-        result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
-    except ValueError as exc:  # bad weights file, no ImageNet weights offline, changed config on resume, ...
-        raise CommandError(str(exc).splitlines()[0]) from exc
+    # a progress bar on a terminal; one line per epoch in a log or pipe (a bar there is one endless line)
+    verbose = 1 if sys.stdout.isatty() else 2
+    result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
     m = result["metrics"]
     start = f"resumed after epoch {result['resumed_from']}, " if result["resumed_from"] else ""
     print(f"trained {config.arch} on {result['counts']['train']} images ({len(result['classes'])} classes): "
@@ -88,10 +85,7 @@ def _cmd_evaluate(args) -> int:
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
-    try:
-        metrics = evaluate_run(args.model, args.data, args.out, split=args.split, top_k_count=args.top_k)
-    except ValueError as exc:
-        raise CommandError(str(exc).splitlines()[0]) from exc
+    metrics = evaluate_run(args.model, args.data, args.out, split=args.split, top_k_count=args.top_k)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images; macro F1 "
           f"{metrics['macro']['f1-score']:.4f}; {metrics['unreadable']} unreadable, "
           f"{metrics['unknown_label']} with a label the model does not know")
@@ -116,10 +110,7 @@ def _cmd_predict(args) -> int:
     files = [f for arg in args.files for f in (photos_in(arg) if arg.is_dir() else [arg])]
     if not files:
         raise CommandError(f"{' '.join(map(str, args.files))}: no image files found")
-    try:
-        table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k)
-    except ValueError as exc:  # a bad model file, or not one image could be read
-        raise CommandError(str(exc).splitlines()[0]) from exc
+    table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k)
     for row in table.itertuples():
         if row.error:
             print(f"error: {row.error}")  # the reason starts with the path
@@ -157,11 +148,8 @@ def _cmd_visualize(args) -> int:
         raise CommandError(f"--steps {args.steps}: expected at least 0")
     if args.palette not in matplotlib.colormaps:
         raise CommandError(f"--palette {args.palette}: expected a matplotlib colormap such as viridis, jet, magma")
-    try:
-        paths = visualize_run(model_source(args), args.image, args.out, channels=args.channels, filters=args.filters,
-                              steps=args.steps, seed=args.seed, palette=args.palette)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
+    paths = visualize_run(model_source(args), args.image, args.out, channels=args.channels, filters=args.filters,
+                          steps=args.steps, seed=args.seed, palette=args.palette)
     layers = sum(1 for p in paths if p.parent.name == "activations")
     print(f"wrote activation and filter grids of {layers} conv layers to {args.out} (activations/, filters/)")
     return 0

@@ -45,10 +45,7 @@ def _cmd_sanity(args) -> int:
         raise CommandError(f"--limit {args.limit}: expected at least 1")
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out}: is a file; expected a folder")
-    try:
-        options = load_config(args.config).explain_options
-    except ValueError as exc:
-        raise CommandError(f"--config {exc}") from exc
+    options = load_config(args.config).explain_options
     if args.num_samples is not None:
         lime = build_options(type(options.lime), {**to_plain(options.lime), "num_samples": args.num_samples})
         options = replace(options, lime=lime)
@@ -57,11 +54,7 @@ def _cmd_sanity(args) -> int:
     images, rows, failed = read_chunk(rows, card.image_size, card.fit)
     if not len(rows):
         raise CommandError(f"--data: none of the {len(failed)} images could be read")
-    try:
-        result = sanity.run_sanity(model, images, methods=methods, options=options, layer=args.layer,
-                                   seed=args.seed)
-    except ValueError as exc:
-        raise CommandError(str(exc).splitlines()[0]) from exc
+    result = sanity.run_sanity(model, images, methods=methods, options=options, layer=args.layer, seed=args.seed)
     found = sanity.write_sanity(result, images, rows, args.out, class_names=card.classes, seed=args.seed)
     for v in found.to_dict("records"):
         print(f"{sanity.method_title(v['method'])}: {'passes' if v['passed'] else 'FAILS'} ({v['reason']}; "
