@@ -12,6 +12,7 @@ from typing import Any
 from fruitlens import tables
 from fruitlens.errors import RunError
 from fruitlens.layout import CARD_FILE
+from fruitlens.modelspec import PREPROCESSINGS
 
 
 @dataclass(frozen=True)
@@ -21,7 +22,8 @@ class ModelCard:
     classes: tuple[str, ...]  # class names in output order
     image_size: tuple[int, int]  # (height, width) the model takes
     arch: str  # architecture name, e.g. "seed_cnn" or "transfer:vgg16"
-    preprocessing: str = "rescale"  # what is done to the [0, 1] input before the network (see wrap_preprocessing)
+    # what the model FILE expects, a fruitlens.modelspec.PREPROCESSINGS keyword (rescale: [0, 1] itself)
+    preprocessing: str = "rescale"
     fingerprint: str = ""  # dataset fingerprint it was trained on
     seed: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
@@ -32,12 +34,16 @@ class ModelCard:
     wrap_preprocessing: bool = False
     source: str = ""  # where the model was loaded from (a path or imagenet:<app>); "" in a run folder's card
     fit: str = "resize"  # how photos of another aspect are brought to image_size (modelio.fit_photo)
+    scaling: str = ""  # for people: what a fruitlens-trained model does inside to its [0, 1] input
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "image_size", tuple(int(v) for v in self.image_size))
         if len(self.image_size) != 2 or min(self.image_size) < 1:
             raise ValueError(f"image_size {self.image_size}: expected (height, width) > 0")
+        if self.preprocessing not in PREPROCESSINGS:
+            raise ValueError(f"preprocessing {self.preprocessing!r}: expected one of {', '.join(PREPROCESSINGS)} "
+                             "(what the model file expects; a description goes to scaling)")
 
     @property
     def num_classes(self) -> int:
@@ -49,7 +55,11 @@ class ModelCard:
     @classmethod
     def from_json(cls, obj: dict[str, Any]) -> ModelCard:
         known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in obj.items() if k in known})
+        values = {k: v for k, v in obj.items() if k in known}
+        if values.get("preprocessing", "rescale") not in PREPROCESSINGS:  # a card written before scaling existed
+            values["scaling"] = values.get("scaling") or values["preprocessing"]
+            values["preprocessing"] = "rescale"  # the trained model scales inside: its file takes [0, 1]
+        return cls(**values)
 
 
 def library_versions() -> dict[str, str]:

@@ -145,7 +145,7 @@ class TrainConfig:
         parse_arch(self.arch)
         size = as_size(self.image_size)
         if max(size) > MAX_IMAGE_SIDE:
-            raise ValueError(f"image_size {self.image_size!r}: expected at most {MAX_IMAGE_SIDE} pixels per side")
+            raise OptionError("image_size", self.image_size, f"at most {MAX_IMAGE_SIDE} pixels per side")
         object.__setattr__(self, "image_size", size[0] if size[0] == size[1] else size)
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
@@ -154,7 +154,7 @@ class TrainConfig:
             AugmentConfig(**dict(self.augment_options))  # validates names and values
         except TypeError as exc:
             valid = ", ".join(AugmentConfig.__dataclass_fields__)
-            raise ValueError(f"augment_options {dict(self.augment_options)}: expected keys among {valid}") from exc
+            raise OptionError("augment_options", dict(self.augment_options), f"keys among {valid}") from exc
         checks = [
             (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),

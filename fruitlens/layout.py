@@ -13,7 +13,9 @@ A run folder (``fruitlens run --out RUN``, ``fruitlens train --out RUN``)::
       visualize/    activations/<layer>.png, filters/<layer>.png
       sanity/       sanity.parquet, sanity.png, verdicts.json (``fruitlens sanity --out RUN/sanity``)
 
-Everyone who reads or writes these files takes the names from here; nobody spells them out.
+Readers take the names from here, and so do the run-level writers (training, the batch engine, the report,
+the flows). ``fruitlens.inference`` writes ``predictions.parquet``, ``metrics.json`` and ``confusion.*`` into any
+``--out`` folder by those same names; ``RunLayout`` names them where they sit in a run (``eval/``).
 """
 
 from __future__ import annotations

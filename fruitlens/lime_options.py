@@ -33,7 +33,7 @@ class LimeOptions:
     ``design``: "balanced" (default: Hadamard blocks, less noise, same estimand) or "random" rows (as the `lime`
     package). ``control_variate`` (default on): a logistic surrogate takes most of the sampling noise out of
     the weights, same estimand. With the three defaults, LIME agrees with the `lime` package at 1000 samples
-    better than that package agrees with itself, at about a fifth of the model rows (benchmarks/README.md);
+    better than that package agrees with itself, at a fraction of the model rows (the figures: benchmarks/README.md);
     ``adaptive: false, design: random, control_variate: false`` is the reference's own procedure.
     """
 

@@ -1,7 +1,7 @@
 """Any Keras classifier as a fruitlens model: run folders, model files, SavedModels, ImageNet applications.
 
-fruitlens feeds every model NHWC float32 RGB in [0, 1] (DESIGN.md). :class:`ModelSource` loads a model from
-wherever it lives and returns it in that form with a :class:`~fruitlens.runs.ModelCard`:
+fruitlens feeds every model NHWC float32 RGB in [0, 1] (every explainer's convention). :class:`ModelSource` loads a
+model from wherever it lives and returns it in that form with a :class:`~fruitlens.card.ModelCard`:
 
 - a run folder (``model.keras`` + ``model.json``, written by ``fruitlens train``): loaded as is;
 - a ``.keras`` or ``.h5`` file: ``keras.models.load_model(compile=False, safe_mode=True)`` (``unsafe=True``
@@ -245,7 +245,7 @@ class ModelSource(ModelSpec):
         size = self._size(fixed, card, str(where))
         inside = card is not None and not card.wrap_preprocessing and self.preprocessing is None
         preprocessing = "rescale" if inside else (self.preprocessing or (
-            card.preprocessing if card is not None and card.preprocessing in PREPROCESSINGS
+            card.preprocessing if card is not None
             else "rescale" if kind == "savedmodel" else _guess_preprocessing(raw)))
         needs_wrap = kind == "savedmodel" or preprocessing != "rescale" or fixed is None
         model = wrap_model(raw, size, preprocessing) if needs_wrap else raw

@@ -414,7 +414,7 @@ def build_model(arch: str, num_classes: int, image_size: int | Sequence[int], *,
 
 
 def preprocessing_of(arch: str) -> str:
-    """What a model of ``arch`` does inside to its [0, 1] input (for the model card)."""
+    """What a model of ``arch`` does inside to its [0, 1] input, in words (the model card's ``scaling``)."""
     kind, backbones = parse_arch(arch)
     if kind == "transfer":
         return ",".join(f"{b}:{BACKBONES[b].preprocessing}" for b in backbones)

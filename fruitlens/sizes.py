@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fruitlens.errors import OptionError
+
 # Side of the largest input fruitlens builds a model for: a 1024 x 1024 float32 batch of 32 is already 400 MB,
 # and a typo (100000) would otherwise ask for terabytes before anything could say so.
 MAX_IMAGE_SIDE = 1024
@@ -19,5 +21,5 @@ def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     else:
         size = tuple(int(v) for v in image_size)
     if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image_size {image_size!r}: expected a positive int or (height, width)")
+        raise OptionError("image_size", image_size, "a positive int or (height, width)")
     return size

@@ -40,7 +40,7 @@ def test_config_round_trip_and_partial_sections(tmp_path):
     ({"explain_limit": "all"}, "explain_limit 'all': expected an integer or null"),
     ({"train": {"epochs": "5"}}, r"train.epochs '5': expected an integer"),
     ({"train": {"epoch": 5}}, r"unknown key train.epoch; expected one of arch, image_size, epochs"),
-    ({"train": {"image_size": 0}}, "train: image_size 0"),
+    ({"train": {"image_size": 0}}, "train.image_size 0: expected a positive int"),
     ({"train": {"arch": "resnet"}}, "train: architecture 'resnet'"),
     ({"explain_options": {"gradcm": {}}}, r"unknown key explain_options.gradcm; expected one of lime, gradcam"),
     ({"explain_options": {"lime": {"num_sample": 5}}},

@@ -80,7 +80,7 @@ def test_resume_onto_another_dataset_is_refused(one_epoch, demo_dir, tmp_path, k
     assert json.loads((one_epoch / "checkpoints" / "state.json").read_text())["epoch"] == 1
     # the same data resumes (more epochs are an allowed change)
     again = train_model(demo_dir, one_epoch, TrainConfig(epochs=1, **FAST), resume=True)
-    assert again["resumed_from"] == 1
+    assert again.resumed_from == 1
 
 
 @pytest.mark.parametrize("resume", [True, False])
@@ -95,7 +95,7 @@ def test_leftover_checkpoint_temp_files_are_removed_at_start(one_epoch, demo_dir
     keep.write_text("mine")
     result = train_model(demo_dir, run, TrainConfig(epochs=1, **FAST), resume=resume)
     assert not any(p.exists() for p in leftovers)
-    assert keep.read_text() == "mine" and result["epochs"] == 1
+    assert keep.read_text() == "mine" and result.epochs == 1
     assert not list(run.rglob(".*.tmp*"))
 
 
@@ -138,7 +138,7 @@ def test_sigkilled_training_process_resumes_to_the_uninterrupted_history(demo_di
     assert state["epoch"] == 1 and not (run / "model.keras").exists()
 
     result = train_model(demo_dir, run, config, resume=True)
-    assert result["resumed_from"] == 1 and result["epochs"] == 3
+    assert result.resumed_from == 1 and result.epochs == 3
     history = tables.read_table(run / "history.parquet")
     ref = tables.read_table(reference / "history.parquet")
     assert history["epoch"].tolist() == [1, 2, 3]

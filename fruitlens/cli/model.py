@@ -61,12 +61,11 @@ def _cmd_train(args) -> int:
     # a progress bar on a terminal; one line per epoch in a log or pipe (a bar there is one endless line)
     verbose = 1 if sys.stdout.isatty() else 2
     result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
-    m = result["metrics"]
-    start = f"resumed after epoch {result['resumed_from']}, " if result["resumed_from"] else ""
-    print(f"trained {config.arch} on {result['counts']['train']} images ({len(result['classes'])} classes): "
-          f"{start}{result['epochs']} epochs, best epoch {result['best_epoch']} "
-          f"val_accuracy {m.get('val_accuracy', float('nan')):.4f}; {result['seconds']:.1f}s")
-    print(f"wrote {result['model_path']}, model.json, history.parquet, curves.png, checkpoints/")
+    start = f"resumed after epoch {result.resumed_from}, " if result.resumed_from else ""
+    print(f"trained {config.arch} on {result.counts['train']} images ({len(result.classes)} classes): "
+          f"{start}{result.epochs} epochs, best epoch {result.best_epoch} "
+          f"val_accuracy {result.metrics.get('val_accuracy', float('nan')):.4f}; {result.seconds:.1f}s")
+    print(f"wrote {result.model_path}, model.json, history.parquet, curves.png, checkpoints/")
     return 0
 
 
