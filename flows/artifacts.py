@@ -56,3 +56,9 @@ def publish_links(links: dict[str, str], prefix: str = "") -> int:
             create_link_artifact(p.resolve().as_uri(), link_text=f"{name}: {p.name}", key=key)
             n += 1
     return n
+
+
+def publish_trend(rows: list[dict], prefix: str = "") -> None:
+    """Table artifact: one row per night of the models home (``fruitlens.nights``), newest first."""
+    create_table_artifact(rows, key=f"{prefix}nightly-trend",
+                          description="Trend across nights: accuracy, macro F1, drift, sanity, evidence, shortcuts")

@@ -1,5 +1,6 @@
-"""nightly_flow: index -> train -> evaluate -> explain -> visualize -> class evidence -> compare (accuracy and
-explanation drift)/promote -> run record -> report.
+"""nightly_flow: index -> train -> evaluate -> explain -> visualize -> sanity -> class evidence (and shortcut
+shares) -> compare (accuracy and explanation drift)/promote -> the night's row in the trend -> run record ->
+report -> events (``fruitlens.alerts``).
 
 ``fruitlens run`` and ``fruitlens demo`` run it once; ``fruitlens serve`` serves it on a cron schedule and
 ``prefect.yaml`` deploys it to a work pool. Unchanged steps are Cached, so a night with no new data costs
@@ -12,12 +13,15 @@ import time
 
 from prefect import flow, get_run_logger
 
-from flows.artifacts import publish_comparison, publish_links, publish_summary
+from flows.alerts import emit_alerts
+from flows.artifacts import publish_comparison, publish_links, publish_summary, publish_trend
 from flows.evaluate import evaluate_flow
 from flows.explain import explain_flow
 from flows.index import index_flow
 from flows.settings import build_task_runner, run_name, slug, subflow
 from flows.train import train_flow
+from fruitlens.alerts import night_alerts
+from fruitlens.batch.sanity import read_verdicts, sanity_methods
 from fruitlens.config import PipelineConfig, model_source_fields, to_plain
 from fruitlens.layout import RunLayout
 from fruitlens.promotion import default_models_home
@@ -26,8 +30,10 @@ from tasks.cache import fresh
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
 from tasks.evidence import evidence_task
+from tasks.nights import record_night_task
 from tasks.promote import compare_task, current_model_task, existing_model, promote_task
 from tasks.report import report_task, run_record_task
+from tasks.sanity import sanity_task
 from tasks.stability import stability_task
 from tasks.visualize import visualize_task
 
@@ -67,12 +73,13 @@ def compare_with_current(run: RunLayout, data_dir: str, cfg: PipelineConfig, hom
         drift = fresh(drift_task, run.drift)(model_source_fields(current["run_dir"]),
                                              model_source_fields(str(run.root)), str(run.index_dir),
                                              str(run.explain_dir), cfg.split, cfg.drift_probe, str(run.drift_dir))
-    comparison = compare_task(str(run.root), new["headline"], old, cfg.promote_metric, same, drift, cfg.max_drift)
+    comparison = compare_task(str(run.root), new["headline"], old, cfg.promote_metric, same, drift, cfg.max_drift,
+                              read_verdicts(run.sanity.root) or None)
     if comparison["promote"] and not same:
         promote_task(str(run.root), home, {"model_digest": train["model_digest"], "metrics": new["headline"]})
     if current["note"]:
         get_run_logger().info("%s", current["note"])
-    return {**comparison, "old": old, "note": current["note"], "models_home": home, "drift": drift}
+    return {**comparison, "old": old, "note": current["note"], "models_home": home, "drift": drift, "same": same}
 
 
 @flow(name="nightly", flow_run_name=_name, log_prints=True)
@@ -106,6 +113,10 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
         step("lime_stability", fresh(stability_task, run.explain.stability), model, str(run.index_dir),
              str(run.explain_dir), cfg.split, cfg.stability_images, to_plain(cfg.explain_options.lime),
              str(run.explain.stability))
+    checked = sanity_methods(cfg.methods, cfg.explain_options)
+    if cfg.sanity_images and checked:
+        step("sanity", fresh(sanity_task, run.sanity.verdicts), model, str(run.index_dir), str(run.explain_dir),
+             cfg.split, cfg.sanity_images, list(checked), to_plain(cfg.explain_options), str(run.sanity.root))
     if cfg.class_evidence:
         step("class_evidence", fresh(evidence_task, run.class_evidence), model, str(run.index_dir), cfg.split,
              str(run.evidence_dir))
@@ -118,8 +129,14 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
         publish_comparison(comparison["rows"], comparison["promote"], prefix=prefix, note=comparison["note"])
     record = {"data_dir": str(data_dir), "models_home": home, "metrics": new["headline"],
               "promoted": comparison["promote"], "model_digest": train["model_digest"]}
+    trend = step("trend", record_night_task, home, str(run.root), train["model_digest"], new["headline"],
+                 sum(step.timings.values()), comparison["promote"], comparison.get("drift"))
+    publish_trend(trend, prefix=prefix)
     run_record_task(str(run.root), cfg.to_dict(), step.timings, record)
     report = step("report", fresh(report_task, run.report), str(run.root)) if cfg.report else None
+    emit_alerts(night_alerts(run.root, metrics=new["headline"], seconds=sum(step.timings.values()), report=report,
+                             model_digest=train["model_digest"], comparison=comparison, metric=cfg.promote_metric,
+                             max_drift=cfg.max_drift, trained=cfg.model is None), run.root)
     lines, images = run_summary(run.root, data_dir, cfg, index, train, explained, comparison, new["headline"],
                                 comparison["old"])
     publish_summary(f"fruitlens run {run.root.name}", new["headline"], lines, images, prefix=prefix)

@@ -213,6 +213,9 @@ def _train_config(values: Mapping[str, Any] | Any):
     return build(TrainConfig, values, "train")
 
 
+MAX_SANITY_IMAGES = 64  # the nightly's randomisation test is a spot check, not a second explanation run
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """Everything a pipeline run needs besides the data and the output folder.
@@ -246,6 +249,9 @@ class PipelineConfig:
             see whether the evidence moved (``fruitlens.explain.drift``); 0: off.
         max_drift: hold the new model back when more than this share of the probe images' evidence moved
             (0..1); None (default): drift is reported, never decides.
+        sanity_images: explained images the randomisation test (``fruitlens.explain.sanity``) runs on with the
+            run's own Grad-CAM and LIME options, written to ``RUN/sanity``; 0: off; at most
+            ``MAX_SANITY_IMAGES`` (each image is explained once per layer and method).
     """
 
     train: Any = field(default_factory=lambda: _train_config({}))
@@ -267,6 +273,7 @@ class PipelineConfig:
     stability_images: int = 6
     drift_probe: int = 12
     max_drift: float | None = None
+    sanity_images: int = 4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", _train_config(self.train))
@@ -281,6 +288,8 @@ class PipelineConfig:
             (self.stability_images >= 0, "stability_images", self.stability_images, "at least 0 (0: off)"),
             (self.max_drift is None or 0.0 <= self.max_drift <= 1.0, "max_drift", self.max_drift,
              "a share in [0, 1] or null"),
+            (0 <= self.sanity_images <= MAX_SANITY_IMAGES, "sanity_images", self.sanity_images,
+             f"0 (off) to {MAX_SANITY_IMAGES}"),
         ])
 
     def to_dict(self) -> dict[str, Any]:

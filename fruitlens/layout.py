@@ -11,7 +11,10 @@ A run folder (``fruitlens run --out RUN``, ``fruitlens train --out RUN``)::
       eval_current/ the current model evaluated on the same split (nightly comparison)
       explain/      see ExplainLayout
       visualize/    activations/<layer>.png, filters/<layer>.png
-      sanity/       sanity.parquet, sanity.png, verdicts.json (``fruitlens sanity --out RUN/sanity``)
+      sanity/       sanity.parquet, sanity.png, verdicts.json (``fruitlens sanity --out RUN/sanity``, the nightly)
+      evidence/     class_evidence.parquet, class_evidence.png, shortcut.parquet
+      drift/        drift.parquet, pictures/ (nightly, against the current model)
+      trend/        nights.parquet, trend.png (nightly: the models home's history up to this run)
 
 Readers take the names from here, and so do the run-level writers (training, the batch engine, the report,
 the flows). ``fruitlens.inference`` writes ``predictions.parquet``, ``metrics.json`` and ``confusion.*`` into any
@@ -31,6 +34,8 @@ REPORT_FILE = "report.html"
 RUN_RECORD_FILE = "run.json"
 PREDICTIONS_FILE = "predictions.parquet"  # in an evaluation folder (RUN/eval, or `fruitlens evaluate --out`)
 METRICS_FILE = "metrics.json"
+SHORTCUT_FILE = "shortcut.parquet"  # in the evidence folder (RUN/evidence): fruitlens.explain.shortcut
+NIGHTS_FILE = "nights.parquet"  # in a models home and in RUN/trend: one row per run (fruitlens.nights)
 FAILED = "failed"  # the pseudo-method whose table lists the images that could not be read
 
 
@@ -218,6 +223,24 @@ class RunLayout:
     @property
     def class_evidence_png(self) -> Path:
         return self.evidence_dir / "class_evidence.png"
+
+    @property
+    def shortcut(self) -> Path:
+        """Per class, the share of Grad-CAM heat on the border and on plain background (``explain.shortcut``)."""
+        return self.evidence_dir / SHORTCUT_FILE
+
+    @property
+    def trend_dir(self) -> Path:
+        """nights.parquet (the models home's history up to this run) and trend.png (``fruitlens.nights``)."""
+        return self.root / "trend"
+
+    @property
+    def trend_table(self) -> Path:
+        return self.trend_dir / NIGHTS_FILE
+
+    @property
+    def trend_png(self) -> Path:
+        return self.trend_dir / "trend.png"
 
     @property
     def drift_dir(self) -> Path:

@@ -50,12 +50,15 @@ def comparable(new_classes: Sequence[str], models_home: str | os.PathLike) -> tu
 
 def compare_models(new: Mapping[str, float], current: Mapping[str, float] | None,
                    metric: str = "accuracy", drift: Mapping[str, Any] | None = None,
-                   max_drift: float | None = None) -> tuple[pd.DataFrame, bool]:
+                   max_drift: float | None = None, sanity: Mapping[str, bool] | None = None
+                   ) -> tuple[pd.DataFrame, bool]:
     """A table new vs current on each metric, and whether the new model is promoted.
 
     The new model is promoted when there is no current one, or when it is not worse on ``metric`` and, with
     ``max_drift``, the share of probe images whose evidence moved (``drift``: ``explain.drift.drift_summary``)
-    is at most ``max_drift``. The drift numbers are rows of the table (new: the value, current: none).
+    is at most ``max_drift``. The drift numbers are rows of the table (new: the value, current: none), and so
+    is the randomisation test's verdict per method (``sanity``: {method: passed}; row ``sanity_<method>``,
+    new 1 = passes, 0 = fails; it is shown, it does not decide).
     """
     names = [m for m in ("accuracy", "macro_f1", "n") if m in new]
     rows = []
@@ -71,6 +74,8 @@ def compare_models(new: Mapping[str, float], current: Mapping[str, float] | None
                              "delta": None})
         if max_drift is not None and current is not None and float(drift["moved_share"]) > max_drift:
             promote = False
+    for method, passed in (sanity or {}).items():
+        rows.append({"metric": f"sanity_{method}", "new": 1.0 if passed else 0.0, "current": None, "delta": None})
     return pd.DataFrame(rows, columns=["metric", "new", "current", "delta"]), promote
 
 

@@ -77,10 +77,25 @@ def run_summary(run_dir: str | os.PathLike, data_dir: str, config, index: Mappin
         lines.pop()
     if comparison.get("note"):
         lines.append(f"- {_escape(comparison['note'])}")
+    lines += [f"- {_escape(line)}" for line in check_lines(run_dir)]
     images = [["training curves", str(run.curves)], ["confusion matrix", str(run.eval_dir / "confusion.png")]]
     images += [[f"{p.parent.name} {p.stem}", str(p)]
                for p in explanation_pngs(run.explain_dir, ["side_by_side", *config.methods], per_method=1)]
     return "\n".join(lines), images
+
+
+def check_lines(run_dir: str | os.PathLike) -> list[str]:
+    """The run's checks in words: the randomisation test's verdict per method and the shortcut alert."""
+    from fruitlens.batch.sanity import read_verdicts, verdict_words
+    from fruitlens.explain.shortcut import shortcut_line
+
+    run = RunLayout(run_dir)
+    lines = []
+    if verdicts := read_verdicts(run.sanity.root):
+        lines.append(f"sanity check (randomisation test): {verdict_words(verdicts)}")
+    if run.shortcut.is_file() and (line := shortcut_line(tables.read_table(run.shortcut))):
+        lines.append(line)
+    return lines
 
 
 def library_versions(extra: Sequence[str] = ("prefect", "prefect-dask", "scikit-image", "lime")) -> dict[str, str]:

@@ -135,6 +135,39 @@ SANITY_SCHEMA = pa.schema(
     ]
 )
 
+SHORTCUT_SCHEMA = pa.schema(  # fruitlens.explain.shortcut: per class, where its Grad-CAM evidence sits
+    [
+        ("label", pa.string()),  # the true class
+        ("images", pa.int32()),
+        ("border_share", pa.float64()),  # mean share of heat on the outer band of the image
+        ("border_area", pa.float64()),  # mean share of the area that band covers
+        ("background_share", pa.float64()),  # mean share of heat on plain background reaching the edge
+        ("background_area", pa.float64()),
+        ("flagged", pa.bool_()),  # the evidence sits mostly on the border or the background
+        ("reason", pa.string()),  # why it is flagged; empty when not
+    ]
+)
+
+NIGHTS_SCHEMA = pa.schema(  # fruitlens.nights: one row per run folder of a models home, the trend across nights
+    [
+        ("date", pa.timestamp("s", tz="UTC")),  # when the run's row was last written
+        ("run", pa.string()),  # the run folder's name
+        ("run_dir", pa.string()),  # its absolute path (the row's key)
+        ("model_digest", pa.string()),
+        ("promoted", pa.bool_()),
+        ("accuracy", pa.float64()),
+        ("macro_f1", pa.float64()),
+        ("drift_share", pa.float64()),  # share of probe images whose evidence moved; null without a current model
+        ("sanity", pa.string()),  # "gradcam:pass,lime:fail"; empty when not checked
+        ("sanity_failed", pa.int32()),  # methods that failed the randomisation test; null when not checked
+        ("evidence_share", pa.float64()),  # mean share of Grad-CAM heat on the evidence masks; null without masks
+        ("shortcut_classes", pa.string()),  # flagged classes, comma-separated; empty when none
+        ("shortcut_flags", pa.int32()),
+        ("seconds", pa.float64()),  # the run's steps, summed
+        ("reruns", pa.int32()),  # how many times this run folder's row was rewritten (0: one run)
+    ]
+)
+
 FAILED_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
 
 SCHEMAS: dict[str, pa.Schema] = {
@@ -147,6 +180,8 @@ SCHEMAS: dict[str, pa.Schema] = {
     "lime": LIME_SCHEMA,
     "gradcam": GRADCAM_SCHEMA,
     "sanity": SANITY_SCHEMA,
+    "shortcut": SHORTCUT_SCHEMA,
+    "nights": NIGHTS_SCHEMA,
 }
 
 

@@ -32,11 +32,12 @@ def current_model_task(models_home: str, classes: list[str]) -> dict:
 
 @task(name="compare-models", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def compare_task(run_dir: str, new: dict, current: dict | None, metric: str, same_model: bool = False,
-                 drift: dict | None = None, max_drift: float | None = None) -> dict:
+                 drift: dict | None = None, max_drift: float | None = None, sanity: dict | None = None) -> dict:
     """Write run_dir/comparison.parquet (metric, new, current, delta, promoted); the rows and the decision.
 
     ``same_model``: the new model is the current one (nothing retrained since it was promoted), so the
-    comparison made when it was promoted stands and is returned unchanged.
+    comparison made when it was promoted stands and is returned unchanged. ``sanity``: {method: passed} of
+    the randomisation test, one row each.
     """
     from fruitlens import tables
     from fruitlens.layout import RunLayout
@@ -48,7 +49,7 @@ def compare_task(run_dir: str, new: dict, current: dict | None, metric: str, sam
         promote = bool(table["promoted"].iloc[0]) if len(table) else True
         table = table.drop(columns=["promoted"])
     else:
-        table, promote = compare_models(new, current, metric, drift, max_drift)
+        table, promote = compare_models(new, current, metric, drift, max_drift, sanity)
         tables.write_table(table.assign(promoted=promote), path)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
     return {"rows": rows, "promote": bool(promote), "path": str(path)}

@@ -23,8 +23,10 @@ from PIL import Image
 
 from fruitlens import plots, tables
 from fruitlens.dataset import index_or_load
+from fruitlens.explain.evidence import write_shortcut
 from fruitlens.images import read_rgb
 from fruitlens.layout import ExplainLayout, picture_stem
+from fruitlens.nights import Night, record_night, write_trend
 from fruitlens.runs import ModelCard, library_versions, write_card
 from fruitlens.synthetic import CLASSES, write_demo_dataset
 
@@ -229,10 +231,24 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
     tables.write_table(pd.DataFrame(sanity_rows), run / "sanity" / "sanity.parquet", "sanity")
 
     # --- per-class evidence: the right predictions point at the sticker more often than the mistakes
-    tables.write_table(pd.DataFrame({"label": ["x", "x", "y"], "group": ["correct", "mistake", "correct"],
-                                     "images": [10, 2, 12], "with_mask": [10, 2, 12],
-                                     "pointing_game": [0.8, 0.0, 0.7], "evidence_share": [0.4, 0.1, 0.35]}),
-                       run / "evidence" / "class_evidence.parquet")
+    # and the shortcut alert: class y's heat sits on the border
+    evidence = pd.DataFrame({"label": ["x", "x", "y"], "group": ["correct", "mistake", "correct"],
+                             "images": [10, 2, 12], "with_mask": [10, 2, 12],
+                             "pointing_game": [0.8, 0.0, 0.7], "evidence_share": [0.4, 0.1, 0.35],
+                             "border_share": [0.3, 0.4, 0.8], "border_area": [0.36] * 3,
+                             "background_share": [0.1, 0.2, 0.1], "background_area": [0.3] * 3})
+    tables.write_table(evidence, run / "evidence" / "class_evidence.parquet")
+    write_shortcut(run / "evidence", evidence)
+
+    # --- the trend across two nights of a models home beside the run (fruitlens.nights)
+    import datetime as dt
+
+    for day, (digest, accuracy) in enumerate((("0" * 64, 0.7), ("1" * 64, 0.8)), start=20):
+        table = record_night(run.parent / "models", Night(
+            run_dir=str(run.resolve()), model_digest=digest, accuracy=accuracy, macro_f1=accuracy - 0.02,
+            seconds=120.0, promoted=True, drift_share=0.6 if day > 20 else None, sanity={"gradcam": True},
+            evidence_share=0.35, shortcut_classes=("y",), date=dt.datetime(2026, 11, day, 2, tzinfo=dt.UTC)))
+    write_trend(run, table)
 
     # --- the nightly's explanation drift: two of three probe images moved
     tables.write_table(pd.DataFrame({

@@ -135,3 +135,25 @@ def test_lime_stability_measures_the_runs_own_adaptive_lime(models):
     line = stability_line(table)
     assert "LIME with the run's options (adaptive, 128 to 600 samples at tolerance 0.05" in line
     assert "control variate" in line
+
+
+def test_shortcut_alert_on_a_model_that_reads_a_sticker_in_the_corner(models):
+    """The moved-sticker model decides blue_dot and red_dot by a sticker in the top-left corner, off the fruit:
+    their Grad-CAM heat sits more on the border than the other classes' (whose sticker is on the fruit)."""
+    from fruitlens.batch.evidence import class_evidence
+    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.explain.shortcut import shortcut_table
+    from fruitlens.synthetic import CLASSES
+
+    standard, moved, old, new = models
+    found = {}
+    for data, model, name in ((standard, old, "standard"), (moved, new, "moved")):
+        table, _ = class_evidence(model, rows_from_inputs([data], split="test"), CLASSES, (32, 32))
+        found[name] = shortcut_table(table).set_index("label")
+    border = found["moved"]["border_share"]
+    others = [c for c in CLASSES if c not in MOVED]
+    assert border[list(MOVED)].min() > border[others].max()  # the corner sticker's classes look at the border most
+    assert (border[list(MOVED)] > found["standard"]["border_share"][list(MOVED)]).all()
+    # measured: about a third of their heat on the border (the band is 34% of the area at 32 px), not "mostly":
+    # a corner sticker that reaches into the fruit is not flagged, and nothing is on the standard data
+    assert not found["standard"]["flagged"].any()

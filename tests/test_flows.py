@@ -102,6 +102,27 @@ def latest_artifacts(keys: list[str]) -> dict[str, dict]:
     return out
 
 
+def read_events(run: str, expect: set[str], timeout: float = 30.0) -> list[tuple[str, dict]]:
+    """(event name, payload) of every fruitlens event about the run folder named ``run``, oldest first (from the
+    server), once every name in ``expect`` has arrived (the server stores events asynchronously)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    async def read():
+        async with get_client() as client:
+            page = await client.read_events(filter=EventFilter(
+                event=EventNameFilter(prefix=["fruitlens."]),
+                resource=EventResourceFilter(id=[f"fruitlens.run.{run}"])), limit=50)
+            return page.events
+
+    deadline = time.monotonic() + timeout
+    while True:
+        found = [(e.event, e.payload) for e in sorted(asyncio.run(read()), key=lambda e: e.occurred)]
+        if expect <= {name for name, _ in found} or time.monotonic() > deadline:
+            return found
+        time.sleep(1.0)
+
+
 def chunk_states(states: dict[str, list[str]]) -> dict[str, list[str]]:
     return {k: v for k, v in states.items() if "-chunk-" in k}
 
@@ -151,9 +172,9 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     assert main(args) == 0  # nothing changed
     second = time.perf_counter() - start
     states = task_states(since)
-    steps = ("index", "train", "evaluate", "lime-chunk", "gradcam-chunk", "visualize", "report")
+    steps = ("index", "train", "evaluate", "lime-chunk", "gradcam-chunk", "visualize", "sanity", "report")
     heavy = {k: v for k, v in states.items() if k.startswith(steps)}
-    assert len(chunk_states(heavy)) == 6 and {"train-e2e", "visualize-e2e"} <= set(heavy)
+    assert len(chunk_states(heavy)) == 6 and {"train-e2e", "visualize-e2e", "sanity-e2e"} <= set(heavy)
     # the report shows run.json's timings, which every run writes anew: it is rebuilt, everything else is Cached
     assert heavy.pop("report-e2e") == ["Completed"]
     assert all(set(v) == {"Cached"} for v in heavy.values()), heavy
@@ -407,3 +428,44 @@ def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, 
         assert not summary["promoted"]
     page = (second / "report.html").read_text()
     assert "What changed in what the model looks at" in page and "drift/pictures/" not in page  # embedded
+
+    # every night ran the sanity check on its probe set with the run's Grad-CAM: verdicts in the comparison,
+    # the report and the summary; the class evidence has the shortcut shares
+    for run in (first, second):
+        verdicts = tables.read_json(run / "sanity" / "verdicts.json")["verdicts"]
+        assert [v["method"] for v in verdicts] == ["gradcam"] and verdicts[0]["images"] == 4
+        assert tables.read_table(run / "sanity" / "sanity.parquet")["image_id"].nunique() == 4
+        assert (run / "evidence" / "shortcut.parquet").is_file()
+    passed = verdicts[0]["passed"]
+    assert comparison.loc["sanity_gradcam", "new"] == (1.0 if passed else 0.0)
+    assert "Do the explanations depend on the model?" in page and "sanity.parquet" not in page.split(
+        'id="sanity"')[1].split("</section>")[0]  # produced, not "not produced in this run"
+    assert ("Grad-CAM <b class=\"good\">passes</b>" if passed else "Grad-CAM <b class=\"bad\">fails</b>") in page
+    assert ("⚠ fails the sanity check" in page) is (not passed)  # marked wherever Grad-CAM's pictures appear
+    summary_md = latest_artifacts(["second-run-summary"])["second-run-summary"]["data"]
+    assert "sanity check (randomisation test): Grad-CAM" in summary_md
+
+    # the trend: one row per (run folder, model) in the models home, the rerun of the first night counted on
+    # its row instead of added; a trend section with its figure; a table artifact with a stable key
+    nights = tables.read_table(home / "nights.parquet").sort_values("date", ignore_index=True)
+    assert list(nights["run"]) == ["first", "second"] and list(nights["reruns"]) == [1, 0]
+    assert nights["sanity"].str.startswith("gradcam:").all() and nights["drift_share"].iloc[1] == pytest.approx(
+        drift["moved"].mean())
+    assert (second / "trend" / "trend.png").is_file() and 'id="trend"' in page and "Since the night before" in page
+    trend = latest_artifacts(["second-nightly-trend"])["second-nightly-trend"]
+    assert trend["type"] == "table" and "first" in str(trend["data"]) and "second" in str(trend["data"])
+
+    # the events arrived at the server, with the figures in their payloads
+    got = dict(read_events("second", expect={"fruitlens.run.completed", "fruitlens.explanations.drifted"}))
+    completed = got["fruitlens.run.completed"]
+    assert completed["metrics"]["accuracy"] == pytest.approx(summary["metrics"]["accuracy"])
+    assert completed["report"].endswith("report.html") and completed["seconds"] > 0
+    assert got["fruitlens.explanations.drifted"]["drift_share"] == pytest.approx(drift["moved"].mean())
+    verdict = "fruitlens.model.promoted" if summary["promoted"] else "fruitlens.model.rejected"
+    assert verdict in got and got[verdict]["metric"] == "accuracy" and got[verdict]["old"] is not None
+    assert ("fruitlens.sanity.failed" in got) is (not passed)
+    flagged = tables.read_table(second / "evidence" / "shortcut.parquet")["flagged"].any()
+    assert ("fruitlens.evidence.shortcut" in got) is bool(flagged)
+    names = [name for name, _ in read_events("first", expect={"fruitlens.run.completed"})]
+    assert names.count("fruitlens.run.completed") == 2  # the first night and its unchanged rerun
+    assert names.count("fruitlens.model.promoted") == 1 and "fruitlens.model.rejected" not in names  # rerun: neither

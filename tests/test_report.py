@@ -143,6 +143,35 @@ def test_without_embedding_images_are_referenced_beside_the_report(fabricated, t
     assert photos
 
 
+def test_shortcut_alert_and_trend_across_nights(fabricated):
+    page = _html(fabricated)
+    evidence, trend = _section(page, "evidence"), _section(page, "trend")
+    assert "Shortcut alert: 1 of 2 classes" in evidence and "y: 80% of the heat on the border" in evidence
+    assert "2 nights of the models home" in trend and "accuracy 0.700 → <b>0.800</b>" in trend
+    assert "data:image/png;base64," in trend and "gradcam:pass" in trend
+
+
+def test_a_method_failing_the_sanity_check_is_marked_wherever_its_pictures_appear(fabricated, tmp_path):
+    from fruitlens.layout import RunLayout
+
+    assert "fails the sanity check" not in _html(fabricated)  # Grad-CAM passes in the fixture
+    run = Path(shutil.copytree(fabricated, tmp_path / "run"))
+    path = RunLayout(run).sanity.table
+    sanity = tables.read_table(path)
+    same = sanity["method"] == "gradcam"
+    sanity.loc[same, ["spearman", "ssim"]] = 0.95  # Grad-CAM now barely changes with the model: it fails
+    tables.write_table(sanity, path, "sanity")
+    page = _html(run) if build_report(run) else ""
+    assert 'Grad-CAM <b class="bad">fails</b>' in _section(page, "sanity")
+    mark = "⚠ fails the sanity check"
+    for sid in ("why", "explanations"):  # the fixture draws no evidence or drift pictures
+        assert mark in _section(page, sid), sid
+    explanations = _section(page, "explanations")
+    assert explanations.count(mark) == explanations.count("<figcaption>Grad-CAM")  # every Grad-CAM picture
+    marked = re.findall(r'<figcaption>([^<]*)(?:<[^a][^>]*>[^<]*</[^a]>)*[^<]*<a class="sanity-fail"', explanations)
+    assert marked and all(caption.startswith("Grad-CAM") for caption in marked)  # LIME passes: not marked
+
+
 def test_missing_parts_say_not_produced(tmp_path):
     write_card(tmp_path, ModelCard(classes=("a", "b"), image_size=(8, 8), arch="tiny"))
     page = _html(tmp_path) if build_report(tmp_path) else ""

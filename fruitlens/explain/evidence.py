@@ -22,6 +22,9 @@ EVIDENCE_SCHEMA = pa.schema([
     ("with_mask", pa.int32()),  # images with an evidence mask
     ("pointing_game", pa.float64()),  # share of heatmap peaks on the mask; null without masks
     ("evidence_share", pa.float64()),  # mean share of heat on the mask; null without masks
+    # where the heat sits without masks (fruitlens.explain.shortcut): mean shares of heat and of area
+    ("border_share", pa.float64()), ("border_area", pa.float64()),
+    ("background_share", pa.float64()), ("background_area", pa.float64()),
 ])
 
 GROUPS = ("correct", "mistake")
@@ -65,3 +68,13 @@ def write_class_evidence(out_dir, table: pd.DataFrame, means, class_names: Seque
     if means:
         save_figure(evidence_figure(table, means, class_names), out / "class_evidence.png", dpi=110)
     return tables.write_table(table, out / "class_evidence.parquet", EVIDENCE_SCHEMA)
+
+
+def write_shortcut(out_dir, evidence: pd.DataFrame) -> Path:
+    """Write ``shortcut.parquet`` (``fruitlens.explain.shortcut``: per class, is the evidence on the border or the
+    background?) from a ``class_evidence`` table into ``out_dir``; its path."""
+    from fruitlens import tables
+    from fruitlens.explain.shortcut import shortcut_table
+    from fruitlens.layout import SHORTCUT_FILE
+
+    return tables.write_table(shortcut_table(evidence), Path(out_dir) / SHORTCUT_FILE, "shortcut")

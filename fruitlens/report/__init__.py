@@ -32,7 +32,14 @@ from fruitlens.report.explanations import (
 )
 from fruitlens.report.html import asset, esc
 from fruitlens.report.loader import ReportData, ReportOptions, load
-from fruitlens.report.record import section_comparison, section_dataset, section_drift, section_run, section_training
+from fruitlens.report.record import (
+    section_comparison,
+    section_dataset,
+    section_drift,
+    section_run,
+    section_training,
+    section_trend,
+)
 from fruitlens.runs import RunError
 
 __all__ = ["REPORT_FILE", "SECTIONS", "ReportOptions", "build_report"]
@@ -52,6 +59,7 @@ SECTIONS: tuple[tuple[str, str], ...] = (
     ("sanity", "Do the explanations depend on the model?"),
     ("comparison", "Comparison with the previous model"),
     ("drift", "What changed in what the model looks at"),
+    ("trend", "Trend across nights"),
     ("run", "Configuration, versions and timings"),
 )
 
@@ -60,7 +68,7 @@ _BUILDERS: dict[str, Callable[[ReportData, ReportOptions], str]] = {
     "confusion": section_confusion, "mistakes": section_mistakes, "why": section_why,
     "explanations": section_explanations, "ranking": section_ranking, "visualize": section_visualize,
     "sanity": section_sanity, "evidence": section_evidence,
-    "comparison": section_comparison, "drift": section_drift,
+    "comparison": section_comparison, "drift": section_drift, "trend": section_trend,
     "run": section_run,
 }
 

@@ -107,12 +107,23 @@ def lime_images(data: ReportData, image_id: str, label: str | None,
     return [(p, LIME_CAPTIONS.get(tag, f"LIME · {tag}")) for p, tag in chosen]
 
 
+def sanity_flag(data: ReportData, *methods: str) -> str:
+    """A warning (HTML) for a caption when any of ``methods`` fails the randomisation test; "" otherwise."""
+    failed = [m for m in methods if m in data.sanity_failed]
+    if not failed:
+        return ""
+    why = "; ".join(f"{m}: {data.sanity_failed[m]}" for m in failed)
+    return (f" <a class=\"sanity-fail\" href=\"#sanity\" title=\"{esc(why)}\">⚠ fails the sanity check"
+            f"{'' if len(methods) == 1 else ' (' + esc(', '.join(failed)) + ')'}</a>")
+
+
 def _gradcam_figure(data: ReportData, g: pd.Series, image_id: str) -> str:
     ex = data.run.explain
     bases = (ex.root, ex.pictures_dir("gradcam"))
     path = data.run.file(g.get("overlay_path"), *bases) or data.run.file(g.get("heatmap_path"), *bases)
     layer = f" · {esc(g['layer'])}" if isinstance(g.get("layer"), str) else ""
-    return figure(data.run.image_src(path) if path else None, f"Grad-CAM{layer}", alt=f"Grad-CAM of {image_id}")
+    return figure(data.run.image_src(path) if path else None, f"Grad-CAM{layer}{sanity_flag(data, 'gradcam')}",
+                  alt=f"Grad-CAM of {image_id}")
 
 
 def _scores(lime: pd.DataFrame | None, lime_label: str, g: pd.Series | None) -> list[str]:
@@ -146,7 +157,8 @@ def explanation_card(data: ReportData, row: pd.Series, *, note: str = "") -> str
     figures = [figure(photo(data, row), "photo", alt=f"photo of {label}")]
     lime = lime_rows(data, image_id, pred)
     lime_label = str(lime["label"].iloc[0]) if lime is not None and "label" in lime else pred
-    figures += [figure(data.run.image_src(path), esc(tag), alt=f"LIME explanation of {image_id}")
+    figures += [figure(data.run.image_src(path), esc(tag) + sanity_flag(data, "lime"),
+                       alt=f"LIME explanation of {image_id}")
                 for path, tag in lime_images(data, image_id, lime_label, lime)]
     g = gradcam_row(data, image_id, pred)
     if g is not None:
@@ -154,7 +166,8 @@ def explanation_card(data: ReportData, row: pd.Series, *, note: str = "") -> str
     if lime is None and g is None:
         side = data.run.explain.side_by_side(picture_stem(str(row.get("path", "")), image_id))
         if side.is_file():
-            figures.append(figure(data.run.image_src(side), "explanations side by side"))
+            figures.append(figure(data.run.image_src(side), "explanations side by side"
+                                  + sanity_flag(data, "lime", "gradcam")))
     head = (f"<div class=\"card-head\"><span class=\"badge {verdict}\">{verdict}</span> "
             f"<b>{esc(label)}</b> → predicted <b>{esc(pred)}</b>{prob_text}"
             f"{f' <span class=note>{note}</span>' if note else ''}</div>")

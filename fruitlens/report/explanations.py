@@ -4,7 +4,7 @@ rules the pipeline uses to choose which images to explain."""
 
 from __future__ import annotations
 
-from fruitlens.report.cards import SCORE_LEGEND, explanation_card, faithfulness_table, pointing_summary
+from fruitlens.report.cards import SCORE_LEGEND, explanation_card, faithfulness_table, pointing_summary, sanity_flag
 from fruitlens.report.evaluation import pair_sentence
 from fruitlens.report.html import esc, figure, missing, natural_key, table
 from fruitlens.report.loader import ReportData, ReportOptions
@@ -190,7 +190,31 @@ def section_evidence(data: ReportData, opts: ReportOptions) -> str:
                              "less often than the right predictions.</p>")
     if lay.class_evidence_png.is_file():
         parts.append(figure(data.run.image_src(lay.class_evidence_png), "Mean Grad-CAM heatmap per class: right "
-                            "predictions and mistakes", cls="grid"))
-    parts.append(table(t, headers={"pointing_game": "pointing game", "evidence_share": "evidence share",
-                                   "with_mask": "with mask"}))
+                            "predictions and mistakes" + sanity_flag(data, "gradcam"), cls="grid"))
+    parts.append(table(t, columns=[c for c in t.columns if not c.endswith("_area")],
+                       headers={"pointing_game": "pointing game", "evidence_share": "evidence share",
+                                "with_mask": "with mask", "border_share": "heat on border",
+                                "background_share": "heat on background"}))
+    parts.append(_shortcut(data))
     return "".join(parts)
+
+
+def _shortcut(data: ReportData) -> str:
+    """The shortcut alert (``fruitlens.explain.shortcut``): is a class's evidence on the border or backdrop?"""
+    from fruitlens.explain import shortcut
+
+    t = data.run.table(data.layout.shortcut)
+    if t is None:
+        return "<h3 id=\"shortcut\">Shortcut alert</h3>" + missing("The shortcut alert",
+                                                                  data.run.rel(data.layout.shortcut))
+    flagged = t[t["flagged"]] if len(t) else t
+    text = (f"<p>Without masks: per class, the share of Grad-CAM heat on the image border (the outer "
+            f"{shortcut.BORDER_BAND:.0%} of each side) and on plain background (near-constant areas reaching the "
+            f"edge). A class is flagged when at least {shortcut.MAX_SHARE:.0%} of its heat is on one of them and "
+            f"its heat per pixel there is at least {shortcut.MIN_LIFT:g}x the heat per pixel elsewhere: the model "
+            "may tell the class by the frame or the backdrop instead of the object.</p>")
+    line = esc(shortcut.shortcut_line(t))
+    text += f"<p class=\"{'bad' if len(flagged) else 'good'}\">{line}</p>" if line else ""
+    return "<h3 id=\"shortcut\">Shortcut alert</h3>" + text + table(t, headers={
+        "border_share": "heat on border", "border_area": "border area", "background_share": "heat on background",
+        "background_area": "background area"})

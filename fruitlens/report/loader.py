@@ -151,6 +151,7 @@ class ReportData:
     pairs: list[ConfusedPair] = field(default_factory=list)
     explained: set[str] = field(default_factory=set)
     unknown_labels: int = 0  # evaluated images whose label is not a class of the model (left out)
+    sanity_failed: dict[str, str] = field(default_factory=dict)  # {explain method: why it fails the sanity check}
 
     @property
     def layout(self) -> RunLayout:
@@ -185,6 +186,16 @@ def by_image(table: pd.DataFrame | None) -> pd.DataFrame | None:
     return table.sort_values("image_id", kind="stable", ignore_index=True)
 
 
+def failed_methods(sanity: pd.DataFrame) -> dict[str, str]:
+    """{explain method (lime, gradcam): reason} of the methods a ``sanity`` table's verdicts fail; Grad-CAM++
+    is the gradcam method's ``gradcam++`` variant."""
+    from fruitlens.explain.sanity import verdicts
+
+    found = verdicts(sanity)
+    return {("gradcam" if str(v["method"]).startswith("gradcam") else str(v["method"])): str(v["reason"])
+            for v in found.to_dict("records") if not v["passed"]}
+
+
 def load(root: Path, embed: bool = True) -> ReportData:
     """Read the run folder ``root``; derive per-class metrics, the confusion matrix and confused pairs."""
     run = RunFiles(RunLayout(root), embed=embed)
@@ -212,6 +223,8 @@ def load(root: Path, embed: bool = True) -> ReportData:
                       class_evidence=run.table(lay.class_evidence), stability=run.table(lay.explain.stability),
                       dataset_root=_dataset_root((index_meta, "root"), (metrics_json, "data"),
                                                  (run_json, "data_dir")))
+    if data.sanity is not None and len(data.sanity):
+        data.sanity_failed = failed_methods(data.sanity)
     for t in (lime, gradcam):
         if t is not None and "image_id" in t.columns:
             data.explained |= set(t["image_id"])

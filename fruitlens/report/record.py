@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from fruitlens.report.cards import sanity_flag
 from fruitlens.report.html import details, esc, figure, flatten, fmt, kv, missing, pct, table
 from fruitlens.report.loader import ReportData, ReportOptions
 
@@ -200,11 +201,46 @@ def section_drift(data: ReportData, opts: ReportOptions, top: int = 4) -> str:
     shown = shown.sort_values("heatmap_rank").head(top)
     figs = [figure(data.run.image_src(data.layout.drift_dir / str(r.picture_path)),
                    f"{esc(Path(str(r.path)).name)}: current {esc(r.old_pred)}, new {esc(r.new_pred)}, rank "
-                   f"correlation {fmt(r.heatmap_rank)}") for r in shown.itertuples()]
+                   f"correlation {fmt(r.heatmap_rank)}{sanity_flag(data, 'gradcam')}") for r in shown.itertuples()]
     if figs:
         parts.append(f"<h3>The images whose evidence moved most (old vs new)</h3><div class=\"cards\">"
                      f"{''.join(figs)}</div>")
     parts.append(details("Every probe image", table(d.drop(columns=["picture_path", "path"], errors="ignore"))))
+    return "".join(parts)
+
+
+def section_trend(data: ReportData, opts: ReportOptions) -> str:
+    """The nightly's trend across nights of its models home (``RUN/trend``, ``fruitlens.nights``)."""
+    lay = data.layout
+    t = data.run.table(lay.trend_table)
+    if t is None or not len(t):
+        return missing("The trend across nights (written by the nightly flow)", data.run.rel(lay.trend_table))
+    t = t.sort_values("date", kind="stable", ignore_index=True)
+    parts = [f"<p>{len(t):,} night{'s' if len(t) != 1 else ''} of the models home, one row per run folder and "
+             "model: a rerun that ends with the same model rewrites its night (counted in <i>reruns</i>) instead of "
+             "adding an identical one.</p>"]
+    if len(t) >= 2:
+        last, before = t.iloc[-1], t.iloc[-2]
+        words = []
+        for key, name in (("accuracy", "accuracy"), ("macro_f1", "macro F1")):
+            if pd.notna(last[key]) and pd.notna(before[key]):
+                words.append(f"{name} {fmt(before[key])} → <b>{fmt(last[key])}</b>")
+        if words:
+            parts.append(f"<p>Since the night before: {', '.join(words)}.</p>")
+    if lay.trend_png.is_file():
+        parts.append(figure(data.run.image_src(lay.trend_png), "Accuracy and macro F1, the share of evidence "
+                            "that moved and that sits on the masks, failed sanity checks and shortcut flags, night "
+                            "by night", cls="wide"))
+    shown = t.assign(date=pd.to_datetime(t["date"]).dt.strftime("%Y-%m-%d %H:%M"),
+                     model_digest=t["model_digest"].astype(str).str[:8],
+                     sanity=t["sanity"].astype(str).str.replace(",", ", "),
+                     shortcut_classes=t["shortcut_classes"].astype(str).str.replace(",", ", "))
+    parts.append(table(shown.iloc[::-1], columns=["date", "run", "model_digest", "accuracy", "macro_f1",
+                                                  "drift_share", "sanity", "evidence_share", "shortcut_classes",
+                                                  "seconds", "reruns"],
+                       headers={"date": "date (UTC)", "model_digest": "model", "macro_f1": "macro F1",
+                                "drift_share": "evidence moved", "evidence_share": "heat on masks",
+                                "shortcut_classes": "shortcut classes"}))
     return "".join(parts)
 
 
