@@ -213,7 +213,7 @@ def test_bad_input_is_named():
         gradcam(model, blobs(1)[0])
     with pytest.raises(ValueError, match=r"targets 0..5: expected class ids in \[0, 2\)"):
         gradcam(model, blobs(2), [0, 5])
-    with pytest.raises(ValueError, match="layer 'nope' not found in model .*conv layers: colour"):
+    with pytest.raises(ValueError, match="layer 'nope': expected a layer of model .*not found; conv layers: colour"):
         gradcam(model, blobs(1), layer="nope")
     with pytest.raises(ValueError, match="expected a 4-D"):
         gradcam(model, blobs(1), layer=model.layers[-2].name)
@@ -274,7 +274,7 @@ def test_cli_explain_gradcam_resumes(demo_dir, run_dir, tmp_path, capsys):
     assert "--alpha 2.0: expected an opacity in [0, 1]" in capsys.readouterr().err
     assert main([*args[:-4], "--layer", "nosuch"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--layer nosuch: layer 'nosuch' not found" in err and len(err.splitlines()) == 1
+    assert "--layer 'nosuch': expected a layer of model" in err and len(err.splitlines()) == 1
 
 
 def test_softmax_inside_a_nested_classifier_is_left_out():
