@@ -12,7 +12,6 @@ import ast
 import hashlib
 import importlib.util
 import os
-import re
 import threading
 from collections.abc import Iterable, Sequence
 from functools import cache
@@ -151,8 +150,7 @@ def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
     """Module names a source file imports anywhere (top level or in functions), relative imports resolved.
 
     ``from pkg import x`` adds both ``pkg`` and ``pkg.x`` (x may be a submodule); names that are not
-    modules are dropped later, when no file is found for them. A string constant ``"fruitlens.a.b:Name"`` is an
-    import of ``fruitlens.a.b`` too: that is how ``fruitlens.registry`` names the explainers it loads.
+    modules are dropped later, when no file is found for them.
     """
     package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
@@ -167,12 +165,7 @@ def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
                 base = f"{anchor}.{base}" if base else anchor
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and (ref := _REFERENCE.match(node.value)):
-            names.add(ref.group(1))
     return names
-
-
-_REFERENCE = re.compile(r"^(fruitlens(?:\.\w+)+):\w+$")  # "module:Class", as the registry names explainers
 
 
 _CLOSURE_LOCK = threading.Lock()  # CPython 3.11's ast.parse is not safe in concurrent threads

@@ -134,12 +134,16 @@ def test_options_and_the_registry_import_no_algorithm(graph):
 
 
 def test_the_evaluate_task_code_digest_leaves_lime_out():
-    """Editing LIME (its algorithm, its options, its superpixels) leaves cached evaluations valid; the explain
-    task's digest follows LIME, also through the registry's "module:Class" names."""
+    """Editing LIME (its algorithm, its options, its superpixels) leaves cached evaluations valid, and editing an
+    explainer leaves cached training valid; the explain task's digest follows every registered explainer."""
     from fruitlens.digests import import_closure
+    from fruitlens.registry import METHODS
 
     lime = {"fruitlens.explain.lime", "fruitlens.explain.lime_fit", "fruitlens.explain.segmentation",
             "fruitlens.lime_options", "fruitlens.segmenter_params"}
     evaluate = dict(import_closure("tasks.evaluate"))
     assert "fruitlens.inference" in evaluate and not lime & set(evaluate), sorted(lime & set(evaluate))
     assert lime <= set(dict(import_closure("tasks.explain")))
+    batch = set(dict(import_closure("fruitlens.batch.methods")))
+    assert {spec.explainer.split(":")[0] for spec in METHODS.values()} <= batch  # batch.methods._explainer_code
+    assert not {m for m in dict(import_closure("tasks.train")) if m.startswith("fruitlens.explain")}
