@@ -4,16 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint bench clean-cache
+.PHONY: demo test lint bench clean-cache lock
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# reinstall only when the dependencies change
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+# reinstall only when the dependencies change; constraints.txt holds the exact versions (scripts/lock.sh writes it)
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 	touch $@
+
+# re-resolve pyproject.toml into constraints.txt (a fresh venv; a few minutes)
+lock:
+	bash scripts/lock.sh
 
 demo: $(VENV)/.installed
 	$(BIN)/fruitlens demo

@@ -131,39 +131,105 @@ def _cmd_demo(args) -> int:
 
 
 def _add_serve(sub) -> None:
-    p = sub.add_parser("serve", help="serve the nightly deployment (cron schedule) to a Prefect server")
+    p = sub.add_parser("serve", help="serve the nightly deployment (cron schedule); starts a Prefect server if none "
+                                     "is configured")
     p.add_argument("--data", type=Path, default=Path(DEFAULT_DEMO_DIR), help="dataset root the nightly run reads")
     p.add_argument("--out", type=Path, default=Path("artifacts/nightly"), help="run folder the nightly run writes")
     p.add_argument("--cron", default="0 2 * * *", help='cron schedule (default "0 2 * * *": 02:00 every night)')
     p.add_argument("--timezone", default=None, help="time zone of the schedule (default: UTC)")
     p.add_argument("--name", default="nightly", help="deployment name")
+    p.add_argument("--notify", default=None, metavar="BLOCK_TYPE/NAME",
+                   help="a Prefect notification block the alert automations send through (e.g. slack-webhook/ops)")
     _add_pipeline_options(p)
 
 
+def _configured_server() -> str | None:
+    """``PREFECT_API_URL`` when set (a CommandError when nothing answers there), else None."""
+    from prefect.settings import PREFECT_API_URL
+
+    from flows.server import server_answers
+
+    url = PREFECT_API_URL.value()
+    if url and not server_answers(url):
+        raise CommandError(f"PREFECT_API_URL {url}: no Prefect server answers there; start it (`prefect server "
+                           "start`) or unset PREFECT_API_URL and fruitlens serve starts one of its own")
+    return url or None
+
+
 def _cmd_serve(args) -> int:
-    """Register the nightly deployment with its schedule and run its flow runs as they come (blocks)."""
+    """Register the nightly deployment with its schedule and run its flow runs as they come (blocks).
+
+    Uses the server ``PREFECT_API_URL`` names; without one, starts a local ``prefect server start`` (database
+    under ``$FRUITLENS_HOME/prefect``) for as long as it serves. Installs the alert automations first.
+    """
+    from contextlib import nullcontext
+
+    url = _configured_server()
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.schedules import Cron
 
-    from flows.nightly import nightly_flow
-    from flows.settings import pipeline_settings
+    from fruitlens.config import fruitlens_home
 
-    _own_logging(args)
     try:
         CronSchedule(cron=args.cron, timezone=args.timezone or "UTC")  # validates the expression and zone
         schedule = Cron(args.cron, timezone=args.timezone or "UTC")
     except ValueError as exc:
         raise CommandError(f"--cron {args.cron!r} --timezone {args.timezone}: expected a cron expression like "
                            "'0 2 * * *' and an IANA time zone") from exc
+    if not args.data.is_dir():
+        raise CommandError(f"--data {args.data}: no such folder; expected a dataset root (the demo's: "
+                           f"`fruitlens demo-data {args.data}`)")
     cfg = _pipeline_config(args)
     params = {"data_dir": str(args.data.resolve()), "out_dir": str(args.out.resolve()), "config": cfg.to_dict(),
               "models_home": str(args.models_home.resolve()) if args.models_home else None}
-    print(f"serving nightly_flow as deployment nightly/{args.name} on cron {args.cron!r}: "
-          f"{params['data_dir']} -> {params['out_dir']}")
-    with pipeline_settings(args.cache_dir):  # served runs inherit the cache location through the environment
-        nightly_flow.serve(name=args.name, schedules=[schedule], parameters=params,
-                           description="Nightly retraining: index, train, evaluate, explain, compare, report",
-                           tags=["fruitlens", "nightly"])
+    from flows.automations import AutomationError, install_automations
+    from flows.nightly import nightly_flow
+    from flows.server import local_server
+    from flows.settings import pipeline_settings
+
+    _own_logging(args)
+    server = nullcontext() if url else local_server(fruitlens_home() / "prefect")
+    with server as started:
+        if started is not None:
+            print(f"started a Prefect server for this serve: UI at {started.ui_url} (database {started.database}, "
+                  f"log {started.log_path}); it stops when serve stops")
+        try:
+            installed = install_automations(args.notify)
+        except AutomationError as exc:
+            raise CommandError(str(exc)) from None
+        print(f"alert automations: {len(installed.created)} created, {len(installed.updated)} updated"
+              + (f", notifying through {args.notify}" if args.notify else " (no --notify block)"))
+        print(f"serving nightly_flow as deployment nightly/{args.name} on cron {args.cron!r}: "
+              f"{params['data_dir']} -> {params['out_dir']}")
+        with pipeline_settings(args.cache_dir):  # served runs inherit the cache location through the environment
+            nightly_flow.serve(name=args.name, schedules=[schedule], parameters=params,
+                               description="Nightly retraining: index, train, evaluate, explain, compare, report",
+                               tags=["fruitlens", "nightly"])
+    return 0
+
+
+def _add_automations(sub) -> None:
+    p = sub.add_parser("automations", help="install the alert automations on the Prefect server (PREFECT_API_URL)")
+    p.add_argument("action", choices=("install",), help="install: create or update them by name")
+    p.add_argument("--notify", default=None, metavar="BLOCK_TYPE/NAME",
+                   help="a Prefect notification block they send through (e.g. slack-webhook/ops)")
+
+
+def _cmd_automations(args) -> int:
+    """Create or update the alert automations on the configured server (for prefect.yaml users)."""
+    if _configured_server() is None:
+        raise CommandError("PREFECT_API_URL is not set: expected the address of the Prefect server the nightly "
+                           "deployment runs on, e.g. http://127.0.0.1:4200/api")
+    from flows.automations import AutomationError, install_automations
+
+    try:
+        installed = install_automations(args.notify)
+    except AutomationError as exc:
+        raise CommandError(str(exc)) from None
+    for name in installed.created:
+        print(f"created automation {name!r}")
+    for name in installed.updated:
+        print(f"updated automation {name!r}")
     return 0
 
 
@@ -194,6 +260,7 @@ COMMANDS = {
     "run": (_add_run, _cmd_run),
     "demo": (_add_demo, _cmd_demo),
     "serve": (_add_serve, _cmd_serve),
+    "automations": (_add_automations, _cmd_automations),
     "cache": (_add_cache, _cmd_cache),
 }
 

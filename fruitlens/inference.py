@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -141,12 +141,19 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     images = images_u8.astype(np.float32) / 255.0
     probs = predict_probs(model, images, batch_size)
     preds = predictions_table(rows, probs, card.classes, top_k_count)
-    tables.write_table(preds, out / "predictions.parquet", "predictions")
 
     class_of = {name: i for i, name in enumerate(card.classes)}
     known = rows["label"].map(class_of).notna().to_numpy()
+    if len(rows) and not known.any():  # nothing to score: a wrong or missing class list, not accuracy nan
+        have = sorted(set(rows["label"].astype(str)))
+        raise ValueError(f"{data_dir}: none of the {len(rows)} images of split {split!r} has a label the model "
+                         f"knows (its classes: {', '.join(map(str, card.classes[:8]))}"
+                         f"{', ...' if len(card.classes) > 8 else ''}; the folders: {', '.join(have[:8])}"
+                         f"{', ...' if len(have) > 8 else ''}); expected --classes naming the model's outputs "
+                         "in order, as the class folders are named")
     y_true = rows["label"].map(class_of)[known].to_numpy(dtype=np.int64)
     y_pred = probs.argmax(axis=1)[known]
+    tables.write_table(preds, out / "predictions.parquet", "predictions")
     result = classification_metrics(y_true, y_pred, card.classes, probs[known], top_k_count)
     result.update(split=split, data=str(Path(data_dir).expanduser().resolve()), unreadable=int((~ok).sum()),
                   unknown_label=int((~known).sum()), model_arch=card.arch)
@@ -167,7 +174,8 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
 
 def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | os.PathLike],
                   out_dir: str | os.PathLike, *, top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256,
-                  annotate: bool = True) -> pd.DataFrame:
+                  annotate: bool = True, labels: Sequence[str | None] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
     """Predict image files of any size and mode; write predictions.parquet and annotated copies.
 
     Args:
@@ -175,6 +183,10 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
             ``imagenet:<app>``). Photos are brought to the model's size with its card's ``fit``.
         files: image files.
         out_dir: where predictions.parquet and ``annotated/`` go.
+        labels: the true label of each file, None where unknown (the default: all unknown). Unknown labels
+            are null in the table (as ``true_label`` in the explain tables), and so is ``correct``.
+        progress: called as ``progress(done, total)`` once the files are read and predicted (done = 0) and after
+            each annotated copy.
 
     Annotated copies (``out_dir/annotated/<stem>.png``) are the original image (converted to RGB, enlarged
     if small) with the predicted label and probability drawn on it. Unreadable files get a row with an
@@ -200,8 +212,11 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     if not ok.any():
         first = f" (first: {errors[0]})" if errors else ""
         raise ValueError(f"none of the {len(paths)} files could be read{first}")
+    known = list(labels) if labels is not None else [None] * len(paths)
+    if len(known) != len(paths):
+        raise ValueError(f"labels: {len(known)} for {len(paths)} files; expected one per file")
     rows = pd.DataFrame({"image_id": [image_id(str(p)) for p in paths], "path": [str(p) for p in paths],
-                         "label": [""] * len(paths)})
+                         "label": known})
     probs = np.full((len(paths), card.num_classes), np.nan, dtype=np.float32)
     probs[ok] = predict_probs(model, images[ok], batch_size)
     table = predictions_table(rows, np.nan_to_num(probs, nan=0.0), card.classes, top_k_count)
@@ -209,13 +224,19 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     table.loc[~ok, "pred_prob"] = np.float32(np.nan)
     table["topk_labels"] = [labels if good else [] for labels, good in zip(table["topk_labels"], ok, strict=True)]
     table["topk_probs"] = [probs_k if good else [] for probs_k, good in zip(table["topk_probs"], ok, strict=True)]
-    table["correct"] = pd.Series([None] * len(table), dtype=object)  # unlabelled: unknown, not wrong
+    labelled = np.array([bool(v) for v in known], dtype=bool)
+    table["label"] = pd.Series([v if v else None for v in known], dtype=object)  # unknown: null, not ""
+    table["correct"] = pd.Series([bool(c) if lab and good else None  # unlabelled: unknown, not wrong
+                                  for c, lab, good in zip(table["correct"], labelled, ok, strict=True)], dtype=object)
     table["error"] = errors
     tables.write_table(table, out / "predictions.parquet", "predictions")
     if annotate:
         from fruitlens.layout import picture_stem
 
-        for i in np.flatnonzero(ok):
+        todo = np.flatnonzero(ok)
+        if progress is not None:
+            progress(0, len(todo))
+        for done, i in enumerate(todo, 1):
             name = picture_stem(paths[i], table["image_id"][i])  # d1/a.jpg and d2/a.jpg: two copies
             try:
                 original = read_rgb(paths[i])
@@ -224,4 +245,6 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
                 continue
             text = f"{table['pred_label'][i]} {table['pred_prob'][i]:.0%}"
             save_png(draw_label(original, text), out / "annotated" / f"{name}.png")
+            if progress is not None:
+                progress(done, len(todo))
     return table

@@ -152,3 +152,77 @@ def test_progress_line_shows_share_bar_and_time_left():
     line = progress_line("explained", 15, 60, 30.0)
     assert line == "explained: 15/60 images (25%) [##........] 30s, about 1m30s left"
     assert progress_line("explained", 60, 60, 75.0) == "explained: 60/60 images (100%) [##########] 1m15s"
+
+
+def test_every_help_shows_every_default(capsys):
+    import argparse
+
+    from fruitlens.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name, command in sub.choices.items():
+        text = " ".join(command.format_help().split())
+        for action in command._actions:
+            if not action.option_strings or action.default in (None, False, argparse.SUPPRESS, []):
+                continue
+            if "--help" in action.option_strings:
+                continue
+            own = command._get_formatter()._get_help_string(action) if action.help else ""
+            assert "default" in own.lower() and action.option_strings[-1] in text, (name, action.option_strings)
+
+
+def test_progress_prints_periodic_lines_when_not_a_terminal():
+    import io
+
+    from fruitlens.cli.common import Progress
+
+    stream = io.StringIO()  # not a terminal: lines, no bar
+    with Progress(4, "explained", every=0.0, stream=stream) as bar:
+        for _ in range(4):
+            bar.update()
+    lines = stream.getvalue().splitlines()
+    assert lines[0].startswith("explained: 1/4 images (25%)") and lines[-1].startswith("explained: 4/4 images (100%)")
+    assert len(lines) == 4 and "\r" not in stream.getvalue()
+    quiet = io.StringIO()
+    with Progress(3, "visualized", every=3600.0, stream=quiet) as bar:
+        bar.advance_to(2, 3)
+    assert quiet.getvalue().splitlines() == [quiet.getvalue().splitlines()[-1]]  # only the final line
+    assert "2/3" in quiet.getvalue()
+
+
+def test_visualize_layers_draws_only_those_and_names_a_bad_one(tmp_path, capsys):
+    import keras
+    from PIL import Image
+
+    model = keras.Sequential([keras.Input((12, 12, 3)), keras.layers.Conv2D(2, 3, name="c1"),
+                              keras.layers.Conv2D(2, 3, name="c2"), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.save(tmp_path / "m.keras")
+    Image.new("RGB", (20, 14), (200, 30, 30)).save(tmp_path / "a.png")
+    common = ["visualize", "--model", str(tmp_path / "m.keras"), "--classes", "x,y", "--preprocessing", "rescale",
+              "--image", str(tmp_path / "a.png"),
+              "--filters", "2", "--steps", "1", "--channels", "2"]
+    assert main([*common, "--layers", "c2", "--out", str(tmp_path / "v")]) == 0
+    assert sorted(p.name for p in (tmp_path / "v").rglob("*.png")) == ["c2.png", "c2.png"]
+    from fruitlens import plots
+
+    title = plots.read_caption(tmp_path / "v" / "activations" / "c2.png")
+    assert "model m.keras |" in title and "from_01" not in title  # the file, not the wrapper's internal name
+    assert "visualized: 2/2" in capsys.readouterr().err  # progress in a log: the final line
+    assert main([*common, "--layers", "nope", "--out", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--layers nope" in err
+
+
+def test_augment_preview_keeps_the_photos_aspect(tmp_path, capsys):
+    from PIL import Image
+    from skimage.data import chelsea
+
+    Image.fromarray(chelsea()).save(tmp_path / "cat.jpg")  # 451 x 300
+    assert main(["augment-preview", "--data", str(tmp_path / "cat.jpg"), "--out", str(tmp_path / "a"), "-n", "10"]) == 0
+    Image.new("RGB", (300, 300)).save(tmp_path / "sq.png")
+    assert main(["augment-preview", "--data", str(tmp_path / "sq.png"), "--out", str(tmp_path / "b"), "-n", "10"]) == 0
+    with Image.open(tmp_path / "a" / "augment_preview.png") as wide, \
+            Image.open(tmp_path / "b" / "augment_preview.png") as even:  # tiles 100 x 67 against 100 x 100
+        assert wide.width == even.width and wide.height < 0.75 * even.height

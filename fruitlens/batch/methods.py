@@ -69,14 +69,20 @@ def run_lime(method: str, model, card, images: np.ndarray, rows: pd.DataFrame, o
     picture_path, ``evidence`` (share of the superpixel inside the evidence mask; NaN without one) and
     deletion_auc / insertion_auc (on the top label's rows; NaN on the others).
     """
+    from fruitlens.explain.segmentation import make_segmenter
+
     ids = [str(i) for i in rows["image_id"]]
-    results = METHODS[method].build(model, options).explain(images, seeds=[image_seed(options.seed, i) for i in ids])
+    segmenter = make_segmenter(options.segmenter, **options.segmenter_params)
+    at_photo = lime_segments(images, rows, card, segmenter, options.seed)
+    results = METHODS[method].build(model, options).explain(
+        images, segments=np.stack([s.coarse for s in at_photo]), seeds=[image_seed(options.seed, i) for i in ids])
     faith = _lime_faithfulness(model, images, results, options, ids)
     masks = evidence_masks(rows, card.image_size)
     files = pictures.lime_files(out, rows, options)
     frames = []
     for i, res in enumerate(results):
         df = res.to_rows(ids[i], card.classes, path=rows["path"].iloc[i], true_label=rows["label"].iloc[i])
+        df["segmenter"] = f"{segmenter.name}@{at_photo[i].fine.shape[1]}x{at_photo[i].fine.shape[0]}"
         df["segments_path"] = files[i]["segments"]
         df["picture_path"] = files[i].get("outline")
         is_top = (df["label_index"] == res.labels[0]).to_numpy()
@@ -91,7 +97,27 @@ def run_lime(method: str, model, card, images: np.ndarray, rows: pd.DataFrame, o
             df["evidence"] = np.nan
         frames.append(df)
     frame = pd.concat(frames, ignore_index=True) if frames else tables.LIME_SCHEMA.empty_table().to_pandas()
-    return frame, functools.partial(pictures.write_lime, out, rows, images, results, card, options)
+    return frame, functools.partial(pictures.write_lime, out, rows, images, results, card, options,
+                                    fine=[s.fine for s in at_photo])
+
+
+def lime_segments(images: np.ndarray, rows: pd.DataFrame, card, segmenter, seed: int) -> list:
+    """LIME's superpixels of each image, segmented on its photo at the working size
+    (``segmentation.photo_segments``); an image whose file cannot be read again is segmented as the model sees it."""
+    from fruitlens.explain.segmentation import PhotoSegments, photo_segments
+    from fruitlens.images import read_rgb
+
+    out = []
+    for image, path, image_id in zip(images, rows["path"], rows["image_id"], strict=True):
+        s = int(np.random.SeedSequence(image_seed(seed, str(image_id))).generate_state(1)[0])
+        try:
+            photo = read_rgb(path)
+        except (OSError, ValueError):
+            seg = segmenter.segment(image, s)
+            out.append(PhotoSegments(coarse=seg, fine=seg))
+            continue
+        out.append(photo_segments(photo, card.image_size, segmenter, fit=getattr(card, "fit", "resize"), seed=s))
+    return out
 
 
 # ------------------------------------------------------------------------------------ heatmap methods

@@ -148,15 +148,20 @@ def cam_files(out: ExplainLayout, rows: pd.DataFrame, method: str) -> list[dict[
 
 
 def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, results, card,
-               options: LimeOptions) -> list[dict[str, str]]:
+               options: LimeOptions, fine: list[np.ndarray] | None = None) -> list[dict[str, str]]:
     """Segments (.npy) and the LIME PNGs of each image; per image {kind: relative path}.
+
+    ``fine``: per image the superpixel ids at the photo's working size (``segmentation.photo_segments``), so
+    outlines and boundaries follow the photo's edges; default the ids at the model's input size.
 
     The kinds in ``options.plot_kinds``: ``outline``, the top label's strongest superpixels on the photo;
     ``boundaries``, every superpixel (to tune the segmenter); ``density``, the weights' distribution per label
     (a matplotlib figure: by far the dearest).
     """
     written = []
-    for image, res, stem, path, true in zip(images, results, stems(rows), rows["path"], rows["label"], strict=True):
+    fine = fine if fine is not None else [res.segments for res in results]
+    for image, res, stem, path, true, drawn_ids in zip(images, results, stems(rows), rows["path"], rows["label"],
+                                                       fine, strict=True):
         files: dict[str, str] = {}
         seg_path = out.pictures_dir("lime") / f"{stem}_segments.npy"
         with tables.atomic_path(seg_path) as tmp, open(tmp, "wb") as fh:
@@ -172,14 +177,14 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
                               detail=f"{res.num_superpixels} superpixels ({options.segmenter}), "
                                      f"{res.num_samples} samples, fit R2 {res.score[top]:.2f}",
                               legend=f"green supports {label}, red against")
-            pic = lime_on_photo(photo, res.segments, res.weights[top], threshold=options.threshold,
+            pic = lime_on_photo(photo, drawn_ids, res.weights[top], threshold=options.threshold,
                                 num_features=options.display_features, box=box)
             target = out.picture("lime", stem, "outline")
             _save_panel(add_caption(pic, caption, legend=lime_legend(label)), target, caption,
                         {"panel": f"LIME · {res.num_superpixels} superpixels ({options.segmenter})", "label": label})
             files["outline"] = _rel(out, target)
         if "boundaries" in kinds:
-            seg = plots.lime_boundaries(photo, _ids_at(res.segments, photo.shape[:2]))
+            seg = plots.lime_boundaries(photo, _boundary_ids(drawn_ids, photo.shape[:2], box))
             plots.save_png(add_caption(seg, [f"{res.num_superpixels} superpixels ({options.segmenter}) of "
                                              f"{Path(path).name}"]), out.picture("lime", stem, "boundaries"))
         if "density" in kinds:
@@ -191,10 +196,16 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
     return written
 
 
-def _ids_at(segments: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def _boundary_ids(segments: np.ndarray, size: tuple[int, int], box) -> np.ndarray:
+    """Superpixel ids over the whole (display) photo: the seen ``box`` holds ``segments``, the rest -1."""
     from fruitlens.overlays import resize_ids
 
-    return resize_ids(segments, size)
+    if box is None:
+        return resize_ids(segments, size)
+    y0, x0, y1, x1 = box
+    ids = np.full(size, -1, np.int64)
+    ids[y0:y1, x0:x1] = resize_ids(segments, (y1 - y0, x1 - x0))
+    return ids
 
 
 def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result, card, options: CamOptions,

@@ -39,6 +39,9 @@ def faithfulness_rows(out_dir: str | os.PathLike) -> pd.DataFrame:
             continue
         if method == "lime":  # the top label's rows carry the AUCs (one per image)
             df = df.dropna(subset=["deletion_auc"]).drop_duplicates("image_id").assign(variant="lime")
+        df = df.dropna(subset=["deletion_auc", "insertion_auc"], how="all")  # --faithfulness-steps 0: not measured
+        if df.empty:
+            continue
         variants = df["variant"] if "variant" in df.columns else pd.Series(method, index=df.index)
         for variant, part in df.groupby(variants.fillna(method), sort=True):
             hits = part["pointing_hit"].dropna().astype(bool) if "pointing_hit" in part.columns else pd.Series([])

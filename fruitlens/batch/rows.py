@@ -9,12 +9,22 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
-from fruitlens.dataset import IMAGE_SUFFIXES, MASK_SUFFIX, DatasetError, image_id, index_dataset, load_index
+from fruitlens.dataset import (
+    IMAGE_SUFFIXES,
+    MASK_SUFFIX,
+    SPLIT_ALIASES,
+    DatasetError,
+    image_id,
+    index_dataset,
+    load_index,
+)
 from fruitlens.digests import file_digest
 
 COLUMNS = ("image_id", "path", "label", "mask_path", "sha256")
@@ -52,10 +62,58 @@ def rows_from_index(index_dir: str | os.PathLike, split: str = "test", limit: in
     return prioritised(df, limit, first)
 
 
-def is_photo_folder(folder: Path) -> bool:
-    """A folder with image files at its top level is a folder of (unlabelled) photos, not a dataset root."""
+READ_AS = ("auto", "dataset", "photos")
+
+FOLDER_RULE = ("a folder with split folders (Training/Test, train/validation/test) or with class folders (no image "
+               "at its top level, at least two subfolders with images directly in them) is read as a labelled "
+               "dataset; any other folder as photos (every image under it, unlabelled); --read-as dataset|photos "
+               "overrides")
+
+
+@dataclass(frozen=True)
+class FolderReading:
+    """How a folder is read (``kind``: dataset or photos) and why, in words for messages."""
+
+    kind: Literal["dataset", "photos"]
+    why: str
+
+
+def _has_images(folder: Path) -> bool:
     return any(p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.endswith(MASK_SUFFIX)
                and not p.name.startswith(".") for p in folder.iterdir())
+
+
+def read_folder_as(folder: str | os.PathLike, read_as: str = "auto") -> FolderReading:
+    """What ``folder`` is, by the one rule every command applies (:data:`FOLDER_RULE`).
+
+    Args:
+        folder: an existing folder.
+        read_as: ``auto`` (the rule), or ``dataset`` / ``photos`` to override it.
+
+    Raises:
+        DatasetError: ``read_as`` is not one of :data:`READ_AS`.
+    """
+    if read_as not in READ_AS:
+        raise DatasetError(f"--read-as {read_as}: expected one of {', '.join(READ_AS)}")
+    folder = Path(folder)
+    if read_as != "auto":
+        return FolderReading(read_as, f"--read-as {read_as}")
+    dirs = sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    splits = [d.name for d in dirs if d.name.lower() in SPLIT_ALIASES]
+    if splits:
+        return FolderReading("dataset", f"it has split folders ({', '.join(splits)})")
+    if _has_images(folder):
+        return FolderReading("photos", "it has images at its top level")
+    classes = [d.name for d in dirs if _has_images(d)]
+    if len(classes) >= 2:
+        shown = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+        return FolderReading("dataset", f"it has {len(classes)} class folders with images ({shown})")
+    return FolderReading("photos", "it has no split folders and fewer than two subfolders with images directly in them")
+
+
+def is_photo_folder(folder: Path) -> bool:
+    """Whether the rule (:func:`read_folder_as`) reads ``folder`` as photos."""
+    return read_folder_as(folder).kind == "photos"
 
 
 def photos_in(folder: Path) -> list[Path]:
@@ -76,35 +134,42 @@ def _file_rows(files: Sequence[Path], root: Path | None = None) -> pd.DataFrame:
 
 
 def rows_from_inputs(data: Sequence[str | os.PathLike], *, split: str = "test", limit: int | None = None,
-                     unlabelled: bool = False) -> pd.DataFrame:
+                     unlabelled: bool = False, read_as: str = "auto") -> pd.DataFrame:
     """The images a command was pointed at.
 
     Args:
-        data: one dataset root (its usable images of ``split``), one folder of photos (every image under it,
-            unlabelled; any folder with image files at its top level, or any folder when ``unlabelled``), or
-            image files.
-        split: the split of a dataset root.
+        data: one folder, read by :data:`FOLDER_RULE` as a dataset (its usable images of ``split``, labelled)
+            or as photos (every image under it, unlabelled), or image files.
+        split: the split of a dataset.
         limit: at most this many rows (the first by image id).
-        unlabelled: read a folder as photos even when it looks like a dataset root.
+        unlabelled: the same as ``read_as="photos"`` (kept for callers of the older flag).
+        read_as: ``auto`` (the rule), ``dataset`` or ``photos``.
 
     Raises:
         DatasetError: nothing usable, a missing file, or a split the dataset does not have (the message
-            lists the splits present).
+            says why the folder was read as a dataset, the splits present, and how to read it as photos).
     """
     paths = [Path(d) for d in data]
     if len(paths) == 1 and paths[0].is_dir():
         folder = paths[0]
-        if unlabelled or is_photo_folder(folder):
+        reading = read_folder_as(folder, "photos" if unlabelled else read_as)
+        if reading.kind == "photos":
             files = photos_in(folder)
             if not files:
-                raise DatasetError(f"{folder}: no image files found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+                raise DatasetError(f"{folder}: read as photos ({reading.why}) but no image files found under it "
+                                   f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}); rule: {FOLDER_RULE}")
             df = _file_rows(files, folder.resolve())
             return df.head(limit) if limit is not None else df
-        index = index_dataset(folder)
+        try:
+            index = index_dataset(folder)
+        except DatasetError as exc:
+            raise DatasetError(f"{exc} (read as a dataset: {reading.why}; rule: {FOLDER_RULE})") from exc
         rows = index.usable[index.usable["split"] == split]
         if rows.empty:
             have = sorted(set(index.usable["split"]))
-            raise DatasetError(f"{folder}: no usable images in split {split!r}; splits present: {', '.join(have)}")
+            raise DatasetError(f"{folder}: read as a dataset ({reading.why}), but no usable images in split "
+                               f"{split!r}; splits present: {', '.join(have) or 'none'}; pass --split, or "
+                               f"--read-as photos to take every image under it unlabelled (rule: {FOLDER_RULE})")
         root = index.root
         df = _frame(rows["image_id"], [str(root / p) for p in rows["path"]], rows["label"],
                     _masks(root, rows["mask_path"]), rows["sha256"])
@@ -114,6 +179,28 @@ def rows_from_inputs(data: Sequence[str | os.PathLike], *, split: str = "test", 
             raise DatasetError(f"{dirs[0]}: a folder among files; expected one folder or image files")
         df = _file_rows(paths)
     return df.head(limit) if limit is not None else df
+
+
+def files_and_labels(data: Sequence[str | os.PathLike], read_as: str = "auto") -> tuple[list[Path], list[str | None]]:
+    """Image files and their labels for commands without a split (predict): each folder read by
+    :data:`FOLDER_RULE` (a dataset: the usable images of every split, labelled by their class folder; photos:
+    every image under it, unlabelled); files as given, unlabelled."""
+    files: list[Path] = []
+    labels: list[str | None] = []
+    for item in map(Path, data):
+        if not item.is_dir():
+            files.append(item)
+            labels.append(None)
+            continue
+        if read_folder_as(item, read_as).kind == "photos":
+            found = photos_in(item)
+            files += found
+            labels += [None] * len(found)
+            continue
+        index = index_dataset(item)
+        files += [index.root / p for p in index.table["path"]]  # unusable files get their error row
+        labels += [str(v) for v in index.table["label"]]
+    return files, labels
 
 
 def evidence_masks(rows: pd.DataFrame, size: tuple[int, int]) -> dict[int, np.ndarray]:

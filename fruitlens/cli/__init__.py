@@ -41,10 +41,30 @@ def all_commands() -> dict[str, tuple[Callable, Callable]]:
     return {**COMMANDS, **_plugin_commands()}
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Every option's default in its help, unless the help already says it (or there is nothing to say:
+    no default, an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS, []):
+            return text
+        if not action.option_strings and action.nargs not in ("?", "*"):
+            return text
+        return f"{text} (default: %(default)s)".strip()
+
+
 def build_parser(commands: dict[str, tuple[Callable, Callable]] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fruitlens", description="Train image classifiers and explain them.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more (and TensorFlow's own messages)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = sub.add_parser
+
+    def add_with_defaults(name, **kwargs):  # every command's --help shows its defaults
+        kwargs.setdefault("formatter_class", DefaultsFormatter)
+        return add_parser(name, **kwargs)
+
+    sub.add_parser = add_with_defaults
     for add, _ in (commands or all_commands()).values():
         add(sub)
     return parser

@@ -108,6 +108,14 @@ def is_ours(exc: BaseException) -> bool:
     return isinstance(exc, CommandError | FruitlensError)
 
 
+def add_read_as_argument(p) -> None:
+    """--read-as: the one override of the rule that says whether a folder is a dataset or photos."""
+    from fruitlens.batch.rows import FOLDER_RULE, READ_AS
+
+    p.add_argument("--read-as", choices=READ_AS, default="auto",
+                   help=f"how a folder given as data is read; auto: {FOLDER_RULE}")
+
+
 MODEL_HELP = ("a run folder, a Keras model file (.keras, .h5) or SavedModel folder, or imagenet:<application> "
               "(vgg16, resnet50, mobilenet_v2, inception_v3, efficientnet_b0, ...)")
 
@@ -148,3 +156,57 @@ def load_model(args):
     source = model_source(args)
     model, card = source.load()
     return model, card, source.digest(card)
+
+
+class Progress:
+    """Progress of a long command on stderr: a bar on a terminal; in a log or pipe, one line
+    (``fruitlens.progress.progress_line``) every ``every`` seconds and at the end, as ``train`` prints epochs."""
+
+    def __init__(self, total: int, what: str, unit: str = "images", every: float = 10.0, stream=None):
+        import sys
+        import time
+
+        self.total, self.what, self.unit, self.every = total, what, unit, every
+        self.stream = stream or sys.stderr
+        self.done, self.start, self.last = 0, time.perf_counter(), time.perf_counter()
+        self.bar = None
+        if self.stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, desc=what, file=self.stream)
+
+    def update(self, n: int = 1) -> None:
+        import time
+
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            self._line(now)
+
+    def advance_to(self, done: int, total: int) -> None:
+        """``done`` of ``total`` (a total known only once the work starts)."""
+        self.total = total
+        if self.bar is not None:
+            self.bar.total = total
+        self.update(done - self.done)
+
+    def _line(self, now: float) -> None:
+        from fruitlens.progress import progress_line
+
+        print(progress_line(self.what, self.done, self.total, now - self.start, self.unit), file=self.stream,
+              flush=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import time
+
+        if self.bar is not None:
+            self.bar.close()
+        elif exc[0] is None and self.total:
+            self._line(time.perf_counter())

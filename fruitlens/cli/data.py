@@ -40,10 +40,10 @@ def _cmd_index(args) -> int:
 
 def _add_demo_data(sub) -> None:
     p = sub.add_parser("demo-data", help="write the generated demo dataset (Training/Test layout, with masks)")
-    p.add_argument("out_dir", type=Path, nargs="?", default=Path(DEFAULT_DEMO_DIR))
-    p.add_argument("--train-per-class", type=int, default=200)
-    p.add_argument("--test-per-class", type=int, default=50)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("out_dir", type=Path, nargs="?", default=Path(DEFAULT_DEMO_DIR), help="folder to write")
+    p.add_argument("--train-per-class", type=int, default=200, help="training images per class")
+    p.add_argument("--test-per-class", type=int, default=50, help="test images per class")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
 
 
 def _cmd_demo_data(args) -> int:
@@ -58,8 +58,9 @@ def _cmd_demo_data(args) -> int:
 
 
 def _add_report(sub) -> None:
-    p = sub.add_parser("report", help="(re)build RUN_DIR/report.html from the run's tables and files")
-    p.add_argument("run_dir", type=Path, help="a run folder (from `fruitlens run`, `demo` or `train`)")
+    p = sub.add_parser("report", help="(re)build DIR/report.html from a run's or an explain folder's tables and files")
+    p.add_argument("run_dir", type=Path, metavar="DIR", help="a run folder (from `fruitlens run`, `demo` or `train`), "
+                   "or an explain folder (from `fruitlens explain --out`): a page of your photos' explanations")
     p.add_argument("--samples-per-class", type=int, default=2, help="explained images shown per class")
     p.add_argument("--top-mistakes", type=int, default=12, help="confident mistakes shown as photos")
     p.add_argument("--no-embed", action="store_true",
@@ -74,8 +75,14 @@ def _cmd_report(args) -> int:
     for name, value in (("--samples-per-class", args.samples_per_class), ("--top-mistakes", args.top_mistakes)):
         if value < 1:
             raise CommandError(f"{name} {value}: expected at least 1")
-    path = build_report(args.run_dir, samples_per_class=args.samples_per_class, top_mistakes=args.top_mistakes,
-                        embed=not args.no_embed)
+    from fruitlens.layout import RunLayout
+    from fruitlens.report.photos import build_photos_report, is_explain_folder
+
+    if is_explain_folder(args.run_dir) and not RunLayout(args.run_dir).explain.root.is_dir():
+        path = build_photos_report(args.run_dir, embed=not args.no_embed)
+    else:
+        path = build_report(args.run_dir, samples_per_class=args.samples_per_class, top_mistakes=args.top_mistakes,
+                            embed=not args.no_embed)
     print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB); open it in a browser")
     return 0
 
@@ -85,8 +92,9 @@ def _add_augment_preview(sub) -> None:
     p.add_argument("--data", type=Path, required=True, help="dataset root, or one image file")
     p.add_argument("--out", type=Path, required=True, help="folder for augment_preview.png")
     p.add_argument("-n", "--count", type=int, default=20, help="augmented samples (default 20)")
-    p.add_argument("--image-size", default="100", help="side in pixels, or HxW")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--image-size", default="100", help="longest side in pixels (the first image's aspect kept), "
+                   "or HxW")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampled images and the augmentation")
 
 
 def _cmd_augment_preview(args) -> int:
@@ -97,7 +105,6 @@ def _cmd_augment_preview(args) -> int:
     if args.count < 1:
         raise CommandError(f"--count {args.count}: expected at least 1")
     size = _image_size(args.image_size)
-    size = (size, size) if isinstance(size, int) else size
     if args.data.is_file():
         paths = [args.data]
     else:
@@ -107,6 +114,15 @@ def _cmd_augment_preview(args) -> int:
         if len(rows) == 0:
             raise CommandError(f"--data {args.data}: no usable training image")
         paths = list(rows.sample(n=min(len(rows), args.count), random_state=args.seed)["abs_path"])
+    if isinstance(size, int):  # the longest side; the first image's aspect (a 3:2 photo stays 3:2)
+        from fruitlens.images import open_image, upright_size
+
+        try:
+            with open_image(paths[0]) as first:
+                w, h = upright_size(first)
+        except OSError as exc:  # an unreadable file: one line (a bad one is a ValueError, main's one line)
+            raise CommandError(str(exc)) from exc
+        size = (max(1, round(size * h / max(w, h))), max(1, round(size * w / max(w, h))))
     images = [read_rgb(p, size) for p in paths]
     import numpy as np
 
@@ -121,13 +137,18 @@ _SEGMENTER_FLAGS = {"n_superpixels": int, "compactness": float, "kernel_size": f
 
 
 def _add_superpixels(sub) -> None:
-    p = sub.add_parser("superpixels", help="draw superpixel boundaries to tune the segmenter before a LIME run")
+    from fruitlens.explain.segmentation import WORKING_SIDE
+
+    p = sub.add_parser("superpixels", help="draw the superpixels LIME will use (same segmenter, parameters and "
+                       f"working size: the photo with its longest side at most {WORKING_SIDE} px) to tune them")
     p.add_argument("images", nargs="+", type=Path, help="image files")
     p.add_argument("--out", type=Path, required=True, help="folder for <name>_superpixels.png")
     p.add_argument("--method", default="slic", help="slic (default), quickshift (lime's parameters), felzenszwalb")
-    p.add_argument("--size", default=None, help="segment at HEIGHTxWIDTH (a model's input size), e.g. 20x20; "
-                   "default: the image's own size")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--size", default=None, help="the model's input size HEIGHTxWIDTH (e.g. 32x32): draw the "
+                   "superpixels LIME perturbs at that size (slivers merged) on the photo; default: every superpixel")
+    p.add_argument("--fit", choices=("resize", "crop"), default="resize",
+                   help="with --size: how the model sees a photo of another aspect")
+    p.add_argument("--seed", type=int, default=0, help="seed of quickshift (the others are deterministic)")
     group = p.add_argument_group("segmenter parameters (each method takes some; others are an error)")
     for name, kind in _SEGMENTER_FLAGS.items():
         group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
@@ -137,7 +158,7 @@ def _cmd_superpixels(args) -> int:
     import numpy as np
 
     from fruitlens import plots
-    from fruitlens.explain.segmentation import make_segmenter
+    from fruitlens.explain.segmentation import make_segmenter, photo_segments, working_photo
     from fruitlens.images import read_rgb
 
     params = {name: getattr(args, name) for name in _SEGMENTER_FLAGS if getattr(args, name) is not None}
@@ -154,16 +175,26 @@ def _cmd_superpixels(args) -> int:
     written, failed = 0, 0
     for path in args.images:
         try:
-            image = read_rgb(path, size)
+            photo = read_rgb(path)
         except (ValueError, OSError) as exc:
             print(f"skipping {path}: {exc}", file=sys.stderr)
             failed += 1
             continue
-        seg = segmenter.segment(image, seed=args.seed)
+        # exactly what LIME segments: the photo at its working size (longest side <= WORKING_SIDE)
+        image = working_photo(photo)
+        if size is None:
+            seg = segmenter.segment(image, seed=args.seed)
+        else:
+            segs = photo_segments(photo, size, segmenter, fit=args.fit, seed=args.seed)
+            seg = np.full(image.shape[:2], -1, np.int32)
+            from fruitlens.modelio import fit_photo
+
+            y0, x0, y1, x1 = fit_photo(image, size, args.fit)[1]
+            seg[y0:y1, x0:x1] = segs.fine
         factor = max(1, -(-200 // min(seg.shape)))
         drawn = plots.lime_boundaries(plots.upscale_nearest(image, factor), plots.upscale_nearest(seg, factor))
         out = plots.save_png(drawn, args.out / f"{Path(path).stem}_superpixels.png")
-        print(f"{path}: {int(np.max(seg)) + 1} superpixels -> {out}")
+        print(f"{path}: {len(np.unique(seg[seg >= 0]))} superpixels at {image.shape[1]}x{image.shape[0]} -> {out}")
         written += 1
     print(f"{segmenter.name}: wrote {written} images to {args.out}" + (f", {failed} unreadable" if failed else ""))
     if not written:

@@ -14,7 +14,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from fruitlens.cli.common import CommandError, add_model_arguments, build_options, load_model
+from fruitlens.cli.common import (
+    CommandError,
+    Progress,
+    add_model_arguments,
+    add_read_as_argument,
+    build_options,
+    load_model,
+)
 
 
 def _add_explain(sub) -> None:
@@ -31,8 +38,8 @@ def _add_explain(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for the tables and PNGs (reruns resume there)")
     p.add_argument("--limit", type=int, default=None, help="explain at most N images")
     p.add_argument("--split", default="test", help="split of a dataset root to explain (default: test)")
-    p.add_argument("--unlabelled", action="store_true", help="read --data as a folder of photos even when it "
-                   "looks like a dataset root")
+    add_read_as_argument(p)
+    p.add_argument("--unlabelled", action="store_true", help="the same as --read-as photos")
     p.add_argument("--chunk-size", type=int, default=CHUNK_SIZE,
                    help=f"images per chunk: memory and resume granularity (default {CHUNK_SIZE})")
     p.add_argument("--seed", type=int, default=None, help="seed of LIME's samples and of ties in faithfulness")
@@ -154,8 +161,6 @@ def _settings(items: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _cmd_explain(args) -> int:
-    from tqdm import tqdm
-
     from fruitlens.batch.engine import explain_images
     from fruitlens.batch.rows import rows_from_inputs
     from fruitlens.config import parse_methods
@@ -166,7 +171,8 @@ def _cmd_explain(args) -> int:
         if value is not None and value < 1:
             raise CommandError(f"{flag} {value}: expected at least 1")
     options = explain_options(args)
-    rows = rows_from_inputs(args.data, split=args.split, limit=args.limit, unlabelled=args.unlabelled)
+    rows = rows_from_inputs(args.data, split=args.split, limit=args.limit, unlabelled=args.unlabelled,
+                            read_as=args.read_as)
     model, card, digest = load_model(args)
     for method in (m for m in methods if hasattr(options.of(m), "layer")):
         from fruitlens.explain.base import find_layer
@@ -175,7 +181,7 @@ def _cmd_explain(args) -> int:
         find_layer(model, options.of(method).layer)
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out}: is a file; expected a folder")
-    with tqdm(total=len(rows), unit="img", desc="explain", disable=None, file=sys.stderr) as bar:
+    with Progress(len(rows), "explained") as bar:
         totals = explain_images(model, card, digest, rows, args.out, methods, options, chunk_size=args.chunk_size,
                                 progress=bar.update)
     try:  # a rerun needs no model flags: the card next to the outputs says them

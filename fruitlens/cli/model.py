@@ -5,7 +5,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fruitlens.cli.common import CommandError, _csv, _image_size, add_model_arguments, build_options, model_source
+from fruitlens.cli.common import (
+    CommandError,
+    Progress,
+    _csv,
+    _image_size,
+    add_model_arguments,
+    add_read_as_argument,
+    build_options,
+    model_source,
+)
 
 
 def _add_train(sub) -> None:
@@ -22,11 +31,11 @@ def _add_train(sub) -> None:
                    "frozen (backbone frozen) or finetune (last block unfrozen, SGD lr 1e-4 momentum 0.9)")
     p.add_argument("--alpha", type=float, default=1.0, help="mobilenet_v2 width multiplier")
     p.add_argument("--image-size", default="20", help="side in pixels, or HxW")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
     p.add_argument("--learning-rate", type=float, default=None, help="default: the architecture's own")
     p.add_argument("--classes", help="comma-separated class names to train on (default: all)")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="seed of the weights, the shuffling and the split")
     p.add_argument("--augment", action="store_true", help="random rotation 40, shift 0.2, shear 0.2, zoom 0.2, "
                    "horizontal flip (nearest fill) on training batches")
     p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
@@ -71,12 +80,12 @@ def _cmd_train(args) -> int:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="predict a split and write predictions.parquet, metrics.json, confusion")
-    p.add_argument("--model", type=Path, required=True, help="run folder with model.keras and model.json")
-    p.add_argument("--data", type=Path, required=True)
-    p.add_argument("--split", default="test")
+    p.add_argument("--data", type=Path, required=True, help="dataset root (its labelled images are evaluated)")
+    p.add_argument("--split", default="test", help="split of the dataset to evaluate")
     p.add_argument("--out", type=Path, required=True,
                    help="folder for predictions.parquet, metrics.json, the confusion and mistakes PNGs")
     p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
+    add_model_arguments(p)
 
 
 def _cmd_evaluate(args) -> int:
@@ -84,7 +93,7 @@ def _cmd_evaluate(args) -> int:
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
-    metrics = evaluate_run(args.model, args.data, args.out, split=args.split, top_k_count=args.top_k)
+    metrics = evaluate_run(model_source(args), args.data, args.out, split=args.split, top_k_count=args.top_k)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images; macro F1 "
           f"{metrics['macro']['f1-score']:.4f}; {metrics['unreadable']} unreadable, "
           f"{metrics['unknown_label']} with a label the model does not know")
@@ -94,22 +103,26 @@ def _cmd_evaluate(args) -> int:
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="predict image files or folders of photos; write annotated copies")
-    p.add_argument("files", nargs="+", type=Path, help="image files and folders (searched recursively)")
+    p.add_argument("files", nargs="+", type=Path, help="image files and folders (a dataset folder: its images "
+                   "of every split, labelled; photos: every image under it)")
     p.add_argument("--out", type=Path, required=True, help="folder for predictions.parquet and the annotated copies")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
+    add_read_as_argument(p)
     add_model_arguments(p)
 
 
 def _cmd_predict(args) -> int:
-    from fruitlens.batch.rows import photos_in
+    from fruitlens.batch.rows import FOLDER_RULE, files_and_labels
     from fruitlens.inference import predict_files
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
-    files = [f for arg in args.files for f in (photos_in(arg) if arg.is_dir() else [arg])]
+    files, labels = files_and_labels(args.files, args.read_as)
     if not files:
-        raise CommandError(f"{' '.join(map(str, args.files))}: no image files found")
-    table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k)
+        raise CommandError(f"{' '.join(map(str, args.files))}: no image files found (rule: {FOLDER_RULE})")
+    with Progress(0, "annotated") as bar:
+        table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k, labels=labels,
+                              progress=bar.advance_to)
     for row in table.itertuples():
         if row.error:
             print(f"error: {row.error}")  # the reason starts with the path
@@ -124,13 +137,15 @@ def _cmd_predict(args) -> int:
 def _add_visualize(sub) -> None:
     p = sub.add_parser("visualize", help="activation grids and filter patterns for one image")
     add_model_arguments(p)
-    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--image", type=Path, required=True, help="the image file to visualise")
     p.add_argument("--out", type=Path, required=True, help="folder for the activation grids and filter patterns")
     p.add_argument("--channels", type=int, default=40, help="activation maps per layer (8 per row)")
     p.add_argument("--filters", type=int, default=40, help="filter patterns per layer")
     p.add_argument("--steps", type=int, default=30, help="gradient ascent steps per filter pattern")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the filter patterns' starting noise")
     p.add_argument("--palette", default="viridis", help="matplotlib colormap of the activation maps")
+    p.add_argument("--layers", default=None, help="comma-separated conv layer names or paths (backbone/block_16_"
+                   "project) to draw; default: every conv layer (a MobileNetV2 has 52: minutes of filter patterns)")
 
 
 def _cmd_visualize(args) -> int:
@@ -147,8 +162,15 @@ def _cmd_visualize(args) -> int:
         raise CommandError(f"--steps {args.steps}: expected at least 0")
     if args.palette not in matplotlib.colormaps:
         raise CommandError(f"--palette {args.palette}: expected a matplotlib colormap such as viridis, jet, magma")
-    paths = visualize_run(model_source(args), args.image, args.out, channels=args.channels, filters=args.filters,
-                          steps=args.steps, seed=args.seed, palette=args.palette)
+    layers = _csv(args.layers)
+    try:
+        with Progress(0, "visualized", unit="steps (activations, then each layer's filters)") as bar:
+            paths = visualize_run(model_source(args), args.image, args.out, channels=args.channels,
+                                  filters=args.filters, steps=args.steps, seed=args.seed, palette=args.palette,
+                                  layers=layers, progress=bar.advance_to)
+    except ValueError as exc:
+        flag = f"--layers {args.layers}: " if layers and "layer" in str(exc) else ""
+        raise CommandError(f"{flag}{str(exc).splitlines()[0]}") from exc
     layers = sum(1 for p in paths if p.parent.name == "activations")
     print(f"wrote activation and filter grids of {layers} conv layers to {args.out} (activations/, filters/)")
     return 0

@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fruitlens.cli.common import CommandError, _csv, add_model_arguments, build_options, load_model
+from fruitlens.cli.common import (
+    CommandError,
+    Progress,
+    _csv,
+    add_model_arguments,
+    add_read_as_argument,
+    build_options,
+    load_model,
+)
 from fruitlens.typed import to_plain
 
 
@@ -15,6 +23,7 @@ def _add_sanity(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for sanity.parquet, sanity.png, verdicts.json "
                    "(RUN/sanity puts them in a run's report)")
     p.add_argument("--split", default="test", help="split of a dataset root (default: test)")
+    add_read_as_argument(p)
     p.add_argument("--limit", type=int, default=8, help="images to explain at every step (default 8)")
     p.add_argument("--methods", default="gradcam,gradcam++,lime",
                    help="comma-separated methods or variants (default gradcam,gradcam++,lime; any of --method's, "
@@ -49,12 +58,14 @@ def _cmd_sanity(args) -> int:
     if args.num_samples is not None:
         lime = build_options(type(options.lime), {**to_plain(options.lime), "num_samples": args.num_samples})
         options = replace(options, lime=lime)
-    rows = rows_from_inputs(args.data, split=args.split, limit=args.limit)
+    rows = rows_from_inputs(args.data, split=args.split, limit=args.limit, read_as=args.read_as)
     model, card, _ = load_model(args)
     images, rows, failed = read_chunk(rows, card.image_size, card.fit)
     if not len(rows):
         raise CommandError(f"--data: none of the {len(failed)} images could be read")
-    result = sanity.run_sanity(model, images, methods=methods, options=options, layer=args.layer, seed=args.seed)
+    with Progress(0, "sanity", unit="steps (the model re-initialised layer by layer)") as bar:
+        result = sanity.run_sanity(model, images, methods=methods, options=options, layer=args.layer, seed=args.seed,
+                                   progress=bar.advance_to)
     found = sanity.write_sanity(result, images, rows, args.out, class_names=card.classes, seed=args.seed)
     for v in found.to_dict("records"):
         print(f"{sanity.method_title(v['method'])}: {'passes' if v['passed'] else 'FAILS'} ({v['reason']}; "

@@ -19,6 +19,15 @@ log = logging.getLogger(__name__)
 
 
 
+def model_title(card) -> str:
+    """How titles name a model: the file it came from (``pets.h5``, ``imagenet:mobilenet_v2``), else its
+    architecture (a run's model), never the wrapper's internal name (``mobilenetv2_1.00_96_from_01``)."""
+    source = str(getattr(card, "source", "") or "")
+    if source:
+        return source if source.startswith("imagenet:") else Path(source).name
+    return str(card.arch)
+
+
 def layer_file_name(path: str) -> str:
     """A layer path as a file name: ``backbone/block5_conv3`` -> ``backbone__block5_conv3``."""
     return path.replace("/", "__")
@@ -52,7 +61,8 @@ def layer_activations(model, images, layers=None) -> dict[str, np.ndarray]:
 
 
 def save_activation_grids(model, image, out_dir: str | os.PathLike, *, channels: int = 40, ncols: int = 8,
-                          palette: str = "viridis", layers=None, image_name: str | None = None) -> list[Path]:
+                          palette: str = "viridis", layers=None, image_name: str | None = None,
+                          model_name: str | None = None) -> list[Path]:
     """One PNG per conv layer, ``out_dir/<layer>.png``: the first ``channels`` maps of ``image`` (H, W, 3).
 
     Each grid is titled with the model, the layer path and ``image_name`` (the input file), and starts
@@ -68,16 +78,18 @@ def save_activation_grids(model, image, out_dir: str | os.PathLike, *, channels:
     for path, maps in acts.items():
         shown = min(channels, maps.shape[-1])
         title = [f"activations of layer {path}",
-                 f"model {model.name} | input {image_name or 'image'} | {shown} of {maps.shape[-1]} channels"]
+                 f"model {model_name or model.name} | input {image_name or 'image'} | {shown} of {maps.shape[-1]} "
+                 "channels"]
         grid = plots.activation_grid(maps[0], channels, ncols, palette, title=title, input_image=image)
         paths.append(plots.save_png(grid, out / f"{layer_file_name(path)}.png", "\n".join(title)))
     return paths
 
 
 def save_filter_grids(model, out_dir: str | os.PathLike, *, filters: int = 40, ncols: int = 8, steps: int = 30,
-                      lr: float = 10.0, seed: int = 0, size=None, layers=None) -> list[Path]:
+                      lr: float = 10.0, seed: int = 0, size=None, layers=None, progress=None,
+                      model_name: str | None = None) -> list[Path]:
     """One PNG per conv layer, ``out_dir/<layer>.png``: patterns of its first ``filters`` filters, titled
-    with the model and the layer path."""
+    with the model and the layer path; ``progress(layers done)`` after each."""
     from fruitlens import plots
     from fruitlens.explain.filters import filter_patterns
 
@@ -88,10 +100,12 @@ def save_filter_grids(model, out_dir: str | os.PathLike, *, filters: int = 40, n
         count = min(filters, total)
         patterns = filter_patterns(model, ref.path, np.arange(count), steps=steps, lr=lr, seed=seed, size=size)
         title = [f"filter patterns of layer {ref.path}",
-                 f"model {model.name} | {count} of {total} filters",
+                 f"model {model_name or model.name} | {count} of {total} filters",
                  "the input pattern that excites each filter most"]
         grid = plots.filter_grid(patterns, ncols, title=title)
         paths.append(plots.save_png(grid, out / f"{layer_file_name(ref.path)}.png", "\n".join(title)))
+        if progress is not None:
+            progress(len(paths))  # layers done
     return paths
 
 
@@ -103,10 +117,12 @@ def _channels(model, ref: LayerRef) -> int:
 
 def visualize_run(run_dir, image_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                   channels: int = 40, filters: int = 40, steps: int = 30, seed: int = 0,
-                  palette: str = "viridis") -> list[Path]:
-    """Activation grids of one image and filter patterns, for every conv layer of a model.
+                  palette: str = "viridis", layers=None, progress=None) -> list[Path]:
+    """Activation grids of one image and filter patterns, for every conv layer of a model (or ``layers``).
 
-    ``run_dir``: a run folder, a model file, or a ``fruitlens.modelio.ModelSource``.
+    ``run_dir``: a run folder, a model file, or a ``fruitlens.modelio.ModelSource``. ``layers``: names or
+    paths (``backbone/block_16_project``); None = every conv layer. ``progress(done, total)`` is called
+    after the activations and after each layer's filter patterns (the slow part); total = layers + 1.
 
     Writes ``out_dir/activations/<layer>.png`` and ``out_dir/filters/<layer>.png`` (nested layers as
     ``backbone__name``).
@@ -123,10 +139,17 @@ def visualize_run(run_dir, image_path: str | os.PathLike, out_dir: str | os.Path
     model, card = as_model_source(run_dir).load()
     check_layer_access(model, "activations")
     image = read_rgb(image_path, card.image_size)
+    refs = resolve_layers(model, layers)
+    paths_of = [r.path for r in refs]
     out = Path(out_dir)
+    name = model_title(card)
     paths = save_activation_grids(model, image, out / "activations", channels=channels, palette=palette,
-                                  image_name=Path(image_path).name)
+                                  image_name=Path(image_path).name, layers=paths_of, model_name=name)
+    total = len(refs) + 1
+    if progress is not None:
+        progress(1, total)
+    step = None if progress is None else (lambda i: progress(1 + i, total))
     paths += save_filter_grids(model, out / "filters", filters=filters, steps=steps, seed=seed,
-                               size=card.image_size)
+                               size=card.image_size, layers=paths_of, progress=step, model_name=name)
     log.info("wrote %d grids to %s", len(paths), out)
     return paths

@@ -203,7 +203,8 @@ PICTURE_FIELDS = ("palette", "alpha", "faithfulness_steps", "baseline")  # optio
 
 def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str] = DEFAULT_METHODS,
                options=None, extra: Mapping[str, HeatmapExplainer] | None = None, targets: np.ndarray | None = None,
-               layer: str | None = None, lime_options=None, seed: int = 0) -> SanityResult:
+               layer: str | None = None, lime_options=None, seed: int = 0,
+               progress: Callable[[int, int], None] | None = None) -> SanityResult:
     """The cascading model parameter randomisation test on ``images``.
 
     Every method is built from its options by its own ``from_options`` (``fruitlens.registry``), so the
@@ -221,6 +222,7 @@ def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str]
         layer: the conv layer of the methods that take one (None: as in ``options``).
         lime_options: ``LimeOptions`` in place of ``options.lime``.
         seed: seeds the re-initialisation and LIME's samples.
+        progress: called as ``progress(steps done, steps)`` after each step (for a progress bar).
 
     Returns:
         A :class:`SanityResult` with one step per re-initialised layer, plus step 0.
@@ -271,10 +273,14 @@ def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str]
 
     rng = np.random.default_rng(seed)
     steps = [explain_all()]
+    if progress is not None:
+        progress(1, len(cascade) + 1)
     for ref in cascade:
         reinitialise(ref.layer, rng)
         steps.append(explain_all())
         log.info("sanity: re-initialised %s", ref.path)
+        if progress is not None:
+            progress(len(steps), len(cascade) + 1)
     names = list(steps[0])
     heatmaps = {m: np.stack([s[m][0] for s in steps]) for m in names}
     rank, ssim, top = {}, {}, {}

@@ -109,3 +109,68 @@ def _seeds(seed: int | Sequence[int], n: int) -> list[int]:
     if len(seeds) != n:
         raise ValueError(f"{len(seeds)} seeds for {n} images: expected one seed or one per image")
     return seeds
+
+
+# ------------------------------------------------------------------------- segmenting at the photo's resolution
+
+WORKING_SIDE = 256
+"""LIME segments a photo at its own resolution, its longest side capped at this many pixels (the one working
+size: ``fruitlens superpixels`` previews at the same size). Measured cost and effect: benchmarks/README.md."""
+
+
+@dataclass(frozen=True)
+class PhotoSegments:
+    """Superpixels of one photo: ``coarse`` (H, W) ids 0..S-1 at the model's input size (what LIME perturbs),
+    ``fine`` (h, w) the same ids at the working size over the part of the photo the model sees (what the
+    pictures draw, so outlines follow the photo's edges)."""
+
+    coarse: np.ndarray
+    fine: np.ndarray
+
+
+def working_photo(photo: np.ndarray, side: int = WORKING_SIDE) -> np.ndarray:
+    """(H0, W0, 3) photo -> float32 [0, 1] with its longest side at most ``side`` (area-averaged; never enlarged)."""
+    from PIL import Image
+
+    arr = np.asarray(photo)
+    if arr.ndim != 3 or arr.shape[-1] != 3:
+        raise ValueError(f"photo of shape {arr.shape}: expected (H, W, 3)")
+    if side < 1:
+        raise ValueError(f"side {side}: expected at least 1")
+    u8 = arr if arr.dtype == np.uint8 else (np.clip(arr, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    h0, w0 = u8.shape[:2]
+    scale = min(1.0, side / max(h0, w0))
+    if scale < 1.0:
+        size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
+        u8 = np.asarray(Image.fromarray(u8).resize(size, Image.Resampling.BOX))
+    return u8.astype(np.float32) / 255.0
+
+
+def photo_segments(photo: np.ndarray, image_size: tuple[int, int], segmenter: Segmenter, *, fit: str = "resize",
+                   seed: int = 0, side: int = WORKING_SIDE) -> PhotoSegments:
+    """Segment ``photo`` at its working size and map the superpixels to the model's input.
+
+    The working photo (:func:`working_photo`) is segmented; the part the model sees (all of it for ``fit``
+    resize, the centred box for crop) is mapped nearest-neighbour to ``image_size``; superpixels too small to
+    keep a pixel there are merged into the superpixel that covers them at the input size.
+
+    Returns:
+        :class:`PhotoSegments` with the same ids 0..S-1 in ``coarse`` (image_size) and ``fine``.
+    """
+    from fruitlens.modelio import fit_photo
+    from fruitlens.overlays import resize_ids
+
+    work = working_photo(photo, side)
+    raw = segmenter.segment(work, seed)
+    _, (y0, x0, y1, x1) = fit_photo(work, image_size, fit)
+    seen = raw[y0:y1, x0:x1]
+    coarse_raw = resize_ids(seen, tuple(image_size))
+    kept, coarse = np.unique(coarse_raw, return_inverse=True)
+    coarse = coarse.reshape(coarse_raw.shape).astype(np.int32)
+    lookup = np.full(int(raw.max()) + 1, -1, np.int64)
+    lookup[kept] = np.arange(len(kept))
+    fine = lookup[seen]
+    lost = fine < 0
+    if lost.any():  # a sliver that vanished at the input size: drawn as the superpixel that covers it there
+        fine[lost] = resize_ids(coarse, seen.shape)[lost]
+    return PhotoSegments(coarse=coarse, fine=fine.astype(np.int32))

@@ -1,0 +1,74 @@
+"""LIME segments the photo at its working size and maps the superpixels to the model's input;
+`fruitlens superpixels` previews exactly those."""
+
+from __future__ import annotations
+
+import re
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data as skdata
+from skimage import filters, segmentation
+
+from fruitlens import tables
+from fruitlens.cli import main
+from fruitlens.explain.segmentation import WORKING_SIDE, make_segmenter, photo_segments, working_photo
+from fruitlens.overlays import resize_ids
+
+
+@pytest.mark.parametrize("fit", ["resize", "crop"])
+def test_photo_segments_share_ids_between_the_input_and_the_photo(fit):
+    photo = skdata.chelsea()  # 300 x 451
+    segs = photo_segments(photo, (24, 24), make_segmenter("slic"), fit=fit)
+    work = working_photo(photo)
+    assert max(work.shape[:2]) == WORKING_SIDE and work.shape[:2] == (170, 256)
+    assert segs.coarse.shape == (24, 24) and segs.coarse.dtype == np.int32
+    s = segs.coarse.max() + 1
+    assert set(np.unique(segs.coarse)) == set(range(s)) == set(np.unique(segs.fine))
+    if fit == "resize":
+        assert segs.fine.shape == (170, 256)
+    else:
+        assert segs.fine.shape == (170, 170)  # the centred square the model sees
+
+
+def test_superpixels_follow_the_photo_edges_better_than_input_size_ones():
+    photo = skdata.chelsea()
+    work = working_photo(photo)
+    edges = filters.sobel(work.mean(axis=-1))
+    segmenter = make_segmenter("slic")
+    fine = photo_segments(photo, (32, 32), segmenter).fine
+    small = segmenter.segment(np.asarray(Image.fromarray(photo).resize((32, 32), Image.Resampling.BILINEAR),
+                                         np.float32) / 255.0)
+    blocky = resize_ids(small, work.shape[:2])  # what LIME drew before: input-size superpixels enlarged
+
+    def on_boundaries(ids):
+        return float(edges[segmentation.find_boundaries(ids, mode="inner")].mean())
+
+    assert on_boundaries(fine) > 1.2 * on_boundaries(blocky)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("lime_photo")
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((20, 20, 3)), keras.layers.Conv2D(4, 3, activation="relu"),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(2, activation="softmax")])
+    model.save(root / "m.keras")
+    Image.fromarray(skdata.coffee()).save(root / "coffee.jpg")
+    return root
+
+
+def test_superpixels_previews_what_lime_uses(tiny, capsys):
+    out = tiny / "ex"
+    assert main(["explain", "--data", str(tiny / "coffee.jpg"), "--model", str(tiny / "m.keras"), "--classes",
+                 "a,b", "--method", "lime", "--num-samples", "64", "--faithfulness-steps", "2", "--out", str(out)]) == 0
+    lime = tables.read_table(out / "lime.parquet")
+    used = lime["superpixel"].nunique()
+    assert lime["segmenter"].iloc[0].endswith("@256x171")  # segmented at the working size, not at 20x20
+    capsys.readouterr()
+    assert main(["superpixels", str(tiny / "coffee.jpg"), "--size", "20x20", "--out", str(tiny / "sp")]) == 0
+    printed = capsys.readouterr().out
+    assert int(re.search(r"(\d+) superpixels at 256x171", printed).group(1)) == used
+    assert (tiny / "sp" / "coffee_superpixels.png").is_file()
