@@ -6,14 +6,27 @@ run of its own). Keys are stable (lowercase, dashes), so the UI shows each one's
 
 from __future__ import annotations
 
+import html
 import re
 from pathlib import Path
 
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
 
+def _cell(value):
+    """A table cell as the UI may show it: text holding markup (a class named ``<img onerror=...>``) escaped, so
+    it shows as text wherever it is rendered; plain names (``red_dot``) unchanged."""
+    if isinstance(value, str) and any(c in value for c in "<>&"):
+        return html.escape(value)
+    return value
+
+
+def _escaped(rows: list[dict]) -> list[dict]:
+    return [{_cell(k): _cell(v) for k, v in row.items()} for row in rows]
+
+
 def _records(df) -> list[dict]:
-    return df.astype(object).where(df.notna(), None).to_dict("records")
+    return _escaped(df.astype(object).where(df.notna(), None).to_dict("records"))
 
 
 def publish_eval_tables(eval_dir: str, prefix: str = "") -> dict:
@@ -31,11 +44,13 @@ def publish_eval_tables(eval_dir: str, prefix: str = "") -> dict:
     return {"classes": int(len(per_class)), "confusion_cells": int(len(confusion))}
 
 
-def publish_comparison(rows: list[dict], promoted: bool, prefix: str = "", note: str = "") -> None:
-    """Table artifact: the new model against the current one on the same test set."""
-    verdict = "promoted to current" if promoted else "kept the current model (the new one is worse)"
-    verdict += f"; {note}" if note else ""
-    create_table_artifact(rows, key=f"{prefix}model-comparison", description=f"New vs current model: {verdict}")
+def publish_comparison(rows: list[dict], decision: str, prefix: str = "", note: str = "") -> None:
+    """Table artifact: the new model against the current one on the same test set, and the decision."""
+    from fruitlens.promotion import DECISION_WORDS
+
+    verdict = DECISION_WORDS[decision] + (f"; {note}" if note else "")
+    create_table_artifact(_escaped(rows), key=f"{prefix}model-comparison",
+                          description=f"New vs current model: {verdict}")
 
 
 def publish_summary(title: str, metrics: dict, lines: str, images: list[list[str]], prefix: str = "") -> None:
@@ -60,5 +75,5 @@ def publish_links(links: dict[str, str], prefix: str = "") -> int:
 
 def publish_trend(rows: list[dict], prefix: str = "") -> None:
     """Table artifact: one row per night of the models home (``fruitlens.nights``), newest first."""
-    create_table_artifact(rows, key=f"{prefix}nightly-trend",
+    create_table_artifact(_escaped(rows), key=f"{prefix}nightly-trend",  # run folder names are user strings
                           description="Trend across nights: accuracy, macro F1, drift, sanity, evidence, shortcuts")

@@ -24,7 +24,8 @@ def _add_pipeline_options(p) -> None:
                    help="where explanation chunks run: a thread pool (default) or Dask (prefect-dask)")
     p.add_argument("--dask-address", default=None, help="Dask scheduler address (default: start a local cluster)")
     p.add_argument("--models-home", type=Path, default=None,
-                   help="where the current model lives (default: <out>/../models)")
+                   help="where the current model lives (default: <out>/../models/<out's name>, one per run folder; "
+                        "name one folder to share it between run folders)")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="task cache and results (default: $FRUITLENS_CACHE or $FRUITLENS_HOME/cache)")
 
@@ -79,35 +80,70 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
     from flows.nightly import nightly_flow
     from flows.server import temporary_server
     from flows.settings import pipeline_settings
+    from fruitlens.promotion import decision_line
 
     _own_logging(args)
     if not PREFECT_API_URL.value():
         print("note: PREFECT_API_URL is not set, so the runs go to a temporary Prefect server; start one with "
               "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api to watch them in the UI")
+    from contextlib import ExitStack
+
+    from fruitlens.locks import FolderBusy, folder_lock
+
     start = time.perf_counter()
-    try:
-        with temporary_server(), pipeline_settings(args.cache_dir):
-            summary = nightly_flow(str(data), str(out), cfg.to_dict(),
-                                   str(args.models_home) if args.models_home else None)
-    except Exception as exc:  # noqa: BLE001 - whatever failed inside the flow run: one line, not a traceback
-        print(f"fruitlens {args.command}: failed: {_one_line(exc)} (details in the Prefect UI and log above)",
-              file=sys.stderr)
-        return 1
+    with ExitStack() as held:
+        try:  # one `run` per run folder: a second one is refused before the server starts
+            held.enter_context(folder_lock(out))
+        except FolderBusy as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            with temporary_server(), pipeline_settings(args.cache_dir):
+                summary = nightly_flow(str(data), str(out), cfg.to_dict(),
+                                       str(args.models_home) if args.models_home else None)
+        except Exception as exc:  # noqa: BLE001 - whatever failed inside the flow run: one line, not a traceback
+            print(f"fruitlens {args.command}: failed: {_one_line(exc)} (details in the Prefect UI and log above)",
+                  file=sys.stderr)
+            return 1
     seconds = time.perf_counter() - start
     timings = summary["timings"]
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
     m = summary["metrics"]
     print(f"pipeline steps took {sum(timings.values()):.1f}s ({steps}); the command {seconds:.1f}s with Prefect")
     print(f"test accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n']} images; "
-          f"{'promoted to current' if summary['promoted'] else 'kept the current model'} in {summary['models_home']}")
+          f"{decision_line(summary['decision'], summary['models_home'])}")
     if summary.get("note"):
         print(f"note: {summary['note']}")
     print(f"wrote {out} (run.json" + (", report.html)" if summary.get("report") else ")"))
     return 0
 
 
+def check_dask_address(cfg, timeout: float = 5.0) -> None:
+    """Refuse, before any step runs, a Dask scheduler that cannot be reached (once found after index and
+    train, 48 s later)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    if cfg.task_runner != "dask" or not cfg.dask_address:
+        return
+    address = cfg.dask_address if "://" in cfg.dask_address else f"tcp://{cfg.dask_address}"
+    try:
+        parts = urlsplit(address)
+        host, port = parts.hostname, parts.port or 8786
+    except ValueError:
+        host = port = None
+    if not host:
+        raise CommandError(f"--dask-address {cfg.dask_address}: expected tcp://HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        raise CommandError(f"--dask-address {cfg.dask_address}: cannot connect ({exc.strerror or exc}); expected "
+                           "a running Dask scheduler") from exc
+
+
 def _cmd_run(args) -> int:
-    return _run_pipeline(args, args.data, args.out, _pipeline_config(args))
+    cfg = _pipeline_config(args)
+    check_dask_address(cfg)
+    return _run_pipeline(args, args.data, args.out, cfg)
 
 
 def _add_demo(sub) -> None:
@@ -242,17 +278,21 @@ def _add_cache(sub) -> None:
 def _cmd_cache(args) -> int:
     import shutil
 
-    from fruitlens.config import cache_dir
+    from fruitlens.config import CACHE_MARKER, cache_dir, is_marked_cache
 
     path = args.cache_dir or cache_dir()
     if args.action == "path":
         print(path)
         return 0
-    if path.exists():
-        shutil.rmtree(path)
-        print(f"cleared the task cache {path}")
-    else:
+    if not path.exists() and not path.is_symlink():
         print(f"no task cache at {path}")
+        return 0
+    if not is_marked_cache(path):  # $FRUITLENS_CACHE=$HOME must never empty the home folder
+        raise CommandError(f"--cache-dir {path}: not a fruitlens task cache (no {CACHE_MARKER} file that "
+                           "fruitlens writes into the caches it creates); nothing deleted. Expected the folder "
+                           "a run used as its cache")
+    shutil.rmtree(path)
+    print(f"cleared the task cache {path}")
     return 0
 
 

@@ -9,7 +9,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.futures import as_completed
 
 from flows.settings import build_task_runner, run_name, slug
-from fruitlens.batch.engine import out_lock
+from fruitlens.batch.engine import claim_folder, out_lock
 from fruitlens.config import CHUNK_SIZE, ExplainOptions, build, model_source_fields, to_plain
 from fruitlens.progress import progress_line
 from tasks.explain import explain_chunk_task, finish_task, plan_task
@@ -51,6 +51,9 @@ def explain_flow(model: str | dict, index_dir: str, out_dir: str, methods: list[
                      list(methods), opts)
     total = sum(map(len, plan["chunks"])) * len(methods)
     with out_lock(out_dir):
+        from fruitlens.modelio import as_model_source
+
+        claim_folder(out_dir, as_model_source(model).digest())  # another model's tables: removed, said so
         progress = create_progress_artifact(0.0, key=f"{slug(artifact_prefix + 'explain-progress')}",
                                             description=f"{total // max(len(methods), 1)} images in "
                                             f"{len(plan['chunks'])} chunks, explained with {', '.join(methods)}")

@@ -33,7 +33,7 @@ from tasks.evidence import evidence_task
 from tasks.nights import record_night_task
 from tasks.promote import compare_task, current_model_task, existing_model, promote_task
 from tasks.report import report_task, run_record_task
-from tasks.sanity import sanity_task
+from tasks.sanity import discard_sanity_task, sanity_task
 from tasks.stability import stability_task
 from tasks.visualize import visualize_task
 
@@ -75,7 +75,7 @@ def compare_with_current(run: RunLayout, data_dir: str, cfg: PipelineConfig, hom
                                              str(run.explain_dir), cfg.split, cfg.drift_probe, str(run.drift_dir))
     comparison = compare_task(str(run.root), new["headline"], old, cfg.promote_metric, same, drift, cfg.max_drift,
                               read_verdicts(run.sanity.root) or None)
-    if comparison["promote"] and not same:
+    if comparison["promote"]:
         promote_task(str(run.root), home, {"model_digest": train["model_digest"], "metrics": new["headline"]})
     if current["note"]:
         get_run_logger().info("%s", current["note"])
@@ -86,9 +86,9 @@ def compare_with_current(run: RunLayout, data_dir: str, cfg: PipelineConfig, hom
 def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models_home: str | None = None) -> dict:
     """The whole pipeline into the run folder ``out_dir`` with ``config`` (PipelineConfig fields).
 
-    The new model becomes ``<models_home>/current`` (default ``<out_dir>/../models``) only when it is not
-    worse than the current one on the same test set; comparison.parquet and an artifact say how they did.
-    Returns headline metrics, the promotion decision and seconds per step.
+    The new model becomes ``<models_home>/current`` (default ``<out_dir>/../models/<out_dir's name>``) only
+    when it is not worse than the current one on the same test set; comparison.parquet and an artifact say how
+    they did. Returns headline metrics, the decision (promoted, kept, unchanged, explained) and seconds per step.
     """
     cfg = PipelineConfig.from_dict(config)
     run = RunLayout(out_dir)
@@ -117,18 +117,22 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
     if cfg.sanity_images and checked:
         step("sanity", fresh(sanity_task, run.sanity.verdicts), model, str(run.index_dir), str(run.explain_dir),
              cfg.split, cfg.sanity_images, list(checked), to_plain(cfg.explain_options), str(run.sanity.root))
+    else:
+        discard_sanity_task(str(run.sanity.root))
     if cfg.class_evidence:
         step("class_evidence", fresh(evidence_task, run.class_evidence), model, str(run.index_dir), cfg.split,
              str(run.evidence_dir))
     if cfg.model is None:
         comparison = step("compare", compare_with_current, run, data_dir, cfg, home, train, new)
     else:
-        comparison = {"rows": [], "promote": False, "path": "", "old": None, "models_home": home,
+        comparison = {"rows": [], "promote": False, "decision": "explained", "path": "", "old": None,
+                      "models_home": home,
                       "note": f"explained the existing model {cfg.model['spec']}: nothing trained or promoted"}
     if comparison["rows"]:
-        publish_comparison(comparison["rows"], comparison["promote"], prefix=prefix, note=comparison["note"])
+        publish_comparison(comparison["rows"], comparison["decision"], prefix=prefix, note=comparison["note"])
     record = {"data_dir": str(data_dir), "models_home": home, "metrics": new["headline"],
-              "promoted": comparison["promote"], "model_digest": train["model_digest"]}
+              "promoted": comparison["promote"], "decision": comparison["decision"],
+              "model_digest": train["model_digest"]}
     trend = step("trend", record_night_task, home, str(run.root), train["model_digest"], new["headline"],
                  sum(step.timings.values()), comparison["promote"], comparison.get("drift"))
     publish_trend(trend, prefix=prefix)
@@ -143,6 +147,6 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
     links = {"report": report or "", "model": str(run.model), "predictions": str(run.predictions),
              "comparison": comparison["path"], "run-json": str(run.run_record), **explained["tables"]}
     publish_links(links, prefix=prefix)
-    return {"metrics": new["headline"], "promoted": comparison["promote"], "timings": step.timings,
-            "model_digest": train["model_digest"], "report": report, "models_home": home,
+    return {"metrics": new["headline"], "promoted": comparison["promote"], "decision": comparison["decision"],
+            "timings": step.timings, "model_digest": train["model_digest"], "report": report, "models_home": home,
             "note": comparison["note"]}

@@ -11,7 +11,7 @@ from pathlib import Path
 from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, PREFECT_LOCAL_STORAGE_PATH, temporary_settings
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from fruitlens.config import cache_dir
+from fruitlens.config import cache_dir, mark_cache
 from fruitlens.layout import RunLayout
 
 RESULTS = "results"
@@ -28,6 +28,7 @@ def pipeline_settings(cache: str | os.PathLike | None = None) -> Iterator[Path]:
     Sets the setting for this process and ``PREFECT_LOCAL_STORAGE_PATH`` for the processes it starts
     (served flow runs, Dask workers); both are restored afterwards.
     """
+    mark_cache(cache or cache_dir())  # only a marked folder is deleted by `fruitlens cache clear`
     path = results_dir(cache)
     path.mkdir(parents=True, exist_ok=True)
     before = os.environ.get("PREFECT_LOCAL_STORAGE_PATH")

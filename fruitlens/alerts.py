@@ -53,6 +53,8 @@ def promotion_reason(new: Mapping[str, float], old: Mapping[str, float] | None, 
     if worse:
         return f"worse on {words}"
     moved = float((drift or {}).get("moved_share") or 0.0)
+    if max_drift is None or moved <= max_drift:  # kept for no reason this function knows of: say what it knows
+        return f"kept the current model, not worse on {words}"
     return f"the evidence moved on {moved:.0%} of the probe images, more than max_drift {max_drift:.0%}"
 
 

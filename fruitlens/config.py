@@ -24,9 +24,18 @@ import typing
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from fruitlens.archs import ARCH_NAMES, BACKBONE_NAMES, MODES, TrainMode, parse_arch  # noqa: F401 - part of this API
+from fruitlens.archs import (  # noqa: F401 - part of this API
+    ARCH_NAMES,
+    AUGMENT_POLICIES,
+    BACKBONE_NAMES,
+    MODES,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainMode,
+    parse_arch,
+)
 from fruitlens.augment import AugmentConfig
 from fruitlens.errors import OptionError
 from fruitlens.lime_options import (  # noqa: F401 - LIME's options are part of this API
@@ -55,7 +64,7 @@ from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' opti
 )
 from fruitlens.registry import METHODS as REGISTRY
 from fruitlens.sizes import DEFAULT_MEMORY_LIMIT, MAX_IMAGE_SIDE, as_size  # noqa: F401 - part of this API
-from fruitlens.typed import build, check, to_plain  # noqa: F401 - build and to_plain are part of this API
+from fruitlens.typed import build, check, check_value_count, short, to_plain  # noqa: F401 - API
 
 Split = Literal["train", "val", "test"]
 Selection = Literal["report", "first"]
@@ -101,6 +110,8 @@ def parse_methods(methods: str | typing.Sequence[str]) -> tuple[str, ...]:
 
 ClassWeights = Literal["none", "balanced"]
 Monitor = Literal["val_accuracy", "val_loss"]
+Keep = Literal["best", "last"]
+KEEPS: tuple[str, ...] = get_args(Keep)
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run (recorded in the model card and in run.json).
@@ -118,8 +129,23 @@ class TrainConfig:
         early_stopping: patience in epochs on ``monitor`` (0: off).
         class_weights: ``balanced`` weighs each class by n / (C * n_class) in the loss.
         tensorboard: write TensorBoard logs to ``run_dir/logs``.
-        val_fraction: share of training images carved out for validation when the data has no val split.
+        val_fraction: share of training images carved out for validation when the data has no val split
+            (0 <= v < 1; the command line's ``--val-split``). 0: no holdout, every training image is trained on
+            and the last epoch is kept (there is nothing to pick a best epoch on).
         monitor: the validation metric that picks the best epoch.
+        optimizer, schedule: ``default`` (the architecture's: the tutorials' for the tutorial models, AdamW with
+            warm-up + cosine for ``photo_resnet``), or adam | adamw | rmsprop | sgd, constant | cosine |
+            warmup_cosine (see :mod:`fruitlens.recipes`).
+        warmup_epochs: linear warm-up of ``warmup_cosine`` (epochs, may be fractional; at most half the run).
+        weight_decay: AdamW's decoupled weight decay.
+        label_smoothing: None: the architecture's (0.1 for ``photo_resnet``, else 0).
+        augment_policy: with ``augment``: ``classic`` (the tutorials' flips/rotations/shifts/shear/zoom) or
+            ``photo`` (random resized crop down to ``crop_scale`` of the area, flip, colour jitter by
+            ``jitter``); None: the architecture's (photo for ``photo_resnet``).
+        mixup, cutmix: Beta(alpha, alpha) mixing of each batch with itself reversed (0: off; both: one of
+            the two per batch).
+        keep: which epoch's weights become the model: ``best`` (by ``monitor``; the last epoch when there are
+            no validation images) or ``last`` (the fixed-epoch model: ``epochs`` decides).
     """
 
     arch: str = "seed_cnn"
@@ -140,6 +166,17 @@ class TrainConfig:
     val_fraction: float = 0.15
     monitor: Monitor = "val_accuracy"
     memory_limit: int = DEFAULT_MEMORY_LIMIT
+    keep: Keep = "best"
+    optimizer: str = "default"
+    schedule: str = "default"
+    warmup_epochs: float = 2.0
+    weight_decay: float = 0.004
+    label_smoothing: float | None = None
+    augment_policy: str | None = None
+    crop_scale: float = 0.35
+    jitter: float = 0.2
+    mixup: float = 0.0
+    cutmix: float = 0.0
 
     def __post_init__(self) -> None:
         parse_arch(self.arch)
@@ -161,7 +198,21 @@ class TrainConfig:
             (self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}"),
             (self.class_weights in ("none", "balanced"), "class_weights", self.class_weights, "none or balanced"),
             (self.monitor in ("val_accuracy", "val_loss"), "monitor", self.monitor, "val_accuracy or val_loss"),
-            (0.0 < self.val_fraction < 1.0, "val_fraction", self.val_fraction, "a fraction in (0, 1)"),
+            (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}"),
+            (self.schedule in SCHEDULES, "schedule", self.schedule, f"one of {', '.join(SCHEDULES)}"),
+            (self.warmup_epochs >= 0, "warmup_epochs", self.warmup_epochs, ">= 0 (at most half the run is used)"),
+            (0 <= self.weight_decay < 1, "weight_decay", self.weight_decay, "in [0, 1)"),
+            (self.label_smoothing is None or 0 <= self.label_smoothing < 1, "label_smoothing",
+             self.label_smoothing, "in [0, 1) or null (the architecture's default)"),
+            (self.augment_policy is None or self.augment_policy in AUGMENT_POLICIES, "augment_policy",
+             self.augment_policy, f"one of {', '.join(AUGMENT_POLICIES)} or null (the architecture's default)"),
+            (0 < self.crop_scale <= 1, "crop_scale", self.crop_scale, "a share of the image area in (0, 1]"),
+            (0 <= self.jitter < 1, "jitter", self.jitter, "in [0, 1)"),
+            (self.mixup >= 0, "mixup", self.mixup, "a Beta parameter >= 0 (0: off)"),
+            (self.cutmix >= 0, "cutmix", self.cutmix, "a Beta parameter >= 0 (0: off)"),
+            (0.0 <= self.val_fraction < 1.0, "val_fraction", self.val_fraction,
+             "a fraction in [0, 1) (0: no holdout, train on every training image)"),
+            (self.keep in KEEPS, "keep", self.keep, f"one of {', '.join(KEEPS)}"),
             (self.early_stopping >= 0, "early_stopping", self.early_stopping, "a patience >= 0 (0: off)"),
             (self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0"),
             (self.alpha > 0, "alpha", self.alpha, "> 0"),
@@ -206,7 +257,7 @@ def _train_config(values: Mapping[str, Any] | Any):
     if isinstance(values, TrainConfig):
         return values
     if not isinstance(values, Mapping):
-        raise ValueError(f"train {values!r}: expected a mapping of training options")
+        raise ValueError(f"train {short(values)}: expected a mapping of training options")
     values = {**DEMO_TRAIN, **values}
     if isinstance(values.get("classes"), str):  # "A,B" as on the command line
         values["classes"] = [c.strip() for c in values["classes"].split(",") if c.strip()]
@@ -235,7 +286,8 @@ class PipelineConfig:
         visualize: write activation and filter grids for the first explained image.
         report: write report.html.
         promote_metric: the metric the new model must not be worse on to become "current".
-        models_home: where the "current" model lives (default: ``<out>/../models``).
+        models_home: where the "current" model lives (default: ``<out>/../models/<out's name>``, one per run
+            folder; ``fruitlens.promotion.default_models_home``).
         task_runner: "thread" (default) or "dask" for the explanation chunks.
         dask_address: scheduler address for "dask"; None starts a local cluster.
         model: explain an existing model instead of training one: a spec (``pets.keras``, ``imagenet:vgg16``,
@@ -306,7 +358,7 @@ class PipelineConfig:
             base = to_plain(cls().explain_options)
             given = values["explain_options"] or {}
             if not isinstance(given, Mapping):
-                raise ValueError(f"explain_options {given!r}: expected a mapping of method -> options")
+                raise ValueError(f"explain_options {short(given)}: expected a mapping of method -> options")
             unknown = sorted(set(given) - set(METHODS))
             if unknown:
                 raise OptionError(", ".join("explain_options." + k for k in unknown), None, ", ".join(METHODS),
@@ -332,6 +384,9 @@ def model_source_fields(model: str | Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"model: {exc}") from exc
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; anything this large is not one
+
+
 def load_config(path: str | os.PathLike | None) -> PipelineConfig:
     """Read a YAML (.yaml/.yml) or JSON config file; None gives the defaults.
 
@@ -343,6 +398,8 @@ def load_config(path: str | os.PathLike | None) -> PipelineConfig:
     p = Path(path)
     if not p.is_file():
         raise ValueError(f"{p}: no such config file; expected a YAML or JSON file")
+    if p.stat().st_size > MAX_CONFIG_BYTES:
+        raise ValueError(f"{p}: {p.stat().st_size} bytes; expected a config file of at most {MAX_CONFIG_BYTES}")
     text = p.read_text(encoding="utf-8")
     try:
         if p.suffix.lower() in (".yaml", ".yml"):
@@ -357,6 +414,7 @@ def load_config(path: str | os.PathLike | None) -> PipelineConfig:
         raise ValueError(f"{p}: unreadable config ({type(exc).__name__}: {exc})") from exc
     if data is not None and not isinstance(data, dict):
         raise ValueError(f"{p}: expected a mapping of config keys, got {type(data).__name__}")
+    check_value_count(data, str(p))  # a YAML alias bomb: refused before anything walks or prints it
     try:
         return PipelineConfig.from_dict(data)
     except (TypeError, ValueError) as exc:
@@ -375,3 +433,25 @@ def cache_dir() -> Path:
     """Where the pipeline's task cache and results live: ``$FRUITLENS_CACHE`` or ``<home>/cache``."""
     env = os.environ.get("FRUITLENS_CACHE")
     return Path(env).expanduser() if env else fruitlens_home() / "cache"
+
+
+CACHE_MARKER = ".fruitlens-cache"  # written into a cache folder when fruitlens creates or uses it
+
+
+def mark_cache(path: str | os.PathLike) -> Path:
+    """Create the cache folder ``path`` (if missing) and mark it as fruitlens' own when fruitlens created it
+    (or found it empty): only a marked folder is ever deleted by ``fruitlens cache clear``, so a folder that
+    held anything else (``--cache-dir $HOME``) is used but never marked."""
+    folder = Path(path)
+    fresh = not folder.exists() or (folder.is_dir() and not any(folder.iterdir()))
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / CACHE_MARKER
+    if fresh and not folder.is_symlink():
+        marker.write_text("a fruitlens task cache: `fruitlens cache clear` may delete this folder\n")
+    return folder
+
+
+def is_marked_cache(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder fruitlens marked as its cache (``mark_cache``), not a link to one."""
+    folder = Path(path)
+    return folder.is_dir() and not folder.is_symlink() and (folder / CACHE_MARKER).is_file()

@@ -43,6 +43,7 @@ from fruitlens.images import (
     open_image,
     upright_size,
 )
+from fruitlens.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +246,7 @@ def check_files(paths: list[str], *, verify: bool = False, workers: int | None =
     # forkserver: the caller may have TensorFlow loaded, and forking a threaded process can deadlock.
     ctx = multiprocessing.get_context("forkserver")
     try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent) as pool:
             results = pool.map(_check_many, chunks, [verify] * len(chunks))
             return [row for part in results for row in part]
     except BrokenProcessPool as exc:  # e.g. a __main__ the workers cannot import (code piped to python)

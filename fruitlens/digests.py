@@ -13,8 +13,8 @@ import hashlib
 import importlib.util
 import os
 import threading
-from collections.abc import Iterable, Sequence
-from functools import cache
+from collections.abc import Iterable, Iterator, Sequence
+from functools import cache, lru_cache
 from pathlib import Path
 
 import pandas as pd
@@ -60,14 +60,15 @@ def tree_digest(data_dir: str | os.PathLike) -> str:
     entries = []
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
+        folder = os.path.relpath(dirpath, root)  # once per folder: relpath per file cost most of the time
+        prefix = "" if folder == "." else folder + os.sep
         for name in filenames:
-            path = os.path.join(dirpath, name)
             try:
-                st = os.stat(path)
+                st = os.stat(os.path.join(dirpath, name))
                 size, mtime = st.st_size, st.st_mtime_ns
             except OSError:
                 size, mtime = -1, -1
-            entries.append(f"{os.path.relpath(path, root)}\t{size}\t{mtime}")
+            entries.append(f"{prefix}{name}\t{size}\t{mtime}")
     h = hashlib.sha256(str(root).encode("utf-8", "surrogateescape"))
     for entry in sorted(entries):
         h.update(entry.encode("utf-8", "surrogateescape") + b"\n")
@@ -101,10 +102,11 @@ def split_digests(index_dir: str | os.PathLike) -> dict[str, str]:
 def run_digest(run_dir: str | os.PathLike, skip: Sequence[str] | None = None) -> str:
     """Digest of every file of a run folder that a report shows.
 
-    Leaves out the top-level names in ``skip`` (default ``layout.NOT_REPORTED``: run.json, the report,
-    checkpoints, ...), hidden files and the ``*.parts`` folders.
+    Leaves out the top-level names in ``skip`` (default ``layout.NOT_REPORTED``: the report, checkpoints,
+    ...), hidden files and the ``*.parts`` folders; of run.json, the keys that describe one invocation
+    (``layout.PER_INVOCATION_KEYS``: timings, the decision), so an unchanged rerun gives the same digest.
     """
-    from fruitlens.layout import NOT_REPORTED
+    from fruitlens.layout import NOT_REPORTED, PER_INVOCATION_KEYS, RUN_RECORD_FILE
 
     skip = NOT_REPORTED if skip is None else skip
     root = Path(run_dir)
@@ -113,23 +115,43 @@ def run_digest(run_dir: str | os.PathLike, skip: Sequence[str] | None = None) ->
         rel = path.relative_to(root)
         if rel.parts[0] in skip or any(part.endswith(".parts") or part.startswith(".") for part in rel.parts):
             continue
-        h.update(f"{rel.as_posix()}\t{file_digest(path)}\n".encode("utf-8", "surrogateescape"))
+        if rel.as_posix() == RUN_RECORD_FILE:
+            digest = text_digest(_without_keys(path, PER_INVOCATION_KEYS))
+        else:
+            digest = file_digest(path)
+        h.update(f"{rel.as_posix()}\t{digest}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()
+
+
+def _without_keys(json_path: Path, keys: Sequence[str]) -> str:
+    """A JSON object file's text without ``keys`` (sorted keys); the file's text when it is not an object."""
+    import json
+
+    text = json_path.read_text(encoding="utf-8", errors="surrogateescape")
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(data, dict):
+        return text
+    return json.dumps({k: v for k, v in data.items() if k not in keys}, sort_keys=True, default=str)
 
 
 # ------------------------------------------------------------------------------------ code
 
 
-def _roots() -> list[Path]:
+@cache
+def _roots() -> tuple[Path, ...]:
     """The folders holding the project's packages (the checkout's root in a development install)."""
     found = []
     for package in PROJECT_PACKAGES:
         spec = importlib.util.find_spec(package)  # top-level packages only: importing them is cheap
         if spec is not None and spec.submodule_search_locations:
             found += [Path(p).parent for p in spec.submodule_search_locations]
-    return list(dict.fromkeys(found))
+    return tuple(dict.fromkeys(found))
 
 
+@cache
 def _module_file(name: str) -> Path | None:
     """The source file of a project module, found on disk without importing anything, or None.
 
@@ -146,18 +168,38 @@ def _module_file(name: str) -> Path | None:
     return None
 
 
-def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
+def _import_statements(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom]:
+    """Every import statement of a module, at the top or nested in functions, classes, if/try/with/loops.
+
+    Only statement bodies are visited (imports are statements), not the expressions of a whole ``ast.walk``,
+    which cost ten times as much.
+    """
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            yield node
+            continue
+        for field in ("body", "orelse", "finalbody", "handlers", "cases"):
+            children = getattr(node, field, None)
+            if isinstance(children, list):
+                todo.extend(children)
+
+
+@lru_cache(maxsize=4096)
+def _imported_names(source: str, module: str, is_package: bool) -> frozenset[str]:
     """Module names a source file imports anywhere (top level or in functions), relative imports resolved.
 
     ``from pkg import x`` adds both ``pkg`` and ``pkg.x`` (x may be a submodule); names that are not
-    modules are dropped later, when no file is found for them.
+    modules are dropped later, when no file is found for them. Remembered per source text: the closures of
+    the pipeline's tasks share most of their files, each is parsed once.
     """
     package = module if is_package else module.rpartition(".")[0]
     names: set[str] = set()
-    for node in ast.walk(ast.parse(source)):
+    for node in _import_statements(ast.parse(source)):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
+        else:
             base = node.module or ""
             if node.level:
                 parts = package.split(".")
@@ -165,7 +207,7 @@ def _imported_names(source: str, module: str, is_package: bool) -> set[str]:
                 base = f"{anchor}.{base}" if base else anchor
             names.add(base)
             names.update(f"{base}.{alias.name}" for alias in node.names)
-    return names
+    return frozenset(names)
 
 
 _CLOSURE_LOCK = threading.Lock()  # CPython 3.11's ast.parse is not safe in concurrent threads

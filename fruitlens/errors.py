@@ -8,7 +8,20 @@ the message.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
+
+MAX_SHOWN = 80  # characters of a value an error message shows (a YAML alias bomb must not be printed whole)
+
+_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no arguments
+_SHORT.maxlevel, _SHORT.maxtuple, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxset = 3, 6, 6, 6, 6
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = MAX_SHOWN, MAX_SHOWN, 40
+
+
+def short(value: Any) -> str:
+    """``repr(value)`` cut to about ``MAX_SHOWN`` characters, in bounded time whatever its size or nesting."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= MAX_SHOWN + 10 else text[:MAX_SHOWN] + "..."
 
 
 class FruitlensError(Exception):
@@ -33,7 +46,7 @@ class OptionError(FruitlensError, ValueError):
     def _text(self) -> str:
         if self.unknown:
             return f"unknown key {self.key}; expected one of {self.expected}"
-        return f"{self.key} {self.value!r}: expected {self.expected}"
+        return f"{self.key} {short(self.value)}: expected {self.expected}"
 
     def at(self, prefix: str) -> OptionError:
         """The same error with ``prefix.`` in front of its key (an option of a section)."""

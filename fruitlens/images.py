@@ -164,26 +164,43 @@ def decode(img: Image.Image, size: tuple[int, int] | None = None) -> Image.Image
     return rgb
 
 
-def read_uint8(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
+def bounded_size(width: int, height: int, max_side: int) -> tuple[int, int] | None:
+    """(height, width) scaled down so the long side is at most ``max_side`` (aspect kept, each side >= 1);
+    None when the image is already within it."""
+    if max(width, height) <= max_side:
+        return None
+    scale = max_side / max(width, height)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def read_uint8(path: str | os.PathLike, size: tuple[int, int] | None = None,
+               max_side: int | None = None) -> np.ndarray:
     """Read one image file as (H, W, 3) uint8 RGB, upright, resized to ``size`` = (height, width).
+
+    ``max_side`` (with no ``size``): a larger image is read at a working size whose long side is ``max_side``
+    (JPEGs decoded at reduced scale), so memory follows the working size, not the file.
 
     Raises:
         ImageRefused: the file is not a usable image (message names the file and the reason).
     """
     with open_image(path) as img:
+        if size is None and max_side is not None:
+            size = bounded_size(*upright_size(img), max_side)
         try:
             return np.asarray(decode(img, size), dtype=np.uint8)
         except (OSError, SyntaxError, ValueError) as exc:
             raise ImageRefused(path, "corrupt", f"cannot read image ({exc})") from exc
 
 
-def read_rgb(path: str | os.PathLike, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read one image file as (H, W, 3) float32 RGB in [0, 1], upright, resized to ``size`` = (height, width).
+def read_rgb(path: str | os.PathLike, size: tuple[int, int] | None = None,
+             max_side: int | None = None) -> np.ndarray:
+    """Read one image file as (H, W, 3) float32 RGB in [0, 1], upright, resized to ``size`` = (height, width)
+    (or bounded to ``max_side``, see ``read_uint8``).
 
     Raises:
         ValueError: the file is not a usable image (message names the file and the reason).
     """
-    return read_uint8(path, size).astype(np.float32) / 255.0
+    return read_uint8(path, size, max_side).astype(np.float32) / 255.0
 
 
 def read_batch(paths: Sequence[str | os.PathLike], size: tuple[int, int]) -> np.ndarray:

@@ -110,8 +110,11 @@ def _rows_for(data_dir: str | os.PathLike, run_dir: Path, split: str) -> pd.Data
 
 def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
                  split: str = "test", top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256,
-                 max_mistakes: int = 20) -> dict[str, Any]:
+                 max_mistakes: int = 20, tta: str = "none") -> dict[str, Any]:
     """Predict one split of ``data_dir`` with a model and write the evaluation into ``out_dir``.
+
+    ``tta``: ``none`` or ``flip`` (test-time augmentation: the mean of the image's and its mirror's
+    probabilities; :func:`fruitlens.recipes.tta_probs`), recorded in metrics.json.
 
     ``run_dir``: a run folder, a model file, or a ``fruitlens.modelio.ModelSource``.
 
@@ -128,7 +131,9 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     from fruitlens.inputs import decode_images
     from fruitlens.modelio import as_model_source
     from fruitlens.plots import plot_confusion, plot_gallery
+    from fruitlens.recipes import check_tta, tta_probs
 
+    check_tta(tta)
     source = as_model_source(run_dir)
     run, out = Path(source.spec), Path(out_dir)
     model, card = source.load()
@@ -137,11 +142,10 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     ok = np.array([not e for e in errors], dtype=bool)
     for path, err in zip(rows["path"][~ok], np.asarray(errors, dtype=object)[~ok], strict=True):
         log.warning("skipping unreadable image %s: %s", path, err)
+    if not ok.any():
+        raise ValueError(f"{split}: none of the {len(rows)} images could be read (first: {errors[0]}); "
+                         "nothing evaluated")
     rows, images_u8 = rows[ok].reset_index(drop=True), images_u8[ok]
-    images = images_u8.astype(np.float32) / 255.0
-    probs = predict_probs(model, images, batch_size)
-    preds = predictions_table(rows, probs, card.classes, top_k_count)
-
     class_of = {name: i for i, name in enumerate(card.classes)}
     known = rows["label"].map(class_of).notna().to_numpy()
     if len(rows) and not known.any():  # nothing to score: a wrong or missing class list, not accuracy nan
@@ -151,12 +155,16 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
                          f"{', ...' if len(card.classes) > 8 else ''}; the folders: {', '.join(have[:8])}"
                          f"{', ...' if len(have) > 8 else ''}); expected --classes naming the model's outputs "
                          "in order, as the class folders are named")
+    images = images_u8.astype(np.float32) / 255.0
+    probs = tta_probs(lambda x: predict_probs(model, x, batch_size), images, tta)
+    preds = predictions_table(rows, probs, card.classes, top_k_count)
+
     y_true = rows["label"].map(class_of)[known].to_numpy(dtype=np.int64)
     y_pred = probs.argmax(axis=1)[known]
     tables.write_table(preds, out / "predictions.parquet", "predictions")
     result = classification_metrics(y_true, y_pred, card.classes, probs[known], top_k_count)
     result.update(split=split, data=str(Path(data_dir).expanduser().resolve()), unreadable=int((~ok).sum()),
-                  unknown_label=int((~known).sum()), model_arch=card.arch)
+                  unknown_label=int((~known).sum()), model_arch=card.arch, tta=tta)
     tables.write_json(out / "metrics.json", result)
 
     conf = metrics.confusion_matrix(preds, card.classes)
@@ -189,8 +197,9 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
             each annotated copy.
 
     Annotated copies (``out_dir/annotated/<stem>.png``) are the original image (converted to RGB, enlarged
-    if small) with the predicted label and probability drawn on it. Unreadable files get a row with an
-    ``error`` and no prediction; they never stop the run unless no file at all could be read.
+    if small, read at a long side of at most ``plots.ANNOTATED_MAX_SIDE`` if large) with the predicted label and
+    probability drawn on it. Unreadable files get a row with an ``error`` and no prediction; they never stop
+    the run unless no file at all could be read.
 
     Returns:
         The predictions table (plus an ``error`` column).
@@ -201,8 +210,8 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     from fruitlens.dataset import image_id
     from fruitlens.images import read_rgb
     from fruitlens.modelio import as_model_source, read_fitted
+    from fruitlens.plots import ANNOTATED_MAX_SIDE, save_png
     from fruitlens.plots import annotate as draw_label
-    from fruitlens.plots import save_png
 
     model, card = as_model_source(model).load()
     out = Path(out_dir)
@@ -239,7 +248,7 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
         for done, i in enumerate(todo, 1):
             name = picture_stem(paths[i], table["image_id"][i])  # d1/a.jpg and d2/a.jpg: two copies
             try:
-                original = read_rgb(paths[i])
+                original = read_rgb(paths[i], max_side=ANNOTATED_MAX_SIDE)  # bounded working size
             except ValueError as exc:
                 log.warning("cannot annotate %s: %s", paths[i], exc)
                 continue

@@ -30,6 +30,7 @@ import numpy as np
 
 from fruitlens.augment import AugmentConfig  # noqa: F401 - the augmenter's options, part of this API
 from fruitlens.images import read_uint8
+from fruitlens.lifetime import die_with_parent
 from fruitlens.sizes import DEFAULT_MEMORY_LIMIT, as_size
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def decode_images(paths: Sequence[str | os.PathLike], image_size: int | Sequence
     starts = list(range(0, len(paths), chunk))
     # forkserver: the caller has TensorFlow loaded, and forking a threaded process can deadlock.
     ctx = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent) as pool:
         for start, (arr, errs) in zip(starts, pool.map(_decode_chunk, [paths[s:s + chunk] for s in starts],
                                                         [size] * len(starts)), strict=True):
             out[start:start + len(arr)] = arr

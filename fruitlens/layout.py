@@ -37,6 +37,7 @@ METRICS_FILE = "metrics.json"
 SHORTCUT_FILE = "shortcut.parquet"  # in the evidence folder (RUN/evidence): fruitlens.explain.shortcut
 NIGHTS_FILE = "nights.parquet"  # in a models home and in RUN/trend: one row per run (fruitlens.nights)
 FAILED = "failed"  # the pseudo-method whose table lists the images that could not be read
+LOCK_FILE = ".fruitlens.lock"  # in every folder a command writes: one writer at a time (fruitlens.locks)
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,12 @@ class ExplainLayout:
 
     @property
     def lock(self) -> Path:
-        return self.root / ".explain.lock"
+        return self.root / LOCK_FILE
+
+    @property
+    def model_record(self) -> Path:
+        """Which model's explanations the folder holds (its digest): tables of two models are never mixed."""
+        return self.root / ".explained-model.json"
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,10 @@ class SanityLayout:
     @property
     def verdicts(self) -> Path:
         return self.root / "verdicts.json"
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        return self.table, self.figure, self.verdicts
 
 
 @dataclass(frozen=True)
@@ -267,9 +277,13 @@ class RunLayout:
 
 EVAL_FILES = (PREDICTIONS_FILE, METRICS_FILE, "confusion.parquet", "confusion.png", "mistakes.png")
 
-# Top-level names of a run folder that a report does not show (its digest leaves them out). run.json is
-# shown (timings), so a rerun whose only change is its timings rebuilds the report too.
+# Top-level names of a run folder that a report does not show (its digest leaves them out).
 NOT_REPORTED = (REPORT_FILE, "checkpoints", "logs", "eval_current", "cache")
+
+# run.json keys that describe one invocation of the pipeline (its seconds, its decision), not what the run
+# folder holds. The report's digest leaves them out, so a rerun that changed nothing keeps the report as it is;
+# the report shows those of the run that built it, and says so.
+PER_INVOCATION_KEYS = ("timings", "total_seconds", "promoted", "decision")
 
 
 def picture_stem(path: str | os.PathLike, image_id: str, max_len: int = 40) -> str:

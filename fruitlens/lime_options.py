@@ -6,9 +6,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from fruitlens.method_options import FAITHFULNESS_STEPS
+from fruitlens.method_options import FAITHFULNESS_STEPS, MAX_BATCH, MAX_CURVE_STEPS
 from fruitlens.segmenter_params import resolve_params
-from fruitlens.typed import check, to_plain
+from fruitlens.typed import check, short, to_plain
 
 Plots = Literal["all", "explanation", "none"]
 #: the PNG kinds LIME can write per image; ``plots`` names a set of them (``LimeOptions.plot_kinds``)
@@ -17,6 +17,8 @@ PLOT_SETS = {"all": LIME_PLOT_KINDS, "explanation": ("outline",), "none": ()}
 FeatureSelection = Literal["auto", "highest_weights", "forward_selection", "none"]
 LimeDesign = Literal["random", "balanced"]  # how LIME draws its rows (fruitlens.explain.lime.draw_masks)
 HIDE_COLORS = {"mean": None, "white": 1.0, "black": 0.0, "gray": 0.5}
+MAX_LIME_SAMPLES = 100_000  # num_samples, round_size, min_samples: perturbed rows per image (refused beyond)
+MAX_TOP_LABELS = 1_000  # top_labels (classes explained per image)
 
 
 @dataclass(frozen=True)
@@ -59,18 +61,21 @@ class LimeOptions:
 
     def __post_init__(self) -> None:
         check([
-            (self.num_samples >= 2, "num_samples", self.num_samples, "at least 2"),
-            (self.top_labels >= 1, "top_labels", self.top_labels, "at least 1"),
-            (self.round_size >= 2, "round_size", self.round_size, "at least 2"),
+            (2 <= self.num_samples <= MAX_LIME_SAMPLES, "num_samples", self.num_samples,
+             f"2 to {MAX_LIME_SAMPLES}"),
+            (1 <= self.top_labels <= MAX_TOP_LABELS, "top_labels", self.top_labels, f"1 to {MAX_TOP_LABELS}"),
+            (2 <= self.round_size <= MAX_LIME_SAMPLES, "round_size", self.round_size, f"2 to {MAX_LIME_SAMPLES}"),
             (self.tolerance >= 0, "tolerance", self.tolerance, ">= 0 (0: never stop early)"),
-            (self.min_samples >= 0, "min_samples", self.min_samples, ">= 0"),
+            (0 <= self.min_samples <= MAX_LIME_SAMPLES, "min_samples", self.min_samples, f"0 to {MAX_LIME_SAMPLES}"),
             (self.design in (designs := get_args(LimeDesign)), "design", self.design, "one of " + ", ".join(designs)),
             (self.num_features is None or self.num_features >= 1, "num_features", self.num_features,
              "at least 1 or null"),
-            (self.batch_size is None or self.batch_size >= 1, "batch_size", self.batch_size, "at least 1 or null"),
+            (self.batch_size is None or 1 <= self.batch_size <= MAX_BATCH, "batch_size", self.batch_size,
+             f"1 to {MAX_BATCH}, or null"),
             (self.threshold >= 0, "threshold", self.threshold, ">= 0"),
             (self.display_features >= 1, "display_features", self.display_features, "at least 1"),
-            (self.faithfulness_steps >= 0, "faithfulness_steps", self.faithfulness_steps, ">= 0 (0: off)"),
+            (0 <= self.faithfulness_steps <= MAX_CURVE_STEPS, "faithfulness_steps", self.faithfulness_steps,
+             f"0 (off) to {MAX_CURVE_STEPS}"),
             (self.feature_selection in get_args(FeatureSelection), "feature_selection", self.feature_selection,
              "one of " + ", ".join(get_args(FeatureSelection))),
             (self.plots in PLOT_SETS or (bool(self.plots) and set(self.plots.split(",")) <= set(LIME_PLOT_KINDS)),
@@ -86,7 +91,7 @@ class LimeOptions:
         try:
             resolve_params(self.segmenter, dict(self.segmenter_params))
         except ValueError as exc:
-            raise ValueError(f"segmenter {self.segmenter!r}: {exc}") from exc
+            raise ValueError(f"segmenter {short(self.segmenter)}: {exc}") from exc
         object.__setattr__(self, "segmenter_params", dict(sorted(self.segmenter_params.items())))
 
     def describe(self) -> str:

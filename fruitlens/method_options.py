@@ -17,6 +17,11 @@ Reference = Literal["black", "white", "gray", "mean", "blur"]
 CamVariant = Literal["gradcam", "gradcam++", "cam"]
 Fill = Literal["black", "gray", "mean", "blur"]
 FAITHFULNESS_STEPS = 20  # steps of the deletion / insertion curves
+# Limits, refused in one line where the options enter (a typo of 10^8 must not take the machine's memory):
+MAX_DRAWS = 10_000  # SmoothGrad samples, Integrated Gradients steps, RISE masks (model inputs per image)
+MAX_CURVE_STEPS = 1_000  # faithfulness_steps (deletion / insertion points per image)
+MAX_BATCH = 8_192  # batch_size (model inputs per call)
+MAX_DRAW_BYTES = 1 << 30  # what a method's draws for one image may take (SmoothGrad's noise, RISE's masks)
 PALETTE = "jet"  # heatmap colours
 
 
@@ -50,11 +55,29 @@ class HeatmapOptions:
         check([
             (self.palette in matplotlib.colormaps, "palette", self.palette, "a matplotlib colormap (jet, viridis...)"),
             (0.0 <= self.alpha <= 1.0, "alpha", self.alpha, "an opacity in [0, 1]"),
-            (self.faithfulness_steps >= 0, "faithfulness_steps", self.faithfulness_steps, ">= 0 (0: off)"),
+            (0 <= self.faithfulness_steps <= MAX_CURVE_STEPS, "faithfulness_steps", self.faithfulness_steps,
+             f"0 (off) to {MAX_CURVE_STEPS}"),
             _one_of(self.baseline, Baseline, "baseline"),
-            (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
+            (1 <= self.batch_size <= MAX_BATCH, "batch_size", self.batch_size, f"1 to {MAX_BATCH}"),
             *self.checks(),
         ])
+
+    def draw_bytes(self, size: tuple[int, int]) -> int:
+        """Bytes the method's random draws take for one image of ``size`` (held at once; 0: none)."""
+        return 0
+
+    def check_memory(self, size: tuple[int, int], name: str) -> None:
+        """Refuse, before any work, draws larger than ``MAX_DRAW_BYTES`` at the model's input ``size``."""
+        need = self.draw_bytes(size)
+        if need > MAX_DRAW_BYTES:
+            field, value = self.draws
+            raise ValueError(f"{name}.{field} {value}: {need / 2**30:.1f} GiB of draws at {size[0]}x{size[1]} "
+                             f"pixels; expected at most {MAX_DRAW_BYTES / 2**30:.0f} GiB "
+                             f"(at most {value * MAX_DRAW_BYTES // max(need, 1)} at this size)")
+
+    @property
+    def draws(self) -> tuple[str, int]:
+        return "batch_size", self.batch_size
 
 
 @dataclass(frozen=True)
@@ -103,8 +126,15 @@ class SmoothGradOptions(HeatmapOptions):
     noise: float = 0.15
 
     def checks(self):
-        return [(self.samples >= 1, "samples", self.samples, "at least 1"),
+        return [(1 <= self.samples <= MAX_DRAWS, "samples", self.samples, f"1 to {MAX_DRAWS}"),
                 (self.noise >= 0, "noise", self.noise, ">= 0")]
+
+    def draw_bytes(self, size):
+        return self.samples * size[0] * size[1] * 3 * 4  # float32 noise, one copy per sample
+
+    @property
+    def draws(self):
+        return "samples", self.samples
 
 
 @dataclass(frozen=True)
@@ -115,7 +145,8 @@ class IntegratedGradientsOptions(HeatmapOptions):
     reference: Reference = "black"
 
     def checks(self):
-        return [(self.steps >= 2, "steps", self.steps, "at least 2"), _one_of(self.reference, Reference, "reference")]
+        return [(2 <= self.steps <= MAX_DRAWS, "steps", self.steps, f"2 to {MAX_DRAWS}"),
+                _one_of(self.reference, Reference, "reference")]
 
 
 @dataclass(frozen=True)
@@ -142,5 +173,13 @@ class RiseOptions(HeatmapOptions):
     fill: Fill = "mean"
 
     def checks(self):
-        return [(self.masks >= 1, "masks", self.masks, "at least 1"), (self.cells >= 1, "cells", self.cells, ">= 1"),
+        return [(1 <= self.masks <= MAX_DRAWS, "masks", self.masks, f"1 to {MAX_DRAWS}"),
+                (1 <= self.cells <= 256, "cells", self.cells, "1 to 256"),
                 (0.0 < self.keep < 1.0, "keep", self.keep, "a probability in (0, 1)"), _one_of(self.fill, Fill, "fill")]
+
+    def draw_bytes(self, size):
+        return self.masks * size[0] * size[1] * 4 * 2  # float32 masks, and their upsampled grid
+
+    @property
+    def draws(self):
+        return "masks", self.masks

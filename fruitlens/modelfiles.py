@@ -109,6 +109,28 @@ def _classes_from_json(obj, path: Path) -> list[str]:
     return values
 
 
+MAX_CLASSES_FILE_BYTES = 4 << 20  # a class names file (ImageNet's index is 35 kB); larger is refused
+
+
+def check_classes_file(path: str | os.PathLike) -> Path:
+    """``path`` if it is a regular file of at most ``MAX_CLASSES_FILE_BYTES``; else one line, before any open
+    (a FIFO would block, ``/dev/zero`` never ends)."""
+    import stat
+
+    path = Path(path).expanduser()
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise ModelSourceError(f"{path}: cannot read class names ({exc.strerror or exc})") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelSourceError(f"{path}: not a regular file (a device, pipe or folder); expected a .txt or .json "
+                               "file of class names")
+    if st.st_size > MAX_CLASSES_FILE_BYTES:
+        raise ModelSourceError(f"{path}: {st.st_size} bytes; expected a class names file of at most "
+                               f"{MAX_CLASSES_FILE_BYTES} bytes")
+    return path
+
+
 def read_classes(path: str | os.PathLike) -> tuple[str, ...]:
     """Class names from a text file (one per line, blank lines skipped) or a JSON file.
 
@@ -118,9 +140,13 @@ def read_classes(path: str | os.PathLike) -> tuple[str, ...]:
     Raises:
         ModelSourceError: missing or unreadable file, indices not 0..C-1, duplicate or empty names.
     """
-    path = Path(path).expanduser()
+    path = check_classes_file(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as fh:  # read no more than the limit, whatever the file grew to since the check
+            data = fh.read(MAX_CLASSES_FILE_BYTES + 1)
+        if len(data) > MAX_CLASSES_FILE_BYTES:
+            raise ModelSourceError(f"{path}: more than {MAX_CLASSES_FILE_BYTES} bytes; expected a class names file")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ModelSourceError(f"{path}: cannot read class names ({exc})") from exc
     if path.suffix.lower() == ".json":
@@ -235,6 +261,25 @@ def check_output(model, where: str) -> None:
     shape = tuple(model.output_shape) if not isinstance(model.output_shape, list) else ()
     if len(shape) != 2 or not shape[1]:
         raise ModelSourceError(f"{where}: output shape {model.output_shape}; expected (N, classes) class scores")
+
+
+def two_class_model(model, raw, where: str):
+    """A one-unit sigmoid classifier as the two-class model it is: outputs ``[1 - p, p]``.
+
+    A single unit that is not a sigmoid (a logit, a regression) cannot be read as class scores: refused, never
+    taken for a classifier of one class (which would call every photo that class).
+    """
+    import keras
+
+    last = raw.layers[-1] if getattr(raw, "layers", None) else None
+    activation = getattr(getattr(last, "activation", None), "__name__", None)
+    if activation != "sigmoid":
+        raise ModelSourceError(f"{where}: one output unit ({activation or 'unknown'} activation); expected one "
+                               "score per class, or a single sigmoid unit (a binary classifier: two classes)")
+    inp = keras.Input(model.input_shape[1:], name="image")
+    p = model(inp)
+    return keras.Model(inp, keras.layers.Concatenate(name="two_classes")(
+        [keras.layers.Rescaling(-1.0, offset=1.0, name="not_p")(p), p]), name=f"{model.name}_two_classes")
 
 
 def file_sha256(path: Path) -> str:

@@ -59,8 +59,10 @@ from fruitlens.modelfiles import (
     load_saved_model,
     read_classes,
     signature_size,
+    two_class_model,
 )
 from fruitlens.modelspec import FITS, KINDS, PREPROCESSINGS, Fit, ModelSpec, Preprocessing  # noqa: F401 - part of this API
+from fruitlens.sizes import MAX_IMAGE_SIDE
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,15 @@ class ModelSource(ModelSpec):
     # -- loading
 
     def load(self):
+        """Load ``(model, card)`` (see ``_load``); a model whose input is larger than ``MAX_IMAGE_SIDE`` per side
+        is refused (its batches would not fit in memory)."""
+        model, card = self._load()
+        if max(card.image_size) > MAX_IMAGE_SIDE:
+            raise ModelSourceError(f"{self.spec}: input size {card.image_size[0]}x{card.image_size[1]}; expected at "
+                                   f"most {MAX_IMAGE_SIDE} pixels per side")
+        return model, card
+
+    def _load(self):
         """Load ``(model, card)``: the model takes (N, H, W, 3) float32 [0, 1] at ``card.image_size``.
 
         Raises:
@@ -250,6 +261,8 @@ class ModelSource(ModelSpec):
         needs_wrap = kind == "savedmodel" or preprocessing != "rescale" or fixed is None
         model = wrap_model(raw, size, preprocessing) if needs_wrap else raw
         check_output(model, str(where))
+        if int(model.output_shape[-1]) == 1:  # a sigmoid binary classifier: p(class 1), so 1 - p is class 0
+            model = two_class_model(model, raw, str(where))
         classes = self._classes(card, int(model.output_shape[-1]), str(where))
         arch = card.arch if card is not None else f"{'savedmodel' if kind == 'savedmodel' else 'keras'}:{raw.name}"
         base = card or ModelCard(classes=classes, image_size=size, arch=arch)
@@ -405,7 +418,7 @@ def read_fitted(paths: Sequence[str | os.PathLike], size: tuple[int, int], fit: 
     ``resize`` goes through ``inputs.decode_images`` (the training pixels); ``crop`` reads each photo and
     applies :func:`fit_photo`. An unreadable file leaves zeros and its one-line reason.
     """
-    from fruitlens.images import read_rgb
+    from fruitlens.images import read_uint8
     from fruitlens.inputs import decode_images
 
     if fit == "resize":
@@ -415,7 +428,7 @@ def read_fitted(paths: Sequence[str | os.PathLike], size: tuple[int, int], fit: 
     errors = []
     for i, path in enumerate(paths):
         try:
-            out[i] = fit_photo(read_rgb(path), size, fit)[0]
+            out[i] = fit_photo(read_uint8(path), size, fit)[0]  # 8 bits: a quarter of float32's memory
             errors.append("")
         except ValueError as exc:
             errors.append(str(exc))

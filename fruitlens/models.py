@@ -1,4 +1,5 @@
-"""Architectures by name: ``seed_cnn``, ``fruit_net``, ``small_convnet``, ``lenet`` and ``transfer:<backbones>``.
+"""Architectures by name: ``seed_cnn``, ``fruit_net``, ``small_convnet``, ``lenet``, ``photo_resnet`` and
+``transfer:<backbones>``.
 
 Every model takes (N, H, W, 3) float32 RGB in [0, 1] and ends in a softmax over the classes (two classes
 is the binary case: a 2-way softmax is the logistic model, and keeps the (N, C) output every explainer
@@ -139,6 +140,42 @@ def lenet(num_classes: int, image_size: tuple[int, int]) -> keras.Model:
     ], name="lenet")
 
 
+def photo_resnet(num_classes: int, image_size: tuple[int, int], widths: Sequence[int] = (32, 64, 128),
+                 blocks: int = 2, dropout: float = 0.2) -> keras.Model:
+    """The photo recipe's network: a small pre-activation-free ResNet with batch norm. A 3x3 stem (stride 2
+    and a max-pool first when the side is 64 px or more), stages of ``blocks`` basic residual blocks
+    (two 3x3 convs, batch norm, ReLU; the second batch norm starts at zero so each block starts as the
+    identity) at ``widths`` filters, stride 2 between stages, global average pooling, dropout, softmax.
+    Takes [0, 1] input and rescales to [-1, 1] inside."""
+    L = keras.layers
+    x = inp = _input(image_size)
+    x = L.Rescaling(2.0, offset=-1.0, name="scale")(x)
+    big = min(image_size) >= 64
+    x = L.Conv2D(widths[0], 3, strides=2 if big else 1, padding="same", use_bias=False, name="stem_conv")(x)
+    x = L.BatchNormalization(name="stem_bn")(x)
+    x = L.ReLU(name="stem_relu")(x)
+    if big:
+        x = L.MaxPooling2D(3, strides=2, padding="same", name="stem_pool")(x)
+    for s, filters in enumerate(widths):
+        for b in range(blocks):
+            stride = 2 if (s > 0 and b == 0) else 1
+            name = f"stage{s + 1}_block{b + 1}"
+            shortcut = x
+            if stride != 1 or int(x.shape[-1]) != filters:
+                shortcut = L.Conv2D(filters, 1, strides=stride, use_bias=False, name=f"{name}_proj")(x)
+                shortcut = L.BatchNormalization(name=f"{name}_proj_bn")(shortcut)
+            y = L.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False, name=f"{name}_conv1")(x)
+            y = L.BatchNormalization(name=f"{name}_bn1")(y)
+            y = L.ReLU(name=f"{name}_relu1")(y)
+            y = L.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv2")(y)
+            y = L.BatchNormalization(gamma_initializer="zeros", name=f"{name}_bn2")(y)
+            x = L.ReLU(name=f"{name}_out")(L.Add(name=f"{name}_add")([shortcut, y]))
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    x = L.Dropout(dropout, name="dropout")(x)
+    out = L.Dense(num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inp, out, name="photo_resnet")
+
+
 # ---------------------------------------------------------------------------------------- seeding
 
 
@@ -206,6 +243,7 @@ ARCHS: dict[str, Callable[[int, tuple[int, int]], keras.Model]] = {
     "fruit_net": fruit_net,
     "small_convnet": small_convnet,
     "lenet": lenet,
+    "photo_resnet": photo_resnet,
 }
 
 
@@ -418,7 +456,7 @@ def preprocessing_of(arch: str) -> str:
     kind, backbones = parse_arch(arch)
     if kind == "transfer":
         return ",".join(f"{b}:{BACKBONES[b].preprocessing}" for b in backbones)
-    return "rescale[-1,1]" if kind == "fruit_net" else "none ([0, 1] input)"
+    return "rescale[-1,1]" if kind in ("fruit_net", "photo_resnet") else "none ([0, 1] input)"
 
 
 def default_optimizer(arch: str, mode: Mode = "frozen", learning_rate: float | None = None,

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal, get_args
 
 from fruitlens.errors import ModelSourceError
+from fruitlens.sizes import MAX_IMAGE_SIDE
 
 Preprocessing = Literal["rescale", "none", "tf", "caffe", "torch"]
 PREPROCESSINGS: tuple[str, ...] = get_args(Preprocessing)
@@ -58,6 +59,9 @@ class ModelSpec:
             size = tuple(int(v) for v in self.image_size)
             if len(size) != 2 or min(size) < 1:
                 raise ModelSourceError(f"image_size {self.image_size}: expected (height, width) > 0")
+            if max(size) > MAX_IMAGE_SIDE:  # the training limit holds for models that take any size too
+                raise ModelSourceError(f"image_size {size[0]}x{size[1]}: expected at most {MAX_IMAGE_SIDE} pixels "
+                                       "per side")
             object.__setattr__(self, "image_size", size)
         if self.preprocessing is not None and self.preprocessing not in PREPROCESSINGS:
             raise ModelSourceError(f"preprocessing {self.preprocessing!r}: expected one of {', '.join(PREPROCESSINGS)}")

@@ -10,7 +10,9 @@ every step Cached) is not a new night: it rewrites that row with its latest valu
 in ``reruns``, so an unchanged rerun never draws a second, identical point on the trend.
 
 The run folder gets a copy of the history up to its own night (``RUN/trend/nights.parquet``) and the figure
-(``RUN/trend/trend.png``), so its report is built from the run folder alone, like every other section.
+(``RUN/trend/trend.png``), so its report is built from the run folder alone, like every other section. The copy
+is rewritten only when more than a rerun's date, seconds and count changed (:data:`PER_RUN_COLUMNS`): an
+unchanged rerun draws nothing and leaves the report Cached.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from fruitlens import tables
 from fruitlens.layout import NIGHTS_FILE, RunLayout
 
 KEY = ("run_dir", "model_digest")
+PER_RUN_COLUMNS = ("date", "seconds", "reruns")  # what an unchanged rerun changes on its night's row
 
 
 @dataclass(frozen=True)
@@ -113,7 +116,13 @@ def record_night(models_home: str | os.PathLike, night: Night) -> pd.DataFrame:
         row = night.to_row()
         same = (old["run_dir"] == row["run_dir"]) & (old["model_digest"] == row["model_digest"]) if len(old) else []
         if len(old) and same.any():
+            before = old[same].iloc[-1]
             row["reruns"] = int(old.loc[same, "reruns"].max()) + 1
+            # the same model: what the night that trained it found stands (it was promoted then; a rerun has no
+            # drift to measure, as the model is the current one)
+            row["promoted"] = bool(row["promoted"]) or bool(before["promoted"])
+            row.update({k: before[k] for k, v in row.items()
+                        if k not in PER_RUN_COLUMNS and (v is None or (isinstance(v, float) and v != v))})
             old = old[~same]
         new = pd.DataFrame([row], columns=tables.NIGHTS_SCHEMA.names)
         table = new if not len(old) else pd.concat([old, new], ignore_index=True)
@@ -172,8 +181,22 @@ def write_trend(run_dir: str | os.PathLike, table: pd.DataFrame) -> Path:
     from fruitlens.plots import save_figure
 
     run = RunLayout(run_dir)
+    if run.trend_png.is_file() and run.trend_table.is_file() and _same_nights(tables.read_table(run.trend_table),
+                                                                               table):
+        return run.trend_table  # only a rerun's date, seconds and count changed: nothing to draw again
     save_figure(trend_figure(table), run.trend_png, dpi=110)
     return tables.write_table(table, run.trend_table, "nights")
+
+
+def _same_nights(a: pd.DataFrame, b: pd.DataFrame) -> bool:
+    """Whether two nights tables hold the same rows, leaving out :data:`PER_RUN_COLUMNS`."""
+    def stable(t: pd.DataFrame) -> pd.DataFrame:
+        t = t.drop(columns=[c for c in PER_RUN_COLUMNS if c in t.columns])
+        return t.sort_values(list(KEY), kind="stable", ignore_index=True)
+    try:
+        return stable(a).equals(stable(b))
+    except (KeyError, ValueError, TypeError):
+        return False
 
 
 def trend_rows(table: pd.DataFrame, columns: Sequence[str] = ("date", "run", "model_digest", "promoted", "accuracy",

@@ -235,3 +235,32 @@ def with_colorbar(image: np.ndarray, palette: str = "jet", labels: tuple[str, st
     return np.concatenate([top, colorbar(top.shape[0], palette, labels)], axis=1)
 
 
+ANNOTATED_MAX_SIDE = 1024  # the long side of an annotated copy: never enlarged beyond it
+
+
+def annotate(image: np.ndarray, text: str, min_side: int = 160, max_side: int = ANNOTATED_MAX_SIDE) -> np.ndarray:
+    """An (H, W, 3) image (float [0, 1] or uint8) with ``text`` on a dark band at the top; returns uint8.
+
+    Small images are enlarged (nearest) towards ``min_side`` pixels, never beyond ``max_side`` on the long
+    side; a thinner strip (65535x1) is set on a white canvas of ``min_side``, so the text stays readable.
+    """
+    from PIL import ImageDraw, ImageFont
+
+    img = Image.fromarray(image if image.dtype == np.uint8 else to_uint8(image))
+    scale = max(1, min(-(-min_side // max(1, min(img.size))), max_side // max(img.size)))
+    img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST) if scale > 1 else img
+    if min(img.size) < min_side:
+        canvas = Image.new("RGB", (max(img.width, min_side), max(img.height, min_side)), (255, 255, 255))
+        canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
+        img = canvas
+    font_size = max(10, min(img.width // 14, 28))
+    try:
+        font = ImageFont.load_default(size=font_size)
+    except TypeError:  # Pillow without FreeType sizes
+        font = ImageFont.load_default()
+    draw = ImageDraw.Draw(img)
+    box = draw.textbbox((0, 0), text, font=font)
+    band = box[3] - box[1] + 8
+    draw.rectangle((0, 0, img.width, band), fill=(0, 0, 0))
+    draw.text((4, 4 - box[1]), text, fill=(255, 255, 255), font=font)
+    return np.asarray(img)

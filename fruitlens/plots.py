@@ -22,7 +22,6 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -41,9 +40,11 @@ from fruitlens.captions import (  # noqa: E402, F401  (re-exported: the picture 
 )
 from fruitlens.images import to_uint8  # noqa: E402
 from fruitlens.overlays import (  # noqa: E402, F401  (re-exported)
+    ANNOTATED_MAX_SIDE,
     OPPOSE_RGB,
     SUPPORT_RGB,
     Box,
+    annotate,
     colorize,
     display_size,
     heat_on_photo,
@@ -58,6 +59,19 @@ from fruitlens.overlays import (  # noqa: E402, F401  (re-exported)
 )
 from fruitlens.pngs import encode_png  # noqa: E402
 from fruitlens.tables import atomic_path  # noqa: E402
+
+
+class _Pyplot:
+    """``matplotlib.pyplot``, imported on first use: a cached rerun draws nothing and should not pay for it
+    (0.2-0.7 s, every pipeline run imports this module through the explanation engine)."""
+
+    def __getattr__(self, name: str):
+        import matplotlib.pyplot
+
+        return getattr(matplotlib.pyplot, name)
+
+
+plt = _Pyplot()
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str | None = None, *,
@@ -472,28 +486,3 @@ def plot_gallery(images: Sequence[np.ndarray], titles: Sequence[str], path: str 
     tiles = [enlarge(as_uint8(img, f"image {i}"), min_side) for i, img in enumerate(images)]
     grid = labelled_grid(tiles, [str(t) for t in titles], ncols=ncols, title=suptitle, label_size=12)
     return save_png(grid, path, suptitle)
-
-
-def annotate(image: np.ndarray, text: str, min_side: int = 160) -> np.ndarray:
-    """An (H, W, 3) image (float [0, 1] or uint8) with ``text`` on a dark band at the top; returns uint8.
-
-    Small images are enlarged (nearest neighbour) to at least ``min_side`` pixels so the text is readable.
-    """
-    from PIL import ImageDraw, ImageFont
-
-    arr = image if image.dtype == np.uint8 else to_uint8(image)
-    img = Image.fromarray(arr)
-    scale = max(1, -(-min_side // max(1, min(img.size))))
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
-    font_size = max(10, min(img.width // 14, 28))
-    try:
-        font = ImageFont.load_default(size=font_size)
-    except TypeError:  # Pillow without FreeType sizes
-        font = ImageFont.load_default()
-    draw = ImageDraw.Draw(img)
-    box = draw.textbbox((0, 0), text, font=font)
-    band = box[3] - box[1] + 8
-    draw.rectangle((0, 0, img.width, band), fill=(0, 0, 0))
-    draw.text((4, 4 - box[1]), text, fill=(255, 255, 255), font=font)
-    return np.asarray(img)

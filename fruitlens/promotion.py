@@ -3,6 +3,10 @@
 ``<models_home>/current/`` holds the promoted model.keras and model.json; ``<models_home>/current.json`` says
 which run it came from. A new model is compared with the current one only when both know the same classes:
 a model trained on other classes is another task, not a better or worse model.
+
+The default models home belongs to one run folder (:func:`default_models_home`): two run folders under one
+parent keep their own current models. Sharing one is deliberate (``--models-home`` / ``models_home``).
+Each run ends in one :data:`Decision`; :func:`decision_line` says it in words.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import shutil
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 
@@ -20,6 +24,35 @@ from fruitlens import tables
 from fruitlens.layout import CARD_FILE, MODEL_FILE
 
 CURRENT = "current"
+MODELS = "models"
+
+Decision = Literal["promoted", "kept", "unchanged", "explained"]
+"""promoted: this run's model became current; kept: the current model stays (the new one is worse, or its
+evidence drifted too far); unchanged: this run's model already is the current one (nothing retrained since it
+was promoted); explained: an existing model was explained, nothing trained or compared."""
+
+DECISION_WORDS: dict[str, str] = {
+    "promoted": "promoted to current",
+    "kept": "kept the current model",
+    "unchanged": "unchanged: the current model is already this one",
+    "explained": "nothing promoted (an existing model was explained)",
+}
+
+
+def decide(same_model: bool, promote: bool) -> Decision:
+    """The run's decision: ``unchanged`` when its model is the current one, else promoted or kept."""
+    if same_model:
+        return "unchanged"
+    return "promoted" if promote else "kept"
+
+
+def decision_line(decision: Decision, models_home: str | os.PathLike) -> str:
+    """The decision in words with the models home: ``promoted to current in runs/models/nightly``."""
+    if decision not in DECISION_WORDS:
+        raise ValueError(f"decision {decision!r}: expected one of {', '.join(DECISION_WORDS)}")
+    if decision == "unchanged":
+        return f"unchanged: the current model in {models_home} is already this one"
+    return f"{DECISION_WORDS[decision]} in {models_home}"
 
 
 def current_dir(models_home: str | os.PathLike) -> Path:
@@ -104,5 +137,12 @@ def promote_model(run_dir: str | os.PathLike, models_home: str | os.PathLike, in
 
 
 def default_models_home(run_dir: str | os.PathLike) -> Path:
-    """Where the current model lives unless configured: ``models/`` beside the run folder."""
-    return Path(run_dir).expanduser().resolve().parent / "models"
+    """Where the current model of a run folder lives unless configured: ``<parent>/models/<run folder name>``.
+
+    One per run folder: ``runs/demo`` and ``runs/fruits`` keep their own current models (``runs/models/demo``,
+    ``runs/models/fruits``) instead of replacing each other's; the nightly, rerun into the same folder, compares
+    each night with the model of the night before. The home lives beside the run folder, not in it, so it
+    outlives a run folder that is deleted to start afresh.
+    """
+    run = Path(run_dir).expanduser().resolve()
+    return run.parent / MODELS / run.name

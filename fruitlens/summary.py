@@ -15,6 +15,7 @@ from typing import Any
 
 from fruitlens import tables
 from fruitlens.layout import RunLayout
+from fruitlens.promotion import DECISION_WORDS
 
 
 def thumbnail_uri(path: str | os.PathLike, max_size: int = 240) -> str:
@@ -71,7 +72,7 @@ def run_summary(run_dir: str | os.PathLike, data_dir: str, config, index: Mappin
               f"{train['epochs']} epochs" if config.model is None else f"- model: `{_escape(config.model['spec'])}`")
              + f", digest `{train['model_digest'][:12]}`",
              "- explained: " + ", ".join(f"{m} {n} rows" for m, n in explained.get("rows", {}).items()),
-             f"- current model: {'promoted this run' if comparison['promote'] else 'kept'} "
+             f"- current model: {DECISION_WORDS[comparison['decision']]} "
              f"({metric} new {new[metric]:.4f}" + ("" if old is None else f", current {old[metric]:.4f}") + ")"]
     if config.model is not None:
         lines.pop()

@@ -29,7 +29,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +37,13 @@ import numpy as np
 import pandas as pd
 
 from fruitlens import tables
+from fruitlens.checkpoints import STATE_FILE, checksums, resumable_state
 from fruitlens.config import MAX_IMAGE_SIDE  # noqa: F401 - re-exported
 from fruitlens.inputs import AugmentConfig
 
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
-STATE_FILE = "state.json"
 # Keys that may change between a killed run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "memory_limit"}
 # Largest image side. Every model here is made for 20-299 px inputs (the Keras backbones' native sizes
@@ -105,6 +105,7 @@ def _make_checkpointer(ckpt_dir: Path, state: dict, monitor: str, seed_vars=(), 
                     self.model.save(tmp)
             with tables.atomic_path(ckpt_dir / "last.keras") as tmp:
                 self.model.save(tmp)
+            state["checksums"] = checksums(ckpt_dir)  # what a resume verifies (fruitlens.checkpoints)
             state["epoch"] = row["epoch"]
             state["seed_states"] = [np.asarray(v).tolist() for v in seed_vars]
             stopper = state.get("_stopper")
@@ -144,6 +145,35 @@ class TrainData:
     fingerprint: str
     counts: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
+    val_source: str = ""  # where the validation images came from (for the card and the report)
+
+
+# Fewer validation images than this (or than one per class) and the best epoch is picked on noise.
+TINY_VAL = 20
+
+
+def holdout_record(data: TrainData, config: TrainConfig) -> dict[str, Any]:
+    """What was held out for validation, why, and which epoch is kept (the card's ``config.validation``)."""
+    n_val = data.counts.get("val", 0)
+    keep = "last" if config.keep == "last" or n_val == 0 else "best"
+    tiny = 0 < n_val < max(TINY_VAL, len(data.classes))
+    return {"held_out": n_val, "trained_on": data.counts.get("train", 0), "source": data.val_source,
+            "val_fraction": config.val_fraction, "keep": keep,
+            "why": ("picks the best epoch by " + config.monitor) if keep == "best" else
+                   ("monitored only, the last epoch is kept (keep=last)" if n_val else "nothing held out"),
+            "warning": holdout_warning(n_val, data.counts.get("train", 0), len(data.classes), config)
+            if (n_val == 0 and config.val_fraction > 0) or tiny else ""}
+
+
+def holdout_warning(n_val: int, n_train: int, num_classes: int, config: TrainConfig) -> str:
+    """One line on an empty or tiny validation split ('' when there is nothing to say)."""
+    if n_val == 0:
+        return (f"the validation split is empty (val_fraction {config.val_fraction} of {n_train} training "
+                f"images in {num_classes} classes rounds to 0 per class): no val_accuracy, the last epoch is "
+                "kept; pass --val-split 0 to say so, or give the data a val split")
+    return (f"the validation split has only {n_val} image(s) for {num_classes} classes (fewer than "
+            f"{max(TINY_VAL, num_classes)}): its accuracy moves in steps of {1 / n_val:.0%} and the best epoch "
+            "is picked on noise; consider --val-split 0 (keep the last epoch) or more data")
 
 
 def prepare_data(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig,
@@ -168,8 +198,14 @@ def prepare_data(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config
     val_rows = usable[usable["split"] == "val"]
     if len(train_rows) == 0:
         raise ValueError(f"{data_dir}: no usable training image (split 'train')")
-    if len(val_rows) == 0:
+    val_source = "the data's val split"
+    if len(val_rows) == 0 and config.val_fraction > 0:
         train_rows, val_rows = split_validation(train_rows, config.val_fraction, config.seed)
+        val_source = (f"{config.val_fraction:.0%} of the training images, stratified by class (val_fraction)"
+                      if len(val_rows) else f"none: val_fraction {config.val_fraction} of the training images "
+                      "rounds to 0 per class")
+    elif len(val_rows) == 0:
+        val_source = "none (val_fraction 0: every training image is trained on)"
     t_index = time.perf_counter() - start
     # one decode for train and val together: one process pool, one cache file
     both = pd.concat([train_rows, val_rows], ignore_index=True)
@@ -178,8 +214,11 @@ def prepare_data(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config
     n = len(train_rows)
     train = _drop_unreadable(_slice(decoded, slice(0, n)), train_rows)
     val = _drop_unreadable(_slice(decoded, slice(n, None)), val_rows) if len(val_rows) else None
+    if val is not None and len(val) == 0:
+        val = None
     return TrainData(train=train, val=val, classes=classes, fingerprint=index.fingerprint,
                      counts={"train": len(train), "val": len(val) if val is not None else 0},
+                     val_source=val_source,
                      timings={"index_seconds": t_index, "decode_seconds": time.perf_counter() - start - t_index})
 
 
@@ -217,7 +256,8 @@ _RESUME_HINT = "train into a new --out or without --resume"
 
 def _check_same_config(saved: dict, config: TrainConfig) -> None:
     """Refuse (one-line ValueError) to resume a checkpoint made with another config (arch, size, seed, ...)."""
-    before, now = saved["config"], config.to_dict()
+    # options added since the checkpoint was written count as their defaults
+    before, now = {**TrainConfig().to_dict(), **saved["config"]}, config.to_dict()
     changed = sorted(k for k in set(before) | set(now) if k not in RESUMABLE_CHANGES and before.get(k) != now.get(k))
     if changed:
         detail = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in changed)
@@ -250,6 +290,8 @@ class TrainResult:
         epochs: epochs in the history; resumed_from: epochs already done when it started (0: a fresh run).
         stopped_early: early stopping ended it; best_epoch: the epoch whose weights were saved.
         metrics: the card's metrics at the best epoch; counts: images per split; classes: in output order.
+        validation: what was held out for validation, why, and which epoch was kept (``holdout_record`` plus
+            ``kept_epoch``; the card's ``config.validation``).
         seconds: the whole call; timings: indexing/decoding phases, fit_seconds and other_seconds.
     """
 
@@ -264,6 +306,7 @@ class TrainResult:
     metrics: dict[str, float]
     counts: dict[str, int]
     classes: tuple[str, ...]
+    validation: dict[str, Any]
     seconds: float
     timings: dict[str, float]
 
@@ -277,6 +320,7 @@ class _Trainee:
     val: Any
     full: Any = None
     augmenter: Any = None
+    recipe: Any = None  # fruitlens.recipes' resolved recipe (None: a bottleneck run)
 
 
 def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig | None = None, *,
@@ -309,6 +353,9 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
     run = Path(run_dir)
     ckpt, saved = _checks(run, config, resume)
     data = prepare_data(data_dir, run, config, workers=workers)
+    holdout = holdout_record(data, config)
+    if holdout["warning"]:
+        log.warning("%s", holdout["warning"])
     state = _initial_state(config, data, saved, ckpt)
     trainee = _build(config, data, state, run, ckpt, resumed=saved is not None)
     monitor = config.monitor if data.val is not None else config.monitor.replace("val_", "")
@@ -321,7 +368,7 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
     t_fit = time.perf_counter()
     _fit(config, data, trainee, state, cbs, verbose)
     fit_seconds = time.perf_counter() - t_fit
-    return _finalize(config, data, trainee, state, run, ckpt, Path(data_dir).name, initial_epoch,
+    return _finalize(config, data, trainee, state, run, ckpt, Path(data_dir).name, initial_epoch, holdout,
                      start=start, fit_seconds=fit_seconds)
 
 
@@ -333,13 +380,10 @@ def _checks(run: Path, config: TrainConfig, resume: bool) -> tuple[Path, dict | 
     ckpt = run / CHECKPOINTS
     ckpt.mkdir(parents=True, exist_ok=True)
     remove_leftover_temp_files(ckpt)
-    models.check_weights(config.arch, config.weights, config.alpha)
-    resumed = resume and (ckpt / STATE_FILE).is_file() and (ckpt / "last.keras").is_file()
-    if resume and not resumed:
-        log.warning("--resume: no checkpoint in %s; starting a fresh run", ckpt)
-    saved = tables.read_json(ckpt / STATE_FILE) if resumed else None
+    models.check_weights(config.arch, config.weights, config.alpha)  # before reading any data
+    saved = resumable_state(ckpt) if resume else None  # a damaged checkpoint: said, set aside, fresh start
     if saved is not None:
-        _check_same_config(saved, config)
+        _check_same_config(saved, config)  # before reading any data
     return ckpt, saved
 
 
@@ -358,14 +402,16 @@ def _initial_state(config: TrainConfig, data: TrainData, saved: dict | None, ckp
 
 
 def _build(config: TrainConfig, data: TrainData, state: dict, run: Path, ckpt: Path, *, resumed: bool) -> _Trainee:
-    """The model to fit (built and compiled, or the checkpoint's) and its training and validation datasets."""
+    """The model to fit (built and compiled, or the checkpoint's) and its training and validation datasets; a
+    bottleneck run fits the head on cached features, any other run follows its recipe (``fruitlens.recipes``)."""
     import keras
 
-    from fruitlens import models
+    from fruitlens import models, recipes
     from fruitlens.bottleneck import bottleneck_features, cache_key_of, features_dataset, weights_tag
     from fruitlens.inputs import build_augmenter, make_dataset
 
     full = None
+    num_classes = len(data.classes)
     if config.is_bottleneck or not resumed:
         full = models.build_model(config.arch, len(data.classes), config.size, weights=config.weights,
                                   mode=config.mode, alpha=config.alpha, seed=config.seed)
@@ -384,15 +430,17 @@ def _build(config: TrainConfig, data: TrainData, state: dict, run: Path, ckpt: P
                                   epochs=config.epochs, initial_epoch=state["epoch"])
         val = features_dataset(val_x, data.val.labels, 1024, shuffle=False, seed=0) if val_x is not None else None
         return _Trainee(model, train, val, full=full)
-    steps = math.ceil(len(data.train) / config.batch_size) * config.epochs
+    recipe = recipes.resolved(config)
+    per_epoch = math.ceil(len(data.train) / config.batch_size)
     model = (keras.models.load_model(ckpt / "last.keras") if resumed
-             else models.compile_model(full, config.arch, config.mode, config.learning_rate, steps))
+             else recipes.compile_with(full, config, recipe, per_epoch))
     augmenter = (build_augmenter(AugmentConfig(**dict(config.augment_options)), seed=config.seed)
-                 if config.augment else None)
+                 if config.augment and recipe.augment_policy == "classic" else None)
     train = make_dataset(data.train, config.batch_size, shuffle=True, seed=config.seed, epochs=config.epochs,
                          initial_epoch=state["epoch"], augmenter=augmenter)
-    val = make_dataset(data.val, 256) if data.val is not None else None
-    return _Trainee(model, train, val, augmenter=augmenter)
+    train = recipes.finish_train(train, config, recipe, num_classes, int(state["epoch"]) * per_epoch)
+    val = recipes.finish_eval(make_dataset(data.val, 256) if data.val is not None else None, recipe, num_classes)
+    return _Trainee(model, train, val, augmenter=augmenter, recipe=recipe)
 
 
 def _callbacks(config: TrainConfig, run: Path, ckpt: Path, state: dict, monitor: str, seed_vars,
@@ -429,9 +477,11 @@ def _fit(config: TrainConfig, data: TrainData, trainee: _Trainee, state: dict, c
 
 
 def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: dict, run: Path, ckpt: Path,
-              data_name: str, initial_epoch: int, *, start: float, fit_seconds: float) -> TrainResult:
-    """Save the final model (the best epoch's weights, or the last where nothing was monitored; no optimizer),
-    the history, the curves and the card."""
+              data_name: str, initial_epoch: int, holdout: dict[str, Any], *, start: float,
+              fit_seconds: float) -> TrainResult:
+    """Save the final model (the best epoch's weights; the last epoch's with ``keep`` last, without validation
+    images or where nothing was monitored; no optimizer), the history, the curves and the card (with what was
+    held out and which epoch was kept: ``holdout_record``)."""
     import keras
 
     from fruitlens import models
@@ -439,7 +489,8 @@ def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: di
     from fruitlens.plots import plot_history
     from fruitlens.runs import MODEL_FILE, ModelCard, library_versions, write_card
 
-    best_path = ckpt / "best.keras" if (ckpt / "best.keras").is_file() else ckpt / "last.keras"
+    keep_last = holdout["keep"] == "last" or not (ckpt / "best.keras").is_file()
+    best_path = ckpt / "last.keras" if keep_last else ckpt / "best.keras"
     best = keras.models.load_model(best_path, compile=False)
     if config.is_bottleneck:
         trainee.full.get_layer("head").set_weights(best.get_weights())
@@ -454,7 +505,9 @@ def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: di
     lay = RunLayout(run)
     history_path = tables.write_table(history.astype({"epoch": "int32"}), lay.history, "history")
     curves_path = plot_history(history, lay.curves, title=f"{config.arch} on {data_name}")
-    best_epoch = state.get("best_epoch") or (int(history["epoch"].iloc[-1]) if len(history) else 0)
+    last_epoch = int(history["epoch"].iloc[-1]) if len(history) else 0
+    best_epoch = last_epoch if keep_last else (state.get("best_epoch") or last_epoch)
+    validation = {**holdout, "kept_epoch": int(best_epoch)}
     at_best = history[history["epoch"] == best_epoch].iloc[0] if len(history) else None
     metrics = {} if at_best is None else {
         "best_epoch": int(best_epoch), "epochs": int(len(history)),
@@ -465,14 +518,16 @@ def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: di
     card = ModelCard(classes=data.classes, image_size=config.size, arch=config.arch,
                      scaling=models.preprocessing_of(config.arch), fingerprint=data.fingerprint,
                      seed=config.seed, metrics={k: v for k, v in metrics.items() if not _isnan(v)},
-                     config={**config.to_dict(), "counts": data.counts}, versions=library_versions())
+                     config={**config.to_dict(), "counts": data.counts, "validation": validation,
+                             **({"recipe": asdict(trainee.recipe)} if trainee.recipe is not None else {})},
+                     versions=library_versions())
     card_path = write_card(run, card)
     seconds = time.perf_counter() - start
     return TrainResult(
         model_path=str(model_path), card_path=str(card_path), history_path=str(history_path),
         curves_path=str(curves_path), epochs=int(len(history)), resumed_from=initial_epoch,
         stopped_early=bool(state.get("stopped_early")), best_epoch=int(best_epoch), metrics=dict(card.metrics),
-        counts=dict(data.counts), classes=tuple(data.classes), seconds=seconds,
+        counts=dict(data.counts), classes=tuple(data.classes), validation=validation, seconds=seconds,
         timings={**data.timings, "fit_seconds": fit_seconds,
                  "other_seconds": seconds - fit_seconds - sum(data.timings.values())})
 

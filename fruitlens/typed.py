@@ -14,7 +14,27 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, Literal, get_args, get_origin
 
-from fruitlens.errors import OptionError
+from fruitlens.errors import MAX_SHOWN, OptionError, short  # noqa: F401 - short is part of this API
+
+MAX_VALUES = 100_000  # values (scalars, items, keys) a config or a --set value may hold: refused beyond
+
+
+def check_value_count(value: Any, where: str, limit: int = MAX_VALUES) -> Any:
+    """``value`` unchanged if it holds at most ``limit`` values, counted through shared references (a YAML
+    "billion laughs" of 300 bytes holds 10^9); else a ValueError, found after at most ``limit`` steps."""
+    seen, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise ValueError(f"{where}: more than {limit} values (nested aliases that expand?); expected a "
+                             "plain config of numbers, names and short lists")
+        if isinstance(item, Mapping):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return value
 
 
 def _type_name(tp: Any) -> str:
@@ -87,9 +107,9 @@ def build(cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
         raise OptionError(where or cls.__name__, values, f"a mapping of {cls.__name__} fields")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls) if f.init]
-    unknown = sorted(set(values) - set(names))
+    unknown = sorted(map(str, set(values) - set(names)))
     if unknown:
-        keys = ", ".join(f"{where}.{k}" if where else str(k) for k in unknown)
+        keys = ", ".join(f"{where}.{k[:MAX_SHOWN]}" if where else k[:MAX_SHOWN] for k in unknown[:5])
         raise OptionError(keys, None, ", ".join(names), unknown=True)
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     try:

@@ -8,7 +8,7 @@ from tasks.cache import content_cache, run_folder_name
 
 
 def _models_and_probe(inputs: dict) -> dict:
-    from fruitlens.batch.drift import probe_content, probe_rows
+    from fruitlens.batch.rows import probe_content, probe_rows
     from fruitlens.modelio import as_model_source
 
     rows = probe_rows(inputs["index_dir"], inputs["split"], inputs["explain_dir"], inputs["probe"])
@@ -21,7 +21,8 @@ def _models_and_probe(inputs: dict) -> dict:
 def drift_task(old_model: dict, new_model: dict, index_dir: str, explain_dir: str, split: str, probe: int,
                out_dir: str) -> dict:
     """Write out_dir/drift.parquet and the pictures of the images whose evidence moved most; the summary."""
-    from fruitlens.batch.drift import drift_run, probe_rows
+    from fruitlens.batch.drift import drift_run
+    from fruitlens.batch.rows import probe_rows
     from fruitlens.modelio import as_model_source
 
     rows = probe_rows(index_dir, split, explain_dir, probe)

@@ -33,15 +33,16 @@ def current_model_task(models_home: str, classes: list[str]) -> dict:
 @task(name="compare-models", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)
 def compare_task(run_dir: str, new: dict, current: dict | None, metric: str, same_model: bool = False,
                  drift: dict | None = None, max_drift: float | None = None, sanity: dict | None = None) -> dict:
-    """Write run_dir/comparison.parquet (metric, new, current, delta, promoted); the rows and the decision.
+    """Write run_dir/comparison.parquet (metric, new, current, delta, promoted); the rows, whether to promote
+    and the decision (``fruitlens.promotion.Decision``).
 
     ``same_model``: the new model is the current one (nothing retrained since it was promoted), so the
-    comparison made when it was promoted stands and is returned unchanged. ``sanity``: {method: passed} of
-    the randomisation test, one row each.
+    comparison made when it was promoted stands and is returned unchanged; the decision is ``unchanged`` and
+    nothing is promoted again. ``sanity``: {method: passed} of the randomisation test, one row each.
     """
     from fruitlens import tables
     from fruitlens.layout import RunLayout
-    from fruitlens.promotion import compare_models
+    from fruitlens.promotion import compare_models, decide
 
     path = RunLayout(run_dir).comparison
     if same_model and path.is_file():
@@ -52,7 +53,8 @@ def compare_task(run_dir: str, new: dict, current: dict | None, metric: str, sam
         table, promote = compare_models(new, current, metric, drift, max_drift, sanity)
         tables.write_table(table.assign(promoted=promote), path)
     rows = table.astype(object).where(table.notna(), None).to_dict("records")
-    return {"rows": rows, "promote": bool(promote), "path": str(path)}
+    return {"rows": rows, "promote": bool(promote) and not same_model, "decision": decide(same_model, promote),
+            "path": str(path)}
 
 
 @task(name="promote", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

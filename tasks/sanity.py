@@ -8,7 +8,7 @@ from tasks.cache import content_cache, run_folder_name
 
 
 def _model_and_probe(inputs: dict) -> dict:
-    from fruitlens.batch.drift import probe_content, probe_rows
+    from fruitlens.batch.rows import probe_content, probe_rows
     from fruitlens.modelio import as_model_source
 
     rows = probe_rows(inputs["index_dir"], inputs["split"], inputs["explain_dir"], inputs["images"])
@@ -20,10 +20,18 @@ def _model_and_probe(inputs: dict) -> dict:
 def sanity_task(model: dict, index_dir: str, explain_dir: str, split: str, images: int, methods: list[str],
                 options: dict, out_dir: str) -> str:
     """Write out_dir/sanity.parquet, sanity.png and verdicts.json for the first ``images`` explained images."""
-    from fruitlens.batch.drift import probe_rows
+    from fruitlens.batch.rows import probe_rows
     from fruitlens.batch.sanity import sanity_run
     from fruitlens.config import ExplainOptions, build
     from fruitlens.modelio import as_model_source
 
     rows = probe_rows(index_dir, split, explain_dir, images)
     return sanity_run(as_model_source(model), rows, methods, build(ExplainOptions, options), out_dir)
+
+
+@task(name="sanity-off")
+def discard_sanity_task(out_dir: str) -> list[str]:
+    """The nightly's sanity check is off: remove an earlier night's verdicts from the run folder."""
+    from fruitlens.batch.sanity import discard_sanity
+
+    return discard_sanity(out_dir)

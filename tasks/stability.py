@@ -8,7 +8,7 @@ from tasks.cache import content_cache, run_folder_name
 
 
 def _model_and_probe(inputs: dict) -> dict:
-    from fruitlens.batch.drift import probe_content, probe_rows
+    from fruitlens.batch.rows import probe_content, probe_rows
     from fruitlens.modelio import as_model_source
 
     rows = probe_rows(inputs["index_dir"], inputs["split"], inputs["explain_dir"], inputs["images"])
@@ -21,7 +21,7 @@ def _model_and_probe(inputs: dict) -> dict:
 def stability_task(model: dict, index_dir: str, explain_dir: str, split: str, images: int, lime: dict,
                    out_path: str) -> str:
     """Write the stability table of the first ``images`` explained images to ``out_path``; its path."""
-    from fruitlens.batch.drift import probe_rows
+    from fruitlens.batch.rows import probe_rows
     from fruitlens.batch.stability import stability_run
     from fruitlens.config import LimeOptions, build
     from fruitlens.modelio import as_model_source

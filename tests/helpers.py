@@ -24,3 +24,50 @@ def tiny_run(run_dir: Path, classes=("a", "b", "c"), image_size=(12, 10), seed=0
     model.save(run_dir / "model.keras")
     write_card(run_dir, ModelCard(classes=classes, image_size=image_size, arch="tiny"))
     return run_dir
+
+
+_LAUNCHER = """
+import json, os, resource, sys
+args, limit, report = json.loads(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+if limit:
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+pid = os.posix_spawn(args[0], args, os.environ)
+_, status, usage = os.wait4(pid, 0)
+with open(report, "w") as fh:
+    fh.write(str(usage.ru_maxrss * 1024))
+code = os.waitstatus_to_exitcode(status)
+sys.exit(code if code >= 0 else 128 - code)
+"""
+
+
+def run_measured(args: list[str], *, memory_limit: int | None = None, timeout: float = 240.0,
+                 env: dict | None = None, cwd=None) -> tuple[int, str, int]:
+    """Run ``args`` in a child process; (exit code, stdout + stderr, peak RSS in bytes of that child alone).
+
+    ``memory_limit`` sets RLIMIT_AS for the command (bytes of address space; only for commands without
+    TensorFlow, which reserves far more address space than it uses). The peak RSS is the command's own
+    ``ru_maxrss`` from ``os.wait4``, measured by a small launcher that spawns it: a child forked straight from
+    this (large) test process would count this process's pages as its own. A command past ``timeout`` is
+    killed with its whole process group (exit code -9).
+    """
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "maxrss")
+        launcher = [sys.executable, "-c", _LAUNCHER, json.dumps([str(a) for a in args]), str(memory_limit or 0),
+                    report]
+        proc = subprocess.Popen(launcher, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=cwd,
+                                start_new_session=True)
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            return -9, out.decode("utf-8", "replace"), 0
+        peak = int(open(report).read()) if os.path.exists(report) else 0
+    return proc.returncode, out.decode("utf-8", "replace"), peak

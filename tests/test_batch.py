@@ -136,7 +136,7 @@ def test_a_truncated_part_is_redone_not_a_crash(demo_dir, run_dir, tmp_path, fak
 
 def test_a_second_writer_is_refused_with_one_line(tmp_path):
     with engine.out_lock(tmp_path / "out"):
-        with pytest.raises(ValueError, match="another fruitlens run is writing explanations here"):
+        with pytest.raises(ValueError, match="another fruitlens run is writing here"):
             with engine.out_lock(tmp_path / "out"):
                 pass
     with engine.out_lock(tmp_path / "out"):  # released
@@ -233,3 +233,70 @@ def test_python_dash_m_fruitlens_explain_draws_in_its_picture_process(demo_dir, 
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.count("explained 2 images") == 1  # the spawned process did not run the command again
     assert len(list(ExplainLayout(tmp_path / "out").side_by_side_dir.glob("*.png"))) == 2
+
+
+def test_a_second_model_never_ranks_with_the_first_it_starts_the_folder_clean(tmp_path, caplog):
+    """Model A's LIME, then model B's Grad-CAM into one folder: A's tables, parts and PNGs are removed (and
+    said so) before B writes, so faithfulness.parquet ranks one model's methods only."""
+    out = ExplainLayout(tmp_path / "out")
+    assert engine.claim_folder(out.root, "digest-a") == []
+    out.parts_dir("lime").mkdir()
+    out.part("lime", "k").write_bytes(b"part")
+    out.pictures_dir("lime").mkdir()
+    (out.pictures_dir("lime") / "x_outline.png").write_bytes(b"png")
+    for name in ("lime", "failed", "faithfulness"):
+        out.table(name).write_bytes(b"table")
+    assert engine.claim_folder(out.root, "digest-a") == []  # the same model: nothing touched
+    assert out.table("lime").exists()
+    with caplog.at_level("WARNING"):
+        removed = engine.claim_folder(out.root, "digest-b")
+    assert {"lime.parquet", "lime.parts", "lime", "failed.parquet", "faithfulness.parquet"} <= set(removed)
+    assert not out.table("lime").exists() and not out.parts_dir("lime").exists()
+    assert "another model" in caplog.text and "started clean" in caplog.text
+    assert tables.read_json(out.model_record) == {"model_digest": "digest-b"}
+    out.model_record.write_text("{not json")  # an unreadable record: start clean too
+    out.table("gradcam").write_bytes(b"table")
+    assert "gradcam.parquet" in engine.claim_folder(out.root, "digest-b")
+
+
+def test_explaining_with_another_model_replaces_the_first_models_tables(demo_dir, run_dir, tmp_path, fake):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test", limit=4)
+    out = tmp_path / "out"
+    _explain(run_dir, rows, out)
+    other = tiny_run(tmp_path / "other", seed=1)
+    (out / "gradcam.parquet").write_bytes(b"a table of the first model")  # as an earlier --method gradcam left
+    _explain(run_dir, rows, out, model_dir=other)
+    assert not (out / "gradcam.parquet").exists() and len(tables.read_table(out / "lime.parquet")) == 4
+    assert tables.read_json(ExplainLayout(out).model_record) == {"model_digest": model_digest(other)}
+
+
+def test_a_part_damaged_in_the_middle_is_named_set_aside_and_redone(demo_dir, run_dir, tmp_path, fake, caplog):
+    """400 random bytes in the middle of a part, footer intact: once every rerun failed naming no file."""
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test")
+    out = tmp_path / "out"
+    _explain(run_dir, rows, out)
+    part = sorted((out / "lime.parts").glob("part-*.parquet"))[0]
+    assert engine.checksum_path(part).is_file()  # recorded when it was written
+    data = bytearray(part.read_bytes())
+    data[len(data) // 2 - 200: len(data) // 2 + 200] = os.urandom(400)
+    part.write_bytes(bytes(data))
+    CALLS.clear()
+    with caplog.at_level("WARNING"):
+        totals = _explain(run_dir, rows, out)
+    assert len(CALLS) == 1 and totals["skipped"] == len(rows) - 7  # only the damaged chunk was redone
+    assert part.name in caplog.text and "damaged" in caplog.text
+    assert part.with_name(part.name + ".damaged").is_file()  # set aside, not deleted
+    assert len(tables.read_table(out / "lime.parquet")) == len(rows)
+    CALLS.clear()
+    assert _explain(run_dir, rows, out)["skipped"] == len(rows) and not CALLS  # whole again
+
+
+def test_a_part_written_before_checksums_is_read_in_full_and_adopted(demo_dir, run_dir, tmp_path, fake):
+    rows = batch_rows.rows_from_inputs([demo_dir], split="test", limit=7)
+    out = tmp_path / "out"
+    _explain(run_dir, rows, out)
+    part = next((out / "lime.parts").glob("part-*.parquet"))
+    engine.checksum_path(part).unlink()
+    CALLS.clear()
+    assert _explain(run_dir, rows, out)["skipped"] == 7 and not CALLS
+    assert engine.checksum_path(part).is_file()

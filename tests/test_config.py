@@ -45,7 +45,7 @@ def test_config_round_trip_and_partial_sections(tmp_path):
     ({"explain_options": {"gradcm": {}}}, r"unknown key explain_options.gradcm; expected one of lime, gradcam"),
     ({"explain_options": {"lime": {"num_sample": 5}}},
      r"unknown key explain_options.lime.num_sample; expected one of num_samples, seed"),
-    ({"explain_options": {"lime": {"num_samples": 1}}}, "explain_options.lime.num_samples 1: expected at least 2"),
+    ({"explain_options": {"lime": {"num_samples": 1}}}, "explain_options.lime.num_samples 1: expected 2 to 100000"),
     ({"explain_options": {"lime": {"segmenter_params": {"n_superpixel": 9}}}},
      "unknown slic parameter.s. n_superpixel"),
     ({"explain_options": {"gradcam": {"variant": "gradcam+"}}}, "variant 'gradcam\\+': expected one of gradcam"),
@@ -65,7 +65,7 @@ def test_option_errors_carry_key_value_and_expectation():
     with pytest.raises(OptionError) as caught:
         PipelineConfig.from_dict({"explain_options": {"lime": {"num_samples": 1}}})
     err = caught.value
-    assert (err.key, err.value, err.expected, err.unknown) == ("explain_options.lime.num_samples", 1, "at least 2",
+    assert (err.key, err.value, err.expected, err.unknown) == ("explain_options.lime.num_samples", 1, "2 to 100000",
                                                                False)
     assert isinstance(err, FruitlensError) and isinstance(err, ValueError)
     with pytest.raises(OptionError) as caught:
@@ -90,10 +90,13 @@ def test_config_file_errors(tmp_path):
 
 
 def test_cache_dir_and_clear(tmp_path, monkeypatch, capsys):
+    from fruitlens.config import mark_cache
+
     monkeypatch.setenv("FRUITLENS_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("FRUITLENS_CACHE", raising=False)
     assert cache_dir() == tmp_path / "home" / "cache"
     monkeypatch.setenv("FRUITLENS_CACHE", str(tmp_path / "c"))
+    mark_cache(tmp_path / "c")  # as a run does when it creates its cache
     (tmp_path / "c" / "results").mkdir(parents=True)
     assert main(["cache", "path"]) == 0 and capsys.readouterr().out.strip() == str(tmp_path / "c")
     assert main(["cache", "clear"]) == 0 and not (tmp_path / "c").exists()
@@ -181,6 +184,42 @@ def test_promote_model_swaps_current(tmp_path):
     ok, why = promotion.comparable(("a", "b"), home)  # a new model of other classes: not comparable, said why
     assert not ok and "knows other classes (3: a, b, c)" in why
     assert promotion.comparable(("a",), tmp_path / "empty") == (False, "")
+
+
+def test_default_models_home_is_the_run_folders_own_and_each_run_ends_in_one_decision(tmp_path):
+    runs = tmp_path / "runs"
+    assert promotion.default_models_home(runs / "demo") == (runs / "models" / "demo").resolve()
+    assert promotion.default_models_home(runs / "fruits") == (runs / "models" / "fruits").resolve()
+    assert promotion.default_models_home(runs / "demo" / ".." / "demo") == promotion.default_models_home(runs / "demo")
+    assert promotion.decide(same_model=True, promote=True) == "unchanged"  # nothing to decide: it is current
+    assert promotion.decide(same_model=False, promote=True) == "promoted"
+    assert promotion.decide(same_model=False, promote=False) == "kept"
+    home = runs / "models" / "demo"
+    assert promotion.decision_line("unchanged", home) == f"unchanged: the current model in {home} is already this one"
+    assert promotion.decision_line("promoted", home) == f"promoted to current in {home}"
+    assert promotion.decision_line("kept", home) == f"kept the current model in {home}"
+    with pytest.raises(ValueError, match="decision 'maybe': expected one of promoted, kept, unchanged"):
+        promotion.decision_line("maybe", home)
+
+
+def test_report_key_leaves_out_what_describes_one_invocation(tmp_path):
+    """run.json's timings and decision change on every rerun; the report's digest ignores them, nothing else."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eval").mkdir()
+    (run / "eval" / "metrics.json").write_text('{"accuracy": 0.9}')
+    record = {"config": {"epochs": 5}, "data_dir": "d", "timings": {"train": 9.0}, "total_seconds": 9.0,
+              "promoted": True, "decision": "promoted"}
+    tables.write_json(run / "run.json", record)
+    before = digests.run_digest(run)
+    tables.write_json(run / "run.json", {**record, "timings": {"train": 0.1}, "total_seconds": 0.1,
+                                         "promoted": False, "decision": "unchanged"})
+    assert digests.run_digest(run) == before
+    tables.write_json(run / "run.json", {**record, "config": {"epochs": 6}})
+    assert digests.run_digest(run) != before
+    tables.write_json(run / "run.json", record)
+    (run / "eval" / "metrics.json").write_text('{"accuracy": 0.8}')
+    assert digests.run_digest(run) != before
 
 
 def test_summary_markdown_embeds_thumbnails(tmp_path):

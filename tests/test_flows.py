@@ -127,7 +127,89 @@ def chunk_states(states: dict[str, list[str]]) -> dict[str, list[str]]:
     return {k: v for k, v in states.items() if "-chunk-" in k}
 
 
-def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_path):
+KEY_CHECK = """
+import json, sys, time
+from pathlib import Path
+from types import SimpleNamespace
+
+from prefect.cache_policies import CacheKeyFnPolicy
+
+import tasks.drift, tasks.evaluate, tasks.evidence, tasks.explain, tasks.index, tasks.report, tasks.sanity
+import tasks.stability, tasks.train, tasks.visualize
+from fruitlens.config import model_source_fields
+
+data, out = sys.argv[1], Path(sys.argv[2])
+model = model_source_fields(str(out))
+image = str(sorted(Path(data).rglob("*.jpg"))[0])
+run = {"index_dir": str(out / "index"), "explain_dir": str(out / "explain"), "split": "test"}
+inputs = {
+    "index": {"data_dir": data, "out_dir": str(out / "index")},
+    "train": {"data_dir": data, "run_dir": str(out), "train_config": {}},
+    "evaluate": {"model": model, "data_dir": data, "out_dir": str(out / "eval"), "split": "test"},
+    "explain-chunk": {"model": model, "method": "lime", "options": {}, "chunk": [], "index": 0, "key": "k"},
+    "visualize": {"model": model, "image_path": image, "out_dir": str(out / "visualize")},
+    "lime-stability": {"model": model, **run, "images": 4, "lime": {}, "out_path": str(out / "s.parquet")},
+    "class-evidence": {"model": model, "index_dir": run["index_dir"], "split": "test", "out_dir": str(out / "e")},
+    "explanation-drift": {"old_model": model, "new_model": model, **run, "probe": 4, "out_dir": str(out / "d")},
+    "sanity": {"model": model, **run, "images": 4, "methods": ["gradcam"], "options": {}, "out_dir": str(out / "x")},
+    "report": {"run_dir": str(out)},
+}
+found, seconds = set(), {}
+for module in (tasks.drift, tasks.evaluate, tasks.evidence, tasks.explain, tasks.index, tasks.report,
+               tasks.sanity, tasks.stability, tasks.train, tasks.visualize):
+    for task in vars(module).values():
+        if isinstance(getattr(task, "cache_policy", None), CacheKeyFnPolicy):
+            found.add(task.name)
+            start = time.perf_counter()
+            task.cache_policy.cache_key_fn(SimpleNamespace(task=task), inputs[task.name])
+            seconds[task.name] = time.perf_counter() - start
+print(json.dumps({"tasks": sorted(found), "tensorflow": "tensorflow" in sys.modules, "seconds": seconds}))
+"""
+
+
+def assert_cache_keys_need_no_tensorflow(data: Path, out: Path) -> None:
+    """Every content-keyed task's key, computed on a finished run folder in a fresh process, imports no
+    TensorFlow (a key that did cost a Cached step 8-11 s: issue 24)."""
+    import json
+
+    proc = subprocess.run([sys.executable, "-c", KEY_CHECK, str(data), str(out)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert set(result["tasks"]) >= {"index", "train", "evaluate", "explain-chunk", "visualize", "lime-stability",
+                                    "class-evidence", "explanation-drift", "sanity", "report"}, result
+    assert not result["tensorflow"], result
+
+
+RERUN_CHECK = """
+import json, sys
+
+from flows.nightly import nightly_flow
+from flows.settings import pipeline_settings
+
+with pipeline_settings(sys.argv[4]):
+    summary = nightly_flow(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]))
+heavy = ("tensorflow", "keras", "sklearn", "scipy", "skimage", "matplotlib.pyplot")
+print(json.dumps({"decision": summary["decision"], "imported": sorted(m for m in heavy if m in sys.modules)}))
+"""
+
+
+def assert_cached_rerun_imports_nothing_heavy(data: Path, out: Path, config: dict, cache_dir: Path) -> None:
+    """An unchanged rerun in a fresh process (as `fruitlens run` or a served night) imports none of TensorFlow,
+    scikit-learn, SciPy, scikit-image or pyplot: each costs a Cached pipeline seconds (issue 24)."""
+    import json
+
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    proc = subprocess.run([sys.executable, "-c", RERUN_CHECK, str(data), str(out), json.dumps(config),
+                           str(cache_dir)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result == {"decision": "unchanged", "imported": []}, result
+
+
+def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_path, capsys):
     import yaml
 
     data = shutil.copytree(demo_dir, tmp_path / "data")
@@ -144,10 +226,13 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
                 "comparison.parquet", "report.html"):
         assert (out / rel).is_file(), rel
     assert list((out / "visualize").rglob("*.png"))
-    assert (tmp_path / "runs" / "models" / "current" / "model.keras").is_file()  # first model: promoted
+    home = tmp_path / "runs" / "models" / "e2e"  # the default models home: the run folder's own
+    assert (home / "current" / "model.keras").is_file()  # first model: promoted
+    assert f"promoted to current in {home}" in capsys.readouterr().out
     record = tables.read_json(out / "run.json")
     assert set(record["timings"]) >= {"index", "train", "evaluate", "explain", "visualize", "compare"}
     assert record["config"]["chunk_size"] == 8 and "prefect" in record["versions"] and record["promoted"]
+    assert record["decision"] == "promoted"
     states = task_states(since)
     assert states["train-e2e"] == ["Completed"] and states["evaluate-test-eval"] == ["Completed"]
     assert sorted(chunk_states(states)) == [f"{m}-chunk-{i}" for m in ("gradcam", "lime") for i in range(3)]
@@ -167,22 +252,74 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     link = arts["e2e-report-link"]["data"]
     assert link.startswith("[") and "file://" in link and "report.html" in link
 
-    written = {rel: (out / rel).stat().st_mtime_ns for rel in ("model.keras", "eval/predictions.parquet")}
+    written = {rel: (out / rel).stat().st_mtime_ns
+               for rel in ("model.keras", "eval/predictions.parquet", "report.html", "explain/stability.parquet")}
     since, start = now(), time.perf_counter()
     assert main(args) == 0  # nothing changed
     second = time.perf_counter() - start
+    printed = capsys.readouterr().out
+    decision = [line for line in printed.splitlines() if line.startswith("test accuracy")]
+    assert len(decision) == 1 and decision[0].endswith(f"unchanged: the current model in {home} is already this one")
     states = task_states(since)
-    steps = ("index", "train", "evaluate", "lime-chunk", "gradcam-chunk", "visualize", "sanity", "report")
+    steps = ("index", "train", "evaluate", "lime-chunk", "gradcam-chunk", "visualize", "lime-stability",
+             "class-evidence", "sanity", "report")
     heavy = {k: v for k, v in states.items() if k.startswith(steps)}
-    assert len(chunk_states(heavy)) == 6 and {"train-e2e", "visualize-e2e", "sanity-e2e"} <= set(heavy)
-    # the report shows run.json's timings, which every run writes anew: it is rebuilt, everything else is Cached
-    assert heavy.pop("report-e2e") == ["Completed"]
+    assert len(chunk_states(heavy)) == 6
+    assert {"train-e2e", "visualize-e2e", "lime-stability-e2e", "class-evidence-e2e", "sanity-e2e",
+            "report-e2e"} <= set(heavy)
+    # every step is Cached, the report too: run.json's timings and decision describe one invocation and are
+    # left out of the report's key (the report shows those of the run that built it)
     assert all(set(v) == {"Cached"} for v in heavy.values()), heavy
+    record = tables.read_json(out / "run.json")
+    assert record["decision"] == "unchanged" and not record["promoted"]
+    assert tables.read_json(home / "current.json")["run_dir"] == str(out.resolve())
+    assert_cache_keys_need_no_tensorflow(data, out)
+    assert_cached_rerun_imports_nothing_heavy(data, out, TINY, tmp_path / "cache")
     pd.testing.assert_frame_equal(tables.read_table(out / "explain" / "lime.parquet"), lime)
     # nothing heavy was redone: the model and the predictions are the files the first run wrote (the speed-up itself
     # is measured in benchmarks/bench_pipeline.py, not asserted here: timings on a shared machine are noise)
     assert {rel: (out / rel).stat().st_mtime_ns for rel in written} == written
     print(f"first run {first:.1f}s, second run {second:.1f}s ({first / second:.1f}x)")
+
+
+def test_models_home_is_per_run_folder_unless_shared_and_a_rerun_reuses_the_current_models_evaluation(
+        cache, demo_dir, tmp_path, monkeypatch):
+    """Two run folders under one parent keep their own current models; sharing a home is explicit. When the
+    current model is another run's (kept, as it was better), a rerun reuses its evaluation, the drift and every
+    other step: all Cached, and the decision is "kept" again."""
+    from flows.nightly import nightly_flow
+    from fruitlens import promotion
+
+    runs = tmp_path / "runs"
+    a = nightly_flow(str(demo_dir), str(runs / "a"), TINY)
+    other = {**TINY, "train": {**TINY["train"], "seed": 7}}  # another model of the same classes
+    b = nightly_flow(str(demo_dir), str(runs / "b"), other)
+    assert (a["decision"], b["decision"]) == ("promoted", "promoted")  # each the first of its own home
+    assert a["models_home"] == str(runs / "models" / "a") and b["models_home"] == str(runs / "models" / "b")
+    assert a["model_digest"] != b["model_digest"]
+    for name, summary in (("a", a), ("b", b)):
+        current = tables.read_json(runs / "models" / name / "current.json")
+        assert current["model_digest"] == summary["model_digest"] and current["run_dir"] == str(runs / name)
+
+    shared = str(runs / "models" / "a")  # b deliberately shares a's home: compared with a's model
+    real = promotion.compare_models  # whatever the tiny models score, the current one is kept
+    monkeypatch.setattr(promotion, "compare_models", lambda *args, **kw: (real(*args, **kw)[0], False))
+    since = now()
+    first = nightly_flow(str(demo_dir), str(runs / "b"), other, shared)
+    states = task_states(since)
+    assert first["decision"] == "kept" and not first["promoted"]
+    assert states["evaluate-test-eval_current"] == ["Completed"] and states["drift-b"] == ["Completed"]
+    assert tables.read_json(runs / "models" / "a" / "current.json")["model_digest"] == a["model_digest"]
+
+    since = now()
+    again = nightly_flow(str(demo_dir), str(runs / "b"), other, shared)  # nothing changed
+    states = task_states(since)
+    assert again["decision"] == "kept"
+    steps = ("index", "train", "evaluate", "lime-chunk", "gradcam-chunk", "visualize", "lime-stability",
+             "class-evidence", "drift", "report")
+    heavy = {k: v for k, v in states.items() if k.startswith(steps)}
+    assert {"evaluate-test-eval_current", "drift-b", "lime-stability-b", "report-b"} <= set(heavy)
+    assert all(set(v) == {"Cached"} for v in heavy.values()), heavy
 
 
 def _flip(path: Path) -> None:
@@ -414,7 +551,7 @@ def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, 
     nightly_flow(str(std), str(first), config, str(home))
     assert not (first / "drift").exists()  # no current model yet: nothing to compare
     again = nightly_flow(str(std), str(first), config, str(home))  # same data: the same model, no drift
-    assert again["promoted"] and not (first / "drift").exists()
+    assert again["decision"] == "unchanged" and not again["promoted"] and not (first / "drift").exists()
     second = tmp_path / "runs" / "second"
     summary = nightly_flow(str(shifted), str(second), config, str(home))
     drift = tables.read_table(second / "drift" / "drift.parquet")
@@ -469,3 +606,17 @@ def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, 
     names = [name for name, _ in read_events("first", expect={"fruitlens.run.completed"})]
     assert names.count("fruitlens.run.completed") == 2  # the first night and its unchanged rerun
     assert names.count("fruitlens.model.promoted") == 1 and "fruitlens.model.rejected" not in names  # rerun: neither
+
+
+def test_table_artifacts_escape_class_names_that_hold_markup(monkeypatch):
+    import pandas as pd
+
+    from flows import artifacts
+
+    seen = []
+    monkeypatch.setattr(artifacts, "create_table_artifact", lambda rows, **kw: seen.append(rows))
+    hostile = "<img src=x onerror=alert(1)>"
+    records = artifacts._records(pd.DataFrame({"class": [hostile, "red_dot"], "f1": [0.5, None]}))
+    assert records == [{"class": "&lt;img src=x onerror=alert(1)&gt;", "f1": 0.5}, {"class": "red_dot", "f1": None}]
+    artifacts.publish_comparison([{"model": hostile, "accuracy": 1.0}], promoted=False)
+    assert "<" not in str(seen[0])

@@ -238,3 +238,99 @@ def test_picture_names_never_leave_their_folder(name, tmp_path):
     out = ExplainLayout(tmp_path)
     for picture in (out.picture("lime", stem, "outline"), out.side_by_side(stem)):
         assert picture.resolve().is_relative_to(tmp_path.resolve())
+
+
+# ---------------------------------------------------------------- decoded pixels bounded per image and picture
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def test_an_annotated_copy_is_drawn_at_a_bounded_size():
+    from fruitlens.plots import ANNOTATED_MAX_SIDE, annotate
+
+    strip = annotate(np.zeros((1, 65535, 3), np.uint8), "a 99%")  # a 65535x1 PNG: not enlarged to 10.5 M x 160
+    assert strip.shape[1] == 65535 and strip.shape[0] == 160
+    small = annotate(np.zeros((1, 700, 3), np.uint8), "a 99%")
+    assert max(small.shape[:2]) <= ANNOTATED_MAX_SIDE and small.shape[0] >= 160
+    assert annotate(np.zeros((20, 20, 3), np.uint8), "a").shape == (160, 160, 3)  # small photos still enlarged
+
+
+@pytest.mark.slow
+def test_predict_of_a_65535x1_png_stays_in_bounded_memory(tmp_path):
+    """270 bytes of PNG once took predict to 16.7 GB (its annotated copy enlarged to 10.5 M x 160 pixels)."""
+    from tests.helpers import run_measured, tiny_run
+
+    run = tiny_run(tmp_path / "run")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (65535, 1), (200, 40, 40)).save(photos / "strip.png")
+    Image.new("RGB", (30, 20), (40, 200, 40)).save(photos / "ok.png")
+    assert (photos / "strip.png").stat().st_size < 1000
+    rc, out, peak = run_measured([sys.executable, "-m", "fruitlens", "predict", str(photos), "--model", str(run),
+                                  "--out", str(tmp_path / "out")], env=_env(), timeout=300)
+    assert rc == 0, out
+    assert peak < 1500 << 20, f"peak RSS {peak / 2**20:.0f} MiB"  # TensorFlow itself takes ~500-700 MiB
+    copies = sorted((tmp_path / "out" / "annotated").glob("*.png"))
+    assert len(copies) == 2
+    for copy in copies:
+        with Image.open(copy) as img:
+            assert img.width * img.height <= 65535 * 160
+
+
+@pytest.mark.slow
+def test_superpixels_of_an_8000x7999_jpeg_work_at_a_bounded_resolution(tmp_path):
+    """Once >5.1 GB (segmented at full resolution); now under a 2 GiB address-space limit set here."""
+    from tests.helpers import run_measured
+
+    big = tmp_path / "big.jpg"
+    code = ("import sys; from PIL import Image; import numpy as np\n"
+            "row = (np.arange(8000) % 256).astype('uint8')\n"
+            "img = Image.fromarray(np.broadcast_to(row[None, :, None], (7999, 8000, 3)).copy())\n"
+            "img.save(sys.argv[1], quality=80)\n")
+    subprocess.run([sys.executable, "-c", code, str(big)], check=True)
+    rc, out, peak = run_measured([sys.executable, "-m", "fruitlens", "superpixels", str(big), "--out",
+                                  str(tmp_path / "out")], memory_limit=2 << 30, env=_env(), timeout=300)
+    assert rc == 0 and "wrote 1 images" in out, out
+    assert peak < 1 << 30, f"peak RSS {peak / 2**20:.0f} MiB"
+    with Image.open(tmp_path / "out" / "big_superpixels.png") as img:
+        assert max(img.size) <= 2048
+
+
+def _hostile_photo_folder(tmp_path: Path) -> tuple[Path, Path]:
+    """A folder of photos with a good photo, a link leading outside, a link loop, a broken link and a file
+    whose name is not UTF-8; and the outside file."""
+    folder, outside = tmp_path / "photos", tmp_path / "private" / "secret.png"
+    folder.mkdir()
+    outside.parent.mkdir()
+    Image.new("RGB", (12, 10), (200, 30, 30)).save(folder / "good.png")
+    Image.new("RGB", (12, 10), (30, 200, 30)).save(outside)
+    (folder / "out.png").symlink_to(outside)
+    (folder / "loop.png").symlink_to(folder / "loop.png")
+    (folder / "broken.png").symlink_to(folder / "gone.png")
+    Image.new("RGB", (12, 10), (30, 30, 200)).save(os.path.join(os.fsencode(folder), b"caf\xe9.png"))
+    return folder, outside
+
+
+@pytest.mark.parametrize("command", ["predict", "explain"])
+def test_links_loops_and_bad_names_in_a_photo_folder_are_per_file_statuses(command, tmp_path, capsys):
+    from fruitlens.cli import main
+    from tests.helpers import tiny_run
+
+    folder, outside = _hostile_photo_folder(tmp_path)
+    run = tiny_run(tmp_path / "run")
+    out = tmp_path / "out"
+    args = {"predict": ["predict", str(folder), "--model", str(run), "--out", str(out)],
+            "explain": ["explain", "--model", str(run), "--data", str(folder), "--out", str(out),
+                        "--method", "gradcam"]}[command]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "out.png: links to" in err and "outside the dataset root; not read (outside_root)" in err
+    assert "loop.png: a link loop" in err and "broken.png: a broken link" in err
+    assert "caf\\xe9.png: file name is not valid UTF-8" in err and "Traceback" not in err
+    table = tables.read_table(out / ("predictions.parquet" if command == "predict" else "gradcam.parquet"))
+    assert list(table["path"].map(lambda p: Path(p).name)) == ["good.png"]  # only it was read
+    assert not any(str(outside) in str(p) for p in table["path"])

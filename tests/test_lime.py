@@ -282,7 +282,7 @@ def test_explain_command_lime(demo_dir, tmp_path, capsys):
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--num-samples", "1"], "--num-samples 1: expected at least 2"),
+        (["--num-samples", "1"], "--num-samples 1: expected 2 to 100000"),
         (["--segmenter", "quickshift", "--n-superpixels", "9"], "unknown quickshift parameter(s) n_superpixels"),
         (["--segmenter", "slick"], "unknown segmentation method 'slick'"),
         (["--hide-color", "pink"], "--hide-color 'pink': expected mean, white"),

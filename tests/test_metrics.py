@@ -86,3 +86,32 @@ def test_confusion_counts_matrix_and_pairs():
     assert pairs[1].share == 1.0
     more = _pred("aabbbcc", "abbbbaa")
     assert metrics.confused_pairs(more)[0].true == "c"  # 2 cases before 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_per_class_metrics_equal_scikit_learns_without_importing_it(seed):
+    """The same numbers as precision_recall_fscore_support(zero_division=0), bit for bit, also for a class that
+    is never predicted and one that has no images; and computing them imports neither scikit-learn nor SciPy."""
+    import subprocess
+    import sys
+
+    from sklearn.metrics import precision_recall_fscore_support
+
+    rng = np.random.default_rng(seed)
+    classes = ["a", "b", "c", "d", "e"]
+    y = rng.choice(classes[:4], 60)  # "e" has no image
+    pred = np.where(rng.random(60) < 0.6, y, rng.choice(["a", "b", "e"], 60))  # "c", "d" rarely predicted
+    pred[y == "d"] = "a"  # "d" is never predicted
+    table = pd.DataFrame({"label": y, "pred_label": pred})
+    ours = metrics.per_class_metrics(table)
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(ours["class"]), zero_division=0)
+    assert list(ours["class"]) == sorted(set(y) | set(pred))
+    np.testing.assert_array_equal(ours["precision"], p)
+    np.testing.assert_array_equal(ours["recall"], r)
+    np.testing.assert_array_equal(ours["f1"], f)
+    np.testing.assert_array_equal(ours["support"], s)
+    code = ("import sys, pandas as pd; from fruitlens.metrics import per_class_metrics; "
+            "per_class_metrics(pd.DataFrame({'label': ['a', 'b'], 'pred_label': ['a', 'a']})); "
+            "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -262,3 +262,40 @@ def test_a_model_that_reads_the_frame_is_flagged_one_that_reads_the_object_is_no
     assert frame["border_share"].min() > patch["border_share"].max()
     # measured (seed 0): blue 56% of its heat on the border (flagged), red 38% on the border and 46% on the
     # backdrop-and-stripe (not "mostly" either): Grad-CAM of the second class of two is not all on the stripe
+
+
+def test_an_unchanged_rerun_keeps_its_nights_findings_and_draws_no_new_trend(tmp_path):
+    """The rerun of a promoted night (decision "unchanged": promoted False, no drift measured) keeps the row's
+    promotion and drift; the run folder's trend copy and figure are left as they are (the report stays Cached)."""
+    home, run = tmp_path / "models", tmp_path / "run"
+    record_night(home, night("/runs/nightly", "aaa", 0.8, 1, promoted=True))
+    table = record_night(home, night("/runs/nightly", "bbb", 0.9, 2, promoted=True, drift_share=0.25))
+    write_trend(run, table)
+    lay = RunLayout(run)
+    drawn = {p: p.stat().st_mtime_ns for p in (lay.trend_png, lay.trend_table)}
+    again = record_night(home, night("/runs/nightly", "bbb", 0.9, 3))  # the unchanged rerun
+    assert list(again["promoted"]) == [True, True] and again["drift_share"].iloc[1] == 0.25
+    assert list(again["reruns"]) == [0, 1]
+    write_trend(run, again)
+    assert {p: p.stat().st_mtime_ns for p in drawn} == drawn
+    newer = record_night(home, night("/runs/nightly", "ccc", 0.95, 4, promoted=True))  # a new night: drawn again
+    write_trend(run, newer)
+    assert len(tables.read_table(lay.trend_table)) == 3 and lay.trend_png.stat().st_mtime_ns != drawn[lay.trend_png]
+
+
+def test_a_night_without_the_sanity_check_discards_the_verdicts_of_an_earlier_night(tmp_path):
+    from fruitlens.batch.sanity import discard_sanity, read_verdicts
+
+    run = RunLayout(tmp_path / "run")
+    run.sanity.root.mkdir(parents=True)
+    tables.write_json(run.sanity.verdicts, {"verdicts": [{"method": "gradcam", "passed": False}]})
+    run.sanity.figure.write_bytes(b"png")
+    (run.sanity.root / "notes.txt").write_text("the user's own file")
+    assert read_verdicts(run.sanity.root) == {"gradcam": False}
+
+    removed = discard_sanity(run.sanity.root)
+
+    assert sorted(removed) == sorted([str(run.sanity.verdicts), str(run.sanity.figure)])
+    assert read_verdicts(run.sanity.root) == {}
+    assert (run.sanity.root / "notes.txt").read_text() == "the user's own file"  # nothing else is touched
+    assert discard_sanity(tmp_path / "never-made") == []

@@ -36,7 +36,8 @@ def _run(data: Path, out: Path, config: Path, cache: Path) -> subprocess.Complet
 
 
 def test_own_data_after_the_demo_and_what_the_run_prints(demo_dir, tmp_path):
-    """Two runs into one models home with other classes: the second says so in one line and exits 0."""
+    """Own data after the demo: each run folder has its own models home (no note, nothing replaced); an
+    unchanged rerun is Cached and says "unchanged"."""
     config = tmp_path / "tiny.json"
     config.write_text(json.dumps(TINY))
     demo = _subset(demo_dir, tmp_path / "demo", ["red_dot", "blue_dot", "green_square"])
@@ -53,18 +54,21 @@ def test_own_data_after_the_demo_and_what_the_run_prints(demo_dir, tmp_path):
     assert not re.search(r"^[\w-]+-: ", printed, re.M), "a task run name ends without its run folder"
     for noise in ("cpu_feature_guard", "oneDNN", "absl::InitializeLog", "\x1b["):  # TF start-up, ANSI codes
         assert noise not in printed, noise
-    assert (artifacts / "models" / "current" / "model.keras").is_file()
+    assert (artifacts / "models" / "demo" / "current" / "model.keras").is_file()
+    assert f"promoted to current in {artifacts / 'models' / 'demo'}" in first.stdout  # the models home is printed
 
     second = _run(fruits, artifacts / "fruits", config, tmp_path / "cache")
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "knows other classes (3: blue_dot, green_square, red_dot)" in second.stdout
-    assert f"in {artifacts / 'models'}" in second.stdout  # the models home is printed
-    current = tables.read_json(artifacts / "models" / "current" / "model.json")
-    assert len(current["classes"]) == 4  # the new task's model became current
+    assert "knows other classes" not in second.stdout  # its own models home: the demo's model is not in the way
+    assert f"promoted to current in {artifacts / 'models' / 'fruits'}" in second.stdout
+    assert len(tables.read_json(artifacts / "models" / "fruits" / "current" / "model.json")["classes"]) == 4
+    assert len(tables.read_json(artifacts / "models" / "demo" / "current" / "model.json")["classes"]) == 3
 
     again = _run(fruits, artifacts / "fruits", config, tmp_path / "cache")  # nothing changed: Cached
     assert again.returncode == 0 and "train-fruits: " in again.stderr + again.stdout
     assert "Cached" in again.stdout + again.stderr
+    assert f"unchanged: the current model in {artifacts / 'models' / 'fruits'} is already this one" in again.stdout
+    assert "promoted" not in again.stdout
 
 
 def test_a_failure_inside_the_flow_is_one_line_and_exit_1(demo_dir, tmp_path):

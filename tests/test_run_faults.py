@@ -128,3 +128,104 @@ def test_killed_run_resumes_training_and_explanations_without_loss_or_orphans(de
     before_visualize = report.split('id="visualize"')[0]  # visualize is off in this config
     assert 'id="explanations"' in before_visualize and 'class="missing"' not in before_visualize
     assert not list(out.rglob("*.tmp*"))  # no temp file left by the kills
+
+
+# ---------------------------------------------------------------- `fruitlens explain`: no process outlives it
+
+
+def _in_session(sid: int) -> list[int]:
+    """Every live process of session ``sid`` (a command started with start_new_session: its whole family)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[3]) == sid and fields[0] != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _picture_worker(pid: int) -> int | None:
+    return next((c for c in _children(pid) if "spawn_main" in _cmdline(c)), None)
+
+
+def _explain_command(run: Path, data: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "fruitlens", "explain", "--model", str(run), "--data", str(data), "--split", "train",
+            "--out", str(out), "--method", "lime,gradcam", "--chunk-size", "2", "--num-samples", "300",
+            "--no-adaptive", "--plots", "all"]
+
+
+@pytest.mark.parametrize("moment", ["worker_started", "parts_written"])
+def test_kill_9_of_explain_leaves_no_process_behind(moment, demo_dir, tmp_path):
+    from tests.helpers import tiny_run
+
+    run, out = tiny_run(tmp_path / "run"), tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(_explain_command(run, demo_dir, out), cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    parts = out / "lime.parts"
+    ready = {"worker_started": lambda: _picture_worker(proc.pid) is not None,
+             "parts_written": lambda: parts.is_dir() and len(list(parts.glob("part-*.parquet"))) >= 2}[moment]
+    deadline = time.monotonic() + 300
+    try:
+        while not ready():
+            assert proc.poll() is None, f"explain ended (rc={proc.returncode}) before the moment to kill it"
+            assert time.monotonic() < deadline, "the moment to kill explain never came"
+            time.sleep(0.05)
+        family = _in_session(proc.pid)
+        assert len(family) >= 2, "no helper process to outlive the command: nothing tested"
+        proc.send_signal(signal.SIGKILL)  # the command alone, as the OOM killer would
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 20
+        while _in_session(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = {pid: _cmdline(pid)[:120] for pid in _in_session(proc.pid)}
+        assert not left, f"kill -9 of explain left processes behind: {left}"
+    finally:
+        for pid in _in_session(proc.pid):  # never leave them to the next test
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_killed_picture_process_is_one_line_and_the_rerun_redoes_its_chunks(demo_dir, tmp_path):
+    from tests.helpers import tiny_run
+
+    run, out = tiny_run(tmp_path / "run"), tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = _explain_command(run, demo_dir, out)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    parts = out / "lime.parts"
+    deadline = time.monotonic() + 300
+    try:
+        while not (parts.is_dir() and any(parts.glob("part-*.parquet"))):
+            assert proc.poll() is None and time.monotonic() < deadline, "explain ended before a part was written"
+            time.sleep(0.05)
+        worker = _picture_worker(proc.pid)
+        assert worker is not None
+        os.kill(worker, signal.SIGKILL)  # as the OOM killer would
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 1, err[-2000:]
+    lines = [line for line in err.splitlines() if "picture process died" in line]
+    assert len(lines) == 1 and "Traceback" not in err and "BrokenProcessPool" not in err, err[-2000:]
+    written = len(list(parts.glob("part-*.parquet")))
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-2000:]
+    n = len(list((demo_dir / "Training").rglob("*.jpg")))
+    lime = tables.read_table(out / "lime.parquet")
+    assert lime["image_id"].nunique() == n and f"{written * 2} already done" in again.stdout, again.stdout

@@ -187,3 +187,51 @@ def test_a_full_disk_keeps_the_previous_table_and_says_which_file_in_one_line(mo
     assert len(err) == 1 and "No space left on device" in err[0] and str(out / "images.parquet") in err[0]
     assert (out / "images.parquet").read_bytes() == before
     assert not [p.name for p in out.iterdir() if ".tmp" in p.name]
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _flip_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 400] = os.urandom(400)
+    path.write_bytes(bytes(data))
+
+
+def _epoch_99(path: Path) -> None:
+    state = json.loads(path.read_text())
+    path.write_text(json.dumps({**state, "epoch": 99}))
+
+
+@pytest.mark.parametrize("damage, file, said", [
+    (_truncate, "last.keras", "last.keras does not match the checksum"),
+    (_flip_middle, "last.keras", "last.keras does not match the checksum"),
+    (_flip_middle, "best.keras", "best.keras does not match the checksum"),
+    (lambda p: p.write_text('{"epoch": 1, "hist'), "state.json", "state.json cannot be read"),
+    (_epoch_99, "state.json", "state.json says epoch 99 but its history holds 1 epochs"),
+    (lambda p: p.unlink(), "last.keras", "has state.json but not last.keras"),
+])
+def test_a_damaged_checkpoint_is_said_set_aside_and_training_starts_fresh(one_epoch, demo_dir, tmp_path, caplog,
+                                                                         damage, file, said):
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    damage(run / "checkpoints" / file)
+    with caplog.at_level("WARNING"):
+        result = train_model(demo_dir, run, TrainConfig(epochs=2, **FAST), resume=True)
+    assert said in caplog.text and "starting a fresh run" in caplog.text, caplog.text
+    assert result["resumed_from"] == 0 and result["epochs"] == 2  # trained from scratch, not failed
+    assert (run / "checkpoints" / "set-aside").is_dir()  # kept for a look, never deleted
+    again = train_model(demo_dir, run, TrainConfig(epochs=3, **FAST), resume=True)  # the fresh run's checkpoint
+    assert again["resumed_from"] == 2
+
+
+def test_a_whole_checkpoint_resumes_and_records_checksums(one_epoch, demo_dir, tmp_path):
+    from fruitlens.checkpoints import checksums
+
+    run = tmp_path / "run"
+    shutil.copytree(one_epoch, run)
+    state = json.loads((run / "checkpoints" / "state.json").read_text())
+    assert state["checksums"] == checksums(run / "checkpoints") and "last.keras" in state["checksums"]
+    assert train_model(demo_dir, run, TrainConfig(epochs=2, **FAST), resume=True)["resumed_from"] == 1

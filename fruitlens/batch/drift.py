@@ -1,36 +1,12 @@
-"""Drift runs: the probe set of a run and the explanation drift of two models on it (the measures:
-``fruitlens.explain.drift``)."""
+"""Drift runs: the explanation drift of two models on a run's probe set (the probe rows: ``fruitlens.batch.rows``;
+the measures: ``fruitlens.explain.drift``)."""
 
 from __future__ import annotations
 
 import pandas as pd
 
-from fruitlens.batch.rows import evidence_masks, rows_from_index
+from fruitlens.batch.rows import evidence_masks
 from fruitlens.explain.drift import drift_summary, explanation_drift, write_drift
-
-
-def probe_content(rows) -> list[str]:
-    """What a cache key needs of probe images: ``<image id>:<sha256>`` of each, in order."""
-    return [f"{i}:{s}" for i, s in zip(rows["image_id"], rows["sha256"], strict=True)]
-
-
-def probe_rows(index_dir, split: str, explain_dir, n: int) -> pd.DataFrame:
-    """The probe set: the first ``n`` (by image id) of the images explained in ``explain_dir``, with their
-    index rows (path, label, mask_path, sha256); every usable image of ``split`` when none was explained."""
-    from pathlib import Path
-
-    from fruitlens import tables
-    from fruitlens.layout import ExplainLayout
-
-    rows = rows_from_index(index_dir, split)
-    ids: set[str] = set()
-    for method in ("gradcam", "lime"):
-        path = ExplainLayout(Path(explain_dir)).table(method)
-        if path.is_file():
-            ids |= set(tables.read_table(path)["image_id"].astype(str))
-    if ids:
-        rows = rows[rows["image_id"].astype(str).isin(ids)]
-    return rows.sort_values("image_id", ignore_index=True).head(n)
 
 
 def drift_run(old_source, new_source, rows: pd.DataFrame, out_dir) -> dict:

@@ -21,8 +21,6 @@ has been drawn (``compose_chunk``). One writer at a time per output folder: ``ou
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import json
 import logging
 import multiprocessing
@@ -30,6 +28,7 @@ import os
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +43,10 @@ from fruitlens import tables
 from fruitlens.batch import pictures
 from fruitlens.batch.methods import run_method
 from fruitlens.config import ExplainOptions, to_plain
-from fruitlens.digests import code_digest, text_digest
+from fruitlens.digests import code_digest, file_digest, text_digest
 from fruitlens.layout import FAILED, ExplainLayout
+from fruitlens.lifetime import die_with_parent
+from fruitlens.locks import folder_lock
 from fruitlens.registry import METHODS
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,13 @@ def read_chunk(rows: pd.DataFrame, size: tuple[int, int], fit: str = "resize"
 
     Returns (images, rows read, failures with an ``error`` column).
     """
-    from fruitlens.images import read_rgb
+    from fruitlens.images import read_rgb, read_uint8
     from fruitlens.modelio import fit_photo
 
     images, ok, failed = [], [], []
     for i, path in enumerate(rows["path"]):
         try:
-            images.append(read_rgb(path, size) if fit == "resize" else fit_photo(read_rgb(path), size, fit)[0])
+            images.append(read_rgb(path, size) if fit == "resize" else fit_photo(read_uint8(path), size, fit)[0])
             ok.append(i)
         except ValueError as exc:
             log.warning("skipping %s", exc)
@@ -94,28 +95,51 @@ def read_chunk(rows: pd.DataFrame, size: tuple[int, int], fit: str = "resize"
     return stack, rows.iloc[ok].reset_index(drop=True), pd.DataFrame(failed, columns=["image_id", "path", "error"])
 
 
-def _readable(path: Path) -> bool:
+def checksum_path(part: Path) -> Path:
+    """Where a part's sha256 is recorded when it is written: ``part-<key>.parquet.sha256`` beside it."""
+    return part.with_name(part.name + ".sha256")
+
+
+def _whole(part: Path) -> bool:
+    """Whether ``part`` is the file that was written: its recorded sha256; a part written before checksums
+    were recorded is read in full (every page decoded) and, if whole, gets its checksum now."""
+    record = checksum_path(part)
+    if record.is_file():
+        try:
+            return record.read_text().strip() == file_digest(part)
+        except OSError:
+            return False
     try:
-        pq.read_metadata(path)
-        return True
+        pq.read_table(part)
     except (OSError, pa.ArrowException):
         return False
+    tables.write_bytes(record, file_digest(part).encode())
+    return True
+
+
+def set_part_aside(part: Path) -> Path:
+    """Move a damaged part out of the plan's way (``part-<key>.parquet.damaged``, replacing an older one)."""
+    aside = part.with_name(part.name + ".damaged")
+    os.replace(part, aside)
+    checksum_path(part).unlink(missing_ok=True)
+    return aside
 
 
 def part_state(out: ExplainLayout, method: str, key: str) -> PartState:
-    """``done`` (a readable part, nothing failed), ``retry`` (some image failed last time) or ``missing``.
+    """``done`` (a whole part, nothing failed), ``retry`` (some image failed last time) or ``missing``.
 
-    A part that cannot be read is deleted and counts as missing.
+    A part that is not the file that was written (its checksum, a crash mid-write, bytes changed on disk) is
+    named in a warning, set aside, and counts as missing: its chunk is redone.
     """
     part = out.part(method, key)
     if out.part(FAILED, key).exists():
         return "retry"
     if not part.exists():
         return "missing"
-    if _readable(part):
+    if _whole(part):
         return "done"
-    log.warning("%s cannot be read (a crash while it was written?): redoing its chunk", part)
-    part.unlink()
+    log.warning("%s is damaged (a crash while it was written, or changed on disk): set aside as %s; redoing its "
+                "chunk", part, set_part_aside(part).name)
     return "missing"
 
 
@@ -131,10 +155,21 @@ class Part:
     draw: Callable[[], object]
 
 
+def check_draws(methods: Sequence[str], options: Any, size: tuple[int, int]) -> None:
+    """Refuse, before any work, a method whose draws for one image exceed ``MAX_DRAW_BYTES`` at ``size``
+    (``options``: ExplainOptions or {method: options})."""
+    for method in methods:
+        opts = options[method] if isinstance(options, Mapping) else options.of(method)
+        check = getattr(opts, "check_memory", None)
+        if check is not None:
+            check(tuple(size), method)
+
+
 def compute_part(model, card, chunk: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, method: str,
                  options: Any, key: str, read: tuple[np.ndarray, pd.DataFrame, pd.DataFrame] | None = None) -> Part:
     """The model's work of one method on one chunk (``read``: the chunk as ``read_chunk`` returned it)."""
     out = ExplainLayout(out_dir)
+    check_draws([method], {method: options}, card.image_size)
     if read is None:
         read = read_chunk(pd.DataFrame(list(chunk)), card.image_size, getattr(card, "fit", "resize"))
     images, ok, failed = read
@@ -152,7 +187,10 @@ def no_drawing() -> None:
 def write_part(out_dir: str | os.PathLike, part: Part) -> dict[str, int]:
     """Write a computed part (after its drawing ran) and its failures; the rows and failures written."""
     out = ExplainLayout(out_dir)
-    tables.write_table(part.frame, out.part(part.method, part.key), tables.SCHEMAS[METHODS[part.method].table])
+    path = out.part(part.method, part.key)
+    checksum_path(path).unlink(missing_ok=True)  # no stale checksum is ever paired with a new part
+    tables.write_table(part.frame, path, tables.SCHEMAS[METHODS[part.method].table])
+    tables.write_bytes(checksum_path(path), file_digest(path).encode())
     failed_part = out.part(FAILED, part.key)
     if len(part.failed):
         tables.write_table(part.failed, failed_part, tables.FAILED_SCHEMA)
@@ -200,7 +238,11 @@ def _prune(folder: Path, keep: set[str]) -> int:
         for part in folder.glob("part-*.parquet"):
             if part.name not in keep:
                 part.unlink(missing_ok=True)
+                checksum_path(part).unlink(missing_ok=True)
                 gone += 1
+        for record in folder.glob("part-*.parquet.sha256"):  # a checksum whose part is gone
+            if not record.with_suffix("").exists():
+                record.unlink(missing_ok=True)
     return gone
 
 
@@ -233,22 +275,58 @@ def finish(out_dir: str | os.PathLike, keys: Mapping[str, Sequence[str]]) -> dic
 
 @contextmanager
 def out_lock(out_dir: str | os.PathLike) -> Iterator[Path]:
-    """Hold the output folder for one writer; a second one gets a one-line ValueError instead of waiting."""
+    """Hold the output folder for one writer (``fruitlens.locks``); a second one gets a one-line ValueError.
+
+    Temporary files a killed writer left are removed once the lock is held (none is at work then).
+    """
     out = ExplainLayout(out_dir)
-    out.root.mkdir(parents=True, exist_ok=True)
-    with open(out.lock, "a+") as fh:
+    with folder_lock(out.root):
+        tables.remove_temp_files(out.root, recursive=True)
+        yield out.root
+
+
+def claim_folder(out_dir: str | os.PathLike, model_digest: str) -> list[str]:
+    """Make ``out_dir`` hold one model's explanations: ``model_digest``'s (call it under ``out_lock``).
+
+    A folder whose record names another model (or whose record cannot be read) is started clean: every
+    method's table, parts and PNGs, the side-by-side pictures and the ranking are removed, so that
+    ``faithfulness.parquet`` never ranks two models' methods together. Returns what was removed (empty when
+    nothing was), and logs it as a warning.
+    """
+    import shutil
+
+    from fruitlens.batch.ranking import FAITHFULNESS
+
+    out = ExplainLayout(out_dir)
+    previous: str | None = model_digest
+    if out.model_record.exists():
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise ValueError(f"{out.root}: another fruitlens run is writing explanations here; wait for it to "
-                             "finish or choose another --out") from exc
-        try:
-            tables.remove_temp_files(out.root, recursive=True)  # what a killed writer left; none is at work now
-            yield out.root
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            previous = json.loads(out.model_record.read_text())["model_digest"]
+        except (OSError, ValueError, KeyError, TypeError):
+            previous = None
+    removed: list[str] = []
+    if previous != model_digest:
+        for method in (*METHODS, FAILED, FAITHFULNESS):
+            for path in (out.table(method), out.parts_dir(method), out.pictures_dir(method)):
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                elif path.exists() or path.is_symlink():
+                    path.unlink()
+                else:
+                    continue
+                removed.append(path.name)
+        for path in (out.side_by_side_dir, out.stability):
+            if path.is_dir():
+                shutil.rmtree(path)
+                removed.append(path.name)
+            elif path.exists():
+                path.unlink()
+                removed.append(path.name)
+        if removed:
+            log.warning("%s held the explanations of another model (%s): removed %s and started clean", out.root,
+                        f"digest {previous[:12]}" if previous else "unreadable record", ", ".join(sorted(removed)))
+    tables.write_json(out.model_record, {"model_digest": model_digest})
+    return removed
 
 
 def plan_keys(chunks: Sequence[Sequence[Mapping[str, Any]]], methods: Sequence[str], options: ExplainOptions,
@@ -257,17 +335,27 @@ def plan_keys(chunks: Sequence[Sequence[Mapping[str, Any]]], methods: Sequence[s
     return {m: [part_key(m, options.of(m), model_digest, c, code) for c in chunks] for m in methods}
 
 
+class PictureProcessDied(ChildProcessError):
+    """The picture process ended without a result (killed: by the OOM killer, by hand)."""
+
+
 @contextmanager
 def picture_process() -> Iterator[ProcessPoolExecutor]:
     """One process that draws the PNGs (numpy, PIL, zlib: no TensorFlow in it) while this one runs the model.
 
     Threads could not do it: drawing holds the GIL most of the time, and the model's calls are short. A fresh
     interpreter (spawn, never fork: TensorFlow's threads do not survive a fork) takes about a second to start,
-    which the first chunk's model work hides.
+    which the first chunk's model work hides. It dies with this process (``fruitlens.lifetime``), and its own
+    death is one :class:`PictureProcessDied` line: the chunks it had not drawn have no part, so a rerun redoes them.
     """
-    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=die_with_parent, initargs=(os.getpid(),))
     try:
         yield pool
+    except BrokenProcessPool as exc:
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise PictureProcessDied("the picture process died (killed, or out of memory?); the chunks it had not "
+                                 "drawn were not written: rerun the same command to redo only those") from exc
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise
@@ -296,6 +384,7 @@ def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: 
     Returns:
         Rows written per method in this call, ``failed`` images and ``skipped`` images (already done).
     """
+    check_draws(methods, options, card.image_size)
     totals = {m: 0 for m in methods} | {FAILED: 0, "skipped": 0}
     out = ExplainLayout(out_dir)
     pending: deque[tuple[Future, list[Part], int]] = deque()
@@ -311,6 +400,7 @@ def explain_images(model, card, model_digest: str, rows: pd.DataFrame, out_dir: 
             progress(size)
 
     with out_lock(out.root), picture_process() as painter:
+        claim_folder(out.root, model_digest)
         chunks = plan_chunks(rows, chunk_size)
         keys = plan_keys(chunks, methods, options, model_digest, engine_code())
         for i, chunk in enumerate(chunks):

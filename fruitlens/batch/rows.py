@@ -7,6 +7,7 @@ so chunks do not depend on the order files were listed in.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from fruitlens import tables
 from fruitlens.dataset import (
     IMAGE_SUFFIXES,
     MASK_SUFFIX,
@@ -26,6 +28,9 @@ from fruitlens.dataset import (
     load_index,
 )
 from fruitlens.digests import file_digest
+from fruitlens.layout import ExplainLayout
+
+log = logging.getLogger(__name__)
 
 COLUMNS = ("image_id", "path", "label", "mask_path", "sha256")
 
@@ -116,11 +121,31 @@ def is_photo_folder(folder: Path) -> bool:
     return read_folder_as(folder).kind == "photos"
 
 
-def photos_in(folder: Path) -> list[Path]:
-    """Every image file under ``folder`` (recursively), hidden files and evidence masks left out, sorted."""
-    from fruitlens.images import list_images
+def photos_in(folder: Path, follow_external_links: bool = False) -> list[Path]:
+    """Every image file under ``folder`` (recursively), hidden files and evidence masks left out, sorted.
 
-    return list_images(folder)
+    The dataset root's rule holds here too: a link whose target is outside ``folder`` is reported and never
+    read (unless ``follow_external_links``), and a name that is not UTF-8, a link loop or a broken link is one
+    warning naming the file, never the end of the whole folder.
+    """
+    from fruitlens.dataset import _refusal, printable
+    from fruitlens.images import list_images, regular_file_problem
+
+    folder = Path(folder)
+    root = folder.expanduser().resolve()
+    found = []
+    for path in list_images(folder):
+        refusal = _refusal(str(path.relative_to(folder)), root, follow_external_links)
+        problem = regular_file_problem(path) if refusal is None else None
+        if problem is not None:
+            refusal = problem, {"missing": "a broken link", "unreadable": "a link loop or unreadable",
+                                "not_a_file": "not a regular file"}[problem] + "; not read"
+        if refusal is not None:  # (the index's hint about its own flag does not apply here)
+            log.warning("skipping %s: %s (%s)", printable(str(path)), refusal[1].split(" (fruitlens index")[0],
+                        refusal[0])
+            continue
+        found.append(path)
+    return found
 
 
 def _file_rows(files: Sequence[Path], root: Path | None = None) -> pd.DataFrame:
@@ -156,8 +181,9 @@ def rows_from_inputs(data: Sequence[str | os.PathLike], *, split: str = "test", 
         if reading.kind == "photos":
             files = photos_in(folder)
             if not files:
-                raise DatasetError(f"{folder}: read as photos ({reading.why}) but no image files found under it "
-                                   f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}); rule: {FOLDER_RULE}")
+                raise DatasetError(f"{folder}: read as photos ({reading.why}) but no usable image files under it "
+                                   f"(looked for {', '.join(sorted(IMAGE_SUFFIXES))}; skipped files are named "
+                                   f"above); rule: {FOLDER_RULE}")
             df = _file_rows(files, folder.resolve())
             return df.head(limit) if limit is not None else df
         try:
@@ -208,3 +234,25 @@ def evidence_masks(rows: pd.DataFrame, size: tuple[int, int]) -> dict[int, np.nd
     from fruitlens.synthetic import read_mask
 
     return {i: read_mask(m, size) for i, m in enumerate(rows["mask_path"]) if isinstance(m, str) and os.path.isfile(m)}
+
+
+def probe_content(rows: pd.DataFrame) -> list[str]:
+    """What a cache key needs of probe images: ``<image id>:<sha256>`` of each, in order."""
+    return [f"{i}:{s}" for i, s in zip(rows["image_id"], rows["sha256"], strict=True)]
+
+
+def probe_rows(index_dir: str | os.PathLike, split: str, explain_dir: str | os.PathLike, n: int) -> pd.DataFrame:
+    """The probe set: the first ``n`` (by image id) of the images explained in ``explain_dir``, with their
+    index rows (path, label, mask_path, sha256); every usable image of ``split`` when none was explained.
+
+    Drift and LIME stability work on it, and their cache keys read it: nothing here imports TensorFlow.
+    """
+    rows = rows_from_index(index_dir, split)
+    ids: set[str] = set()
+    for method in ("gradcam", "lime"):
+        path = ExplainLayout(Path(explain_dir)).table(method)
+        if path.is_file():
+            ids |= set(tables.read_table(path)["image_id"].astype(str))
+    if ids:
+        rows = rows[rows["image_id"].astype(str).isin(ids)]
+    return rows.sort_values("image_id", ignore_index=True).head(n)

@@ -34,6 +34,22 @@ def sanity_run(source, rows: pd.DataFrame, methods: Sequence[str], options, out_
     return str(SanityLayout(Path(out_dir)).verdicts)
 
 
+def discard_sanity(out_dir) -> list[str]:
+    """Remove a sanity folder's three files (not the folder, nothing else); the paths removed.
+
+    A nightly that does not run the check this time must not report an earlier night's verdicts, made with
+    another model, as this model's.
+    """
+    from fruitlens.layout import SanityLayout
+
+    removed = []
+    for path in SanityLayout(Path(out_dir)).files:
+        if path.is_file():
+            path.unlink()
+            removed.append(str(path))
+    return removed
+
+
 def read_verdicts(out_dir) -> dict[str, bool]:
     """{method: passed} from a sanity folder's verdicts.json; {} when there is none."""
     from fruitlens import tables
@@ -47,6 +63,6 @@ def read_verdicts(out_dir) -> dict[str, bool]:
 
 def verdict_words(verdicts: Mapping[str, bool]) -> str:
     """``Grad-CAM passes, LIME FAILS`` ("" without verdicts)."""
-    from fruitlens.explain.sanity import method_title
+    from fruitlens.sanity_names import method_title
 
     return ", ".join(f"{method_title(m)} {'passes' if ok else 'FAILS'}" for m, ok in verdicts.items())

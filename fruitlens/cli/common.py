@@ -33,9 +33,43 @@ def check_output_folder(path: Path | None, flag: str = "--out") -> None:
         raise CommandError(f"{flag} {path}: {existing} is not writable; expected a folder you can write to")
 
 
+def check_data_folder(path: Path, flag: str = "--data") -> None:
+    """Refuse, before anything slow is imported, a data folder that does not exist or is not a folder."""
+    if not Path(path).exists():
+        raise CommandError(f"{flag} {path}: no such folder; expected a dataset root")
+    if not Path(path).is_dir():
+        raise CommandError(f"{flag} {path}: not a folder; expected a dataset root")
+
+
+def check_out_apart_from_data(out: Path | None, data, flag: str = "--data") -> None:
+    """Refuse an output folder inside a data folder (the next index would take the PNGs written there as
+    labelled photos) or a data folder inside the output folder (the outputs would be read as data next time).
+
+    ``data``: a path or a list of paths (files are checked by their folder only when they are the folder
+    itself: a photo next to ``--out`` is fine).
+    """
+    if out is None or data is None:
+        return
+    out_abs = Path(out).expanduser().resolve()
+    for item in data if isinstance(data, (list, tuple)) else [data]:
+        path = Path(item).expanduser()
+        if not path.is_dir():
+            continue
+        data_abs = path.resolve()
+        if out_abs == data_abs or data_abs in out_abs.parents:
+            raise CommandError(f"--out {out}: inside {flag} {item}; the outputs would be read as data next time. "
+                               "Expected an output folder outside the data")
+        if out_abs in data_abs.parents:
+            raise CommandError(f"{flag} {item}: inside --out {out}; expected data outside the output folder")
+
+
 def check_shared_flags(args) -> None:
-    """The checks every command's common flags get, wherever they appear: --out and --workers."""
+    """The checks every command's common flags get, wherever they appear: --out (a writable folder apart from
+    the data) and --workers."""
     check_output_folder(getattr(args, "out", None))
+    data_flag = "--data" if hasattr(args, "data") else "FILES"
+    check_out_apart_from_data(getattr(args, "out", None), getattr(args, "data", getattr(args, "files", None)),
+                              data_flag)
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise CommandError(f"--workers {workers}: expected at least 1")
@@ -139,9 +173,15 @@ def add_model_arguments(p) -> None:
 
 def model_source(args):
     """The ``ModelSource`` of --model and its flags (checked by the dataclass)."""
+    from fruitlens.modelfiles import check_classes_file
     from fruitlens.modelio import ModelSource
 
     size = _image_size(args.model_image_size) if args.model_image_size else None
+    if args.classes_file is not None:
+        try:
+            check_classes_file(args.classes_file)  # a FIFO or /dev/zero: one line, before anything is loaded
+        except ValueError as exc:
+            raise CommandError(f"--classes-file {exc}") from exc
     values = {"spec": str(args.model), "classes": _csv(args.classes),
               "classes_file": str(args.classes_file) if args.classes_file else None,
               "image_size": (size, size) if isinstance(size, int) else size, "preprocessing": args.preprocessing,

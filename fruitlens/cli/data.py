@@ -87,24 +87,32 @@ def _cmd_report(args) -> int:
     return 0
 
 
+MAX_PREVIEW_COUNT = 200  # augment-preview: samples in one grid (40 rows of 5)
+SUPERPIXELS_MAX_SIDE = 1024  # superpixels: the working resolution of a larger photo (--max-side)
+
+
 def _add_augment_preview(sub) -> None:
     p = sub.add_parser("augment-preview", help="write a grid of augmented training samples (what the model sees)")
     p.add_argument("--data", type=Path, required=True, help="dataset root, or one image file")
     p.add_argument("--out", type=Path, required=True, help="folder for augment_preview.png")
-    p.add_argument("-n", "--count", type=int, default=20, help="augmented samples (default 20)")
+    p.add_argument("-n", "--count", type=int, default=20,
+                   help=f"augmented samples (default 20, at most {MAX_PREVIEW_COUNT})")
     p.add_argument("--image-size", default="100", help="longest side in pixels (the first image's aspect kept), "
                    "or HxW")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled images and the augmentation")
 
 
 def _cmd_augment_preview(args) -> int:
+    from fruitlens.config import MAX_IMAGE_SIDE
     from fruitlens.images import read_rgb
     from fruitlens.inputs import augment_preview
     from fruitlens.plots import image_grid, save_png
 
-    if args.count < 1:
-        raise CommandError(f"--count {args.count}: expected at least 1")
+    if not 1 <= args.count <= MAX_PREVIEW_COUNT:
+        raise CommandError(f"--count {args.count}: expected 1 to {MAX_PREVIEW_COUNT}")
     size = _image_size(args.image_size)
+    if max((size,) if isinstance(size, int) else size) > MAX_IMAGE_SIDE:
+        raise CommandError(f"--image-size {args.image_size}: expected at most {MAX_IMAGE_SIDE} pixels per side")
     if args.data.is_file():
         paths = [args.data]
     else:
@@ -148,6 +156,9 @@ def _add_superpixels(sub) -> None:
                    "superpixels LIME perturbs at that size (slivers merged) on the photo; default: every superpixel")
     p.add_argument("--fit", choices=("resize", "crop"), default="resize",
                    help="with --size: how the model sees a photo of another aspect")
+    p.add_argument("--max-side", type=int, default=SUPERPIXELS_MAX_SIDE,
+                   help=f"a larger photo is read at this many pixels on its long side (default "
+                   f"{SUPERPIXELS_MAX_SIDE}; memory follows it, not the file)")
     p.add_argument("--seed", type=int, default=0, help="seed of quickshift (the others are deterministic)")
     group = p.add_argument_group("segmenter parameters (each method takes some; others are an error)")
     for name, kind in _SEGMENTER_FLAGS.items():
@@ -172,10 +183,16 @@ def _cmd_superpixels(args) -> int:
         if len(parts) not in (1, 2) or min(parts, default=0) < 1:
             raise CommandError(f"--size {args.size}: expected HEIGHTxWIDTH or one side, e.g. 20x20")
         size = (parts[0], parts[-1])
+    from fruitlens.config import MAX_IMAGE_SIDE
+
+    if size is not None and max(size) > MAX_IMAGE_SIDE:
+        raise CommandError(f"--size {args.size}: expected at most {MAX_IMAGE_SIDE} pixels per side")
+    if not 16 <= args.max_side <= MAX_IMAGE_SIDE:
+        raise CommandError(f"--max-side {args.max_side}: expected 16 to {MAX_IMAGE_SIDE}")
     written, failed = 0, 0
     for path in args.images:
         try:
-            photo = read_rgb(path)
+            photo = read_rgb(path, max_side=args.max_side)  # bounded: never the full 8000x8000 in float32
         except (ValueError, OSError) as exc:
             print(f"skipping {path}: {exc}", file=sys.stderr)
             failed += 1
@@ -191,7 +208,7 @@ def _cmd_superpixels(args) -> int:
 
             y0, x0, y1, x1 = fit_photo(image, size, args.fit)[1]
             seg[y0:y1, x0:x1] = segs.fine
-        factor = max(1, -(-200 // min(seg.shape)))
+        factor = max(1, min(-(-200 // min(seg.shape)), 2048 // max(seg.shape)))  # enlarged, to 2048 at most
         drawn = plots.lime_boundaries(plots.upscale_nearest(image, factor), plots.upscale_nearest(seg, factor))
         out = plots.save_png(drawn, args.out / f"{Path(path).stem}_superpixels.png")
         print(f"{path}: {len(np.unique(seg[seg >= 0]))} superpixels at {image.shape[1]}x{image.shape[0]} -> {out}")

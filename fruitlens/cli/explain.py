@@ -150,13 +150,20 @@ def _settings(items: list[str]) -> dict[str, dict[str, Any]]:
     """``["rise.masks=1000", ...]`` -> {"rise": {"masks": 1000}} (values read as YAML: numbers, null, lists)."""
     import yaml
 
+    from fruitlens.typed import check_value_count, short
+
     out: dict[str, dict[str, Any]] = {}
     for item in items:
         key, sep, value = item.partition("=")
         method, dot, name = key.strip().partition(".")
         if not sep or not dot or not method or not name:
             raise CommandError(f"--set {item}: expected METHOD.FIELD=VALUE, e.g. rise.masks=1000")
-        out.setdefault(method, {})[name] = yaml.safe_load(value)
+        try:
+            loaded = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise CommandError(f"--set {short(item)}: the value is not YAML ({type(exc).__name__})") from exc
+        parsed = check_value_count(loaded, f"--set {key.strip()}")  # an alias bomb: main's one line
+        out.setdefault(method, {})[name] = parsed
     return out
 
 
@@ -188,6 +195,9 @@ def _cmd_explain(args) -> int:
         write_source_card(args.out, card)
     except ValueError as exc:
         print(f"note: {exc}", file=sys.stderr)
+    if totals["failed"] == len(rows):  # not one image explained, now or before: not a success
+        raise CommandError(f"none of the {len(rows)} images could be read (see {args.out}/failed.parquet); "
+                           "nothing explained")
     done = ", ".join(f"{m}: {totals[m]} rows" for m in methods)
     print(f"explained {len(rows) - totals['skipped'] - totals['failed']} images ({done}); "
           f"{totals['skipped']} already done, {totals['failed']} unreadable; wrote {args.out}")

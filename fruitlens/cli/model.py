@@ -13,6 +13,7 @@ from fruitlens.cli.common import (
     add_model_arguments,
     add_read_as_argument,
     build_options,
+    check_data_folder,
     model_source,
 )
 
@@ -21,7 +22,7 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a classifier with checkpoints; writes model.keras, model.json, history")
     p.add_argument("--data", type=Path, required=True, help="dataset root")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--arch", default="seed_cnn", help="seed_cnn, fruit_net, small_convnet, lenet or "
+    p.add_argument("--arch", default="seed_cnn", help="seed_cnn, fruit_net, small_convnet, lenet, photo_resnet or "
                    "transfer:<vgg16|resnet50|mobilenet_v2|xception|inception_v3|efficientnet_b0>")
     p.add_argument("--backbones", default=None, help="comma-separated backbones whose features are concatenated "
                    "(same as --arch transfer:a,b,c)")
@@ -42,14 +43,31 @@ def _add_train(sub) -> None:
                    help="stop after PATIENCE epochs without validation improvement (0: off)")
     p.add_argument("--class-weights", default="none", help="none or balanced (for imbalanced classes)")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to RUN_DIR/logs")
-    p.add_argument("--val-fraction", type=float, default=0.15, help="validation share carved from train "
-                   "when the data has no validation split")
+    p.add_argument("--val-split", "--val-fraction", dest="val_fraction", type=float, default=0.15,
+                   help="validation share carved from train when the data has no validation split, 0 <= v < 1 "
+                   "(0: no holdout, train on every training image and keep the last epoch)")
+    p.add_argument("--optimizer", default="default", help="default (the architecture's), adam, adamw, rmsprop, sgd")
+    p.add_argument("--schedule", default="default", help="learning rate: default (the architecture's), constant, "
+                   "cosine, warmup_cosine")
+    p.add_argument("--warmup-epochs", type=float, default=2.0, help="warm-up of warmup_cosine (at most half the run)")
+    p.add_argument("--weight-decay", type=float, default=0.004, help="AdamW's decoupled weight decay")
+    p.add_argument("--label-smoothing", type=float, default=None, help="0 <= v < 1 (default: 0.1 for "
+                   "photo_resnet, else 0)")
+    p.add_argument("--augment-policy", default=None, help="with --augment: classic (the tutorials' rotations/"
+                   "shifts/shear/zoom/flip) or photo (random resized crop, flip, colour jitter); default: photo "
+                   "for photo_resnet, else classic")
+    p.add_argument("--crop-scale", type=float, default=0.35, help="photo policy: smallest crop, share of the area")
+    p.add_argument("--jitter", type=float, default=0.2, help="photo policy: colour jitter strength (0: off)")
+    p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta alpha (0: off)")
+    p.add_argument("--cutmix", type=float, default=0.0, help="cutmix Beta alpha (0: off)")
+    p.add_argument("--keep", default="best", help="best (the best epoch by --monitor) or last (the last epoch: "
+                   "a fixed-epoch model)")
     p.add_argument("--monitor", default="val_accuracy", help="val_accuracy or val_loss: picks the best epoch")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
 
 
 def _train_config(args):
-    from fruitlens.training import TrainConfig
+    from fruitlens.config import TrainConfig  # no TensorFlow: a bad flag is one line in a fraction of a second
 
     arch = args.arch
     if args.backbones:
@@ -59,21 +77,33 @@ def _train_config(args):
               "seed": args.seed, "weights": args.weights, "mode": args.mode, "alpha": args.alpha,
               "learning_rate": args.learning_rate, "augment": args.augment, "early_stopping": args.early_stopping,
               "class_weights": args.class_weights, "tensorboard": args.tensorboard,
-              "val_fraction": args.val_fraction, "monitor": args.monitor}
-    return build_options(TrainConfig, values, {"early_stopping": "--early-stopping"})
+              "val_fraction": args.val_fraction, "monitor": args.monitor, "keep": args.keep,
+              **{k: getattr(args, k) for k in ("optimizer", "schedule", "warmup_epochs", "weight_decay",
+                                               "label_smoothing", "augment_policy", "crop_scale", "jitter",
+                                               "mixup", "cutmix")}}
+    return build_options(TrainConfig, values, {"early_stopping": "--early-stopping", "val_fraction": "--val-split"})
 
 
 def _cmd_train(args) -> int:
+    from fruitlens.locks import folder_lock
+
+    check_data_folder(args.data)  # paths and flags before TensorFlow is imported (seconds)
+    config = _train_config(args)
     from fruitlens.training import train_model
 
-    config = _train_config(args)
     # a progress bar on a terminal; one line per epoch in a log or pipe (a bar there is one endless line)
     verbose = 1 if sys.stdout.isatty() else 2
-    result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
+    with folder_lock(args.out):  # a second train into the same folder is refused, not the last writer wins
+        result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
+    m, v = result.metrics, result.validation
     start = f"resumed after epoch {result.resumed_from}, " if result.resumed_from else ""
-    print(f"trained {config.arch} on {result.counts['train']} images ({len(result.classes)} classes): "
-          f"{start}{result.epochs} epochs, best epoch {result.best_epoch} "
-          f"val_accuracy {result.metrics.get('val_accuracy', float('nan')):.4f}; {result.seconds:.1f}s")
+    kept = (f"best epoch {result.best_epoch} val_accuracy {m['val_accuracy']:.4f}"
+            if v["keep"] == "best" and "val_accuracy" in m else
+            f"kept the last epoch ({result.best_epoch})" + (f", val_accuracy {m['val_accuracy']:.4f}"
+                                                            if "val_accuracy" in m else ""))
+    print(f"trained {config.arch} on {result.counts['train']} images ({len(result.classes)} classes), "
+          f"{v['held_out']} held out for validation: {start}{result.epochs} epochs, {kept}; "
+          f"{result.seconds:.1f}s")
     print(f"wrote {result.model_path}, model.json, history.parquet, curves.png, checkpoints/")
     return 0
 
@@ -85,15 +115,26 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", type=Path, required=True,
                    help="folder for predictions.parquet, metrics.json, the confusion and mistakes PNGs")
     p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
+    p.add_argument("--tta", default="none", help="test-time augmentation: none or flip (the mean of each image's "
+                   "and its mirror's probabilities)")
     add_model_arguments(p)
 
 
 def _cmd_evaluate(args) -> int:
-    from fruitlens.inference import evaluate_run
+    from fruitlens.locks import folder_lock
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
-    metrics = evaluate_run(model_source(args), args.data, args.out, split=args.split, top_k_count=args.top_k)
+    if args.tta not in ("none", "flip"):
+        raise CommandError(f"--tta {args.tta!r}: expected none or flip")
+    check_data_folder(args.data)
+    if not Path(args.model).exists() and not str(args.model).startswith("imagenet:"):
+        raise CommandError(f"--model {args.model}: no such file or folder; expected a run folder or a model file")
+    source = model_source(args)
+    from fruitlens.inference import evaluate_run
+
+    with folder_lock(args.out):
+        metrics = evaluate_run(source, args.data, args.out, split=args.split, top_k_count=args.top_k, tta=args.tta)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images; macro F1 "
           f"{metrics['macro']['f1-score']:.4f}; {metrics['unreadable']} unreadable, "
           f"{metrics['unknown_label']} with a label the model does not know")
@@ -117,11 +158,14 @@ def _cmd_predict(args) -> int:
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    source = model_source(args)  # a bad flag: one line before any folder is read or written
     files, labels = files_and_labels(args.files, args.read_as)
     if not files:
         raise CommandError(f"{' '.join(map(str, args.files))}: no image files found (rule: {FOLDER_RULE})")
-    with Progress(0, "annotated") as bar:
-        table = predict_files(model_source(args), files, args.out, top_k_count=args.top_k, labels=labels,
+    from fruitlens.locks import folder_lock
+
+    with folder_lock(args.out), Progress(0, "annotated") as bar:
+        table = predict_files(source, files, args.out, top_k_count=args.top_k, labels=labels,
                               progress=bar.advance_to)
     for row in table.itertuples():
         if row.error:

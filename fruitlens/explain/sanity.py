@@ -27,13 +27,13 @@ import numpy as np
 import pandas as pd
 
 from fruitlens.explain.keras_graph import CONV_TYPES, LayerRef, find_layer, walk_layers
+from fruitlens.sanity_names import DEFAULT_METHODS, method_title  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
 HeatmapExplainer = Callable[[keras.Model, np.ndarray, np.ndarray], np.ndarray]
 """(model, images (N, H, W, 3) in [0, 1], targets (N,) class ids) -> (N, H, W) heatmaps."""
 
-DEFAULT_METHODS = ("gradcam", "gradcam++", "lime")  # any of fruitlens.registry.method_names() can be checked
 TOP_K = 5  # LIME: superpixels compared by overlap
 
 
@@ -349,15 +349,6 @@ def edge_detector(model: keras.Model, images: np.ndarray, targets: np.ndarray) -
 
 
 # ------------------------------------------------------------------------------------ figure and files
-
-EXTRA_TITLES = {"edges": "edge detector"}  # the built-in baseline; the methods' titles: fruitlens.registry.title
-
-
-def method_title(name: str) -> str:
-    """What the figure, the command and the report call a checked method."""
-    from fruitlens.registry import title
-
-    return EXTRA_TITLES.get(name) or title(name)
 
 
 def cascade_figure(result: SanityResult, images: np.ndarray, *, shown: Sequence[int] = (0, 1),

@@ -16,7 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from fruitlens.segmenter_params import DEFAULTS, METHODS, Method, resolve_params  # noqa: F401 - part of this API
+from fruitlens.segmenter_params import (  # noqa: F401 - part of this API
+    DEFAULTS,
+    METHODS,
+    PARAM_LIMITS,
+    Method,
+    resolve_params,
+)
 
 
 @dataclass(frozen=True)

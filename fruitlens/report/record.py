@@ -119,8 +119,36 @@ def _best_epoch_words(card: dict | None) -> str:
     return words + (f" ({', '.join(scores)})" if scores else "")
 
 
+def holdout_paragraph(card: dict | None) -> str:
+    """What was held out for validation and why, from the card (``config.validation``); a warning when the
+    validation split was empty or tiny. Cards written before this was recorded get the counts only."""
+    config = (card or {}).get("config") or {}
+    v = config.get("validation")
+    if not isinstance(v, dict):
+        counts = config.get("counts") or {}
+        if not isinstance(counts.get("val"), (int, float)):
+            return ""
+        n_val = int(counts["val"])
+        return (f"<p>Validation: {n_val:,} images held out (the model card does not say where they came from).</p>"
+                if n_val else "<p class=\"missing\">Warning: no validation images; the model card does not say "
+                "which epoch was kept.</p>")
+    n_val, n_train = int(v.get("held_out", 0)), int(v.get("trained_on", 0))
+    kept = ("the last epoch was kept" if v.get("keep") == "last" else "the best epoch was kept")
+    if n_val:
+        words = (f"Validation: {n_val:,} images held out ({esc(v.get('source', ''))}), not trained on; "
+                 f"they {esc(v.get('why', ''))}; {kept}. Trained on {n_train:,} images.")
+    else:
+        words = (f"Validation: nothing held out ({esc(v.get('source', ''))}); trained on all {n_train:,} "
+                 f"training images; {kept}.")
+    out = f"<p>{words}</p>"
+    if v.get("warning"):
+        out += f"<p class=\"missing\">Warning: {esc(v['warning'])}.</p>"
+    return out
+
+
 def section_training(data: ReportData, opts: ReportOptions) -> str:
     parts = []
+    holdout = holdout_paragraph(data.card)
     curves = data.layout.curves
     h = data.history
     if curves.is_file():
@@ -139,6 +167,7 @@ def section_training(data: ReportData, opts: ReportOptions) -> str:
         if "accuracy" in h and pd.notna(last.get("accuracy")):
             words.append(f"final training accuracy {pct(last['accuracy'])}")
         parts.append(f"<p>{'; '.join(esc(w) for w in words)}.</p>")
+    parts.append(holdout)
     parts.append(details("History table", table(h)))
     return "".join(parts)
 
@@ -249,7 +278,9 @@ def _timings(rj: dict) -> str:
     raw = rj.get("timings")
     steps = [(str(k), float(v)) for k, v in raw.items() if isinstance(v, (int, float))] if isinstance(raw, dict) else []
     total = rj.get("total_seconds")
-    parts = ["<h3>Timings of each step</h3>"]
+    parts = ["<h3>Timings of each step</h3>",
+             "<p class=\"note\">Of the run that built this report. A later run that changes nothing (every step "
+             "cached) leaves the report as it is; its own timings are in <code>run.json</code>.</p>"]
     if not steps:
         parts.append("<p class=\"missing\">run.json records no step timings (<code>timings</code>).</p>")
     else:
