@@ -97,6 +97,7 @@ def test_class_evidence_per_class_and_group(models, tmp_path):
 
 def test_lime_stability_under_two_seeds(models):
     from fruitlens.batch.stability import STABILITY_SCHEMA, lime_stability, stability_line
+    from fruitlens.card import ModelCard
     from fruitlens.config import LimeOptions
     from fruitlens.synthetic import CLASSES
 
@@ -104,8 +105,9 @@ def test_lime_stability_under_two_seeds(models):
     images, rows, _ = _probe(standard)
     images, rows = images[:3], rows.head(3)
     fixed = LimeOptions(num_samples=40, adaptive=False)
-    few = lime_stability(old, images, rows, CLASSES, fixed, (0, 1))
-    same = lime_stability(old, images, rows, CLASSES, fixed, (0, 0))
+    card = ModelCard(classes=tuple(CLASSES), image_size=(32, 32), arch="test")
+    few = lime_stability(old, images, rows, card, fixed, (0, 1))
+    same = lime_stability(old, images, rows, card, fixed, (0, 0))
     assert list(few.columns) == STABILITY_SCHEMA.names and len(few) == 3
     np.testing.assert_allclose(same["top_k_overlap"], 1.0)  # the same seed twice: the same explanation
     np.testing.assert_allclose(same["rank_correlation"], 1.0)
@@ -114,22 +116,25 @@ def test_lime_stability_under_two_seeds(models):
     assert "the same 3 images under two seeds" in stability_line(few)
 
 
-def test_lime_stability_measures_the_runs_own_adaptive_lime(models):
-    """The first seed's explanation is the one the batch run writes (same image seeds, same options: adaptive
-    stops below the budget), and the sentence names those options."""
-    from fruitlens.batch.methods import image_seed
+def test_lime_stability_measures_the_runs_own_adaptive_lime(models, tmp_path):
+    """The first seed's explanation is the one the batch run writes (same image seeds, same superpixels, same
+    options: adaptive stops below the budget), and the sentence names those options."""
+    from fruitlens.batch.methods import run_method
     from fruitlens.batch.stability import lime_stability, stability_line
+    from fruitlens.card import ModelCard
     from fruitlens.config import LimeOptions
-    from fruitlens.registry import METHODS
+    from fruitlens.layout import ExplainLayout
     from fruitlens.synthetic import CLASSES
 
     standard, _, old, _ = models
     images, rows, _ = _probe(standard)
     images, rows = images[:3], rows.head(3)
     options = LimeOptions(num_samples=600, round_size=64, min_samples=128, seed=4)  # adaptive by default
-    table = lime_stability(old, images, rows, CLASSES, options)
-    run = METHODS["lime"].build(old, options).explain(images, seeds=[image_seed(4, i) for i in rows["image_id"]])
-    assert list(table["samples_a"]) == [e.num_samples for e in run]
+    card = ModelCard(classes=tuple(CLASSES), image_size=(32, 32), arch="test")
+    table = lime_stability(old, images, rows, card, options)
+    frame, _ = run_method("lime", old, card, images, rows, options, ExplainLayout(tmp_path))  # lime.parquet's rows
+    written = frame.groupby("image_id", sort=False)["num_samples"].first()
+    assert list(table["samples_a"]) == [written[str(i)] for i in rows["image_id"]]
     assert (table["samples_a"] < 600).all() and (table["samples_b"] < 600).all()  # adaptive: stopped early
     assert list(table["seed_a"]) == [4] * 3 and list(table["seed_b"]) == [5] * 3
     line = stability_line(table)

@@ -1,17 +1,16 @@
 """How far to trust a LIME picture at the run's options: the same images explained under two seeds.
 
 The explainer is the run's own (``LimeExplainer.from_options`` with the run's ``LimeOptions``: adaptive,
-design, control variate and all), so the first seed's explanation of an image is the one in ``lime.parquet``
-(the same image seed, the same superpixels). The second seed keeps those superpixels and the class (the
-first seed's top one) and draws other rows. Per image: the share of the top-5 superpixels both seeds agree
-on, the rank correlation of all superpixel weights, and the rows each seed used. Written as the
-``stability`` table (``RUN/explain/stability.parquet``) and summed up in one line of the report, which says
-which options it measured.
+design, control variate and all) and the superpixels are the batch run's (``batch.methods.lime_segments``: the
+photo segmented at its working size, mapped to the model's input), so the first seed's explanation of an image
+is the one in ``lime.parquet`` (the same image seed, the same superpixels). The second seed keeps those
+superpixels and the class (the first seed's top one) and draws other rows. Per image: the share of the top-5
+superpixels both seeds agree on, the rank correlation of all superpixel weights, and the rows each seed used.
+Written as the ``stability`` table (``RUN/explain/stability.parquet``) and summed up in one line of the report,
+which says which options it measured.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,20 +28,33 @@ STABILITY_SCHEMA = pa.schema([
 ])
 
 
-def lime_stability(model, images: np.ndarray, rows: pd.DataFrame, class_names: Sequence[str], options,
-                   seeds: tuple[int, int] | None = None) -> pd.DataFrame:
-    """The ``stability`` rows of ``images`` under the LIME ``options`` (``LimeOptions``) with two seeds
-    (default: the options' seed and the next one); image i is seeded by its image id as in batch runs."""
-    from fruitlens.batch.methods import image_seed
+def explain_twice(model, images: np.ndarray, rows: pd.DataFrame, card, options,
+                  seeds: tuple[int, int]) -> tuple[list, list]:
+    """LIME explanations of ``images`` under ``seeds[0]`` (as ``lime.parquet``'s, when it is the options' seed)
+    and ``seeds[1]`` (the first's top class, the same superpixels); image i is seeded by its image id."""
+    from fruitlens.batch.methods import image_seed, lime_segments
+    from fruitlens.explain.segmentation import make_segmenter
     from fruitlens.registry import METHODS
 
-    seeds = (options.seed, options.seed + 1) if seeds is None else seeds
     ids = [str(i) for i in rows["image_id"]]
     explainer = METHODS["lime"].build(model, options)
     seeds_a, seeds_b = ([image_seed(s, i) for i in ids] for s in seeds)
-    segments = explainer.segment(images, seeds_a)
+    segmenter = make_segmenter(options.segmenter, **options.segmenter_params)
+    segments = np.stack([s.coarse for s in lime_segments(images, rows, card, segmenter, options.seed)])
     a = explainer.explain(images, seeds=seeds_a, segments=segments)
     b = explainer.explain(images, [e.labels[0] for e in a], seeds=seeds_b, segments=segments)
+    return a, b
+
+
+def lime_stability(model, images: np.ndarray, rows: pd.DataFrame, card, options,
+                   seeds: tuple[int, int] | None = None) -> pd.DataFrame:
+    """The ``stability`` rows of ``images`` (read from ``rows``' files at the input size and fit of ``card``,
+    a ``ModelCard``) under the LIME ``options`` (``LimeOptions``) with two seeds (default: the options' seed and
+    the next one), segmented as the batch run segments them."""
+    seeds = (options.seed, options.seed + 1) if seeds is None else seeds
+    ids = [str(i) for i in rows["image_id"]]
+    a, b = explain_twice(model, images, rows, card, options, seeds)
+    class_names = list(card.classes)
     overlap, rank = [], []
     for ea, eb in zip(a, b, strict=True):
         wa, wb = ea.weights[ea.labels[0]], eb.weights[ea.labels[0]]
@@ -79,6 +91,6 @@ def stability_run(source, rows: pd.DataFrame, options, out_path) -> str:
 
     model, card = source.load()
     images, rows, _ = read_chunk(rows, card.image_size, card.fit)
-    table = lime_stability(model, images, rows, list(card.classes), options) \
+    table = lime_stability(model, images, rows, card, options) \
         if len(rows) else STABILITY_SCHEMA.empty_table().to_pandas()
     return str(tables.write_table(table, out_path, STABILITY_SCHEMA))
