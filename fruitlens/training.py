@@ -37,7 +37,13 @@ import numpy as np
 import pandas as pd
 
 from fruitlens import tables
-from fruitlens.checkpoints import STATE_FILE, checksums, resumable_state
+from fruitlens.checkpoints import (
+    STATE_FILE,
+    make_checkpointer,
+    make_early_stopping,
+    resumable_state,
+    seed_variables,
+)
 from fruitlens.config import MAX_IMAGE_SIDE  # noqa: F401 - re-exported
 from fruitlens.inputs import AugmentConfig
 
@@ -46,10 +52,6 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 # Keys that may change between a killed run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "memory_limit"}
-# Largest image side. Every model here is made for 20-299 px inputs (the Keras backbones' native sizes
-# are 224-299); one 1024x1024 RGB image is 3 MiB of uint8 pixels and ~1 GiB of float32 activations in a
-# VGG16, so anything larger is a typo (a 100000 px side asks for a 4.9 TiB decode of 170k images).
-
 
 
 class ResumeError(ValueError):
@@ -58,79 +60,6 @@ class ResumeError(ValueError):
 
 # TrainConfig lives with every other option in fruitlens.config (re-exported here).
 from fruitlens.config import TrainConfig  # noqa: E402,F401
-
-# ------------------------------------------------------------------------------------------ callbacks
-
-
-def _float(value) -> float:
-    try:
-        return float(np.asarray(value))
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _seed_variables(*objs) -> list:
-    """The random-number states of dropout/augmentation layers (Keras does not save them with a model)."""
-    return [v for obj in objs if obj is not None for v in obj.variables if v.path.endswith("seed_generator_state")]
-
-
-def _make_checkpointer(ckpt_dir: Path, state: dict, monitor: str, seed_vars=(), on_epoch=None):
-    import keras
-
-    class Checkpointer(keras.callbacks.Callback):
-        """Per epoch: history row, best.keras (if improved), last.keras, then state.json; all atomic."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            row = {"epoch": epoch + 1, "loss": _float(logs.get("loss")), "accuracy": _float(logs.get("accuracy")),
-                   "val_loss": _float(logs.get("val_loss", np.nan)),
-                   "val_accuracy": _float(logs.get("val_accuracy", np.nan)),
-                   "learning_rate": _float(self.model.optimizer.learning_rate),
-                   "seconds": time.perf_counter() - self._start}
-            state["history"] = [h for h in state["history"] if h["epoch"] < row["epoch"]] + [row]
-            value = _float(logs.get(monitor, np.nan))
-            sign = -1.0 if monitor.endswith("loss") else 1.0
-            # accuracy ties (common once it saturates) go to the lower loss of the same split
-            tie_key = monitor.replace("accuracy", "loss") if monitor.endswith("accuracy") else None
-            tie = _float(logs.get(tie_key, np.nan)) if tie_key else np.nan
-            best, best_tie = state.get("best"), state.get("best_tiebreak")
-            better = best is None or sign * value > sign * best or (
-                value == best and not math.isnan(tie) and best_tie is not None and tie < best_tie)
-            if not math.isnan(value) and better:
-                state.update(best=value, best_epoch=row["epoch"], best_tiebreak=None if math.isnan(tie) else tie)
-                with tables.atomic_path(ckpt_dir / "best.keras") as tmp:
-                    self.model.save(tmp)
-            with tables.atomic_path(ckpt_dir / "last.keras") as tmp:
-                self.model.save(tmp)
-            state["checksums"] = checksums(ckpt_dir)  # what a resume verifies (fruitlens.checkpoints)
-            state["epoch"] = row["epoch"]
-            state["seed_states"] = [np.asarray(v).tolist() for v in seed_vars]
-            stopper = state.get("_stopper")
-            if stopper is not None:
-                state["early_stopping"] = {"wait": int(stopper.wait), "best": _float(stopper.best)}
-            state["stopped_early"] = bool(self.model.stop_training)
-            tables.write_json(ckpt_dir / STATE_FILE, {k: v for k, v in state.items() if not k.startswith("_")})
-            if on_epoch is not None:
-                on_epoch(row)
-
-    return Checkpointer()
-
-
-def _make_early_stopping(monitor: str, patience: int, restored: dict | None):
-    import keras
-
-    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            if restored:
-                self.wait = int(restored["wait"])
-                self.best = float(restored["best"])
-
-    return ResumableEarlyStopping(monitor=monitor, patience=patience, mode="auto")
-
 
 # ------------------------------------------------------------------------------------------- the data
 
@@ -353,13 +282,13 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
     run = Path(run_dir)
     ckpt, saved = _checks(run, config, resume)
     data = prepare_data(data_dir, run, config, workers=workers)
+    state = _initial_state(config, data, saved, ckpt)  # a resume on other data: refused before any warning
     holdout = holdout_record(data, config)
     if holdout["warning"]:
         log.warning("%s", holdout["warning"])
-    state = _initial_state(config, data, saved, ckpt)
     trainee = _build(config, data, state, run, ckpt, resumed=saved is not None)
     monitor = config.monitor if data.val is not None else config.monitor.replace("val_", "")
-    seed_vars = _seed_variables(trainee.model, trainee.augmenter)
+    seed_vars = seed_variables(trainee.model, trainee.augmenter)
     if saved is not None and len(state.get("seed_states") or []) == len(seed_vars):
         for var, value in zip(seed_vars, state["seed_states"], strict=True):  # same dropout/augment noise
             var.assign(np.asarray(value, dtype=var.dtype))
@@ -450,10 +379,10 @@ def _callbacks(config: TrainConfig, run: Path, ckpt: Path, state: dict, monitor:
 
     cbs: list = []
     if config.early_stopping:
-        stopper = _make_early_stopping(monitor, config.early_stopping, state.get("early_stopping"))
+        stopper = make_early_stopping(monitor, config.early_stopping, state.get("early_stopping"))
         state["_stopper"] = stopper
         cbs.append(stopper)
-    cbs.append(_make_checkpointer(ckpt, state, monitor, seed_vars))
+    cbs.append(make_checkpointer(ckpt, state, monitor, seed_vars))
     if config.tensorboard:
         import importlib.util
 

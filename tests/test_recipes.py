@@ -165,8 +165,9 @@ def test_bad_recipe_values_are_one_line_naming_the_option(demo_dir, tmp_path, ca
 
 
 def test_bad_tta_is_one_line(tmp_path, capsys):
-    assert main(["evaluate", "--model", str(tmp_path), "--data", str(tmp_path), "--out", str(tmp_path / "e"),
-                 "--tta", "rotate"]) == 2
+    (tmp_path / "data").mkdir()
+    assert main(["evaluate", "--model", str(tmp_path), "--data", str(tmp_path / "data"), "--out",
+                 str(tmp_path / "e"), "--tta", "rotate"]) == 2
     err = capsys.readouterr().err
     assert "--tta 'rotate': expected none or flip" in err and err.count("\n") == 1
     with pytest.raises(ValueError, match="tta 'rotate'"):

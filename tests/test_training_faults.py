@@ -221,10 +221,10 @@ def test_a_damaged_checkpoint_is_said_set_aside_and_training_starts_fresh(one_ep
     with caplog.at_level("WARNING"):
         result = train_model(demo_dir, run, TrainConfig(epochs=2, **FAST), resume=True)
     assert said in caplog.text and "starting a fresh run" in caplog.text, caplog.text
-    assert result["resumed_from"] == 0 and result["epochs"] == 2  # trained from scratch, not failed
+    assert result.resumed_from == 0 and result.epochs == 2  # trained from scratch, not failed
     assert (run / "checkpoints" / "set-aside").is_dir()  # kept for a look, never deleted
     again = train_model(demo_dir, run, TrainConfig(epochs=3, **FAST), resume=True)  # the fresh run's checkpoint
-    assert again["resumed_from"] == 2
+    assert again.resumed_from == 2
 
 
 def test_a_whole_checkpoint_resumes_and_records_checksums(one_epoch, demo_dir, tmp_path):
@@ -234,4 +234,4 @@ def test_a_whole_checkpoint_resumes_and_records_checksums(one_epoch, demo_dir, t
     shutil.copytree(one_epoch, run)
     state = json.loads((run / "checkpoints" / "state.json").read_text())
     assert state["checksums"] == checksums(run / "checkpoints") and "last.keras" in state["checksums"]
-    assert train_model(demo_dir, run, TrainConfig(epochs=2, **FAST), resume=True)["resumed_from"] == 1
+    assert train_model(demo_dir, run, TrainConfig(epochs=2, **FAST), resume=True).resumed_from == 1
