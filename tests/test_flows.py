@@ -618,5 +618,5 @@ def test_table_artifacts_escape_class_names_that_hold_markup(monkeypatch):
     hostile = "<img src=x onerror=alert(1)>"
     records = artifacts._records(pd.DataFrame({"class": [hostile, "red_dot"], "f1": [0.5, None]}))
     assert records == [{"class": "&lt;img src=x onerror=alert(1)&gt;", "f1": 0.5}, {"class": "red_dot", "f1": None}]
-    artifacts.publish_comparison([{"model": hostile, "accuracy": 1.0}], promoted=False)
+    artifacts.publish_comparison([{"model": hostile, "accuracy": 1.0}], "kept")
     assert "<" not in str(seen[0])
