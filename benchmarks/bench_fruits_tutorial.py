@@ -123,10 +123,10 @@ def bench_fruitlens(epochs: int, seed: int, work: Path, val_fraction: float) -> 
     result = train_model(FRUITS360, run, config, workers=2)
     train_seconds = time.perf_counter() - start
     metrics = evaluate_run(run, FRUITS360, run / "eval")
-    v = result["validation"]
+    v = result.validation
     return {"test_accuracy": round(float(metrics["accuracy"]), 4), "trained_on": v["trained_on"],
             "held_out": v["held_out"], "epoch_kept": v["kept_epoch"],
-            "val_accuracy": round(result["metrics"]["val_accuracy"], 4) if "val_accuracy" in result["metrics"]
+            "val_accuracy": round(result.metrics["val_accuracy"], 4) if "val_accuracy" in result.metrics
             else None, "train_minutes": round(train_seconds / 60, 2), "load_before": load,
             "load_after": _load_avg()}
 

@@ -279,13 +279,13 @@ def main() -> None:
     import pandas as pd
     from PIL import Image
 
-    from fruitlens.batch.methods import run_cam
+    from fruitlens.batch.methods import run_method
     from fruitlens.config import CamOptions
     from fruitlens.layout import ExplainLayout
     from fruitlens.runs import ModelCard
 
     def explain_chunk(model, card, images, rows, out):
-        frame, draw = run_cam(model, card, images, rows, CamOptions(), ExplainLayout(out))
+        frame, draw = run_method("gradcam", model, card, images, rows, CamOptions(), ExplainLayout(out))
         draw()
         return frame
 

@@ -138,9 +138,9 @@ def bench_fruitlens(epochs: int, work: Path, arch: str = "seed_cnn", size: int =
     metrics = evaluate_run(run, FRUITS360, run / "eval")
     seconds = read_table(run / "history.parquet")["seconds"].tolist()
     out = _summary(seconds, metrics["accuracy"], wall, epochs)
-    out.update(best_epoch=result["best_epoch"], val_accuracy=round(result["metrics"]["val_accuracy"], 4),
+    out.update(best_epoch=result.best_epoch, val_accuracy=round(result.metrics["val_accuracy"], 4),
                setup_seconds=round(wall - sum(seconds), 2), macro_f1=round(metrics["macro"]["f1-score"], 4),
-               timings={k: round(v, 2) for k, v in result["timings"].items()})
+               timings={k: round(v, 2) for k, v in result.timings.items()})
     return out
 
 
@@ -166,9 +166,9 @@ def bench_resume(epochs: int, work: Path, reference: dict | None) -> dict:
     result = _fruitlens_run(run, config, resume=True)
     history = read_table(run / "history.parquet")
     metrics = evaluate_run(run, FRUITS360, run / "eval")
-    out = {"killed_after_epoch": epochs // 2, "resumed_from": result["resumed_from"],
+    out = {"killed_after_epoch": epochs // 2, "resumed_from": result.resumed_from,
            "history_epochs": history["epoch"].tolist(), "test_accuracy": round(metrics["accuracy"], 4),
-           "val_accuracy": round(result["metrics"]["val_accuracy"], 4)}
+           "val_accuracy": round(result.metrics["val_accuracy"], 4)}
     if reference:
         ref_hist = read_table(work / f"seed_cnn_{SIZE}" / "history.parquet")
         out["uninterrupted_test_accuracy"] = reference["test_accuracy"]

@@ -22,10 +22,22 @@ import json
 import os
 import typing
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from fruitlens.archs import (  # noqa: F401 - part of this API
+    ARCH_NAMES,
+    AUGMENT_POLICIES,
+    BACKBONE_NAMES,
+    MODES,
+    OPTIMIZERS,
+    SCHEDULES,
+    TrainMode,
+    parse_arch,
+)
+from fruitlens.augment import AugmentConfig
+from fruitlens.errors import OptionError
 from fruitlens.lime_options import (  # noqa: F401 - LIME's options are part of this API
     HIDE_COLORS,
     LIME_PLOT_KINDS,
@@ -39,6 +51,8 @@ from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' opti
     FAITHFULNESS_STEPS,
     PALETTE,
     Baseline,
+    CamOptions,
+    CamVariant,
     HeatmapOptions,
     IntegratedGradientsOptions,
     LayerCamOptions,
@@ -48,13 +62,14 @@ from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' opti
     ScoreCamOptions,
     SmoothGradOptions,
 )
+from fruitlens.registry import METHODS as REGISTRY
+from fruitlens.sizes import DEFAULT_MEMORY_LIMIT, MAX_IMAGE_SIDE, as_size  # noqa: F401 - part of this API
 from fruitlens.typed import build, check, check_value_count, short, to_plain  # noqa: F401 - API
 
 Split = Literal["train", "val", "test"]
 Selection = Literal["report", "first"]
 TaskRunnerName = Literal["thread", "dask"]
 PromoteMetric = Literal["accuracy", "macro_f1"]
-CamVariant = Literal["gradcam", "gradcam++", "cam"]
 
 CHUNK_SIZE = 16  # images per explanation chunk: one task, one Parquet part, the unit of resume
 # Small enough that `fruitlens demo` runs in a few minutes on two cores, and leaves the demo's fruit_net a few
@@ -65,41 +80,20 @@ DEMO_TRAIN: dict[str, Any] = {"arch": "fruit_net", "image_size": 32, "epochs": 5
 # ------------------------------------------------------------------------------------ explanation methods
 
 
-@dataclass(frozen=True)
-class CamOptions(HeatmapOptions):
-    """Grad-CAM (and its variants) in batch runs: the fields of every heatmap method, plus these two.
-
-    ``variant``: gradcam, gradcam++ or cam. ``layer``: conv layer name or path (``backbone/block5_conv3``), null
-    for the last conv layer.
-    """
-
-    variant: CamVariant = "gradcam"
-    layer: str | None = None
-
-    def checks(self) -> list[tuple]:
-        return [(self.variant in get_args(CamVariant), "variant", self.variant,
-                 "one of " + ", ".join(get_args(CamVariant)))]
+def _of(self, method: str):
+    """The options of ``method`` (a name in ``METHODS``)."""
+    return getattr(self, method)
 
 
-@dataclass(frozen=True)
-class ExplainOptions:
-    """The options of each explanation method, by method name."""
+#: The options of each explanation method, by method name: one field per ``fruitlens.registry.METHODS`` entry,
+#: its type the method's options class, its default that class's defaults.
+ExplainOptions = make_dataclass(
+    "ExplainOptions", [(name, spec.options, field(default_factory=spec.options)) for name, spec in REGISTRY.items()],
+    frozen=True, namespace={"of": _of, "__doc__": "The options of each explanation method, by method name "
+                            "(one field per method of ``fruitlens.registry.METHODS``)."})
+ExplainOptions.__module__ = __name__  # pickles by name, as a class written out here would
 
-    lime: LimeOptions = field(default_factory=LimeOptions)
-    gradcam: CamOptions = field(default_factory=CamOptions)
-    layercam: LayerCamOptions = field(default_factory=LayerCamOptions)
-    scorecam: ScoreCamOptions = field(default_factory=ScoreCamOptions)
-    saliency: SaliencyOptions = field(default_factory=SaliencyOptions)
-    smoothgrad: SmoothGradOptions = field(default_factory=SmoothGradOptions)
-    integrated_gradients: IntegratedGradientsOptions = field(default_factory=IntegratedGradientsOptions)
-    occlusion: OcclusionOptions = field(default_factory=OcclusionOptions)
-    rise: RiseOptions = field(default_factory=RiseOptions)
-
-    def of(self, method: str) -> LimeOptions | CamOptions | HeatmapOptions:
-        return getattr(self, method)
-
-
-METHODS: tuple[str, ...] = tuple(f.name for f in fields(ExplainOptions))
+METHODS: tuple[str, ...] = tuple(REGISTRY)  # the method names, as --method and the config take them
 
 
 def parse_methods(methods: str | typing.Sequence[str]) -> tuple[str, ...]:
@@ -108,11 +102,8 @@ def parse_methods(methods: str | typing.Sequence[str]) -> tuple[str, ...]:
     names = list(dict.fromkeys(m for m in names if m))
     bad = [m for m in names if m not in METHODS]
     if bad or not names:
-        raise ValueError(f"method {', '.join(bad) or '(none)'}: expected one or more of {', '.join(METHODS)}")
+        raise OptionError("methods", ", ".join(bad) or "(none)", f"one or more of {', '.join(METHODS)}")
     return tuple(names)
-
-
-# ------------------------------------------------------------------------------------ the pipeline
 
 
 # ------------------------------------------------------------------------------------ training
@@ -121,41 +112,6 @@ ClassWeights = Literal["none", "balanced"]
 Monitor = Literal["val_accuracy", "val_loss"]
 Keep = Literal["best", "last"]
 KEEPS: tuple[str, ...] = get_args(Keep)
-TrainMode = Literal["bottleneck", "frozen", "finetune"]
-MODES: tuple[str, ...] = get_args(TrainMode)
-# Architecture names (the builders live in fruitlens.models, which needs Keras; a test keeps these equal)
-ARCH_NAMES = ("seed_cnn", "fruit_net", "small_convnet", "lenet", "photo_resnet")
-OPTIMIZERS = ("default", "adam", "adamw", "rmsprop", "sgd")
-SCHEDULES = ("default", "constant", "cosine", "warmup_cosine")
-AUGMENT_POLICIES = ("classic", "photo")
-BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenet_v2", "xception", "inception_v3", "efficientnet_b0")
-
-
-def parse_arch(arch: str) -> tuple[str, tuple[str, ...]]:
-    """``"seed_cnn"`` -> ("seed_cnn", ()); ``"transfer:vgg16,resnet50"`` -> ("transfer", ("vgg16", "resnet50")).
-
-    Raises:
-        ValueError: unknown architecture or backbone (naming the valid ones).
-    """
-    if arch.startswith("transfer:"):
-        names = tuple(n.strip() for n in arch.split(":", 1)[1].replace("+", ",").split(",") if n.strip())
-        bad = [n for n in names if n not in BACKBONE_NAMES]
-        if bad or not names:
-            raise ValueError(f"backbone {', '.join(bad) or '(none)'} in {short(arch)}: expected one or more of "
-                             f"{', '.join(BACKBONE_NAMES)}")
-        if len(set(names)) != len(names):
-            raise ValueError(f"{short(arch)}: a backbone is named twice")
-        return "transfer", names
-    if arch not in ARCH_NAMES:
-        raise ValueError(f"architecture {short(arch)}: expected one of {', '.join(ARCH_NAMES)} or "
-                         f"transfer:<{'|'.join(BACKBONE_NAMES)}>[,<backbone>...]")
-    return arch, ()
-# Side of the largest input fruitlens builds a model for: a 1024 x 1024 float32 batch of 32 is already 400 MB,
-# and a typo (100000) would otherwise ask for terabytes before anything could say so.
-MAX_IMAGE_SIDE = 1024
-DEFAULT_MEMORY_LIMIT = 2 << 30  # bytes of decoded uint8 pixels kept in memory before spilling to disk
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that decides a training run (recorded in the model card and in run.json).
@@ -223,12 +179,10 @@ class TrainConfig:
     cutmix: float = 0.0
 
     def __post_init__(self) -> None:
-        from fruitlens.inputs import AugmentConfig, as_size
-
         parse_arch(self.arch)
         size = as_size(self.image_size)
         if max(size) > MAX_IMAGE_SIDE:
-            raise ValueError(f"image_size {short(self.image_size)}: expected at most {MAX_IMAGE_SIDE} pixels per side")
+            raise OptionError("image_size", self.image_size, f"at most {MAX_IMAGE_SIDE} pixels per side")
         object.__setattr__(self, "image_size", size[0] if size[0] == size[1] else size)
         if self.classes is not None:
             object.__setattr__(self, "classes", tuple(self.classes))
@@ -237,7 +191,7 @@ class TrainConfig:
             AugmentConfig(**dict(self.augment_options))  # validates names and values
         except TypeError as exc:
             valid = ", ".join(AugmentConfig.__dataclass_fields__)
-            raise ValueError(f"augment_options {dict(self.augment_options)}: expected keys among {valid}") from exc
+            raise OptionError("augment_options", dict(self.augment_options), f"keys among {valid}") from exc
         checks = [
             (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
@@ -263,9 +217,7 @@ class TrainConfig:
             (self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0"),
             (self.alpha > 0, "alpha", self.alpha, "> 0"),
         ]
-        for ok, name, value, expected in checks:
-            if not ok:
-                raise ValueError(f"{name} {short(value)}: expected {expected}")
+        check(checks)
         if self.augment and self.mode == "bottleneck" and self.arch.startswith("transfer:"):
             raise ValueError("augment with mode bottleneck: features are computed once, so nothing would be "
                              "augmented; use mode frozen or finetune")
@@ -273,8 +225,6 @@ class TrainConfig:
     @property
     def size(self) -> tuple[int, int]:
         """(height, width)."""
-        from fruitlens.inputs import as_size
-
         return as_size(self.image_size)
 
     @property
@@ -341,12 +291,12 @@ class PipelineConfig:
         task_runner: "thread" (default) or "dask" for the explanation chunks.
         dask_address: scheduler address for "dask"; None starts a local cluster.
         model: explain an existing model instead of training one: a spec (``pets.keras``, ``imagenet:vgg16``,
-            a run folder) or a mapping of ``fruitlens.modelio.ModelSource`` fields (spec, classes,
+            a run folder) or a mapping of ``fruitlens.modelspec.ModelSpec`` fields (spec, classes,
             classes_file, image_size, preprocessing, fit); no training, no comparison, no promotion.
         class_evidence: the mean Grad-CAM heatmap per class over its right predictions and its mistakes, with the
             pointing game and evidence share per class where masks exist (``fruitlens.explain.evidence``).
         stability_images: explained images LIME explains again under a second seed (top-5 agreement and rank
-            correlation, ``fruitlens.explain.stability``); 0: off.
+            correlation, ``fruitlens.batch.stability``); 0: off.
         drift_probe: images (of those explained) both the new and the current model explain with Grad-CAM to
             see whether the evidence moved (``fruitlens.explain.drift``); 0: off.
         max_drift: hold the new model back when more than this share of the probe images' evidence moved
@@ -411,8 +361,8 @@ class PipelineConfig:
                 raise ValueError(f"explain_options {short(given)}: expected a mapping of method -> options")
             unknown = sorted(set(given) - set(METHODS))
             if unknown:
-                raise ValueError(f"unknown key {', '.join('explain_options.' + k for k in unknown)}; "
-                                 f"expected one of {', '.join(METHODS)}")
+                raise OptionError(", ".join("explain_options." + k for k in unknown), None, ", ".join(METHODS),
+                              unknown=True)
             # a partial section overrides the pipeline's defaults field by field
             values["explain_options"] = {m: {**base[m], **(given.get(m) or {})} for m in METHODS}
         return build(cls, values)
@@ -423,13 +373,15 @@ class PipelineConfig:
 
 def model_source_fields(model: str | Mapping[str, Any]) -> dict[str, Any]:
     """A model spec or ModelSource fields, checked (without loading anything): the fields as plain values."""
-    from fruitlens.modelio import ModelSource
+    from fruitlens.modelspec import ModelSpec
 
     values = {"spec": model} if isinstance(model, str) else dict(model)
     try:
-        return to_plain(build(ModelSource, values, "model"))
-    except (TypeError, ValueError) as exc:
-        raise ValueError(str(exc) if str(exc).startswith("model") else f"model: {exc}") from exc
+        return to_plain(build(ModelSpec, values, "model"))
+    except OptionError as exc:
+        raise (exc if exc.key.startswith("model") else exc.at("model")) from exc
+    except (TypeError, ValueError) as exc:  # ModelSpec's own checks (ModelSourceError): one line naming the value
+        raise ValueError(f"model: {exc}") from exc
 
 
 MAX_CONFIG_BYTES = 1 << 20  # a config file is a few hundred bytes; anything this large is not one

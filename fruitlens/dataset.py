@@ -1,6 +1,6 @@
 """Index a folder of labelled images into the `images` table, the class index and a dataset fingerprint.
 
-Layouts (DESIGN.md): ``DATA_DIR/{Training,Test}/<class>/*``, ``DATA_DIR/{train,validation,test}/<class>/*``
+Layouts: ``DATA_DIR/{Training,Test}/<class>/*``, ``DATA_DIR/{train,validation,test}/<class>/*``
 and ``DATA_DIR/<class>/*`` (split by a seeded, stratified holdout). Every file found under a class folder
 gets a row; files that cannot be used get a ``status`` other than ``ok`` and a one-line ``error``, and the
 run goes on. Checking is cheap but real: JPEGs are decoded at 1/8 scale (draft mode), which still walks the
@@ -34,6 +34,7 @@ import pandas as pd
 from PIL import Image
 
 from fruitlens import tables
+from fruitlens.errors import DatasetError  # noqa: F401 - raised here; its home is fruitlens.errors
 from fruitlens.images import (
     IMAGE_SUFFIXES,
     MASK_SUFFIX,
@@ -54,10 +55,6 @@ SPLIT_ALIASES = {  # compared lower-case: Training, TRAIN and training_set all c
 }
 SPLITS = ("train", "val", "test")
 __all__ = ["IMAGE_SUFFIXES", "MASK_SUFFIX", "USABLE_MODES"]  # re-exported from fruitlens.images
-
-
-class DatasetError(ValueError):
-    """A dataset that cannot be indexed at all (missing folder, no classes, unknown class name)."""
 
 
 @dataclass(frozen=True)
@@ -308,7 +305,7 @@ def index_dataset(
     """Index ``data_dir`` into the `images` table.
 
     Args:
-        data_dir: dataset root in one of the DESIGN.md layouts.
+        data_dir: dataset root in one of the layouts above.
         classes: keep only these class names (error naming the closest ones if one does not exist).
         seed, val_fraction, test_fraction: the holdout for the single-folder layout.
         verify: decode every image in full instead of the cheaper reduced-size JPEG decode.

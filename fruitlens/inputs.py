@@ -28,9 +28,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fruitlens.config import DEFAULT_MEMORY_LIMIT
+from fruitlens.augment import AugmentConfig  # noqa: F401 - the augmenter's options, part of this API
 from fruitlens.images import read_uint8
 from fruitlens.lifetime import die_with_parent
+from fruitlens.sizes import DEFAULT_MEMORY_LIMIT, as_size
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -38,17 +39,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MIN_PARALLEL = 4000  # fewer files than this are decoded in the calling process
-
-
-def as_size(image_size: int | Sequence[int]) -> tuple[int, int]:
-    """``20`` or ``(20, 24)`` -> ``(height, width)``; ValueError on anything else."""
-    if isinstance(image_size, int | np.integer):
-        size = (int(image_size), int(image_size))
-    else:
-        size = tuple(int(v) for v in image_size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"image_size {image_size!r}: expected a positive int or (height, width)")
-    return size
 
 
 # ------------------------------------------------------------------------------------------- decoding
@@ -258,32 +248,6 @@ def make_dataset(data: DecodedImages, batch_size: int = 32, *, shuffle: bool = F
 
 
 # --------------------------------------------------------------------------------------- augmentation
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """The tutorial's ImageDataGenerator options, as Keras preprocessing layers.
-
-    ``rotation`` in degrees (ImageDataGenerator's rotation_range), ``shift`` as a fraction of width and
-    height, ``shear`` as in ImageDataGenerator (shear_range=0.2 there is an angle in degrees; Keras'
-    RandomShear takes a fraction of the side, and we pass the same number, as most ports do), ``zoom``
-    +/- fraction, ``flip`` horizontal, ``fill_mode`` for pixels coming from outside.
-    """
-
-    rotation: float = 40.0
-    shift: float = 0.2
-    shear: float = 0.2
-    zoom: float = 0.2
-    flip: bool = True
-    fill_mode: str = "nearest"
-
-    def __post_init__(self) -> None:
-        modes = ("nearest", "reflect", "wrap", "constant")
-        if self.fill_mode not in modes:
-            raise ValueError(f"fill_mode {self.fill_mode!r}: expected one of {', '.join(modes)}")
-        for name in ("rotation", "shift", "shear", "zoom"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"augment {name} {getattr(self, name)}: expected >= 0")
 
 
 def build_augmenter(config: AugmentConfig | None = None, seed: int = 0):

@@ -16,7 +16,9 @@ A run folder (``fruitlens run --out RUN``, ``fruitlens train --out RUN``)::
       drift/        drift.parquet, pictures/ (nightly, against the current model)
       trend/        nights.parquet, trend.png (nightly: the models home's history up to this run)
 
-Everyone who reads or writes these files takes the names from here; nobody spells them out.
+Readers take the names from here, and so do the run-level writers (training, the batch engine, the report,
+the flows). ``fruitlens.inference`` writes ``predictions.parquet``, ``metrics.json`` and ``confusion.*`` into any
+``--out`` folder by those same names; ``RunLayout`` names them where they sit in a run (``eval/``).
 """
 
 from __future__ import annotations
@@ -82,7 +84,7 @@ class ExplainLayout:
 
     @property
     def stability(self) -> Path:
-        """LIME under two seeds for a sample of the images (``fruitlens.explain.stability``)."""
+        """LIME under two seeds for a sample of the images (``fruitlens.batch.stability``)."""
         return self.root / "stability.parquet"
 
     @property

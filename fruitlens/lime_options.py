@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from fruitlens.method_options import FAITHFULNESS_STEPS, MAX_BATCH, MAX_CURVE_STEPS
+from fruitlens.segmenter_params import resolve_params
 from fruitlens.typed import check, short, to_plain
 
 Plots = Literal["all", "explanation", "none"]
@@ -34,7 +35,7 @@ class LimeOptions:
     ``design``: "balanced" (default: Hadamard blocks, less noise, same estimand) or "random" rows (as the `lime`
     package). ``control_variate`` (default on): a logistic surrogate takes most of the sampling noise out of
     the weights, same estimand. With the three defaults, LIME agrees with the `lime` package at 1000 samples
-    better than that package agrees with itself, at about a fifth of the model rows (benchmarks/README.md);
+    better than that package agrees with itself, at a fraction of the model rows (the figures: benchmarks/README.md);
     ``adaptive: false, design: random, control_variate: false`` is the reference's own procedure.
     """
 
@@ -59,8 +60,6 @@ class LimeOptions:
     control_variate: bool = True
 
     def __post_init__(self) -> None:
-        from fruitlens.explain.segmentation import make_segmenter
-
         check([
             (2 <= self.num_samples <= MAX_LIME_SAMPLES, "num_samples", self.num_samples,
              f"2 to {MAX_LIME_SAMPLES}"),
@@ -90,10 +89,19 @@ class LimeOptions:
             values = hide if isinstance(hide, tuple) else (hide,)
             check([(all(0.0 <= float(v) <= 1.0 for v in values), "hide_color", hide, "values in [0, 1]")])
         try:
-            make_segmenter(self.segmenter, **self.segmenter_params)
+            resolve_params(self.segmenter, dict(self.segmenter_params))
         except ValueError as exc:
             raise ValueError(f"segmenter {short(self.segmenter)}: {exc}") from exc
         object.__setattr__(self, "segmenter_params", dict(sorted(self.segmenter_params.items())))
+
+    def describe(self) -> str:
+        """The estimator in words: "adaptive, 256 to 300 samples at tolerance 0.05, balanced design, control
+        variate, slic superpixels" ("1,000 samples, random design, plain Ridge, ..." for the reference's)."""
+        low = min(self.min_samples, self.num_samples)
+        how = (f"adaptive, {low:,} to {self.num_samples:,} samples at tolerance {self.tolerance:g}" if self.adaptive
+               else f"{self.num_samples:,} samples")
+        fit = "control variate" if self.control_variate else "plain Ridge"
+        return f"{how}, {self.design} design, {fit}, {self.segmenter} superpixels"
 
     @property
     def plot_kinds(self) -> frozenset[str]:

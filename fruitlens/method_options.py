@@ -1,4 +1,4 @@
-"""Options of the heatmap methods beyond Grad-CAM, as frozen typed dataclasses (re-exported by ``fruitlens.config``).
+"""Options of the heatmap methods (Grad-CAM and the others), frozen typed dataclasses (re-exported by config).
 
 Every method shares the picture and faithfulness fields of :class:`HeatmapOptions`; each adds only its own.
 Values are checked where they enter (``__post_init__``): a bad value is a ``ValueError`` that names it and what
@@ -14,6 +14,7 @@ from fruitlens.typed import check
 
 Baseline = Literal["mean", "blur"]
 Reference = Literal["black", "white", "gray", "mean", "blur"]
+CamVariant = Literal["gradcam", "gradcam++", "cam"]
 Fill = Literal["black", "gray", "mean", "blur"]
 FAITHFULNESS_STEPS = 20  # steps of the deletion / insertion curves
 # Limits, refused in one line where the options enter (a typo of 10^8 must not take the machine's memory):
@@ -77,6 +78,21 @@ class HeatmapOptions:
     @property
     def draws(self) -> tuple[str, int]:
         return "batch_size", self.batch_size
+
+
+@dataclass(frozen=True)
+class CamOptions(HeatmapOptions):
+    """Grad-CAM (and its variants) in batch runs: the fields of every heatmap method, plus these two.
+
+    ``variant``: gradcam, gradcam++ or cam. ``layer``: conv layer name or path (``backbone/block5_conv3``), null
+    for the last conv layer.
+    """
+
+    variant: CamVariant = "gradcam"
+    layer: str | None = None
+
+    def checks(self) -> list[tuple]:
+        return [_one_of(self.variant, CamVariant, "variant")]
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Any Keras classifier as a fruitlens model: run folders, model files, SavedModels, ImageNet applications.
 
-fruitlens feeds every model NHWC float32 RGB in [0, 1] (DESIGN.md). :class:`ModelSource` loads a model from
-wherever it lives and returns it in that form with a :class:`~fruitlens.runs.ModelCard`:
+fruitlens feeds every model NHWC float32 RGB in [0, 1] (every explainer's convention). :class:`ModelSource` loads a
+model from wherever it lives and returns it in that form with a :class:`~fruitlens.card.ModelCard`:
 
 - a run folder (``model.keras`` + ``model.json``, written by ``fruitlens train``): loaded as is;
 - a ``.keras`` or ``.h5`` file: ``keras.models.load_model(compile=False, safe_mode=True)`` (``unsafe=True``
@@ -38,12 +38,11 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
 
 import numpy as np
 
 from fruitlens import tables
-from fruitlens.config import MAX_IMAGE_SIDE
+from fruitlens.card import ModelCard
 from fruitlens.layout import CARD_FILE, MODEL_FILE
 from fruitlens.modelfiles import (
     IMAGENET_APPS,
@@ -62,18 +61,14 @@ from fruitlens.modelfiles import (
     signature_size,
     two_class_model,
 )
-from fruitlens.runs import ModelCard
+from fruitlens.modelspec import FITS, KINDS, PREPROCESSINGS, Fit, ModelSpec, Preprocessing  # noqa: F401 - part of this API
+from fruitlens.sizes import MAX_IMAGE_SIDE
 
 log = logging.getLogger(__name__)
 
-Preprocessing = Literal["rescale", "none", "tf", "caffe", "torch"]
-PREPROCESSINGS: tuple[str, ...] = get_args(Preprocessing)
-Fit = Literal["resize", "crop"]
-FITS: tuple[str, ...] = get_args(Fit)
 TORCH_MEAN = (0.485, 0.456, 0.406)
 TORCH_STD = (0.229, 0.224, 0.225)
 SAVED_MODEL_FILE = "saved_model.pb"
-KINDS = "a run folder, a .keras or .h5 file, a SavedModel folder, a folder with a model.json card, or imagenet:<app>"
 
 
 # ------------------------------------------------------------------------------------ wrapping
@@ -142,55 +137,9 @@ def check_layer_access(model, method: str) -> None:
 
 
 @dataclass(frozen=True)
-class ModelSource:
-    """Where a model comes from and what fruitlens must know to feed it (see the module docstring).
-
-    Attributes:
-        spec: a run folder, a .keras/.h5 file, a SavedModel folder, a folder with a model.json card, or
-            ``imagenet:<app>`` (one of IMAGENET_APPS).
-        classes: names in output order when the file does not say.
-        classes_file: txt (one per line) or json (list, ``{"0": "cat"}``, ImageNet class index).
-        image_size: (height, width) when the model's input is not fixed and no card says.
-        preprocessing: what the RAW model expects (rescale [0, 1], none [0, 255], tf, caffe, torch).
-        fit: how a photo of another aspect becomes the input size (``fit_photo``): resize or crop.
-        unsafe: allow Lambda layers' Python code to run on loading (``safe_mode=False``).
-
-    Options given here win over a card (``model.json``) next to the model; an explicit ``preprocessing`` always
-    wraps, even a run folder's model. ``fit="resize"`` (the default) keeps a card's ``fit``.
-    """
-
-    spec: str
-    classes: tuple[str, ...] | None = None
-    classes_file: str | None = None
-    image_size: tuple[int, int] | None = None
-    preprocessing: Preprocessing | None = None
-    fit: Fit = "resize"
-    unsafe: bool = False
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.spec, str | os.PathLike) or not str(self.spec):
-            raise ModelSourceError(f"model {self.spec!r}: expected {KINDS}")
-        object.__setattr__(self, "spec", str(self.spec))
-        if self.classes is not None:
-            object.__setattr__(self, "classes", tuple(str(c) for c in self.classes))
-            if not self.classes or len(set(self.classes)) != len(self.classes):
-                raise ModelSourceError(f"classes {list(self.classes)}: expected unique names in output order")
-        if self.classes is not None and self.classes_file is not None:
-            raise ModelSourceError("classes and classes_file both given; pass one")
-        if self.classes_file is not None:
-            object.__setattr__(self, "classes_file", str(self.classes_file))
-        if self.image_size is not None:
-            size = tuple(int(v) for v in self.image_size)
-            if len(size) != 2 or min(size) < 1:
-                raise ModelSourceError(f"image_size {self.image_size}: expected (height, width) > 0")
-            if max(size) > MAX_IMAGE_SIDE:  # the training limit holds for models that take any size too
-                raise ModelSourceError(f"image_size {size[0]}x{size[1]}: expected at most {MAX_IMAGE_SIDE} pixels "
-                                       "per side")
-            object.__setattr__(self, "image_size", size)
-        if self.preprocessing is not None and self.preprocessing not in PREPROCESSINGS:
-            raise ModelSourceError(f"preprocessing {self.preprocessing!r}: expected one of {', '.join(PREPROCESSINGS)}")
-        if self.fit not in FITS:
-            raise ModelSourceError(f"fit {self.fit!r}: expected one of {', '.join(FITS)}")
+class ModelSource(ModelSpec):
+    """A :class:`~fruitlens.modelspec.ModelSpec` that can be loaded: where a model comes from and what fruitlens
+    must know to feed it (see the module docstring and the spec's fields)."""
 
     # -- where the model is
 
@@ -307,7 +256,7 @@ class ModelSource:
         size = self._size(fixed, card, str(where))
         inside = card is not None and not card.wrap_preprocessing and self.preprocessing is None
         preprocessing = "rescale" if inside else (self.preprocessing or (
-            card.preprocessing if card is not None and card.preprocessing in PREPROCESSINGS
+            card.preprocessing if card is not None
             else "rescale" if kind == "savedmodel" else _guess_preprocessing(raw)))
         needs_wrap = kind == "savedmodel" or preprocessing != "rescale" or fixed is None
         model = wrap_model(raw, size, preprocessing) if needs_wrap else raw

@@ -26,13 +26,10 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 Mode = Literal["bottleneck", "frozen", "finetune"]
-from fruitlens.config import MODES  # noqa: E402,F401 - re-exported
-from fruitlens.modelfiles import _network_available, keras_cache_dir  # noqa: E402 - one owner of Keras' cache
-
-
-class ModelError(ValueError):
-    """An architecture that cannot be built as asked (unknown name, weights not available, bad size)."""
-
+from fruitlens.archs import MODES  # noqa: E402
+from fruitlens.archs import parse_arch as parse_names  # noqa: E402
+from fruitlens.errors import ModelError  # noqa: E402
+from fruitlens.keras_cache import keras_cache_dir, network_available  # noqa: E402 - one owner of Keras' cache
 
 # ----------------------------------------------------------------------------------- custom layers
 
@@ -282,14 +279,12 @@ BACKBONES: dict[str, Backbone] = {
 def parse_arch(arch: str) -> tuple[str, tuple[str, ...]]:
     """``"seed_cnn"`` -> ("seed_cnn", ()); ``"transfer:vgg16,resnet50"`` -> ("transfer", ("vgg16", "resnet50")).
 
-    The names live in ``fruitlens.config`` (checked without importing Keras); a test keeps them equal to
+    The names live in ``fruitlens.archs`` (checked without importing Keras); a test keeps them equal to
     ``ARCHS`` and ``BACKBONES``.
 
     Raises:
         ModelError: unknown architecture or backbone (naming the valid ones).
     """
-    from fruitlens.config import parse_arch as parse_names
-
     try:
         return parse_names(arch)
     except ValueError as exc:
@@ -308,7 +303,7 @@ def check_weights(arch: str, weights: str, alpha: float = 1.0) -> None:
     for name, w in zip(backbones, split_weights(weights, len(backbones)), strict=True):
         if w == "imagenet":
             cached = keras_cache_dir() / BACKBONES[name].weights_file.format(alpha=float(alpha), rows=224)
-            if not cached.is_file() and not _network_available():
+            if not cached.is_file() and not network_available():
                 raise ModelError(f"weights=imagenet for {name}: no cached weights at {cached} and no network to "
                                  "download them; pass --weights PATH (a .weights.h5 file) or none")
         elif w != "none" and not Path(w).is_file():
@@ -339,7 +334,7 @@ def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none"
         raise ModelError(f"alpha {alpha}: only mobilenet_v2 has a width multiplier, not {name}")
     if weights == "imagenet":
         cached = spec.weights_file.format(alpha=float(alpha), rows=224)
-        if not (keras_cache_dir() / cached).is_file() and not _network_available():
+        if not (keras_cache_dir() / cached).is_file() and not network_available():
             raise ModelError(f"weights=imagenet for {name}: no cached weights at {keras_cache_dir() / cached} "
                              "and no network to download them; pass --weights PATH (a .weights.h5 file) or none")
         try:
@@ -457,7 +452,7 @@ def build_model(arch: str, num_classes: int, image_size: int | Sequence[int], *,
 
 
 def preprocessing_of(arch: str) -> str:
-    """What a model of ``arch`` does inside to its [0, 1] input (for the model card)."""
+    """What a model of ``arch`` does inside to its [0, 1] input, in words (the model card's ``scaling``)."""
     kind, backbones = parse_arch(arch)
     if kind == "transfer":
         return ",".join(f"{b}:{BACKBONES[b].preprocessing}" for b in backbones)

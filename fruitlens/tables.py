@@ -131,6 +131,7 @@ SANITY_SCHEMA = pa.schema(
         ("ssim", pa.float64()),  # SSIM of heatmaps with step 0; null for LIME
         ("top_k_overlap", pa.float64()),  # LIME: share of the top-5 superpixels kept; null for heatmaps
         ("seed", pa.int32()),
+        ("options", pa.string()),  # the options the method ran with, in words (fruitlens.explain.sanity)
     ]
 )
 
@@ -175,11 +176,9 @@ SCHEMAS: dict[str, pa.Schema] = {
     "images": IMAGES_SCHEMA,
     "history": HISTORY_SCHEMA,
     "predictions": PREDICTIONS_SCHEMA,
+    # the rows of the explanation methods: each method names one of these (``fruitlens.registry.MethodSpec.table``)
     "lime": LIME_SCHEMA,
     "gradcam": GRADCAM_SCHEMA,
-    # the other heatmap methods write Grad-CAM's rows (``fruitlens.batch.methods.run_heatmap``)
-    **{m: GRADCAM_SCHEMA for m in ("layercam", "scorecam", "saliency", "smoothgrad", "integrated_gradients",
-                                   "occlusion", "rise")},
     "sanity": SANITY_SCHEMA,
     "shortcut": SHORTCUT_SCHEMA,
     "nights": NIGHTS_SCHEMA,

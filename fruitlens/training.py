@@ -24,13 +24,12 @@ the head's), and the saved model is the whole thing: backbones + head, taking [0
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +37,13 @@ import numpy as np
 import pandas as pd
 
 from fruitlens import tables
-from fruitlens.checkpoints import STATE_FILE, checksums, resumable_state
+from fruitlens.checkpoints import (
+    STATE_FILE,
+    make_checkpointer,
+    make_early_stopping,
+    resumable_state,
+    seed_variables,
+)
 from fruitlens.config import MAX_IMAGE_SIDE  # noqa: F401 - re-exported
 from fruitlens.inputs import AugmentConfig
 
@@ -47,10 +52,6 @@ log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 # Keys that may change between a killed run and its resumption.
 RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "memory_limit"}
-# Largest image side. Every model here is made for 20-299 px inputs (the Keras backbones' native sizes
-# are 224-299); one 1024x1024 RGB image is 3 MiB of uint8 pixels and ~1 GiB of float32 activations in a
-# VGG16, so anything larger is a typo (a 100000 px side asks for a 4.9 TiB decode of 170k images).
-
 
 
 class ResumeError(ValueError):
@@ -59,79 +60,6 @@ class ResumeError(ValueError):
 
 # TrainConfig lives with every other option in fruitlens.config (re-exported here).
 from fruitlens.config import TrainConfig  # noqa: E402,F401
-
-# ------------------------------------------------------------------------------------------ callbacks
-
-
-def _float(value) -> float:
-    try:
-        return float(np.asarray(value))
-    except (TypeError, ValueError):
-        return float("nan")
-
-
-def _seed_variables(*objs) -> list:
-    """The random-number states of dropout/augmentation layers (Keras does not save them with a model)."""
-    return [v for obj in objs if obj is not None for v in obj.variables if v.path.endswith("seed_generator_state")]
-
-
-def _make_checkpointer(ckpt_dir: Path, state: dict, monitor: str, seed_vars=(), on_epoch=None):
-    import keras
-
-    class Checkpointer(keras.callbacks.Callback):
-        """Per epoch: history row, best.keras (if improved), last.keras, then state.json; all atomic."""
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self._start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs = logs or {}
-            row = {"epoch": epoch + 1, "loss": _float(logs.get("loss")), "accuracy": _float(logs.get("accuracy")),
-                   "val_loss": _float(logs.get("val_loss", np.nan)),
-                   "val_accuracy": _float(logs.get("val_accuracy", np.nan)),
-                   "learning_rate": _float(self.model.optimizer.learning_rate),
-                   "seconds": time.perf_counter() - self._start}
-            state["history"] = [h for h in state["history"] if h["epoch"] < row["epoch"]] + [row]
-            value = _float(logs.get(monitor, np.nan))
-            sign = -1.0 if monitor.endswith("loss") else 1.0
-            # accuracy ties (common once it saturates) go to the lower loss of the same split
-            tie_key = monitor.replace("accuracy", "loss") if monitor.endswith("accuracy") else None
-            tie = _float(logs.get(tie_key, np.nan)) if tie_key else np.nan
-            best, best_tie = state.get("best"), state.get("best_tiebreak")
-            better = best is None or sign * value > sign * best or (
-                value == best and not math.isnan(tie) and best_tie is not None and tie < best_tie)
-            if not math.isnan(value) and better:
-                state.update(best=value, best_epoch=row["epoch"], best_tiebreak=None if math.isnan(tie) else tie)
-                with tables.atomic_path(ckpt_dir / "best.keras") as tmp:
-                    self.model.save(tmp)
-            with tables.atomic_path(ckpt_dir / "last.keras") as tmp:
-                self.model.save(tmp)
-            state["checksums"] = checksums(ckpt_dir)  # what a resume verifies (fruitlens.checkpoints)
-            state["epoch"] = row["epoch"]
-            state["seed_states"] = [np.asarray(v).tolist() for v in seed_vars]
-            stopper = state.get("_stopper")
-            if stopper is not None:
-                state["early_stopping"] = {"wait": int(stopper.wait), "best": _float(stopper.best)}
-            state["stopped_early"] = bool(self.model.stop_training)
-            tables.write_json(ckpt_dir / STATE_FILE, {k: v for k, v in state.items() if not k.startswith("_")})
-            if on_epoch is not None:
-                on_epoch(row)
-
-    return Checkpointer()
-
-
-def _make_early_stopping(monitor: str, patience: int, restored: dict | None):
-    import keras
-
-    class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            if restored:
-                self.wait = int(restored["wait"])
-                self.best = float(restored["best"])
-
-    return ResumableEarlyStopping(monitor=monitor, patience=patience, mode="auto")
-
 
 # ------------------------------------------------------------------------------------------- the data
 
@@ -282,58 +210,59 @@ def remove_leftover_temp_files(ckpt_dir: Path) -> list[Path]:
     return tables.remove_temp_files(ckpt_dir)
 
 
-def _bottleneck_features(full_model, data, cache_dir: Path, key: str, batch_size: int = 64) -> np.ndarray:
-    """Pooled backbone features (N, D) of ``data``, computed once and cached as ``.npy``."""
-    from fruitlens.inputs import make_dataset
-    from fruitlens.runs import predict_batches
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training run wrote and how it went.
 
-    path = cache_dir / f"features-{key}.npy"
-    if path.is_file():
-        feats = np.load(path)
-        if len(feats) == len(data):
-            return feats
-    from fruitlens.models import features_model
+    Attributes:
+        model_path, card_path, history_path, curves_path: the files written into the run folder.
+        epochs: epochs in the history; resumed_from: epochs already done when it started (0: a fresh run).
+        stopped_early: early stopping ended it; best_epoch: the epoch whose weights were saved.
+        metrics: the card's metrics at the best epoch; counts: images per split; classes: in output order.
+        validation: what was held out for validation, why, and which epoch was kept (``holdout_record`` plus
+            ``kept_epoch``; the card's ``config.validation``).
+        seconds: the whole call; timings: indexing/decoding phases, fit_seconds and other_seconds.
+    """
 
-    fm = features_model(full_model)
-    parts = [predict_batches(fm, x.numpy(), batch_size) for x in make_dataset(data, 256, labels=False)]
-    feats = np.concatenate(parts) if parts else np.zeros((0, int(fm.output_shape[-1])), np.float32)
-    with tables.atomic_path(path) as tmp:
-        np.save(tmp, feats)
-    return feats
-
-
-def _features_dataset(feats: np.ndarray, labels: np.ndarray, batch_size: int, *, shuffle: bool, seed: int,
-                      epochs: int = 1, initial_epoch: int = 0):
-    import tensorflow as tf
-
-    from fruitlens.inputs import epoch_order
-
-    x, y, n = tf.constant(feats), tf.constant(labels, tf.int32), len(labels)
-    if shuffle:
-        ds = tf.data.Dataset.range(initial_epoch, epochs).flat_map(
-            lambda e: tf.data.Dataset.from_tensor_slices(epoch_order(n, seed, e)).batch(batch_size))
-    else:
-        ds = tf.data.Dataset.range(n).batch(batch_size)
-    return ds.map(lambda i: (tf.gather(x, i), tf.gather(y, i))).prefetch(tf.data.AUTOTUNE)
+    model_path: str
+    card_path: str
+    history_path: str
+    curves_path: str
+    epochs: int
+    resumed_from: int
+    stopped_early: bool
+    best_epoch: int
+    metrics: dict[str, float]
+    counts: dict[str, int]
+    classes: tuple[str, ...]
+    validation: dict[str, Any]
+    seconds: float
+    timings: dict[str, float]
 
 
-def _weights_tag(config: TrainConfig) -> str:
-    import hashlib
+@dataclass
+class _Trainee:
+    """The model being fitted and its inputs (``full``: the whole model of a bottleneck run, whose head is fitted)."""
 
-    h = hashlib.sha256(f"{config.arch}|{config.alpha}|{config.seed}|{config.size}".encode())
-    for w in str(config.weights).split(","):
-        p = Path(w)
-        h.update(p.read_bytes() if p.is_file() else w.encode())
-    return h.hexdigest()[:16]
+    model: Any
+    train: Any
+    val: Any
+    full: Any = None
+    augmenter: Any = None
+    recipe: Any = None  # fruitlens.recipes' resolved recipe (None: a bottleneck run)
 
 
 def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config: TrainConfig | None = None, *,
                 resume: bool = False, verbose: int = 0, callbacks: Sequence = (), workers: int | None = None
-                ) -> dict[str, Any]:
+                ) -> TrainResult:
     """Train ``config.arch`` on ``data_dir`` into ``run_dir`` (see the module docstring for what is written).
 
+    Five steps: checks (before any data is read), build (the model and its datasets, or the checkpoint's),
+    callbacks, fit, finalize (the best weights, history, curves and card).
+
     Args:
-        data_dir: dataset root (any DESIGN.md layout); without a val split one is carved from train.
+        data_dir: dataset root (any layout ``fruitlens.dataset`` reads); without a val split one is carved from
+            train.
         run_dir: the run folder.
         config: the TrainConfig (default: TrainConfig()).
         resume: continue from ``checkpoints/last.keras`` at the next epoch (a fresh run if there is none).
@@ -342,118 +271,159 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         workers: image decoding processes (default: all cores).
 
     Returns:
-        dict with model_path, card_path, history_path, curves_path, epochs (epochs in history),
-        resumed_from (epochs already done), stopped_early, best_epoch, metrics, seconds, data counts.
+        A :class:`TrainResult`.
 
     Raises:
         ValueError: bad config, fewer than 2 classes, a resume whose configuration changed, weights that
             cannot be loaded (models.ModelError). DatasetError: the data folder cannot be indexed.
     """
-    import keras
-
-    from fruitlens import models
-    from fruitlens.inputs import build_augmenter, make_dataset
-    from fruitlens.plots import plot_history
-    from fruitlens.runs import MODEL_FILE, ModelCard, library_versions, write_card
-
     config = config or TrainConfig()
     start = time.perf_counter()
     run = Path(run_dir)
+    ckpt, saved = _checks(run, config, resume)
+    data = prepare_data(data_dir, run, config, workers=workers)
+    state = _initial_state(config, data, saved, ckpt)  # a resume on other data: refused before any warning
+    holdout = holdout_record(data, config)
+    if holdout["warning"]:
+        log.warning("%s", holdout["warning"])
+    trainee = _build(config, data, state, run, ckpt, resumed=saved is not None)
+    monitor = config.monitor if data.val is not None else config.monitor.replace("val_", "")
+    seed_vars = seed_variables(trainee.model, trainee.augmenter)
+    if saved is not None and len(state.get("seed_states") or []) == len(seed_vars):
+        for var, value in zip(seed_vars, state["seed_states"], strict=True):  # same dropout/augment noise
+            var.assign(np.asarray(value, dtype=var.dtype))
+    initial_epoch = int(state["epoch"])
+    cbs = _callbacks(config, run, ckpt, state, monitor, seed_vars, callbacks)
+    t_fit = time.perf_counter()
+    _fit(config, data, trainee, state, cbs, verbose)
+    fit_seconds = time.perf_counter() - t_fit
+    return _finalize(config, data, trainee, state, run, ckpt, Path(data_dir).name, initial_epoch, holdout,
+                     start=start, fit_seconds=fit_seconds)
+
+
+def _checks(run: Path, config: TrainConfig, resume: bool) -> tuple[Path, dict | None]:
+    """The checkpoint folder (cleaned of temp files) and the saved state to resume from (None: a fresh run);
+    weights and a changed configuration are refused here, before any data is read."""
+    from fruitlens import models
+
     ckpt = run / CHECKPOINTS
     ckpt.mkdir(parents=True, exist_ok=True)
     remove_leftover_temp_files(ckpt)
     models.check_weights(config.arch, config.weights, config.alpha)  # before reading any data
     saved = resumable_state(ckpt) if resume else None  # a damaged checkpoint: said, set aside, fresh start
-    resumed = saved is not None
     if saved is not None:
         _check_same_config(saved, config)  # before reading any data
-    data = prepare_data(data_dir, run, config, workers=workers)
-    num_classes = len(data.classes)
-    if saved is not None:
-        _check_same_data(saved, data)  # a refused resume says one line, not the holdout warning first
-    holdout = holdout_record(data, config)
-    if holdout["warning"]:
-        log.warning("%s", holdout["warning"])
-    monitor = config.monitor if data.val is not None else config.monitor.replace("val_", "")
+    return ckpt, saved
 
+
+def _initial_state(config: TrainConfig, data: TrainData, saved: dict | None, ckpt: Path) -> dict[str, Any]:
+    """The checkpointer's state: the saved one (same data) when resuming, else a fresh one (old files removed)."""
     state: dict[str, Any] = {"epoch": 0, "history": [], "best": None, "best_epoch": None,
                              "config": config.to_dict(), "classes": list(data.classes),
                              "fingerprint": data.fingerprint, "stopped_early": False}
     if saved is not None:
+        _check_same_data(saved, data)
         state.update({k: v for k, v in saved.items() if k != "config"})
     else:
         for name in ("best.keras", "last.keras", STATE_FILE):
             (ckpt / name).unlink(missing_ok=True)
+    return state
 
-    full = augmenter = recipe = None
+
+def _build(config: TrainConfig, data: TrainData, state: dict, run: Path, ckpt: Path, *, resumed: bool) -> _Trainee:
+    """The model to fit (built and compiled, or the checkpoint's) and its training and validation datasets; a
+    bottleneck run fits the head on cached features, any other run follows its recipe (``fruitlens.recipes``)."""
+    import keras
+
+    from fruitlens import models, recipes
+    from fruitlens.bottleneck import bottleneck_features, cache_key_of, features_dataset, weights_tag
+    from fruitlens.inputs import build_augmenter, make_dataset
+
+    full = None
+    num_classes = len(data.classes)
     if config.is_bottleneck or not resumed:
-        full = models.build_model(config.arch, num_classes, config.size, weights=config.weights,
+        full = models.build_model(config.arch, len(data.classes), config.size, weights=config.weights,
                                   mode=config.mode, alpha=config.alpha, seed=config.seed)
     if config.is_bottleneck:
-        tag = _weights_tag(config)
+        tag = weights_tag(config)
         cache = run / "cache"
-        train_x = _bottleneck_features(full, data.train, cache, f"{tag}-{cache_key_of(data.train)}")
-        val_x = (_bottleneck_features(full, data.val, cache, f"{tag}-{cache_key_of(data.val)}")
+        train_x = bottleneck_features(full, data.train, cache, f"{tag}-{cache_key_of(data.train)}")
+        val_x = (bottleneck_features(full, data.val, cache, f"{tag}-{cache_key_of(data.val)}")
                  if data.val is not None else None)
         head = full.get_layer("head")
-        trainee = keras.models.load_model(ckpt / "last.keras") if resumed else models.compile_model(
+        model = keras.models.load_model(ckpt / "last.keras") if resumed else models.compile_model(
             keras.models.clone_model(head), config.arch, config.mode, config.learning_rate)
         if not resumed:
-            trainee.set_weights(head.get_weights())
-        train_ds = _features_dataset(train_x, data.train.labels, config.batch_size, shuffle=True, seed=config.seed,
-                                     epochs=config.epochs, initial_epoch=state["epoch"])
-        val_ds = (_features_dataset(val_x, data.val.labels, 1024, shuffle=False, seed=0)
-                  if val_x is not None else None)
-    else:
-        from fruitlens import recipes
+            model.set_weights(head.get_weights())
+        train = features_dataset(train_x, data.train.labels, config.batch_size, shuffle=True, seed=config.seed,
+                                  epochs=config.epochs, initial_epoch=state["epoch"])
+        val = features_dataset(val_x, data.val.labels, 1024, shuffle=False, seed=0) if val_x is not None else None
+        return _Trainee(model, train, val, full=full)
+    recipe = recipes.resolved(config)
+    per_epoch = math.ceil(len(data.train) / config.batch_size)
+    model = (keras.models.load_model(ckpt / "last.keras") if resumed
+             else recipes.compile_with(full, config, recipe, per_epoch))
+    augmenter = (build_augmenter(AugmentConfig(**dict(config.augment_options)), seed=config.seed)
+                 if config.augment and recipe.augment_policy == "classic" else None)
+    train = make_dataset(data.train, config.batch_size, shuffle=True, seed=config.seed, epochs=config.epochs,
+                         initial_epoch=state["epoch"], augmenter=augmenter)
+    train = recipes.finish_train(train, config, recipe, num_classes, int(state["epoch"]) * per_epoch)
+    val = recipes.finish_eval(make_dataset(data.val, 256) if data.val is not None else None, recipe, num_classes)
+    return _Trainee(model, train, val, augmenter=augmenter, recipe=recipe)
 
-        recipe = recipes.resolved(config)
-        per_epoch = math.ceil(len(data.train) / config.batch_size)
-        trainee = (keras.models.load_model(ckpt / "last.keras") if resumed
-                   else recipes.compile_with(full, config, recipe, per_epoch))
-        augmenter = (build_augmenter(AugmentConfig(**dict(config.augment_options)), seed=config.seed)
-                     if config.augment and recipe.augment_policy == "classic" else None)
-        train_ds = make_dataset(data.train, config.batch_size, shuffle=True, seed=config.seed, epochs=config.epochs,
-                                initial_epoch=state["epoch"], augmenter=augmenter)
-        train_ds = recipes.finish_train(train_ds, config, recipe, num_classes, int(state["epoch"]) * per_epoch)
-        val_ds = recipes.finish_eval(make_dataset(data.val, 256) if data.val is not None else None, recipe,
-                                     num_classes)
 
-    initial_epoch = int(state["epoch"])
-    seed_vars = _seed_variables(trainee, augmenter)
-    if resumed and len(state.get("seed_states") or []) == len(seed_vars):
-        for var, value in zip(seed_vars, state["seed_states"], strict=True):  # same dropout/augment noise
-            var.assign(np.asarray(value, dtype=var.dtype))
+def _callbacks(config: TrainConfig, run: Path, ckpt: Path, state: dict, monitor: str, seed_vars,
+               extra: Sequence) -> list:
+    """Early stopping (when asked), the checkpointer, TensorBoard (when asked), then ``extra``."""
+    import keras
+
     cbs: list = []
-    stopper = None
     if config.early_stopping:
-        stopper = _make_early_stopping(monitor, config.early_stopping, state.get("early_stopping"))
+        stopper = make_early_stopping(monitor, config.early_stopping, state.get("early_stopping"))
         state["_stopper"] = stopper
         cbs.append(stopper)
-    cbs.append(_make_checkpointer(ckpt, state, monitor, seed_vars))
+    cbs.append(make_checkpointer(ckpt, state, monitor, seed_vars))
     if config.tensorboard:
         import importlib.util
 
         if importlib.util.find_spec("tensorboard") is None:
             raise ValueError("tensorboard=True: the tensorboard package is not installed (pip install tensorboard)")
         cbs.append(keras.callbacks.TensorBoard(log_dir=str(run / "logs")))
-    cbs.extend(callbacks)
-    class_weight = (class_weights_for(data.train.labels, num_classes) if config.class_weights == "balanced"
-                    else None)
-    t_fit = time.perf_counter()
-    if initial_epoch < config.epochs and not state.get("stopped_early"):
-        trainee.fit(train_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                    steps_per_epoch=math.ceil(len(data.train) / config.batch_size), validation_data=val_ds,
-                    callbacks=cbs, class_weight=class_weight, verbose=verbose, shuffle=False)
+    cbs.extend(extra)
+    return cbs
 
-    fit_seconds = time.perf_counter() - t_fit
-    # The final model: the best epoch's weights (or the last where nothing was monitored), no optimizer.
+
+def _fit(config: TrainConfig, data: TrainData, trainee: _Trainee, state: dict, cbs: list, verbose: int) -> None:
+    """Fit from the state's epoch to ``config.epochs`` (nothing when done or stopped early)."""
+    initial_epoch = int(state["epoch"])
+    if initial_epoch >= config.epochs or state.get("stopped_early"):
+        return
+    class_weight = (class_weights_for(data.train.labels, len(data.classes)) if config.class_weights == "balanced"
+                    else None)
+    trainee.model.fit(trainee.train, epochs=config.epochs, initial_epoch=initial_epoch,
+                      steps_per_epoch=math.ceil(len(data.train) / config.batch_size), validation_data=trainee.val,
+                      callbacks=cbs, class_weight=class_weight, verbose=verbose, shuffle=False)
+
+
+def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: dict, run: Path, ckpt: Path,
+              data_name: str, initial_epoch: int, holdout: dict[str, Any], *, start: float,
+              fit_seconds: float) -> TrainResult:
+    """Save the final model (the best epoch's weights; the last epoch's with ``keep`` last, without validation
+    images or where nothing was monitored; no optimizer), the history, the curves and the card (with what was
+    held out and which epoch was kept: ``holdout_record``)."""
+    import keras
+
+    from fruitlens import models
+    from fruitlens.layout import RunLayout
+    from fruitlens.plots import plot_history
+    from fruitlens.runs import MODEL_FILE, ModelCard, library_versions, write_card
+
     keep_last = holdout["keep"] == "last" or not (ckpt / "best.keras").is_file()
     best_path = ckpt / "last.keras" if keep_last else ckpt / "best.keras"
     best = keras.models.load_model(best_path, compile=False)
     if config.is_bottleneck:
-        full.get_layer("head").set_weights(best.get_weights())
-        final = full
+        trainee.full.get_layer("head").set_weights(best.get_weights())
+        final = trainee.full
     else:
         final = best
     model_path = run / MODEL_FILE
@@ -461,11 +431,12 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         final.save(tmp)
 
     history = pd.DataFrame(state["history"], columns=tables.HISTORY_SCHEMA.names)
-    history_path = tables.write_table(history.astype({"epoch": "int32"}), run / "history.parquet", "history")
-    curves_path = plot_history(history, run / "curves.png", title=f"{config.arch} on {Path(data_dir).name}")
+    lay = RunLayout(run)
+    history_path = tables.write_table(history.astype({"epoch": "int32"}), lay.history, "history")
+    curves_path = plot_history(history, lay.curves, title=f"{config.arch} on {data_name}")
     last_epoch = int(history["epoch"].iloc[-1]) if len(history) else 0
     best_epoch = last_epoch if keep_last else (state.get("best_epoch") or last_epoch)
-    holdout["kept_epoch"] = int(best_epoch)
+    validation = {**holdout, "kept_epoch": int(best_epoch)}
     at_best = history[history["epoch"] == best_epoch].iloc[0] if len(history) else None
     metrics = {} if at_best is None else {
         "best_epoch": int(best_epoch), "epochs": int(len(history)),
@@ -474,40 +445,21 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
         "seconds_per_epoch": float(history["seconds"].mean()),
     }
     card = ModelCard(classes=data.classes, image_size=config.size, arch=config.arch,
-                     preprocessing=models.preprocessing_of(config.arch), fingerprint=data.fingerprint,
+                     scaling=models.preprocessing_of(config.arch), fingerprint=data.fingerprint,
                      seed=config.seed, metrics={k: v for k, v in metrics.items() if not _isnan(v)},
-                     config={**config.to_dict(), "counts": data.counts, "validation": holdout,
-                             **({"recipe": asdict(recipe)} if recipe is not None else {})},
+                     config={**config.to_dict(), "counts": data.counts, "validation": validation,
+                             **({"recipe": asdict(trainee.recipe)} if trainee.recipe is not None else {})},
                      versions=library_versions())
     card_path = write_card(run, card)
-    return {"model_path": str(model_path), "card_path": str(card_path), "history_path": str(history_path),
-            "curves_path": str(curves_path), "epochs": int(len(history)), "resumed_from": initial_epoch,
-            "stopped_early": bool(state.get("stopped_early")), "best_epoch": int(best_epoch),
-            "metrics": card.metrics, "counts": data.counts, "classes": list(data.classes),
-            "validation": holdout,
-            "seconds": time.perf_counter() - start,
-            "timings": {**data.timings, "fit_seconds": fit_seconds,
-                        "other_seconds": time.perf_counter() - start - fit_seconds - sum(data.timings.values())}}
-
-
-def cache_key_of(data) -> str:
-    """A digest of decoded pixels (for naming feature caches)."""
-    import hashlib
-
-    h = hashlib.sha256(np.ascontiguousarray(data.images).data)
-    h.update(np.ascontiguousarray(data.labels).data)
-    return h.hexdigest()[:16]
+    seconds = time.perf_counter() - start
+    return TrainResult(
+        model_path=str(model_path), card_path=str(card_path), history_path=str(history_path),
+        curves_path=str(curves_path), epochs=int(len(history)), resumed_from=initial_epoch,
+        stopped_early=bool(state.get("stopped_early")), best_epoch=int(best_epoch), metrics=dict(card.metrics),
+        counts=dict(data.counts), classes=tuple(data.classes), validation=validation, seconds=seconds,
+        timings={**data.timings, "fit_seconds": fit_seconds,
+                 "other_seconds": seconds - fit_seconds - sum(data.timings.values())})
 
 
 def _isnan(v) -> bool:
     return isinstance(v, float) and math.isnan(v)
-
-
-def load_config(path: str | os.PathLike) -> TrainConfig:
-    """A TrainConfig from a JSON file (a dict of TrainConfig fields)."""
-    return TrainConfig.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-def with_overrides(config: TrainConfig, **changes: Any) -> TrainConfig:
-    """``config`` with the non-None ``changes`` applied."""
-    return replace(config, **{k: v for k, v in changes.items() if v is not None})

@@ -1,31 +1,22 @@
 """Building frozen option dataclasses from plain values (config files, flags), strictly.
 
-Unknown keys, wrong types and bad values are a ``ValueError`` that names the key with its path
-(``explain_options.lime.num_sample``) and what was expected; lists become tuples, ints are accepted as floats.
+Unknown keys, wrong types and bad values are an ``OptionError`` (a ``ValueError``, ``fruitlens.errors``) that
+carries the key with its path (``explain_options.lime.num_sample``), the value and what was expected; lists
+become tuples, ints are accepted as floats.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import reprlib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, Literal, get_args, get_origin
 
-MAX_SHOWN = 80  # characters of a value an error message shows (a YAML alias bomb must not be printed whole)
+from fruitlens.errors import MAX_SHOWN, OptionError, short  # noqa: F401 - short is part of this API
+
 MAX_VALUES = 100_000  # values (scalars, items, keys) a config or a --set value may hold: refused beyond
-
-_SHORT = reprlib.Repr()  # Python 3.11's Repr takes no arguments
-_SHORT.maxlevel, _SHORT.maxtuple, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxset = 3, 6, 6, 6, 6
-_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlong = MAX_SHOWN, MAX_SHOWN, 40
-
-
-def short(value: Any) -> str:
-    """``repr(value)`` cut to about ``MAX_SHOWN`` characters, in bounded time whatever its size or nesting."""
-    text = _SHORT.repr(value)
-    return text if len(text) <= MAX_SHOWN + 10 else text[:MAX_SHOWN] + "..."
 
 
 def check_value_count(value: Any, where: str, limit: int = MAX_VALUES) -> Any:
@@ -74,7 +65,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 continue
             try:
                 return _coerce(value, option, where)
-            except ValueError:
+            except OptionError:
                 continue
     elif origin is tuple:
         if isinstance(value, list | tuple):
@@ -101,7 +92,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ValueError(f"{where} {short(value)}: expected {_type_name(tp)}")
+    raise OptionError(where, value, _type_name(tp))
 
 
 def build(cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
@@ -113,16 +104,18 @@ def build(cls: type, values: Mapping[str, Any] | None, where: str = "") -> Any:
     if values is None:
         values = {}
     if not isinstance(values, Mapping):
-        raise ValueError(f"{where or cls.__name__} {short(values)}: expected a mapping of {cls.__name__} fields")
+        raise OptionError(where or cls.__name__, values, f"a mapping of {cls.__name__} fields")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in fields(cls) if f.init]
     unknown = sorted(map(str, set(values) - set(names)))
     if unknown:
         keys = ", ".join(f"{where}.{k[:MAX_SHOWN]}" if where else k[:MAX_SHOWN] for k in unknown[:5])
-        raise ValueError(f"unknown key {keys}; expected one of {', '.join(names)}")
+        raise OptionError(keys, None, ", ".join(names), unknown=True)
     kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in values.items()}
     try:
         return cls(**kwargs)
+    except OptionError as exc:
+        raise (exc.at(where) if where else exc) from exc
     except ValueError as exc:
         raise ValueError(f"{where}: {exc}" if where else str(exc)) from exc
 
@@ -139,6 +132,7 @@ def to_plain(obj: Any) -> Any:
 
 
 def check(checks: list[tuple[bool, str, Any, str]]) -> None:
+    """Raise an ``OptionError`` for the first ``(ok, name, value, expected)`` that is not ok."""
     for ok, name, value, expected in checks:
         if not ok:
-            raise ValueError(f"{name} {short(value)}: expected {expected}")
+            raise OptionError(name, value, expected)

@@ -21,8 +21,8 @@ def _models_and_probe(inputs: dict) -> dict:
 def drift_task(old_model: dict, new_model: dict, index_dir: str, explain_dir: str, split: str, probe: int,
                out_dir: str) -> dict:
     """Write out_dir/drift.parquet and the pictures of the images whose evidence moved most; the summary."""
+    from fruitlens.batch.drift import drift_run
     from fruitlens.batch.rows import probe_rows
-    from fruitlens.explain.drift import drift_run
     from fruitlens.modelio import as_model_source
 
     rows = probe_rows(index_dir, split, explain_dir, probe)

@@ -22,7 +22,7 @@ def _model_and_images(inputs: dict) -> dict:
       persist_result=True, task_run_name=lambda: f"class-evidence-{run_folder_name()}")
 def evidence_task(model: dict, index_dir: str, split: str, out_dir: str) -> str:
     """Write out_dir/class_evidence.parquet and class_evidence.png; the table's path."""
-    from fruitlens.explain.evidence import evidence_run
+    from fruitlens.batch.evidence import evidence_run
     from fruitlens.modelio import as_model_source
 
     return evidence_run(as_model_source(model), index_dir, split, out_dir)

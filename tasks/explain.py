@@ -38,13 +38,13 @@ def explain_chunk_task(model: dict, out_dir: str, method: str, options: dict, ch
                        key: str) -> dict:
     """One method's part of one chunk (``key``: its content key: model, options, code and images)."""
     from fruitlens.batch import engine
-    from fruitlens.batch.methods import METHODS
     from fruitlens.config import build
     from fruitlens.modelio import as_model_source
+    from fruitlens.registry import METHODS
 
     keras_model, card = as_model_source(model).load()
     return engine.explain_chunk(keras_model, card, chunk, out_dir, method,
-                                build(METHODS[method].options_type, options), key)
+                                build(METHODS[method].options, options), key)
 
 
 @task(name="finish-explanations", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=1)

@@ -22,8 +22,8 @@ def stability_task(model: dict, index_dir: str, explain_dir: str, split: str, im
                    out_path: str) -> str:
     """Write the stability table of the first ``images`` explained images to ``out_path``; its path."""
     from fruitlens.batch.rows import probe_rows
+    from fruitlens.batch.stability import stability_run
     from fruitlens.config import LimeOptions, build
-    from fruitlens.explain.stability import stability_run
     from fruitlens.modelio import as_model_source
 
     rows = probe_rows(index_dir, split, explain_dir, images)

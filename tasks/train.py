@@ -38,6 +38,6 @@ def train_task(data_dir: str, run_dir: str, train_config: dict) -> dict:
     except ResumeError as exc:  # the checkpoint is of other data or another configuration
         log.info("not resuming (%s): training from scratch", exc)
         result = train_model(data_dir, run_dir, config, resume=False, callbacks=lines)
-    return {"run_dir": run_dir, "model_digest": model_digest(run_dir), "epochs": int(result.get("epochs", 0)),
-            "metrics": dict(result.get("metrics", {})), "classes": list(result.get("classes", [])),
+    return {"run_dir": run_dir, "model_digest": model_digest(run_dir), "epochs": result.epochs,
+            "metrics": dict(result.metrics), "classes": list(result.classes),
             "curves_path": str(RunLayout(run_dir).curves)}

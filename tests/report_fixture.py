@@ -225,7 +225,8 @@ def make_run(run_dir: str | Path, data_dir: str | Path, *, seed: int = 0,
     steps = [("", "none"), ("predictions", "dense"), ("conv2", "conv"), ("conv1", "conv")]
     sanity_rows = [{"method": m, "step": k, "layer": layer, "layer_kind": kind, "image_id": str(i), "path": None,
                     "label": "x", "spearman": 1.0 if k == 0 or m == "edges" else float(rng.uniform(-0.2, 0.3)),
-                    "ssim": 1.0 if k == 0 or m == "edges" else 0.1, "top_k_overlap": None, "seed": 0}
+                    "ssim": 1.0 if k == 0 or m == "edges" else 0.1, "top_k_overlap": None, "seed": 0,
+                    "options": "default options" if m != "edges" else "an extra explainer"}
                    for m in ("gradcam", "edges") for k, (layer, kind) in enumerate(steps) for i in range(3)]
     tables.write_table(pd.DataFrame(sanity_rows), run / "sanity" / "sanity.parquet", "sanity")
 

@@ -78,15 +78,32 @@ def test_index_command_writes_tables(demo_dir, tmp_path, capsys):
         (["explain", "--model", "x", "--data", "{demo}", "--out", "{file}"], "is a file; expected a folder"),
         (["predict", "{file}", "--model", "x", "--out", "{file}/o"], "is a file; expected a folder"),
         (["run", "--data", "{demo}", "--out", "{file}"], "is a file; expected a folder"),
+        # option errors name what the user typed: the flag, or the --set key (fruitlens.cli.common.as_typed)
+        (["explain", "--model", "x", "--data", "{demo}", "--out", "x", "--set", "lime.num_sample=100"],
+         "error: unknown key lime.num_sample; expected one of num_samples, seed"),
+        (["explain", "--model", "x", "--data", "{demo}", "--out", "x", "--num-samples", "1"],
+         "error: --num-samples 1: expected 2 to 100000"),
+        (["explain", "--model", "x", "--data", "{demo}", "--out", "x", "--set", "lime.num_samples=1"],
+         "error: lime.num_samples 1: expected 2 to 100000"),
+        (["explain", "--model", "x", "--data", "{demo}", "--out", "x", "--set", "rise.keep=1.5"],
+         "error: rise.keep 1.5: expected a probability in (0, 1)"),
+        (["explain", "--model", "x", "--data", "{demo}", "--out", "x", "--gradcam-variant", "gradcam+"],
+         "error: --gradcam-variant 'gradcam+': expected one of gradcam, gradcam++, cam"),
+        (["explain", "--model", "x", "--data", "{demo}", "--out", "x", "--method", "lime,nosuch"],
+         "error: --method 'nosuch': expected one or more of lime, gradcam"),
+        (["run", "--data", "{demo}", "--out", "x", "--config", "{config}"],
+         "unknown key explain_options.lime.num_sample; expected one of num_samples"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, reason, demo_dir, tmp_path, capsys, monkeypatch):
     (tmp_path / "file").write_text("not a folder")
+    (tmp_path / "config.yaml").write_text("explain_options: {lime: {num_sample: 100}}\n")
     readonly = tmp_path / "readonly"
     readonly.mkdir(mode=0o555)
     real_access = os.access  # root may write anywhere: the refusal os.access gives a normal user, simulated
     monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != readonly and real_access(p, mode))
-    subs = {"{demo}": str(demo_dir), "{file}": str(tmp_path / "file"), "{readonly}": str(readonly)}
+    subs = {"{demo}": str(demo_dir), "{file}": str(tmp_path / "file"), "{readonly}": str(readonly),
+            "{config}": str(tmp_path / "config.yaml")}
     expanded = []
     for a in args:
         for key, value in subs.items():

@@ -36,16 +36,16 @@ def test_config_round_trip_and_partial_sections(tmp_path):
     ({"task_runner": "ray"}, "task_runner 'ray': expected one of thread, dask"),
     ({"promote_metric": "loss"}, "promote_metric 'loss': expected one of accuracy, macro_f1"),
     ({"split": "tst"}, "split 'tst': expected one of train, val, test"),
-    ({"methods": ["lime", "foo"]}, "method foo: expected one or more of lime, gradcam"),
+    ({"methods": ["lime", "foo"]}, "methods 'foo': expected one or more of lime, gradcam"),
     ({"explain_limit": "all"}, "explain_limit 'all': expected an integer or null"),
     ({"train": {"epochs": "5"}}, r"train.epochs '5': expected an integer"),
     ({"train": {"epoch": 5}}, r"unknown key train.epoch; expected one of arch, image_size, epochs"),
-    ({"train": {"image_size": 0}}, "train: image_size 0"),
+    ({"train": {"image_size": 0}}, "train.image_size 0: expected a positive int"),
     ({"train": {"arch": "resnet"}}, "train: architecture 'resnet'"),
     ({"explain_options": {"gradcm": {}}}, r"unknown key explain_options.gradcm; expected one of lime, gradcam"),
     ({"explain_options": {"lime": {"num_sample": 5}}},
      r"unknown key explain_options.lime.num_sample; expected one of num_samples, seed"),
-    ({"explain_options": {"lime": {"num_samples": 1}}}, "explain_options.lime: num_samples 1: expected 2 to 100000"),
+    ({"explain_options": {"lime": {"num_samples": 1}}}, "explain_options.lime.num_samples 1: expected 2 to 100000"),
     ({"explain_options": {"lime": {"segmenter_params": {"n_superpixel": 9}}}},
      "unknown slic parameter.s. n_superpixel"),
     ({"explain_options": {"gradcam": {"variant": "gradcam+"}}}, "variant 'gradcam\\+': expected one of gradcam"),
@@ -54,6 +54,25 @@ def test_config_round_trip_and_partial_sections(tmp_path):
 def test_config_errors_name_the_key_at_any_depth(bad, match):
     with pytest.raises(ValueError, match=match):
         PipelineConfig.from_dict(bad)
+
+
+def test_option_errors_carry_key_value_and_expectation():
+    """Nothing parses a message to find out what went wrong: the key path, the value and the expectation."""
+    import pickle
+
+    from fruitlens.errors import FruitlensError, OptionError
+
+    with pytest.raises(OptionError) as caught:
+        PipelineConfig.from_dict({"explain_options": {"lime": {"num_samples": 1}}})
+    err = caught.value
+    assert (err.key, err.value, err.expected, err.unknown) == ("explain_options.lime.num_samples", 1, "2 to 100000",
+                                                               False)
+    assert isinstance(err, FruitlensError) and isinstance(err, ValueError)
+    with pytest.raises(OptionError) as caught:
+        PipelineConfig.from_dict({"explain_options": {"rise": {"maskz": 3}}})
+    assert caught.value.key == "explain_options.rise.maskz" and caught.value.unknown
+    again = pickle.loads(pickle.dumps(caught.value))  # crosses process boundaries whole
+    assert (again.key, again.unknown, str(again)) == (caught.value.key, True, str(caught.value))
 
 
 def test_options_are_hashable_and_round_trip():

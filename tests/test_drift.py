@@ -40,11 +40,10 @@ def models(tmp_path_factory):
 
 def _probe(data_dir):
     from fruitlens.batch.engine import read_chunk
-    from fruitlens.batch.methods import _masks
-    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.batch.rows import evidence_masks, rows_from_inputs
 
     images, rows, _ = read_chunk(rows_from_inputs([data_dir], split="test"), (32, 32))
-    return images, rows, _masks(rows, (32, 32))
+    return images, rows, evidence_masks(rows, (32, 32))
 
 
 def test_moved_sticker_is_flagged_for_the_affected_classes(models, tmp_path):
@@ -77,7 +76,8 @@ def test_same_model_shows_no_drift(models):
 
 
 def test_class_evidence_per_class_and_group(models, tmp_path):
-    from fruitlens.explain.evidence import EVIDENCE_SCHEMA, class_evidence, write_class_evidence
+    from fruitlens.batch.evidence import class_evidence
+    from fruitlens.explain.evidence import EVIDENCE_SCHEMA, write_class_evidence
     from fruitlens.synthetic import CLASSES
 
     standard, _, old, _ = models
@@ -96,27 +96,57 @@ def test_class_evidence_per_class_and_group(models, tmp_path):
 
 
 def test_lime_stability_under_two_seeds(models):
+    from fruitlens.batch.stability import STABILITY_SCHEMA, lime_stability, stability_line
+    from fruitlens.card import ModelCard
     from fruitlens.config import LimeOptions
-    from fruitlens.explain.stability import STABILITY_SCHEMA, lime_stability, stability_line
     from fruitlens.synthetic import CLASSES
 
     standard, _, old, _ = models
     images, rows, _ = _probe(standard)
     images, rows = images[:3], rows.head(3)
-    few = lime_stability(old, images, rows, CLASSES, LimeOptions(num_samples=40), (0, 1))
-    same = lime_stability(old, images, rows, CLASSES, LimeOptions(num_samples=40), (0, 0))
+    fixed = LimeOptions(num_samples=40, adaptive=False)
+    card = ModelCard(classes=tuple(CLASSES), image_size=(32, 32), arch="test")
+    few = lime_stability(old, images, rows, card, fixed, (0, 1))
+    same = lime_stability(old, images, rows, card, fixed, (0, 0))
     assert list(few.columns) == STABILITY_SCHEMA.names and len(few) == 3
     np.testing.assert_allclose(same["top_k_overlap"], 1.0)  # the same seed twice: the same explanation
     np.testing.assert_allclose(same["rank_correlation"], 1.0)
     assert few["top_k_overlap"].between(0, 1).all() and (few["rank_correlation"] < 1).any()
-    assert "LIME at 40 samples, the same 3 images under two seeds" in stability_line(few)
+    assert (few["samples_a"] == 40).all() and "(40 samples, balanced design" in stability_line(few)
+    assert "the same 3 images under two seeds" in stability_line(few)
+
+
+def test_lime_stability_measures_the_runs_own_adaptive_lime(models, tmp_path):
+    """The first seed's explanation is the one the batch run writes (same image seeds, same superpixels, same
+    options: adaptive stops below the budget), and the sentence names those options."""
+    from fruitlens.batch.methods import run_method
+    from fruitlens.batch.stability import lime_stability, stability_line
+    from fruitlens.card import ModelCard
+    from fruitlens.config import LimeOptions
+    from fruitlens.layout import ExplainLayout
+    from fruitlens.synthetic import CLASSES
+
+    standard, _, old, _ = models
+    images, rows, _ = _probe(standard)
+    images, rows = images[:3], rows.head(3)
+    options = LimeOptions(num_samples=600, round_size=64, min_samples=128, seed=4)  # adaptive by default
+    card = ModelCard(classes=tuple(CLASSES), image_size=(32, 32), arch="test")
+    table = lime_stability(old, images, rows, card, options)
+    frame, _ = run_method("lime", old, card, images, rows, options, ExplainLayout(tmp_path))  # lime.parquet's rows
+    written = frame.groupby("image_id", sort=False)["num_samples"].first()
+    assert list(table["samples_a"]) == [written[str(i)] for i in rows["image_id"]]
+    assert (table["samples_a"] < 600).all() and (table["samples_b"] < 600).all()  # adaptive: stopped early
+    assert list(table["seed_a"]) == [4] * 3 and list(table["seed_b"]) == [5] * 3
+    line = stability_line(table)
+    assert "LIME with the run's options (adaptive, 128 to 600 samples at tolerance 0.05" in line
+    assert "control variate" in line
 
 
 def test_shortcut_alert_on_a_model_that_reads_a_sticker_in_the_corner(models):
     """The moved-sticker model decides blue_dot and red_dot by a sticker in the top-left corner, off the fruit:
     their Grad-CAM heat sits more on the border than the other classes' (whose sticker is on the fruit)."""
+    from fruitlens.batch.evidence import class_evidence
     from fruitlens.batch.rows import rows_from_inputs
-    from fruitlens.explain.evidence import class_evidence
     from fruitlens.explain.shortcut import shortcut_table
     from fruitlens.synthetic import CLASSES
 

@@ -25,10 +25,9 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 from fruitlens import digests, tables  # noqa: E402
 from fruitlens.batch import engine  # noqa: E402
-from fruitlens.batch.methods import METHODS, Method  # noqa: E402
+from fruitlens.batch.methods import RUNNERS  # noqa: E402
 from fruitlens.batch.rows import rows_from_index  # noqa: E402
 from fruitlens.cli import main  # noqa: E402
-from fruitlens.config import LimeOptions  # noqa: E402
 from fruitlens.dataset import index_or_load  # noqa: E402
 from fruitlens.summary import markdown_text  # noqa: E402
 from fruitlens.synthetic import CLASSES  # noqa: E402
@@ -388,7 +387,7 @@ FAIL: set[str] = set()
 CALLS: list[list[str]] = []
 
 
-def fake_run(model, card, images, rows, options, out):
+def fake_run(method, model, card, images, rows, options, out):
     """A stand-in method for the crash test: fails on any image id in FAIL."""
     ids = [str(i) for i in rows["image_id"]]
     CALLS.append(ids)
@@ -400,7 +399,7 @@ def fake_run(model, card, images, rows, options, out):
 def test_crashed_explain_run_resumes_without_losing_or_duplicating_rows(cache, demo_dir, tmp_path, monkeypatch):
     from flows.explain import explain_flow
 
-    monkeypatch.setitem(METHODS, "lime", Method("lime", LimeOptions, fake_run))
+    monkeypatch.setitem(RUNNERS, "lime", fake_run)
     monkeypatch.setitem(tables.SCHEMAS, "lime", tables.pa.schema([("image_id", tables.pa.string())]))
     run_dir = tiny_run(tmp_path / "run", classes=CLASSES, image_size=(16, 16))
     index_or_load(demo_dir, run_dir / "index")

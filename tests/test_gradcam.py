@@ -10,7 +10,7 @@ from PIL import Image
 
 from fruitlens import plots, tables
 from fruitlens.batch import engine
-from fruitlens.batch.methods import run_cam
+from fruitlens.batch.methods import run_method
 from fruitlens.batch.rows import rows_from_inputs
 from fruitlens.config import CamOptions
 from fruitlens.explain.base import find_layer, walk_layers
@@ -213,7 +213,7 @@ def test_bad_input_is_named():
         gradcam(model, blobs(1)[0])
     with pytest.raises(ValueError, match=r"targets 0..5: expected class ids in \[0, 2\)"):
         gradcam(model, blobs(2), [0, 5])
-    with pytest.raises(ValueError, match="layer 'nope' not found in model .*conv layers: colour"):
+    with pytest.raises(ValueError, match="layer 'nope': expected a layer of model .*not found; conv layers: colour"):
         gradcam(model, blobs(1), layer="nope")
     with pytest.raises(ValueError, match="expected a 4-D"):
         gradcam(model, blobs(1), layer=model.layers[-2].name)
@@ -236,7 +236,8 @@ def test_batch_method_rows_and_captioned_pictures_on_the_photo(demo_dir, run_dir
     model, card = load_run(run_dir)
     images, rows, _ = engine.read_chunk(rows_from_inputs([demo_dir], split="test", limit=3), card.image_size)
     out = ExplainLayout(tmp_path / "explain")
-    df, draw = run_cam(model, card, images, rows, CamOptions(palette="magma", alpha=0.5, faithfulness_steps=5), out)
+    options = CamOptions(palette="magma", alpha=0.5, faithfulness_steps=5)
+    df, draw = run_method("gradcam", model, card, images, rows, options, out)
     assert not out.pictures_dir("gradcam").exists()  # the model's work is done; the pictures are drawn next
     draw()
     tables.write_table(df, tmp_path / "g.parquet", "gradcam")  # the schema accepts the rows
@@ -273,7 +274,7 @@ def test_cli_explain_gradcam_resumes(demo_dir, run_dir, tmp_path, capsys):
     assert "--alpha 2.0: expected an opacity in [0, 1]" in capsys.readouterr().err
     assert main([*args[:-4], "--layer", "nosuch"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "--layer nosuch: layer 'nosuch' not found" in err and len(err.splitlines()) == 1
+    assert "--layer 'nosuch': expected a layer of model" in err and len(err.splitlines()) == 1
 
 
 def test_softmax_inside_a_nested_classifier_is_left_out():

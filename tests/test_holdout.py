@@ -24,7 +24,7 @@ def _same_weights(a, b) -> bool:
 def test_val_split_zero_trains_on_every_image_and_keeps_the_last_epoch(demo_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="fruitlens.training"):
         result = train_model(demo_dir, tmp_path, TrainConfig(epochs=3, val_fraction=0.0, **FAST))
-    assert result["counts"] == {"train": 72, "val": 0}  # 6 classes x 12, none held out
+    assert result.counts == {"train": 72, "val": 0}  # 6 classes x 12, none held out
     assert not [r for r in caplog.records if "validation" in r.getMessage()]  # asked for: no warning
     card = read_card(tmp_path)
     v = card.config["validation"]
@@ -40,9 +40,9 @@ def test_keep_last_with_a_validation_split(demo_dir, tmp_path):
     # lr 1e-12: val_accuracy stays put, so the best epoch is the first; keep=last still keeps the third
     config = TrainConfig(epochs=3, keep="last", learning_rate=1e-12, **FAST)
     result = train_model(demo_dir, tmp_path, config)
-    v = result["validation"]
-    assert v["held_out"] == result["counts"]["val"] > 0 and v["keep"] == "last" and v["kept_epoch"] == 3
-    assert result["best_epoch"] == 3 and "val_accuracy" in result["metrics"]
+    v = result.validation
+    assert v["held_out"] == result.counts["val"] > 0 and v["keep"] == "last" and v["kept_epoch"] == 3
+    assert result.best_epoch == 3 and "val_accuracy" in result.metrics
     saved = keras.models.load_model(tmp_path / "model.keras", compile=False)
     last = keras.models.load_model(tmp_path / "checkpoints" / "last.keras", compile=False)
     assert _same_weights(saved, last)
@@ -83,7 +83,7 @@ def test_nine_images_warn_in_one_line_instead_of_a_silent_nan(tmp_path, capsys):
 def test_a_tiny_validation_split_is_warned_about(demo_dir, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="fruitlens.training"):
         result = train_model(demo_dir, tmp_path, TrainConfig(epochs=1, val_fraction=0.1, **FAST))
-    assert result["counts"]["val"] == 6  # round(12 * 0.1) = 1 per class
+    assert result.counts["val"] == 6  # round(12 * 0.1) = 1 per class
     lines = [r.getMessage() for r in caplog.records if "validation split" in r.getMessage()]
     assert len(lines) == 1 and "only 6 image(s) for 6 classes" in lines[0]
     from fruitlens.report.record import holdout_paragraph

@@ -72,3 +72,28 @@ def test_superpixels_previews_what_lime_uses(tiny, capsys):
     printed = capsys.readouterr().out
     assert int(re.search(r"(\d+) superpixels at 256x171", printed).group(1)) == used
     assert (tiny / "sp" / "coffee_superpixels.png").is_file()
+
+
+def test_stability_seed_a_is_the_lime_of_lime_parquet_on_a_photo(tiny, tmp_path):
+    """LIME stability segments as the batch run does (the photo at its working size, not the 20x20 input), so its
+    first seed's explanation is lime.parquet's: the same weights and the same samples."""
+    from fruitlens.batch.engine import read_chunk
+    from fruitlens.batch.methods import run_method
+    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.batch.stability import explain_twice, lime_stability
+    from fruitlens.config import LimeOptions
+    from fruitlens.layout import ExplainLayout
+    from fruitlens.modelio import ModelSource
+    from fruitlens.registry import METHODS
+
+    model, card = ModelSource(str(tiny / "m.keras"), classes=("a", "b")).load()
+    images, rows, _ = read_chunk(rows_from_inputs([tiny / "coffee.jpg"]), card.image_size, card.fit)
+    options = LimeOptions(num_samples=96, round_size=32, min_samples=32, faithfulness_steps=2)
+    frame, _ = run_method("lime", model, card, images, rows, options, ExplainLayout(tmp_path))  # lime.parquet's rows
+    table = lime_stability(model, images, rows, card, options)
+    a, _ = explain_twice(model, images, rows, card, options, (options.seed, options.seed + 1))
+    top = frame[frame["label"] == table["label"].iloc[0]].sort_values("superpixel")
+    np.testing.assert_allclose(top["weight"].to_numpy(), a[0].weights[a[0].labels[0]])
+    assert table["samples_a"].iloc[0] == top["num_samples"].iloc[0]
+    at_input = METHODS["lime"].build(model, options).segment(images)[0]  # what stability segmented before
+    assert not np.array_equal(a[0].segments, at_input)

@@ -1,14 +1,20 @@
-"""Layer-CAM, Score-CAM, gradients, SmoothGrad, Integrated Gradients, occlusion, RISE: known answers on tiny
-models, N in {1, 2}, non-square inputs, range, no NaN, no mutation, same seed same output, batch = one by one."""
+"""The contract of every registered method and variant (LIME and the Grad-CAM variants included, each built
+by its own ``from_options``): N in {1, 2}, non-square inputs, range, no NaN, no mutation, same seed same
+output, batch = one by one. Then known answers of Layer-CAM, Score-CAM, gradients, SmoothGrad, Integrated
+Gradients, occlusion and RISE on tiny models."""
+
+from dataclasses import replace
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from fruitlens.explain.explainer import Explainer
 from fruitlens.explain.gradcam import LayerCAM, ScoreCAM
 from fruitlens.explain.gradients import IntegratedGradients, Saliency, SmoothGrad
 from fruitlens.explain.perturbation import RISE, Occlusion
+from fruitlens.registry import METHODS, method_names, resolve
 from tests.test_gradcam import blobs, colour_model
 
 SHAPE = (12, 10)
@@ -42,16 +48,31 @@ def images(n, shape=SHAPE, seed=1):
     return np.random.default_rng(seed).random((n, *shape, 3)).astype(np.float32)
 
 
-EXPLAINERS = {
-    "layercam": lambda m, **k: LayerCAM(m, **k),
-    "scorecam": lambda m, **k: ScoreCAM(m, **k),
-    "fasterscorecam": lambda m, **k: ScoreCAM(m, channels=1, **k),
-    "saliency": lambda m, **k: Saliency(m, **k),
-    "smoothgrad": lambda m, **k: SmoothGrad(m, samples=6, noise=0.2, seed=3, **k),
-    "ig": lambda m, **k: IntegratedGradients(m, steps=7, **k),
-    "occlusion": lambda m, **k: Occlusion(m, window=4, stride=3, **k),
-    "rise": lambda m, **k: RISE(m, masks=40, cells=3, seed=5, **k),
-}
+# Options that keep the contract test fast on tiny models (every other field: the method's defaults)
+FAST = {"smoothgrad": {"samples": 6, "noise": 0.2, "seed": 3}, "integrated_gradients": {"steps": 7},
+        "occlusion": {"window": 4, "stride": 3}, "rise": {"masks": 40, "cells": 3, "seed": 5},
+        "lime": {"num_samples": 200, "round_size": 64, "min_samples": 64, "seed": 2}}
+EXTRA_CASES = {"scorecam@1": ("scorecam", {"channels": 1})}  # Faster Score-CAM
+CASES = (*method_names(), *EXTRA_CASES)  # every method and variant of the registry, and these
+
+
+def case(name: str, **changes):
+    """(spec, options) of a contract case, with the fast options and ``changes``."""
+    base, extra = EXTRA_CASES.get(name, (name, {}))
+    spec, options = resolve(base)
+    return spec, replace(options, **{**FAST.get(spec.name, {}), **extra, **changes})
+
+
+def build(name: str, model, **changes):
+    spec, options = case(name, **changes)
+    return spec.build(model, options)
+
+
+def explain_one(explainer, x, i, target):
+    """Image i alone, for its target: LIME seeds an image by position unless told, so it gets image i's seed."""
+    if explainer.method == "lime":
+        return explainer.explain(x[i:i + 1], [target], seeds=[(explainer.seed, i)])
+    return explainer.explain(x[i:i + 1], [target])
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +80,51 @@ def cmodel():
     return colour_model(SHAPE)
 
 
-@pytest.mark.parametrize("name", sorted(EXPLAINERS))
+def test_the_contract_covers_every_registered_method_and_variant():
+    assert {resolve(EXTRA_CASES.get(c, (c,))[0])[0].name for c in CASES} == set(METHODS)
+    assert {"gradcam++", "cam", "lime"} <= set(CASES)
+
+
+@pytest.mark.parametrize("name", CASES)
 @pytest.mark.parametrize("n", [1, 2])
 def test_contract(cmodel, name, n):
+    """Shape, dtype, range, no NaN, no mutation, default target, same seed same output, batch = one by one,
+    on non-square images (12 x 10), every method built by its own from_options."""
     x = blobs(n, SHAPE) * 0.9 + 0.05 * images(n)
     before, weights = x.copy(), [w.copy() for w in cmodel.get_weights()]
-    res = EXPLAINERS[name](cmodel).explain(x)
+    explainer = build(name, cmodel)
+    assert isinstance(explainer, Explainer)
+    res = explainer.explain(x)
     assert res.heatmaps.shape == (n, *SHAPE) and res.heatmaps.dtype == np.float32
     assert np.isfinite(res.heatmaps).all() and res.heatmaps.min() >= 0 and res.heatmaps.max() <= 1
     assert np.array_equal(x, before)  # inputs untouched
     assert all(np.array_equal(a, b) for a, b in zip(weights, cmodel.get_weights(), strict=True))
     probs = cmodel.predict_on_batch(x)
     assert np.array_equal(res.targets, probs.argmax(axis=1))  # default: the predicted class
-    again = EXPLAINERS[name](cmodel).explain(x)
+    again = build(name, cmodel).explain(x)
     np.testing.assert_array_equal(res.heatmaps, again.heatmaps)  # same seed, same output
     if n == 2:  # batch = one by one, and a tiny batch size changes nothing
-        one = np.concatenate([EXPLAINERS[name](cmodel).explain(x[i:i + 1], [t]).heatmaps
-                              for i, t in enumerate(res.targets)])
+        one = np.concatenate([explain_one(explainer, x, i, t).heatmaps for i, t in enumerate(res.targets)])
         np.testing.assert_allclose(res.heatmaps, one, atol=1e-5)
-        small = EXPLAINERS[name](cmodel, batch_size=3).explain(x, res.targets)
+        small = build(name, cmodel, batch_size=3).explain(x, res.targets)
         np.testing.assert_allclose(res.heatmaps, small.heatmaps, atol=1e-5)
+
+
+def test_lime_from_options_is_the_batch_estimator(cmodel):
+    """LIME built from its options samples as the options say: adaptive stops below the budget, fixed uses it."""
+    x = blobs(2, SHAPE)
+    adaptive = build("lime", cmodel, num_samples=2000).explain(x)
+    fixed = build("lime", cmodel, num_samples=150, adaptive=False).explain(x)
+    assert all(e.num_samples < 2000 for e in adaptive) and all(e.num_samples == 150 for e in fixed)
+
+
+EXPLAINERS = {  # the known-answer tests below, by their short names
+    "layercam": lambda m, **k: LayerCAM(m, **k),
+    "scorecam": lambda m, **k: ScoreCAM(m, **k),
+    "saliency": lambda m, **k: Saliency(m, **k),
+    "ig": lambda m, **k: IntegratedGradients(m, steps=7, **k),
+    "occlusion": lambda m, **k: Occlusion(m, window=4, stride=3, **k),
+}
 
 
 @pytest.mark.parametrize("name", ["layercam", "scorecam", "saliency", "ig", "occlusion"])

@@ -7,9 +7,9 @@ import pytest
 from PIL import Image
 
 from fruitlens import plots, tables
-from fruitlens.batch.methods import HEATMAP_METHODS, METHODS, TITLES
 from fruitlens.config import METHODS as CONFIG_METHODS
-from fruitlens.config import PipelineConfig, RiseOptions, SmoothGradOptions
+from fruitlens.config import ExplainOptions, PipelineConfig, RiseOptions, SmoothGradOptions
+from fruitlens.registry import METHODS, heatmap_methods, title
 from tests.helpers import tiny_run
 
 FAST = ["--set", "smoothgrad.samples=3", "--set", "integrated_gradients.steps=4", "--set", "rise.masks=20",
@@ -21,16 +21,26 @@ def run_dir(tmp_path_factory):
     return tiny_run(tmp_path_factory.mktemp("run"), classes=("a", "b", "c", "d", "e", "f"), image_size=(20, 20))
 
 
-def test_every_method_is_registered_everywhere():
-    assert set(METHODS) == set(CONFIG_METHODS) and set(tables.SCHEMAS) >= set(METHODS)
-    assert set(HEATMAP_METHODS) == set(METHODS) - {"lime"} and all(m in TITLES for m in METHODS)
+def test_every_method_is_read_from_the_registry():
+    from dataclasses import fields
+
+    from fruitlens.batch.methods import RUNNERS
+    from fruitlens.cli import build_parser
+
+    assert tuple(CONFIG_METHODS) == tuple(METHODS) == tuple(f.name for f in fields(ExplainOptions))
+    assert all(isinstance(ExplainOptions().of(m), spec.options) for m, spec in METHODS.items())
+    assert all(spec.table in tables.SCHEMAS and spec.table in RUNNERS for spec in METHODS.values())
+    assert set(heatmap_methods()) == set(METHODS) - {"lime"} and all(title(m) != m for m in METHODS)
+    assert all(callable(spec.explainer_class().from_options) for spec in METHODS.values())
+    explain = build_parser()._subparsers._group_actions[0].choices["explain"]
+    assert all(m in explain.format_help() for m in METHODS)  # --method's help lists them
 
 
 def test_cli_explains_with_every_heatmap_method(demo_dir, run_dir, tmp_path, capsys):
     from fruitlens.cli import main
 
     out = tmp_path / "out"
-    methods = [m for m in HEATMAP_METHODS if m != "gradcam"]
+    methods = [m for m in heatmap_methods() if m != "gradcam"]
     args = ["explain", "--model", str(run_dir), "--data", str(demo_dir), "--method", ",".join(methods), "--out",
             str(out), "--limit", "3", "--chunk-size", "2", "--faithfulness-steps", "4", *FAST]
     assert main(args) == 0
@@ -43,8 +53,8 @@ def test_cli_explains_with_every_heatmap_method(demo_dir, run_dir, tmp_path, cap
         for path in [*df["heatmap_path"], *df["overlay_path"]]:
             assert path.startswith(f"{method}/") and Image.open(out / path).size[0] == 300
             caption = plots.read_caption(out / path)
-            title = "Faster Score-CAM" if method == "scorecam" else TITLES[method]
-            assert title in caption and "predicted" in caption
+            name = "Faster Score-CAM" if method == "scorecam" else title(method)
+            assert name in caption and "predicted" in caption
     assert set(tables.read_table(out / "scorecam.parquet")["variant"]) == {"scorecam@2"}
     assert main(args) == 0 and "3 already done" in capsys.readouterr().out
     assert main([*args, "--set", "rise.maskz=3"]) == 2
@@ -65,7 +75,7 @@ def test_pipeline_config_takes_the_methods_and_their_options():
         PipelineConfig.from_dict({"explain_options": {"rise": {"keep": 1.5}}})
     with pytest.raises(ValueError, match="reference 'pink'"):
         PipelineConfig.from_dict({"explain_options": {"integrated_gradients": {"reference": "pink"}}})
-    with pytest.raises(ValueError, match="method nosuch"):
+    with pytest.raises(ValueError, match="methods 'nosuch'"):
         PipelineConfig.from_dict({"methods": ["nosuch"]})
 
 
@@ -100,3 +110,65 @@ def test_faithfulness_table_ranks_every_method_and_the_report_shows_it(demo_dir,
     section = page[page.index('<section id="ranking">'):]
     section = section[:section.index("</section>")]
     assert "RISE" in section and "Occlusion" in section and "LIME" in section and "most faithful" in section
+
+
+NEW_METHOD = '''
+import sys
+from dataclasses import dataclass
+
+from fruitlens import registry
+from fruitlens.method_options import HeatmapOptions
+
+
+@dataclass(frozen=True)
+class SharpOptions(HeatmapOptions):  # 1. one options class
+    power: float = 2.0
+
+
+registry.METHODS["sharp"] = registry.MethodSpec("sharp", SharpOptions, "Sharp gradients", "gradcam",
+                                                "__main__:Sharp")  # 3. one registry line
+
+from fruitlens.explain.base import scale_per_image  # noqa: E402
+from fruitlens.explain.gradients import Saliency  # noqa: E402
+
+
+class Sharp(Saliency):  # 2. one explainer class
+    method = "sharp"
+
+    def __init__(self, model, *, power: float = 2.0, batch_size: int = 256):
+        super().__init__(model, batch_size=batch_size)
+        self.power = power
+
+    @classmethod
+    def from_options(cls, model, options):
+        return cls(model, power=options.power, batch_size=options.batch_size)
+
+    def scale(self, raw):
+        return scale_per_image(raw ** self.power)
+
+
+if __name__ == "__main__":  # the picture processes import this file too
+    from fruitlens.cli import main
+
+    sys.exit(main(sys.argv[1:]))
+'''
+
+
+def test_a_new_method_is_one_options_class_one_explainer_and_one_registry_line(demo_dir, run_dir, tmp_path):
+    """Nothing else: --method and --set take it, the batch run writes its table and captioned pictures."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "sharp.py"
+    script.write_text(NEW_METHOD)
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(script), "explain", "--model", str(run_dir), "--data", str(demo_dir),
+                           "--method", "sharp,saliency", "--set", "sharp.power=3", "--out", str(out), "--limit", "2",
+                           "--faithfulness-steps", "2"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": os.getcwd()})
+    assert done.returncode == 0, done.stderr[-2000:]
+    sharp, plain = tables.read_table(out / "sharp.parquet"), tables.read_table(out / "saliency.parquet")
+    assert len(sharp) == 2 and set(sharp["method"]) == {"sharp"} and set(sharp["layer"]) == {"input"}
+    assert "Sharp gradients" in plots.read_caption(out / sharp["overlay_path"].iloc[0])
+    assert list(sharp["label"]) == list(plain["label"])  # the same targets as the method it sharpens

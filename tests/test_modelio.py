@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 from skimage.data import chelsea
 
-from fruitlens import modelfiles, tables
+from fruitlens import keras_cache, modelfiles, tables
 from fruitlens.explain.base import find_layer
 from fruitlens.explain.gradcam import gradcam
 from fruitlens.explain.lime import explain_lime
@@ -297,7 +297,7 @@ def test_predict_files_takes_a_source_and_refuses_all_unreadable(tmp_path, saved
 @pytest.fixture()
 def keras_home(tmp_path, monkeypatch):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
-    monkeypatch.setattr(modelfiles, "_network_available", lambda *a, **k: False)
+    monkeypatch.setattr(keras_cache, "network_available", lambda *a, **k: False)
     (tmp_path / "keras_home" / "models").mkdir(parents=True)
     return tmp_path / "keras_home" / "models"
 
@@ -376,3 +376,14 @@ def test_source_cards_never_replace_a_run_card_nor_chain(tmp_path):
     (tmp_path / "out2" / "model.json").write_text("{not json")
     with pytest.raises(ValueError, match=r"out2/model.json: unreadable model card"):
         ModelSource(str(tmp_path / "out2")).load()
+
+
+def test_model_card_fields_mean_one_thing_each():
+    """preprocessing is what the model file expects (a keyword); scaling is the trained model's own, in words."""
+    from fruitlens.card import ModelCard
+
+    old = ModelCard.from_json({"classes": ["a", "b"], "image_size": [20, 20], "arch": "seed_cnn",
+                               "preprocessing": "none ([0, 1] input)"})  # a card written before scaling existed
+    assert (old.preprocessing, old.scaling) == ("rescale", "none ([0, 1] input)")
+    with pytest.raises(ValueError, match="preprocessing 'bogus': expected one of rescale, none"):
+        ModelCard(classes=("a", "b"), image_size=(2, 2), arch="x", preprocessing="bogus")

@@ -64,7 +64,7 @@ def test_bad_names_are_one_line_errors():
 
 def test_imagenet_without_cache_or_network_is_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(models, "_network_available", lambda *a, **k: False)
+    monkeypatch.setattr(models, "network_available", lambda *a, **k: False)
     with pytest.raises(ModelError) as info:
         build_model("transfer:vgg16", 2, 32, weights="imagenet")
     msg = str(info.value)

@@ -206,13 +206,14 @@ def test_sanity_images_is_bounded():
 
 
 def test_sanity_methods_follow_the_run_options():
+    """Every method of the run is checked (the registry builds any of them from the run's options)."""
     from fruitlens.batch.sanity import sanity_methods
 
     cfg = PipelineConfig.from_dict({"methods": ["lime", "gradcam"],
                                     "explain_options": {"gradcam": {"variant": "gradcam++"}}})
-    assert sanity_methods(cfg.methods, cfg.explain_options) == ("gradcam++", "lime")
+    assert sanity_methods(cfg.methods, cfg.explain_options) == ("lime", "gradcam++")
     cfg = PipelineConfig.from_dict({"methods": ["saliency"]})
-    assert sanity_methods(cfg.methods, cfg.explain_options) == ()
+    assert sanity_methods(cfg.methods, cfg.explain_options) == ("saliency",)
 
 
 # ------------------------------------------------------------------------------------ a model with a shortcut

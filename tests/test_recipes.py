@@ -105,7 +105,7 @@ def test_the_photo_recipe_trains_deterministically_and_resumes_the_same(demo_dir
     assert card.config["recipe"] == {"optimizer": "adamw", "schedule": "warmup_cosine", "learning_rate": 2e-3,
                                      "warmup_epochs": 0.5, "weight_decay": 0.004, "label_smoothing": 0.1,
                                      "augment_policy": "photo", "mixup": 0.4, "cutmix": 1.0}
-    assert np.isfinite(first["metrics"]["train_loss"])
+    assert np.isfinite(first.metrics["train_loss"])
 
     class CrashAfterFirst(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
@@ -114,7 +114,7 @@ def test_the_photo_recipe_trains_deterministically_and_resumes_the_same(demo_dir
     with pytest.raises(_Crash):
         train_model(demo_dir, tmp_path / "b", config, callbacks=[CrashAfterFirst()])
     resumed = train_model(demo_dir, tmp_path / "b", config, resume=True)
-    assert resumed["resumed_from"] == 1
+    assert resumed.resumed_from == 1
     a, b = (read_table(tmp_path / r / "history.parquet") for r in ("a", "b"))
     cols = ["loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"]
     np.testing.assert_array_equal(a[cols].to_numpy(), b[cols].to_numpy())

@@ -67,6 +67,11 @@ def test_gradcam_passes_and_an_edge_detector_fails(trained, tmp_path):
     assert list(table.columns[:len(tables.SANITY_SCHEMA)]) == tables.SANITY_SCHEMA.names
     assert len(table) == 4 * 4 * 4 and table.loc[table["method"] == "lime", "ssim"].isna().all()
     assert table.loc[table["method"] == "lime", "top_k_overlap"].between(0, 1).all()
+    # LIME ran with a pipeline run's options (adaptive...), and the table and the verdicts say so
+    ran = verdict.loc["lime", "options"]
+    assert ran.startswith("adaptive, 256 to 300 samples") and "seed 3 by position" in ran
+    assert set(table.loc[table["method"] == "lime", "options"]) == {ran}
+    assert verdict.loc["edges", "options"] == "an extra explainer"
     assert (tmp_path / "sanity" / "sanity.png").stat().st_size > 10_000
     saved = tables.read_json(tmp_path / "sanity" / "verdicts.json")
     assert saved["thresholds"]["max_rank"] == sanity.THRESHOLDS.max_rank
@@ -82,12 +87,22 @@ def test_gradcam_passes_and_an_edge_detector_fails(trained, tmp_path):
     assert "<img" in part
 
 
+def test_any_registered_method_can_be_checked_with_the_runs_options(trained):
+    from fruitlens.config import ExplainOptions, SmoothGradOptions
+
+    model, images, _ = trained
+    options = ExplainOptions(smoothgrad=SmoothGradOptions(samples=3, noise=0.3))
+    result = sanity.run_sanity(model, images[:2], methods=("saliency", "smoothgrad"), options=options, seed=1)
+    assert set(result.methods) == {"saliency", "smoothgrad"} and result.rank["saliency"].shape[1] == 2
+    assert result.options == {"saliency": "default options", "smoothgrad": "samples 3, noise 0.3"}
+
+
 def test_same_seed_same_cascade(trained):
     model, images, _ = trained
     a = sanity.run_sanity(model, images[:2], methods=("gradcam",), seed=1)
     b = sanity.run_sanity(model, images[:2], methods=("gradcam",), seed=1)
     np.testing.assert_array_equal(a.rank["gradcam"], b.rank["gradcam"])
-    with pytest.raises(ValueError, match="sanity methods nope: expected any of gradcam, gradcam\\+\\+, lime"):
+    with pytest.raises(ValueError, match="sanity methods nope: expected any of lime, gradcam, .*, gradcam\\+\\+, cam"):
         sanity.run_sanity(model, images, methods=("nope",))
 
 
@@ -111,4 +126,4 @@ def test_cli_sanity_writes_the_table_and_says_the_verdict(demo_dir, tmp_path, ca
     assert "Grad-CAM: " in said and "LIME: " in said and "2 images, 3 layers re-initialised" in said
     assert set(tables.read_table(out / "sanity.parquet")["method"]) == {"gradcam", "lime"}
     assert main([*args[:-4], "--methods", "nope"]) == 2
-    assert "--methods nope: expected any of gradcam, gradcam++, lime" in capsys.readouterr().err
+    assert "--methods nope: expected any of lime, gradcam, layercam" in capsys.readouterr().err

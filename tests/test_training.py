@@ -56,12 +56,12 @@ def test_train_writes_the_run_folder(uninterrupted, demo_dir):
     assert card.seed == 3 and len(card.fingerprint) == 64 and card.versions["keras"]
     assert card.config["epochs"] == 3 and card.config["counts"]["val"] > 0  # val carved from Training
     assert 0.0 <= card.metrics["val_accuracy"] <= 1.0
-    assert result["epochs"] == 3 and result["model_path"].endswith("model.keras")
+    assert result.epochs == 3 and result.model_path.endswith("model.keras")
     model, _ = load_run(run)
     x = np.random.default_rng(0).uniform(0, 1, (2, 16, 16, 3)).astype(np.float32)
     assert np.asarray(model(x)).shape == (2, 6)
     best = int(json.loads((run / "checkpoints" / "state.json").read_text())["best_epoch"])
-    assert result["best_epoch"] == best and history["val_accuracy"].max() == pytest.approx(
+    assert result.best_epoch == best and history["val_accuracy"].max() == pytest.approx(
         history.loc[history["epoch"] == best, "val_accuracy"].iloc[0])
 
 
@@ -73,7 +73,7 @@ def test_killed_run_resumes_at_the_right_epoch(uninterrupted, demo_dir, tmp_path
     state = json.loads((tmp_path / "checkpoints" / "state.json").read_text())
     assert state["epoch"] == 2 and not (tmp_path / "model.keras").exists()
     result = train_model(demo_dir, tmp_path, config, resume=True)
-    assert result["resumed_from"] == 2 and result["epochs"] == 3
+    assert result.resumed_from == 2 and result.epochs == 3
     history = tables.read_table(tmp_path / "history.parquet")
     ref = tables.read_table(full_run / "history.parquet")
     assert history["epoch"].tolist() == [1, 2, 3]  # every epoch once
@@ -81,7 +81,7 @@ def test_killed_run_resumes_at_the_right_epoch(uninterrupted, demo_dir, tmp_path
     # the uninterrupted one
     for column in ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"):
         np.testing.assert_allclose(history[column], ref[column], rtol=1e-5, err_msg=column)
-    assert result["metrics"]["val_accuracy"] == pytest.approx(full["metrics"]["val_accuracy"])
+    assert result.metrics["val_accuracy"] == pytest.approx(full.metrics["val_accuracy"])
 
 
 def test_resume_refuses_a_changed_config_and_allows_more_epochs(uninterrupted, demo_dir, tmp_path):
@@ -89,7 +89,7 @@ def test_resume_refuses_a_changed_config_and_allows_more_epochs(uninterrupted, d
     with pytest.raises(ValueError, match="configuration changed.*image_size"):
         train_model(demo_dir, run, TrainConfig(epochs=3, **{**FAST, "image_size": 12}), resume=True)
     result = train_model(demo_dir, run, TrainConfig(epochs=3, **FAST), resume=True)  # nothing left to do
-    assert result["resumed_from"] == 3 and result["epochs"] == 3
+    assert result.resumed_from == 3 and result.epochs == 3
 
 
 def test_early_stopping_stops_and_stays_stopped(demo_dir, tmp_path):
@@ -97,9 +97,9 @@ def test_early_stopping_stops_and_stays_stopped(demo_dir, tmp_path):
     # batch-norm statistics, so it is not the metric to starve)
     config = TrainConfig(epochs=6, early_stopping=1, learning_rate=1e-12, monitor="val_accuracy", **FAST)
     result = train_model(demo_dir, tmp_path, config)
-    assert result["stopped_early"] and result["epochs"] < 6
+    assert result.stopped_early and result.epochs < 6
     again = train_model(demo_dir, tmp_path, config, resume=True)
-    assert again["epochs"] == result["epochs"]
+    assert again.epochs == result.epochs
 
 
 def test_class_weights_balanced():
@@ -130,7 +130,7 @@ def test_cli_bad_values_are_one_line(demo_dir, tmp_path, capsys, monkeypatch):
     assert main(["train", "--data", str(demo_dir), "--out", str(tmp_path), "--image-size", "0"]) == 2
     assert "--image-size 0" in capsys.readouterr().err
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
-    monkeypatch.setattr(models, "_network_available", lambda *a, **k: False)
+    monkeypatch.setattr(models, "network_available", lambda *a, **k: False)
     assert main(["train", "--data", str(demo_dir), "--out", str(tmp_path), "--arch", "transfer:vgg16",
                  "--image-size", "32", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
@@ -177,7 +177,7 @@ def test_transfer_with_a_backbone_pretrained_by_the_test(demo_dir, tmp_path):
     result = train_model(demo_dir, tmp_path / "run", config)
     model, card = load_run(tmp_path / "run")
     assert card.classes == tuple(sorted(other)) and card.arch == "transfer:mobilenet_v2"
-    assert "mobilenet_v2:tf" in card.preprocessing
+    assert "mobilenet_v2:tf" in card.scaling and card.preprocessing == "rescale"  # one meaning per field
     saved = build_backbone("mobilenet_v2", (size, size), str(weights), alpha=0.35).get_weights()
     used = model.get_layer("backbone_mobilenet_v2").get_weights()
     assert all(np.array_equal(a, b) for a, b in zip(saved, used, strict=True))  # the pretrained file was used
@@ -185,7 +185,7 @@ def test_transfer_with_a_backbone_pretrained_by_the_test(demo_dir, tmp_path):
     x = load_images(index_dataset(demo_dir, classes=list(other)).paths("test"), size).floats()
     probs = np.asarray(model(x, training=False))
     assert probs.shape == (len(x), 3) and np.allclose(probs.sum(1), 1, atol=1e-5)
-    assert result["epochs"] == 2 and pd.notna(result["metrics"]["val_accuracy"])
+    assert result.epochs == 2 and pd.notna(result.metrics["val_accuracy"])
 
 
 @pytest.mark.slow

@@ -80,7 +80,7 @@ def test_resume_onto_another_dataset_is_refused(one_epoch, demo_dir, tmp_path, k
     assert json.loads((one_epoch / "checkpoints" / "state.json").read_text())["epoch"] == 1
     # the same data resumes (more epochs are an allowed change)
     again = train_model(demo_dir, one_epoch, TrainConfig(epochs=1, **FAST), resume=True)
-    assert again["resumed_from"] == 1
+    assert again.resumed_from == 1
 
 
 @pytest.mark.parametrize("resume", [True, False])
@@ -95,7 +95,7 @@ def test_leftover_checkpoint_temp_files_are_removed_at_start(one_epoch, demo_dir
     keep.write_text("mine")
     result = train_model(demo_dir, run, TrainConfig(epochs=1, **FAST), resume=resume)
     assert not any(p.exists() for p in leftovers)
-    assert keep.read_text() == "mine" and result["epochs"] == 1
+    assert keep.read_text() == "mine" and result.epochs == 1
     assert not list(run.rglob(".*.tmp*"))
 
 
@@ -138,7 +138,7 @@ def test_sigkilled_training_process_resumes_to_the_uninterrupted_history(demo_di
     assert state["epoch"] == 1 and not (run / "model.keras").exists()
 
     result = train_model(demo_dir, run, config, resume=True)
-    assert result["resumed_from"] == 1 and result["epochs"] == 3
+    assert result.resumed_from == 1 and result.epochs == 3
     history = tables.read_table(run / "history.parquet")
     ref = tables.read_table(reference / "history.parquet")
     assert history["epoch"].tolist() == [1, 2, 3]
@@ -221,10 +221,10 @@ def test_a_damaged_checkpoint_is_said_set_aside_and_training_starts_fresh(one_ep
     with caplog.at_level("WARNING"):
         result = train_model(demo_dir, run, TrainConfig(epochs=2, **FAST), resume=True)
     assert said in caplog.text and "starting a fresh run" in caplog.text, caplog.text
-    assert result["resumed_from"] == 0 and result["epochs"] == 2  # trained from scratch, not failed
+    assert result.resumed_from == 0 and result.epochs == 2  # trained from scratch, not failed
     assert (run / "checkpoints" / "set-aside").is_dir()  # kept for a look, never deleted
     again = train_model(demo_dir, run, TrainConfig(epochs=3, **FAST), resume=True)  # the fresh run's checkpoint
-    assert again["resumed_from"] == 2
+    assert again.resumed_from == 2
 
 
 def test_a_whole_checkpoint_resumes_and_records_checksums(one_epoch, demo_dir, tmp_path):
@@ -234,4 +234,4 @@ def test_a_whole_checkpoint_resumes_and_records_checksums(one_epoch, demo_dir, t
     shutil.copytree(one_epoch, run)
     state = json.loads((run / "checkpoints" / "state.json").read_text())
     assert state["checksums"] == checksums(run / "checkpoints") and "last.keras" in state["checksums"]
-    assert train_model(demo_dir, run, TrainConfig(epochs=2, **FAST), resume=True)["resumed_from"] == 1
+    assert train_model(demo_dir, run, TrainConfig(epochs=2, **FAST), resume=True).resumed_from == 1

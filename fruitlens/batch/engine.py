@@ -41,12 +41,13 @@ import pyarrow.parquet as pq
 
 from fruitlens import tables
 from fruitlens.batch import pictures
-from fruitlens.batch.methods import METHODS
+from fruitlens.batch.methods import run_method
 from fruitlens.config import ExplainOptions, to_plain
 from fruitlens.digests import code_digest, file_digest, text_digest
 from fruitlens.layout import FAILED, ExplainLayout
 from fruitlens.lifetime import die_with_parent
 from fruitlens.locks import folder_lock
+from fruitlens.registry import METHODS
 
 log = logging.getLogger(__name__)
 
@@ -173,9 +174,9 @@ def compute_part(model, card, chunk: Sequence[Mapping[str, Any]], out_dir: str |
         read = read_chunk(pd.DataFrame(list(chunk)), card.image_size, getattr(card, "fit", "resize"))
     images, ok, failed = read
     if len(ok):
-        frame, draw = METHODS[method].run(model, card, images, ok, options, out)
+        frame, draw = run_method(method, model, card, images, ok, options, out)
     else:
-        frame, draw = tables.SCHEMAS[method].empty_table().to_pandas(), no_drawing
+        frame, draw = tables.SCHEMAS[METHODS[method].table].empty_table().to_pandas(), no_drawing
     return Part(method, key, frame, failed, draw)
 
 
@@ -188,7 +189,7 @@ def write_part(out_dir: str | os.PathLike, part: Part) -> dict[str, int]:
     out = ExplainLayout(out_dir)
     path = out.part(part.method, part.key)
     checksum_path(path).unlink(missing_ok=True)  # no stale checksum is ever paired with a new part
-    tables.write_table(part.frame, path, tables.SCHEMAS[part.method])
+    tables.write_table(part.frame, path, tables.SCHEMAS[METHODS[part.method].table])
     tables.write_bytes(checksum_path(path), file_digest(path).encode())
     failed_part = out.part(FAILED, part.key)
     if len(part.failed):
@@ -257,7 +258,8 @@ def finish(out_dir: str | os.PathLike, keys: Mapping[str, Sequence[str]]) -> dic
     for method, method_keys in keys.items():
         names = {out.part(method, k).name for k in method_keys}
         _prune(out.parts_dir(method), names)
-        paths[method] = _join([out.part(method, k) for k in method_keys], tables.SCHEMAS[method], out.table(method))
+        paths[method] = _join([out.part(method, k) for k in method_keys], tables.SCHEMAS[METHODS[method].table],
+                               out.table(method))
     all_keys = {k for ks in keys.values() for k in ks}
     _prune(out.parts_dir(FAILED), {out.part(FAILED, k).name for k in all_keys})
     failed = [out.part(FAILED, k) for k in sorted(all_keys)]

@@ -26,7 +26,7 @@ FAITHFULNESS = "faithfulness"
 
 def faithfulness_rows(out_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per (method, variant) of the method tables in ``out_dir`` (schema ``faithfulness``)."""
-    from fruitlens.batch.methods import METHODS
+    from fruitlens.registry import METHODS
 
     out = ExplainLayout(out_dir)
     rows = []

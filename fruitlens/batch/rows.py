@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 
 from fruitlens import tables
@@ -226,6 +227,13 @@ def files_and_labels(data: Sequence[str | os.PathLike], read_as: str = "auto") -
         files += [index.root / p for p in index.table["path"]]  # unusable files get their error row
         labels += [str(v) for v in index.table["label"]]
     return files, labels
+
+
+def evidence_masks(rows: pd.DataFrame, size: tuple[int, int]) -> dict[int, np.ndarray]:
+    """Evidence masks (at ``size``) of the rows that have one, by position."""
+    from fruitlens.synthetic import read_mask
+
+    return {i: read_mask(m, size) for i, m in enumerate(rows["mask_path"]) if isinstance(m, str) and os.path.isfile(m)}
 
 
 def probe_content(rows: pd.DataFrame) -> list[str]:

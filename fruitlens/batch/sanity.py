@@ -1,8 +1,8 @@
 """The nightly's sanity check: the randomisation test (``fruitlens.explain.sanity``) of the run's own methods
 on a small probe set, written where ``fruitlens sanity --out RUN/sanity`` writes it, so the report shows it.
 
-Only the methods the randomisation test knows are checked (Grad-CAM in its ``gradcam`` / ``gradcam++``
-variants, LIME), each with the run's own options: Grad-CAM's layer, LIME's sample count, segmenter and fill.
+Every method of the run is checked (Grad-CAM under its variant's name), each built from the run's own options
+by its ``from_options`` (``fruitlens.registry``): LIME adaptive as in ``lime.parquet``, Grad-CAM at its layer.
 """
 
 from __future__ import annotations
@@ -14,15 +14,8 @@ import pandas as pd
 
 
 def sanity_methods(methods: Sequence[str], options) -> tuple[str, ...]:
-    """The randomisation-test names of the run's ``methods`` (``ExplainOptions`` picks the CAM variant)."""
-    from fruitlens.sanity_names import CAM_METHODS
-
-    out = []
-    if "gradcam" in methods and options.gradcam.variant in CAM_METHODS:
-        out.append(options.gradcam.variant)
-    if "lime" in methods:
-        out.append("lime")
-    return tuple(out)
+    """The randomisation-test names of the run's ``methods`` (Grad-CAM: its variant, from ``ExplainOptions``)."""
+    return tuple(options.gradcam.variant if m == "gradcam" else m for m in methods)
 
 
 def sanity_run(source, rows: pd.DataFrame, methods: Sequence[str], options, out_dir, seed: int = 0) -> str:
@@ -36,8 +29,7 @@ def sanity_run(source, rows: pd.DataFrame, methods: Sequence[str], options, out_
     images, rows, _ = read_chunk(rows, card.image_size, card.fit)
     if not len(rows):
         raise ValueError(f"sanity probe of {len(rows)} readable images: expected at least 1")
-    result = sanity.run_sanity(model, images, methods=list(methods), layer=options.gradcam.layer,
-                               lime_options=options.lime, seed=seed)
+    result = sanity.run_sanity(model, images, methods=list(methods), options=options, seed=seed)
     sanity.write_sanity(result, images, rows, out_dir, class_names=list(card.classes), seed=seed)
     return str(SanityLayout(Path(out_dir)).verdicts)
 
@@ -71,6 +63,6 @@ def read_verdicts(out_dir) -> dict[str, bool]:
 
 def verdict_words(verdicts: Mapping[str, bool]) -> str:
     """``Grad-CAM passes, LIME FAILS`` ("" without verdicts)."""
-    from fruitlens.sanity_names import METHOD_TITLES
+    from fruitlens.sanity_names import method_title
 
-    return ", ".join(f"{METHOD_TITLES.get(m, m)} {'passes' if ok else 'FAILS'}" for m, ok in verdicts.items())
+    return ", ".join(f"{method_title(m)} {'passes' if ok else 'FAILS'}" for m, ok in verdicts.items())

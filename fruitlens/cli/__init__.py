@@ -132,14 +132,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     setup_logging(args.verbose)
     quiet_libraries(args.verbose)
-    from fruitlens.dataset import DatasetError
-    from fruitlens.runs import RunError
+    from fruitlens.cli.common import is_ours, one_line
 
     try:
         check_shared_flags(args)
         return commands[args.command][1](args)
-    except (CommandError, DatasetError, RunError) as exc:
-        print(f"fruitlens {args.command}: error: {exc}", file=sys.stderr)
+    except (CommandError, ValueError) as exc:  # bad input, ours or a library's: one line (--verbose: a bug's trace)
+        if args.verbose and not is_ours(exc):
+            raise
+        print(f"fruitlens {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:  # a full disk or a vanished folder mid-run: one line, nothing half-written
         if args.verbose:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
-import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from fruitlens.errors import FruitlensError, OptionError
 
 DEFAULT_DEMO_DIR = "data/demo"
 DEFAULT_DEMO_OUT = "artifacts/demo"
@@ -93,24 +95,51 @@ def _image_size(text: str, flag: str = "--image-size") -> int | tuple[int, int]:
     return parts[0] if len(parts) == 1 else (parts[0], parts[1])
 
 
-def build_options(cls: type, values: dict[str, Any], flags: dict[str, str] | None = None):
-    """The options dataclass ``cls`` from flag values; its ValueError becomes a CommandError naming the flag.
+#: option keys whose flag is not ``--key-with-dashes`` (what the user typed for them)
+FLAGS: dict[str, str] = {"methods": "--method", "variant": "--gradcam-variant",
+                         "segmenter_params": "--segmenter-param"}
 
-    ``flags`` maps field names to flag names where they differ from ``--field-name``.
-    """
-    from fruitlens.config import build
+
+def as_typed(exc: OptionError, typed: Mapping[str, str] | None = None) -> OptionError:
+    """The one translation of an option error into what the user typed: ``typed`` maps option keys (or field
+    names) to a flag (``--num-samples``) or a ``--set`` key (``lime.num_samples``); other keys of a command's
+    options become ``--key-with-dashes`` (``FLAGS`` where that differs); keys of a config file stay as they are."""
+    typed = dict(typed or {})
+    if exc.key.startswith("-"):  # already what the user typed
+        return exc
+    field = exc.key.rsplit(".", 1)[-1]
+    name = typed.get(exc.key) or typed.get(field)
+    if name is None and exc.key == field:
+        name = FLAGS.get(field, "--" + field.replace("_", "-"))
+    if name is None:
+        return exc
+    if exc.unknown:
+        return OptionError(name, None, f"one of {exc.expected}" if name.startswith("--") else exc.expected,
+                           unknown=True)
+    return OptionError(name, exc.value, exc.expected)
+
+
+def build_options(cls: type, values: dict[str, Any], typed: Mapping[str, str] | None = None):
+    """The options dataclass ``cls`` from the values the user gave; a bad value names what they typed
+    (``typed``: option field -> flag or ``--set`` key, see :func:`as_typed`)."""
+    from fruitlens.typed import build
 
     try:
         return build(cls, values)
-    except ValueError as exc:
-        text = str(exc)
-        for field in sorted(values, key=len, reverse=True):
-            flag = (flags or {}).get(field, "--" + field.replace("_", "-"))
-            new = re.sub(rf"(^|[\s.:]){re.escape(field)}\b", rf"\g<1>{flag}", text, count=1)
-            if new != text:
-                text = new
-                break
-        raise CommandError(text) from exc
+    except OptionError as exc:
+        raise as_typed(exc, typed) from exc
+
+
+def one_line(exc: BaseException) -> str:
+    """What the command prints for an error: an option error as the user typed it, else the first line."""
+    if isinstance(exc, OptionError):
+        exc = as_typed(exc)
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def is_ours(exc: BaseException) -> bool:
+    """A reason the user can act on (a command or fruitlens error), not a bug to show with a traceback."""
+    return isinstance(exc, CommandError | FruitlensError)
 
 
 def add_read_as_argument(p) -> None:
@@ -159,20 +188,14 @@ def model_source(args):
               "unsafe": bool(args.unsafe_load_code)}
     if args.fit:
         values["fit"] = args.fit
-    try:
-        return ModelSource(**values)
-    except ValueError as exc:
-        raise CommandError(str(exc)) from exc
+    return ModelSource(**values)
 
 
 def load_model(args):
     """(model, card, digest) of --model; a bad file is one line."""
     source = model_source(args)
-    try:
-        model, card = source.load()
-        return model, card, source.digest(card)
-    except ValueError as exc:
-        raise CommandError(str(exc).splitlines()[0]) from exc
+    model, card = source.load()
+    return model, card, source.digest(card)
 
 
 class Progress:

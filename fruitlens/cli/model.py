@@ -91,24 +91,20 @@ def _cmd_train(args) -> int:
     config = _train_config(args)
     from fruitlens.training import train_model
 
-    try:
-        # a progress bar on a terminal; one line per epoch in a log or pipe (a bar there is one endless line)
-        verbose = 1 if sys.stdout.isatty() else 2
-        with folder_lock(args.out):  # a second train into the same folder is refused, not the last writer wins
-            result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
-    except ValueError as exc:  # bad weights file, no ImageNet weights offline, changed config on resume, ...
-        raise CommandError(str(exc).splitlines()[0]) from exc
-    m = result["metrics"]
-    start = f"resumed after epoch {result['resumed_from']}, " if result["resumed_from"] else ""
-    v = result["validation"]
-    kept = (f"best epoch {result['best_epoch']} val_accuracy {m['val_accuracy']:.4f}"
+    # a progress bar on a terminal; one line per epoch in a log or pipe (a bar there is one endless line)
+    verbose = 1 if sys.stdout.isatty() else 2
+    with folder_lock(args.out):  # a second train into the same folder is refused, not the last writer wins
+        result = train_model(args.data, args.out, config, resume=args.resume, verbose=verbose)
+    m, v = result.metrics, result.validation
+    start = f"resumed after epoch {result.resumed_from}, " if result.resumed_from else ""
+    kept = (f"best epoch {result.best_epoch} val_accuracy {m['val_accuracy']:.4f}"
             if v["keep"] == "best" and "val_accuracy" in m else
-            f"kept the last epoch ({result['best_epoch']})" + (f", val_accuracy {m['val_accuracy']:.4f}"
-                                                               if "val_accuracy" in m else ""))
-    print(f"trained {config.arch} on {result['counts']['train']} images ({len(result['classes'])} classes), "
-          f"{v['held_out']} held out for validation: {start}{result['epochs']} epochs, {kept}; "
-          f"{result['seconds']:.1f}s")
-    print(f"wrote {result['model_path']}, model.json, history.parquet, curves.png, checkpoints/")
+            f"kept the last epoch ({result.best_epoch})" + (f", val_accuracy {m['val_accuracy']:.4f}"
+                                                            if "val_accuracy" in m else ""))
+    print(f"trained {config.arch} on {result.counts['train']} images ({len(result.classes)} classes), "
+          f"{v['held_out']} held out for validation: {start}{result.epochs} epochs, {kept}; "
+          f"{result.seconds:.1f}s")
+    print(f"wrote {result.model_path}, model.json, history.parquet, curves.png, checkpoints/")
     return 0
 
 
@@ -137,12 +133,8 @@ def _cmd_evaluate(args) -> int:
     source = model_source(args)
     from fruitlens.inference import evaluate_run
 
-    try:
-        with folder_lock(args.out):
-            metrics = evaluate_run(source, args.data, args.out, split=args.split, top_k_count=args.top_k,
-                                   tta=args.tta)
-    except ValueError as exc:
-        raise CommandError(str(exc).splitlines()[0]) from exc
+    with folder_lock(args.out):
+        metrics = evaluate_run(source, args.data, args.out, split=args.split, top_k_count=args.top_k, tta=args.tta)
     print(f"{args.split}: accuracy {metrics['accuracy']:.4f} on {metrics['num_images']} images; macro F1 "
           f"{metrics['macro']['f1-score']:.4f}; {metrics['unreadable']} unreadable, "
           f"{metrics['unknown_label']} with a label the model does not know")
@@ -172,12 +164,9 @@ def _cmd_predict(args) -> int:
         raise CommandError(f"{' '.join(map(str, args.files))}: no image files found (rule: {FOLDER_RULE})")
     from fruitlens.locks import folder_lock
 
-    try:
-        with folder_lock(args.out), Progress(0, "annotated") as bar:
-            table = predict_files(source, files, args.out, top_k_count=args.top_k, labels=labels,
-                                  progress=bar.advance_to)
-    except ValueError as exc:  # a bad model file, or not one image could be read
-        raise CommandError(str(exc).splitlines()[0]) from exc
+    with folder_lock(args.out), Progress(0, "annotated") as bar:
+        table = predict_files(source, files, args.out, top_k_count=args.top_k, labels=labels,
+                              progress=bar.advance_to)
     for row in table.itertuples():
         if row.error:
             print(f"error: {row.error}")  # the reason starts with the path

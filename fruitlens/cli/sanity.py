@@ -13,6 +13,7 @@ from fruitlens.cli.common import (
     build_options,
     load_model,
 )
+from fruitlens.typed import to_plain
 
 
 def _add_sanity(sub) -> None:
@@ -24,43 +25,51 @@ def _add_sanity(sub) -> None:
     p.add_argument("--split", default="test", help="split of a dataset root (default: test)")
     add_read_as_argument(p)
     p.add_argument("--limit", type=int, default=8, help="images to explain at every step (default 8)")
-    p.add_argument("--methods", default="gradcam,gradcam++,lime", help="comma-separated: gradcam, gradcam++, lime")
+    p.add_argument("--methods", default="gradcam,gradcam++,lime",
+                   help="comma-separated methods or variants (default gradcam,gradcam++,lime; any of --method's, "
+                        "and gradcam++, cam)")
+    p.add_argument("--config", type=Path, help="a pipeline config file: the methods run with its explain_options "
+                   "(default: the pipeline's defaults, as a `fruitlens run` without one)")
     p.add_argument("--layer", help="Grad-CAM's conv layer (default: the last conv layer)")
-    p.add_argument("--num-samples", type=int, default=300, help="LIME's perturbed samples per image (default 300)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="LIME's perturbed samples per image, at most when adaptive (default: as in the options)")
     p.add_argument("--seed", type=int, default=0, help="seed of the re-initialisation and of LIME's samples")
     add_model_arguments(p)
 
 
 def _cmd_sanity(args) -> int:
+    from dataclasses import replace
+
     from fruitlens.batch.engine import read_chunk
     from fruitlens.batch.rows import rows_from_inputs
-    from fruitlens.config import LimeOptions
+    from fruitlens.config import load_config
     from fruitlens.explain import sanity
+    from fruitlens.registry import method_names
 
     methods = _csv(args.methods) or []
-    bad = [m for m in methods if m not in sanity.METHODS]
+    bad = [m for m in methods if m not in method_names()]
     if bad or not methods:
-        raise CommandError(f"--methods {args.methods}: expected any of {', '.join(sanity.METHODS)}")
+        raise CommandError(f"--methods {args.methods}: expected any of {', '.join(method_names())}")
     if args.limit < 1:
         raise CommandError(f"--limit {args.limit}: expected at least 1")
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out}: is a file; expected a folder")
-    lime = build_options(LimeOptions, {"num_samples": args.num_samples, "seed": args.seed})
+    options = load_config(args.config).explain_options
+    if args.num_samples is not None:
+        lime = build_options(type(options.lime), {**to_plain(options.lime), "num_samples": args.num_samples})
+        options = replace(options, lime=lime)
     rows = rows_from_inputs(args.data, split=args.split, limit=args.limit, read_as=args.read_as)
     model, card, _ = load_model(args)
     images, rows, failed = read_chunk(rows, card.image_size, card.fit)
     if not len(rows):
         raise CommandError(f"--data: none of the {len(failed)} images could be read")
-    try:
-        with Progress(0, "sanity", unit="steps (the model re-initialised layer by layer)") as bar:
-            result = sanity.run_sanity(model, images, methods=methods, layer=args.layer, lime_options=lime,
-                                       seed=args.seed, progress=bar.advance_to)
-    except ValueError as exc:
-        raise CommandError(str(exc).splitlines()[0]) from exc
+    with Progress(0, "sanity", unit="steps (the model re-initialised layer by layer)") as bar:
+        result = sanity.run_sanity(model, images, methods=methods, options=options, layer=args.layer, seed=args.seed,
+                                   progress=bar.advance_to)
     found = sanity.write_sanity(result, images, rows, args.out, class_names=card.classes, seed=args.seed)
     for v in found.to_dict("records"):
-        print(f"{sanity.METHOD_TITLES.get(v['method'], v['method'])}: {'passes' if v['passed'] else 'FAILS'} "
-              f"({v['reason']})")
+        print(f"{sanity.method_title(v['method'])}: {'passes' if v['passed'] else 'FAILS'} ({v['reason']}; "
+              f"ran with: {v['options']})")
     print(f"{len(rows)} images, {len(result.layers) - 1} layers re-initialised; wrote {args.out}")
     return 0
 

@@ -15,6 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from fruitlens.explain.explainer import Explainer
 from fruitlens.explain.keras_graph import (  # noqa: F401 - re-exported for the explainers
     CONV_TYPES,
     LayerRef,
@@ -26,7 +27,7 @@ from fruitlens.explain.keras_graph import (  # noqa: F401 - re-exported for the 
     trace_model,
     walk_layers,
 )
-from fruitlens.explain.results import CAMResult  # noqa: F401 - re-exported
+from fruitlens.explain.results import HeatmapResult
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def peaks(heatmaps: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------ the base explainer
 
 
-class BaseCAM:
+class BaseCAM(Explainer):
     """Class activation maps: target resolution, batching, the gradient step, scaling, upsampling.
 
     Subclasses override :meth:`cam_weights` (and set ``needs_gradients`` False when they do not use them).
@@ -106,6 +107,11 @@ class BaseCAM:
         self.model = model
         self.layer = layer
         self.batch_size = batch_size
+
+    @classmethod
+    def from_options(cls, model, options) -> BaseCAM:
+        """``options``: the method's options (``layer``, ``batch_size``)."""
+        return cls(model, options.layer, batch_size=options.batch_size)
 
     def cam_weights(self, acts: tf.Tensor, grads: tf.Tensor | None, targets: tf.Tensor) -> tf.Tensor:
         """Channel weights (N, K) from activations (N, h, w, K), their gradients and targets (N,)."""
@@ -145,7 +151,7 @@ class BaseCAM:
     def check(self, ref: LayerRef) -> None:
         """Raise ValueError when the method cannot explain ``ref`` in this model (CAM's structure check)."""
 
-    def explain(self, images, targets=None, *, upsample: bool = True) -> CAMResult:
+    def explain(self, images, targets=None, *, upsample: bool = True) -> HeatmapResult:
         """Heatmaps for ``images``, each for its own target class.
 
         Args:
@@ -154,7 +160,7 @@ class BaseCAM:
             upsample: resize the maps to (H, W); False keeps the layer's (h, w).
 
         Returns:
-            A :class:`CAMResult` with (N, H, W) float32 heatmaps in [0, 1].
+            A :class:`HeatmapResult` with (N, H, W) float32 heatmaps in [0, 1].
         """
         images = check_images(images)
         num_classes = int(self.model.output_shape[-1])
@@ -170,7 +176,7 @@ class BaseCAM:
         heat = np.concatenate(maps).astype(np.float32)
         if upsample:
             heat = upsample_maps(heat, images.shape[1:3])
-        return CAMResult(heat, np.concatenate(resolved).astype(np.int64), np.concatenate(scores), ref.path)
+        return HeatmapResult(heat, np.concatenate(resolved).astype(np.int64), np.concatenate(scores), ref.path)
 
 
 # ------------------------------------------------------------------------------------ input-space explainers
@@ -223,7 +229,7 @@ def scale_per_image(maps: np.ndarray, *, minmax: bool = False) -> np.ndarray:
     return np.divide(maps, top, out=np.zeros_like(maps), where=top > 0)
 
 
-class BaseAttribution:
+class BaseAttribution(Explainer):
     """Explainers of the input pixels: targets, batching and scaling shared; subclasses override
     :meth:`attribute`.
 
@@ -241,6 +247,11 @@ class BaseAttribution:
         self.model = model
         self.batch_size = batch_size
 
+    @classmethod
+    def from_options(cls, model, options) -> BaseAttribution:
+        """``options``: the method's options (``batch_size``; subclasses read their own fields)."""
+        return cls(model, batch_size=options.batch_size)
+
     def attribute(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """(N, H, W) raw importance of each pixel for each image's target (any scale; positive = evidence)."""
         raise NotImplementedError
@@ -255,7 +266,7 @@ class BaseAttribution:
         return np.concatenate([scores(tf.constant(images[i:i + self.batch_size])).numpy()
                                for i in range(0, len(images), self.batch_size)])
 
-    def explain(self, images, targets=None) -> CAMResult:
+    def explain(self, images, targets=None) -> HeatmapResult:
         """Heatmaps for ``images``, each for its own target class.
 
         Args:
@@ -263,7 +274,7 @@ class BaseAttribution:
             targets: (N,) class ids, or one int for all, or None for each image's predicted class.
 
         Returns:
-            A :class:`CAMResult` with (N, H, W) float32 heatmaps in [0, 1] (layer ``input``).
+            A :class:`HeatmapResult` with (N, H, W) float32 heatmaps in [0, 1] (layer ``input``).
         """
         images = check_images(images)
         num_classes = int(self.model.output_shape[-1])
@@ -272,4 +283,4 @@ class BaseAttribution:
         targets = np.where(targets < 0, scores.argmax(axis=1), targets).astype(np.int32)
         picked = scores[np.arange(len(images)), targets].astype(np.float32)
         heat = self.scale(self.attribute(images, targets))
-        return CAMResult(heat.astype(np.float32), targets.astype(np.int64), picked, self.layer)
+        return HeatmapResult(heat.astype(np.float32), targets.astype(np.int64), picked, self.layer)

@@ -133,24 +133,3 @@ def write_drift(out_dir, table: pd.DataFrame, images: np.ndarray, old_maps: np.n
     table = table.assign(picture_path=pictures)
     tables.write_table(table, out / "drift.parquet", DRIFT_SCHEMA)
     return table
-
-
-def drift_run(old_source, new_source, rows: pd.DataFrame, out_dir) -> dict:
-    """Explain ``rows`` with both models (``fruitlens.modelio.ModelSource``s), write the drift table and pictures
-    into ``out_dir``; returns ``drift_summary`` plus the table's path."""
-    from pathlib import Path
-
-    from fruitlens.batch.engine import read_chunk
-    from fruitlens.batch.methods import _masks
-
-    old_model, old_card = old_source.load()
-    new_model, card = new_source.load()
-    if tuple(old_card.classes) != tuple(card.classes) or tuple(old_card.image_size) != tuple(card.image_size):
-        return {"images": 0, "moved_share": 0.0, "mean_rank": None, "classes": {}, "path": ""}
-    images, rows, _ = read_chunk(rows, card.image_size, card.fit)
-    if not len(rows):
-        return {"images": 0, "moved_share": 0.0, "mean_rank": None, "classes": {}, "path": ""}
-    table, old_maps, new_maps = explanation_drift(old_model, new_model, images, rows, card.classes,
-                                                  masks=_masks(rows, card.image_size))
-    write_drift(out_dir, table, images, old_maps, new_maps)
-    return {**drift_summary(table), "path": str(Path(out_dir) / "drift.parquet")}

@@ -15,7 +15,7 @@ gradient step per batch, scaling, upsampling) and differ only in how the channel
 
 The map is ReLU(sum_k weight_k * activation_k), divided by its own maximum (all-zero stays zero). Gradients
 are taken on pre-softmax scores.
-Batch runs call them through ``fruitlens.batch.methods``.
+Batch runs build them from their options (``from_options``, ``fruitlens.registry``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ class GradCAM(BaseCAM):
     """Grad-CAM: channel weights are the spatial mean of the target score's gradient."""
 
     method = "gradcam"
+
+    @classmethod
+    def from_options(cls, model, options) -> BaseCAM:
+        """``options``: ``CamOptions``; its ``variant`` picks Grad-CAM, Grad-CAM++ or CAM."""
+        return VARIANTS[options.variant](model, options.layer, batch_size=options.batch_size)
 
     def cam_weights(self, acts, grads, targets):
         return tf.reduce_mean(grads, axis=(1, 2))  # per image: (N, K); never over the batch
@@ -105,6 +110,10 @@ class ScoreCAM(BaseCAM):
             raise ValueError(f"channels {channels}: expected at least 1 or None (all)")
         self.channels = channels
         self.step_key = (channels,)
+
+    @classmethod
+    def from_options(cls, model, options) -> ScoreCAM:
+        return cls(model, options.layer, batch_size=options.batch_size, channels=options.channels)
 
     def _used(self, ref: LayerRef) -> int:
         k = int(ref.layer.output.shape[-1])

@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from fruitlens.explain.base import (
     BaseAttribution,
-    CAMResult,
+    HeatmapResult,
     check_images,
     check_targets,
     gradient_fn,
@@ -89,7 +89,7 @@ class Saliency(_GradientMethod):
         g = self.gradient_sum(images, targets, 1, lambda x, rows, cols: x[rows, None])
         return np.abs(g).max(axis=-1)
 
-    def explain(self, images, targets=None) -> CAMResult:
+    def explain(self, images, targets=None) -> HeatmapResult:
         """As :meth:`BaseAttribution.explain`, in one compiled pass per batch: the forward pass that gives the
         gradient also resolves the targets and their scores (the base's separate forward pass and per-batch
         sums took half the time of this method)."""
@@ -100,7 +100,7 @@ class Saliency(_GradientMethod):
                  for i in range(0, len(images), self.batch_size)]
         raw = np.concatenate([tf.reduce_max(tf.abs(g), axis=-1).numpy() for g, _, _ in parts])
         resolved, picked = (np.concatenate([p[j].numpy() for p in parts]) for j in (1, 2))
-        return CAMResult(self.scale(raw).astype(np.float32), resolved.astype(np.int64), picked.astype(np.float32),
+        return HeatmapResult(self.scale(raw).astype(np.float32), resolved.astype(np.int64), picked.astype(np.float32),
                          self.layer)
 
 
@@ -121,6 +121,11 @@ class SmoothGrad(_GradientMethod):
         if samples < 1 or not noise >= 0:
             raise ValueError(f"samples {samples}, noise {noise}: expected samples >= 1 and noise >= 0")
         self.samples, self.noise, self.seed = samples, noise, seed
+
+    @classmethod
+    def from_options(cls, model, options) -> SmoothGrad:
+        return cls(model, samples=options.samples, noise=options.noise, seed=options.seed,
+                   batch_size=options.batch_size)
 
     def attribute(self, images, targets):
         draws = np.random.default_rng(self.seed).standard_normal((self.samples, *images.shape[1:]), np.float32)
@@ -149,6 +154,10 @@ class IntegratedGradients(_GradientMethod):
             raise ValueError(f"steps {steps}: expected at least 2 (both ends of the path)")
         reference_images(np.zeros((1, 1, 1, 3), np.float32), reference)  # a bad reference fails here
         self.steps, self.reference = steps, reference
+
+    @classmethod
+    def from_options(cls, model, options) -> IntegratedGradients:
+        return cls(model, steps=options.steps, reference=options.reference, batch_size=options.batch_size)
 
     def attributions(self, images, targets) -> np.ndarray:
         """(N, H, W, 3) signed attributions; they sum to about f_t(x) - f_t(x') (completeness)."""

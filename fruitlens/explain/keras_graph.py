@@ -32,6 +32,8 @@ import keras
 from keras import ops
 from keras.src.models.functional import Functional  # not exported; needed to walk nested graphs
 
+from fruitlens.errors import OptionError
+
 log = logging.getLogger(__name__)
 
 CONV_TYPES = (keras.layers.Conv2D, keras.layers.SeparableConv2D, keras.layers.DepthwiseConv2D,
@@ -128,7 +130,8 @@ def find_layer(model, layer: str | keras.layers.Layer | None = None) -> LayerRef
     else:
         found = [r for r in refs if r.path == layer] or [r for r in refs if r.name == layer]
     if not found:
-        raise ValueError(f"layer {layer!r} not found in model {model.name!r}; conv layers: {', '.join(convs)}")
+        raise OptionError("layer", layer, f"a layer of model {model.name!r} (not found; conv layers: "
+                                          f"{', '.join(convs)})")
     if len(found) > 1:
         raise ValueError(f"layer name {layer!r} is ambiguous; use one of the paths {[r.path for r in found]}")
     return found[0]

@@ -60,6 +60,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from fruitlens.config import HIDE_COLORS, LimeDesign
+from fruitlens.explain.explainer import Explainer
 from fruitlens.explain.lime_fit import (  # noqa: F401 - draw_masks and kernel_weights are part of this API
     draw_masks,
     fit_explanation,
@@ -221,29 +222,55 @@ def explain_lime(
                                 cvs[i]) for i in range(n)]
 
 
-class LimeExplainer:
+class LimeExplainer(Explainer):
     """LIME with the same verb as every explainer: ``explain(images, targets=None) -> LimeResult``.
 
     Args:
         model_or_fn: a Keras model or a function (B, H, W, 3) -> (B, C) of class probabilities.
         top_labels: classes explained per image when ``targets`` is None (highest probability first).
-        **options: the other keyword arguments of :func:`explain_lime` (num_samples, hide_color, seed,
-            batch_size, segmenter, num_features, feature_selection, kernel_width, adaptive, round_size,
-            tolerance, min_samples, design, control_variate); checked on each call.
+        seed: an int (image i uses ``(seed, i)``) or one seed per image, as :func:`explain_lime`.
+        segmenter: the superpixel method (name or ``Segmenter``).
+        **options: the other keyword arguments of :func:`explain_lime` (num_samples, hide_color,
+            batch_size, num_features, feature_selection, kernel_width, adaptive, round_size, tolerance,
+            min_samples, design, control_variate); checked on each call.
     """
 
     method = "lime"
 
-    def __init__(self, model_or_fn, *, top_labels: int = 1, **options):
+    def __init__(self, model_or_fn, *, top_labels: int = 1, seed: int | Sequence = 0,
+                 segmenter: str | Segmenter = "slic", **options):
         self.model = model_or_fn
         self.top_labels = top_labels
+        self.seed = seed
+        self.segmenter = make_segmenter(segmenter) if isinstance(segmenter, str) else segmenter
         self.options = dict(options)
 
-    def explain(self, images, targets=None, *, segments: np.ndarray | None = None) -> LimeResult:
-        """Explain ``images`` (N, H, W, 3) in [0, 1] for ``targets`` ((N,) or (N, k) class ids; None: the
-        ``top_labels`` predicted ones). ``segments`` (N, H, W) skips segmentation."""
+    @classmethod
+    def from_options(cls, model, options) -> LimeExplainer:
+        """``options``: ``LimeOptions``; every field that changes the explanation is passed on (its segments
+        come from its segmenter; the fields of the pictures stay with the batch run)."""
+        return cls(model, top_labels=options.top_labels, seed=options.seed,
+                   segmenter=make_segmenter(options.segmenter, **options.segmenter_params),
+                   num_samples=options.num_samples, hide_color=options.fill, batch_size=options.batch_size,
+                   num_features=options.num_features, feature_selection=options.feature_selection,
+                   adaptive=options.adaptive, round_size=options.round_size, tolerance=options.tolerance,
+                   min_samples=options.min_samples, design=options.design, control_variate=options.control_variate)
+
+    def segment(self, images, seeds: Sequence | None = None) -> np.ndarray:
+        """(N, H, W) int superpixels ``explain`` uses for ``images`` with ``seeds`` (default: ``seed``)."""
+        x = _check_images(images)
+        return _segments(x, None, self.segmenter, _entropy(self.seed if seeds is None else seeds, len(x)))[0]
+
+    def explain(self, images, targets=None, *, segments: np.ndarray | None = None,
+                seeds: Sequence | None = None) -> LimeResult:
+        """Explain ``images`` (N, H, W, 3) in [0, 1] for ``targets`` ((N,) or (N, k) class ids, or one int
+        for all; None: the ``top_labels`` predicted ones). ``segments`` (N, H, W) skips segmentation;
+        ``seeds`` (one per image) replaces ``seed`` (batch runs seed each image by its image id)."""
+        if targets is not None and np.ndim(targets) == 0:
+            targets = np.full(len(images), int(targets))
         return LimeResult(tuple(explain_lime(self.model, images, segments=segments, labels=targets,
-                                             top_labels=self.top_labels, **self.options)))
+                                             top_labels=self.top_labels, segmenter=self.segmenter,
+                                             seed=self.seed if seeds is None else seeds, **self.options)))
 
 
 # ------------------------------------------------------------------------------------ sampling and prediction

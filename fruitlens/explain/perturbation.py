@@ -119,6 +119,11 @@ class Occlusion(_MaskMethod):
             raise ValueError(f"fill {fill!r}: expected one of {', '.join(FILLS)}")
         self.window, self.stride, self.fill = _pair(window, "window"), _pair(stride, "stride"), fill
 
+    @classmethod
+    def from_options(cls, model, options) -> Occlusion:
+        return cls(model, window=options.window, stride=options.stride, fill=options.fill,
+                   batch_size=options.batch_size)
+
     def windows(self, size: tuple[int, int]) -> np.ndarray:
         """(P, H, W) float32, 1 inside each window."""
         (h, w), (wh, ww), (sy, sx) = size, self.window, self.stride
@@ -157,6 +162,11 @@ class RISE(_MaskMethod):
             raise ValueError(f"masks {masks}, cells {cells}, keep {keep}, fill {fill!r}: expected masks >= 1, "
                              f"cells >= 1, keep in (0, 1), fill one of {', '.join(FILLS)}")
         self.num_masks, self.cells, self.keep, self.seed, self.fill = masks, cells, keep, seed, fill
+
+    @classmethod
+    def from_options(cls, model, options) -> RISE:
+        return cls(model, masks=options.masks, cells=options.cells, keep=options.keep, seed=options.seed,
+                   fill=options.fill, batch_size=options.batch_size)
 
     def masks(self, size: tuple[int, int]) -> np.ndarray:
         """(M, H, W) float32 in [0, 1], seeded: the same for every image of that size."""

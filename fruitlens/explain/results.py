@@ -10,8 +10,8 @@ import pandas as pd
 
 
 @dataclass(frozen=True)
-class CAMResult:
-    """Heatmaps of N images and what they explain.
+class HeatmapResult:
+    """Heatmaps of N images and what they explain (every heatmap method: CAMs, gradients, perturbations).
 
     Attributes:
         heatmaps: (N, H, W) float32 in [0, 1] (or (N, h, w) at the layer's resolution), no NaN.
@@ -28,7 +28,7 @@ class CAMResult:
     def __post_init__(self) -> None:
         n = len(self.heatmaps)
         if self.heatmaps.ndim != 3 or self.targets.shape != (n,) or self.scores.shape != (n,):
-            raise ValueError(f"CAMResult shapes {self.heatmaps.shape}, {self.targets.shape}, {self.scores.shape}: "
+            raise ValueError(f"HeatmapResult shapes {self.heatmaps.shape}, {self.targets.shape}, {self.scores.shape}: "
                              "expected (N, H, W), (N,), (N,)")
 
     @property
@@ -205,6 +205,19 @@ class LimeResult:
 
     def __iter__(self):
         return iter(self.explanations)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """(N,) int: each image's first explained class."""
+        return np.array([e.labels[0] for e in self.explanations], np.int64)
+
+    @property
+    def heatmaps(self) -> np.ndarray:
+        """(N, H, W) float32 in [0, 1]: each image's weights of its first class drawn on its superpixels,
+        min-max scaled (the most negative superpixel 0, the most positive 1; all equal: 0)."""
+        maps = np.stack([e.weights[e.labels[0]][e.segments] for e in self.explanations]).astype(np.float32)
+        lo, hi = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
+        return np.divide(maps - lo, hi - lo, out=np.zeros_like(maps), where=hi > lo)
 
     def to_rows(self, image_ids: Sequence[str] | None = None, class_names: Sequence[str] | None = None
                 ) -> pd.DataFrame:

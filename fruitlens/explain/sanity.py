@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fruitlens.explain.keras_graph import CONV_TYPES, LayerRef, find_layer, walk_layers
-from fruitlens.sanity_names import CAM_METHODS, METHOD_TITLES, METHODS  # noqa: F401  (re-exported)
+from fruitlens.sanity_names import DEFAULT_METHODS, method_title  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +145,7 @@ class SanityResult:
         rank: {method: (steps, N)} Spearman correlation with step 0.
         ssim: {method: (steps, N)} SSIM with step 0 (heatmap methods only).
         top_k: {method: (steps, N)} top-5 superpixel overlap with step 0 (LIME only).
+        options: {method: the options it ran with, in words (``describe_options``)}.
     """
 
     layers: tuple[str, ...]
@@ -154,6 +155,7 @@ class SanityResult:
     rank: dict[str, np.ndarray]
     ssim: dict[str, np.ndarray] = field(default_factory=dict)
     top_k: dict[str, np.ndarray] = field(default_factory=dict)
+    options: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         s, n = len(self.layers), len(self.targets)
@@ -180,42 +182,45 @@ class SanityResult:
                     "method": method, "step": np.int32(step), "layer": layer, "layer_kind": kind, "image_id": ids,
                     "path": paths, "label": labels, "spearman": self.rank[method][step],
                     "ssim": self.ssim.get(method, nan)[step], "top_k_overlap": self.top_k.get(method, nan)[step],
-                    "seed": np.int32(seed)}))
+                    "seed": np.int32(seed), "options": self.options.get(method, "")}))
         return pd.concat(frames, ignore_index=True)
 
 
-def cam_explainer(variant: str, layer: str | None = None) -> HeatmapExplainer:
-    """A heatmap explainer of a Grad-CAM variant at ``layer`` (None: the last conv layer)."""
-    from fruitlens.explain.gradcam import explainer
+def describe_options(options) -> str:
+    """The options of one method as a short text: LIME's own description, else the fields that differ from
+    the defaults (``default options`` when none does)."""
+    from fruitlens.typed import to_plain
 
-    return lambda model, images, targets: explainer(model, variant, layer).explain(images, targets).heatmaps
-
-
-def _lime_maps(result, targets: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """LIME weights (S_i,) of each image's target and the weights drawn on the superpixels, scaled to [0, 1]."""
-    from fruitlens.explain.faithfulness import saliency_from_superpixels
-
-    weights = [e.weights[int(t)] for e, t in zip(result, targets, strict=True)]
-    maps = saliency_from_superpixels(np.stack([e.segments for e in result]), weights)
-    lo, hi = maps.min(axis=(1, 2), keepdims=True), maps.max(axis=(1, 2), keepdims=True)
-    return weights, np.divide(maps - lo, hi - lo, out=np.zeros_like(maps), where=hi > lo).astype(np.float32)
+    if hasattr(options, "describe"):
+        return options.describe()
+    plain, defaults = to_plain(options), to_plain(type(options)())
+    changed = [f"{k} {v}" for k, v in plain.items() if v != defaults[k] and k not in PICTURE_FIELDS]
+    return ", ".join(changed) or "default options"
 
 
-def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str] = METHODS,
-               extra: Mapping[str, HeatmapExplainer] | None = None, targets: np.ndarray | None = None,
+PICTURE_FIELDS = ("palette", "alpha", "faithfulness_steps", "baseline")  # options that change no explanation
+
+
+def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str] = DEFAULT_METHODS,
+               options=None, extra: Mapping[str, HeatmapExplainer] | None = None, targets: np.ndarray | None = None,
                layer: str | None = None, lime_options=None, seed: int = 0,
                progress: Callable[[int, int], None] | None = None) -> SanityResult:
     """The cascading model parameter randomisation test on ``images``.
 
+    Every method is built from its options by its own ``from_options`` (``fruitlens.registry``), so the
+    explanations checked are those a run with ``options`` writes. Two deliberate differences, recorded in the
+    table's ``options`` column: LIME's seed is ``seed`` (image i: ``(seed, i)``, not its image id), and its
+    superpixels are those of the original model's run, kept at every step.
+
     Args:
         model: a Keras model taking (N, H, W, 3) float32 in [0, 1]; copied, never changed.
         images: (N, H, W, 3) float in [0, 1] at the model's input size.
-        methods: built-in methods to check: gradcam, gradcam++ (at ``layer``), lime.
+        methods: names in ``fruitlens.registry.method_names()`` (methods and variants: gradcam++, cam).
+        options: the run's ``ExplainOptions`` (default: a pipeline run's, ``PipelineConfig().explain_options``).
         extra: more heatmap explainers by name (e.g. a baseline that ignores the model).
         targets: (N,) class ids explained at every step; default the original model's predictions.
-        layer: the CAM methods' conv layer (None: the last conv layer of the original model).
-        lime_options: ``fruitlens.config.LimeOptions`` (num_samples, segmenter, hide_color, ...); its seed
-            is replaced by ``seed`` so every step perturbs alike.
+        layer: the conv layer of the methods that take one (None: as in ``options``).
+        lime_options: ``LimeOptions`` in place of ``options.lime``.
         seed: seeds the re-initialisation and LIME's samples.
         progress: called as ``progress(steps done, steps)`` after each step (for a progress bar).
 
@@ -224,16 +229,15 @@ def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str]
     """
     from dataclasses import replace
 
-    from fruitlens.config import LimeOptions
+    from fruitlens.config import PipelineConfig
     from fruitlens.explain.base import check_images
-    from fruitlens.explain.lime import explain_lime
-    from fruitlens.explain.segmentation import make_segmenter
+    from fruitlens.registry import method_names, resolve
     from fruitlens.runs import predict_batches
 
     x = check_images(images)
-    bad = [m for m in methods if m not in METHODS]
+    bad = [m for m in methods if m not in method_names()]
     if bad:
-        raise ValueError(f"sanity methods {', '.join(bad)}: expected any of {', '.join(METHODS)}")
+        raise ValueError(f"sanity methods {', '.join(bad)}: expected any of {', '.join(method_names())}")
     copy = model_copy(model)
     cascade = cascade_layers(copy)
     if not cascade:
@@ -241,24 +245,30 @@ def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str]
     if targets is None:
         targets = predict_batches(copy, x).argmax(axis=1)
     targets = np.asarray(targets, np.int64)
-    heat: dict[str, HeatmapExplainer] = {}
-    if any(m in CAM_METHODS for m in methods):
-        cam_layer = find_layer(copy, layer).path  # fixed on the original weights: the same layer at every step
-        heat |= {m: cam_explainer(m, cam_layer) for m in methods if m in CAM_METHODS}
-    heat |= dict(extra or {})
-    lime = None
-    if "lime" in methods:
-        lime = replace(lime_options or LimeOptions(num_samples=300), seed=seed)
-        segments = make_segmenter(lime.segmenter, **lime.segmenter_params).segment(x, seed=seed)
+    options = PipelineConfig().explain_options if options is None else options
+    built, described, lime_kw = {}, {}, {}
+    for name in methods:
+        spec, opts = resolve(name, lime_options if name == "lime" and lime_options is not None else options)
+        if layer is not None and hasattr(opts, "layer"):
+            opts = replace(opts, layer=layer)
+        if hasattr(opts, "layer") and opts.layer is None:  # fixed on the original weights: the same at every step
+            opts = replace(opts, layer=find_layer(copy, None).path)
+        if spec.table == "lime":
+            opts = replace(opts, seed=seed)
+            built[name] = spec.build(copy, opts)
+            lime_kw[name] = {"segments": built[name].segment(x)}
+            described[name] = f"{describe_options(opts)}; seed {seed} by position, superpixels of the original model"
+        else:
+            built[name] = spec.build(copy, opts)
+            described[name] = describe_options(opts)
 
     def explain_all() -> dict[str, tuple[np.ndarray, list[np.ndarray] | None]]:
-        out = {name: (np.asarray(fn(copy, x, targets), np.float32), None) for name, fn in heat.items()}
-        if lime is not None:
-            res = explain_lime(copy, x, segments=segments, labels=targets, num_samples=lime.num_samples,
-                               hide_color=lime.fill, seed=seed, batch_size=lime.batch_size,
-                               num_features=lime.num_features, feature_selection=lime.feature_selection)
-            weights, maps = _lime_maps(res, targets)
-            out["lime"] = (maps, weights)
+        out = {}
+        for name, explainer in built.items():
+            res = explainer.explain(x, targets, **lime_kw.get(name, {}))
+            weights = [e.weights[int(t)] for e, t in zip(res, targets, strict=True)] if name in lime_kw else None
+            out[name] = (np.asarray(res.heatmaps, np.float32), weights)
+        out |= {name: (np.asarray(fn(copy, x, targets), np.float32), None) for name, fn in (extra or {}).items()}
         return out
 
     rng = np.random.default_rng(seed)
@@ -285,7 +295,8 @@ def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str]
             top[m] = np.array([[top_k_overlap(a, b) for a, b in zip(w0, s[m][1], strict=True)] for s in steps])
     return SanityResult(layers=("", *(r.path for r in cascade)),
                         kinds=("none", *(layer_kind(r.layer) for r in cascade)), targets=targets,
-                        heatmaps=heatmaps, rank=rank, ssim=ssim, top_k=top)
+                        heatmaps=heatmaps, rank=rank, ssim=ssim, top_k=top,
+                        options={m: described.get(m, "an extra explainer") for m in names})
 
 
 # ------------------------------------------------------------------------------------ the verdict
@@ -296,7 +307,8 @@ def verdicts(table: pd.DataFrame, thresholds: SanityThresholds = THRESHOLDS) -> 
     the mean from there on, and whether the method passes (see :class:`SanityThresholds`).
 
     Columns: method, images, steps, first_conv_step, first_conv_layer, rank_at_first_conv, rank, ssim, top_k
-    (means over the steps from the first conv layer on), final_rank, passed, reason.
+    (means over the steps from the first conv layer on), final_rank, passed, reason, options (what the
+    method ran with; "" in tables written before the column existed).
     """
     rows = []
     for method, t in table.groupby("method", sort=False):
@@ -322,7 +334,7 @@ def verdicts(table: pd.DataFrame, thresholds: SanityThresholds = THRESHOLDS) -> 
             "first_conv_step": first, "first_conv_layer": str(means.loc[first, "layer"]),
             "rank_at_first_conv": float(means.loc[first, "rank"]), "rank": mean["rank"],
             "ssim": mean["ssim"], "top_k": mean["top_k"], "final_rank": float(means["rank"].iloc[-1]),
-            "passed": not fails,
+            "passed": not fails, "options": str(t["options"].iloc[0]) if "options" in t.columns else "",
             "reason": "; ".join(fails) if fails else "changes with the model from the first conv layer on"})
     return pd.DataFrame(rows)
 
@@ -337,7 +349,6 @@ def edge_detector(model: keras.Model, images: np.ndarray, targets: np.ndarray) -
 
 
 # ------------------------------------------------------------------------------------ figure and files
-
 
 
 def cascade_figure(result: SanityResult, images: np.ndarray, *, shown: Sequence[int] = (0, 1),
@@ -356,7 +367,7 @@ def cascade_figure(result: SanityResult, images: np.ndarray, *, shown: Sequence[
     for r, (i, m) in enumerate((i, m) for i in shown for m in methods):
         ax = fig.add_subplot(grid[r, 0])
         ax.imshow(np.clip(images[i], 0, 1))
-        ax.set_ylabel(f"{(titles or [f'image {i}'] * (i + 1))[i]}\n{METHOD_TITLES.get(m, m)}", fontsize=7)
+        ax.set_ylabel(f"{(titles or [f'image {i}'] * (i + 1))[i]}\n{method_title(m)}", fontsize=7)
         ax.set_xticks([]), ax.set_yticks([])
         for s in range(steps):
             ax = fig.add_subplot(grid[r, s + 1])
@@ -368,13 +379,13 @@ def cascade_figure(result: SanityResult, images: np.ndarray, *, shown: Sequence[
     ax = fig.add_subplot(grid[nrows, :])
     x = np.arange(steps)
     for m in methods:
-        ax.plot(x, result.rank[m].mean(axis=1), marker="o", label=f"{METHOD_TITLES.get(m, m)}: rank correlation")
+        ax.plot(x, result.rank[m].mean(axis=1), marker="o", label=f"{method_title(m)}: rank correlation")
         if m in result.ssim:
             ax.plot(x, result.ssim[m].mean(axis=1), marker=".", linestyle="--", alpha=0.7,
-                    label=f"{METHOD_TITLES.get(m, m)}: SSIM")
+                    label=f"{method_title(m)}: SSIM")
         if m in result.top_k:
             ax.plot(x, result.top_k[m].mean(axis=1), marker=".", linestyle=":", alpha=0.7,
-                    label=f"{METHOD_TITLES.get(m, m)}: top-{TOP_K} overlap")
+                    label=f"{method_title(m)}: top-{TOP_K} overlap")
     ax.axhline(thresholds.max_rank, color="grey", linewidth=0.8, linestyle="-.",
                label=f"pass: rank correlation below {thresholds.max_rank}")
     ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)

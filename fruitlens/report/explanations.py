@@ -69,7 +69,7 @@ def section_explanations(data: ReportData, opts: ReportOptions) -> str:
         parts.append(f"<p class=\"note\">{len(shown) - len(without):,} of {len(shown):,} classes have an explained "
                      f"image; none was explained for {esc(', '.join(without[:30]))}"
                      f"{' …' if len(without) > 30 else ''}.</p>")
-    from fruitlens.explain.stability import stability_line
+    from fruitlens.batch.stability import stability_line
 
     if line := stability_line(data.stability):
         parts.append(f"<p class=\"note\" id=\"lime-stability\">{esc(line)}</p>")
@@ -90,15 +90,14 @@ def section_explanations(data: ReportData, opts: ReportOptions) -> str:
 
 def section_ranking(data: ReportData, opts: ReportOptions) -> str:
     """The explanation methods of the run ranked by faithfulness (``faithfulness.parquet``)."""
-    from fruitlens.batch.methods import TITLES
     from fruitlens.batch.ranking import FAITHFULNESS
+    from fruitlens.registry import title
 
     path = data.run.explain.table(FAITHFULNESS)
     ranked = data.run.table(path)
     if ranked is None or ranked.empty:
         return missing("The faithfulness of the explanation methods", data.run.rel(path))
-    shown = ranked.assign(method=[TITLES.get(v, TITLES.get(m, m)) if not str(v).startswith("scorecam@")
-                                  else f"Faster Score-CAM ({str(v).split('@')[1]} channels)"
+    shown = ranked.assign(method=[title(str(v)) if title(str(v)) != str(v) else title(m)
                                   for m, v in zip(ranked["method"], ranked["variant"], strict=True)])
     best = shown.iloc[0]
     text = (f"<p>{len(shown):,} explanation methods ran on this data; the most faithful is "
@@ -137,7 +136,7 @@ def section_visualize(data: ReportData, opts: ReportOptions) -> str:
 
 def section_sanity(data: ReportData, opts: ReportOptions) -> str:
     """The model parameter randomisation test (``fruitlens sanity --out RUN/sanity``): a verdict per method."""
-    from fruitlens.explain.sanity import METHOD_TITLES, THRESHOLDS, verdicts
+    from fruitlens.explain.sanity import THRESHOLDS, method_title, verdicts
 
     lay = data.layout.sanity
     if data.sanity is None:
@@ -152,9 +151,10 @@ def section_sanity(data: ReportData, opts: ReportOptions) -> str:
              f"{THRESHOLDS.max_rank} with the original (and SSIM below {THRESHOLDS.max_ssim}, or for LIME a top-5 "
              f"superpixel overlap below {THRESHOLDS.max_top_k}).</p>", "<ul>"]
     for v in found.to_dict("records"):
-        name = esc(METHOD_TITLES.get(v["method"], v["method"]))
+        name = esc(method_title(v["method"]))
         word = "<b class=\"good\">passes</b>" if v["passed"] else "<b class=\"bad\">fails</b>"
-        parts.append(f"<li>{name} {word}: {esc(v['reason'])}.</li>")
+        ran = f" <span class=\"note\">(ran with: {esc(v['options'])})</span>" if v.get("options") else ""
+        parts.append(f"<li>{name} {word}: {esc(v['reason'])}.{ran}</li>")
     parts.append("</ul>")
     if lay.figure.is_file():
         parts.append(figure(data.run.image_src(lay.figure), "The cascade for two images (left: the photo; then "

@@ -299,7 +299,7 @@ def _timings(rj: dict) -> str:
 def _card_part(card: dict, versions_shown: bool) -> str:
     classes = card.get("classes") or []
     summary = [("arch", card.get("arch")), ("image_size (h, w)", card.get("image_size")),
-               ("preprocessing", card.get("preprocessing")),
+               ("preprocessing", card.get("scaling") or card.get("preprocessing")),
                ("classes", f"{len(classes)}: " + ", ".join(map(str, classes))),
                ("seed", card.get("seed")), ("dataset fingerprint", card.get("fingerprint"))]
     parts = ["<h3>Model card (<code>model.json</code>)</h3>" + kv([(k, v) for k, v in summary if v is not None])]

@@ -1,0 +1,149 @@
+"""The import structure: no circle, and imports only point down the layers of DESIGN.md (read with ast,
+imports inside functions included, so lazy imports count as much as top-level ones)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Bottom up (DESIGN.md, "Layers"): a module may import its own layer or a lower one, never a higher one
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("errors and typed helpers", ("fruitlens", "fruitlens.errors", "fruitlens.typed", "fruitlens.tables",
+                                  "fruitlens.pngs", "fruitlens.images", "fruitlens.sizes")),
+    ("value objects", ("fruitlens.layout", "fruitlens.modelspec", "fruitlens.card", "fruitlens.augment",
+                       "fruitlens.archs",
+                       "fruitlens.segmenter_params")),
+    ("config and the method registry", ("fruitlens.method_options", "fruitlens.lime_options", "fruitlens.registry",
+                                        "fruitlens.config")),
+    ("Keras-facing library", ("fruitlens.*",)),
+    ("explain", ("fruitlens.explain", "fruitlens.explain.*")),
+    ("batch and run-level summaries", ("fruitlens.batch", "fruitlens.batch.*", "fruitlens.summary", "fruitlens.nights",
+                                       "fruitlens.alerts", "fruitlens.promotion")),
+    ("report and cli", ("fruitlens.report", "fruitlens.report.*", "fruitlens.cli", "fruitlens.cli.*",
+                        "fruitlens.__main__")),
+    ("tasks", ("tasks", "tasks.*")),
+    ("flows", ("flows", "flows.*")),
+]
+BELOW_KERAS = 3  # the layers under "Keras-facing library" import neither keras nor tensorflow
+
+
+def module_files() -> dict[str, Path]:
+    out = {}
+    for top in ("fruitlens", "tasks", "flows"):
+        for path in (ROOT / top).rglob("*.py"):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return out
+
+
+def imports_of(name: str, path: Path) -> set[str]:
+    """Every module name ``path`` imports, anywhere in the file (relative imports resolved)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names)
+    return found
+
+
+def layer_of(name: str) -> int:
+    exact = [i for i, (_, patterns) in enumerate(LAYERS) if name in patterns]
+    if exact:
+        return exact[0]
+    prefixed = [(len(p), i) for i, (_, patterns) in enumerate(LAYERS) for p in patterns
+                if p.endswith(".*") and name.startswith(p[:-1])]
+    return max(prefixed)[1]
+
+
+@pytest.fixture(scope="module")
+def graph() -> dict[str, set[str]]:
+    files = module_files()
+    return {name: {m for m in imports_of(name, path) if m in files and m != name and not name.startswith(m + ".")}
+            for name, path in files.items()}
+
+
+def test_every_module_has_a_layer(graph):
+    assert all(0 <= layer_of(m) < len(LAYERS) for m in graph)
+    assert layer_of("fruitlens.config") == 2 and layer_of("fruitlens.explain.lime") == 4
+    assert layer_of("fruitlens.modelio") == 3 and layer_of("fruitlens.batch.engine") == 5
+
+
+def test_no_import_points_up(graph):
+    upward = sorted(f"{a} ({LAYERS[layer_of(a)][0]}) imports {b} ({LAYERS[layer_of(b)][0]})"
+                    for a, deps in graph.items() for b in deps if layer_of(b) > layer_of(a))
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_circle(graph):
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                circles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert not circles, circles
+
+
+def test_nothing_below_the_keras_layer_imports_keras():
+    files = module_files()
+    heavy = sorted(f"{name} imports {m}" for name, path in files.items() if layer_of(name) < BELOW_KERAS
+                   for m in imports_of(name, path) if m.split(".")[0] in ("keras", "tensorflow"))
+    assert not heavy, heavy
+
+
+def test_options_and_the_registry_import_no_algorithm(graph):
+    """The registry names its explainers as "module:Class" strings and imports them only when one is built."""
+    from fruitlens.registry import METHODS
+
+    for name in ("fruitlens.registry", "fruitlens.lime_options", "fruitlens.method_options", "fruitlens.config"):
+        assert not {m for m in graph[name] if m.startswith("fruitlens.explain")}, name
+    assert {spec.explainer.split(":")[0] for spec in METHODS.values()} <= set(graph)
+
+
+def test_the_evaluate_task_code_digest_leaves_lime_out():
+    """Editing LIME (its algorithm, its options, its superpixels) leaves cached evaluations valid, and editing an
+    explainer leaves cached training valid; the explain task's digest follows every registered explainer."""
+    from fruitlens.digests import import_closure
+    from fruitlens.registry import METHODS
+
+    lime = {"fruitlens.explain.lime", "fruitlens.explain.lime_fit", "fruitlens.explain.segmentation",
+            "fruitlens.lime_options", "fruitlens.segmenter_params"}
+    evaluate = dict(import_closure("tasks.evaluate"))
+    assert "fruitlens.inference" in evaluate and not lime & set(evaluate), sorted(lime & set(evaluate))
+    assert lime <= set(dict(import_closure("tasks.explain")))
+    batch = set(dict(import_closure("fruitlens.batch.methods")))
+    assert {spec.explainer.split(":")[0] for spec in METHODS.values()} <= batch  # batch.methods._explainer_code
+    assert not {m for m in dict(import_closure("tasks.train")) if m.startswith("fruitlens.explain")}
