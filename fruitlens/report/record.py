@@ -130,7 +130,7 @@ def holdout_paragraph(card: dict | None) -> str:
             return ""
         n_val = int(counts["val"])
         return (f"<p>Validation: {n_val:,} images held out (the model card does not say where they came from).</p>"
-                if n_val else "<p class=\"missing\">Warning: no validation images; the model card does not say "
+                if n_val else "<p class=\"warning\">Warning: no validation images; the model card does not say "
                 "which epoch was kept.</p>")
     n_val, n_train = int(v.get("held_out", 0)), int(v.get("trained_on", 0))
     kept = ("the last epoch was kept" if v.get("keep") == "last" else "the best epoch was kept")
@@ -142,7 +142,7 @@ def holdout_paragraph(card: dict | None) -> str:
                  f"training images; {kept}.")
     out = f"<p>{words}</p>"
     if v.get("warning"):
-        out += f"<p class=\"missing\">Warning: {esc(v['warning'])}.</p>"
+        out += f"<p class=\"warning\">Warning: {esc(v['warning'])}.</p>"
     return out
 
 
