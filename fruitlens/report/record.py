@@ -136,7 +136,7 @@ def holdout_paragraph(card: dict | None) -> str:
     kept = ("the last epoch was kept" if v.get("keep") == "last" else "the best epoch was kept")
     if n_val:
         words = (f"Validation: {n_val:,} images held out ({esc(v.get('source', ''))}), not trained on; "
-                 f"they {esc(v.get('why', ''))}; {kept}. Trained on {n_train:,} images.")
+                 f"their role: {esc(v.get('why', ''))}; {kept}. Trained on {n_train:,} images.")
     else:
         words = (f"Validation: nothing held out ({esc(v.get('source', ''))}); trained on all {n_train:,} "
                  f"training images; {kept}.")
