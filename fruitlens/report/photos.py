@@ -51,9 +51,9 @@ def is_explain_folder(root: Path) -> bool:
 
 
 def _title(method: str) -> str:
-    from fruitlens.batch.methods import TITLES
+    from fruitlens.registry import title
 
-    return TITLES.get(method, method)
+    return title(method)
 
 
 def _number(value) -> float | None:
