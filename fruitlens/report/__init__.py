@@ -30,7 +30,7 @@ from fruitlens.report.explanations import (
     section_visualize,
     section_why,
 )
-from fruitlens.report.html import asset, esc
+from fruitlens.report.html import asset, esc, problems_box
 from fruitlens.report.loader import ReportData, ReportOptions, load
 from fruitlens.report.record import (
     section_comparison,
@@ -90,10 +90,7 @@ def _page(root: Path, data: ReportData, opts: ReportOptions) -> str:
     toc = "".join(f"<li><a href=\"#{sid}\">{esc(title)}</a></li>" for sid, title in SECTIONS)
     sections = "\n".join(f"<section id=\"{sid}\"><h2>{esc(title)}</h2>\n{bodies[sid]}\n</section>"
                          for sid, title in SECTIONS)
-    problems = ""
-    if data.run.problems:
-        problems = ("<div class=\"missing\"><b>Some files could not be read:</b><ul>"
-                    + "".join(f"<li>{esc(p)}</li>" for p in data.run.problems) + "</ul></div>")
+    problems = problems_box(data.run.problems)
     name = root.resolve().name
     built = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!DOCTYPE html>

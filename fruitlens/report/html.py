@@ -141,6 +141,14 @@ def kv(items: Iterable[tuple[str, Any]], digits: int = DIGITS) -> str:
     return f"<div class=\"table-wrap\"><table class=\"kv\"><tbody>{rows}</tbody></table></div>" if rows else ""
 
 
+def problems_box(problems) -> str:
+    """The box that lists the files a report could not read ("" when there are none)."""
+    if not problems:
+        return ""
+    return ("<div class=\"missing\"><b>Some files could not be read:</b><ul>"
+            + "".join(f"<li>{esc(p)}</li>" for p in problems) + "</ul></div>")
+
+
 def missing(what: str, *files: str) -> str:
     """The "not produced in this run" line, naming the absent files."""
     named = " and ".join(f"<code>{esc(f)}</code>" for f in files)

@@ -18,7 +18,7 @@ import pandas as pd
 
 from fruitlens import tables
 from fruitlens.layout import FAILED, REPORT_FILE, ExplainLayout, RunLayout
-from fruitlens.report.html import asset, esc, figure, fmt, missing, prob, table
+from fruitlens.report.html import asset, esc, figure, fmt, missing, prob, problems_box, table
 from fruitlens.report.loader import ReportData, ReportOptions, RunFiles, by_image, thumbnail_uri
 
 PHOTO_SIZE = 600  # longest side, in pixels, of the photo embedded beside its explanations
@@ -155,10 +155,7 @@ def _page(root: Path, run: ExplainFiles, frames: dict[str, pd.DataFrame]) -> str
     toc = "".join(f"<li><a href=\"#{sid}\">{esc(title)}</a></li>" for sid, title in SECTIONS)
     sections = "\n".join(f"<section id=\"{sid}\"><h2>{esc(title)}</h2>\n{bodies[sid]}\n</section>"
                          for sid, title in SECTIONS)
-    problems = ""
-    if run.problems:
-        problems = ("<div class=\"missing\"><b>Some files could not be read:</b><ul>"
-                    + "".join(f"<li>{esc(p)}</li>" for p in run.problems) + "</ul></div>")
+    problems = problems_box(run.problems)
     name = root.resolve().name
     built = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
     model = f"model {esc(card.get('arch') or card.get('name') or '')}" if card else "model unknown"
