@@ -130,7 +130,8 @@ def run_heatmap(method: str, model, card, images: np.ndarray, rows: pd.DataFrame
 
     Columns: image_id, path, label (explained class), layer (``input`` for pixel methods), heatmap_path,
     overlay_path, peak_y, peak_x (at the model's input size), deletion_auc, insertion_auc, true_label,
-    target_prob, method, variant, pointing_hit (None without a mask).
+    target_prob, method, variant, pointing_hit (None without a mask), passes (model passes per image) and
+    convergence (the adaptive methods' stopping statistic; both null where a method does not report them).
     """
     from fruitlens.explain.faithfulness import deletion_insertion, pointing_game
 
@@ -160,7 +161,14 @@ def run_heatmap(method: str, model, card, images: np.ndarray, rows: pd.DataFrame
         "insertion_auc": np.full(len(rows), np.nan) if off else faith.insertion_auc.astype(float),
         "target_prob": faith.deletion[:, 0].astype(float), "method": method, "variant": variant,
         "pointing_hit": hits,
+        "passes": _per_image(result.passes, len(rows), "Int32"),
+        "convergence": _per_image(result.convergence, len(rows), "Float64"),
     }), draw
+
+
+def _per_image(values, n: int, dtype: str) -> pd.Series:
+    """A per-image column of a result (nullable: all null where the method does not report it)."""
+    return pd.Series([None] * n if values is None else np.asarray(values).tolist(), dtype=dtype)
 
 
 def _explainer_code() -> None:

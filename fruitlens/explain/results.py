@@ -18,18 +18,29 @@ class HeatmapResult:
         targets: (N,) int class ids explained.
         scores: (N,) float32 pre-softmax score of each target.
         layer: path of the layer the maps come from.
+        passes: (N,) int model passes spent on each image (forward + backward counted once per input row),
+            or None where the method does not count them.
+        convergence: (N,) float the stopping statistic each adaptive method reached (Integrated Gradients:
+            relative completeness gap; SmoothGrad, RISE: relative standard error of the map; occlusion: the
+            largest change a finer window still made), or None for methods that do not stop adaptively.
     """
 
     heatmaps: np.ndarray
     targets: np.ndarray
     scores: np.ndarray
     layer: str
+    passes: np.ndarray | None = None
+    convergence: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n = len(self.heatmaps)
         if self.heatmaps.ndim != 3 or self.targets.shape != (n,) or self.scores.shape != (n,):
             raise ValueError(f"HeatmapResult shapes {self.heatmaps.shape}, {self.targets.shape}, {self.scores.shape}: "
                              "expected (N, H, W), (N,), (N,)")
+        for name in ("passes", "convergence"):
+            value = getattr(self, name)
+            if value is not None and np.shape(value) != (n,):
+                raise ValueError(f"HeatmapResult {name} shape {np.shape(value)}: expected ({n},) or None")
 
     @property
     def peaks(self) -> np.ndarray:
