@@ -1,11 +1,13 @@
 """The names of the architectures and backbones fruitlens builds, checked without Keras (a value module; the
-builders: ``fruitlens.models``, where a test keeps ``ARCHS`` and ``BACKBONES`` equal to these names)."""
+builders: ``fruitlens.models``, where a test keeps ``ARCHS`` equal to ``ARCH_NAMES``; the backbones are the
+Keras applications of ``fruitlens.keras_apps``)."""
 
 from __future__ import annotations
 
 from typing import Literal, get_args
 
 from fruitlens.errors import short
+from fruitlens.keras_apps import APP_NAMES
 
 TrainMode = Literal["bottleneck", "frozen", "finetune"]
 MODES: tuple[str, ...] = get_args(TrainMode)
@@ -14,7 +16,7 @@ ARCH_NAMES = ("seed_cnn", "fruit_net", "small_convnet", "lenet", "photo_resnet")
 OPTIMIZERS = ("default", "adam", "adamw", "rmsprop", "sgd")
 SCHEDULES = ("default", "constant", "cosine", "warmup_cosine")
 AUGMENT_POLICIES = ("classic", "photo")
-BACKBONE_NAMES = ("vgg16", "resnet50", "mobilenet_v2", "xception", "inception_v3", "efficientnet_b0")
+BACKBONE_NAMES = APP_NAMES  # every Keras application of the one table is a backbone
 
 
 def parse_arch(arch: str) -> tuple[str, tuple[str, ...]]:

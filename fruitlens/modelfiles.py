@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from fruitlens.errors import ModelSourceError
@@ -24,50 +23,9 @@ MODEL_SUFFIXES = (".keras", ".h5", ".hdf5")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-# ------------------------------------------------------------------------------------ ImageNet applications
+# ------------------------------------------------------------------------------------ ImageNet class names
 
 
-@dataclass(frozen=True)
-class ImagenetApp:
-    """A ``keras.applications`` network with its top: constructor name, input side, preprocessing, weights."""
-
-    constructor: str  # attribute of keras.applications
-    side: int  # square input size it was trained at
-    preprocessing: str  # what it expects (see the module table)
-    weights_file: str  # file name in Keras' cache (the name keras.applications asks get_file for)
-    weights_origin: str
-    weights_hash: str | None  # the md5 keras.applications checks after a download (None: it checks none)
-
-    def build(self):
-        import keras
-
-        return getattr(keras.applications, self.constructor)(weights=None, include_top=True, classes=1000)
-
-
-_GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
-IMAGENET_APPS: dict[str, ImagenetApp] = {
-    "vgg16": ImagenetApp("VGG16", 224, "caffe", "vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-                         _GCS + "vgg16/vgg16_weights_tf_dim_ordering_tf_kernels.h5",
-                         "64373286793e3c8b2b4e3219cbf3544b"),
-    "vgg19": ImagenetApp("VGG19", 224, "caffe", "vgg19_weights_tf_dim_ordering_tf_kernels.h5",
-                         _GCS + "vgg19/vgg19_weights_tf_dim_ordering_tf_kernels.h5",
-                         "cbe5617147190e668d6c5d5026f83318"),
-    "resnet50": ImagenetApp("ResNet50", 224, "caffe", "resnet50_weights_tf_dim_ordering_tf_kernels.h5",
-                            _GCS + "resnet/resnet50_weights_tf_dim_ordering_tf_kernels.h5",
-                            "2cb95161c43110f7111970584f804107"),
-    "inception_v3": ImagenetApp("InceptionV3", 299, "tf", "inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
-                                _GCS + "inception_v3/inception_v3_weights_tf_dim_ordering_tf_kernels.h5",
-                                "9a0d58056eeedaa3f26cb7ebd46da564"),
-    "mobilenet_v2": ImagenetApp("MobileNetV2", 224, "tf", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
-                                _GCS + "mobilenet_v2/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224.h5",
-                                None),
-    "efficientnet_b0": ImagenetApp("EfficientNetB0", 224, "none", "efficientnetb0.h5",
-                                   "https://storage.googleapis.com/keras-applications/efficientnetb0.h5",
-                                   "902e53a9f72be733fc0bcb005b3ebbac"),
-    "xception": ImagenetApp("Xception", 299, "tf", "xception_weights_tf_dim_ordering_tf_kernels.h5",
-                            _GCS + "xception/xception_weights_tf_dim_ordering_tf_kernels.h5",
-                            "0a58e3b7378bc2990ea3b43d5981f1f6"),
-}
 CLASS_INDEX_FILE = "imagenet_class_index.json"
 CLASS_INDEX_ORIGIN = "https://storage.googleapis.com/download.tensorflow.org/data/imagenet_class_index.json"
 CLASS_INDEX_HASH = "c2c37ea517e94d9795004a39431a14cb"

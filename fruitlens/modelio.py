@@ -44,8 +44,8 @@ import numpy as np
 from fruitlens import tables
 from fruitlens.card import ModelCard
 from fruitlens.layout import CARD_FILE, MODEL_FILE
+from fruitlens.keras_apps import KERAS_APPS
 from fruitlens.modelfiles import (
-    IMAGENET_APPS,
     MODEL_SUFFIXES,
     ModelSourceError,
     cached_file,
@@ -147,9 +147,9 @@ class ModelSource(ModelSpec):
         """(kind, location): kind is imagenet, keras, h5, savedmodel or card."""
         if self.spec.startswith("imagenet:"):
             app = self.spec.split(":", 1)[1]
-            if app not in IMAGENET_APPS:
+            if app not in KERAS_APPS:
                 raise ModelSourceError(f"{self.spec}: unknown application; "
-                                       f"expected imagenet:<{'|'.join(IMAGENET_APPS)}>")
+                                       f"expected imagenet:<{'|'.join(KERAS_APPS)}>")
             return "imagenet", app
         path = Path(self.spec).expanduser().absolute()
         if path.is_dir():
@@ -272,17 +272,19 @@ class ModelSource(ModelSpec):
             preprocessing=base.preprocessing if inside else preprocessing, wrap_preprocessing=not inside)
 
     def _load_imagenet(self, app_name: str):
-        app = IMAGENET_APPS[app_name]
+        app = KERAS_APPS[app_name]
         what = f"imagenet:{app_name}"
         weights = cached_file(app.weights_file, app.weights_origin, app.weights_hash, f"{what} weights")
         names = imagenet_classes() if self.classes is None and self.classes_file is None else None
-        raw = app.build()
+        import keras
+
+        raw = getattr(keras.applications, app.constructor)(weights=None, include_top=True, classes=1000)
         try:
             raw.load_weights(weights)
         except (ValueError, OSError, KeyError) as exc:
             raise ModelSourceError(f"{weights}: not the ImageNet weights of {what} ({first_line(exc)}); "
                                    f"fetch {app.weights_origin} again") from exc
-        preprocessing = self.preprocessing or app.preprocessing
+        preprocessing = self.preprocessing or app.expects
         size = self._size((app.side, app.side), None, what)
         model = wrap_model(raw, size, preprocessing, name=f"{app_name}_imagenet")
         card = ModelCard(classes=names or ("?",), image_size=size, arch=what, preprocessing=preprocessing,
@@ -310,7 +312,7 @@ class ModelSource(ModelSpec):
                         "preprocessing": card.preprocessing, "wrap": card.wrap_preprocessing, "fit": card.fit}
             return hashlib.sha256(f"{content}\n{json.dumps(resolved, sort_keys=True)}".encode()).hexdigest()
         if kind == "imagenet":
-            app = IMAGENET_APPS[str(where)]
+            app = KERAS_APPS[str(where)]
             weights = cached_file(app.weights_file, app.weights_origin, app.weights_hash, f"{self.spec} weights")
             content = hashlib.sha256(f"{self.spec}\n{file_sha256(weights)}".encode()).hexdigest()
         elif kind == "savedmodel":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -29,6 +28,7 @@ Mode = Literal["bottleneck", "frozen", "finetune"]
 from fruitlens.archs import MODES  # noqa: E402
 from fruitlens.archs import parse_arch as parse_names  # noqa: E402
 from fruitlens.errors import ModelError  # noqa: E402
+from fruitlens.keras_apps import KERAS_APPS  # noqa: E402
 from fruitlens.keras_cache import keras_cache_dir, network_available  # noqa: E402 - one owner of Keras' cache
 
 # ----------------------------------------------------------------------------------- custom layers
@@ -250,37 +250,11 @@ ARCHS: dict[str, Callable[[int, tuple[int, int]], keras.Model]] = {
 # -------------------------------------------------------------------------------------- backbones
 
 
-@dataclass(frozen=True)
-class Backbone:
-    """A Keras application: constructor, preprocessing mode, and where its last block starts."""
-
-    build: Callable[..., keras.Model]
-    preprocessing: str
-    last_block: str  # name of the first layer of the last block ("after:<name>": the layer after it)
-    weights_file: str  # file name of the ImageNet no-top weights in Keras' cache
-
-
-BACKBONES: dict[str, Backbone] = {
-    "vgg16": Backbone(keras.applications.VGG16, "caffe", "block5_conv1",
-                      "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "resnet50": Backbone(keras.applications.ResNet50, "caffe", "conv5_block3_1_conv",
-                         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "mobilenet_v2": Backbone(keras.applications.MobileNetV2, "tf", "block_16_expand",
-                             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_{alpha}_{rows}_no_top.h5"),
-    "xception": Backbone(keras.applications.Xception, "tf", "block14_sepconv1",
-                         "xception_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "inception_v3": Backbone(keras.applications.InceptionV3, "tf", "after:mixed9",
-                             "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5"),
-    "efficientnet_b0": Backbone(keras.applications.EfficientNetB0, "raw255", "block7a_expand_conv",
-                                "efficientnetb0_notop.h5"),
-}
-
-
 def parse_arch(arch: str) -> tuple[str, tuple[str, ...]]:
     """``"seed_cnn"`` -> ("seed_cnn", ()); ``"transfer:vgg16,resnet50"`` -> ("transfer", ("vgg16", "resnet50")).
 
     The names live in ``fruitlens.archs`` (checked without importing Keras); a test keeps them equal to
-    ``ARCHS`` and ``BACKBONES``.
+    ``ARCHS``; the backbones are ``fruitlens.keras_apps.KERAS_APPS``.
 
     Raises:
         ModelError: unknown architecture or backbone (naming the valid ones).
@@ -302,7 +276,7 @@ def check_weights(arch: str, weights: str, alpha: float = 1.0) -> None:
         return
     for name, w in zip(backbones, split_weights(weights, len(backbones)), strict=True):
         if w == "imagenet":
-            cached = keras_cache_dir() / BACKBONES[name].weights_file.format(alpha=float(alpha), rows=224)
+            cached = keras_cache_dir() / KERAS_APPS[name].notop_file.format(alpha=float(alpha), rows=224)
             if not cached.is_file() and not network_available():
                 raise ModelError(f"weights=imagenet for {name}: no cached weights at {cached} and no network to "
                                  "download them; pass --weights PATH (a .weights.h5 file) or none")
@@ -315,7 +289,7 @@ def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none"
     """One Keras application without its top, on (H, W, 3) input in the backbone's own range.
 
     Args:
-        name: a key of BACKBONES.
+        name: a key of ``fruitlens.keras_apps.KERAS_APPS``.
         image_size: (height, width).
         weights: ``imagenet`` (Keras' cache or a download), ``none``, or a ``.weights.h5`` file saved from
             the same backbone (``backbone.save_weights(path)``).
@@ -326,19 +300,19 @@ def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none"
     Raises:
         ModelError: one line when the weights are unavailable or do not fit, or the size is too small.
     """
-    spec = BACKBONES[name]
+    build = getattr(keras.applications, KERAS_APPS[name].constructor)
     kwargs = {"include_top": False, "input_shape": (image_size[0], image_size[1], 3)}
     if name == "mobilenet_v2":
         kwargs["alpha"] = alpha
     elif alpha != 1.0:
         raise ModelError(f"alpha {alpha}: only mobilenet_v2 has a width multiplier, not {name}")
     if weights == "imagenet":
-        cached = spec.weights_file.format(alpha=float(alpha), rows=224)
+        cached = KERAS_APPS[name].notop_file.format(alpha=float(alpha), rows=224)
         if not (keras_cache_dir() / cached).is_file() and not network_available():
             raise ModelError(f"weights=imagenet for {name}: no cached weights at {keras_cache_dir() / cached} "
                              "and no network to download them; pass --weights PATH (a .weights.h5 file) or none")
         try:
-            return spec.build(weights="imagenet", **kwargs)
+            return build(weights="imagenet", **kwargs)
         except ValueError as exc:
             raise ModelError(f"{name} with weights=imagenet at {image_size[0]}x{image_size[1]}: "
                              f"{str(exc).splitlines()[0]}") from exc
@@ -347,7 +321,7 @@ def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none"
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                              "pass --weights PATH (a .weights.h5 file) or none") from exc
     try:
-        model = with_seeds(spec.build(weights=None, **kwargs), seed)
+        model = with_seeds(build(weights=None, **kwargs), seed)
     except ValueError as exc:
         raise ModelError(f"{name} at {image_size[0]}x{image_size[1]}: {str(exc).splitlines()[0]}") from exc
     if weights not in ("none", "", None):
@@ -364,7 +338,7 @@ def build_backbone(name: str, image_size: tuple[int, int], weights: str = "none"
 
 def _freeze_before_last_block(backbone: keras.Model, name: str) -> int:
     """Make only the last block of ``backbone`` trainable; returns how many layers stay frozen."""
-    marker = BACKBONES[name].last_block
+    marker = KERAS_APPS[name].last_block
     after = marker.startswith("after:")
     target = marker.split(":", 1)[1] if after else marker
     names = [layer.name for layer in backbone.layers]
@@ -415,7 +389,7 @@ def build_transfer(backbones: Sequence[str], num_classes: int, image_size: tuple
             _freeze_before_last_block(bb, name)
         else:
             bb.trainable = False
-        x = BackbonePreprocess(BACKBONES[name].preprocessing, name=f"preprocess_{name}")(inp)
+        x = BackbonePreprocess(KERAS_APPS[name].backbone_preprocessing, name=f"preprocess_{name}")(inp)
         x = bb(x, training=False)
         pooled.append(keras.layers.GlobalAveragePooling2D(name=f"pool_{name}")(x))
     features = (keras.layers.Concatenate(name="features")(pooled) if len(pooled) > 1
@@ -455,7 +429,7 @@ def preprocessing_of(arch: str) -> str:
     """What a model of ``arch`` does inside to its [0, 1] input, in words (the model card's ``scaling``)."""
     kind, backbones = parse_arch(arch)
     if kind == "transfer":
-        return ",".join(f"{b}:{BACKBONES[b].preprocessing}" for b in backbones)
+        return ",".join(f"{b}:{KERAS_APPS[b].backbone_preprocessing}" for b in backbones)
     return "rescale[-1,1]" if kind in ("fruit_net", "photo_resnet") else "none ([0, 1] input)"
 
 

@@ -23,7 +23,7 @@ class ModelSpec:
 
     Attributes:
         spec: a run folder, a .keras/.h5 file, a SavedModel folder, a folder with a model.json card, or
-            ``imagenet:<app>`` (one of IMAGENET_APPS).
+            ``imagenet:<app>`` (one of ``fruitlens.keras_apps.KERAS_APPS``).
         classes: names in output order when the file does not say.
         classes_file: txt (one per line) or json (list, ``{"0": "cat"}``, ImageNet class index).
         image_size: (height, width) when the model's input is not fixed and no card says.

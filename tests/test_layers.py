@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
                                   "fruitlens.pngs", "fruitlens.images", "fruitlens.sizes")),
     ("value objects", ("fruitlens.layout", "fruitlens.modelspec", "fruitlens.card", "fruitlens.augment",
                        "fruitlens.archs",
-                       "fruitlens.segmenter_params")),
+                       "fruitlens.keras_apps", "fruitlens.segmenter_params")),
     ("config and the method registry", ("fruitlens.method_options", "fruitlens.lime_options", "fruitlens.registry",
                                         "fruitlens.config")),
     ("Keras-facing library", ("fruitlens.*",)),
@@ -147,3 +147,24 @@ def test_the_evaluate_task_code_digest_leaves_lime_out():
     batch = set(dict(import_closure("fruitlens.batch.methods")))
     assert {spec.explainer.split(":")[0] for spec in METHODS.values()} <= batch  # batch.methods._explainer_code
     assert not {m for m in dict(import_closure("tasks.train")) if m.startswith("fruitlens.explain")}
+
+
+def test_one_table_of_keras_applications():
+    """``imagenet:<app>`` and ``transfer:<backbone>`` read the one table in fruitlens.keras_apps: no other module
+    names a ``keras.applications`` constructor (``"VGG16"``, ``applications.VGG16``) or one of its weight files
+    (a second table would)."""
+    from fruitlens import archs, models
+    from fruitlens.keras_apps import KERAS_APPS
+
+    assert archs.BACKBONE_NAMES == tuple(KERAS_APPS) and not hasattr(models, "BACKBONES")
+    constructors = {app.constructor for app in KERAS_APPS.values()}
+    copies = []
+    for name, path in module_files().items():
+        if name == "fruitlens.keras_apps":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            text = node.value if isinstance(node, ast.Constant) and isinstance(node.value, str) else None
+            if (isinstance(node, ast.Attribute) and node.attr in constructors or text in constructors
+                    or text and ("weights_tf_dim_ordering" in text or text.endswith("_notop.h5"))):
+                copies.append(f"{name}:{node.lineno}")
+    assert not copies, copies

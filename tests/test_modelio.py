@@ -24,7 +24,8 @@ from fruitlens.explain.gradcam import gradcam
 from fruitlens.explain.lime import explain_lime
 from fruitlens.images import read_rgb
 from fruitlens.inference import predict_files
-from fruitlens.modelfiles import IMAGENET_APPS, read_classes
+from fruitlens.keras_apps import KERAS_APPS
+from fruitlens.modelfiles import read_classes
 from fruitlens.modelio import (
     ModelSource,
     check_layer_access,
@@ -306,9 +307,9 @@ def test_imagenet_without_files_names_the_file_to_fetch(keras_home):
     with pytest.raises(ValueError) as info:
         ModelSource("imagenet:mobilenet_v2").load()
     text = str(info.value)
-    name = IMAGENET_APPS["mobilenet_v2"].weights_file
+    name = KERAS_APPS["mobilenet_v2"].weights_file
     assert f"{keras_home / name} not found and no network" in text
-    assert f"fetch {IMAGENET_APPS['mobilenet_v2'].weights_origin} and put it at {keras_home / name}" in text
+    assert f"fetch {KERAS_APPS['mobilenet_v2'].weights_origin} and put it at {keras_home / name}" in text
     keras.Sequential([keras.Input((1,))]).save(keras_home / name)  # weights present, class index not
     with pytest.raises(ValueError, match=r"ImageNet class names: .*imagenet_class_index\.json not found"):
         ModelSource("imagenet:mobilenet_v2").load()
@@ -318,7 +319,7 @@ def test_imagenet_without_files_names_the_file_to_fetch(keras_home):
 def test_imagenet_app_with_test_made_weights(keras_home, photo):
     keras.utils.set_random_seed(1)
     reference = keras.applications.MobileNetV2(weights=None, include_top=True)  # what Keras' file holds
-    reference.save(keras_home / IMAGENET_APPS["mobilenet_v2"].weights_file)  # legacy .h5, as Keras' files are
+    reference.save(keras_home / KERAS_APPS["mobilenet_v2"].weights_file)  # legacy .h5, as Keras' files are
     index = {str(i): [f"n{i:08d}", f"thing{i}"] for i in range(1000)}
     (keras_home / "imagenet_class_index.json").write_text(json.dumps(index))
     model, card = ModelSource("imagenet:mobilenet_v2", fit="crop").load()
@@ -345,22 +346,26 @@ def test_imagenet_table_matches_keras_applications():
         xception,
     )
 
-    assert IMAGENET_APPS["vgg16"].weights_origin == vgg16.WEIGHTS_PATH
-    assert IMAGENET_APPS["vgg19"].weights_origin == vgg19.WEIGHTS_PATH
-    assert IMAGENET_APPS["inception_v3"].weights_origin == inception_v3.WEIGHTS_PATH
-    assert IMAGENET_APPS["xception"].weights_origin == xception.WEIGHTS_PATH
-    app = IMAGENET_APPS["resnet50"]
+    assert KERAS_APPS["vgg16"].weights_origin == vgg16.WEIGHTS_PATH
+    assert KERAS_APPS["vgg19"].weights_origin == vgg19.WEIGHTS_PATH
+    assert KERAS_APPS["inception_v3"].weights_origin == inception_v3.WEIGHTS_PATH
+    assert KERAS_APPS["xception"].weights_origin == xception.WEIGHTS_PATH
+    app = KERAS_APPS["resnet50"]
     assert (app.weights_origin, app.weights_hash) == (resnet.BASE_WEIGHTS_PATH + app.weights_file,
                                                      resnet.WEIGHTS_HASHES["resnet50"][0])
-    assert IMAGENET_APPS["mobilenet_v2"].weights_origin == mobilenet_v2.BASE_WEIGHT_PATH + \
-        IMAGENET_APPS["mobilenet_v2"].weights_file
-    app = IMAGENET_APPS["efficientnet_b0"]
+    assert KERAS_APPS["mobilenet_v2"].weights_origin == mobilenet_v2.BASE_WEIGHT_PATH + \
+        KERAS_APPS["mobilenet_v2"].weights_file
+    app = KERAS_APPS["efficientnet_b0"]
     assert (app.weights_origin, app.weights_hash) == (efficientnet.BASE_WEIGHTS_PATH + "efficientnetb0.h5",
                                                      efficientnet.WEIGHTS_HASHES["b0"][0])
     assert modelfiles.CLASS_INDEX_ORIGIN == imagenet_utils.CLASS_INDEX_PATH
-    for app in IMAGENET_APPS.values():
+    for app in KERAS_APPS.values():
         assert app.weights_origin.endswith("/" + app.weights_file)
         assert callable(getattr(keras.applications, app.constructor))
+    assert KERAS_APPS["vgg16"].notop_file == vgg16.WEIGHTS_PATH_NO_TOP.rsplit("/", 1)[1]
+    assert KERAS_APPS["vgg19"].notop_file == vgg19.WEIGHTS_PATH_NO_TOP.rsplit("/", 1)[1]
+    assert KERAS_APPS["xception"].notop_file == xception.WEIGHTS_PATH_NO_TOP.rsplit("/", 1)[1]
+    assert KERAS_APPS["inception_v3"].notop_file == inception_v3.WEIGHTS_PATH_NO_TOP.rsplit("/", 1)[1]
 
 
 def test_source_cards_never_replace_a_run_card_nor_chain(tmp_path):

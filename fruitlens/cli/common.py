@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fruitlens.errors import FruitlensError, OptionError
+from fruitlens.keras_apps import APP_NAMES
 
 DEFAULT_DEMO_DIR = "data/demo"
 DEFAULT_DEMO_OUT = "artifacts/demo"
@@ -151,7 +152,7 @@ def add_read_as_argument(p) -> None:
 
 
 MODEL_HELP = ("a run folder, a Keras model file (.keras, .h5) or SavedModel folder, or imagenet:<application> "
-              "(vgg16, resnet50, mobilenet_v2, inception_v3, efficientnet_b0, ...)")
+              f"({', '.join(APP_NAMES)})")
 
 
 def add_model_arguments(p) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from fruitlens.archs import ARCH_NAMES, BACKBONE_NAMES
 from fruitlens.cli.common import (
     CommandError,
     Progress,
@@ -22,8 +23,8 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a classifier with checkpoints; writes model.keras, model.json, history")
     p.add_argument("--data", type=Path, required=True, help="dataset root")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--arch", default="seed_cnn", help="seed_cnn, fruit_net, small_convnet, lenet, photo_resnet or "
-                   "transfer:<vgg16|resnet50|mobilenet_v2|xception|inception_v3|efficientnet_b0>")
+    p.add_argument("--arch", default="seed_cnn", help=f"{', '.join(ARCH_NAMES)} or "
+                   f"transfer:<{'|'.join(BACKBONE_NAMES)}>")
     p.add_argument("--backbones", default=None, help="comma-separated backbones whose features are concatenated "
                    "(same as --arch transfer:a,b,c)")
     p.add_argument("--weights", default="imagenet", help="transfer backbones: imagenet, none, or a .weights.h5 "
