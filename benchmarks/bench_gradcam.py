@@ -249,9 +249,10 @@ def main() -> None:
     lime_note = "fruitlens.explain.lime not on this branch: LIME left out"
     try:
         from fruitlens.explain.lime import explain_lime
+        from fruitlens.lime_options import LimeOptions
 
         t = time.perf_counter()
-        lime = explain_lime(model, x_test, labels=targets, num_samples=500, seed=0)
+        lime = explain_lime(model, x_test, LimeOptions.reference(num_samples=500), labels=targets, seed=0)
         weights = [r.weights[int(t_)] for r, t_ in zip(lime, targets, strict=True)]
         saliencies["lime"] = saliency_from_superpixels(np.stack([r.segments for r in lime]), weights)
         lime_note = f"LIME, 500 samples, {time.perf_counter() - t:.1f} s"

@@ -136,6 +136,7 @@ def part_speed_and_agreement(config: str, n_ref: int, n_ours: int, n_agree: int)
 
     from fruitlens.explain.lime import explain_lime
     from fruitlens.explain.segmentation import make_segmenter
+    from fruitlens.lime_options import LimeOptions
 
     lime_image.tqdm = lambda rows: rows  # no progress bars (only makes the reference faster)
     build, size, per_class, epochs = CONFIGS[config]
@@ -168,7 +169,8 @@ def part_speed_and_agreement(config: str, n_ref: int, n_ours: int, n_agree: int)
     # warm up every path once (traces, caches)
     reference(0, 10, 0)
     reference(0, 1000, 0)
-    explain_lime(model, images[:2], segments=segments[:2], **settings)
+    ours_options = LimeOptions.reference(**settings)  # the reference's own procedure, its settings
+    explain_lime(model, images[:2], ours_options, segments=segments[:2])
     batch = int(np.clip((16 << 20) // (size * size * 12), 32, 1024))  # explain_lime's default batch
     model_alone(batch)
     model.predict(one_pass, verbose=0)
@@ -179,15 +181,15 @@ def part_speed_and_agreement(config: str, n_ref: int, n_ours: int, n_agree: int)
     for i in range(n_ref):
         e10, t10 = timed(reference, i, 10, 1)
         e1000, t1000 = timed(reference, i, 1000, 2)
-        _, t_one = timed(explain_lime, model, images[i:i + 1], segments=segments[i:i + 1], seed=[(0, i)],
-                         **settings)
+        _, t_one = timed(explain_lime, model, images[i:i + 1], ours_options, segments=segments[i:i + 1],
+                         seed=[(0, i)])
         ref10.append(t10)
         ref1000.append(t1000)
         ours_one.append(t_one)
         ref_runs[i] = [e10, e1000]
         print(f"[{config}] image {i}: reference bs=10 {t10:.2f} s, bs=1000 {t1000:.2f} s, "
               f"fruitlens alone {t_one:.3f} s")
-    ours, t_ours = timed(explain_lime, model, images[:n_ours], segments=segments[:n_ours], **settings)
+    ours, t_ours = timed(explain_lime, model, images[:n_ours], ours_options, segments=segments[:n_ours])
     _, t_model = timed(model_alone, batch)
     _, t_predict = timed(model.predict, one_pass, verbose=0)
     per_image = t_ours / n_ours
@@ -219,8 +221,8 @@ def part_speed_and_agreement(config: str, n_ref: int, n_ours: int, n_agree: int)
         if i not in ref_runs:
             ref_runs[i] = [reference(i, 1000, 1), reference(i, 1000, 2)]
     black = agreement(ours, {i: ref_runs[i] for i in range(n_agree)})
-    mean_ours = explain_lime(model, images[:n_agree], segments=segments[:n_agree], top_labels=5, hide_color=None,
-                             num_samples=1000)
+    mean_ours = explain_lime(model, images[:n_agree], LimeOptions.reference(top_labels=5, num_samples=1000),
+                             segments=segments[:n_agree])
     mean_refs = {i: [reference(i, 1000, 1, hide_color=None), reference(i, 1000, 2, hide_color=None)]
                  for i in range(n_agree)}
     mean = agreement(mean_ours, mean_refs)

@@ -91,6 +91,7 @@ def part_speed(config: str, n_agree: int, n_rows: int, per_class: int | None) ->
 
     from fruitlens.explain.lime import explain_lime
     from fruitlens.explain.segmentation import make_segmenter
+    from fruitlens.lime_options import LimeOptions
 
     lime_image.tqdm = lambda rows: rows
     build, size, cfg_per_class, epochs = CONFIGS[config]
@@ -115,7 +116,14 @@ def part_speed(config: str, n_agree: int, n_rows: int, per_class: int | None) ->
                                           batch_size=1000, segmentation_fn=lambda _: segments[i], random_seed=0,
                                           **common)
 
-    explain_lime(model, images[:2], segments=segments[:2], **common)  # warm up
+    ours = {k: v for k, v in common.items() if v is not None}  # hide_color None: "mean", LimeOptions' default
+
+    def options(**kw) -> LimeOptions:
+        """fruitlens' options for a run: the reference procedure with ``kw`` changed (adaptive runs: no floor on
+        the rows unless ``kw`` sets one)."""
+        return LimeOptions.reference(**{**ours, **({"min_samples": 0} if kw.get("adaptive") else {}), **kw})
+
+    explain_lime(model, images[:2], options(), segments=segments[:2])  # warm up
     reference(0, 0)
     ref1, ref2, t_ref = [], [], []
     for i in range(n_agree):
@@ -124,13 +132,13 @@ def part_speed(config: str, n_agree: int, n_rows: int, per_class: int | None) ->
         ref2.append(reference(i, 2))
         t_ref.append(t1)
     a = slice(0, n_agree)
-    fixed, t_fixed = timed(explain_lime, model, images[a], segments=segments[a], seed=0, **common)
+    fixed, t_fixed = timed(explain_lime, model, images[a], options(), segments=segments[a], seed=0)
     runs = {"fixed_1000": (fixed, t_fixed)}
     for name, kw in FIXED_COUNTS.items():
-        runs[name] = timed(explain_lime, model, images[a], segments=segments[a], seed=0, **{**common, **kw})
+        runs[name] = timed(explain_lime, model, images[a], options(**kw), segments=segments[a], seed=0)
     for name, kw in ADAPTIVE.items():
-        runs[name] = timed(explain_lime, model, images[a], segments=segments[a], seed=0, adaptive=True, **kw,
-                           **common)
+        runs[name] = timed(explain_lime, model, images[a], options(adaptive=True, **kw), segments=segments[a],
+                           seed=0)
 
     def scores(exps) -> dict[int, tuple[float, float]]:
         """(Spearman, top-5 overlap) with the reference at seed 1, by image (images explained for its label)."""
@@ -174,8 +182,8 @@ def part_speed(config: str, n_agree: int, n_rows: int, per_class: int | None) ->
     # rows per image on more images (no reference)
     if n_rows > n_agree:
         for name, kw in ADAPTIVE.items():
-            exps, t = timed(explain_lime, model, images[:n_rows], segments=segments[:n_rows], seed=0, adaptive=True,
-                            **kw, **common)
+            exps, t = timed(explain_lime, model, images[:n_rows], options(adaptive=True, **kw),
+                            segments=segments[:n_rows], seed=0)
             result[name]["rows_per_image_more"] = {"images": n_rows, **_dist(
                 [e.num_samples for e in exps]), "s_per_image": t / n_rows}
     for name in ("reference_seed1_vs_seed2", *runs):

@@ -70,8 +70,9 @@ def main() -> None:
             else:
                 seg = photo_segments(photo, card.image_size, segmenter, fit=card.fit, seed=0).coarse
             seg_s = time.perf_counter() - t
-            res = explain_lime(model, x, segments=seg[None], num_samples=options.num_samples, seed=0,
-                               hide_color=options.fill)
+            res = explain_lime(model, x, LimeOptions.reference(num_samples=options.num_samples,
+                                                                   hide_color=options.hide_color),
+                               segments=seg[None], seed=0)
             total_s = time.perf_counter() - t
             faith = _lime_faithfulness(model, x, res, options, [name])[0]
             top = res[0].labels[0]

@@ -94,6 +94,13 @@ class LimeOptions:
             raise ValueError(f"segmenter {short(self.segmenter)}: {exc}") from exc
         object.__setattr__(self, "segmenter_params", dict(sorted(self.segmenter_params.items())))
 
+    @classmethod
+    def reference(cls, **changes) -> LimeOptions:
+        """The `lime` package's own procedure (what the benchmarks compare against): exactly ``num_samples``
+        independent random rows (not adaptive), plain weighted Ridge (no control variate); ``changes``: any
+        other fields (``num_samples=500, hide_color="gray"``)."""
+        return cls(**{"adaptive": False, "design": "random", "control_variate": False, **changes})
+
     def describe(self) -> str:
         """The estimator in words: "adaptive, 256 to 300 samples at tolerance 0.05, balanced design, control
         variate, slic superpixels" ("1,000 samples, random design, plain Ridge, ..." for the reference's)."""

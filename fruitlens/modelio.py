@@ -43,8 +43,8 @@ import numpy as np
 
 from fruitlens import tables
 from fruitlens.card import ModelCard
-from fruitlens.layout import CARD_FILE, MODEL_FILE
 from fruitlens.keras_apps import KERAS_APPS
+from fruitlens.layout import CARD_FILE, MODEL_FILE
 from fruitlens.modelfiles import (
     MODEL_SUFFIXES,
     ModelSourceError,

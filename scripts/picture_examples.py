@@ -19,6 +19,7 @@ from skimage import data
 
 from fruitlens import plots
 from fruitlens.explain.lime import explain_lime
+from fruitlens.lime_options import LimeOptions
 
 SIZE = (32, 32)
 EYES = (slice(8, 16), slice(8, 30))  # rows, columns of the 32 x 32 input where the eyes are
@@ -51,7 +52,8 @@ def main() -> None:
     photo = data.chelsea()  # 300 x 451
     x = np.asarray(Image.fromarray(photo).resize((SIZE[1], SIZE[0]), Image.Resampling.BILINEAR), np.float32) / 255
     prob = float(scorer(x[None])[0, 0])
-    lime = explain_lime(scorer, x[None], labels=[0], num_samples=1000, hide_color="gray", seed=0)[0]
+    lime = explain_lime(scorer, x[None], LimeOptions.reference(num_samples=1000, hide_color="gray"),
+                        labels=[0], seed=0)[0]
     start = time.perf_counter()
     lime_pic = plots.lime_on_photo(photo, lime.segments, lime.weights[0])
     cap = plots.Caption("chelsea.png", "tabby", "tabby", prob, "LIME",

@@ -11,6 +11,7 @@ from fruitlens import tables
 from fruitlens.cli import main
 from fruitlens.explain import lime as fl
 from fruitlens.explain.lime import explain_lime
+from fruitlens.lime_options import LimeOptions
 from tests.helpers import tiny_run
 
 
@@ -51,7 +52,8 @@ def test_known_answer_region_gets_the_top_weight(n, h, w):
     seg = np.broadcast_to(grid_segments(h, w), (n, h, w))
     target = 4
     fn = region_model(seg[0] == target)
-    res = explain_lime(fn, images_of(n, h, w), segments=seg, labels=[1] * n, num_samples=300, hide_color=0.0)
+    res = explain_lime(fn, images_of(n, h, w), LimeOptions.reference(num_samples=300, hide_color=0.0),
+                       segments=seg, labels=[1] * n)
     assert len(res) == n
     for i, r in enumerate(res):
         w1 = r.weights[1]
@@ -75,28 +77,29 @@ def test_mean_colour_fill_and_other_fills():
     assert np.all(fl._fills(x, seg[None], "white") == 1.0)
     assert np.all(fl._fills(x, seg[None], (0.1, 0.2, 0.3))[0, 3, 4] == np.float32([0.1, 0.2, 0.3]))
     # with the mean colour, a model of a region's mean brightness sees nothing change: all weights ~0
-    res = explain_lime(region_model(seg == 2), x, segments=seg[None], labels=[1], num_samples=200)[0]
+    res = explain_lime(region_model(seg == 2), x, LimeOptions.reference(num_samples=200),
+                       segments=seg[None], labels=[1])[0]
     assert np.abs(res.weights[1]).max() < 1e-6
 
 
 def test_top_labels_and_explicit_labels(keras_model):
     x = images_of(2, 12, 17)
-    res = explain_lime(keras_model, x, top_labels=3, num_samples=60)
+    res = explain_lime(keras_model, x, LimeOptions.reference(top_labels=3, num_samples=60))
     probs = np.asarray(keras_model(x, training=False))
     for r, p in zip(res, probs, strict=True):
         assert list(r.labels) == list(np.argsort(p)[::-1][:3])
         assert r.label_prob[r.labels[0]] == pytest.approx(float(p.max()), abs=1e-6)
-    two = explain_lime(keras_model, x, labels=[[0, 3], [2, 1]], num_samples=60)
+    two = explain_lime(keras_model, x, LimeOptions.reference(num_samples=60), labels=[[0, 3], [2, 1]])
     assert two[0].labels == (0, 3) and two[1].labels == (2, 1)
-    one = explain_lime(keras_model, x, labels=np.array([2, 0]), num_samples=60)
+    one = explain_lime(keras_model, x, LimeOptions.reference(num_samples=60), labels=np.array([2, 0]))
     assert one[0].labels == (2,) and one[1].labels == (0,)
 
 
 def test_same_seed_same_result_and_different_seed_differs(keras_model):
     x = images_of(2, 12, 17)
-    a = explain_lime(keras_model, x, num_samples=80, seed=5, top_labels=2)
-    b = explain_lime(keras_model, x, num_samples=80, seed=5, top_labels=2)
-    c = explain_lime(keras_model, x, num_samples=80, seed=6, top_labels=2)
+    a = explain_lime(keras_model, x, LimeOptions.reference(num_samples=80, top_labels=2), seed=5)
+    b = explain_lime(keras_model, x, LimeOptions.reference(num_samples=80, top_labels=2), seed=5)
+    c = explain_lime(keras_model, x, LimeOptions.reference(num_samples=80, top_labels=2), seed=6)
     for ra, rb, rc in zip(a, b, c, strict=True):
         assert np.array_equal(ra.segments, rb.segments)
         for label in ra.labels:
@@ -107,12 +110,14 @@ def test_same_seed_same_result_and_different_seed_differs(keras_model):
 
 def test_batch_equals_one_by_one_and_batches_spanning_images(keras_model):
     x = images_of(3, 12, 17, seed=2)
-    whole = explain_lime(keras_model, x, num_samples=50, seed=9, top_labels=2)
+    whole = explain_lime(keras_model, x, LimeOptions.reference(num_samples=50, top_labels=2), seed=9)
     # batch_size 7 does not divide 50: model batches hold samples of two images
-    small = explain_lime(keras_model, x, num_samples=50, seed=9, top_labels=2, batch_size=7)
-    per_image_seeds = explain_lime(keras_model, x, num_samples=50, seed=[(9, 0), (9, 1), (9, 2)], top_labels=2)
+    small = explain_lime(keras_model, x, LimeOptions.reference(num_samples=50, top_labels=2, batch_size=7), seed=9)
+    per_image_seeds = explain_lime(keras_model, x, LimeOptions.reference(num_samples=50, top_labels=2),
+                                   seed=[(9, 0), (9, 1), (9, 2)])
     for i in range(3):
-        alone = explain_lime(keras_model, x[i:i + 1], num_samples=50, seed=[(9, i)], top_labels=2)[0]
+        alone = explain_lime(keras_model, x[i:i + 1], LimeOptions.reference(num_samples=50, top_labels=2),
+                             seed=[(9, i)])[0]
         for other in (small[i], per_image_seeds[i], alone):
             assert other.labels == whole[i].labels and np.array_equal(other.segments, whole[i].segments)
             for label in other.labels:
@@ -124,7 +129,8 @@ def test_inputs_not_mutated_and_results_read_only():
     seg = np.stack([grid_segments(h, w), grid_segments(h, w, 3, 2) + 10])
     x = images_of(2, h, w)
     x0, seg0 = x.copy(), seg.copy()
-    res = explain_lime(region_model(seg[0] == 1), x, segments=seg, labels=[1, 1], num_samples=40, hide_color="white")
+    res = explain_lime(region_model(seg[0] == 1), x, LimeOptions.reference(num_samples=40, hide_color="white"),
+                       segments=seg, labels=[1, 1])
     assert np.array_equal(x, x0) and np.array_equal(seg, seg0)
     assert res[1].segments.max() == 5  # given ids renumbered 0..S-1
     with pytest.raises(ValueError):
@@ -139,8 +145,9 @@ def test_feature_selection_limits_the_superpixels(selection, k):
     h, w = 12, 18
     seg = grid_segments(h, w, 3, 3)
     fn = region_model(np.isin(seg, [2, 6]))
-    res = explain_lime(fn, images_of(1, h, w), segments=seg[None], labels=[1], num_samples=300, hide_color=0.0,
-                       num_features=k, feature_selection=selection)[0]
+    res = explain_lime(fn, images_of(1, h, w), LimeOptions.reference(num_samples=300, hide_color=0.0, num_features=k,
+                                                                     feature_selection=selection),
+                       segments=seg[None], labels=[1])[0]
     nonzero = np.flatnonzero(res.weights[1])
     expected = 9 if selection == "none" else min(k, 9)
     assert len(nonzero) == expected == len(res.features[1])
@@ -149,7 +156,7 @@ def test_feature_selection_limits_the_superpixels(selection, k):
 
 def test_to_rows_matches_the_lime_schema(keras_model):
     x = images_of(1, 12, 17)
-    r = explain_lime(keras_model, x, top_labels=2, num_samples=40)[0]
+    r = explain_lime(keras_model, x, LimeOptions.reference(top_labels=2, num_samples=40))[0]
     df = r.to_rows("img1", ["a", "b", "c", "d"])
     s = r.num_superpixels
     assert len(df) == 2 * s and list(df.columns[:len(tables.LIME_SCHEMA)]) == tables.LIME_SCHEMA.names
@@ -166,29 +173,50 @@ def test_to_rows_matches_the_lime_schema(keras_model):
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"num_samples": 1}, "num_samples 1: expected at least 2"),
-        ({"feature_selection": "lasso"}, "unknown feature_selection 'lasso'; expected one of auto"),
-        ({"hide_color": "pink"}, "unknown hide_color 'pink'; expected one of mean, white"),
         ({"top_labels": 9}, "top_labels 9: expected 1..4"),
         ({"labels": [7]}, "expected class indices in 0..3"),
         ({"labels": [[0], [1]]}, r"expected \(1,\) or \(1, k\)"),
         ({"segments": np.zeros((1, 5, 5), int)}, r"expected \(1, 12, 17\) integers"),
         ({"seed": [1, 2]}, "2 seeds for 1 images"),
-        ({"segmenter": "slick"}, "unknown segmentation method 'slick'"),
     ],
 )
 def test_bad_arguments_are_named(keras_model, kwargs, message):
+    options = LimeOptions.reference(num_samples=20, top_labels=kwargs.pop("top_labels", 1))
     with pytest.raises(ValueError, match=message):
-        explain_lime(keras_model, images_of(1, 12, 17), num_samples=kwargs.pop("num_samples", 20), **kwargs)
+        explain_lime(keras_model, images_of(1, 12, 17), options, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_samples": 1}, "num_samples 1: expected 2 to"),
+        ({"feature_selection": "lasso"}, "feature_selection 'lasso': expected one of auto"),
+        ({"hide_color": "pink"}, "hide_color 'pink': expected mean, white"),
+        ({"segmenter": "slick"}, "unknown segmentation method 'slick'"),
+    ],
+)
+def test_bad_options_are_named_where_they_are_made(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LimeOptions.reference(**kwargs)
+
+
+def test_options_are_taken_whole(keras_model):
+    """explain_lime takes a LimeOptions, nothing else; the reference procedure is an options value."""
+    with pytest.raises(TypeError, match="expected LimeOptions"):
+        explain_lime(keras_model, images_of(1, 12, 17), {"num_samples": 20})
+    ref = LimeOptions.reference()
+    assert (ref.adaptive, ref.design, ref.control_variate, ref.num_samples) == (False, "random", False, 1000)
+    assert LimeOptions.reference(num_samples=60).describe() == \
+        "60 samples, random design, plain Ridge, slic superpixels"
 
 
 def test_bad_images_and_model_output():
     with pytest.raises(ValueError, match=r"expected \(N, H, W, 3\)"):
-        explain_lime(lambda x: x, np.zeros((4, 4, 3), np.float32))
+        explain_lime(lambda x: x, np.zeros((4, 4, 3), np.float32), LimeOptions.reference())
     with pytest.raises(ValueError, match="expected float RGB"):
-        explain_lime(lambda x: x, np.zeros((1, 4, 4, 3), np.uint8))
+        explain_lime(lambda x: x, np.zeros((1, 4, 4, 3), np.uint8), LimeOptions.reference())
     with pytest.raises(ValueError, match="model output of shape"):
-        explain_lime(lambda x: x[:, 0, 0, 0], images_of(1, 8, 8), num_samples=10)
+        explain_lime(lambda x: x[:, 0, 0, 0], images_of(1, 8, 8), LimeOptions.reference(num_samples=10))
 
 
 class _FixedDraws:
@@ -209,8 +237,9 @@ def test_same_numbers_as_the_lime_package_given_the_same_samples(keras_model, se
     x = images_of(1, 12, 17, seed=4)
     seg = grid_segments(12, 17, 3, 3)
     ns = 120
-    ours = explain_lime(keras_model, x, segments=seg[None], top_labels=2, num_samples=ns, seed=[11],
-                        num_features=k, feature_selection=selection)[0]
+    ours = explain_lime(keras_model, x, LimeOptions.reference(top_labels=2, num_samples=ns, num_features=k,
+                                                              feature_selection=selection),
+                        segments=seg[None], seed=[11])[0]
     z = np.random.default_rng(11).integers(0, 2, (ns, 9), dtype=np.int8)
     z[0] = 1
     explainer = lime_image.LimeImageExplainer(feature_selection=selection, random_state=0)
@@ -345,8 +374,10 @@ def test_one_verb_explainer_and_batch_rows(keras_model):
 
     x = np.random.default_rng(3).random((2, 12, 17, 3)).astype(np.float32)
     segments = np.stack([grid_segments(12, 17)] * 2)
-    result = LimeExplainer(keras_model, num_samples=40, seed=5).explain(x, [1, 2], segments=segments)
-    direct = explain_lime(keras_model, x, segments=segments, labels=[1, 2], num_samples=40, seed=5)
+    result = LimeExplainer(keras_model, LimeOptions.reference(num_samples=40, seed=5)).explain(
+        x, [1, 2], segments=segments)
+    direct = explain_lime(keras_model, x, LimeOptions.reference(num_samples=40),
+                          segments=segments, labels=[1, 2], seed=5)
     assert len(result) == 2 and [r.labels for r in result] == [(1,), (2,)]
     for ours, ref in zip(result, direct, strict=True):
         np.testing.assert_array_equal(ours.weights[ours.labels[0]], ref.weights[ref.labels[0]])

@@ -5,9 +5,9 @@ import pytest
 
 from fruitlens import tables
 from fruitlens.cli import main
-from fruitlens.config import LimeOptions
 from fruitlens.explain import lime as fl
 from fruitlens.explain.lime import explain_lime
+from fruitlens.lime_options import LimeOptions
 from tests.test_lime import grid_segments, images_of, keras_model, region_model  # noqa: F401 - fixture
 
 
@@ -32,7 +32,8 @@ def test_fixed_mode_reproduces_the_results_before_adaptive_sampling():
     h, w = 12, 17
     seg = np.broadcast_to(grid_segments(h, w), (2, h, w))
     x = np.random.default_rng(0).uniform(0.2, 1.0, (2, h, w, 3)).astype(np.float32)
-    res = explain_lime(logistic_model, x, segments=seg, num_samples=64, seed=3, batch_size=50, adaptive=False)
+    res = explain_lime(logistic_model, x, LimeOptions.reference(num_samples=64, batch_size=50, adaptive=False),
+                       segments=seg, seed=3)
     for e, golden in zip(res, GOLDEN, strict=True):
         top = e.labels[0]
         got = [*e.weights[top], e.intercept[top], e.score[top]]
@@ -46,7 +47,7 @@ def test_stability_uses_the_same_ridge_as_the_weights():
     h, w = 12, 17
     seg = np.broadcast_to(grid_segments(h, w), (1, h, w))
     x = images_of(1, h, w)
-    e = explain_lime(logistic_model, x, segments=seg, num_samples=300, seed=1, adaptive=False)[0]
+    e = explain_lime(logistic_model, x, LimeOptions.reference(num_samples=300, adaptive=False), segments=seg, seed=1)[0]
     z = np.random.default_rng((1, 0)).integers(0, 2, (300, 6), dtype=np.int8).astype(bool)
     z[0] = True
     y = logistic_model(np.where(z[:, seg[0]][..., None], x[0], x[0].mean(axis=(0, 1))))  # grid cells: one colour
@@ -67,8 +68,9 @@ def test_stability_uses_the_same_ridge_as_the_weights():
 def test_an_easy_model_stops_after_the_first_round(n, h, w):
     seg = np.broadcast_to(grid_segments(h, w), (n, h, w))
     fn = region_model(seg[0] == 4)  # linear in the superpixels: exact after one round
-    res = explain_lime(fn, images_of(n, h, w), segments=seg, labels=[1] * n, num_samples=1000, hide_color=0.0,
-                       adaptive=True, round_size=60)
+    res = explain_lime(fn, images_of(n, h, w), LimeOptions.reference(num_samples=1000, hide_color=0.0, adaptive=True,
+                                                                     round_size=60, min_samples=0),
+                       segments=seg, labels=[1] * n)
     for r in res:
         assert r.num_samples == 60 and r.max_samples == 1000 and r.converged and r.stability <= 0.1
         assert int(np.argmax(r.weights[1])) == 4
@@ -86,8 +88,9 @@ def test_images_stop_independently_and_a_weak_signal_takes_more_rounds():
 
     x = np.ones((2, h, w, 3), np.float32)
     x[1] *= 0.1
-    res = explain_lime(noisy, x, segments=seg, labels=[1, 1], num_samples=1000, hide_color=0.0, adaptive=True,
-                       round_size=50, tolerance=0.05)
+    res = explain_lime(noisy, x, LimeOptions.reference(num_samples=1000, hide_color=0.0, adaptive=True,
+                                                       round_size=50, tolerance=0.05, min_samples=0),
+                       segments=seg, labels=[1, 1])
     assert res[0].converged and res[0].num_samples == 50
     assert res[1].num_samples > res[0].num_samples and int(np.argmax(res[1].weights[1])) == 4
     assert res[1].converged or res[1].num_samples == 1000
@@ -96,11 +99,13 @@ def test_images_stop_independently_and_a_weak_signal_takes_more_rounds():
 def test_adaptive_same_seed_same_result_batch_equals_one_by_one(keras_model):  # noqa: F811
     x = images_of(2, 12, 17, seed=3)
     kw = dict(num_samples=500, adaptive=True, round_size=50, tolerance=0.05, top_labels=2)
-    a = explain_lime(keras_model, x, seed=5, **kw)
-    b = explain_lime(keras_model, x, seed=5, batch_size=7, **kw)  # batches span images and rounds
+    a = explain_lime(keras_model, x, LimeOptions.reference(**kw), seed=5)
+    b = explain_lime(keras_model, x, LimeOptions.reference(batch_size=7, **kw),
+                     seed=5)  # batches span images and rounds
     for i in range(2):
-        alone = explain_lime(keras_model, x[i:i + 1], seed=[(5, i)], **kw)[0]
-        fixed = explain_lime(keras_model, x[i:i + 1], seed=[(5, i)], num_samples=a[i].num_samples, top_labels=2)[0]
+        alone = explain_lime(keras_model, x[i:i + 1], LimeOptions.reference(**kw), seed=[(5, i)])[0]
+        fixed = explain_lime(keras_model, x[i:i + 1], LimeOptions.reference(num_samples=a[i].num_samples, top_labels=2),
+                             seed=[(5, i)])[0]
         assert a[i].num_samples % 50 == 0 or a[i].num_samples == 500
         for other in (b[i], alone, fixed):
             assert other.num_samples == a[i].num_samples and other.labels == a[i].labels
@@ -110,8 +115,8 @@ def test_adaptive_same_seed_same_result_batch_equals_one_by_one(keras_model):  #
 
 
 def test_tolerance_zero_uses_every_sample_and_rows_carry_the_new_columns(keras_model):  # noqa: F811
-    res = explain_lime(keras_model, images_of(1, 12, 17), num_samples=120, adaptive=True, round_size=50,
-                       tolerance=0.0)
+    options = LimeOptions.reference(num_samples=120, adaptive=True, round_size=50, tolerance=0.0, min_samples=0)
+    res = explain_lime(keras_model, images_of(1, 12, 17), options)
     assert res[0].num_samples == 120 and not res[0].converged
     df = res[0].to_rows("x")
     assert {"max_samples", "stability", "converged"} <= set(df.columns)
@@ -121,7 +126,7 @@ def test_tolerance_zero_uses_every_sample_and_rows_carry_the_new_columns(keras_m
 @pytest.mark.parametrize("kwargs, message", [({"round_size": 1}, "round_size 1"), ({"tolerance": -1}, "tolerance -1")])
 def test_bad_adaptive_options(keras_model, kwargs, message):  # noqa: F811
     with pytest.raises(ValueError, match=message):
-        explain_lime(keras_model, images_of(1, 12, 17), num_samples=20, adaptive=True, **kwargs)
+        LimeOptions.reference(num_samples=20, adaptive=True, **kwargs)
     with pytest.raises(ValueError, match=message):
         LimeOptions(**kwargs)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from fruitlens.explain.lime import explain_lime
+from fruitlens.lime_options import LimeOptions
 from tests.test_lime import grid_segments
 from tests.test_lime_design import interaction_model
 
@@ -29,7 +30,8 @@ def logistic_in_the_cells(seg):
 def _explain(model_of, seeds, **kw):
     seg = np.broadcast_to(grid_segments(H, W), (1, H, W))
     fn, x = model_of(seg[0]), np.ones((1, H, W, 3), np.float32)
-    return [explain_lime(fn, x, segments=seg, labels=[1], hide_color=0.0, seed=s, **kw)[0] for s in seeds]
+    return [explain_lime(fn, x, LimeOptions.reference(hide_color=0.0, **kw),
+                         segments=seg, labels=[1], seed=s)[0] for s in seeds]
 
 
 def _weights(model_of, seeds, **kw):
@@ -82,7 +84,7 @@ def test_outputs_that_are_not_probabilities_are_fitted_without_it(caplog):
 
 
 def test_adaptive_stops_sooner_with_it():
-    kw = dict(num_samples=1000, adaptive=True, round_size=32, tolerance=0.01, design="balanced")
+    kw = dict(num_samples=1000, adaptive=True, round_size=32, tolerance=0.01, design="balanced", min_samples=0)
     plain = _explain(logistic_in_the_cells, range(5), **kw)
     cv = _explain(logistic_in_the_cells, range(5), control_variate=True, **kw)
     rows = {name: np.mean([e.num_samples for e in exps]) for name, exps in (("plain", plain), ("cv", cv))}
@@ -92,16 +94,12 @@ def test_adaptive_stops_sooner_with_it():
 
 def test_adaptive_never_stops_before_min_samples():
     kw = dict(num_samples=1000, adaptive=True, round_size=32, tolerance=0.01, design="balanced", control_variate=True)
-    early = _explain(logistic_in_the_cells, range(3), **kw)
+    early = _explain(logistic_in_the_cells, range(3), min_samples=0, **kw)
     floor = _explain(logistic_in_the_cells, range(3), min_samples=96, **kw)
     assert [e.num_samples for e in early] == [32] * 3 and [e.num_samples for e in floor] == [96] * 3
     assert all(e.converged for e in floor)
     with pytest.raises(ValueError, match="min_samples -1"):
         _explain(logistic_in_the_cells, [0], min_samples=-1, **kw)
-    from fruitlens.config import LimeOptions
-
-    with pytest.raises(ValueError, match="min_samples"):
-        LimeOptions(min_samples=-1)
 
 
 def test_surrogate_fit_does_not_overshoot_when_every_probability_is_near_one():

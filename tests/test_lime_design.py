@@ -5,10 +5,9 @@ import pytest
 
 from fruitlens import tables
 from fruitlens.cli import main
-from fruitlens.config import LimeOptions
 from fruitlens.explain.lime import draw_masks, explain_lime
-from tests.test_lime import grid_segments, images_of
-from tests.test_lime_adaptive import logistic_model
+from fruitlens.lime_options import LimeOptions
+from tests.test_lime import grid_segments
 
 
 @pytest.mark.parametrize("s", [1, 2, 6, 50, 63, 64])
@@ -59,8 +58,8 @@ def _weights(design, num_samples, seeds):
     h, w = 12, 17
     seg = np.broadcast_to(grid_segments(h, w), (1, h, w))
     fn, x = interaction_model(seg[0]), np.ones((1, h, w, 3), np.float32)
-    res = [explain_lime(fn, x, segments=seg, labels=[1], num_samples=num_samples, seed=s, design=design,
-                        hide_color=0.0) for s in seeds]
+    res = [explain_lime(fn, x, LimeOptions.reference(num_samples=num_samples, design=design, hide_color=0.0),
+                        segments=seg, labels=[1], seed=s) for s in seeds]
     return np.stack([r[0].weights[1] for r in res])
 
 
@@ -78,7 +77,7 @@ def test_balanced_weights_are_the_same_estimate_with_less_noise():
 
 def test_an_unknown_design_is_refused_where_it_enters():
     with pytest.raises(ValueError, match="design 'hadamard'"):
-        explain_lime(logistic_model, images_of(1, 12, 17), num_samples=20, design="hadamard")
+        LimeOptions.reference(num_samples=20, design="hadamard")
     with pytest.raises(ValueError, match="design.*hadamard.*random, balanced"):
         LimeOptions(design="hadamard")
 

@@ -25,6 +25,7 @@ from fruitlens.explain.lime import explain_lime
 from fruitlens.images import read_rgb
 from fruitlens.inference import predict_files
 from fruitlens.keras_apps import KERAS_APPS
+from fruitlens.lime_options import LimeOptions
 from fruitlens.modelfiles import read_classes
 from fruitlens.modelio import (
     ModelSource,
@@ -101,7 +102,7 @@ def test_application_loads_predicts_and_explains(saved, photo, app, fmt):
     expected = np.asarray(raw.predict_on_batch(preprocess_input(images * 255.0)))
     np.testing.assert_allclose(probs, expected, rtol=1e-4, atol=1e-5)
 
-    lime = explain_lime(model, image[None], num_samples=50, seed=0)[0]
+    lime = explain_lime(model, image[None], LimeOptions.reference(num_samples=50), seed=0)[0]
     assert lime.segments.shape == SIZE and np.isfinite(lime.weights[lime.labels[0]]).all()
     if fmt == "savedmodel":
         with pytest.raises(ValueError, match="SavedModel whose layers cannot be seen"):

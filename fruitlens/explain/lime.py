@@ -55,11 +55,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Literal, get_args
 
 import numpy as np
 
-from fruitlens.config import HIDE_COLORS, LimeDesign
 from fruitlens.explain.explainer import Explainer
 from fruitlens.explain.lime_fit import (  # noqa: F401 - draw_masks and kernel_weights are part of this API
     draw_masks,
@@ -69,91 +67,63 @@ from fruitlens.explain.lime_fit import (  # noqa: F401 - draw_masks and kernel_w
     stability,
 )
 from fruitlens.explain.results import LimeExplanation, LimeResult
-from fruitlens.explain.segmentation import Segmenter, make_segmenter, relabel
+from fruitlens.explain.segmentation import make_segmenter, relabel
+from fruitlens.lime_options import HIDE_COLORS, LimeOptions
 from fruitlens.runs import as_predict_fn
 
 log = logging.getLogger(__name__)
 
-FeatureSelection = Literal["auto", "highest_weights", "forward_selection", "none"]
-FEATURE_SELECTIONS: tuple[str, ...] = get_args(FeatureSelection)
 KERNEL_WIDTH = 0.25
-ROUND_SIZE = 200
-TOLERANCE = 0.05
-DESIGNS: tuple[str, ...] = get_args(LimeDesign)
 BATCH_BYTES = 16 << 20  # default model batch: about 16 MiB of float32 pixels (139 images at 100x100)
 
 
 def explain_lime(
     model_or_fn,
     images: np.ndarray,
+    options: LimeOptions,
     *,
     segments: np.ndarray | None = None,
     labels: np.ndarray | Sequence | None = None,
-    top_labels: int = 1,
-    num_samples: int = 1000,
-    hide_color: float | str | Sequence[float] | None = None,
-    seed: int | Sequence = 0,
-    batch_size: int | None = None,
-    segmenter: str | Segmenter = "slic",
-    num_features: int | None = None,
-    feature_selection: FeatureSelection = "auto",
-    kernel_width: float = KERNEL_WIDTH,
-    adaptive: bool = False,
-    round_size: int = ROUND_SIZE,
-    tolerance: float = TOLERANCE,
-    min_samples: int = 0,
-    design: LimeDesign = "random",
-    control_variate: bool = False,
+    seed: int | Sequence | None = None,
 ) -> list[LimeExplanation]:
-    """Explain each image's prediction with LIME over superpixels.
+    """Explain each image's prediction with LIME over superpixels, as ``options`` say.
+
+    ``options`` is taken whole (every field that changes the explanation is read here, so no caller can drop
+    one): ``num_samples``, ``hide_color``, ``top_labels``, ``segmenter`` and ``segmenter_params``,
+    ``num_features``, ``feature_selection``, ``batch_size``, ``adaptive``, ``round_size``, ``tolerance``,
+    ``min_samples``, ``design``, ``control_variate`` (their meaning: :class:`fruitlens.lime_options.LimeOptions`
+    and the module docstring). ``LimeOptions.reference()`` is the `lime` package's own procedure (exactly
+    ``num_samples`` independent random rows, plain Ridge).
 
     Args:
         model_or_fn: a Keras model (run with ``predict_on_batch``, inference mode) or a function
             (B, H, W, 3) -> (B, C) returning class probabilities.
         images: (N, H, W, 3) float RGB in [0, 1], at the model's input size. Not modified.
-        segments: (N, H, W) int superpixels (any ids; renumbered 0..S-1); default: ``segmenter``.
+        options: the estimator (``LimeOptions``, validated where it was made).
+        segments: (N, H, W) int superpixels (any ids; renumbered 0..S-1); default: the options' segmenter.
         labels: classes to explain per image, (N,) or (N, k) ints; default the ``top_labels`` predicted ones.
-        top_labels: how many of the highest-probability classes to explain when ``labels`` is None.
-        num_samples: perturbed samples per image (the first is the image itself); at least 2.
-        hide_color: fill of hidden superpixels: None or "mean" (each superpixel's mean colour, lime's default),
-            "white", "black", "gray", a number in [0, 1] or an RGB triple.
-        seed: int (image i uses ``default_rng((seed, i))``) or one seed per image (``default_rng(seed[i])``).
-        batch_size: rows per model call (perturbed images of several images share a batch); default about
-            16 MiB of pixels, 32 to 1024 rows (large batches run slower on CPUs: activations leave the cache).
-        segmenter: method name or ``Segmenter`` used when ``segments`` is None (default SLIC, 50 superpixels;
-            "quickshift" has lime's parameters).
-        num_features: superpixels per explanation (None: all, as the reference's default 100000 does).
-        feature_selection: "auto" (forward_selection when num_features <= 6, else highest_weights),
-            "highest_weights", "forward_selection" or "none" (lime's options; lasso_path is not offered).
-        kernel_width: width of the exponential kernel over cosine distances (lime: 0.25).
-        adaptive: sample in rounds and stop each image when stable (module docstring); ``num_samples`` is then
-            the most rows an image gets. False: exactly ``num_samples`` rows per image.
-        round_size: rows per image per round when adaptive (the first round included); at least 2.
-        tolerance: adaptive stopping bound on ``max SE(w) / max |w|`` (0: never stop early).
-        min_samples: adaptive: no image stops before this many rows (the bound can be met early while the
-            small weights' order is still noise; the batch default is two blocks, 256).
-        design: how the rows are drawn (:func:`draw_masks`): "random" (lime's independent rows) or "balanced"
-            (fold-over randomised Hadamard blocks: the same distribution per row, less noise in the weights).
-        control_variate: estimate the weights with a logistic surrogate as control variate (module docstring):
-            the same estimand, less sampling noise; for outputs in [0, 1] (others are fitted without it).
+        seed: None (the options' seed), an int (image i uses ``default_rng((seed, i))``) or one seed per image
+            (``default_rng(seed[i])``; batch runs seed each image by its image id).
 
     Returns:
         One ``LimeExplanation`` per image, in order.
 
     Raises:
-        ValueError: bad shapes, options or model output, naming the value and what was expected.
+        ValueError: bad shapes, labels or model output, naming the value and what was expected.
     """
+    o = options
+    if not isinstance(o, LimeOptions):
+        raise TypeError(f"options of type {type(o).__name__}: expected LimeOptions (LimeOptions.reference() is "
+                        "the lime package's procedure)")
+    num_samples, top_labels, num_features, feature_selection = o.num_samples, o.top_labels, o.num_features, \
+        o.feature_selection
+    adaptive, round_size, tolerance, min_samples = o.adaptive, o.round_size, o.tolerance, o.min_samples
+    design, control_variate, batch_size, kernel_width = o.design, o.control_variate, o.batch_size, KERNEL_WIDTH
+    segmenter = make_segmenter(o.segmenter, **o.segmenter_params)
+    hide_color = o.fill
+    seed = o.seed if seed is None else seed
     x = _check_images(images)
     n, h, w, _ = x.shape
-    if num_samples < 2:
-        raise ValueError(f"num_samples {num_samples}: expected at least 2")
-    if feature_selection not in FEATURE_SELECTIONS:
-        raise ValueError(f"unknown feature_selection {feature_selection!r}; expected one of "
-                         f"{', '.join(FEATURE_SELECTIONS)}")
-    if num_features is not None and num_features < 1:
-        raise ValueError(f"num_features {num_features}: expected at least 1 (or None for all)")
-    if kernel_width <= 0:
-        raise ValueError(f"kernel_width {kernel_width}: expected > 0")
     entropy = _entropy(seed, n)
     seg, seg_name = _segments(x, segments, segmenter, entropy)
     fill = _fills(x, seg, hide_color)
@@ -161,20 +131,10 @@ def explain_lime(
     if (sizes < 2).any():
         log.warning("%d of %d images have a single superpixel (%s): nothing to explain there; try another "
                     "segmenter or its parameters", int((sizes < 2).sum()), n, seg_name)
-    if adaptive and round_size < 2:
-        raise ValueError(f"round_size {round_size}: expected at least 2")
-    if tolerance < 0:
-        raise ValueError(f"tolerance {tolerance}: expected >= 0")
-    if min_samples < 0:
-        raise ValueError(f"min_samples {min_samples}: expected >= 0")
-    if design not in DESIGNS:
-        raise ValueError(f"unknown design {design!r}; expected one of {', '.join(DESIGNS)}")
     rngs = [np.random.default_rng(e) for e in entropy]
     masks = [draw_masks(rng, num_samples, int(s), design) for rng, s in zip(rngs, sizes, strict=True)]
     if batch_size is None:
         batch_size = int(np.clip(BATCH_BYTES // (h * w * 3 * 4), 32, 1024))
-    if batch_size < 1:
-        raise ValueError(f"batch_size {batch_size}: expected at least 1")
     fn = as_predict_fn(model_or_fn)
     # the fits are tiny (num_samples x S): one BLAS thread, else its threads fight TensorFlow's spinning ones
     # (measured: 37 ms instead of 3 ms per fit on 2 cores right after a model call)
@@ -227,50 +187,35 @@ class LimeExplainer(Explainer):
 
     Args:
         model_or_fn: a Keras model or a function (B, H, W, 3) -> (B, C) of class probabilities.
-        top_labels: classes explained per image when ``targets`` is None (highest probability first).
-        seed: an int (image i uses ``(seed, i)``) or one seed per image, as :func:`explain_lime`.
-        segmenter: the superpixel method (name or ``Segmenter``).
-        **options: the other keyword arguments of :func:`explain_lime` (num_samples, hide_color,
-            batch_size, num_features, feature_selection, kernel_width, adaptive, round_size, tolerance,
-            min_samples, design, control_variate); checked on each call.
+        options: ``LimeOptions``, passed whole to :func:`explain_lime` (its segments come from its segmenter;
+            the fields of the pictures stay with the batch run).
     """
 
     method = "lime"
 
-    def __init__(self, model_or_fn, *, top_labels: int = 1, seed: int | Sequence = 0,
-                 segmenter: str | Segmenter = "slic", **options):
+    def __init__(self, model_or_fn, options: LimeOptions):
         self.model = model_or_fn
-        self.top_labels = top_labels
-        self.seed = seed
-        self.segmenter = make_segmenter(segmenter) if isinstance(segmenter, str) else segmenter
-        self.options = dict(options)
+        self.options = options
+        self.segmenter = make_segmenter(options.segmenter, **options.segmenter_params)
 
     @classmethod
-    def from_options(cls, model, options) -> LimeExplainer:
-        """``options``: ``LimeOptions``; every field that changes the explanation is passed on (its segments
-        come from its segmenter; the fields of the pictures stay with the batch run)."""
-        return cls(model, top_labels=options.top_labels, seed=options.seed,
-                   segmenter=make_segmenter(options.segmenter, **options.segmenter_params),
-                   num_samples=options.num_samples, hide_color=options.fill, batch_size=options.batch_size,
-                   num_features=options.num_features, feature_selection=options.feature_selection,
-                   adaptive=options.adaptive, round_size=options.round_size, tolerance=options.tolerance,
-                   min_samples=options.min_samples, design=options.design, control_variate=options.control_variate)
+    def from_options(cls, model, options: LimeOptions) -> LimeExplainer:
+        return cls(model, options)
 
     def segment(self, images, seeds: Sequence | None = None) -> np.ndarray:
-        """(N, H, W) int superpixels ``explain`` uses for ``images`` with ``seeds`` (default: ``seed``)."""
+        """(N, H, W) int superpixels ``explain`` uses for ``images`` with ``seeds`` (default: the options' seed)."""
         x = _check_images(images)
-        return _segments(x, None, self.segmenter, _entropy(self.seed if seeds is None else seeds, len(x)))[0]
+        return _segments(x, None, self.segmenter, _entropy(self.options.seed if seeds is None else seeds, len(x)))[0]
 
     def explain(self, images, targets=None, *, segments: np.ndarray | None = None,
                 seeds: Sequence | None = None) -> LimeResult:
         """Explain ``images`` (N, H, W, 3) in [0, 1] for ``targets`` ((N,) or (N, k) class ids, or one int
         for all; None: the ``top_labels`` predicted ones). ``segments`` (N, H, W) skips segmentation;
-        ``seeds`` (one per image) replaces ``seed`` (batch runs seed each image by its image id)."""
+        ``seeds`` (one per image) replaces the options' seed (batch runs seed each image by its image id)."""
         if targets is not None and np.ndim(targets) == 0:
             targets = np.full(len(images), int(targets))
-        return LimeResult(tuple(explain_lime(self.model, images, segments=segments, labels=targets,
-                                             top_labels=self.top_labels, segmenter=self.segmenter,
-                                             seed=self.seed if seeds is None else seeds, **self.options)))
+        return LimeResult(tuple(explain_lime(self.model, images, self.options, segments=segments, labels=targets,
+                                             seed=seeds)))
 
 
 # ------------------------------------------------------------------------------------ sampling and prediction
