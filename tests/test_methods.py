@@ -71,7 +71,7 @@ def build(name: str, model, **changes):
 def explain_one(explainer, x, i, target):
     """Image i alone, for its target: LIME seeds an image by position unless told, so it gets image i's seed."""
     if explainer.method == "lime":
-        return explainer.explain(x[i:i + 1], [target], seeds=[(explainer.seed, i)])
+        return explainer.explain(x[i:i + 1], [target], seeds=[(explainer.options.seed, i)])
     return explainer.explain(x[i:i + 1], [target])
 
 
