@@ -12,10 +12,8 @@ off) with the kernel's parent-death signal set, so it goes when the command goes
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -28,16 +26,9 @@ from pathlib import Path
 import httpx
 from prefect.settings import PREFECT_API_URL, PREFECT_HOME, PREFECT_UI_URL, temporary_settings
 
+from fruitlens.lifetime import die_with_parent
+
 log = logging.getLogger(__name__)
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask the kernel to SIGKILL this process when the process that started it ends (Linux)."""
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    except OSError:  # not Linux: the server is still stopped at a normal exit
-        pass
 
 
 def free_port() -> int:
@@ -114,7 +105,7 @@ def local_server(home: Path, *, ui: bool = True, timeout: float = 180.0) -> Iter
         proc = subprocess.Popen(
             [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
             env=env, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent, start_new_session=True)
+            preexec_fn=die_with_parent, start_new_session=True)
     log.info("started a Prefect server on %s (pid %d, log %s)", api_url, proc.pid, log_path)
     before = {k: os.environ.get(k) for k in ("PREFECT_API_URL", "PREFECT_UI_URL")}
     try:
@@ -163,7 +154,7 @@ def temporary_server(timeout: float = 120.0) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "prefect.server.api.server:create_app",
          "--host", "127.0.0.1", "--port", str(port), "--log-level", "error", "--lifespan", "on"],
-        env=env, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        env=env, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
     log.info("started a temporary Prefect server on %s (pid %d)", url, proc.pid)
     before = os.environ.get("PREFECT_API_URL")
     try:

@@ -10,7 +10,7 @@ from fruitlens.errors import short
 from fruitlens.keras_apps import APP_NAMES
 
 TrainMode = Literal["bottleneck", "frozen", "finetune"]
-MODES: tuple[str, ...] = get_args(TrainMode)
+TRAIN_MODES: tuple[str, ...] = get_args(TrainMode)  # how a transfer model's backbones train
 # Architecture names (the builders live in fruitlens.models, which needs Keras; a test keeps these equal)
 ARCH_NAMES = ("seed_cnn", "fruit_net", "small_convnet", "lenet", "photo_resnet")
 OPTIMIZERS = ("default", "adam", "adamw", "rmsprop", "sgd")

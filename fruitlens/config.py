@@ -30,9 +30,9 @@ from fruitlens.archs import (  # noqa: F401 - part of this API
     ARCH_NAMES,
     AUGMENT_POLICIES,
     BACKBONE_NAMES,
-    MODES,
     OPTIMIZERS,
     SCHEDULES,
+    TRAIN_MODES,
     TrainMode,
     parse_arch,
 )
@@ -62,7 +62,7 @@ from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' opti
     ScoreCamOptions,
     SmoothGradOptions,
 )
-from fruitlens.registry import METHODS as REGISTRY
+from fruitlens.registry import METHODS
 from fruitlens.sizes import DEFAULT_MEMORY_LIMIT, MAX_IMAGE_SIDE, as_size  # noqa: F401 - part of this API
 from fruitlens.typed import build, check, check_value_count, short, to_plain  # noqa: F401 - API
 
@@ -81,19 +81,18 @@ DEMO_TRAIN: dict[str, Any] = {"arch": "fruit_net", "image_size": 32, "epochs": 5
 
 
 def _of(self, method: str):
-    """The options of ``method`` (a name in ``METHODS``)."""
+    """The options of ``method`` (a name in ``fruitlens.registry.METHODS``)."""
     return getattr(self, method)
 
 
 #: The options of each explanation method, by method name: one field per ``fruitlens.registry.METHODS`` entry,
 #: its type the method's options class, its default that class's defaults.
 ExplainOptions = make_dataclass(
-    "ExplainOptions", [(name, spec.options, field(default_factory=spec.options)) for name, spec in REGISTRY.items()],
+    "ExplainOptions", [(name, spec.options, field(default_factory=spec.options)) for name, spec in METHODS.items()],
     frozen=True, namespace={"of": _of, "__doc__": "The options of each explanation method, by method name "
                             "(one field per method of ``fruitlens.registry.METHODS``)."})
 ExplainOptions.__module__ = __name__  # pickles by name, as a class written out here would
 
-METHODS: tuple[str, ...] = tuple(REGISTRY)  # the method names, as --method and the config take them
 
 
 def parse_methods(methods: str | typing.Sequence[str]) -> tuple[str, ...]:
@@ -195,7 +194,7 @@ class TrainConfig:
         checks = [
             (self.epochs >= 1, "epochs", self.epochs, "at least 1"),
             (self.batch_size >= 1, "batch_size", self.batch_size, "at least 1"),
-            (self.mode in MODES, "mode", self.mode, f"one of {', '.join(MODES)}"),
+            (self.mode in TRAIN_MODES, "mode", self.mode, f"one of {', '.join(TRAIN_MODES)}"),
             (self.class_weights in ("none", "balanced"), "class_weights", self.class_weights, "none or balanced"),
             (self.monitor in ("val_accuracy", "val_loss"), "monitor", self.monitor, "val_accuracy or val_loss"),
             (self.optimizer in OPTIMIZERS, "optimizer", self.optimizer, f"one of {', '.join(OPTIMIZERS)}"),
@@ -275,7 +274,7 @@ class PipelineConfig:
         train: a ``fruitlens.config.TrainConfig`` (a mapping of its fields in files: the demo's defaults
             for fields not given).
         split: the split that is evaluated and explained.
-        methods: explanation methods (``METHODS``).
+        methods: explanation methods (names in ``fruitlens.registry.METHODS``).
         explain_limit: explain at most N images of ``split``; None for all of them. With explain_select
             "report" it is raised to the number of classes, so every class gets an explained example.
         explain_select: which images when limited: "report" (the images the report shows: the most confused

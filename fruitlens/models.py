@@ -17,15 +17,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Literal
 
 import keras
 import numpy as np
 
 log = logging.getLogger(__name__)
 
-Mode = Literal["bottleneck", "frozen", "finetune"]
-from fruitlens.archs import MODES  # noqa: E402
+from fruitlens.archs import TRAIN_MODES, TrainMode  # noqa: E402
 from fruitlens.archs import parse_arch as parse_names  # noqa: E402
 from fruitlens.errors import ModelError  # noqa: E402
 from fruitlens.keras_apps import KERAS_APPS  # noqa: E402
@@ -42,12 +40,12 @@ class BackbonePreprocess(keras.layers.Layer):
     MobileNetV2, Xception, InceptionV3), ``raw255`` (x255; the backbone scales itself: EfficientNet).
     """
 
-    MODES = ("caffe", "tf", "raw255")
+    PREPROCESSING_MODES = ("caffe", "tf", "raw255")
 
     def __init__(self, mode: str = "tf", **kwargs):
         super().__init__(**kwargs)
-        if mode not in self.MODES:
-            raise ValueError(f"preprocessing mode {mode!r}: expected one of {', '.join(self.MODES)}")
+        if mode not in self.PREPROCESSING_MODES:
+            raise ValueError(f"preprocessing mode {mode!r}: expected one of {', '.join(self.PREPROCESSING_MODES)}")
         self.mode = mode
 
     def call(self, x):
@@ -371,14 +369,14 @@ def build_head(feature_dim: int, num_classes: int, units: int = 256, dropout: fl
 
 
 def build_transfer(backbones: Sequence[str], num_classes: int, image_size: tuple[int, int], *,
-                   weights: str = "imagenet", mode: Mode = "frozen", alpha: float = 1.0, seed: int | None = None
+                   weights: str = "imagenet", mode: TrainMode = "frozen", alpha: float = 1.0, seed: int | None = None
                    ) -> keras.Model:
     """Backbones (each with its own preprocessing, global average pooled) -> concatenated ``features`` ->
     a dense head named ``head``. ``mode``: frozen/bottleneck freeze the backbones; finetune unfreezes
     the last block of each. Backbones always run in inference mode (batch-norm statistics kept).
     ``seed`` seeds each backbone and the head with its own derived seed (None: unseeded)."""
-    if mode not in MODES:
-        raise ModelError(f"mode {mode!r}: expected one of {', '.join(MODES)}")
+    if mode not in TRAIN_MODES:
+        raise ModelError(f"mode {mode!r}: expected one of {', '.join(TRAIN_MODES)}")
     inp = _input(image_size)
     pooled = []
     part_seed = (lambda i: None) if seed is None else (lambda i: derive_seed(seed, 1_000, i))
@@ -404,7 +402,7 @@ def features_model(model: keras.Model) -> keras.Model:
 
 
 def build_model(arch: str, num_classes: int, image_size: int | Sequence[int], *, weights: str = "imagenet",
-                mode: Mode = "frozen", alpha: float = 1.0, seed: int | None = None) -> keras.Model:
+                mode: TrainMode = "frozen", alpha: float = 1.0, seed: int | None = None) -> keras.Model:
     """Build an architecture by name (see module docstring).
 
     ``seed`` decides the initial weights and the dropout noise, and nothing else does: every initializer
@@ -433,7 +431,7 @@ def preprocessing_of(arch: str) -> str:
     return "rescale[-1,1]" if kind in ("fruit_net", "photo_resnet") else "none ([0, 1] input)"
 
 
-def default_optimizer(arch: str, mode: Mode = "frozen", learning_rate: float | None = None,
+def default_optimizer(arch: str, mode: TrainMode = "frozen", learning_rate: float | None = None,
                       total_steps: int | None = None):
     """The optimizer each tutorial used.
 
@@ -457,7 +455,7 @@ def default_optimizer(arch: str, mode: Mode = "frozen", learning_rate: float | N
     return opt.Adam(learning_rate=learning_rate or 1e-3)
 
 
-def compile_model(model: keras.Model, arch: str, mode: Mode = "frozen", learning_rate: float | None = None,
+def compile_model(model: keras.Model, arch: str, mode: TrainMode = "frozen", learning_rate: float | None = None,
                   total_steps: int | None = None) -> keras.Model:
     """Compile with the arch's optimizer, sparse categorical cross-entropy and accuracy."""
     model.compile(optimizer=default_optimizer(arch, mode, learning_rate, total_steps),

@@ -9,8 +9,8 @@ import numpy as np
 
 from fruitlens.typed import short
 
-Method = Literal["quickshift", "slic", "felzenszwalb"]
-METHODS: tuple[str, ...] = get_args(Method)
+SegmenterName = Literal["quickshift", "slic", "felzenszwalb"]
+SEGMENTERS: tuple[str, ...] = get_args(SegmenterName)  # the superpixel methods LIME can use
 
 #: every parameter each method takes, with its default
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -33,7 +33,7 @@ def resolve_params(method: str, params: dict[str, Any]) -> dict[str, Any]:
             (``PARAM_LIMITS``).
     """
     if method not in DEFAULTS:
-        raise ValueError(f"unknown segmentation method {short(method)}; expected one of {', '.join(METHODS)}")
+        raise ValueError(f"unknown segmentation method {short(method)}; expected one of {', '.join(SEGMENTERS)}")
     given = dict(params)
     valid = DEFAULTS[method]
     unknown = sorted(set(given) - set(valid))

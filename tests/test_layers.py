@@ -168,3 +168,24 @@ def test_one_table_of_keras_applications():
                     or text and ("weights_tf_dim_ordering" in text or text.endswith("_notop.h5"))):
                 copies.append(f"{name}:{node.lineno}")
     assert not copies, copies
+
+
+# one module's own list per module by design: each command module's commands, each page's sections
+PER_MODULE_NAMES = {"COMMANDS", "SECTIONS"}
+
+
+def test_a_constant_name_means_one_thing():
+    """No two modules define the same upper-case name (``METHODS`` once meant the method registry, the method
+    names and the superpixel methods; ``MODES`` training modes and preprocessing modes)."""
+    homes: dict[str, list[str]] = {}
+    for name, path in module_files().items():
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            body = node.body if isinstance(node, ast.ClassDef) else [node]
+            for item in body:
+                targets = (item.targets if isinstance(item, ast.Assign)
+                           else [item.target] if isinstance(item, ast.AnnAssign) else [])
+                for target in targets:
+                    if isinstance(target, ast.Name) and target.id.isupper() and len(target.id) > 2:
+                        homes.setdefault(target.id, []).append(name)
+    twice = {k: v for k, v in homes.items() if len(v) > 1 and k not in PER_MODULE_NAMES}
+    assert not twice, twice

@@ -8,7 +8,8 @@ from skimage import data
 from skimage.transform import resize
 
 from fruitlens.cli import main
-from fruitlens.explain.segmentation import DEFAULTS, METHODS, Segmenter, make_segmenter, relabel, segment_images
+from fruitlens.explain.segmentation import Segmenter, make_segmenter, relabel, segment_images
+from fruitlens.segmenter_params import DEFAULTS, SEGMENTERS
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +18,7 @@ def photos() -> np.ndarray:
     return np.stack([resize(data.astronaut(), (36, 52)), resize(data.coffee(), (36, 52))]).astype(np.float32)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SEGMENTERS)
 @pytest.mark.parametrize("n", [1, 2])
 def test_shapes_and_contiguous_ids(photos, method, n):
     images = photos[:n].copy()
@@ -30,7 +31,7 @@ def test_shapes_and_contiguous_ids(photos, method, n):
     assert one.shape == (36, 52) and np.array_equal(one, seg[0])
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", SEGMENTERS)
 def test_same_seed_same_output(photos, method):
     a = segment_images(photos, method, seed=[1, 2])
     b = segment_images(photos, method, seed=[1, 2])

@@ -25,7 +25,8 @@ from fruitlens.cli.common import (
 
 
 def _add_explain(sub) -> None:
-    from fruitlens.config import CHUNK_SIZE, METHODS, PipelineConfig
+    from fruitlens.config import CHUNK_SIZE, PipelineConfig
+    from fruitlens.registry import METHODS
 
     p = sub.add_parser("explain", help="explain predictions with LIME, Grad-CAM and other methods (tables, PNGs)")
     p.add_argument("--data", type=Path, nargs="+", required=True,

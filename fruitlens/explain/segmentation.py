@@ -16,13 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from fruitlens.segmenter_params import (  # noqa: F401 - part of this API
-    DEFAULTS,
-    METHODS,
-    PARAM_LIMITS,
-    Method,
-    resolve_params,
-)
+from fruitlens.segmenter_params import SegmenterName, resolve_params
 
 
 @dataclass(frozen=True)
@@ -32,7 +26,7 @@ class Segmenter:
     Build it with ``make_segmenter(method, **params)``; ``params`` is a sorted tuple of (name, value).
     """
 
-    method: Method = "slic"
+    method: SegmenterName = "slic"
     params: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:

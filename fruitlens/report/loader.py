@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 THUMB_SIZE = 128  # longest side, in pixels, of photos embedded from the dataset
 EMBED_MAX_BYTES = 4_000_000  # run files larger than this are referenced beside the report, not embedded
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp")
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ class RunFiles:
             inside = path.resolve().is_relative_to(self.root.resolve())
             if inside and (not self.embed or path.stat().st_size > EMBED_MAX_BYTES):
                 return Path(os.path.relpath(path, self.root)).as_posix()
-            if inside and path.suffix.lower() in IMAGE_SUFFIXES:
+            if inside and path.suffix.lower() in PICTURE_SUFFIXES:
                 mime = mimetypes.guess_type(path.name)[0] or "image/png"
                 return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
             return thumbnail_uri(path)  # a photo outside the run (the dataset): a small thumbnail

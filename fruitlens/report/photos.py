@@ -40,7 +40,7 @@ class ExplainFiles(RunFiles):
 
 def explain_methods(root: Path) -> list[str]:
     """The methods whose consolidated table lies at the top of ``root``, in the registry's order."""
-    from fruitlens.config import METHODS
+    from fruitlens.registry import METHODS
 
     return [m for m in METHODS if ExplainLayout(root).table(m).is_file()]
 
