@@ -111,8 +111,9 @@ def bench_tutorial_on_fruitlens_pixels(epochs: int, seed: int, fruitlens_init: b
 
 
 def bench_fruitlens(epochs: int, seed: int, work: Path, val_fraction: float) -> dict:
+    from fruitlens.config import TrainConfig
     from fruitlens.inference import evaluate_run
-    from fruitlens.training import TrainConfig, train_model
+    from fruitlens.training import train_model
 
     run = work / f"fruitlens_{seed}_{val_fraction}"
     shutil.rmtree(run, ignore_errors=True)

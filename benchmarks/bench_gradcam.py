@@ -29,10 +29,10 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks._common import write_result  # noqa: E402
-from fruitlens.explain.base import find_layer  # noqa: E402
 from fruitlens.explain.faithfulness import deletion_insertion, pointing_game, saliency_from_superpixels  # noqa: E402
 from fruitlens.explain.filters import filter_activation, filter_patterns  # noqa: E402
 from fruitlens.explain.gradcam import CAM, GradCAM, GradCAMPlusPlus  # noqa: E402
+from fruitlens.explain.keras_graph import find_layer  # noqa: E402
 from fruitlens.synthetic import CLASSES, make_sample  # noqa: E402
 
 SIZE = 64
@@ -281,9 +281,9 @@ def main() -> None:
     from PIL import Image
 
     from fruitlens.batch.methods import run_method
-    from fruitlens.config import CamOptions
+    from fruitlens.card import ModelCard
     from fruitlens.layout import ExplainLayout
-    from fruitlens.runs import ModelCard
+    from fruitlens.method_options import CamOptions
 
     def explain_chunk(model, card, images, rows, out):
         frame, draw = run_method("gradcam", model, card, images, rows, CamOptions(), ExplainLayout(out))

@@ -259,7 +259,7 @@ def part_full(limit: int | None, time_limit_s: float) -> dict:
     rate are reported instead, marked ``complete: false``.
     """
     from fruitlens import tables
-    from fruitlens.runs import ModelCard, write_card
+    from fruitlens.card import ModelCard, write_card
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_lime_full_"))
     run = tmp / "run"
@@ -301,8 +301,10 @@ def part_demo(n_train: int, n_test: int) -> dict:
     from fruitlens import tables
     from fruitlens.batch.engine import explain_images
     from fruitlens.batch.rows import rows_from_inputs
-    from fruitlens.config import ExplainOptions, LimeOptions
-    from fruitlens.runs import ModelCard, load_run, model_digest, predict_batches, write_card
+    from fruitlens.card import ModelCard, write_card
+    from fruitlens.config import ExplainOptions
+    from fruitlens.lime_options import LimeOptions
+    from fruitlens.runs import load_run, model_digest, predict_batches
     from fruitlens.synthetic import write_demo_dataset
 
     size = 64

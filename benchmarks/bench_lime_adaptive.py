@@ -201,8 +201,10 @@ def part_demo(n_train: int, n_test: int) -> dict:
     from fruitlens import tables
     from fruitlens.batch.engine import explain_images
     from fruitlens.batch.rows import rows_from_inputs
-    from fruitlens.config import ExplainOptions, LimeOptions
-    from fruitlens.runs import ModelCard, load_run, model_digest, predict_batches, write_card
+    from fruitlens.card import ModelCard, write_card
+    from fruitlens.config import ExplainOptions
+    from fruitlens.lime_options import LimeOptions
+    from fruitlens.runs import load_run, model_digest, predict_batches
     from fruitlens.synthetic import write_demo_dataset
 
     size = 64
@@ -247,7 +249,7 @@ CLI_VARIANTS = ("default", "fixed", "default_plots_none", "fixed_plots_none")
 
 def _cli_model(run: Path, arch: str, per_class: int | None) -> str:
     """Train the 20x20 model of the cli part into ``run``; what it is, in words."""
-    from fruitlens.runs import ModelCard, write_card
+    from fruitlens.card import ModelCard, write_card
 
     if arch == "seed_cnn":  # the issue's model: fruitlens' own seed_cnn, trained as a user trains it
         cmd = [sys.executable, "-m", "fruitlens", "train", "--data", str(FRUITS360), "--out", str(run), "--arch",

@@ -36,14 +36,15 @@ def main() -> None:
     from skimage import data as skdata
 
     from fruitlens.batch.methods import _lime_faithfulness
-    from fruitlens.config import LimeOptions
+    from fruitlens.config import TrainConfig
     from fruitlens.explain.gradcam import gradcam
     from fruitlens.explain.lime import explain_lime
     from fruitlens.explain.segmentation import WORKING_SIDE, make_segmenter, photo_segments
     from fruitlens.images import list_images, read_rgb
+    from fruitlens.lime_options import LimeOptions
     from fruitlens.modelio import ModelSource, fit_photo
     from fruitlens.synthetic import write_demo_dataset
-    from fruitlens.training import TrainConfig, train_model
+    from fruitlens.training import train_model
 
     tmp = Path(tempfile.mkdtemp(prefix="bench_lime_photo_"))
     write_demo_dataset(tmp / "demo", n_train=60, n_test=4, seed=0)

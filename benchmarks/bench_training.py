@@ -126,9 +126,9 @@ def _fruitlens_run(run: Path, config, callbacks=(), resume=False) -> dict:
 
 
 def bench_fruitlens(epochs: int, work: Path, arch: str = "seed_cnn", size: int = SIZE) -> dict:
+    from fruitlens.config import TrainConfig
     from fruitlens.inference import evaluate_run
     from fruitlens.tables import read_table
-    from fruitlens.training import TrainConfig
 
     run = work / f"{arch}_{size}"
     shutil.rmtree(run, ignore_errors=True)
@@ -147,9 +147,9 @@ def bench_fruitlens(epochs: int, work: Path, arch: str = "seed_cnn", size: int =
 def bench_resume(epochs: int, work: Path, reference: dict | None) -> dict:
     import keras
 
+    from fruitlens.config import TrainConfig
     from fruitlens.inference import evaluate_run
     from fruitlens.tables import read_table
-    from fruitlens.training import TrainConfig
 
     class Kill(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):

@@ -10,8 +10,9 @@ from prefect.futures import as_completed
 
 from flows.settings import build_task_runner, run_name, slug
 from fruitlens.batch.engine import claim_folder, out_lock
-from fruitlens.config import CHUNK_SIZE, ExplainOptions, build, model_source_fields, to_plain
+from fruitlens.config import CHUNK_SIZE, ExplainOptions, model_source_fields
 from fruitlens.progress import progress_line
+from fruitlens.typed import build, to_plain
 from tasks.explain import explain_chunk_task, finish_task, plan_task
 
 

@@ -22,10 +22,11 @@ from flows.settings import build_task_runner, run_name, slug, subflow
 from flows.train import train_flow
 from fruitlens.alerts import night_alerts
 from fruitlens.batch.sanity import read_verdicts, sanity_methods
-from fruitlens.config import PipelineConfig, model_source_fields, to_plain
+from fruitlens.config import PipelineConfig, model_source_fields
 from fruitlens.layout import RunLayout
 from fruitlens.promotion import default_models_home
 from fruitlens.summary import run_summary
+from fruitlens.typed import to_plain
 from tasks.cache import fresh
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task

@@ -26,45 +26,21 @@ from dataclasses import asdict, dataclass, field, fields, make_dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from fruitlens.archs import (  # noqa: F401 - part of this API
-    ARCH_NAMES,
+from fruitlens.archs import (
     AUGMENT_POLICIES,
-    BACKBONE_NAMES,
     OPTIMIZERS,
     SCHEDULES,
     TRAIN_MODES,
-    TrainMode,
     parse_arch,
 )
 from fruitlens.augment import AugmentConfig
-from fruitlens.errors import OptionError
-from fruitlens.lime_options import (  # noqa: F401 - LIME's options are part of this API
-    HIDE_COLORS,
-    LIME_PLOT_KINDS,
-    PLOT_SETS,
-    FeatureSelection,
-    LimeDesign,
+from fruitlens.errors import OptionError, short
+from fruitlens.lime_options import (
     LimeOptions,
-    Plots,
-)
-from fruitlens.method_options import (  # noqa: F401 - the heatmap methods' options are part of this API
-    FAITHFULNESS_STEPS,
-    PALETTE,
-    Baseline,
-    CamOptions,
-    CamVariant,
-    HeatmapOptions,
-    IntegratedGradientsOptions,
-    LayerCamOptions,
-    OcclusionOptions,
-    RiseOptions,
-    SaliencyOptions,
-    ScoreCamOptions,
-    SmoothGradOptions,
 )
 from fruitlens.registry import METHODS
-from fruitlens.sizes import DEFAULT_MEMORY_LIMIT, MAX_IMAGE_SIDE, as_size  # noqa: F401 - part of this API
-from fruitlens.typed import build, check, check_value_count, short, to_plain  # noqa: F401 - API
+from fruitlens.sizes import DEFAULT_MEMORY_LIMIT, MAX_IMAGE_SIDE, as_size
+from fruitlens.typed import build, check, check_value_count, to_plain
 
 Split = Literal["train", "val", "test"]
 Selection = Literal["report", "first"]

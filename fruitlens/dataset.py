@@ -34,11 +34,10 @@ import pandas as pd
 from PIL import Image
 
 from fruitlens import tables
-from fruitlens.errors import DatasetError  # noqa: F401 - raised here; its home is fruitlens.errors
+from fruitlens.errors import DatasetError
 from fruitlens.images import (
     IMAGE_SUFFIXES,
     MASK_SUFFIX,
-    USABLE_MODES,
     ImageRefused,
     open_image,
     upright_size,
@@ -54,7 +53,6 @@ SPLIT_ALIASES = {  # compared lower-case: Training, TRAIN and training_set all c
     "test": "test", "testing": "test", "test_set": "test", "testing_set": "test",
 }
 SPLITS = ("train", "val", "test")
-__all__ = ["IMAGE_SUFFIXES", "MASK_SUFFIX", "USABLE_MODES"]  # re-exported from fruitlens.images
 
 
 @dataclass(frozen=True)

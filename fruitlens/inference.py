@@ -210,8 +210,9 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     from fruitlens.dataset import image_id
     from fruitlens.images import read_rgb
     from fruitlens.modelio import as_model_source, read_fitted
-    from fruitlens.plots import ANNOTATED_MAX_SIDE, save_png
-    from fruitlens.plots import annotate as draw_label
+    from fruitlens.overlays import ANNOTATED_MAX_SIDE
+    from fruitlens.overlays import annotate as draw_label
+    from fruitlens.plots import save_png
 
     model, card = as_model_source(model).load()
     out = Path(out_dir)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fruitlens.augment import AugmentConfig  # noqa: F401 - the augmenter's options, part of this API
+from fruitlens.augment import AugmentConfig
 from fruitlens.images import read_uint8
 from fruitlens.lifetime import die_with_parent
 from fruitlens.sizes import DEFAULT_MEMORY_LIMIT, as_size

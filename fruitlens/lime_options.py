@@ -1,4 +1,4 @@
-"""LIME's options in batch runs, a frozen typed dataclass (re-exported by ``fruitlens.config``)."""
+"""LIME's options in batch runs, a frozen typed dataclass (import it from here)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from fruitlens.errors import short
 from fruitlens.method_options import FAITHFULNESS_STEPS, MAX_BATCH, MAX_CURVE_STEPS
 from fruitlens.segmenter_params import resolve_params
-from fruitlens.typed import check, short, to_plain
+from fruitlens.typed import check, to_plain
 
 Plots = Literal["all", "explanation", "none"]
 #: the PNG kinds LIME can write per image; ``plots`` names a set of them (``LimeOptions.plot_kinds``)

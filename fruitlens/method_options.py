@@ -1,4 +1,4 @@
-"""Options of the heatmap methods (Grad-CAM and the others), frozen typed dataclasses (re-exported by config).
+"""Options of the heatmap methods (Grad-CAM and the others), frozen typed dataclasses (import them from here).
 
 Every method shares the picture and faithfulness fields of :class:`HeatmapOptions`; each adds only its own.
 Values are checked where they enter (``__post_init__``): a bad value is a ``ValueError`` that names it and what

@@ -15,7 +15,7 @@ import zipfile
 from pathlib import Path
 
 from fruitlens.errors import ModelSourceError
-from fruitlens.keras_cache import cached_file, keras_cache_dir  # noqa: F401 - keras_cache_dir: part of this API
+from fruitlens.keras_cache import cached_file
 
 log = logging.getLogger(__name__)
 

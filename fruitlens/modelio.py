@@ -43,12 +43,12 @@ import numpy as np
 
 from fruitlens import tables
 from fruitlens.card import ModelCard
+from fruitlens.errors import ModelSourceError
 from fruitlens.keras_apps import KERAS_APPS
+from fruitlens.keras_cache import cached_file
 from fruitlens.layout import CARD_FILE, MODEL_FILE
 from fruitlens.modelfiles import (
     MODEL_SUFFIXES,
-    ModelSourceError,
-    cached_file,
     check_output,
     file_sha256,
     first_line,
@@ -61,7 +61,7 @@ from fruitlens.modelfiles import (
     signature_size,
     two_class_model,
 )
-from fruitlens.modelspec import FITS, KINDS, PREPROCESSINGS, Fit, ModelSpec, Preprocessing  # noqa: F401 - part of this API
+from fruitlens.modelspec import FITS, KINDS, PREPROCESSINGS, Fit, ModelSpec
 from fruitlens.sizes import MAX_IMAGE_SIDE
 
 log = logging.getLogger(__name__)

@@ -412,7 +412,7 @@ def build_model(arch: str, num_classes: int, image_size: int | Sequence[int], *,
     Raises:
         ModelError: unknown name, fewer than 2 classes, weights not available, size too small.
     """
-    from fruitlens.inputs import as_size
+    from fruitlens.sizes import as_size
 
     size = as_size(image_size)
     if num_classes < 2:

@@ -12,11 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitlens.card import ModelCard, library_versions, read_card, write_card  # noqa: F401 - part of this API
+from fruitlens.card import read_card
 from fruitlens.errors import RunError
-from fruitlens.layout import CARD_FILE, MODEL_FILE
-
-__all__ = ["CARD_FILE", "MODEL_FILE", "ModelCard", "RunError", "load_run", "model_digest", "predict_batches"]
+from fruitlens.layout import MODEL_FILE
 
 
 def load_run(run_dir: str | os.PathLike):
@@ -37,7 +35,7 @@ def load_run(run_dir: str | os.PathLike):
 
 def model_digest(run_dir: str | os.PathLike) -> str:
     """sha256 of the saved model file (a cache key for everything computed from the model)."""
-    from fruitlens.modelio import file_sha256
+    from fruitlens.modelfiles import file_sha256
 
     return file_sha256(Path(run_dir) / MODEL_FILE)
 

@@ -7,7 +7,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 
-from fruitlens.typed import short
+from fruitlens.errors import short
 
 SegmenterName = Literal["quickshift", "slic", "felzenszwalb"]
 SEGMENTERS: tuple[str, ...] = get_args(SegmenterName)  # the superpixel methods LIME can use

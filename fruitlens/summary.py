@@ -115,7 +115,7 @@ def check_lines(run_dir: str | os.PathLike) -> list[str]:
 
 
 def library_versions(extra: Sequence[str] = ("prefect", "prefect-dask", "scikit-image", "lime")) -> dict[str, str]:
-    from fruitlens.runs import library_versions as model_versions
+    from fruitlens.card import library_versions as model_versions
 
     versions = model_versions()
     for name in extra:

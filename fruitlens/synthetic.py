@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from fruitlens.dataset import MASK_SUFFIX
+from fruitlens.images import MASK_SUFFIX
 
 SIZE = 100
 

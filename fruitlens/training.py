@@ -37,6 +37,7 @@ import numpy as np
 import pandas as pd
 
 from fruitlens import tables
+from fruitlens.augment import AugmentConfig
 from fruitlens.checkpoints import (
     STATE_FILE,
     make_checkpointer,
@@ -44,8 +45,6 @@ from fruitlens.checkpoints import (
     resumable_state,
     seed_variables,
 )
-from fruitlens.config import MAX_IMAGE_SIDE  # noqa: F401 - re-exported
-from fruitlens.inputs import AugmentConfig
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +57,8 @@ class ResumeError(ValueError):
     """A checkpoint that cannot be resumed: it belongs to other data or another configuration."""
 
 
-# TrainConfig lives with every other option in fruitlens.config (re-exported here).
-from fruitlens.config import TrainConfig  # noqa: E402,F401
+# TrainConfig lives with every other option in fruitlens.config.
+from fruitlens.config import TrainConfig  # noqa: E402
 
 # ------------------------------------------------------------------------------------------- the data
 
@@ -414,9 +413,9 @@ def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: di
     import keras
 
     from fruitlens import models
-    from fruitlens.layout import RunLayout
+    from fruitlens.card import ModelCard, library_versions, write_card
+    from fruitlens.layout import MODEL_FILE, RunLayout
     from fruitlens.plots import plot_history
-    from fruitlens.runs import MODEL_FILE, ModelCard, library_versions, write_card
 
     keep_last = holdout["keep"] == "last" or not (ckpt / "best.keras").is_file()
     best_path = ckpt / "last.keras" if keep_last else ckpt / "best.keras"

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import fields
 from typing import Any, Literal, get_args, get_origin
 
-from fruitlens.errors import MAX_SHOWN, OptionError, short  # noqa: F401 - short is part of this API
+from fruitlens.errors import MAX_SHOWN, OptionError
 
 MAX_VALUES = 100_000  # values (scalars, items, keys) a config or a --set value may hold: refused beyond
 

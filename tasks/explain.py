@@ -14,10 +14,11 @@ def plan_task(model: dict, index_dir: str, out_dir: str, split: str, limit: int 
     """The chunks (plain records), each (method, chunk)'s part key, and which parts are already done."""
     from fruitlens import tables
     from fruitlens.batch import engine, rows
-    from fruitlens.config import ExplainOptions, build
+    from fruitlens.config import ExplainOptions
     from fruitlens.layout import ExplainLayout
     from fruitlens.modelio import as_model_source
     from fruitlens.selection import explain_budget, images_to_explain
+    from fruitlens.typed import build
 
     first = []
     if select == "report" and limit is not None and predictions_path:
@@ -38,9 +39,9 @@ def explain_chunk_task(model: dict, out_dir: str, method: str, options: dict, ch
                        key: str) -> dict:
     """One method's part of one chunk (``key``: its content key: model, options, code and images)."""
     from fruitlens.batch import engine
-    from fruitlens.config import build
     from fruitlens.modelio import as_model_source
     from fruitlens.registry import METHODS
+    from fruitlens.typed import build
 
     keras_model, card = as_model_source(model).load()
     return engine.explain_chunk(keras_model, card, chunk, out_dir, method,

@@ -22,8 +22,9 @@ def sanity_task(model: dict, index_dir: str, explain_dir: str, split: str, image
     """Write out_dir/sanity.parquet, sanity.png and verdicts.json for the first ``images`` explained images."""
     from fruitlens.batch.rows import probe_rows
     from fruitlens.batch.sanity import sanity_run
-    from fruitlens.config import ExplainOptions, build
+    from fruitlens.config import ExplainOptions
     from fruitlens.modelio import as_model_source
+    from fruitlens.typed import build
 
     rows = probe_rows(index_dir, split, explain_dir, images)
     return sanity_run(as_model_source(model), rows, methods, build(ExplainOptions, options), out_dir)

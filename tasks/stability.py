@@ -23,8 +23,9 @@ def stability_task(model: dict, index_dir: str, explain_dir: str, split: str, im
     """Write the stability table of the first ``images`` explained images to ``out_path``; its path."""
     from fruitlens.batch.rows import probe_rows
     from fruitlens.batch.stability import stability_run
-    from fruitlens.config import LimeOptions, build
+    from fruitlens.lime_options import LimeOptions
     from fruitlens.modelio import as_model_source
+    from fruitlens.typed import build
 
     rows = probe_rows(index_dir, split, explain_dir, images)
     return stability_run(as_model_source(model), rows, build(LimeOptions, lime), out_path)

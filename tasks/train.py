@@ -23,11 +23,12 @@ def _fit_content(inputs: dict) -> dict:
       persist_result=True, task_run_name=run_name("train", "run_dir"))
 def train_task(data_dir: str, run_dir: str, train_config: dict) -> dict:
     """Train with ``train_config`` (TrainConfig fields) into ``run_dir``; resumes from its checkpoint."""
-    from fruitlens.config import build
+    from fruitlens.config import TrainConfig
     from fruitlens.layout import RunLayout
     from fruitlens.progress import epoch_lines
     from fruitlens.runs import model_digest
-    from fruitlens.training import ResumeError, TrainConfig, train_model
+    from fruitlens.training import ResumeError, train_model
+    from fruitlens.typed import build
 
     config = build(TrainConfig, train_config, "train")
     log = get_run_logger()

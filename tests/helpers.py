@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fruitlens.runs import ModelCard, write_card
+from fruitlens.card import ModelCard, write_card
 
 
 def tiny_run(run_dir: Path, classes=("a", "b", "c"), image_size=(12, 10), seed=0) -> Path:

@@ -22,12 +22,12 @@ import pandas as pd
 from PIL import Image
 
 from fruitlens import plots, tables
+from fruitlens.card import ModelCard, library_versions, write_card
 from fruitlens.dataset import index_or_load
 from fruitlens.explain.evidence import write_shortcut
 from fruitlens.images import read_rgb
 from fruitlens.layout import ExplainLayout, picture_stem
 from fruitlens.nights import Night, record_night, write_trend
-from fruitlens.runs import ModelCard, library_versions, write_card
 from fruitlens.synthetic import CLASSES, write_demo_dataset
 
 # (true class, predicted class, number of test images) the fabricated model gets wrong

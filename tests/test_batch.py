@@ -11,9 +11,10 @@ from fruitlens import plots, tables
 from fruitlens.batch import engine, pictures
 from fruitlens.batch import rows as batch_rows
 from fruitlens.batch.methods import RUNNERS
-from fruitlens.config import ExplainOptions, LimeOptions
-from fruitlens.dataset import DatasetError
+from fruitlens.config import ExplainOptions
+from fruitlens.errors import DatasetError
 from fruitlens.layout import ExplainLayout
+from fruitlens.lime_options import LimeOptions
 from fruitlens.runs import load_run, model_digest, predict_batches
 from tests.helpers import tiny_run
 

@@ -351,8 +351,7 @@ def test_a_fifo_as_classes_file_is_refused_not_waited_on(tmp_path):
 
 
 def test_smoothgrad_draws_are_bounded_by_the_models_input_size():
-    from fruitlens.config import SmoothGradOptions
-    from fruitlens.method_options import MAX_DRAW_BYTES
+    from fruitlens.method_options import MAX_DRAW_BYTES, SmoothGradOptions
 
     opts = SmoothGradOptions(samples=10_000)
     opts.check_memory((20, 20), "smoothgrad")  # 48 MB: fine
@@ -383,7 +382,8 @@ def test_a_yaml_billion_laughs_config_fails_fast_in_bounded_memory(tmp_path):
 
 
 def test_a_billion_laughs_set_value_and_long_values_are_cut_in_messages(tmp_path, capsys):
-    from fruitlens.config import LimeOptions, build
+    from fruitlens.lime_options import LimeOptions
+    from fruitlens.typed import build
 
     value = "[" + ",".join(["[" + ",".join(["[1,2,3,4,5,6,7,8,9,10]"] * 10) + "]"] * 10) + "]"
     assert main(["explain", "--model", "x", "--data", str(tmp_path), "--out", str(tmp_path / "o"),

@@ -10,8 +10,10 @@ import pytest
 from fruitlens import digests, metrics, promotion, summary, tables
 from fruitlens.batch.rows import rows_from_index
 from fruitlens.cli import main
-from fruitlens.config import CamOptions, LimeOptions, PipelineConfig, cache_dir, load_config
+from fruitlens.config import PipelineConfig, cache_dir, load_config
 from fruitlens.dataset import index_or_load
+from fruitlens.lime_options import LimeOptions
+from fruitlens.method_options import CamOptions
 from tests.helpers import tiny_run
 
 

@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from fruitlens import dataset, tables
-from fruitlens.dataset import DatasetError, index_dataset, index_or_load, load_index, write_index
+from fruitlens.dataset import index_dataset, index_or_load, load_index, write_index
+from fruitlens.errors import DatasetError
 from fruitlens.images import read_rgb
 
 

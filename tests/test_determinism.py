@@ -15,9 +15,11 @@ import pytest
 keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
-from fruitlens.inputs import AugmentConfig, augment_preview, build_augmenter  # noqa: E402
+from fruitlens.augment import AugmentConfig  # noqa: E402
+from fruitlens.config import TrainConfig  # noqa: E402
+from fruitlens.inputs import augment_preview, build_augmenter  # noqa: E402
 from fruitlens.models import ARCHS, build_model, derive_seed, unseeded_parts  # noqa: E402
-from fruitlens.training import TrainConfig, train_model  # noqa: E402
+from fruitlens.training import train_model  # noqa: E402
 
 
 @contextmanager

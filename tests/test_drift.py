@@ -98,7 +98,7 @@ def test_class_evidence_per_class_and_group(models, tmp_path):
 def test_lime_stability_under_two_seeds(models):
     from fruitlens.batch.stability import STABILITY_SCHEMA, lime_stability, stability_line
     from fruitlens.card import ModelCard
-    from fruitlens.config import LimeOptions
+    from fruitlens.lime_options import LimeOptions
     from fruitlens.synthetic import CLASSES
 
     standard, _, old, _ = models
@@ -122,8 +122,8 @@ def test_lime_stability_measures_the_runs_own_adaptive_lime(models, tmp_path):
     from fruitlens.batch.methods import run_method
     from fruitlens.batch.stability import lime_stability, stability_line
     from fruitlens.card import ModelCard
-    from fruitlens.config import LimeOptions
     from fruitlens.layout import ExplainLayout
+    from fruitlens.lime_options import LimeOptions
     from fruitlens.synthetic import CLASSES
 
     standard, _, old, _ = models

@@ -9,7 +9,7 @@ from PIL import Image
 from fruitlens import tables
 from fruitlens.batch import rows as batch_rows
 from fruitlens.cli import main
-from fruitlens.dataset import DatasetError
+from fruitlens.errors import DatasetError
 
 
 def _images(root, rels):

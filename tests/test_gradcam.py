@@ -12,10 +12,10 @@ from fruitlens import plots, tables
 from fruitlens.batch import engine
 from fruitlens.batch.methods import run_method
 from fruitlens.batch.rows import rows_from_inputs
-from fruitlens.config import CamOptions
-from fruitlens.explain.base import find_layer, walk_layers
 from fruitlens.explain.gradcam import CAM, GradCAM, GradCAMPlusPlus, cam, gradcam, gradcam_plus_plus
+from fruitlens.explain.keras_graph import find_layer, walk_layers
 from fruitlens.layout import ExplainLayout
+from fruitlens.method_options import CamOptions
 from fruitlens.runs import load_run
 from tests.helpers import tiny_run
 

@@ -10,9 +10,10 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
+from fruitlens.card import read_card  # noqa: E402
 from fruitlens.cli import main  # noqa: E402
-from fruitlens.runs import read_card  # noqa: E402
-from fruitlens.training import TrainConfig, train_model  # noqa: E402
+from fruitlens.config import TrainConfig  # noqa: E402
+from fruitlens.training import train_model  # noqa: E402
 
 FAST = dict(arch="seed_cnn", image_size=12, batch_size=16, seed=3)
 

@@ -250,7 +250,7 @@ def _env() -> dict:
 
 
 def test_an_annotated_copy_is_drawn_at_a_bounded_size():
-    from fruitlens.plots import ANNOTATED_MAX_SIDE, annotate
+    from fruitlens.overlays import ANNOTATED_MAX_SIDE, annotate
 
     strip = annotate(np.zeros((1, 65535, 3), np.uint8), "a 99%")  # a 65535x1 PNG: not enlarged to 10.5 M x 160
     assert strip.shape[1] == 65535 and strip.shape[0] == 160

@@ -7,16 +7,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from fruitlens.augment import AugmentConfig
 from fruitlens.images import read_rgb
-from fruitlens.inputs import (
-    AugmentConfig,
-    DecodedImages,
-    augment_preview,
-    build_augmenter,
-    decode_images,
-    load_images,
-    make_dataset,
-)
+from fruitlens.inputs import DecodedImages, augment_preview, build_augmenter, decode_images, load_images, make_dataset
 
 
 @pytest.fixture(scope="module")

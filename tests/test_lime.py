@@ -330,7 +330,7 @@ def test_explain_command_bad_lime_flags(demo_dir, tmp_path, capsys, flags, messa
 
 
 def test_plot_kinds():
-    from fruitlens.config import LimeOptions
+    from fruitlens.lime_options import LimeOptions
 
     assert LimeOptions().plot_kinds == {"outline", "boundaries"}
     assert LimeOptions(plots="all").plot_kinds == {"outline", "boundaries", "density"}

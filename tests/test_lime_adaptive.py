@@ -7,6 +7,7 @@ from fruitlens import tables
 from fruitlens.cli import main
 from fruitlens.explain import lime as fl
 from fruitlens.explain.lime import explain_lime
+from fruitlens.explain.lime_fit import kernel_weights
 from fruitlens.lime_options import LimeOptions
 from tests.test_lime import grid_segments, images_of, keras_model, region_model  # noqa: F401 - fixture
 
@@ -53,7 +54,7 @@ def test_stability_uses_the_same_ridge_as_the_weights():
     y = logistic_model(np.where(z[:, seg[0]][..., None], x[0], x[0].mean(axis=(0, 1))))  # grid cells: one colour
     assert fl.stability(z, y[:, [e.labels[0]]], fl.KERNEL_WIDTH) > 0
     # closed-form ridge of _stability == sklearn's: its SE is relative to these weights
-    sw = fl.kernel_weights(z.astype(float), fl.KERNEL_WIDTH)
+    sw = kernel_weights(z.astype(float), fl.KERNEL_WIDTH)
     from sklearn.linear_model import Ridge
 
     ref = Ridge(alpha=1.0).fit(z.astype(float), y[:, e.labels[0]], sample_weight=sw).coef_

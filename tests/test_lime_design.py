@@ -5,7 +5,8 @@ import pytest
 
 from fruitlens import tables
 from fruitlens.cli import main
-from fruitlens.explain.lime import draw_masks, explain_lime
+from fruitlens.explain.lime import explain_lime
+from fruitlens.explain.lime_fit import draw_masks
 from fruitlens.lime_options import LimeOptions
 from tests.test_lime import grid_segments
 

@@ -81,8 +81,8 @@ def test_stability_seed_a_is_the_lime_of_lime_parquet_on_a_photo(tiny, tmp_path)
     from fruitlens.batch.methods import run_method
     from fruitlens.batch.rows import rows_from_inputs
     from fruitlens.batch.stability import explain_twice, lime_stability
-    from fruitlens.config import LimeOptions
     from fruitlens.layout import ExplainLayout
+    from fruitlens.lime_options import LimeOptions
     from fruitlens.modelio import ModelSource
     from fruitlens.registry import METHODS
 

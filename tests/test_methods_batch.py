@@ -7,7 +7,8 @@ import pytest
 from PIL import Image
 
 from fruitlens import plots, tables
-from fruitlens.config import ExplainOptions, PipelineConfig, RiseOptions, SmoothGradOptions
+from fruitlens.config import ExplainOptions, PipelineConfig
+from fruitlens.method_options import RiseOptions, SmoothGradOptions
 from fruitlens.registry import METHODS, heatmap_methods, title
 from tests.helpers import tiny_run
 
@@ -81,7 +82,9 @@ def test_pipeline_config_takes_the_methods_and_their_options():
 def test_faithfulness_table_ranks_every_method_and_the_report_shows_it(demo_dir, run_dir, tmp_path):
     from fruitlens.batch import engine
     from fruitlens.batch.rows import rows_from_inputs
-    from fruitlens.config import ExplainOptions, LimeOptions, OcclusionOptions
+    from fruitlens.config import ExplainOptions
+    from fruitlens.lime_options import LimeOptions
+    from fruitlens.method_options import OcclusionOptions
     from fruitlens.report import build_report
     from fruitlens.runs import load_run, model_digest
 

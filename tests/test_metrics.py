@@ -11,9 +11,9 @@ import pytest
 from sklearn.metrics import f1_score
 
 from fruitlens import metrics, tables
+from fruitlens.card import ModelCard, write_card
 from fruitlens.inference import classification_metrics
 from fruitlens.report import build_report
-from fruitlens.runs import ModelCard, write_card
 
 MODEL_CLASSES = ["a", "b", "c", "d"]  # "d" has no image and is never predicted
 

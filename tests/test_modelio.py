@@ -19,8 +19,8 @@ from PIL import Image
 from skimage.data import chelsea
 
 from fruitlens import keras_cache, modelfiles, tables
-from fruitlens.explain.base import find_layer
 from fruitlens.explain.gradcam import gradcam
+from fruitlens.explain.keras_graph import find_layer
 from fruitlens.explain.lime import explain_lime
 from fruitlens.images import read_rgb
 from fruitlens.inference import predict_files

@@ -8,7 +8,8 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from fruitlens import models  # noqa: E402
-from fruitlens.models import BackbonePreprocess, ModelError, build_model, parse_arch  # noqa: E402
+from fruitlens.errors import ModelError  # noqa: E402
+from fruitlens.models import BackbonePreprocess, build_model, parse_arch  # noqa: E402
 
 
 @pytest.mark.parametrize("arch", ["seed_cnn", "fruit_net", "small_convnet", "lenet"])
@@ -116,8 +117,8 @@ def test_concatenated_backbones_and_saved_model_round_trip(tmp_path):
 
 
 def test_architecture_names_checked_without_keras_match_the_builders():
-    from fruitlens import config, models
+    from fruitlens import archs, models
 
-    assert config.ARCH_NAMES == tuple(models.ARCHS)
+    assert archs.ARCH_NAMES == tuple(models.ARCHS)
     with pytest.raises(models.ModelError, match="architecture 'resnet'"):
         models.parse_arch("resnet")

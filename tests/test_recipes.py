@@ -12,11 +12,12 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from fruitlens import recipes  # noqa: E402
+from fruitlens.card import read_card  # noqa: E402
 from fruitlens.cli import main  # noqa: E402
+from fruitlens.config import TrainConfig  # noqa: E402
 from fruitlens.models import build_model, unseeded_parts  # noqa: E402
-from fruitlens.runs import read_card  # noqa: E402
 from fruitlens.tables import read_table  # noqa: E402
-from fruitlens.training import TrainConfig, train_model  # noqa: E402
+from fruitlens.training import train_model  # noqa: E402
 
 PHOTO = dict(arch="photo_resnet", image_size=16, batch_size=16, seed=7, augment=True, mixup=0.4, cutmix=1.0,
              warmup_epochs=0.5)

@@ -15,9 +15,10 @@ import pandas as pd
 import pytest
 
 from fruitlens import tables
+from fruitlens.card import ModelCard, write_card
 from fruitlens.cli import main
+from fruitlens.errors import RunError
 from fruitlens.report import SECTIONS, build_report
-from fruitlens.runs import ModelCard, RunError, write_card
 from fruitlens.selection import images_to_explain
 from tests.report_fixture import CONFUSIONS, N_TEST, make_run
 
@@ -478,9 +479,10 @@ def test_report_of_a_real_tiny_run(chromium, demo_dir, tmp_path):
     from fruitlens import inference, training
     from fruitlens.batch.engine import explain_images
     from fruitlens.batch.rows import rows_from_inputs
-    from fruitlens.config import ExplainOptions, LimeOptions
+    from fruitlens.config import ExplainOptions
     from fruitlens.dataset import index_or_load
     from fruitlens.explain import activations
+    from fruitlens.lime_options import LimeOptions
     from fruitlens.runs import load_run, model_digest
 
     run = tmp_path / "run"

@@ -10,8 +10,8 @@ from PIL import Image
 from skimage import data as skdata
 
 from fruitlens.cli import main
+from fruitlens.errors import RunError
 from fruitlens.report.html import asset
-from fruitlens.runs import RunError
 
 
 @pytest.fixture(scope="module")

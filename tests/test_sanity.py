@@ -76,8 +76,8 @@ def test_gradcam_passes_and_an_edge_detector_fails(trained, tmp_path):
     saved = tables.read_json(tmp_path / "sanity" / "verdicts.json")
     assert saved["thresholds"]["max_rank"] == sanity.THRESHOLDS.max_rank
     # the report of a run folder with a sanity/ folder says the verdicts
+    from fruitlens.card import ModelCard, write_card
     from fruitlens.report import build_report
-    from fruitlens.runs import ModelCard, write_card
 
     write_card(tmp_path, ModelCard(classes=tuple("abcdef"), image_size=(24, 24), arch="tiny"))
     page = build_report(tmp_path).read_text()
@@ -88,7 +88,8 @@ def test_gradcam_passes_and_an_edge_detector_fails(trained, tmp_path):
 
 
 def test_any_registered_method_can_be_checked_with_the_runs_options(trained):
-    from fruitlens.config import ExplainOptions, SmoothGradOptions
+    from fruitlens.config import ExplainOptions
+    from fruitlens.method_options import SmoothGradOptions
 
     model, images, _ = trained
     options = ExplainOptions(smoothgrad=SmoothGradOptions(samples=3, noise=0.3))
@@ -109,8 +110,8 @@ def test_same_seed_same_cascade(trained):
 def test_cli_sanity_writes_the_table_and_says_the_verdict(demo_dir, tmp_path, capsys):
     import keras
 
+    from fruitlens.card import ModelCard, write_card
     from fruitlens.cli import main
-    from fruitlens.runs import ModelCard, write_card
 
     run = tmp_path / "run"
     run.mkdir()

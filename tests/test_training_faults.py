@@ -19,8 +19,10 @@ import pytest
 keras = pytest.importorskip("keras")
 
 from fruitlens import tables  # noqa: E402
+from fruitlens.config import TrainConfig  # noqa: E402
+from fruitlens.sizes import MAX_IMAGE_SIDE  # noqa: E402
 from fruitlens.synthetic import write_demo_dataset  # noqa: E402
-from fruitlens.training import MAX_IMAGE_SIDE, TrainConfig, train_model  # noqa: E402
+from fruitlens.training import train_model  # noqa: E402
 
 FAST = dict(arch="seed_cnn", image_size=16, batch_size=16, seed=3)
 ROOT = Path(__file__).resolve().parents[1]

@@ -42,12 +42,13 @@ import pyarrow.parquet as pq
 from fruitlens import tables
 from fruitlens.batch import pictures
 from fruitlens.batch.methods import run_method
-from fruitlens.config import ExplainOptions, to_plain
+from fruitlens.config import ExplainOptions
 from fruitlens.digests import code_digest, file_digest, text_digest
 from fruitlens.layout import FAILED, ExplainLayout
 from fruitlens.lifetime import die_with_parent
 from fruitlens.locks import folder_lock
 from fruitlens.registry import METHODS
+from fruitlens.typed import to_plain
 
 log = logging.getLogger(__name__)
 

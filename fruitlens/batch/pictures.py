@@ -19,10 +19,11 @@ import numpy as np
 import pandas as pd
 
 from fruitlens import plots, tables
-from fruitlens.captions import Caption, add_caption
-from fruitlens.config import CamOptions, LimeOptions
+from fruitlens.captions import MIN_SIDE, Caption, add_caption
 from fruitlens.layout import ExplainLayout, picture_stem
-from fruitlens.overlays import MIN_SIDE, display_size, heat_on_photo, lime_legend, lime_on_photo
+from fruitlens.lime_options import LimeOptions
+from fruitlens.method_options import CamOptions
+from fruitlens.overlays import display_size, heat_on_photo, lime_legend, lime_on_photo
 
 log = logging.getLogger(__name__)
 

@@ -18,16 +18,10 @@ import numpy as np
 import pandas as pd
 
 from fruitlens import tables
-from fruitlens.dataset import (
-    IMAGE_SUFFIXES,
-    MASK_SUFFIX,
-    SPLIT_ALIASES,
-    DatasetError,
-    image_id,
-    index_dataset,
-    load_index,
-)
+from fruitlens.dataset import SPLIT_ALIASES, image_id, index_dataset, load_index
 from fruitlens.digests import file_digest
+from fruitlens.errors import DatasetError
+from fruitlens.images import IMAGE_SUFFIXES, MASK_SUFFIX
 from fruitlens.layout import ExplainLayout
 
 log = logging.getLogger(__name__)

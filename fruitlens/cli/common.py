@@ -157,7 +157,7 @@ MODEL_HELP = ("a run folder, a Keras model file (.keras, .h5) or SavedModel fold
 
 def add_model_arguments(p) -> None:
     """--model and what a model file may not say about itself."""
-    from fruitlens.modelio import FITS, PREPROCESSINGS
+    from fruitlens.modelspec import FITS, PREPROCESSINGS
 
     p.add_argument("--model", required=True, help=MODEL_HELP)
     g = p.add_argument_group("model files that do not say (a model.json card next to the file is read first)")

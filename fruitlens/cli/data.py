@@ -103,10 +103,10 @@ def _add_augment_preview(sub) -> None:
 
 
 def _cmd_augment_preview(args) -> int:
-    from fruitlens.config import MAX_IMAGE_SIDE
     from fruitlens.images import read_rgb
     from fruitlens.inputs import augment_preview
     from fruitlens.plots import image_grid, save_png
+    from fruitlens.sizes import MAX_IMAGE_SIDE
 
     if not 1 <= args.count <= MAX_PREVIEW_COUNT:
         raise CommandError(f"--count {args.count}: expected 1 to {MAX_PREVIEW_COUNT}")
@@ -183,7 +183,7 @@ def _cmd_superpixels(args) -> int:
         if len(parts) not in (1, 2) or min(parts, default=0) < 1:
             raise CommandError(f"--size {args.size}: expected HEIGHTxWIDTH or one side, e.g. 20x20")
         size = (parts[0], parts[-1])
-    from fruitlens.config import MAX_IMAGE_SIDE
+    from fruitlens.sizes import MAX_IMAGE_SIDE
 
     if size is not None and max(size) > MAX_IMAGE_SIDE:
         raise CommandError(f"--size {args.size}: expected at most {MAX_IMAGE_SIDE} pixels per side")

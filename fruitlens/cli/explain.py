@@ -151,7 +151,8 @@ def _settings(items: list[str]) -> dict[str, dict[str, Any]]:
     """``["rise.masks=1000", ...]`` -> {"rise": {"masks": 1000}} (values read as YAML: numbers, null, lists)."""
     import yaml
 
-    from fruitlens.typed import check_value_count, short
+    from fruitlens.errors import short
+    from fruitlens.typed import check_value_count
 
     out: dict[str, dict[str, Any]] = {}
     for item in items:
@@ -183,7 +184,7 @@ def _cmd_explain(args) -> int:
                             read_as=args.read_as)
     model, card, digest = load_model(args)
     for method in (m for m in methods if hasattr(options.of(m), "layer")):
-        from fruitlens.explain.base import find_layer
+        from fruitlens.explain.keras_graph import find_layer
 
         check_layer_access(model, "gradcam")  # a model without visible layers or a bad layer: one line, no work
         find_layer(model, options.of(method).layer)

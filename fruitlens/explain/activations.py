@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fruitlens.explain.base import LayerRef, check_images, conv_layers, find_layer, trace_model
-from fruitlens.explain.keras_graph import cached
+from fruitlens.explain.base import check_images
+from fruitlens.explain.keras_graph import LayerRef, cached, conv_layers, find_layer, trace_model
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """Shared machinery of the heatmap explainers: targets, batching, the gradient step, scaling, upsampling.
 
-Models are walked and re-traced by ``fruitlens.explain.keras_graph`` (re-exported here: ``walk_layers``,
-``find_layer``, ``trace_model``, ...). Each CAM method subclasses :class:`BaseCAM` and overrides only
-:meth:`BaseCAM.cam_weights` (or :meth:`BaseCAM.cam_map` when its weights vary over space or need more model
-calls). Methods that explain the input pixels (gradients, perturbations) subclass :class:`BaseAttribution` and
-override only :meth:`BaseAttribution.attribute`.
+Models are walked and re-traced by ``fruitlens.explain.keras_graph`` (``walk_layers``,
+``find_layer``, ``trace_model``, ...; import them from there). Each CAM method subclasses :class:`BaseCAM` and
+overrides only :meth:`BaseCAM.cam_weights` (or :meth:`BaseCAM.cam_map` when its weights vary over space or need
+more model calls). Methods that explain the input pixels (gradients, perturbations) subclass
+:class:`BaseAttribution` and override only :meth:`BaseAttribution.attribute`.
 """
 
 from __future__ import annotations
@@ -16,16 +16,11 @@ import numpy as np
 import tensorflow as tf
 
 from fruitlens.explain.explainer import Explainer
-from fruitlens.explain.keras_graph import (  # noqa: F401 - re-exported for the explainers
-    CONV_TYPES,
+from fruitlens.explain.keras_graph import (
     LayerRef,
     cached,
-    conv_layers,
-    find_head,
     find_layer,
-    head_kind,
     trace_model,
-    walk_layers,
 )
 from fruitlens.explain.results import HeatmapResult
 

@@ -19,8 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from fruitlens.explain.base import find_layer, trace_model
-from fruitlens.explain.keras_graph import cached
+from fruitlens.explain.keras_graph import cached, find_layer, trace_model
 
 NOISE_LEVELS = 10.0  # initial noise: gray 0.5 +- this many 8-bit levels
 

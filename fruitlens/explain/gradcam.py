@@ -27,7 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from fruitlens.explain.base import EPS, BaseCAM, LayerRef, find_head, logits_fn, walk_layers
+from fruitlens.explain.base import EPS, BaseCAM, logits_fn
+from fruitlens.explain.keras_graph import LayerRef, find_head, walk_layers
 
 log = logging.getLogger(__name__)
 

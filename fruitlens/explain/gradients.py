@@ -26,13 +26,8 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from fruitlens.explain.base import (
-    BaseAttribution,
-    HeatmapResult,
-    check_images,
-    check_targets,
-    gradient_fn,
-)
+from fruitlens.explain.base import BaseAttribution, check_images, check_targets, gradient_fn
+from fruitlens.explain.results import HeatmapResult
 
 Reference = Literal["black", "white", "gray", "mean", "blur"]
 REFERENCES: tuple[str, ...] = ("black", "white", "gray", "mean", "blur")

@@ -59,11 +59,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from fruitlens.explain.explainer import Explainer
-from fruitlens.explain.lime_fit import (  # noqa: F401 - draw_masks and kernel_weights are part of this API
+from fruitlens.explain.lime_fit import (
     draw_masks,
     fit_explanation,
     fit_surrogate,
-    kernel_weights,
     stability,
 )
 from fruitlens.explain.results import LimeExplanation, LimeResult

@@ -27,7 +27,8 @@ from typing import Literal
 import numpy as np
 import tensorflow as tf
 
-from fruitlens.explain.base import BaseAttribution, cached, logits_fn, scale_per_image
+from fruitlens.explain.base import BaseAttribution, logits_fn, scale_per_image
+from fruitlens.explain.keras_graph import cached
 
 Fill = Literal["black", "gray", "mean", "blur"]
 FILLS: tuple[str, ...] = ("black", "gray", "mean", "blur")

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fruitlens.explain.keras_graph import CONV_TYPES, LayerRef, find_layer, walk_layers
-from fruitlens.sanity_names import DEFAULT_METHODS, method_title  # noqa: F401  (re-exported)
+from fruitlens.sanity_names import DEFAULT_METHODS, method_title
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fruitlens import tables
-from fruitlens.layout import REPORT_FILE, RunLayout
+from fruitlens.errors import RunError
+from fruitlens.layout import RunLayout
 from fruitlens.report.evaluation import headline, section_confusion, section_metrics, section_mistakes
 from fruitlens.report.explanations import (
     section_evidence,
@@ -40,9 +41,8 @@ from fruitlens.report.record import (
     section_training,
     section_trend,
 )
-from fruitlens.runs import RunError
 
-__all__ = ["REPORT_FILE", "SECTIONS", "ReportOptions", "build_report"]
+__all__ = ["SECTIONS", "ReportOptions", "build_report"]
 
 # The sections, in page order: (anchor id, title). Tests check that each is present.
 SECTIONS: tuple[tuple[str, str], ...] = (

@@ -136,7 +136,8 @@ def section_visualize(data: ReportData, opts: ReportOptions) -> str:
 
 def section_sanity(data: ReportData, opts: ReportOptions) -> str:
     """The model parameter randomisation test (``fruitlens sanity --out RUN/sanity``): a verdict per method."""
-    from fruitlens.explain.sanity import THRESHOLDS, method_title, verdicts
+    from fruitlens.explain.sanity import THRESHOLDS, verdicts
+    from fruitlens.sanity_names import method_title
 
     lay = data.layout.sanity
     if data.sanity is None:

@@ -200,7 +200,7 @@ def build_photos_report(explain_dir: str | os.PathLike, *, embed: bool = True) -
     Raises:
         RunError: the folder holds no explanation table.
     """
-    from fruitlens.runs import RunError
+    from fruitlens.errors import RunError
 
     root = Path(explain_dir)
     methods = explain_methods(root) if root.is_dir() else []
