@@ -97,3 +97,40 @@ def test_stability_seed_a_is_the_lime_of_lime_parquet_on_a_photo(tiny, tmp_path)
     assert table["samples_a"].iloc[0] == top["num_samples"].iloc[0]
     at_input = METHODS["lime"].build(model, options).segment(images)[0]  # what stability segmented before
     assert not np.array_equal(a[0].segments, at_input)
+
+
+def test_sanity_segments_lime_as_the_runs_explain_does(tiny):
+    """The sanity check of LIME uses the run's superpixels (the photo at its working size, mapped to the 20x20
+    input), and says so in its options column; without the run's superpixels it says where it segmented."""
+    from dataclasses import replace
+
+    from fruitlens.batch.engine import read_chunk
+    from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.batch.sanity import sanity_segments
+    from fruitlens.config import ExplainOptions
+    from fruitlens.explain import sanity
+    from fruitlens.lime_options import LimeOptions
+    from fruitlens.modelio import ModelSource
+    from fruitlens.registry import METHODS
+
+    model, card = ModelSource(str(tiny / "m.keras"), classes=("a", "b")).load()
+    images, rows, _ = read_chunk(rows_from_inputs([tiny / "coffee.jpg"]), card.image_size, card.fit)
+    lime = LimeOptions(num_samples=64, round_size=32, min_samples=32, faithfulness_steps=2)
+    run_segments = sanity_segments(images, rows, card, lime)
+    from fruitlens.batch.methods import lime_segments
+    from fruitlens.explain.segmentation import make_segmenter
+
+    explain_made = lime_segments(images, rows, card, make_segmenter(lime.segmenter), lime.seed)[0].coarse
+    np.testing.assert_array_equal(run_segments[0], explain_made)  # what lime.parquet's explanation used
+    at_input = METHODS["lime"].build(model, lime).segment(images)
+    assert not np.array_equal(run_segments, at_input)
+
+    options = ExplainOptions(lime=lime)
+    ran = sanity.run_sanity(model, images, methods=("lime",), options=options, seed=1, lime_segments=run_segments)
+    step0 = METHODS["lime"].build(model, replace(lime, seed=1)).explain(images, ran.targets, segments=run_segments)
+    np.testing.assert_allclose(ran.heatmaps["lime"][0], step0.heatmaps, atol=1e-6)
+    assert "the run's superpixels (each photo segmented at" in ran.options["lime"]
+    alone = sanity.run_sanity(model, images, methods=("lime",), options=options, seed=1)
+    assert "segmented at the model's input size, not on the photo" in alone.options["lime"]
+    with pytest.raises(ValueError, match=r"lime_segments of shape \(1, 5, 5\)"):
+        sanity.run_sanity(model, images, methods=("lime",), options=options, lime_segments=np.zeros((1, 5, 5), int))

@@ -2,7 +2,8 @@
 on a small probe set, written where ``fruitlens sanity --out RUN/sanity`` writes it, so the report shows it.
 
 Every method of the run is checked (Grad-CAM under its variant's name), each built from the run's own options
-by its ``from_options`` (``fruitlens.registry``): LIME adaptive as in ``lime.parquet``, Grad-CAM at its layer.
+by its ``from_options`` (``fruitlens.registry``): LIME adaptive as in ``lime.parquet``, on the superpixels the
+run's explain makes (each photo segmented at its working size, :func:`sanity_segments`), Grad-CAM at its layer.
 """
 
 from __future__ import annotations
@@ -10,12 +11,24 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
 def sanity_methods(methods: Sequence[str], options) -> tuple[str, ...]:
     """The randomisation-test names of the run's ``methods`` (Grad-CAM: its variant, from ``ExplainOptions``)."""
     return tuple(options.gradcam.variant if m == "gradcam" else m for m in methods)
+
+
+def sanity_segments(images, rows: pd.DataFrame, card, lime_options) -> np.ndarray:
+    """(N, H, W) int superpixels of ``images`` exactly as the run's explain makes them with ``lime_options``
+    (``fruitlens.batch.methods.lime_segments``: each photo file segmented at its working size, mapped to the
+    model's input; seeded by image id)."""
+    from fruitlens.batch.methods import lime_segments
+    from fruitlens.explain.segmentation import make_segmenter
+
+    segmenter = make_segmenter(lime_options.segmenter, **lime_options.segmenter_params)
+    return np.stack([s.coarse for s in lime_segments(images, rows, card, segmenter, lime_options.seed)])
 
 
 def sanity_run(source, rows: pd.DataFrame, methods: Sequence[str], options, out_dir, seed: int = 0) -> str:
@@ -29,7 +42,9 @@ def sanity_run(source, rows: pd.DataFrame, methods: Sequence[str], options, out_
     images, rows, _ = read_chunk(rows, card.image_size, card.fit)
     if not len(rows):
         raise ValueError(f"sanity probe of {len(rows)} readable images: expected at least 1")
-    result = sanity.run_sanity(model, images, methods=list(methods), options=options, seed=seed)
+    segments = sanity_segments(images, rows, card, options.lime) if "lime" in methods else None
+    result = sanity.run_sanity(model, images, methods=list(methods), options=options, seed=seed,
+                               lime_segments=segments)
     sanity.write_sanity(result, images, rows, out_dir, class_names=list(card.classes), seed=seed)
     return str(SanityLayout(Path(out_dir)).verdicts)
 

@@ -42,6 +42,7 @@ def _cmd_sanity(args) -> int:
 
     from fruitlens.batch.engine import read_chunk
     from fruitlens.batch.rows import rows_from_inputs
+    from fruitlens.batch.sanity import sanity_segments
     from fruitlens.config import load_config
     from fruitlens.explain import sanity
     from fruitlens.registry import method_names
@@ -64,8 +65,9 @@ def _cmd_sanity(args) -> int:
     if not len(rows):
         raise CommandError(f"--data: none of the {len(failed)} images could be read")
     with Progress(0, "sanity", unit="steps (the model re-initialised layer by layer)") as bar:
+        segments = sanity_segments(images, rows, card, options.lime) if "lime" in methods else None
         result = sanity.run_sanity(model, images, methods=methods, options=options, layer=args.layer, seed=args.seed,
-                                   progress=bar.advance_to)
+                                   lime_segments=segments, progress=bar.advance_to)
     found = sanity.write_sanity(result, images, rows, args.out, class_names=card.classes, seed=args.seed)
     for v in found.to_dict("records"):
         print(f"{sanity.method_title(v['method'])}: {'passes' if v['passed'] else 'FAILS'} ({v['reason']}; "

@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from fruitlens.explain.keras_graph import CONV_TYPES, LayerRef, find_layer, walk_layers
+from fruitlens.explain.segmentation import WORKING_SIDE
 from fruitlens.sanity_names import DEFAULT_METHODS, method_title
 
 log = logging.getLogger(__name__)
@@ -201,16 +202,28 @@ def describe_options(options) -> str:
 PICTURE_FIELDS = ("palette", "alpha", "faithfulness_steps", "baseline")  # options that change no explanation
 
 
+def check_segments(segments, shape: tuple[int, int, int]) -> np.ndarray:
+    """``segments`` as (N, H, W) integers of ``shape``; else one line naming the shape expected."""
+    seg = np.asarray(segments)
+    if seg.shape != tuple(shape) or not np.issubdtype(seg.dtype, np.integer):
+        raise ValueError(f"lime_segments of shape {seg.shape} and dtype {seg.dtype}: expected {tuple(shape)} "
+                         "integers (one superpixel map per image, at the model's input size)")
+    return seg
+
+
 def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str] = DEFAULT_METHODS,
                options=None, extra: Mapping[str, HeatmapExplainer] | None = None, targets: np.ndarray | None = None,
-               layer: str | None = None, lime_options=None, seed: int = 0,
+               layer: str | None = None, lime_options=None, seed: int = 0, lime_segments: np.ndarray | None = None,
                progress: Callable[[int, int], None] | None = None) -> SanityResult:
     """The cascading model parameter randomisation test on ``images``.
 
     Every method is built from its options by its own ``from_options`` (``fruitlens.registry``), so the
-    explanations checked are those a run with ``options`` writes. Two deliberate differences, recorded in the
-    table's ``options`` column: LIME's seed is ``seed`` (image i: ``(seed, i)``, not its image id), and its
-    superpixels are those of the original model's run, kept at every step.
+    explanations checked are those a run with ``options`` writes. LIME segments as the run's explain does when
+    given ``lime_segments`` (``fruitlens.batch.sanity.sanity_segments``: each photo segmented at its working size
+    and mapped to the model's input); without them it segments the images at the model's input size. What
+    differs from the run, deliberately, is said in the table's ``options`` column (the report's "ran with"):
+    LIME's seed is ``seed`` (image i: ``(seed, i)``, not its image id), its superpixels are kept at every step,
+    and, without ``lime_segments``, where they were segmented.
 
     Args:
         model: a Keras model taking (N, H, W, 3) float32 in [0, 1]; copied, never changed.
@@ -222,6 +235,8 @@ def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str]
         layer: the conv layer of the methods that take one (None: as in ``options``).
         lime_options: ``LimeOptions`` in place of ``options.lime``.
         seed: seeds the re-initialisation and LIME's samples.
+        lime_segments: (N, H, W) int superpixels LIME uses at every step (the run's own; None: segmented here,
+            at the model's input size, with the options' segmenter).
         progress: called as ``progress(steps done, steps)`` after each step (for a progress bar).
 
     Returns:
@@ -256,8 +271,14 @@ def run_sanity(model: keras.Model, images: np.ndarray, *, methods: Sequence[str]
         if spec.table == "lime":
             opts = replace(opts, seed=seed)
             built[name] = spec.build(copy, opts)
-            lime_kw[name] = {"segments": built[name].segment(x)}
-            described[name] = f"{describe_options(opts)}; seed {seed} by position, superpixels of the original model"
+            if lime_segments is not None:
+                lime_kw[name] = {"segments": check_segments(lime_segments, x.shape[:3])}
+                where = f"the run's superpixels (each photo segmented at {WORKING_SIDE} px, as explain does)"
+            else:
+                lime_kw[name] = {"segments": built[name].segment(x)}
+                where = (f"superpixels segmented at the model's input size, not on the photo at {WORKING_SIDE} px "
+                         "as explain does")
+            described[name] = f"{describe_options(opts)}; seed {seed} by position, {where}, kept at every step"
         else:
             built[name] = spec.build(copy, opts)
             described[name] = describe_options(opts)
