@@ -118,8 +118,7 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
 
 
 def check_dask_address(cfg, timeout: float = 5.0) -> None:
-    """Refuse, before any step runs, a Dask scheduler that cannot be reached (once found after index and
-    train, 48 s later)."""
+    """Refuse, before any step runs, a Dask scheduler that cannot be reached (not only after index and train)."""
     import socket
     from urllib.parse import urlsplit
 

@@ -49,7 +49,7 @@ PromoteMetric = Literal["accuracy", "macro_f1"]
 
 CHUNK_SIZE = 16  # images per explanation chunk: one task, one Parquet part, the unit of resume
 # Small enough that `fruitlens demo` runs in a few minutes on two cores, and leaves the demo's fruit_net a few
-# mistakes for the report to explain (5 epochs: 98.3% of the 300 test images right; 6 epochs: all of them).
+# mistakes for the report to explain (5 epochs, not 6; benchmarks/README.md, "Figures once kept in the code").
 DEMO_TRAIN: dict[str, Any] = {"arch": "fruit_net", "image_size": 32, "epochs": 5, "batch_size": 32, "seed": 42}
 
 

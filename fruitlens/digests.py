@@ -172,7 +172,7 @@ def _import_statements(tree: ast.Module) -> Iterator[ast.Import | ast.ImportFrom
     """Every import statement of a module, at the top or nested in functions, classes, if/try/with/loops.
 
     Only statement bodies are visited (imports are statements), not the expressions of a whole ``ast.walk``,
-    which cost ten times as much.
+    which costs more (benchmarks/README.md, "Figures once kept in the code").
     """
     todo: list[ast.AST] = list(tree.body)
     while todo:

@@ -2,9 +2,9 @@
 
 Decoding does what :func:`fruitlens.images.read_rgb` does for every file (same pixels), so training, evaluation,
 prediction and explanation see exactly the same pixels whatever the file's mode (RGB, gray, CMYK, alpha,
-16-bit). Measured on Fruits-360 (100x100 JPEG -> 20x20): PIL decode + resize takes 0.22 ms per image on one
-core, tf.io.decode_jpeg + tf.image.resize in a parallel tf.data map 0.33 ms (and differs by up to 8/255 from
-PIL's resize), so files are decoded once with PIL (on all cores for big sets) into one uint8 array, which is
+16-bit). PIL decode + resize is faster than tf.io.decode_jpeg + tf.image.resize in a parallel tf.data map
+(and the two resizes differ by up to 8/255; the figures: benchmarks/README.md, "Figures once kept in the code"),
+so files are decoded once with PIL (on all cores for big sets) into one uint8 array, which is
 the cache: in memory when it fits under ``memory_limit``, else a memory-mapped ``.npy`` file on disk. The
 array is also kept on disk (keyed by the files' content hashes and the size) so a resumed run, an
 evaluation or a second run on the same data skips decoding.
@@ -68,8 +68,8 @@ def decode_images(paths: Sequence[str | os.PathLike], image_size: int | Sequence
         paths: image files.
         image_size: (height, width) or one int.
         workers: processes (default: cores - 1, leaving one to the caller; one process below 4,000 files).
-            Measured on 2 shared cores: 15,506 Fruits-360 files take 4.2 s in one process and 7.2 s on a
-            2-process pool (start-up and imports cost more than the second core gives), hence the default.
+            On 2 shared cores a 2-process pool was slower than one process (start-up and imports cost more
+            than the second core gives; benchmarks/README.md, "Training"), hence the default.
         out: optional preallocated (N, H, W, 3) uint8 array (e.g. a memmap) to fill.
 
     Returns:

@@ -30,14 +30,15 @@ class LimeOptions:
     max_num_iter; quickshift: kernel_size, max_dist, ratio, sigma; felzenszwalb: scale, sigma, min_size).
     ``hide_color``: "mean", "white", "black", "gray", a number or an RGB triple in [0, 1].
     ``plots``: which PNGs: all (outline, boundaries, density), explanation (outline), none, or a comma-separated
-    list of kinds (default outline,boundaries: the density figure costs ten times the other two, benchmarks).
+    list of kinds (default outline,boundaries: the density figure costs most; benchmarks/README.md, "Adaptive
+    LIME", LIME PNGs alone).
     ``adaptive`` (default on): sample in rounds of ``round_size`` and stop each image once
     ``max SE(w) / max |w|`` is at most ``tolerance``, at most ``num_samples`` rows; False: exactly ``num_samples``.
     ``design``: "balanced" (default: Hadamard blocks, less noise, same estimand) or "random" rows (as the `lime`
     package). ``control_variate`` (default on): a logistic surrogate takes most of the sampling noise out of
-    the weights, same estimand. With the three defaults, LIME agrees with the `lime` package at 1000 samples
-    better than that package agrees with itself, at a fraction of the model rows (the figures: benchmarks/README.md);
-    ``adaptive: false, design: random, control_variate: false`` is the reference's own procedure.
+    the weights, same estimand. How the three defaults agree with the `lime` package, and from how many model
+    rows: benchmarks/README.md, "Adaptive LIME". :meth:`reference` (``adaptive: false, design: random,
+    control_variate: false``) is the reference's own procedure.
     """
 
     num_samples: int = 1000

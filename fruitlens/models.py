@@ -423,7 +423,7 @@ def build_model(arch: str, num_classes: int, image_size: int | Sequence[int], *,
     return with_seeds(ARCHS[kind](num_classes, size), seed)
 
 
-def preprocessing_of(arch: str) -> str:
+def scaling_of(arch: str) -> str:
     """What a model of ``arch`` does inside to its [0, 1] input, in words (the model card's ``scaling``)."""
     kind, backbones = parse_arch(arch)
     if kind == "transfer":

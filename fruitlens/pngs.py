@@ -1,10 +1,10 @@
-"""PNG encoding for the pictures of batch runs: several times faster than Pillow's, the same files to any reader.
+"""PNG encoding for the pictures of batch runs: faster than Pillow's (benchmarks/README.md), the same files.
 
 Pillow picks a filter per row (all five tried on every row) before zlib sees the data, which takes half of
 its encoding time on fruitlens' pictures. Here every row gets the ``Up`` filter (one vectorised subtraction),
 the filter that suits them: photos enlarged by an integer factor repeat each row, caption bands are rows of
-white. The deflate stream comes from ISA-L (``isal``) where it is installed, else from zlib: on our pictures
-ISA-L's level 1 is 4.6x faster than zlib's and 2 % smaller (benchmarks/README.md).
+white. The deflate stream comes from ISA-L (``isal``) where it is installed, else from zlib: faster at the
+same level and no larger on our pictures (the figures: benchmarks/README.md, "Figures once kept in the code").
 Text chunks are ``tEXt`` when Latin-1 can hold them, else ``iTXt`` (UTF-8), as Pillow writes them, so
 ``PIL.Image.open(path).text`` reads them back.
 """
@@ -17,7 +17,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-try:  # ISA-L: the same deflate streams 4-5x faster than zlib at level 1 (benchmarks/README.md)
+try:  # ISA-L: the same deflate streams, faster than zlib (benchmarks/README.md, "Figures once kept in the code")
     from isal.isal_zlib import compress as _deflate
 except ImportError:  # no wheel for this platform
     from zlib import compress as _deflate

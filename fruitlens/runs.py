@@ -44,7 +44,8 @@ def as_predict_fn(model_or_fn):
     """A function (N, H, W, 3) -> (N, C) numpy for a Keras model or a plain function.
 
     A Keras model runs through its compiled predict step (``predict_on_batch``: traced once, inference mode,
-    no per-call ``predict`` setup), 2-3x faster than an eager ``model(x)`` on small convnets.
+    no per-call ``predict`` setup), faster than an eager ``model(x)`` on small convnets (benchmarks/README.md,
+    "LIME": the model alone).
     """
     keras = sys.modules.get("keras")  # not loaded: cannot be a Keras model (and a plain function needs no TF)
     if keras is not None and isinstance(model_or_fn, keras.Model):

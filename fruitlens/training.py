@@ -444,7 +444,7 @@ def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: di
         "seconds_per_epoch": float(history["seconds"].mean()),
     }
     card = ModelCard(classes=data.classes, image_size=config.size, arch=config.arch,
-                     scaling=models.preprocessing_of(config.arch), fingerprint=data.fingerprint,
+                     scaling=models.scaling_of(config.arch), fingerprint=data.fingerprint,
                      seed=config.seed, metrics={k: v for k, v in metrics.items() if not _isnan(v)},
                      config={**config.to_dict(), "counts": data.counts, "validation": validation,
                              **({"recipe": asdict(trainee.recipe)} if trainee.recipe is not None else {})},

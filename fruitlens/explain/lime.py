@@ -9,7 +9,7 @@ For each image (Ribeiro et al. 2016, as in ``lime.lime_image`` / ``lime.lime_bas
    rows as the reference draws them (``design="random"``), or fold-over randomised Hadamard blocks
    (``design="balanced"``, :func:`draw_masks`): each row is still uniform, but within a block every superpixel
    is hidden in half the rows and independently of every other one, which takes sampling noise out of the
-   weights (400 balanced rows agree with the reference at 1000 as well as it agrees with itself, benchmarks);
+   weights (benchmarks/README.md, "The balanced design");
 3. perturbed image for row z: superpixel s kept where z[s] = 1, else filled with its mean colour
    (``hide_color=None``) or a given colour; built by indexing, ``where(z[segments], image, fill)``;
 4. the model's output (probabilities: the Ridge is fitted on what the model returns, like the reference);
@@ -41,9 +41,9 @@ a draw are a smaller draw); the stability is reported in fixed mode too.
 Control variate (``control_variate=True``, :class:`fruitlens.explain.lime_fit.Surrogate`): a weighted logistic
 fit ``g`` of the explained probability on the rows is the control variate. The weights are the Ridge of ``f - g``
 on the drawn rows plus the same Ridge of ``g`` on a fixed draw of 8192 rows that needs no model call, so only
-what the logistic model misses carries the few rows' sampling noise. Same estimand; with the balanced design,
-256 rows agree with the reference at 1000 better than the reference agrees with itself (benchmarks). Outputs
-outside [0, 1] (logits) are explained without it, with a warning.
+what the logistic model misses carries the few rows' sampling noise. Same estimand, fewer rows for the same
+agreement (benchmarks/README.md, "The control variate and the new defaults"). Outputs outside [0, 1] (logits)
+are explained without it, with a warning.
 
 Randomness: image i draws its samples from ``np.random.default_rng((seed, i))`` when ``seed`` is an int
 (its position in the batch), or from ``np.random.default_rng(seed[i])`` when ``seed`` is a sequence with one
@@ -136,7 +136,7 @@ def explain_lime(
         batch_size = int(np.clip(BATCH_BYTES // (h * w * 3 * 4), 32, 1024))
     fn = as_predict_fn(model_or_fn)
     # the fits are tiny (num_samples x S): one BLAS thread, else its threads fight TensorFlow's spinning ones
-    # (measured: 37 ms instead of 3 ms per fit on 2 cores right after a model call)
+    # (benchmarks/README.md, "Figures once kept in the code")
     from threadpoolctl import threadpool_limits
 
     if not adaptive:
