@@ -1,4 +1,4 @@
-"""The import structure: no circle, and imports only point down the layers of DESIGN.md (read with ast,
+"""The import structure: no circle, and imports only point down the layers listed in ``LAYERS`` (read with ast,
 imports inside functions included, so lazy imports count as much as top-level ones)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Bottom up (DESIGN.md, "Layers"): a module may import its own layer or a lower one, never a higher one
+# Bottom up (the project's design notes, "Layers"): a module may import its own layer or a lower one, never a higher one
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("errors and typed helpers", ("fruitlens", "fruitlens.errors", "fruitlens.typed", "fruitlens.tables",
                                   "fruitlens.pngs", "fruitlens.images", "fruitlens.sizes")),
