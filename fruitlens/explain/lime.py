@@ -47,8 +47,8 @@ are explained without it, with a warning.
 
 Randomness: image i draws its samples from ``np.random.default_rng((seed, i))`` when ``seed`` is an int
 (its position in the batch), or from ``np.random.default_rng(seed[i])`` when ``seed`` is a sequence with one
-entry per image (an int or a tuple of ints). So ``explain_lime(x, seed=s)[i]`` equals
-``explain_lime(x[i:i + 1], seed=[(s, i)])[0]``; the batch runner seeds each image by its image id.
+entry per image (an int or a tuple of ints). So ``explain_lime(m, x, o, seed=s)[i]`` equals
+``explain_lime(m, x[i:i + 1], o, seed=[(s, i)])[0]``; the batch runner seeds each image by its image id.
 """
 
 from __future__ import annotations
