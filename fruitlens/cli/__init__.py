@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fruitlens.cli import data, explain, model, sanity
-from fruitlens.cli.common import CommandError, check_shared_flags
+from fruitlens.cli.common import CommandError, check_renamed, check_shared_flags
 from fruitlens.cli.quiet import quiet_tensorflow_import
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
@@ -54,15 +54,25 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)".strip()
 
 
+VERBOSE_HELP = "log more (and TensorFlow's own messages); before or after the command"
+
+
 def build_parser(commands: dict[str, tuple[Callable, Callable]] | None = None) -> argparse.ArgumentParser:
+    from fruitlens import __version__
+
     parser = argparse.ArgumentParser(prog="fruitlens", description="Train image classifiers and explain them.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more (and TensorFlow's own messages)")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"fruitlens {__version__}",
+                        help="print the version of fruitlens and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_parser = sub.add_parser
 
     def add_with_defaults(name, **kwargs):  # every command's --help shows its defaults
         kwargs.setdefault("formatter_class", DefaultsFormatter)
-        return add_parser(name, **kwargs)
+        p = add_parser(name, **kwargs)
+        # --verbose after the command too; SUPPRESS: left out there, the value given before the command stays
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        return p
 
     sub.add_parser = add_with_defaults
     for add, _ in (commands or all_commands()).values():
@@ -135,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fruitlens.cli.common import is_ours, one_line
 
     try:
+        check_renamed(args)
         check_shared_flags(args)
         return commands[args.command][1](args)
     except (CommandError, ValueError) as exc:  # bad input, ours or a library's: one line (--verbose: a bug's trace)
