@@ -114,6 +114,14 @@ class LimeOptions:
         fit = "control variate" if self.control_variate else "plain Ridge"
         return f"{how}, {self.design} design, {fit}, {self.segmenter} superpixels"
 
+    def overridable(self) -> dict:
+        """Plain values to lay other values over: without ``min_samples`` where it only follows ``num_samples``
+        (the default floor), so that a new ``num_samples`` moves it too instead of being refused."""
+        plain = to_plain(self)
+        if self.min_samples == min(MIN_SAMPLES, self.num_samples):
+            del plain["min_samples"]
+        return plain
+
     @property
     def plot_kinds(self) -> frozenset[str]:
         """The LIME PNG kinds to write (``plots`` resolved)."""

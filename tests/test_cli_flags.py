@@ -170,6 +170,9 @@ def test_lime_min_samples_above_num_samples_is_refused():
     assert LimeOptions(num_samples=200).min_samples == 200 and LimeOptions().min_samples == 256  # the default follows
     assert LimeOptions(**{f: getattr(LimeOptions(num_samples=64), f) for f in ("num_samples", "min_samples")}) \
         == LimeOptions(num_samples=64)  # the resolved floor survives a round trip
+    partial = PipelineConfig.from_dict({"explain_options": {"lime": {"num_samples": 50}}})  # a budget alone: fine
+    assert partial.explain_options.lime.min_samples == 50
+    assert PipelineConfig.from_dict(partial.to_dict()) == partial
     with pytest.raises(OptionError, match=r"explain_options.lime.min_samples 300: expected at most num_samples 100"):
         PipelineConfig.from_dict({"explain_options": {"lime": {"num_samples": 100, "min_samples": 300}}})
     with pytest.raises(OptionError, match=r"stride 9: expected at most window 8"):

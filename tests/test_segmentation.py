@@ -98,6 +98,7 @@ def test_superpixels_command(demo_dir, tmp_path, capsys):
 
     with Image.open(out / "0000_superpixels.png") as png:  # the photo at its working size (what LIME segments),
         assert png.size == (100 * 2, 100 * 2)  # upscaled to at least 200 px on the short side
-    assert main(["superpixels", str(image), "--out", str(out), "--segmenter", "quickshift", "--n-superpixels", "5"]) == 2
+    assert main(["superpixels", str(image), "--out", str(out), "--segmenter", "quickshift",
+                 "--n-superpixels", "5"]) == 2
     assert "unknown quickshift parameter(s) n_superpixels" in capsys.readouterr().err
     assert main(["superpixels", str(bad), "--out", str(out)]) == 2

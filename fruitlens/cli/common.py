@@ -75,7 +75,7 @@ class Renamed(argparse.Action):
 
     def __call__(self, parser, namespace, values, option_string=None) -> None:
         said = getattr(namespace, "renamed_flags", [])
-        setattr(namespace, "renamed_flags", [*said, f"{option_string}: renamed; expected {self.new}"])
+        namespace.renamed_flags = [*said, f"{option_string}: renamed; expected {self.new}"]
 
 
 def add_renamed(p, old: str, new: str) -> None:

@@ -101,8 +101,8 @@ def _add_augment_preview(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for augment_preview.png")
     p.add_argument("-n", "--count", type=int, default=20,
                    help=f"augmented samples (default 20, at most {MAX_PREVIEW_COUNT})")
-    p.add_argument("--image-size", default="100", metavar="PX", help="longest side in pixels (the first image's aspect kept), "
-                   "or HxW")
+    p.add_argument("--image-size", default="100", metavar="PX",
+                   help="longest side in pixels (the first image's aspect kept), or HxW")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled images and the augmentation")
 
 

@@ -87,7 +87,8 @@ def _add_explain(sub) -> None:
                      "Score-CAM; default: the last conv layer")
     cam.add_argument("--gradcam-variant", help="gradcam (default), gradcam++, or cam (global average pooling + dense)")
     cam.add_argument("--palette", help="matplotlib colormap of heatmaps (default jet)")
-    cam.add_argument("--opacity", type=float, help=f"the most opaque the heat overlay gets, 0..1 (default {CamOptions().alpha})")
+    cam.add_argument("--opacity", type=float,
+                     help=f"the most opaque the heat overlay gets, 0..1 (default {CamOptions().alpha})")
     add_renamed(p, "--alpha", "--opacity (the heat overlay's opacity; train's width multiplier is "
                 "--width-multiplier)")
     add_model_arguments(p)

@@ -13,7 +13,6 @@ from fruitlens.cli.common import (
     build_options,
     load_model,
 )
-from fruitlens.typed import to_plain
 
 
 def _add_sanity(sub) -> None:
@@ -56,9 +55,7 @@ def _cmd_sanity(args) -> int:
         raise CommandError(f"--out {args.out}: is a file; expected a folder")
     options = load_config(args.config).explain_options
     if args.num_samples is not None:
-        values = {**to_plain(options.lime), "num_samples": args.num_samples}
-        if options.lime.min_samples == type(options.lime)(num_samples=options.lime.num_samples).min_samples:
-            del values["min_samples"]  # the default floor: it follows the new budget (a config's own is kept)
+        values = {**options.lime.overridable(), "num_samples": args.num_samples}  # the default floor follows
         lime = build_options(type(options.lime), values, {"num_samples": "--num-samples"})
         options = replace(options, lime=lime)
     rows = rows_from_inputs(args.data, split=args.split, limit=args.limit, read_as=args.read_as)
