@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from fruitlens import __version__
-from fruitlens.cli import DefaultsFormatter, all_commands, build_parser, main
+from fruitlens.cli import DefaultsFormatter, all_commands, build_parser, main, not_shown
 from fruitlens.config import DEMO_TRAIN, LimeOptions, OcclusionOptions, PipelineConfig
 from fruitlens.errors import OptionError
 
@@ -147,7 +147,7 @@ def test_every_option_has_help_and_shows_its_default(command):
             missing.append(name)
             continue
         default = action.default
-        if default in (None, False, argparse.SUPPRESS, []) or action.nargs == "+":
+        if not_shown(default) or action.nargs == "+":
             continue
         shown = {str(default), f"{default:g}" if isinstance(default, float) else str(default)}
         if not any(s in text for s in shown) or "default" not in text.lower():

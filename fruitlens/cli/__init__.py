@@ -41,13 +41,18 @@ def all_commands() -> dict[str, tuple[Callable, Callable]]:
     return {**COMMANDS, **_plugin_commands()}
 
 
+def not_shown(default) -> bool:
+    """A default with nothing to say: none, an off switch, an empty list (0 and 0.0 are said)."""
+    return default is None or default is False or default is argparse.SUPPRESS or default == []
+
+
 class DefaultsFormatter(argparse.HelpFormatter):
     """Every option's default in its help, unless the help already says it (or there is nothing to say:
     no default, an off switch)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS, []):
+        if "default" in text.lower() or not_shown(action.default):
             return text
         if not action.option_strings and action.nargs not in ("?", "*"):
             return text

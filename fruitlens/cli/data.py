@@ -153,7 +153,7 @@ def _add_superpixels(sub) -> None:
 
     p = sub.add_parser("superpixels", help="draw the superpixels LIME will use (same segmenter, parameters and "
                        f"working size: the photo with its longest side at most {WORKING_SIDE} px) to tune them")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
     p.add_argument("--out", type=Path, required=True, help="folder for <name>_superpixels.png")
     p.add_argument("--segmenter", default="slic",
                    help="the superpixel method, as explain's --segmenter: slic, quickshift (lime's parameters), "
@@ -163,7 +163,7 @@ def _add_superpixels(sub) -> None:
                    help="the model's input size, a side or HxW (e.g. 32x32): draw the superpixels LIME perturbs at "
                    "that size (slivers merged) on the photo (default: every superpixel)")
     p.add_argument("--fit", choices=("resize", "crop"), default="resize",
-                   help="with --size: how the model sees a photo of another aspect")
+                   help="with --image-size: how the model sees a photo of another aspect")
     p.add_argument("--max-side", type=int, default=SUPERPIXELS_MAX_SIDE,
                    help=f"a larger photo is read at this many pixels on its long side (default "
                    f"{SUPERPIXELS_MAX_SIDE}; memory follows it, not the file)")
