@@ -1,6 +1,7 @@
 """The command line's flags are consistent: one meaning per name across commands, `--data` everywhere data is
-read, `--verbose` anywhere, `--version`, train's defaults are the pipeline's, every option has help and shows its
-default, and an option pair that cannot work is refused in one line (issue 27, item 8)."""
+read (index, predict, superpixels also positionally), `--verbose` anywhere, `--version`, train's defaults are
+the pipeline's, every option has help and shows its default, and an option pair that cannot work is refused in
+one line (issue 27, item 8)."""
 
 import argparse
 
@@ -100,6 +101,14 @@ def test_index_and_predict_take_data_as_flag_or_argument(demo_dir, tmp_path, cap
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err
     assert not (tmp_path / "c").exists()
+
+
+def test_superpixels_takes_data_as_flag_or_argument(demo_dir, tmp_path, capsys):
+    photo = str(demo_dir / "Test" / "red_dot" / "0000.jpg")
+    assert main(["superpixels", "--data", photo, "--out", str(tmp_path / "a")]) == 0
+    assert (tmp_path / "a" / "0000_superpixels.png").is_file()
+    assert main(["superpixels", photo, "--data", photo, "--out", str(tmp_path / "b")]) == 2
+    assert "IMAGE " in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
 def test_predict_reads_data_given_as_a_flag(monkeypatch, demo_dir, tmp_path):

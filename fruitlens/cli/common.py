@@ -96,7 +96,7 @@ def merge_data_argument(args) -> None:
     if not hasattr(args, "data_positional"):
         return
     positional, flagged = args.data_positional, args.data
-    name = "FILES" if isinstance(positional, list) else "DATA_DIR"
+    name = getattr(args, "data_metavar", "FILES" if isinstance(positional, list) else "DATA_DIR")
     if positional and flagged:
         def shown(value):
             return " ".join(map(str, value)) if isinstance(value, list) else str(value)

@@ -153,7 +153,9 @@ def _add_superpixels(sub) -> None:
 
     p = sub.add_parser("superpixels", help="draw the superpixels LIME will use (same segmenter, parameters and "
                        f"working size: the photo with its longest side at most {WORKING_SIDE} px) to tune them")
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files")
+    p.add_argument("data_positional", nargs="*", type=Path, metavar="IMAGE", help="image files (or --data)")
+    p.add_argument("--data", nargs="+", type=Path, default=None, metavar="IMAGE", help="image files (or IMAGE)")
+    p.set_defaults(data_metavar="IMAGE")
     p.add_argument("--out", type=Path, required=True, help="folder for <name>_superpixels.png")
     p.add_argument("--segmenter", default="slic",
                    help="the superpixel method, as explain's --segmenter: slic, quickshift (lime's parameters), "
@@ -203,7 +205,7 @@ def _cmd_superpixels(args) -> int:
     if not 16 <= args.max_side <= MAX_IMAGE_SIDE:
         raise CommandError(f"--max-side {args.max_side}: expected 16 to {MAX_IMAGE_SIDE}")
     written, failed = 0, 0
-    for path in args.images:
+    for path in args.data:
         try:
             photo = read_rgb(path, max_side=args.max_side)  # bounded: never the full 8000x8000 in float32
         except (ValueError, OSError) as exc:
