@@ -2,7 +2,7 @@
 
 On the demo CNN (benchmarks.bench_gradcam: 64 x 64 demo images, trained here), per method:
 
-- RISE: the reference is 8,000 masks (seed apart from every other run, tolerance 0). Fixed budgets and
+- RISE (black fill, the paper's): the reference is 8,000 masks (its own seed, tolerance 0). Fixed budgets and
   adaptive runs (``tolerance`` > 0, ``masks`` the most) against it, and Xplique's Rise at its defaults
   (nb_samples=4000, grid_size=7, preservation_probability=0.5, mask_value=0, batch_size=32) **estimated** by
   its own algorithm inlined below (the lines of xplique/attributions/rise.py, commit 0c90fa4: unseeded masks,
@@ -13,7 +13,8 @@ On the demo CNN (benchmarks.bench_gradcam: 64 x 64 demo images, trained here), p
 
 Error: mean absolute difference of the [0, 1] maps (min-max for RISE, as the library scales them) and the
 mean Spearman correlation, per image against the reference. Passes: masked model calls per image.
-``python -m benchmarks.bench_adaptive_perturbation [--images 8] [--only rise|occlusion]``; results/adaptive_perturbation.json.
+``python -m benchmarks.bench_adaptive_perturbation [--images 8] [--only rise|occlusion]``;
+results/adaptive_perturbation[_rise|_occlusion].json. Numbers: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def xplique_rise(model, x, targets, nb_samples=4000, grid=7, p=0.5, mask_value=0
 
 def errors(maps, ref):
     mae = float(np.abs(maps - ref).mean())
-    rho = float(np.mean([spearmanr(a.ravel(), b.ravel())[0] for a, b in zip(maps, ref, strict=True)]))
+    rho = float(np.nanmean([spearmanr(a.ravel(), b.ravel())[0] if np.ptp(a) and np.ptp(b) else np.nan
+                            for a, b in zip(maps, ref, strict=True)]))  # a constant map has no ranks
     return mae, rho
 
 

@@ -23,7 +23,7 @@ def red_patch(n, seed=1, colour=(0.9, 0.1, 0.1)):
     return x
 
 
-def inside(maps):
+def inside():
     box = np.zeros(SHAPE, bool)
     box[BOX[0]:BOX[1], BOX[2]:BOX[3]] = True
     return box
@@ -56,7 +56,7 @@ def test_rise_known_answer_mass_on_the_patch_and_same_as_the_paper(model):
     x = red_patch(1)
     rise = RISE(model, masks=2000, cells=4, keep=0.5, fill="black", round_size=500, seed=0)
     heat = rise.explain(x, [0]).heatmaps[0]
-    box = inside(heat)
+    box = inside()
     assert heat[box].mean() > heat[~box].mean() + 0.4
     ys, xs = np.unravel_index(heat.argmax(), SHAPE)
     assert BOX[0] - 1 <= ys <= BOX[1] and BOX[2] - 1 <= xs <= BOX[3]
