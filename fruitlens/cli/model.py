@@ -111,7 +111,8 @@ def _cmd_train(args) -> int:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="predict a split and write predictions.parquet, metrics.json, confusion")
     p.add_argument("--data", type=Path, required=True, help="dataset root (its labelled images are evaluated)")
-    p.add_argument("--split", default="test", help="split of the dataset to evaluate")
+    p.add_argument("--split", default="test", help="split of the dataset to evaluate (train, validation, test), or "
+                   "all: every image (a model that was not trained on this folder)")
     p.add_argument("--out", type=Path, required=True,
                    help="folder for predictions.parquet, metrics.json, the confusion and mistakes PNGs")
     p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
