@@ -245,6 +245,25 @@ def test_same_run_same_report_except_the_build_time(fabricated, tmp_path):
     assert strip.sub("", _html(run)) == first
 
 
+def test_dataset_and_training_sections_count_the_validation_images_the_same_way(fabricated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(fabricated, run)
+    images = tables.read_table(run / "index" / "images.parquet")
+    n_train = int(((images["split"] == "train") & (images["status"] == "ok")).sum())
+    held = n_train // 5
+    card = json.loads((run / "model.json").read_text())
+    card["config"]["validation"] = {"held_out": held, "trained_on": n_train - held, "keep": "best",
+                                    "source": "15% of the training images, stratified by class (val_fraction)",
+                                    "why": "picks the best epoch by val_accuracy", "warning": ""}
+    (run / "model.json").write_text(json.dumps(card))
+    build_report(run)
+    page = _html(run)
+    words = f"{n_train - held:,} trained on"
+    assert f"{n_train:,} train ({words}, {held:,} held out for validation)" in _section(page, "dataset")
+    training = _section(page, "training")
+    assert f"{held:,} images held out for validation" in training and words in training
+
+
 def test_report_command(fabricated, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(fabricated, run)
