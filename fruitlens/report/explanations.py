@@ -117,6 +117,8 @@ def section_ranking(data: ReportData, opts: ReportOptions) -> str:
 
 
 def section_visualize(data: ReportData, opts: ReportOptions) -> str:
+    from fruitlens.captions import layer_title
+
     parts = []
     for kind, title, text in (
             ("activations", "Activation grids", "What each convolutional layer outputs for one image, "
@@ -129,7 +131,8 @@ def section_visualize(data: ReportData, opts: ReportOptions) -> str:
             parts.append(missing(title, f"{data.run.rel(folder)}/*.png"))
             continue
         parts.append(f"<p>{text}</p>")
-        parts.extend(figure(data.run.image_src(f), f"layer <code>{esc(f.stem)}</code>", cls="wide grid")
+        parts.extend(figure(data.run.image_src(f), f"layer <b>{esc(layer_title(f.stem))}</b>", cls="wide grid",
+                            alt=f"{kind} of layer {f.stem}")
                      for f in files)
     return "".join(parts)
 

@@ -96,9 +96,7 @@ def section_dataset(data: ReportData, opts: ReportOptions) -> str:
 
 
 def _history_figure(h: pd.DataFrame) -> str:
-    import matplotlib.pyplot as plt
-
-    from fruitlens.plots import history_figure
+    from fruitlens.plots import history_figure, plt
 
     buf = io.BytesIO()
     fig = history_figure(h)
