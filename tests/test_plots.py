@@ -229,14 +229,16 @@ def test_every_figure_uses_the_one_font_at_8_pt_or_more_as_the_captions_do():
     classes = ["apple", "kiwi"]
     table = pd.DataFrame({"label": ["apple", "apple", "kiwi"], "group": ["correct", "mistake", "correct"],
                           "images": [3, 1, 2], "evidence_share": [0.5, np.nan, 0.2]})
-    means = {(c, g): np.random.default_rng(1).random((8, 8)) for c, g in zip(table["label"], table["group"])}
+    rng = np.random.default_rng(1)
+    means = {(c, g): rng.random((8, 8)) for c, g in zip(table["label"], table["group"], strict=True)}
     history = plots.history_figure(pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5], "accuracy": [0.5, 0.8],
                                                  "val_loss": [1.1, 0.7], "val_accuracy": [0.4, 0.7]}))
     images = np.random.default_rng(2).random((2, 12, 12, 3)).astype(np.float32)
     for fig in (evidence_figure(table, means, classes), cascade_figure(_deep_cascade(), images), history):
         texts = _texts(fig)
         assert texts and {t.get_fontname() for t in texts} == {"DejaVu Sans"}
-        assert min(t.get_size() for t in texts) >= plots.MIN_FONT_PT, sorted((t.get_size(), t.get_text()) for t in texts)[:3]
+        smallest = sorted((t.get_size(), t.get_text()) for t in texts)[:3]
+        assert smallest[0][0] >= plots.MIN_FONT_PT, smallest
         plots.plt.close(fig)
 
 

@@ -224,7 +224,8 @@ def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result
         photo, box = SHOWN.get(path, images[i], card)
         caption = Caption(file=Path(path).name, true_label=_label(rows["label"].iloc[i]),
                           pred_label=card.classes[result.targets[i]], prob=_prob(probs[i]), method=name,
-                          detail="input pixels" if result.layer == "input" else f"layer {layer_title(result.layer)}")
+                          detail="input pixels" if result.layer == "input"
+                          else f"layer {layer_title(result.layer)}")
         over = out.picture(method, stem, "overlay")
         heat = out.picture(method, stem, "heatmap")
         pic = heat_on_photo(photo, result.heatmaps[i], palette=options.palette, max_alpha=options.alpha, box=box)
@@ -240,8 +241,9 @@ def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result
 
 
 def _panel(path: Path, photo_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, str]] | None:
-    """A captioned PNG's picture without its caption band (the band sits under a photo-shaped top) and its
-    text chunks: as it was drawn when ``DRAWN`` still has it, else read from its file; None without one."""
+    """A captioned PNG's picture without its caption band (the rows its ``PICTURE_HEIGHT`` chunk names; in older
+    files, a photo-shaped top) and its text chunks: as it was drawn when ``DRAWN`` still has it, else read from
+    its file; None without one."""
     from PIL import Image
 
     drawn = DRAWN.take(path)
@@ -255,7 +257,8 @@ def _panel(path: Path, photo_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[s
             text = dict(getattr(img, "text", {}))
     else:
         return None
-    height = round(arr.shape[1] * photo_shape[0] / photo_shape[1])
+    recorded = str(text.get(plots.PICTURE_HEIGHT, ""))
+    height = int(recorded) if recorded.isdigit() else round(arr.shape[1] * photo_shape[0] / photo_shape[1])
     return arr[:min(height, arr.shape[0])], text
 
 
