@@ -132,7 +132,8 @@ def test_predictions_table_writes_absolute_paths_and_null_for_an_unknown_label(t
                          "abs_path": [str(tmp_path / "Test" / "x" / "a.jpg"), str(tmp_path / "b.jpg")]})
     table = predictions_table(rows, np.array([[0.9, 0.1], [0.2, 0.8]], np.float32), ["x", "y"], k=1)
     assert table["path"].tolist() == [str(tmp_path / "Test" / "x" / "a.jpg"), str(tmp_path / "b.jpg")]
-    assert table["label"].tolist() == ["x", None] and table["correct"].tolist() == [True, None]
+    assert table["label"][0] == "x" and table["label"].isna().tolist() == [False, True]
+    assert table["correct"][0] is True and table["correct"].isna().tolist() == [False, True]
     tables.write_table(table, tmp_path / "predictions.parquet", "predictions")
     back = tables.read_table(tmp_path / "predictions.parquet")
     assert back["label"].isna().tolist() == [False, True] and back["correct"].isna().tolist() == [False, True]
