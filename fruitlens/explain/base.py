@@ -10,6 +10,7 @@ override only :meth:`BaseAttribution.attribute`.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -229,6 +230,21 @@ def scale_per_image(maps: np.ndarray, *, minmax: bool = False) -> np.ndarray:
     return np.divide(maps, top, out=np.zeros_like(maps), where=top > 0)
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """What an input-space method computed before scaling, for N images.
+
+    Attributes:
+        raw: (N, H, W) raw importance (any scale; positive = evidence).
+        passes: (N,) int model passes spent on each image, or None where the method does not count them.
+        convergence: (N,) float the stopping statistic each image reached, or None for fixed-budget methods.
+    """
+
+    raw: np.ndarray
+    passes: np.ndarray | None = None
+    convergence: np.ndarray | None = None
+
+
 class BaseAttribution(Explainer):
     """Explainers of the input pixels: targets, batching and scaling shared; subclasses override
     :meth:`attribute`.
@@ -256,6 +272,11 @@ class BaseAttribution(Explainer):
         """(N, H, W) raw importance of each pixel for each image's target (any scale; positive = evidence)."""
         raise NotImplementedError
 
+    def attribute_scored(self, images: np.ndarray, targets: np.ndarray, scores: np.ndarray) -> Attribution:
+        """:meth:`attribute`, given each target's pre-softmax score at its image (N,) from the forward pass
+        :meth:`explain` already made; adaptive methods override it to also report passes and convergence."""
+        return Attribution(self.attribute(images, targets))
+
     def scale(self, raw: np.ndarray) -> np.ndarray:
         """Raw importance -> (N, H, W) in [0, 1]."""
         return scale_per_image(raw)
@@ -282,5 +303,7 @@ class BaseAttribution(Explainer):
         scores = self.logits(images)
         targets = np.where(targets < 0, scores.argmax(axis=1), targets).astype(np.int32)
         picked = scores[np.arange(len(images)), targets].astype(np.float32)
-        heat = self.scale(self.attribute(images, targets))
-        return HeatmapResult(heat.astype(np.float32), targets.astype(np.int64), picked, self.layer)
+        out = self.attribute_scored(images, targets, picked)
+        heat = self.scale(out.raw)
+        return HeatmapResult(heat.astype(np.float32), targets.astype(np.int64), picked, self.layer,
+                             passes=out.passes, convergence=out.convergence)
