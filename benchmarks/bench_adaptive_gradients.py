@@ -56,18 +56,18 @@ def row(name: str, explainer, x, targets, reference) -> dict:
 
 
 def part_ig(model, x, targets) -> dict:
-    ref = IntegratedGradients(model, steps=256, nodes="gauss-legendre").explain(x, targets).heatmaps
-    check = IntegratedGradients(model, steps=512, nodes="riemann").explain(x, targets).heatmaps
-    rows = [row("trapezoid 50 (Xplique's default)", IntegratedGradients(model, steps=50, nodes="riemann"),
-                x, targets, ref)]
+    ref = IntegratedGradients(model, steps=256, nodes="gauss-legendre", tolerance=0).explain(x, targets).heatmaps
+    check = IntegratedGradients(model, steps=512, nodes="riemann", tolerance=0).explain(x, targets).heatmaps
+    fixed = lambda k, nodes: IntegratedGradients(model, steps=k, nodes=nodes, tolerance=0)  # noqa: E731
+    rows = [row("trapezoid 50 (Xplique's default)", fixed(50, "riemann"), x, targets, ref)]
     for k in (17, 33):
-        rows.append(row(f"trapezoid {k}", IntegratedGradients(model, steps=k, nodes="riemann"), x, targets, ref))
+        rows.append(row(f"trapezoid {k}", fixed(k, "riemann"), x, targets, ref))
     for k in (16, 32):
-        rows.append(row(f"gauss-legendre {k}", IntegratedGradients(model, steps=k), x, targets, ref))
+        rows.append(row(f"gauss-legendre {k}", fixed(k, "gauss-legendre"), x, targets, ref))
     for tol in (0.1, 0.05, 0.02):
-        rows.append(row(f"adaptive gauss-legendre, tolerance {tol}", IntegratedGradients(model, steps=64, tolerance=tol),
-                        x, targets, ref))
-    for tol in (0.1, 0.05, 0.02):
+        rows.append(row(f"adaptive gauss-legendre, tolerance {tol}",
+                        IntegratedGradients(model, steps=64, tolerance=tol, nodes="gauss-legendre"), x, targets, ref))
+    for tol in (0.1, 0.05, 0.02, 0.01):
         rows.append(row(f"adaptive trapezoid, tolerance {tol}",
                         IntegratedGradients(model, steps=65, tolerance=tol, nodes="riemann"), x, targets, ref))
     return {"reference": "gauss-legendre 256", "reference_vs_trapezoid_512": float(map_error(check, ref).mean()),
@@ -76,17 +76,17 @@ def part_ig(model, x, targets) -> dict:
 
 def part_smoothgrad(model, x, targets, reference_samples: int) -> dict:
     noise = 0.2
-    ref = SmoothGrad(model, samples=reference_samples, noise=noise, sampling="iid", round_size=256, seed=99
+    ref = SmoothGrad(model, samples=reference_samples, noise=noise, sampling="iid", round_size=256, seed=99, tolerance=0
                      ).explain(x, targets).heatmaps
-    rows = [row("iid 50 (Xplique's default)", SmoothGrad(model, samples=50, noise=noise, sampling="iid", round_size=50),
-                x, targets, ref)]
+    fixed = lambda k, sampling: SmoothGrad(model, samples=k, noise=noise, sampling=sampling,  # noqa: E731
+                                           round_size=k, tolerance=0)
+    rows = [row("iid 50 (Xplique's default)", fixed(50, "iid"), x, targets, ref)]
     for sampling in ("iid", "antithetic", "sobol"):
-        for k in (16,):
-            rows.append(row(f"{sampling} {k}", SmoothGrad(model, samples=k, noise=noise, sampling=sampling, round_size=k),
-                            x, targets, ref))
-    for tol in (0.5, 0.4, 0.3):
-        rows.append(row(f"adaptive antithetic, tolerance {tol}",
-                        SmoothGrad(model, samples=64, noise=noise, tolerance=tol, round_size=8), x, targets, ref))
+        rows.append(row(f"{sampling} 16", fixed(16, sampling), x, targets, ref))
+    for sampling, tolerances in (("antithetic", (0.15, 0.12, 0.1)), ("sobol", (0.2,))):
+        for tol in tolerances:
+            rows.append(row(f"adaptive {sampling}, tolerance {tol}", SmoothGrad(
+                model, samples=64, noise=noise, tolerance=tol, round_size=8, sampling=sampling), x, targets, ref))
     return {"reference": f"iid {reference_samples}, noise {noise}", "rows": rows}
 
 

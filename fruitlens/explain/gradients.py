@@ -192,7 +192,7 @@ class SmoothGrad(_GradientMethod):
 
     method = "smoothgrad"
 
-    def __init__(self, model, *, samples: int = 64, noise: float = 0.15, seed: int = 0, tolerance: float = 0.0,
+    def __init__(self, model, *, samples: int = 64, noise: float = 0.15, seed: int = 0, tolerance: float = 0.1,
                  round_size: int = 8, sampling: str = "antithetic", batch_size: int = 256):
         super().__init__(model, batch_size=batch_size)
         if samples < 1 or not noise >= 0:
@@ -288,15 +288,15 @@ class IntegratedGradients(_GradientMethod):
         steps: the most points of one round (at least 2).
         reference: the path's start: black, white, gray, mean (each image's mean colour), blur, or a gray level.
         tolerance: an image stops once its relative completeness gap is at most this (0: one round of ``steps``).
-        nodes: ``gauss-legendre`` (rounds of 4, 8, 16, ... points, each new) or ``riemann`` (the trapezoid rule;
-            rounds of 5, 9, 17, ... points, each reusing the last; a last round of ``steps`` points that is not
-            of that form starts afresh).
+        nodes: ``riemann`` (the trapezoid rule; rounds of 5, 9, 17, ... points, each reusing the last; a last
+            round of ``steps`` points that is not of that form starts afresh) or ``gauss-legendre`` (rounds of 4,
+            8, 16, ... points, each new).
     """
 
     method = "integrated_gradients"
 
-    def __init__(self, model, *, steps: int = 64, reference: Reference | float = "black", tolerance: float = 0.0,
-                 nodes: str = "gauss-legendre", batch_size: int = 256):
+    def __init__(self, model, *, steps: int = 65, reference: Reference | float = "black", tolerance: float = 0.05,
+                 nodes: str = "riemann", batch_size: int = 256):
         super().__init__(model, batch_size=batch_size)
         if steps < 2:
             raise ValueError(f"steps {steps}: expected at least 2 (both ends of the path)")
