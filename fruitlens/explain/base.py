@@ -232,13 +232,9 @@ def scale_per_image(maps: np.ndarray, *, minmax: bool = False) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Attribution:
-    """What an input-space method computed before scaling, for N images.
-
-    Attributes:
-        raw: (N, H, W) raw importance (any scale; positive = evidence).
-        passes: (N,) int model passes spent on each image, or None where the method does not count them.
-        convergence: (N,) float the stopping statistic each image reached, or None for fixed-budget methods.
-    """
+    """What an adaptive method's :meth:`BaseAttribution.attribute` (or ``attribute_scored``) returns: the raw
+    (N, H, W) maps (any scale; positive = evidence), the (N,) model passes spent on each image and the (N,)
+    stopping statistic each reached (``HeatmapResult.passes`` / ``convergence``; None where not counted)."""
 
     raw: np.ndarray
     passes: np.ndarray | None = None
@@ -268,14 +264,15 @@ class BaseAttribution(Explainer):
         """``options``: the method's options (``batch_size``; subclasses read their own fields)."""
         return cls(model, batch_size=options.batch_size)
 
-    def attribute(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    def attribute(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray | Attribution:
         """(N, H, W) raw importance of each pixel for each image's target (any scale; positive = evidence)."""
         raise NotImplementedError
 
-    def attribute_scored(self, images: np.ndarray, targets: np.ndarray, scores: np.ndarray) -> Attribution:
+    def attribute_scored(self, images: np.ndarray, targets: np.ndarray,
+                         scores: np.ndarray) -> np.ndarray | Attribution:
         """:meth:`attribute`, given each target's pre-softmax score at its image (N,) from the forward pass
-        :meth:`explain` already made; adaptive methods override it to also report passes and convergence."""
-        return Attribution(self.attribute(images, targets))
+        :meth:`explain` already made (Integrated Gradients' completeness gap needs it)."""
+        return self.attribute(images, targets)
 
     def scale(self, raw: np.ndarray) -> np.ndarray:
         """Raw importance -> (N, H, W) in [0, 1]."""
@@ -303,7 +300,10 @@ class BaseAttribution(Explainer):
         scores = self.logits(images)
         targets = np.where(targets < 0, scores.argmax(axis=1), targets).astype(np.int32)
         picked = scores[np.arange(len(images)), targets].astype(np.float32)
-        out = self.attribute_scored(images, targets, picked)
-        heat = self.scale(out.raw)
+        raw = self.attribute_scored(images, targets, picked)
+        passes = convergence = None
+        if isinstance(raw, Attribution):  # an adaptive method: what it spent and where it stopped
+            raw, passes, convergence = raw.raw, raw.passes, raw.convergence
+        heat = self.scale(raw)
         return HeatmapResult(heat.astype(np.float32), targets.astype(np.int64), picked, self.layer,
-                             passes=out.passes, convergence=out.convergence)
+                             passes=passes, convergence=convergence)
