@@ -1,0 +1,163 @@
+"""The amortised explainer (FastSHAP): the patch it must find, the Shapley kernel, efficiency, seeded
+determinism, resume after an interrupted epoch, the cached explainer, bad options and mismatched explainers."""
+
+import json
+from dataclasses import replace
+
+import keras
+import numpy as np
+import pytest
+
+from fruitlens.amortised_training import (
+    CARD,
+    CHECKPOINT,
+    STATE,
+    load_explainer,
+    patch_index,
+    shapley_subsets,
+    train_explainer,
+)
+from fruitlens.errors import OptionError
+from fruitlens.explain.amortised import AmortisedExplainer
+from fruitlens.method_options import AmortisedOptions
+from fruitlens.registry import resolve
+
+SIZE = 16
+GRID = 4
+PATCH = (1, 2)  # (row, column) of the patch the classifier reads
+PATCH_ID = PATCH[0] * GRID + PATCH[1]
+
+
+def one_patch_model():
+    """Class 1 when patch (1, 2) of a 4x4 grid (rows 4:8, columns 8:12) is bright, class 0 when it is dark."""
+    y0, x0 = PATCH[0] * 4, PATCH[1] * 4
+    inp = keras.Input((SIZE, SIZE, 3))
+    x = keras.layers.Cropping2D(((y0, SIZE - y0 - 4), (x0, SIZE - x0 - 4)))(inp)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    dense = keras.layers.Dense(2, activation="softmax")
+    model = keras.Model(inp, dense(x))
+    dense.set_weights([np.array([[-4.0, 4.0]] * 3, np.float32), np.array([6.0, -6.0], np.float32)])
+    return model
+
+
+def data(n=48, seed=0):
+    """Dim noise with the patch bright in every other image."""
+    rng = np.random.default_rng(seed)
+    x = (rng.random((n, SIZE, SIZE, 3)) * 0.4).astype(np.float32)
+    y0, x0 = PATCH[0] * 4, PATCH[1] * 4
+    x[::2, y0:y0 + 4, x0:x0 + 4] = 0.95
+    return x
+
+
+OPTIONS = AmortisedOptions(grid=GRID, epochs=3, masks=8, width=8, images_per_step=16, fill="black",
+                           learning_rate=3e-3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return one_patch_model()
+
+
+def test_the_explainer_finds_the_patch_the_classifier_reads(model):
+    x = data()
+    trained = train_explainer(model, x, replace(OPTIONS, epochs=25), None)
+    explainer = AmortisedExplainer(model, replace(OPTIONS, epochs=25), trained)
+    bright = data(8, seed=1)[::2]
+    phi, _, gap = explainer.attributions(bright)
+    np.testing.assert_allclose(phi.sum(axis=1), gap, atol=1e-5)  # efficiency, exactly
+    target = phi[:, :, 1]  # the classifier's only evidence is the patch: its Shapley value is the whole gap
+    assert np.all(target.argmax(axis=1) == PATCH_ID)
+    others = np.delete(target, PATCH_ID, axis=1)
+    assert np.all(target[:, PATCH_ID] > 0.7 * gap[:, 1])
+    assert np.all(np.abs(others).max(axis=1) < 0.1 * gap[:, 1])
+    res = explainer.explain(bright)
+    assert np.all(res.targets == 1) and np.all(res.passes == 3)
+    ys, xs = res.peaks.T
+    assert np.all(ys // 4 == PATCH[0]) and np.all(xs // 4 == PATCH[1])
+    assert trained.card.history[-1] < trained.card.history[0]
+
+
+def test_shapley_kernel_subsets_are_paired_and_follow_the_kernel():
+    rng = np.random.default_rng(0)
+    s = shapley_subsets(rng, 200, 50, 10)
+    assert s.shape == (200, 50, 10) and set(np.unique(s)) == {0.0, 1.0}
+    np.testing.assert_array_equal(s[:, 1::2], 1 - s[:, 0::2])  # each draw, then its complement
+    sizes = s[:, 0::2].sum(-1).ravel()
+    assert sizes.min() >= 1 and sizes.max() <= 9  # never empty, never full
+    k = np.arange(1, 10)
+    p = 9 / (k * (10 - k))
+    freq = np.bincount(sizes.astype(int), minlength=10)[1:] / len(sizes)
+    np.testing.assert_allclose(freq, p / p.sum(), atol=0.02)
+    ids = patch_index((12, 10), 3)
+    assert ids.shape == (12, 10) and ids.min() == 0 and ids.max() == 8 and ids[0, 0] == 0 and ids[-1, -1] == 8
+
+
+def test_same_seed_same_explainer_other_seed_another(model):
+    x = data(16)
+    opts = replace(OPTIONS, epochs=2)
+    a = train_explainer(model, x, opts, None).network.get_weights()
+    b = train_explainer(model, x, opts, None).network.get_weights()
+    c = train_explainer(model, x, replace(opts, seed=1), None).network.get_weights()
+    assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
+    assert not all(np.array_equal(u, v) for u, v in zip(a, c, strict=True))
+
+
+def test_resume_after_an_interrupted_epoch_ends_equal(model, tmp_path):
+    x = data(16)
+    opts = replace(OPTIONS, epochs=3)
+    whole = train_explainer(model, x, opts, tmp_path / "whole")
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_one(epoch, loss):
+        if epoch == 1:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train_explainer(model, x, opts, tmp_path / "cut", on_epoch=stop_after_one)
+    assert json.loads((tmp_path / "cut" / CHECKPOINT / STATE).read_text())["epoch"] == 1
+    assert not (tmp_path / "cut" / CARD).exists()
+    seen = []
+    resumed = train_explainer(model, x, opts, tmp_path / "cut", on_epoch=lambda e, _: seen.append(e))
+    assert seen == [2, 3]  # epoch 1 was not trained again
+    assert all(np.array_equal(u, v) for u, v in zip(whole.network.get_weights(), resumed.network.get_weights(),
+                                                    strict=True))
+    assert resumed.card.history == whole.card.history and resumed.card.epochs == 3
+    # finished: a rerun loads it, trains nothing
+    again = train_explainer(model, x, opts, tmp_path / "cut", on_epoch=lambda e, _: seen.append(e))
+    assert seen == [2, 3] and again.card == resumed.card
+    # other data: a checkpoint of other data is not resumed, trained afresh
+    fresh = []
+    train_explainer(model, data(16, seed=5), replace(opts, epochs=1), tmp_path / "cut",
+                    on_epoch=lambda e, _: fresh.append(e))
+    assert fresh == [1]
+
+
+def test_from_options_loads_the_folder_and_checks_it_fits(model, tmp_path):
+    x = data(16)
+    opts = replace(OPTIONS, epochs=1)
+    train_explainer(model, x, opts, tmp_path / "ex")
+    card = json.loads((tmp_path / "ex" / CARD).read_text())
+    assert card["grid"] == GRID and card["images"] == 16 and card["epochs"] == 1 and card["seconds"] > 0
+    assert len(card["classifier_digest"]) == 64 and len(card["data_fingerprint"]) == 64
+    spec, _ = resolve("amortised")
+    explainer = spec.build(model, replace(opts, explainer=str(tmp_path / "ex")))
+    direct = AmortisedExplainer(model, opts, load_explainer(tmp_path / "ex"))
+    np.testing.assert_array_equal(explainer.explain(x[:3]).heatmaps, direct.explain(x[:3]).heatmaps)
+    three = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(3)])
+    with pytest.raises(ValueError, match="explainer for 2 classes at 16x16: expected one for this classifier's 3"):
+        spec.build(three, replace(opts, explainer=str(tmp_path / "ex")))
+    with pytest.raises(FileNotFoundError, match="expected a folder with explainer.npz"):
+        spec.build(model, replace(opts, explainer=str(tmp_path / "nothing")))
+    with pytest.raises(ValueError, match="images of 12x12 pixels: expected 16x16"):
+        explainer.explain(np.zeros((1, 12, 12, 3), np.float32))
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"masks": 7}, "masks 7"), ({"grid": 0}, "grid 0"), ({"epochs": 10**6}, "epochs 1000000"),
+    ({"learning_rate": 0.0}, "learning_rate 0.0"), ({"fill": "blur"}, "fill 'blur'"), ({"explainer": ""}, "explainer"),
+])
+def test_bad_options_name_the_value(change, message):
+    with pytest.raises(OptionError, match=message):
+        AmortisedOptions(**change)
