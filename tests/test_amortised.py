@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from fruitlens.amortised_training import (
+from fruitlens.explain.amortised_training import (
     CARD,
     CHECKPOINT,
     STATE,
@@ -161,3 +161,27 @@ def test_from_options_loads_the_folder_and_checks_it_fits(model, tmp_path):
 def test_bad_options_name_the_value(change, message):
     with pytest.raises(OptionError, match=message):
         AmortisedOptions(**change)
+
+
+def test_fruitlens_explain_trains_then_reuses_the_explainer(demo_dir, tmp_path, capsys):
+    """Without --explainer the command trains one on the images (a line per epoch) and writes heatmap rows
+    with passes 3; with --explainer PATH it uses that one and trains nothing; a bad PATH is one line."""
+    from fruitlens import tables
+    from fruitlens.cli import main
+    from tests.helpers import tiny_run
+
+    run = tiny_run(tmp_path / "run")
+    common = ["explain", "--data", str(demo_dir), "--model", str(run), "--method", "amortised", "--limit", "5",
+              "--set", "amortised.epochs=2", "--set", "amortised.grid=4", "--set", "amortised.width=4"]
+    assert main([*common, "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "training the amortised explainer on 5 images" in err
+    assert "epoch 1/2" in err and "epoch 2/2" in err
+    rows = tables.read_table(tmp_path / "a" / "amortised.parquet")
+    assert len(rows) == 5 and set(rows["passes"]) == {3}
+    (folder,) = (tmp_path / "a" / "amortised-explainer").iterdir()
+    assert main([*common, "--out", str(tmp_path / "b"), "--explainer", str(folder)]) == 0
+    assert "epoch 1/2" not in capsys.readouterr().err
+    np.testing.assert_allclose(tables.read_table(tmp_path / "b" / "amortised.parquet")["target_prob"], rows["target_prob"])
+    assert main([*common, "--out", str(tmp_path / "c"), "--explainer", str(tmp_path / "none")]) == 2
+    assert "--explainer" in capsys.readouterr().err

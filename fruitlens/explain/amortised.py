@@ -1,6 +1,6 @@
 """The amortised explainer (FastSHAP, Jethani et al., ICLR 2022): Shapley values of a patch grid in one pass.
 
-A small network trained against the frozen classifier (``fruitlens.amortised_training``) outputs, for every
+A small network trained against the frozen classifier (``fruitlens.explain.amortised_training``) outputs, for every
 class, one value per patch of a ``grid`` x ``grid`` grid; made efficient (they sum to v(all) - v(empty), the
 target's probability on the image minus on the fully filled image), the target's values are drawn on their
 patches and scaled like the other input-pixel methods (ReLU, then divided by each map's maximum).
@@ -17,7 +17,7 @@ import logging
 import numpy as np
 import tensorflow as tf
 
-from fruitlens.amortised_training import (
+from fruitlens.explain.amortised_training import (
     Trained,
     coordinates,
     efficient,

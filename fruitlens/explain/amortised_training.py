@@ -415,6 +415,25 @@ def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_di
     return Trained(network, card)
 
 
+def sample_rows(n: int, options: AmortisedOptions) -> np.ndarray:
+    """Sorted indices of the (at most ``options.train_images``) images a run trains its explainer on, seeded."""
+    if n <= options.train_images:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([options.seed, 7]).choice(n, options.train_images, replace=False))
+
+
+def explainer_for(model, images: np.ndarray, options: AmortisedOptions, root: str | os.PathLike, *,
+                  report: Callable[[str], None] | None = None) -> AmortisedOptions:
+    """``options`` with ``explainer`` set to an explainer of ``model`` trained on ``images`` (reused or resumed
+    when one for the same classifier, data and options is under ``root``): its folder is
+    ``root/<classifier digest>-<data fingerprint>`` (12 hex digits each), so that other data never reuses it."""
+    from dataclasses import replace
+
+    folder = Path(root) / f"{classifier_digest(model)[:12]}-{data_fingerprint(images)[:12]}"
+    train_explainer(model, images, options, folder, report=report)
+    return replace(options, explainer=str(folder))
+
+
 def _resumable(ckpt: Path, key: dict) -> dict | None:
     """The checkpoint state in ``ckpt`` if it was written for ``key`` and its weights are whole; else None."""
     try:
