@@ -185,3 +185,64 @@ def test_fruitlens_explain_trains_then_reuses_the_explainer(demo_dir, tmp_path, 
     np.testing.assert_allclose(tables.read_table(tmp_path / "b" / "amortised.parquet")["target_prob"], rows["target_prob"])
     assert main([*common, "--out", str(tmp_path / "c"), "--explainer", str(tmp_path / "none")]) == 2
     assert "--explainer" in capsys.readouterr().err
+
+
+def test_grid_occlusion_and_the_agreement_measures(model):
+    from fruitlens.batch.amortised_audit import grid_occlusion, rank_correlation, top_k_overlap
+
+    x = data(4)
+    occ = grid_occlusion(model, x, np.ones(4, int), GRID, "black", batch_size=20)
+    probs = model.predict_on_batch(x)[:, 1]
+    np.testing.assert_allclose(occ[:, PATCH_ID], probs - model.predict_on_batch(
+        np.where(patch_index((SIZE, SIZE), GRID)[None, ..., None] == PATCH_ID, 0.0, x))[:, 1], atol=1e-6)
+    assert np.abs(np.delete(occ, PATCH_ID, axis=1)).max() < 1e-6  # the other patches change nothing
+    a = np.array([[1.0, 2, 3, 4], [4, 3, 2, 1], [1, 1, 1, 1]])
+    b = np.array([[10.0, 20, 30, 40], [1, 2, 3, 4], [1, 2, 3, 4]])
+    np.testing.assert_allclose(rank_correlation(a, b), [1.0, -1.0, np.nan])
+    np.testing.assert_allclose(top_k_overlap(a[:2], b[:2], 2), [1.0, 0.0])
+
+
+@pytest.fixture(scope="module")
+def indexed(demo_dir, tmp_path_factory):
+    from fruitlens.cli import main
+    from fruitlens.config import model_source_fields
+    from fruitlens.modelio import as_model_source
+    from tests.helpers import tiny_run
+
+    root = tmp_path_factory.mktemp("audit")
+    assert main(["index", str(demo_dir), "--out", str(root / "index")]) == 0
+    run = tiny_run(root / "run")
+    return root, as_model_source(model_source_fields(str(run)))
+
+
+@pytest.mark.parametrize(("agreement", "fell"), [(-1.0, False), (1.01, True)])
+def test_the_audit_explains_the_split_and_falls_back_below_the_agreement(indexed, agreement, fell, tmp_path):
+    """Every test image gets a map; each class with audited images has its agreement; a class below the
+    agreement is explained by grid occlusion instead and the table says so."""
+    from fruitlens import tables
+    from fruitlens.batch.amortised_audit import audit_run, grid_occlusion, train_run_explainer
+    from fruitlens.batch.rows import rows_from_index
+    from fruitlens.batch.engine import read_chunk
+
+    root, source = indexed
+    opts = AmortisedOptions(grid=3, epochs=1, masks=4, width=4, seed=0, faithfulness_steps=5)
+    folder = train_run_explainer(source, root / "index", opts, root / "explainer")
+    assert load_explainer(folder).card.images == 72  # the demo's training split
+    res = audit_run(source, root / "index", "test", replace(opts, explainer=folder), 12, agreement, 3,
+                    tmp_path / "explain")
+    table = tables.read_table(res.table)
+    assert res.images == 24 and table["images"].sum() == 24 and table["audited"].sum() == 12
+    audited = table[table["audited"] > 0]
+    assert audited["rank_correlation"].between(-1, 1).all() and audited["top_k_overlap"].between(0, 1).all()
+    assert set(audited["trusted"]) == {not fell}
+    assert set(audited["explained_by"]) == {"occlusion" if fell else "amortised"}
+    assert (res.fallback_images > 0) == fell
+    saved = np.load(res.maps)
+    assert saved["maps"].shape == (24, 9) and (saved["method"] == "occlusion").sum() == res.fallback_images
+    if fell:  # the fallen-back maps are the exact method's
+        model, card = source.load()
+        rows = rows_from_index(root / "index", "test")
+        first = int(np.flatnonzero(saved["method"] == "occlusion")[0])
+        img, _, _ = read_chunk(rows.iloc[[first]], card.image_size, card.fit)
+        np.testing.assert_allclose(saved["maps"][first], grid_occlusion(model, img, saved["target"][[first]], 3,
+                                                                        "mean")[0], atol=1e-6)
