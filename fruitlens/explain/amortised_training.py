@@ -245,7 +245,8 @@ class Trained:
     card: ExplainerCard
 
 
-def _key(digest: str, fingerprint: str, image_size, classes: int, options: AmortisedOptions) -> dict:
+def _key(digest: str, fingerprint: str, image_size, classes: int, options) -> dict:
+    """What a checkpoint or a finished explainer must agree on to be reused (``options``: the options or a card)."""
     return {"classifier_digest": digest, "data_fingerprint": fingerprint, "image_size": list(image_size),
             "classes": classes, **{f: getattr(options, f) for f in TRAINING_FIELDS}}
 
@@ -324,8 +325,7 @@ def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_di
         try:
             trained = load_explainer(folder)
             card = trained.card
-            if _key(card.classifier_digest, card.data_fingerprint, card.image_size, card.classes,
-                    options) == key and all(getattr(card, f) == getattr(options, f) for f in TRAINING_FIELDS):
+            if _key(card.classifier_digest, card.data_fingerprint, card.image_size, card.classes, card) == key:
                 log.info("amortised explainer in %s already trained for this classifier and data", folder)
                 return trained
         except (OSError, ValueError) as exc:
