@@ -23,6 +23,7 @@ import argparse
 import os
 import subprocess
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -38,6 +39,8 @@ from fruitlens.explain.faithfulness import deletion_insertion  # noqa: E402
 from fruitlens.lime_options import LimeOptions  # noqa: E402
 from fruitlens.method_options import AmortisedOptions  # noqa: E402
 from fruitlens.registry import METHODS  # noqa: E402
+
+SHARED_FRUITS = Path("/work/shared/datasets/fruits360")  # where a worktree's ../shared does not reach
 
 
 def timed(fn):
@@ -105,6 +108,8 @@ def main() -> None:
     parser.add_argument("--audit", type=int, default=40, help="audit images (exact method)")
     parser.add_argument("--lime-images", type=int, default=10)
     parser.add_argument("--parts", default="demo,fruits")
+    parser.add_argument("--fruits", type=Path, default=FRUITS360 if FRUITS360.is_dir() else SHARED_FRUITS,
+                        help="the Fruits-360 root (Training/, Test/)")
     args = parser.parse_args()
     options = AmortisedOptions(epochs=args.epochs)
     result = {"options": {"grid": options.grid, "masks": options.masks, "epochs": options.epochs,
@@ -120,12 +125,13 @@ def main() -> None:
         from benchmarks.bench_lime import convnet, load_split
 
         size = args.fruits_size
-        x_train, y_train, classes, _ = load_split(FRUITS360, "Training", size, args.fruits_per_class)
-        x_test, y_test, _, _ = load_split(FRUITS360, "Test", size, args.fruits_test_per_class)
+        x_train, y_train, classes, _ = load_split(args.fruits, "Training", size, args.fruits_per_class)
+        x_test, y_test, _, _ = load_split(args.fruits, "Test", size, args.fruits_test_per_class)
         run = bench(f"fruits360 subset ({len(classes)} classes, {args.fruits_per_class}/class)",
                     convnet(size, len(classes)), x_train, y_train, x_test, y_test, 3, options, args.audit, args.lime_images)
         result["runs"].append(run)
-    write_result("amortised", result)
+    write_result("amortised" if args.parts == "demo,fruits" else "amortised_" + args.parts.replace(",", "_"),
+                 result)
 
 
 if __name__ == "__main__":
