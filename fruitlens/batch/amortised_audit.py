@@ -198,7 +198,8 @@ def audit_line(table: pd.DataFrame | None) -> str:
         return ""
     audited = table[table["audited"] > 0]
     fell = table[table["explained_by"] != "amortised"]
-    line = (f"Amortised SHAP explained all {int(table['images'].sum()):,} images in one pass each; against "
+    line = (f"Amortised SHAP explained all {int(table['images'].sum()):,} images (1 explainer and 2 classifier passes "
+            f"each); against "
             f"{EXACT} on the same patch grid, on {int(table['audited'].sum()):,} audited images of "
             f"{len(audited):,} classes: rank correlation {audited['rank_correlation'].mean():.2f}, top-k overlap "
             f"{audited['top_k_overlap'].mean():.0%}, deletion AUC {audited['deletion_auc_amortised'].mean():.3f} "
