@@ -128,7 +128,8 @@ def main() -> None:
         x_train, y_train, classes, _ = load_split(args.fruits, "Training", size, args.fruits_per_class)
         x_test, y_test, _, _ = load_split(args.fruits, "Test", size, args.fruits_test_per_class)
         run = bench(f"fruits360 subset ({len(classes)} classes, {args.fruits_per_class}/class)",
-                    convnet(size, len(classes)), x_train, y_train, x_test, y_test, 3, options, args.audit, args.lime_images)
+                    convnet(size, len(classes)), x_train, y_train, x_test, y_test, 3, options, args.audit,
+                    args.lime_images)
         result["runs"].append(run)
     write_result("amortised" if args.parts == "demo,fruits" else "amortised_" + args.parts.replace(",", "_"),
                  result)

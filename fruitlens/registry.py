@@ -80,7 +80,8 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
                "fruitlens.explain.gradients:IntegratedGradients"),
     MethodSpec("occlusion", OcclusionOptions, "Occlusion", "gradcam", "fruitlens.explain.perturbation:Occlusion"),
     MethodSpec("rise", RiseOptions, "RISE", "gradcam", "fruitlens.explain.perturbation:RISE"),
-    MethodSpec("amortised", AmortisedOptions, "Amortised SHAP", "gradcam", "fruitlens.explain.amortised:AmortisedExplainer"),
+    MethodSpec("amortised", AmortisedOptions, "Amortised SHAP", "gradcam",
+               "fruitlens.explain.amortised:AmortisedExplainer"),
 )}
 
 

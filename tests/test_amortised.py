@@ -8,6 +8,8 @@ import keras
 import numpy as np
 import pytest
 
+from fruitlens.errors import OptionError
+from fruitlens.explain.amortised import AmortisedExplainer
 from fruitlens.explain.amortised_training import (
     CARD,
     CHECKPOINT,
@@ -17,8 +19,6 @@ from fruitlens.explain.amortised_training import (
     shapley_subsets,
     train_explainer,
 )
-from fruitlens.errors import OptionError
-from fruitlens.explain.amortised import AmortisedExplainer
 from fruitlens.method_options import AmortisedOptions
 from fruitlens.registry import resolve
 
@@ -182,7 +182,8 @@ def test_fruitlens_explain_trains_then_reuses_the_explainer(demo_dir, tmp_path, 
     (folder,) = (tmp_path / "a" / "amortised-explainer").iterdir()
     assert main([*common, "--out", str(tmp_path / "b"), "--explainer", str(folder)]) == 0
     assert "epoch 1/2" not in capsys.readouterr().err
-    np.testing.assert_allclose(tables.read_table(tmp_path / "b" / "amortised.parquet")["target_prob"], rows["target_prob"])
+    again = tables.read_table(tmp_path / "b" / "amortised.parquet")
+    np.testing.assert_allclose(again["target_prob"], rows["target_prob"])
     assert main([*common, "--out", str(tmp_path / "c"), "--explainer", str(tmp_path / "none")]) == 2
     assert "--explainer" in capsys.readouterr().err
 
@@ -221,8 +222,8 @@ def test_the_audit_explains_the_split_and_falls_back_below_the_agreement(indexed
     agreement is explained by grid occlusion instead and the table says so."""
     from fruitlens import tables
     from fruitlens.batch.amortised_audit import audit_run, grid_occlusion, train_run_explainer
-    from fruitlens.batch.rows import rows_from_index
     from fruitlens.batch.engine import read_chunk
+    from fruitlens.batch.rows import rows_from_index
 
     root, source = indexed
     opts = AmortisedOptions(grid=3, epochs=1, masks=4, width=4, seed=0, faithfulness_steps=5)

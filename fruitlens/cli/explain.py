@@ -214,9 +214,9 @@ def _amortised_explainer(model, card, rows, options, out: Path):
     trained first on (a seeded sample of) the images to explain, one progress line per epoch."""
     from dataclasses import replace
 
-    from fruitlens.explain.amortised_training import explainer_for, sample_rows
     from fruitlens.batch.engine import read_chunk
     from fruitlens.explain.amortised import AmortisedExplainer
+    from fruitlens.explain.amortised_training import explainer_for, sample_rows
 
     opts = options.amortised
     if opts.explainer is not None:
