@@ -62,6 +62,9 @@ def _add_train(sub) -> None:
     p.add_argument("--cutmix", type=float, default=0.0, help="cutmix Beta alpha (0: off)")
     p.add_argument("--keep", default="best", help="best (the best epoch by --monitor) or last (the last epoch: "
                    "a fixed-epoch model)")
+    p.add_argument("--refit", action="store_true", help="after the run, train a fresh model on the training and "
+                   "validation images together for the kept epoch's number of epochs and save that (about twice "
+                   "the training time; the card's config.trained says what was trained)")
     p.add_argument("--monitor", default="val_accuracy", help="val_accuracy or val_loss: picks the best epoch")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
 
@@ -77,7 +80,7 @@ def _train_config(args):
               "seed": args.seed, "weights": args.weights, "mode": args.mode, "alpha": args.alpha,
               "learning_rate": args.learning_rate, "augment": args.augment, "early_stopping": args.early_stopping,
               "class_weights": args.class_weights, "tensorboard": args.tensorboard,
-              "val_fraction": args.val_fraction, "monitor": args.monitor, "keep": args.keep,
+              "val_fraction": args.val_fraction, "monitor": args.monitor, "keep": args.keep, "refit": args.refit,
               **{k: getattr(args, k) for k in ("optimizer", "schedule", "warmup_epochs", "weight_decay",
                                                "label_smoothing", "augment_policy", "crop_scale", "jitter",
                                                "mixup", "cutmix")}}
@@ -104,6 +107,11 @@ def _cmd_train(args) -> int:
     print(f"trained {config.arch} on {result.counts['train']} images ({len(result.classes)} classes), "
           f"{v['held_out']} held out for validation: {start}{result.epochs} epochs, {kept}; "
           f"{result.seconds:.1f}s")
+    if result.trained["refit"]:
+        print(f"refit on all {result.trained['images']} images (train + validation) for {result.trained['epochs']} "
+              f"epochs: that model is saved")
+    elif config.refit:
+        print("refit: nothing to do, no validation images were held out (every image was trained on)")
     print(f"wrote {result.model_path}, model.json, history.parquet, curves.png, checkpoints/")
     return 0
 
