@@ -116,6 +116,14 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _check_tta(tta: str) -> None:
+    """--tta of evaluate and predict, checked before any model or folder is read (the modes: recipes.TTA_MODES)."""
+    from fruitlens.recipes import TTA_MODES  # numpy only: no TensorFlow for a bad flag
+
+    if tta not in TTA_MODES:
+        raise CommandError(f"--tta {tta!r}: expected {' or '.join(TTA_MODES)}")
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="predict a split and write predictions.parquet, metrics.json, confusion")
     p.add_argument("--data", type=Path, required=True, help="dataset root (its labelled images are evaluated)")
@@ -133,8 +141,7 @@ def _cmd_evaluate(args) -> int:
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
-    if args.tta not in ("none", "flip"):
-        raise CommandError(f"--tta {args.tta!r}: expected none or flip")
+    _check_tta(args.tta)
     check_data_folder(args.data)
     if not Path(args.model).exists() and not str(args.model).startswith("imagenet:"):
         raise CommandError(f"--model {args.model}: no such file or folder; expected a run folder or a model file")
@@ -156,6 +163,8 @@ def _add_predict(sub) -> None:
                    "of every split, labelled; photos: every image under it)")
     p.add_argument("--out", type=Path, required=True, help="folder for predictions.parquet and the annotated copies")
     p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
+    p.add_argument("--tta", default="none", help="test-time augmentation: none or flip (the mean of each image's "
+                   "and its mirror's probabilities), as evaluate --tta")
     add_read_as_argument(p)
     add_model_arguments(p)
 
@@ -166,6 +175,7 @@ def _cmd_predict(args) -> int:
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    _check_tta(args.tta)
     source = model_source(args)  # a bad flag: one line before any folder is read or written
     files, labels = files_and_labels(args.files, args.read_as)
     if not files:
@@ -174,7 +184,7 @@ def _cmd_predict(args) -> int:
 
     with folder_lock(args.out), Progress(0, "annotated") as bar:
         table = predict_files(source, files, args.out, top_k_count=args.top_k, labels=labels,
-                              progress=bar.advance_to)
+                              progress=bar.advance_to, tta=args.tta)
     for row in table.itertuples():
         if row.error:
             print(f"error: {row.error}")  # the reason starts with the path
