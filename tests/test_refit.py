@@ -51,10 +51,12 @@ def test_refit_trains_on_train_and_val_for_the_kept_epoch_and_the_card_says_so(d
     assert len(pd.read_parquet(tmp_path / "history.parquet")) == 2
 
 
-def test_refit_is_deterministic(demo_dir, tmp_path):
+def test_refit_is_deterministic_and_can_be_asked_for_when_resuming_a_finished_run(demo_dir, tmp_path):
     a = train_model(demo_dir, tmp_path / "a", TrainConfig(epochs=1, refit=True, **FAST))
-    b = train_model(demo_dir, tmp_path / "b", TrainConfig(epochs=1, refit=True, **FAST))
-    assert a.trained["refit"] and b.trained["refit"]
+    plain = train_model(demo_dir, tmp_path / "b", TrainConfig(epochs=1, **FAST))
+    assert a.trained["refit"] and not plain.trained["refit"]
+    b = train_model(demo_dir, tmp_path / "b", TrainConfig(epochs=1, refit=True, **FAST), resume=True)
+    assert b.resumed_from == 1 and b.trained["refit"] and b.trained["images"] == 72
     assert _same(_weights(tmp_path / "a" / "model.keras"), _weights(tmp_path / "b" / "model.keras"))
 
 
