@@ -164,7 +164,10 @@ class OcclusionOptions(HeatmapOptions):
 
     def checks(self):
         return [(self.window >= 1, "window", self.window, "at least 1"),
-                (self.stride >= 1, "stride", self.stride, "at least 1"), _one_of(self.fill, Fill, "fill"),
+                (self.stride >= 1, "stride", self.stride, "at least 1"),
+                (self.stride <= self.window, "stride", self.stride,
+                 f"at most window {self.window} (a longer stride leaves pixels that no window covers)"),
+                _one_of(self.fill, Fill, "fill"),
                 (1 <= self.coarse <= 64, "coarse", self.coarse, "1 (off) to 64"),
                 (0.0 <= self.threshold <= 1.0, "threshold", self.threshold, "a share of the peak in [0, 1]")]
 

@@ -291,6 +291,25 @@ def test_every_writer_of_a_folder_takes_the_one_lock(command, demo_dir, tmp_path
     assert "another fruitlens run is writing here" in err and len(err.splitlines()) == 1, err
 
 
+def test_the_lock_file_goes_when_its_writer_ends_also_on_failure(tmp_path):
+    from fruitlens.locks import FolderBusy, folder_lock
+
+    out = tmp_path / "out"
+    with folder_lock(out):
+        assert (out / ".fruitlens.lock").is_file()
+        with pytest.raises(FolderBusy), folder_lock(out):
+            pass
+        assert (out / ".fruitlens.lock").is_file()  # the refused writer leaves the holder's file alone
+    assert not (out / ".fruitlens.lock").exists()
+    with pytest.raises(RuntimeError), folder_lock(out):
+        raise RuntimeError("the writer failed")
+    assert not (out / ".fruitlens.lock").exists()
+    (out / ".fruitlens.lock").touch()  # left by a writer killed with -9: unlocked, taken over
+    with folder_lock(out):
+        pass
+    assert list(out.iterdir()) == []
+
+
 # ---------------------------------------------------------------- limits wherever a size enters
 
 
