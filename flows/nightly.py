@@ -1,6 +1,6 @@
-"""nightly_flow: index -> train -> evaluate -> explain -> visualize -> sanity -> class evidence (and shortcut
-shares) -> compare (accuracy and explanation drift)/promote -> the night's row in the trend -> run record ->
-report -> events (``fruitlens.alerts``).
+"""nightly_flow: index -> train -> evaluate -> (amortised explainer) -> explain -> (amortised audit) -> visualize
+-> sanity -> class evidence (and shortcut shares) -> compare (accuracy and explanation drift)/promote -> the
+night's row in the trend -> run record -> report -> events (``fruitlens.alerts``).
 
 ``fruitlens run`` and ``fruitlens demo`` run it once; ``fruitlens serve`` serves it on a cron schedule and
 ``prefect.yaml`` deploys it to a work pool. Unchanged steps are Cached, so a night with no new data costs
@@ -27,6 +27,7 @@ from fruitlens.layout import RunLayout
 from fruitlens.promotion import default_models_home
 from fruitlens.summary import run_summary
 from fruitlens.typed import to_plain
+from tasks.amortised import amortised_audit_task, amortised_train_task
 from tasks.cache import fresh
 from tasks.drift import drift_task
 from tasks.evaluate import evaluate_task
@@ -103,10 +104,21 @@ def nightly_flow(data_dir: str, out_dir: str, config: dict | None = None, models
     else:  # an existing model is explained: nothing is trained, compared or promoted
         train, model = existing_model(cfg.model), cfg.model
     new = step("evaluate", subflow(evaluate_flow), str(run.root), data_dir, cfg.split, model=model)
+    methods, explain_options = list(cfg.methods), to_plain(cfg.explain_options)
+    if cfg.amortised_audit:  # the amortised explainer, trained beside the classifier, explains with the others
+        folder = str(run.root / "amortised-explainer")
+        trained = step("amortised_train", fresh(amortised_train_task, folder), model, str(run.index_dir),
+                       explain_options["amortised"], folder)
+        explain_options["amortised"] = {**explain_options["amortised"], "explainer": trained}
+        methods += [] if "amortised" in methods else ["amortised"]
     explain = explain_flow.with_options(task_runner=build_task_runner(cfg.task_runner, cfg.dask_address))
     explained = step("explain", subflow(explain), model, str(run.index_dir), str(run.explain_dir),
-                     list(cfg.methods), cfg.split, cfg.explain_limit, cfg.chunk_size, to_plain(cfg.explain_options),
+                     methods, cfg.split, cfg.explain_limit, cfg.chunk_size, explain_options,
                      cfg.explain_select, str(run.predictions), prefix)
+    if cfg.amortised_audit:
+        step("amortised_audit", fresh(amortised_audit_task, run.explain.amortised_audit), model, str(run.index_dir),
+             cfg.split, explain_options["amortised"], cfg.amortised_audit, cfg.amortised_agreement,
+             cfg.amortised_top_k, str(run.explain_dir))
     if cfg.visualize and explained["first_image"]:
         step("visualize", fresh(visualize_task, run.visualize_dir), model, explained["first_image"]["path"],
              str(run.visualize_dir))

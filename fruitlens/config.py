@@ -121,6 +121,10 @@ class TrainConfig:
             the two per batch).
         keep: which epoch's weights become the model: ``best`` (by ``monitor``; the last epoch when there are
             no validation images) or ``last`` (the fixed-epoch model: ``epochs`` decides).
+        refit: after the run with its validation holdout, train a fresh model (same seed, same recipe) on the
+            training and validation images together for as many epochs as the kept epoch, and save that as the
+            model: the holdout picks the epoch, every image trains the final model. Nothing to do without
+            validation images (``val_fraction`` 0: every image was trained on already).
     """
 
     arch: str = "seed_cnn"
@@ -152,6 +156,7 @@ class TrainConfig:
     jitter: float = 0.2
     mixup: float = 0.0
     cutmix: float = 0.0
+    refit: bool = False
 
     def __post_init__(self) -> None:
         parse_arch(self.arch)
@@ -239,6 +244,7 @@ def _train_config(values: Mapping[str, Any] | Any):
     return build(TrainConfig, values, "train")
 
 
+MAX_AUDIT_IMAGES = 10_000  # the amortised audit's exact explanations (grid^2 + 1 classifier passes each)
 MAX_SANITY_IMAGES = 64  # the nightly's randomisation test is a spot check, not a second explanation run
 
 
@@ -279,6 +285,13 @@ class PipelineConfig:
         sanity_images: explained images the randomisation test (``fruitlens.explain.sanity``) runs on with the
             run's own Grad-CAM and LIME options, written to ``RUN/sanity``; 0: off; at most
             ``MAX_SANITY_IMAGES`` (each image is explained once per layer and method).
+        amortised_audit: train the amortised explainer (``explain_options.amortised``) on the training split
+            right after the classifier, add ``amortised`` to the explained methods, explain the whole split with
+            it and audit this many random images against occlusion on the same patch grid
+            (``fruitlens.batch.amortised_audit``); 0 (default): off.
+        amortised_agreement: a class whose mean rank correlation in the audit is below this falls back to the
+            exact method (-1..1).
+        amortised_top_k: patches compared by the audit's top-k overlap.
     """
 
     train: Any = field(default_factory=lambda: _train_config({}))
@@ -301,6 +314,9 @@ class PipelineConfig:
     drift_probe: int = 12
     max_drift: float | None = None
     sanity_images: int = 4
+    amortised_audit: int = 0
+    amortised_agreement: float = 0.5
+    amortised_top_k: int = 5
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "train", _train_config(self.train))
@@ -317,6 +333,11 @@ class PipelineConfig:
              "a share in [0, 1] or null"),
             (0 <= self.sanity_images <= MAX_SANITY_IMAGES, "sanity_images", self.sanity_images,
              f"0 (off) to {MAX_SANITY_IMAGES}"),
+            (0 <= self.amortised_audit <= MAX_AUDIT_IMAGES, "amortised_audit", self.amortised_audit,
+             f"0 (off) to {MAX_AUDIT_IMAGES} images"),
+            (-1.0 <= self.amortised_agreement <= 1.0, "amortised_agreement", self.amortised_agreement,
+             "a rank correlation in [-1, 1]"),
+            (1 <= self.amortised_top_k <= 1024, "amortised_top_k", self.amortised_top_k, "1 to 1024 patches"),
         ])
 
     def to_dict(self) -> dict[str, Any]:

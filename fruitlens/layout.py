@@ -88,6 +88,16 @@ class ExplainLayout:
         return self.root / "stability.parquet"
 
     @property
+    def amortised_audit(self) -> Path:
+        """The amortised explainer against the exact method, per class (``fruitlens.batch.amortised_audit``)."""
+        return self.root / "amortised_audit.parquet"
+
+    @property
+    def amortised_maps(self) -> Path:
+        """The whole split's patch attributions (amortised, or the exact method's for classes that fell back)."""
+        return self.root / "amortised_maps.npz"
+
+    @property
     def lock(self) -> Path:
         return self.root / LOCK_FILE
 

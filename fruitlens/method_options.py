@@ -228,3 +228,46 @@ class RiseOptions(HeatmapOptions):
     @property
     def draws(self):
         return "masks", self.masks
+
+
+MAX_GRID = 32  # patches per side of the amortised explainer's grid
+MAX_EPOCHS = 1_000
+AmortisedFill = Literal["black", "gray", "mean"]
+
+
+@dataclass(frozen=True)
+class AmortisedOptions(HeatmapOptions):
+    """The amortised explainer (FastSHAP): a small network that outputs every class's Shapley values over a
+    ``grid`` x ``grid`` grid of patches in one pass (``fruitlens.explain.amortised``).
+
+    ``explainer``: the folder of a trained explainer (``fruitlens.explain.amortised_training``); null: trained first on
+    the images it is given. Training: ``epochs`` passes over the training images, ``masks`` patch subsets per
+    image and step (Shapley-kernel draws, each paired with its complement: even), Adam at ``learning_rate``,
+    ``images_per_step`` images per step, removed patches show ``fill``, ``width`` channels of the network;
+    ``train_images``: trained on at most that many images (a seeded sample) when trained by a run.
+    ``batch_size`` (shared field): images per explainer call, and classifier inputs per call in training.
+    """
+
+    explainer: str | None = None
+    grid: int = 8
+    epochs: int = 10
+    masks: int = 16
+    learning_rate: float = 1e-3
+    images_per_step: int = 32
+    fill: AmortisedFill = "mean"
+    width: int = 32
+    train_images: int = 2_000
+
+    def checks(self):
+        return [(1 <= self.train_images <= 1_000_000, "train_images", self.train_images, "1 to 1000000"),
+                (1 <= self.grid <= MAX_GRID, "grid", self.grid, f"1 to {MAX_GRID} patches per side"),
+                (1 <= self.epochs <= MAX_EPOCHS, "epochs", self.epochs, f"1 to {MAX_EPOCHS}"),
+                (2 <= self.masks <= 1024 and self.masks % 2 == 0, "masks", self.masks,
+                 "an even number 2 to 1024 (subsets come with their complements)"),
+                (0.0 < self.learning_rate <= 1.0, "learning_rate", self.learning_rate, "in (0, 1]"),
+                (1 <= self.images_per_step <= MAX_BATCH, "images_per_step", self.images_per_step,
+                 f"1 to {MAX_BATCH}"),
+                _one_of(self.fill, AmortisedFill, "fill"),
+                (4 <= self.width <= 512, "width", self.width, "4 to 512 channels"),
+                (self.explainer is None or (isinstance(self.explainer, str) and self.explainer.strip() != ""),
+                 "explainer", self.explainer, "a folder path or null")]

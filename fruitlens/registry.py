@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 
 from fruitlens.lime_options import LimeOptions
 from fruitlens.method_options import (
+    AmortisedOptions,
     CamOptions,
     CamVariant,
     IntegratedGradientsOptions,
@@ -79,6 +80,8 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
                "fruitlens.explain.gradients:IntegratedGradients"),
     MethodSpec("occlusion", OcclusionOptions, "Occlusion", "gradcam", "fruitlens.explain.perturbation:Occlusion"),
     MethodSpec("rise", RiseOptions, "RISE", "gradcam", "fruitlens.explain.perturbation:RISE"),
+    MethodSpec("amortised", AmortisedOptions, "Amortised SHAP", "gradcam",
+               "fruitlens.explain.amortised:AmortisedExplainer"),
 )}
 
 

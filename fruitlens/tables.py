@@ -170,6 +170,22 @@ NIGHTS_SCHEMA = pa.schema(  # fruitlens.nights: one row per run folder of a mode
 
 FAILED_SCHEMA = pa.schema([("image_id", pa.string()), ("path", pa.string()), ("error", pa.string())])
 
+# one row per class: the amortised explainer against the exact method on an audit sample
+# (``fruitlens.batch.amortised_audit``)
+AMORTISED_AUDIT_SCHEMA = pa.schema(
+    [
+        ("class", pa.string()),
+        ("images", pa.int32()),  # test images predicted as the class (all explained)
+        ("audited", pa.int32()),  # of them in the audit sample
+        ("rank_correlation", pa.float64()),  # mean Spearman of the patch attributions (null: none audited)
+        ("top_k_overlap", pa.float64()),  # mean share of the exact top-k patches among the amortised top-k
+        ("deletion_auc_amortised", pa.float64()),
+        ("deletion_auc_exact", pa.float64()),
+        ("trusted", pa.bool_()),  # rank correlation at least the configured agreement (null: not audited)
+        ("explained_by", pa.string()),  # "amortised", or the exact method's name for a class that fell back
+    ]
+)
+
 SCHEMAS: dict[str, pa.Schema] = {
     "failed": FAILED_SCHEMA,
     "faithfulness": FAITHFULNESS_SCHEMA,
@@ -182,6 +198,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     "sanity": SANITY_SCHEMA,
     "shortcut": SHORTCUT_SCHEMA,
     "nights": NIGHTS_SCHEMA,
+    "amortised_audit": AMORTISED_AUDIT_SCHEMA,
 }
 
 

@@ -596,6 +596,29 @@ def test_pipeline_explains_an_existing_model_without_training(cache, demo_dir, t
     assert "explained the existing model" in summary["note"] and (out / "report.html").is_file()
 
 
+def test_nightly_trains_the_amortised_explainer_explains_with_it_and_audits_it(cache, demo_dir, tmp_path):
+    """amortised_audit on: the explainer is trained beside the (here existing) model, explains with the other
+    methods, then the audit writes amortised_audit.parquet over the whole split and the report shows it."""
+    from flows.nightly import nightly_flow
+
+    model_dir = tiny_run(tmp_path / "theirs", classes=CLASSES, image_size=(16, 16))
+    config = {**TINY, "model": {"spec": str(model_dir / "model.keras"), "classes": list(CLASSES)},
+              "methods": ["gradcam"], "explain_limit": 6, "visualize": False, "sanity_images": 0,
+              "stability_images": 0, "class_evidence": False, "amortised_audit": 8, "amortised_agreement": -1.0,
+              "explain_options": {**TINY["explain_options"],
+                                  "amortised": {"grid": 4, "epochs": 2, "masks": 4, "width": 4}}}
+    out = tmp_path / "runs" / "amortised"
+    summary = nightly_flow(str(demo_dir), str(out), config, str(tmp_path / "models"))
+    assert {"amortised_train", "amortised_audit"} <= set(summary["timings"])
+    (folder,) = (out / "amortised-explainer").iterdir()
+    assert json.loads((folder / "card.json").read_text())["images"] == 72  # the training split
+    rows = tables.read_table(out / "explain" / "amortised.parquet")
+    assert len(rows) == 6 and set(rows["passes"]) == {3}
+    audit = tables.read_table(out / "explain" / "amortised_audit.parquet")
+    assert audit["images"].sum() == 24 and audit["audited"].sum() == 8 and set(audit["explained_by"]) == {"amortised"}
+    assert 'id="amortised-audit"' in (out / "report.html").read_text()
+
+
 def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, tmp_path):
     from flows.nightly import nightly_flow
     from fruitlens.synthetic import write_demo_dataset

@@ -51,7 +51,8 @@ def images(n, shape=SHAPE, seed=1):
 # Options that keep the contract test fast on tiny models (every other field: the method's defaults)
 FAST = {"smoothgrad": {"samples": 6, "noise": 0.2, "seed": 3}, "integrated_gradients": {"steps": 7},
         "occlusion": {"window": 4, "stride": 3}, "rise": {"masks": 40, "cells": 3, "seed": 5},
-        "lime": {"num_samples": 200, "round_size": 64, "min_samples": 64, "seed": 2}}
+        "lime": {"num_samples": 200, "round_size": 64, "min_samples": 64, "seed": 2},
+        "amortised": {"grid": 3, "epochs": 2, "masks": 4, "width": 4, "seed": 4}}
 EXTRA_CASES = {"scorecam@1": ("scorecam", {"channels": 1})}  # Faster Score-CAM
 CASES = (*method_names(), *EXTRA_CASES)  # every method and variant of the registry, and these
 

@@ -175,7 +175,7 @@ def _explainer_code() -> None:
     """Never called: the modules of the registry's explainers (``MethodSpec.explainer``, loaded by name), imported
     here so that the code digest of batch runs, which follows imports, covers them (and a config change, which
     imports the registry, does not reach them). ``tests/test_layers.py`` keeps it equal to the registry."""
-    from fruitlens.explain import gradcam, gradients, lime, perturbation  # noqa: F401
+    from fruitlens.explain import amortised, gradcam, gradients, lime, perturbation  # noqa: F401
 
 
 #: the function that writes each kind of rows (a ``MethodSpec.table``)

@@ -93,6 +93,9 @@ def _add_explain(sub) -> None:
                      help=f"the most opaque the heat overlay gets, 0..1 (default {CamOptions().alpha})")
     add_renamed(p, "--alpha", "--opacity (the heat overlay's opacity; train's width multiplier is "
                 "--width-multiplier)")
+    amortised = p.add_argument_group("Amortised SHAP (defaults: fruitlens.config.AmortisedOptions)")
+    amortised.add_argument("--explainer", help="folder of a trained amortised explainer (--method amortised); "
+                           "default: one is trained first on the images to explain (--out/amortised-explainer/)")
     add_model_arguments(p)
 
 
@@ -148,7 +151,7 @@ def explain_options(args):
     if params:
         lime["segmenter_params"] = params
     cam = shared | _given(args, {"layer": "layer", "variant": "gradcam_variant", "palette": "palette",
-                                 "alpha": "opacity"})
+                                 "alpha": "opacity", "explainer": "explainer"})
     settings = _settings(args.settings)
     unknown = sorted(set(settings) - set(METHODS))
     if unknown:
@@ -206,6 +209,8 @@ def _cmd_explain(args) -> int:
         find_layer(model, options.of(method).layer)
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out}: is a file; expected a folder")
+    if "amortised" in methods:
+        options = _amortised_explainer(model, card, rows, options, args.out)
     with Progress(len(rows), "explained") as bar:
         totals = explain_images(model, card, digest, rows, args.out, methods, options, chunk_size=args.chunk_size,
                                 progress=bar.update)
@@ -220,6 +225,33 @@ def _cmd_explain(args) -> int:
     print(f"explained {len(rows) - totals['skipped'] - totals['failed']} images ({done}); "
           f"{totals['skipped']} already done, {totals['failed']} unreadable; wrote {args.out}")
     return 0
+
+
+def _amortised_explainer(model, card, rows, options, out: Path):
+    """``options`` with a trained amortised explainer: ``--explainer``'s (checked against the model), or one
+    trained first on (a seeded sample of) the images to explain, one progress line per epoch."""
+    from dataclasses import replace
+
+    from fruitlens.batch.engine import read_chunk
+    from fruitlens.explain.amortised import AmortisedExplainer
+    from fruitlens.explain.amortised_training import explainer_for, sample_rows
+
+    opts = options.amortised
+    if opts.explainer is not None:
+        try:
+            AmortisedExplainer.from_options(model, opts)
+        except (OSError, ValueError) as exc:
+            raise CommandError(f"--explainer {opts.explainer}: {exc}") from exc
+        return options
+    picked = rows.iloc[sample_rows(len(rows), opts)].reset_index(drop=True)
+    images, _, _ = read_chunk(picked, card.image_size, getattr(card, "fit", "resize"))
+    if not len(images):
+        raise CommandError("--method amortised: none of the images could be read to train the explainer")
+    print(f"training the amortised explainer on {len(images)} images ({opts.epochs} epochs; "
+          "--explainer PATH uses a trained one)", file=sys.stderr)
+    trained = explainer_for(model, images, opts, out / "amortised-explainer",
+                            report=lambda line: print(line, file=sys.stderr))
+    return replace(options, amortised=trained)
 
 
 COMMANDS = {"explain": (_add_explain, _cmd_explain)}

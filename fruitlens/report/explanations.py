@@ -73,6 +73,7 @@ def section_explanations(data: ReportData, opts: ReportOptions) -> str:
 
     if line := stability_line(data.stability):
         parts.append(f"<p class=\"note\" id=\"lime-stability\">{esc(line)}</p>")
+    parts.append(amortised_audit_block(data))
     parts.append(SCORE_LEGEND)
     blocks = []
     for cls, chosen in shown:
@@ -86,6 +87,18 @@ def section_explanations(data: ReportData, opts: ReportOptions) -> str:
         parts.append(f"<h3>Images that could not be explained ({len(data.failed):,})</h3>"
                      + table(data.failed, limit=100))
     return "".join(parts)
+
+
+def amortised_audit_block(data: ReportData) -> str:
+    """The amortised explainer's audit: one sentence, then the classes it was audited on ("" without one)."""
+    from fruitlens.batch.amortised_audit import audit_line
+
+    line = audit_line(data.amortised_audit)
+    if not line:
+        return ""
+    shown = data.amortised_audit[data.amortised_audit["audited"] > 0].sort_values("rank_correlation")
+    return (f"<div id=\"amortised-audit\"><p class=\"note\">{esc(line)}</p>"
+            + table(shown.round(3), limit=100) + "</div>")
 
 
 def section_ranking(data: ReportData, opts: ReportOptions) -> str:

@@ -168,6 +168,7 @@ class ReportData:
     dataset_root: Path | None
     sanity: pd.DataFrame | None = None  # RUN/sanity/sanity.parquet (fruitlens sanity), when present
     stability: pd.DataFrame | None = None  # RUN/explain/stability.parquet (LIME under two seeds)
+    amortised_audit: pd.DataFrame | None = None  # RUN/explain/amortised_audit.parquet (amortised vs exact)
     class_evidence: pd.DataFrame | None = None  # RUN/evidence/class_evidence.parquet
     drift: pd.DataFrame | None = None  # RUN/drift/drift.parquet (nightly: new vs current model's evidence)
     headline: dict[str, Any] | None = None  # metrics.headline_metrics
@@ -246,6 +247,7 @@ def load(root: Path, embed: bool = True) -> ReportData:
                       comparison=run.table(lay.comparison), classes=classes, unknown_labels=unknown,
                       sanity=run.table(lay.sanity.table), drift=run.table(lay.drift),
                       class_evidence=run.table(lay.class_evidence), stability=run.table(lay.explain.stability),
+                      amortised_audit=run.table(lay.explain.amortised_audit),
                       dataset_root=_dataset_root((index_meta, "root"), (metrics_json, "data"),
                                                  (run_json, "data_dir")))
     if data.sanity is not None and len(data.sanity):

@@ -1,0 +1,139 @@
+"""The amortised explainer (FastSHAP) against the exact method on its grid and LIME at fruitlens' defaults.
+
+For each dataset, one classifier trained here, then:
+
+1. Training cost: seconds to train the classifier and, separately, the amortised explainer (FastSHAP objective,
+   ``AmortisedOptions`` defaults unless given: 8x8 grid, 16 masks per image, 10 epochs) on the training images.
+2. Speed: seconds per image of the amortised explainer (``explain``: 1 explainer pass + 2 classifier passes),
+   of the exact reference (occlusion on the same 8x8 grid: 65 classifier passes per image, the audit's
+   ``grid_occlusion``) and of LIME at fruitlens' defaults (``LimeOptions()``: adaptive, up to 1000 samples), each
+   after one warm-up call, on the same test images.
+3. Agreement on the audit images: Spearman rank correlation and top-5 overlap of the amortised patch values
+   with the exact ones, and deletion AUC (20 steps, mean baseline) of both (lower is more faithful).
+
+Datasets: the demo (generated in memory, 64x64, 6 classes) and a subset of Fruits-360
+(``../shared/datasets/fruits360``, ``--fruits-per-class`` training images per class at ``--fruits-size``).
+
+Run: ``python -m benchmarks.bench_amortised`` (writes ``benchmarks/results/amortised.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks._common import FRUITS360, write_result  # noqa: E402
+from fruitlens.batch.amortised_audit import grid_occlusion, rank_correlation, top_k_overlap  # noqa: E402
+from fruitlens.explain.amortised import AmortisedExplainer  # noqa: E402
+from fruitlens.explain.amortised_training import patch_index, train_explainer  # noqa: E402
+from fruitlens.explain.base import scale_per_image  # noqa: E402
+from fruitlens.explain.faithfulness import deletion_insertion  # noqa: E402
+from fruitlens.lime_options import LimeOptions  # noqa: E402
+from fruitlens.method_options import AmortisedOptions  # noqa: E402
+from fruitlens.registry import METHODS  # noqa: E402
+
+SHARED_FRUITS = Path("/work/shared/datasets/fruits360")  # where a worktree's ../shared does not reach
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - t
+
+
+def uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def bench(name: str, model, x_train, y_train, x_test, y_test, epochs: int, options: AmortisedOptions, audit: int,
+          lime_images: int) -> dict:
+    out: dict = {"dataset": name, "train_images": len(x_train), "test_images": len(x_test),
+                 "image_size": list(x_train.shape[1:3]), "load_before": uptime()}
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
+                  metrics=["accuracy"])
+    _, out["classifier_train_seconds"] = timed(lambda: model.fit(x_train, y_train, epochs=epochs, batch_size=32,
+                                                                 verbose=0))
+    trained, out["explainer_train_seconds"] = timed(lambda: train_explainer(model, x_train, options, None))
+    out["explainer_loss_by_epoch"] = [round(v, 5) for v in trained.card.history]
+    explainer = AmortisedExplainer(model, options, trained)
+    explainer.explain(x_test[:8])  # warm-up
+    res, secs = timed(lambda: explainer.explain(x_test))
+    out["amortised_seconds_per_image"] = secs / len(x_test)
+    out["amortised_seconds_all_test"] = secs
+    sample = np.sort(np.random.default_rng(0).choice(len(x_test), min(audit, len(x_test)), replace=False))
+    xs, ts = x_test[sample], res.targets[sample]
+    grid, fill = options.grid, options.fill
+    grid_occlusion(model, xs[:2], ts[:2], grid, fill)  # warm-up
+    exact, secs = timed(lambda: grid_occlusion(model, xs, ts, grid, fill))
+    out["exact_seconds_per_image"] = secs / len(xs)
+    lime = METHODS["lime"].build(model, LimeOptions())
+    lime.explain(x_test[:1])  # warm-up
+    _, secs = timed(lambda: lime.explain(xs[:lime_images]))
+    out["lime_default_seconds_per_image"] = secs / min(lime_images, len(xs))
+    phi, _, _ = explainer.attributions(xs)
+    amort = phi[np.arange(len(xs)), :, ts]
+    rho = rank_correlation(amort, exact)
+    out["audit_images"] = len(xs)
+    out["rank_correlation_mean"] = float(np.nanmean(rho))
+    out["rank_correlation_min"] = float(np.nanmin(rho))
+    out["top5_overlap_mean"] = float(top_k_overlap(amort, exact, 5).mean())
+    index = patch_index(tuple(x_test.shape[1:3]), grid)
+    for key, values in (("amortised", amort), ("exact", exact)):
+        curves = deletion_insertion(model, xs, scale_per_image(values[:, index]), ts, steps=20, baseline="mean")
+        out[f"deletion_auc_{key}"] = float(curves.deletion_auc.mean())
+    out["classifier_test_accuracy"] = float((res.targets == y_test).mean())
+    out["speedup_vs_exact"] = out["exact_seconds_per_image"] / out["amortised_seconds_per_image"]
+    out["speedup_vs_lime_default"] = out["lime_default_seconds_per_image"] / out["amortised_seconds_per_image"]
+    out["load_after"] = uptime()
+    print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}, flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo-train-per-class", type=int, default=100)
+    parser.add_argument("--demo-test-per-class", type=int, default=30)
+    parser.add_argument("--fruits-per-class", type=int, default=30, help="Fruits-360 training images per class")
+    parser.add_argument("--fruits-test-per-class", type=int, default=10)
+    parser.add_argument("--fruits-size", type=int, default=48)
+    parser.add_argument("--epochs", type=int, default=10, help="explainer epochs")
+    parser.add_argument("--audit", type=int, default=40, help="audit images (exact method)")
+    parser.add_argument("--lime-images", type=int, default=10)
+    parser.add_argument("--parts", default="demo,fruits")
+    parser.add_argument("--fruits", type=Path, default=FRUITS360 if FRUITS360.is_dir() else SHARED_FRUITS,
+                        help="the Fruits-360 root (Training/, Test/)")
+    args = parser.parse_args()
+    options = AmortisedOptions(epochs=args.epochs)
+    result = {"options": {"grid": options.grid, "masks": options.masks, "epochs": options.epochs,
+                          "fill": options.fill, "width": options.width}, "runs": []}
+    if "demo" in args.parts:
+        from benchmarks.bench_gradcam import demo_arrays, demo_model
+
+        x_train, _, y_train = demo_arrays(args.demo_train_per_class, 0)
+        x_test, _, y_test = demo_arrays(args.demo_test_per_class, 1)
+        result["runs"].append(bench("demo", demo_model(), x_train, y_train, x_test, y_test, 5, options, args.audit,
+                                    args.lime_images))
+    if "fruits" in args.parts:
+        from benchmarks.bench_lime import convnet, load_split
+
+        size = args.fruits_size
+        x_train, y_train, classes, _ = load_split(args.fruits, "Training", size, args.fruits_per_class)
+        x_test, y_test, _, _ = load_split(args.fruits, "Test", size, args.fruits_test_per_class)
+        run = bench(f"fruits360 subset ({len(classes)} classes, {args.fruits_per_class}/class)",
+                    convnet(size, len(classes)), x_train, y_train, x_test, y_test, 3, options, args.audit,
+                    args.lime_images)
+        result["runs"].append(run)
+    write_result("amortised" if args.parts == "demo,fruits" else "amortised_" + args.parts.replace(",", "_"),
+                 result)
+
+
+if __name__ == "__main__":
+    main()

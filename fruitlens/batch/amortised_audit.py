@@ -1,0 +1,210 @@
+"""The nightly audit of the amortised explainer: the whole split explained in one pass per image, a random
+sample explained again by an exact method on the same patch grid, agreement and faithfulness per class, and a
+fall-back to the exact method for the classes where the amortised explainer cannot be trusted.
+
+The exact method is occlusion on the explainer's own grid (``grid_occlusion``): a patch's value is
+p_t(x) - p_t(x with that patch showing the fill), one classifier pass per patch (grid^2 per image), the same
+fill the explainer was trained with. It equals the Shapley values for a classifier additive over patches and is
+the cheapest reference on the same players; it is not KernelSHAP.
+
+Per class (the class each image is predicted as): the mean Spearman rank correlation of the two attributions
+over the patches, the mean top-k overlap (share of the exact top-k patches that are among the amortised
+top-k), and the mean deletion AUC of both (``fruitlens.explain.faithfulness``, lower is more faithful). A class
+whose rank correlation is below ``min_agreement`` is not trusted: its images are explained by the exact method
+instead, and ``amortised_audit.parquet`` says so (``explained_by``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fruitlens.method_options import AmortisedOptions
+
+log = logging.getLogger(__name__)
+
+EXACT = "occlusion"  # the exact method of the audit: occlusion on the explainer's grid
+READ_CHUNK = 512  # images read and explained at a time
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """What the audit wrote and measured: the table, the maps, images explained, images that fell back, and
+    the seconds of the amortised explainer over the whole split (reading excluded)."""
+
+    table: str
+    maps: str
+    images: int
+    fallback_images: int
+    amortised_seconds: float
+
+
+def train_run_explainer(source, index_dir: str | os.PathLike, options: AmortisedOptions,
+                        out_dir: str | os.PathLike) -> str:
+    """Train (or reuse, or resume) the explainer of ``source``'s model on (a seeded sample of) the training
+    split; the folder of the trained explainer (``out_dir/<classifier>-<data>``)."""
+    from fruitlens.batch.engine import read_chunk
+    from fruitlens.batch.rows import rows_from_index
+    from fruitlens.explain.amortised_training import explainer_for, sample_rows
+
+    model, card = source.load()
+    rows = rows_from_index(index_dir, "train")
+    if not len(rows):
+        raise ValueError(f"index {index_dir}: no training images to train the amortised explainer on")
+    picked = rows.iloc[sample_rows(len(rows), options)].reset_index(drop=True)
+    images, _, _ = read_chunk(picked, card.image_size, card.fit)
+    return str(explainer_for(model, images, options, out_dir, report=log.info).explainer)
+
+
+def grid_occlusion(model, images: np.ndarray, targets: np.ndarray, grid: int, fill: str,
+                   batch_size: int = 256) -> np.ndarray:
+    """(N, grid^2) p_t(x) - p_t(x with patch j showing ``fill``): occlusion on the patch grid (grid^2 + 1
+    classifier passes per image)."""
+    import tensorflow as tf
+
+    from fruitlens.explain.amortised_training import fill_of, patch_masks, probs_fn
+
+    n, h, w, _ = images.shape
+    masks = patch_masks((h, w), grid)  # (d, H, W)
+    probs = probs_fn(model)
+    fills = fill_of(images, fill)
+    out = np.empty((n, grid * grid), np.float32)
+    per = max(1, batch_size // (grid * grid))
+    for s in range(0, n, per):
+        x, f, t = images[s:s + per], fills[s:s + per], targets[s:s + per]
+        base = probs(tf.constant(x)).numpy()[np.arange(len(x)), t]
+        keep = (1.0 - masks)[None, :, :, :, None]
+        mixed = keep * x[:, None] + (1.0 - keep) * f[:, None]  # (b, d, H, W, 3)
+        p = probs(tf.constant(mixed.reshape(-1, h, w, 3))).numpy().reshape(len(x), grid * grid, -1)
+        out[s:s + per] = base[:, None] - p[np.arange(len(x)), :, t]
+    return out
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(N,) Spearman correlation of each row of ``a`` with the same row of ``b`` (NaN where one is constant)."""
+    from scipy.stats import rankdata
+
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
+    ra, rb = ra - ra.mean(axis=1, keepdims=True), rb - rb.mean(axis=1, keepdims=True)
+    den = np.sqrt((ra ** 2).sum(axis=1) * (rb ** 2).sum(axis=1))
+    return np.divide((ra * rb).sum(axis=1), den, out=np.full(len(a), np.nan), where=den > 0)
+
+
+def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
+    """(N,) share of the top-``k`` entries of each row of ``b`` that are among the top-``k`` of ``a``."""
+    k = min(k, a.shape[1])
+    ta, tb = np.argsort(-a, axis=1, kind="stable")[:, :k], np.argsort(-b, axis=1, kind="stable")[:, :k]
+    return np.array([len(set(x) & set(y)) / k for x, y in zip(ta, tb, strict=True)])
+
+
+def audit_run(source, index_dir: str | os.PathLike, split: str, options: AmortisedOptions, audit_images: int,
+              min_agreement: float, top_k: int, out_dir: str | os.PathLike) -> AuditResult:
+    """Explain the whole ``split`` with the trained explainer ``options.explainer``, audit a seeded sample of
+    ``audit_images`` against grid occlusion, fall back for the classes below ``min_agreement``; write
+    ``amortised_audit.parquet`` and ``amortised_maps.npz`` under ``out_dir`` (an explain folder)."""
+    from fruitlens import tables
+    from fruitlens.batch.engine import read_chunk
+    from fruitlens.batch.rows import rows_from_index
+    from fruitlens.explain.amortised import AmortisedExplainer
+    from fruitlens.explain.amortised_training import patch_index
+    from fruitlens.explain.base import scale_per_image
+    from fruitlens.explain.faithfulness import deletion_insertion
+    from fruitlens.layout import ExplainLayout
+
+    if options.explainer is None:
+        raise ValueError("amortised audit: options.explainer is null; expected a trained explainer's folder")
+    model, card = source.load()
+    explainer = AmortisedExplainer.from_options(model, options)
+    grid, fill = explainer.trained.card.grid, explainer.trained.card.fill
+    rows = rows_from_index(index_dir, split)
+    ids, targets, maps, seconds = [], [], [], 0.0
+    for s in range(0, len(rows), READ_CHUNK):
+        images, read, _ = read_chunk(rows.iloc[s:s + READ_CHUNK], card.image_size, card.fit)
+        if not len(read):
+            continue
+        began = time.perf_counter()
+        phi, scores, _ = explainer.attributions(images)
+        seconds += time.perf_counter() - began
+        t = scores.argmax(axis=1)
+        ids += list(read["image_id"].astype(str))
+        targets.append(t)
+        maps.append(phi[np.arange(len(t)), :, t])
+    n = len(ids)
+    targets = np.concatenate(targets) if n else np.zeros(0, np.int64)
+    maps = np.concatenate(maps) if n else np.zeros((0, grid * grid), np.float32)
+    by_id = dict(zip(rows["image_id"].astype(str), range(len(rows)), strict=True))
+
+    rng = np.random.default_rng([options.seed, 11])
+    sample = np.sort(rng.choice(n, min(audit_images, n), replace=False)) if n else np.zeros(0, int)
+    s_images, _, _ = read_chunk(rows.iloc[[by_id[ids[i]] for i in sample]].reset_index(drop=True),
+                                card.image_size, card.fit)
+    exact = grid_occlusion(model, s_images, targets[sample], grid, fill, options.batch_size)
+    amort = maps[sample]
+    rho = rank_correlation(amort, exact)
+    overlap = top_k_overlap(amort, exact, top_k)
+    index = patch_index(tuple(card.image_size), grid)
+    auc = {}
+    for name, values in (("amortised", amort), ("exact", exact)):
+        heat = scale_per_image(values[:, index]) if len(values) else np.zeros((0, *card.image_size), np.float32)
+        auc[name] = deletion_insertion(model, s_images, heat, targets[sample], steps=max(options.faithfulness_steps, 1),
+                                       baseline=options.baseline, seed=options.seed).deletion_auc \
+            if len(values) else np.zeros(0)
+
+    records, fallback = [], np.zeros(n, bool)
+    for c, name in enumerate(card.classes):
+        mine = targets == c
+        if not mine.any():
+            continue
+        audited = targets[sample] == c
+        corr = float(np.nanmean(rho[audited])) if audited.any() and np.isfinite(rho[audited]).any() else None
+        trusted = None if corr is None else bool(corr >= min_agreement)
+        if trusted is False:
+            fallback |= mine
+        records.append({"class": name, "images": int(mine.sum()), "audited": int(audited.sum()),
+                        "rank_correlation": corr,
+                        "top_k_overlap": float(overlap[audited].mean()) if audited.any() else None,
+                        "deletion_auc_amortised": float(auc["amortised"][audited].mean()) if audited.any() else None,
+                        "deletion_auc_exact": float(auc["exact"][audited].mean()) if audited.any() else None,
+                        "trusted": trusted, "explained_by": EXACT if trusted is False else "amortised"})
+    if fallback.any():  # the untrusted classes' images: the exact method's attributions instead
+        where = np.flatnonzero(fallback)
+        for s in range(0, len(where), READ_CHUNK):
+            part = where[s:s + READ_CHUNK]
+            images, _, _ = read_chunk(rows.iloc[[by_id[ids[i]] for i in part]].reset_index(drop=True),
+                                      card.image_size, card.fit)
+            maps[part] = grid_occlusion(model, images, targets[part], grid, fill, options.batch_size)
+        log.warning("amortised audit: %d images of %d classes below the agreement %.2f explained by %s instead",
+                    int(fallback.sum()), sum(r["trusted"] is False for r in records), min_agreement, EXACT)
+    layout = ExplainLayout(out_dir)
+    layout.root.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(records, columns=tables.AMORTISED_AUDIT_SCHEMA.names)
+    path = tables.write_table(table, layout.amortised_audit, tables.AMORTISED_AUDIT_SCHEMA)
+    tmp = Path(str(layout.amortised_maps) + ".tmp.npz")
+    np.savez(tmp, image_id=np.array(ids, dtype=str), target=targets.astype(np.int64), maps=maps.astype(np.float32),
+             method=np.where(fallback, EXACT, "amortised"), grid=np.int64(grid))
+    os.replace(tmp, layout.amortised_maps)
+    return AuditResult(str(path), str(layout.amortised_maps), n, int(fallback.sum()), round(seconds, 3))
+
+
+def audit_line(table: pd.DataFrame | None) -> str:
+    """One sentence on an ``amortised_audit`` table ("" when there is none)."""
+    if table is None or not len(table):
+        return ""
+    audited = table[table["audited"] > 0]
+    fell = table[table["explained_by"] != "amortised"]
+    line = (f"Amortised SHAP explained all {int(table['images'].sum()):,} images (1 explainer and 2 classifier passes "
+            f"each); against "
+            f"{EXACT} on the same patch grid, on {int(table['audited'].sum()):,} audited images of "
+            f"{len(audited):,} classes: rank correlation {audited['rank_correlation'].mean():.2f}, top-k overlap "
+            f"{audited['top_k_overlap'].mean():.0%}, deletion AUC {audited['deletion_auc_amortised'].mean():.3f} "
+            f"(exact {audited['deletion_auc_exact'].mean():.3f}).")
+    if len(fell):
+        line += (f" Not trusted, explained by {EXACT} instead: {', '.join(fell['class'].astype(str)[:20])}"
+                 f"{' …' if len(fell) > 20 else ''}.")
+    return line

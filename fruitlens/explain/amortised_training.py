@@ -1,0 +1,454 @@
+"""Training of the amortised explainer (FastSHAP, Jethani et al., ICLR 2022) against a frozen classifier.
+
+The explainer is a small convolutional network ``phi(x)`` that outputs, for every class, one Shapley value per
+patch of a fixed ``grid`` x ``grid`` grid (``patch_index``). It is trained with FastSHAP's objective:
+
+    v_x(S) = the classifier's probabilities on x with the patches outside S showing the fill
+    loss   = E_x E_{S ~ p_Shapley} || v_x(S) - v_x(empty) - 1_S^T phi(x) ||^2
+
+where ``p_Shapley`` draws a subset size k in 1..d-1 with probability proportional to (d - 1) / (k (d - k)) and
+then k of the d patches uniformly; each draw is paired with its complement (``shapley_subsets``), and
+``phi`` is normalised additively so that its values sum to v_x(all) - v_x(empty) (``efficient``) before the
+loss: the minimiser is then the Shapley values of v_x (the paper's Theorem 1 with the efficiency constraint).
+The classifier is never changed.
+
+Training is seeded and deterministic: the network is initialised from seeded initialisers, epoch e draws its
+image order and subsets from ``default_rng([seed, e])``; so a run resumed after epoch e ends equal to one
+that was never interrupted. Each epoch writes ``checkpoint/last.npz`` (network and optimizer variables) and
+then ``checkpoint/state.json`` (epoch, history, seconds, the sha256 of ``last.npz``, and the key: classifier
+digest, data fingerprint, training options); a rerun with the same key resumes there. The finished
+explainer is ``explainer.npz`` with ``card.json`` beside it (:class:`ExplainerCard`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from fruitlens.digests import file_digest
+from fruitlens.method_options import AmortisedOptions
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "explainer.npz"
+CARD = "card.json"
+CHECKPOINT = "checkpoint"
+STATE = "state.json"
+LAST = "last.npz"
+#: the options that change what training computes (the key of a checkpoint and a cached explainer)
+TRAINING_FIELDS = ("grid", "epochs", "masks", "learning_rate", "images_per_step", "fill", "width", "seed")
+
+
+@dataclass(frozen=True)
+class ExplainerCard:
+    """What a trained explainer explains and how it was trained (``card.json`` beside ``explainer.npz``).
+
+    Attributes:
+        classifier_digest: sha256 of the classifier's weights (:func:`classifier_digest`).
+        data_fingerprint: sha256 of the training images (:func:`data_fingerprint`).
+        image_size: (height, width) of its inputs, the classifier's input size.
+        classes: number of classes.
+        grid, fill, width, masks, learning_rate, images_per_step, seed: the training options.
+        epochs: epochs trained. images: training images. seconds: training time (all sessions together).
+        history: mean loss of each epoch.
+    """
+
+    classifier_digest: str
+    data_fingerprint: str
+    image_size: tuple[int, int]
+    classes: int
+    grid: int
+    fill: str
+    width: int
+    masks: int
+    learning_rate: float
+    images_per_step: int
+    seed: int
+    epochs: int
+    images: int
+    seconds: float
+    history: tuple[float, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> ExplainerCard:
+        data = json.loads(text)
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or set(data) != names:
+            raise ValueError(f"explainer card with keys {sorted(data) if isinstance(data, dict) else type(data)}: "
+                             f"expected {sorted(names)}")
+        data["image_size"] = tuple(data["image_size"])
+        data["history"] = tuple(data["history"])
+        return cls(**data)
+
+
+# ------------------------------------------------------------------------------------ patches and subsets
+
+
+def patch_index(size: tuple[int, int], grid: int) -> np.ndarray:
+    """(H, W) int32 patch id (row-major, 0..grid^2-1) of each pixel: row ``y * grid // H``, column ``x * grid // W``.
+
+    Raises:
+        ValueError: an image smaller than the grid.
+    """
+    h, w = size
+    if h < grid or w < grid:
+        raise ValueError(f"image size {h}x{w}: expected at least {grid}x{grid} pixels for a {grid}x{grid} grid")
+    rows = np.arange(h) * grid // h
+    cols = np.arange(w) * grid // w
+    return (rows[:, None] * grid + cols[None, :]).astype(np.int32)
+
+
+def patch_masks(size: tuple[int, int], grid: int) -> np.ndarray:
+    """(grid^2, H, W) float32: 1 on the pixels of each patch."""
+    index = patch_index(size, grid)
+    return (index[None] == np.arange(grid * grid)[:, None, None]).astype(np.float32)
+
+
+def shapley_subsets(rng: np.random.Generator, n: int, masks: int, players: int) -> np.ndarray:
+    """(n, masks, players) float32 0/1 subsets: ``masks / 2`` draws from the Shapley kernel distribution
+    (size k in 1..d-1 with probability proportional to (d-1) / (k (d-k)), then k players uniformly), each
+    followed by its complement (paired sampling). One player: its single non-trivial subset is all of it."""
+    half = masks // 2
+    if players == 1:
+        out = np.zeros((n, masks, 1), np.float32)
+        out[:, ::2] = 1.0
+        return out
+    k = np.arange(1, players)
+    p = (players - 1) / (k * (players - k))
+    sizes = rng.choice(k, size=(n, half), p=p / p.sum())
+    ranks = rng.random((n, half, players)).argsort(axis=2).argsort(axis=2)  # a uniform permutation per draw
+    drawn = (ranks < sizes[..., None]).astype(np.float32)
+    out = np.empty((n, masks, players), np.float32)
+    out[:, 0::2] = drawn
+    out[:, 1::2] = 1.0 - drawn
+    return out
+
+
+def fill_of(images: np.ndarray, fill: str) -> np.ndarray:
+    """(N, H, W, 3) float32 values of removed patches: black, gray or each image's mean colour."""
+    if fill == "mean":
+        return np.broadcast_to(images.mean(axis=(1, 2), keepdims=True), images.shape).astype(np.float32)
+    value = {"black": 0.0, "gray": 0.5}.get(fill)
+    if value is None:
+        raise ValueError(f"fill {fill!r}: expected one of black, gray, mean")
+    return np.full(images.shape, value, np.float32)
+
+
+# ------------------------------------------------------------------------------------ digests
+
+
+def classifier_digest(model) -> str:
+    """sha256 of the classifier's weights (names, shapes and values, in order)."""
+    h = hashlib.sha256()
+    for w in model.weights:
+        value = np.ascontiguousarray(np.asarray(w.numpy()))
+        h.update(f"{w.path}:{value.shape}:{value.dtype}".encode())
+        h.update(value.tobytes())
+    return h.hexdigest()
+
+
+def data_fingerprint(images: np.ndarray) -> str:
+    """sha256 of the training images (float32 bytes and shape)."""
+    arr = np.ascontiguousarray(images, np.float32)
+    return hashlib.sha256(f"{arr.shape}".encode() + arr.tobytes()).hexdigest()
+
+
+# ------------------------------------------------------------------------------------ the network
+
+
+def build_network(image_size: tuple[int, int], grid: int, classes: int, width: int, seed: int):
+    """The explainer network: (N, H, W, 5) (the image and two coordinate channels) -> (N, grid^2, classes)
+    raw attributions; every initialiser seeded, no randomness at call time."""
+    import keras
+
+    h, w = image_size
+    downs = int(max(0, min(3, np.floor(np.log2(min(h, w) / max(grid, 1))))))
+    init = iter(range(100))
+
+    def conv(filters, kernel, strides=1, activation="relu"):
+        s = seed * 1000 + next(init)
+        return keras.layers.Conv2D(filters, kernel, strides=strides, padding="same", activation=activation,
+                                   kernel_initializer=keras.initializers.GlorotUniform(seed=s),
+                                   bias_initializer="zeros")
+
+    inp = keras.Input((h, w, 5))
+    x = conv(width, 3)(inp)
+    for i in range(downs):
+        x = conv(width * min(2 ** (i + 1), 4), 3, strides=2)(x)
+    x = keras.layers.Resizing(grid, grid, interpolation="bilinear", antialias=True)(x)
+    x = conv(width * 2, 1)(x)
+    x = conv(width * 2, 1)(x)
+    x = conv(classes, 1, activation=None)(x)
+    out = keras.layers.Reshape((grid * grid, classes))(x)
+    return keras.Model(inp, out, name="amortised_explainer")
+
+
+def coordinates(images):
+    """(N, H, W, 3) tensor -> (N, H, W, 5): the image and its row / column coordinates in [-1, 1]."""
+    import tensorflow as tf
+
+    shape = tf.shape(images)
+    n, h, w = shape[0], shape[1], shape[2]
+    ys = tf.linspace(-1.0, 1.0, h)
+    xs = tf.linspace(-1.0, 1.0, w)
+    grid_y, grid_x = tf.meshgrid(ys, xs, indexing="ij")
+    coords = tf.tile(tf.stack([grid_y, grid_x], -1)[None], [n, 1, 1, 1])
+    return tf.concat([images, tf.cast(coords, images.dtype)], axis=-1)
+
+
+def efficient(raw, gap):
+    """Additive efficiency normalisation: (N, d, C) raw, (N, C) v(all) - v(empty) -> phi with
+    ``phi.sum(axis=1) == gap`` (each patch shifted by the same share of the shortfall)."""
+    import tensorflow as tf
+
+    d = tf.cast(tf.shape(raw)[1], raw.dtype)
+    return raw + ((gap - tf.reduce_sum(raw, axis=1)) / d)[:, None, :]
+
+
+def probs_fn(model):
+    """(M, H, W, 3) -> (M, C) softmax probabilities of the classifier (of its pre-softmax scores)."""
+    import tensorflow as tf
+
+    from fruitlens.explain.base import logits_fn
+
+    scores = logits_fn(model)
+    return lambda x: tf.nn.softmax(scores(x), axis=-1)
+
+
+def _probs(model, images: np.ndarray, batch_size: int) -> np.ndarray:
+    import tensorflow as tf
+
+    probs = probs_fn(model)
+    return np.concatenate([probs(tf.constant(images[i:i + batch_size])).numpy()
+                           for i in range(0, len(images), batch_size)]) if len(images) else np.zeros((0, 0))
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A trained explainer: its network (``build_network``) and its card."""
+
+    network: object
+    card: ExplainerCard
+
+
+def _key(digest: str, fingerprint: str, image_size, classes: int, options) -> dict:
+    """What a checkpoint or a finished explainer must agree on to be reused (``options``: the options or a card)."""
+    return {"classifier_digest": digest, "data_fingerprint": fingerprint, "image_size": list(image_size),
+            "classes": classes, **{f: getattr(options, f) for f in TRAINING_FIELDS}}
+
+
+def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp" + path.suffix)
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _save_npz(path: Path, arrays: list[np.ndarray]) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, *arrays)
+    _write_atomic(path, write)
+
+
+def _load_npz(path: Path) -> list[np.ndarray]:
+    with np.load(path) as data:
+        return [data[f"arr_{i}"] for i in range(len(data.files))]
+
+
+def load_explainer(path: str | os.PathLike) -> Trained:
+    """The explainer in folder ``path`` (``explainer.npz`` and ``card.json``).
+
+    Raises:
+        FileNotFoundError / ValueError: a folder without them, or weights that do not fit the card.
+    """
+    folder = Path(path)
+    if not (folder / WEIGHTS).is_file() or not (folder / CARD).is_file():
+        raise FileNotFoundError(f"explainer {folder}: expected a folder with {WEIGHTS} and {CARD} "
+                                "(written by fruitlens' amortised training)")
+    card = ExplainerCard.from_json((folder / CARD).read_text(encoding="utf-8"))
+    network = build_network(card.image_size, card.grid, card.classes, card.width, card.seed)
+    weights = _load_npz(folder / WEIGHTS)
+    if [w.shape for w in weights] != [tuple(v.shape) for v in network.weights]:
+        raise ValueError(f"explainer {folder}: {WEIGHTS} does not fit the network its card describes")
+    network.set_weights(weights)
+    return Trained(network, card)
+
+
+def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_dir: str | os.PathLike | None, *,
+                    on_epoch: Callable[[int, float], None] | None = None, report: Callable[[str], None] | None = None
+                    ) -> Trained:
+    """Train an explainer of the frozen ``model`` on ``images`` with FastSHAP's objective.
+
+    Args:
+        model: the classifier, (N, H, W, 3) float32 in [0, 1] -> (N, C) scores (softmax applied here when the
+            model has none); never changed.
+        images: (N, H, W, 3) float32 in [0, 1] at the classifier's input size; never modified.
+        options: grid, epochs, masks, learning_rate, images_per_step, fill, width, seed, batch_size.
+        out_dir: folder of ``explainer.npz``, ``card.json`` and ``checkpoint/`` (None: nothing written, no
+            resume). A finished explainer there with the same key is returned as it is; a checkpoint with the
+            same key is resumed from its last epoch; anything else starts fresh.
+        on_epoch: called with (epoch, mean loss) after each epoch's checkpoint is written.
+        report: called with one progress line per epoch.
+
+    Returns:
+        The trained network and its card.
+    """
+    import keras
+    import tensorflow as tf
+
+    images = np.ascontiguousarray(images, np.float32)
+    if images.ndim != 4 or images.shape[-1] != 3 or len(images) == 0:
+        raise ValueError(f"training images of shape {images.shape}: expected (N, H, W, 3) with N >= 1")
+    n, h, w, _ = images.shape
+    classes = int(model.output_shape[-1])
+    grid = options.grid
+    players = grid * grid
+    masks_px = tf.constant(patch_masks((h, w), grid))  # (d, H, W)
+    digest, fingerprint = classifier_digest(model), data_fingerprint(images)
+    key = _key(digest, fingerprint, (h, w), classes, options)
+    folder = Path(out_dir) if out_dir is not None else None
+    if folder is not None and (folder / CARD).is_file() and (folder / WEIGHTS).is_file():
+        try:
+            trained = load_explainer(folder)
+            card = trained.card
+            if _key(card.classifier_digest, card.data_fingerprint, card.image_size, card.classes, card) == key:
+                log.info("amortised explainer in %s already trained for this classifier and data", folder)
+                return trained
+        except (OSError, ValueError) as exc:
+            log.warning("amortised explainer in %s cannot be read (%s); training again", folder, exc)
+
+    network = build_network((h, w), grid, classes, options.width, options.seed)
+    optimizer = keras.optimizers.Adam(learning_rate=options.learning_rate)
+    optimizer.build(network.trainable_variables)
+    fills = fill_of(images, options.fill)
+    v_all = _probs(model, images, options.batch_size)
+    v_empty = _probs(model, fills, options.batch_size)
+    probs = probs_fn(model)
+
+    @tf.function(reduce_retracing=True)
+    def value(x, fill, subsets):
+        """(b, m, C) probabilities of b images under their m subsets."""
+        b, m = tf.shape(subsets)[0], tf.shape(subsets)[1]
+        keep = tf.einsum("bmd,dhw->bmhw", subsets, masks_px)[..., None]
+        mixed = keep * x[:, None] + (1.0 - keep) * fill[:, None]
+        return tf.reshape(probs(tf.reshape(mixed, (b * m, h, w, 3))), (b, m, classes))
+
+    @tf.function(reduce_retracing=True)
+    def step(x, subsets, values, empty, full):
+        with tf.GradientTape() as tape:
+            phi = efficient(network(coordinates(x), training=True), full - empty)  # (b, d, C)
+            pred = tf.einsum("bmd,bdc->bmc", subsets, phi)
+            loss = tf.reduce_mean(tf.reduce_sum(tf.square(values - empty[:, None] - pred), axis=-1))
+        grads = tape.gradient(loss, network.trainable_variables)
+        optimizer.apply_gradients(zip(grads, network.trainable_variables, strict=True))
+        return loss
+
+    start_epoch, history, seconds = 0, [], 0.0
+    ckpt = folder / CHECKPOINT if folder is not None else None
+    if ckpt is not None:
+        state = _resumable(ckpt, key)
+        if state is not None:
+            arrays = _load_npz(ckpt / LAST)
+            nw = len(network.weights)
+            network.set_weights(arrays[:nw])
+            for var, value_ in zip(optimizer.variables, arrays[nw:], strict=True):
+                var.assign(value_)
+            start_epoch, history, seconds = state["epoch"], list(state["history"]), float(state["seconds"])
+            log.info("amortised explainer: resuming %s after epoch %d", ckpt, start_epoch)
+        ckpt.mkdir(parents=True, exist_ok=True)
+
+    per_step = options.images_per_step
+    # classifier inputs per call: whole images (all their subsets) per call, at least one image
+    for epoch in range(start_epoch, options.epochs):
+        began = time.perf_counter()
+        rng = np.random.default_rng([options.seed, epoch])
+        order = rng.permutation(n)
+        losses = []
+        for s in range(0, n, per_step):
+            idx = np.sort(order[s:s + per_step])
+            subsets = shapley_subsets(rng, len(idx), options.masks, players)
+            per_call = max(1, options.batch_size // options.masks)
+            vals = np.concatenate([value(tf.constant(images[idx[i:i + per_call]]),
+                                         tf.constant(fills[idx[i:i + per_call]]),
+                                         tf.constant(subsets[i:i + per_call])).numpy()
+                                   for i in range(0, len(idx), per_call)])
+            loss = step(tf.constant(images[idx]), tf.constant(subsets), tf.constant(vals),
+                        tf.constant(v_empty[idx]), tf.constant(v_all[idx]))
+            losses.append(float(loss) * len(idx))
+        mean_loss = float(np.sum(losses) / n)
+        history.append(mean_loss)
+        seconds += time.perf_counter() - began
+        if ckpt is not None:
+            _save_npz(ckpt / LAST, [*network.get_weights(), *[v.numpy() for v in optimizer.variables]])
+            state = {"epoch": epoch + 1, "history": history, "seconds": seconds, "key": key,
+                     "checksum": file_digest(ckpt / LAST)}
+            _write_atomic(ckpt / STATE, lambda p, s=state: p.write_text(json.dumps(s), encoding="utf-8"))
+        line = f"amortised explainer: epoch {epoch + 1}/{options.epochs} loss {mean_loss:.5f} ({seconds:.1f} s)"
+        log.info(line)
+        if report is not None:
+            report(line)
+        if on_epoch is not None:
+            on_epoch(epoch + 1, mean_loss)
+
+    card = ExplainerCard(classifier_digest=digest, data_fingerprint=fingerprint, image_size=(h, w),
+                         classes=classes, grid=grid, fill=options.fill, width=options.width, masks=options.masks,
+                         learning_rate=options.learning_rate, images_per_step=options.images_per_step,
+                         seed=options.seed, epochs=options.epochs, images=n, seconds=round(seconds, 3),
+                         history=tuple(history))
+    if folder is not None:
+        _save_npz(folder / WEIGHTS, network.get_weights())
+        _write_atomic(folder / CARD, lambda p: p.write_text(card.to_json(), encoding="utf-8"))
+    return Trained(network, card)
+
+
+def sample_rows(n: int, options: AmortisedOptions) -> np.ndarray:
+    """Sorted indices of the (at most ``options.train_images``) images a run trains its explainer on, seeded."""
+    if n <= options.train_images:
+        return np.arange(n)
+    return np.sort(np.random.default_rng([options.seed, 7]).choice(n, options.train_images, replace=False))
+
+
+def explainer_for(model, images: np.ndarray, options: AmortisedOptions, root: str | os.PathLike, *,
+                  report: Callable[[str], None] | None = None) -> AmortisedOptions:
+    """``options`` with ``explainer`` set to an explainer of ``model`` trained on ``images`` (reused or resumed
+    when one for the same classifier, data and options is under ``root``): its folder is
+    ``root/<classifier digest>-<data fingerprint>`` (12 hex digits each), so that other data never reuses it."""
+    from dataclasses import replace
+
+    folder = Path(root) / f"{classifier_digest(model)[:12]}-{data_fingerprint(images)[:12]}"
+    train_explainer(model, images, options, folder, report=report)
+    return replace(options, explainer=str(folder))
+
+
+def _resumable(ckpt: Path, key: dict) -> dict | None:
+    """The checkpoint state in ``ckpt`` if it was written for ``key`` and its weights are whole; else None."""
+    try:
+        state = json.loads((ckpt / STATE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict) or state.get("key") != key:
+        if isinstance(state, dict):
+            log.warning("amortised explainer: the checkpoint in %s is for another classifier, data or options; "
+                        "starting fresh", ckpt)
+        return None
+    if not (ckpt / LAST).is_file() or file_digest(ckpt / LAST) != state.get("checksum"):
+        log.warning("amortised explainer: %s is missing or does not match its checksum; starting fresh", ckpt / LAST)
+        return None
+    epoch = state.get("epoch")
+    if not isinstance(epoch, int) or not isinstance(state.get("history"), list) or len(state["history"]) != epoch:
+        return None
+    return state
