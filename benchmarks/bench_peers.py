@@ -401,6 +401,10 @@ def main(argv=None) -> dict:
                         help="passed to fruitlens options that have a tolerance field (default: their own)")
     parser.add_argument("--reference-scale", type=float, default=1.0,
                         help="multiplies the reference budgets (IG 512, SmoothGrad/RISE 8,000; tests use less)")
+    parser.add_argument("--reference", action="append", default=[],
+                        help="METHOD=N: that method's reference budget (default IG 512, SmoothGrad/RISE 8000)")
+    parser.add_argument("--reference-images", type=int, default=None,
+                        help="errors on the first N images only (0: no references; default all)")
     parser.add_argument("--reference-cache", default="",
                         help="an .npz keeping the references between runs (keyed by model weights, images, budgets)")
     parser.add_argument("--methods", default="", help="comma-separated subset (default all)")
@@ -427,12 +431,48 @@ def main(argv=None) -> dict:
     loads = timed_rounds(rows, args.repeat)
     budget = {m: max(1, int(round(b * args.reference_scale))) if m != "occlusion" else b
               for m, (_, b) in REFERENCE.items()}
+    for item in args.reference:
+        method, _, value = item.partition("=")
+        if method not in budget or not value.isdigit():
+            raise SystemExit(f"--reference {item!r}: expected METHOD=N with METHOD one of {', '.join(budget)}")
+        budget[method] = int(value)
+    k = len(x) if args.reference_images is None else min(args.reference_images, len(x))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {
+        "machine": machine(), "started": started, "images": len(x), "repeat": args.repeat,
+        "load_before": start_load, "load_per_round": loads,
+        "image_value_ranges": [round(float(v), 3) for v in ranges], "xplique_noise_scale": sigma_scale,
+        "peers_dir": args.peers, "peers_missing": missing, "tolerance": args.tolerance,
+        "reference_budgets": budget, "reference_images": k,
+        "error_measure": "mean over the first reference_images images of ||unit(map) - unit(ref)||_2 / "
+                         "||unit(ref)||_2, unit = min-max per map",
+    }
+
+    def write(final: bool):
+        result.update({
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "complete": final,
+            "load_after": load(),
+            "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
+            "rows": [{"method": r.method, "impl": r.impl, "setting": r.setting, "settings": r.settings,
+                      "seconds_per_image_best": min(r.times) / len(x) if r.times else None,
+                      "seconds_per_image_median": statistics.median(r.times) / len(x) if r.times else None,
+                      "seconds_all": r.times, "passes_per_image": r.passes, "error_vs_reference": r.ref_err,
+                      "reference": None if r.ref_key is None else " ".join(map(str, r.ref_key)),
+                      "vs_fruitlens": r.vs_fruitlens, "error": r.error} for r in rows],
+            "table_md": table(rows, len(x)),
+        })
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {out}", flush=True)
+
+    write(False)  # the timings are kept even if the references do not finish
     refs, ref_passes = {}, {}
     cache = Path(args.reference_cache) if args.reference_cache else None
-    digest = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in model.get_weights()) + x.tobytes()
+    xr, tr = x[:k], targets[:k]
+    digest = hashlib.sha256(b"".join(np.asarray(w).tobytes() for w in model.get_weights()) + xr.tobytes()
                             + json.dumps(budget, sort_keys=True).encode()).hexdigest()[:16]
     stored = dict(np.load(cache)) if cache and cache.exists() else {}
-    for r in rows:
+    for r in rows if k else []:
         if r.ref_key is None or r.maps is None or r.ref_key in refs:
             continue
         name = digest + " " + " ".join(map(str, r.ref_key))
@@ -441,47 +481,26 @@ def main(argv=None) -> dict:
             continue
         t = time.perf_counter()
         if r.ref_key[0] == "fruitlens":
-            refs[r.ref_key], ref_passes[r.ref_key] = fruitlens_reference(model, x, targets, r.ref_key, budget)
+            refs[r.ref_key], ref_passes[r.ref_key] = fruitlens_reference(model, xr, tr, r.ref_key, budget)
         else:
-            refs[r.ref_key] = xplique_reference(model, twin, x, targets, r.ref_key, budget)
+            refs[r.ref_key] = xplique_reference(model, twin, xr, tr, r.ref_key, budget)
         stored[name] = np.asarray(refs[r.ref_key])
-        print(f"reference {name}: {time.perf_counter() - t:.1f} s", flush=True)
-    if cache:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(cache, **stored)
+        print(f"reference {name}: {time.perf_counter() - t:.1f} s, load {load()}", flush=True)
+        if cache:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, **stored)
     fl = {(r.method, r.setting): r for r in rows if r.impl == "fruitlens" and r.maps is not None}
     for r in rows:
         if r.maps is None:
             continue
         if r.ref_key in refs:
-            r.ref_err = rel_l2(r.maps, refs[r.ref_key])
+            r.ref_err = rel_l2(r.maps[:k], refs[r.ref_key])
         mine = fl.get((r.method, r.pair)) if r.impl != "fruitlens" and r.pair else None
         if mine is not None:
             r.vs_fruitlens = rel_l2(r.maps, mine.maps)
-    end_load = load()
-    md = table(rows, len(x))
-    print(md, flush=True)
-    result = {
-        "machine": machine(), "started": started, "finished": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        "load_before": start_load, "load_per_round": loads, "load_after": end_load,
-        "uptime_after": subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip(),
-        "images": len(x), "repeat": args.repeat, "image_value_ranges": [round(float(v), 3) for v in ranges],
-        "xplique_noise_scale": sigma_scale, "peers_dir": args.peers, "peers_missing": missing,
-        "tolerance": args.tolerance, "reference_budgets": budget,
-        "reference_passes_fruitlens": {" ".join(map(str, k)): v for k, v in ref_passes.items()},
-        "error_measure": "mean over images of ||unit(map) - unit(ref)||_2 / ||unit(ref)||_2, unit = min-max per map",
-        "rows": [{"method": r.method, "impl": r.impl, "setting": r.setting, "settings": r.settings,
-                  "seconds_per_image_best": min(r.times) / len(x) if r.times else None,
-                  "seconds_per_image_median": statistics.median(r.times) / len(x) if r.times else None,
-                  "seconds_all": r.times, "passes_per_image": r.passes, "error_vs_reference": r.ref_err,
-                  "reference": None if r.ref_key is None else " ".join(map(str, r.ref_key)),
-                  "vs_fruitlens": r.vs_fruitlens, "error": r.error} for r in rows],
-        "table_md": md,
-    }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+    result["reference_passes_fruitlens"] = {" ".join(map(str, k)): v for k, v in ref_passes.items()}
+    write(True)
+    print(result["table_md"], flush=True)
     return result
 
 
