@@ -90,8 +90,8 @@ def confusion_long(conf: pd.DataFrame) -> pd.DataFrame:
 def _rows_for(data_dir: str | os.PathLike, run_dir: Path, split: str) -> pd.DataFrame:
     from fruitlens.dataset import SPLITS, index_dataset
 
-    if split not in SPLITS:
-        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+    if split not in (*SPLITS, "all"):
+        raise ValueError(f"split {split!r}: expected one of {', '.join(SPLITS)} or all")
     previous = None
     meta_path = run_dir / "index" / "index.json"
     if meta_path.is_file():
@@ -101,10 +101,14 @@ def _rows_for(data_dir: str | os.PathLike, run_dir: Path, split: str) -> pd.Data
         except (OSError, KeyError, ValueError) as exc:
             log.warning("ignoring the run's index: %s", exc)
     index = index_dataset(data_dir, previous=previous)
-    rows = index.paths(split)
+    rows = index.paths(None if split == "all" else split)
     if len(rows) == 0:
         found = sorted(set(index.usable["split"]))
-        raise ValueError(f"{data_dir}: no usable image in split {split!r}; splits found: {', '.join(found) or 'none'}")
+        how = ("class folders without split folders: its test split is a seeded holdout of each class"
+               if index.layout == "classes" else "split folders")
+        raise ValueError(f"{data_dir}: no usable image in split {split!r}; splits found: {', '.join(found) or 'none'} "
+                         f"(read as {how}); pass --split all to evaluate every image, e.g. with a model that was "
+                         "not trained on this folder")
     return rows.reset_index(drop=True)
 
 

@@ -151,29 +151,41 @@ class IntegratedGradientsOptions(HeatmapOptions):
 
 @dataclass(frozen=True)
 class OcclusionOptions(HeatmapOptions):
-    """Occlusion: a ``window`` square sliding by ``stride`` pixels (at the model's input size), showing ``fill``."""
+    """Occlusion: a ``window`` square sliding by ``stride`` pixels (at the model's input size), showing ``fill``.
+
+    Coarse to fine: ``coarse`` times larger windows and strides first (1: the full fine grid only), then the fine
+    windows only where the coarse drop around them reaches ``threshold`` of the largest (0: all of them)."""
 
     window: int = 8
     stride: int = 4
     fill: Fill = "mean"
+    coarse: int = 1
+    threshold: float = 0.1
 
     def checks(self):
         return [(self.window >= 1, "window", self.window, "at least 1"),
-                (self.stride >= 1, "stride", self.stride, "at least 1"), _one_of(self.fill, Fill, "fill")]
+                (self.stride >= 1, "stride", self.stride, "at least 1"), _one_of(self.fill, Fill, "fill"),
+                (1 <= self.coarse <= 64, "coarse", self.coarse, "1 (off) to 64"),
+                (0.0 <= self.threshold <= 1.0, "threshold", self.threshold, "a share of the peak in [0, 1]")]
 
 
 @dataclass(frozen=True)
 class RiseOptions(HeatmapOptions):
-    """RISE: ``masks`` random ``cells`` x ``cells`` masks (model calls per image), each cell kept with
-    probability ``keep``; removed pixels show ``fill``."""
+    """RISE: random ``cells`` x ``cells`` masks, each cell kept with probability ``keep``; removed pixels show
+    ``fill``. Masks come in rounds of ``round_size``; an image stops when its map's standard error is at most
+    ``tolerance`` of the map's range (0: never early), and ``masks`` is the most it gets (model calls per image)."""
 
     masks: int = 500
     cells: int = 7
     keep: float = 0.5
     fill: Fill = "mean"
+    round_size: int = 250
+    tolerance: float = 0.0
 
     def checks(self):
         return [(1 <= self.masks <= MAX_DRAWS, "masks", self.masks, f"1 to {MAX_DRAWS}"),
+                (1 <= self.round_size <= MAX_DRAWS, "round_size", self.round_size, f"1 to {MAX_DRAWS}"),
+                (0.0 <= self.tolerance < 1.0, "tolerance", self.tolerance, "0 (off) or a share of the map's range"),
                 (1 <= self.cells <= 256, "cells", self.cells, "1 to 256"),
                 (0.0 < self.keep < 1.0, "keep", self.keep, "a probability in (0, 1)"), _one_of(self.fill, Fill, "fill")]
 

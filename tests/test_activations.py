@@ -64,3 +64,23 @@ def test_visualize_run_and_cli(tmp_path, demo_dir, capsys):
     assert (tmp_path / "cli" / "filters" / f"{convs[-1]}.png").is_file()
     assert main(["visualize", "--model", str(run), "--image", str(tmp_path / "none.jpg"), "--out", "x"]) == 2
     assert "--image" in capsys.readouterr().err
+
+
+def test_a_big_model_gets_eight_layers_spread_first_to_last_unless_all(tmp_path, caplog):
+    keras.utils.set_random_seed(0)
+    inp = keras.Input((8, 8, 3))
+    x = inp
+    for i in range(11):  # 11 conv layers: more than visualize draws by default
+        x = keras.layers.Conv2D(2, 3, padding="same", name=f"c{i}")(x)
+    model = keras.Model(inp, keras.layers.Dense(2, activation="softmax")(keras.layers.Flatten()(x)))
+    model.save(tmp_path / "deep.keras")
+    image = tmp_path / "im.png"
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(image)
+    with caplog.at_level("INFO"):
+        paths = visualize_run(tmp_path / "deep.keras", image, tmp_path / "v", channels=2, filters=1, steps=0)
+    drawn = [p.stem for p in paths if p.parent.name == "activations"]
+    assert len(drawn) == 8 and drawn[0] == "c0" and drawn[-1] == "c10"
+    assert "11 conv layers; drawing 8" in caplog.text
+    every = visualize_run(tmp_path / "deep.keras", image, tmp_path / "all", channels=2, filters=1, steps=0,
+                          layers="all")
+    assert [p.stem for p in every if p.parent.name == "activations"] == [f"c{i}" for i in range(11)]

@@ -301,3 +301,25 @@ def test_a_part_written_before_checksums_is_read_in_full_and_adopted(demo_dir, r
     CALLS.clear()
     assert _explain(run_dir, rows, out)["skipped"] == 7 and not CALLS
     assert engine.checksum_path(part).is_file()
+
+
+def test_read_first_skips_broken_files_without_shrinking_the_sample(tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    from fruitlens.batch.engine import read_first
+
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"{i}.png"
+        if i in (0, 2):
+            p.write_bytes(b"not an image")
+        else:
+            Image.fromarray(np.full((9, 7, 3), 40 * i, np.uint8)).save(p)
+        paths.append(str(p))
+    rows = pd.DataFrame({"image_id": [f"id{i}" for i in range(5)], "path": paths})
+    images, ok, failed = read_first(rows, 2, (8, 8))
+    assert list(ok["image_id"]) == ["id1", "id3"] and images.shape == (2, 8, 8, 3)
+    assert list(failed["image_id"]) == ["id0", "id2"]  # read no further than it needed
+    images, ok, failed = read_first(rows, 10, (8, 8))
+    assert len(ok) == 3 and len(failed) == 2

@@ -110,3 +110,18 @@ def test_augment_preview_cli(demo_dir, tmp_path, capsys):
     grid = np.asarray(Image.open(tmp_path / "augment_preview.png"))
     assert grid.shape == (4 * 26 + 2, 5 * 26 + 2, 3)  # 20 samples, 5 per row, 2-pixel padding
     assert "20 augmented samples" in capsys.readouterr().out
+
+
+def test_evaluate_split_all_takes_every_image_of_a_folder_of_class_folders(run_dir, demo_dir, tmp_path, capsys):
+    folder = tmp_path / "mine"  # class folders, no split folders, too few images for a test holdout
+    for name in CLASSES[:2]:
+        (folder / name).mkdir(parents=True)
+        src = sorted((demo_dir / "Test" / name).glob("*.jpg"))[0]
+        (folder / name / "a.jpg").write_bytes(src.read_bytes())
+    assert main(["evaluate", "--model", str(run_dir), "--data", str(folder), "--out", str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "seeded holdout" in err and "--split all" in err and err.count("\n") == 1
+    assert main(["evaluate", "--model", str(run_dir), "--data", str(folder), "--out", str(tmp_path / "e"),
+                 "--split", "all"]) == 0
+    preds = tables.read_table(tmp_path / "e" / "predictions.parquet")
+    assert sorted(preds["label"]) == sorted(CLASSES[:2])

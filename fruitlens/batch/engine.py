@@ -95,6 +95,22 @@ def read_chunk(rows: pd.DataFrame, size: tuple[int, int], fit: str = "resize"
     return stack, rows.iloc[ok].reset_index(drop=True), pd.DataFrame(failed, columns=["image_id", "path", "error"])
 
 
+def read_first(rows: pd.DataFrame, limit: int, size: tuple[int, int], fit: str = "resize"
+               ) -> tuple[np.ndarray, pd.DataFrame, pd.DataFrame]:
+    """The first ``limit`` readable images of ``rows`` in order (unreadable ones are skipped and returned as
+    failures, so a broken file does not shrink a ``--limit N`` sample); reads no more rows than it needs."""
+    parts, start = [], 0
+    while start < len(rows) and sum(len(p[1]) for p in parts) < limit:
+        want = limit - sum(len(p[1]) for p in parts)
+        parts.append(read_chunk(rows.iloc[start:start + want], size, fit))
+        start += want
+    if not parts:
+        return read_chunk(rows.iloc[:0], size, fit)
+    images = np.concatenate([p[0] for p in parts])
+    ok = pd.concat([p[1] for p in parts], ignore_index=True)
+    return images, ok, pd.concat([p[2] for p in parts], ignore_index=True)
+
+
 def checksum_path(part: Path) -> Path:
     """Where a part's sha256 is recorded when it is written: ``part-<key>.parquet.sha256`` beside it."""
     return part.with_name(part.name + ".sha256")

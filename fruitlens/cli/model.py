@@ -111,7 +111,8 @@ def _cmd_train(args) -> int:
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="predict a split and write predictions.parquet, metrics.json, confusion")
     p.add_argument("--data", type=Path, required=True, help="dataset root (its labelled images are evaluated)")
-    p.add_argument("--split", default="test", help="split of the dataset to evaluate")
+    p.add_argument("--split", default="test", help="split of the dataset to evaluate (train, validation, test), or "
+                   "all: every image (a model that was not trained on this folder)")
     p.add_argument("--out", type=Path, required=True,
                    help="folder for predictions.parquet, metrics.json, the confusion and mistakes PNGs")
     p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
@@ -189,7 +190,8 @@ def _add_visualize(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the filter patterns' starting noise")
     p.add_argument("--palette", default="viridis", help="matplotlib colormap of the activation maps")
     p.add_argument("--layers", default=None, help="comma-separated conv layer names or paths (backbone/block_16_"
-                   "project) to draw; default: every conv layer (a MobileNetV2 has 52: minutes of filter patterns)")
+                   "project) to draw, or 'all'; default: every conv layer of a small model, 8 spread from the "
+                   "first to the last on a bigger one (a MobileNetV2 has 52: 'all' takes minutes)")
 
 
 def _cmd_visualize(args) -> int:
@@ -206,7 +208,7 @@ def _cmd_visualize(args) -> int:
         raise CommandError(f"--steps {args.steps}: expected at least 0")
     if args.palette not in matplotlib.colormaps:
         raise CommandError(f"--palette {args.palette}: expected a matplotlib colormap such as viridis, jet, magma")
-    layers = _csv(args.layers)
+    layers = "all" if args.layers == "all" else _csv(args.layers)
     try:
         with Progress(0, "visualized", unit="steps (activations, then each layer's filters)") as bar:
             paths = visualize_run(model_source(args), args.image, args.out, channels=args.channels,

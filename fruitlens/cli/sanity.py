@@ -40,7 +40,7 @@ def _add_sanity(sub) -> None:
 def _cmd_sanity(args) -> int:
     from dataclasses import replace
 
-    from fruitlens.batch.engine import read_chunk
+    from fruitlens.batch.engine import read_first
     from fruitlens.batch.rows import rows_from_inputs
     from fruitlens.config import load_config
     from fruitlens.explain import sanity
@@ -58,9 +58,9 @@ def _cmd_sanity(args) -> int:
     if args.num_samples is not None:
         lime = build_options(type(options.lime), {**to_plain(options.lime), "num_samples": args.num_samples})
         options = replace(options, lime=lime)
-    rows = rows_from_inputs(args.data, split=args.split, limit=args.limit, read_as=args.read_as)
+    rows = rows_from_inputs(args.data, split=args.split, read_as=args.read_as)
     model, card, _ = load_model(args)
-    images, rows, failed = read_chunk(rows, card.image_size, card.fit)
+    images, rows, failed = read_first(rows, args.limit, card.image_size, card.fit)
     if not len(rows):
         raise CommandError(f"--data: none of the {len(failed)} images could be read")
     with Progress(0, "sanity", unit="steps (the model re-initialised layer by layer)") as bar:

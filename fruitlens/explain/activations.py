@@ -41,6 +41,19 @@ def resolve_layers(model, layers=None) -> list[LayerRef]:
     return refs
 
 
+#: the conv layers ``visualize`` draws when none are named: a MobileNetV2 has 52, and each layer's filter
+#: patterns are many gradient-ascent runs, so a big model gets this many, spread from the first to the last
+DEFAULT_MAX_LAYERS = 8
+
+
+def spread_layers(refs: list[LayerRef], most: int = DEFAULT_MAX_LAYERS) -> list[LayerRef]:
+    """At most ``most`` of ``refs``, evenly spread, the first and the last included (all when there are fewer)."""
+    if len(refs) <= most:
+        return list(refs)
+    picks = np.linspace(0, len(refs) - 1, most).round().astype(int)
+    return [refs[i] for i in sorted(set(picks.tolist()))]
+
+
 def layer_activations(model, images, layers=None) -> dict[str, np.ndarray]:
     """Outputs of several layers for N images, from a single forward pass.
 
@@ -118,10 +131,12 @@ def _channels(model, ref: LayerRef) -> int:
 def visualize_run(run_dir, image_path: str | os.PathLike, out_dir: str | os.PathLike, *,
                   channels: int = 40, filters: int = 40, steps: int = 30, seed: int = 0,
                   palette: str = "viridis", layers=None, progress=None) -> list[Path]:
-    """Activation grids of one image and filter patterns, for every conv layer of a model (or ``layers``).
+    """Activation grids of one image and filter patterns, for the conv layers of a model (or ``layers``).
 
     ``run_dir``: a run folder, a model file, or a ``fruitlens.modelio.ModelSource``. ``layers``: names or
-    paths (``backbone/block_16_project``); None = every conv layer. ``progress(done, total)`` is called
+    paths (``backbone/block_16_project``), ``"all"`` for every conv layer; None = every conv layer of a small
+    model, :data:`DEFAULT_MAX_LAYERS` of them spread from first to last on a bigger one (logged, with the
+    names). ``progress(done, total)`` is called
     after the activations and after each layer's filter patterns (the slow part); total = layers + 1.
 
     Writes ``out_dir/activations/<layer>.png`` and ``out_dir/filters/<layer>.png`` (nested layers as
@@ -139,7 +154,12 @@ def visualize_run(run_dir, image_path: str | os.PathLike, out_dir: str | os.Path
     model, card = as_model_source(run_dir).load()
     check_layer_access(model, "activations")
     image = read_rgb(image_path, card.image_size)
-    refs = resolve_layers(model, layers)
+    refs = resolve_layers(model, None if layers in (None, "all") else layers)
+    if layers is None and len(refs) > DEFAULT_MAX_LAYERS:
+        every = len(refs)
+        refs = spread_layers(refs)
+        log.warning("model has %d conv layers; drawing %d spread from first to last (%s); --layers all for every "
+                 "one, --layers A,B for your own", every, len(refs), ", ".join(r.path for r in refs))
     paths_of = [r.path for r in refs]
     out = Path(out_dir)
     name = model_title(card)

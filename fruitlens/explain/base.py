@@ -10,6 +10,7 @@ override only :meth:`BaseAttribution.attribute`.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import keras
 import numpy as np
@@ -229,6 +230,16 @@ def scale_per_image(maps: np.ndarray, *, minmax: bool = False) -> np.ndarray:
     return np.divide(maps, top, out=np.zeros_like(maps), where=top > 0)
 
 
+@dataclass(frozen=True)
+class Attribution:
+    """What an adaptive :meth:`BaseAttribution.attribute` returns: the raw (N, H, W) maps, the (N,) model passes
+    spent on each image and the (N,) stopping statistic each reached (``HeatmapResult.passes``/``convergence``)."""
+
+    raw: np.ndarray
+    passes: np.ndarray
+    convergence: np.ndarray
+
+
 class BaseAttribution(Explainer):
     """Explainers of the input pixels: targets, batching and scaling shared; subclasses override
     :meth:`attribute`.
@@ -252,7 +263,7 @@ class BaseAttribution(Explainer):
         """``options``: the method's options (``batch_size``; subclasses read their own fields)."""
         return cls(model, batch_size=options.batch_size)
 
-    def attribute(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    def attribute(self, images: np.ndarray, targets: np.ndarray) -> np.ndarray | Attribution:
         """(N, H, W) raw importance of each pixel for each image's target (any scale; positive = evidence)."""
         raise NotImplementedError
 
@@ -282,5 +293,10 @@ class BaseAttribution(Explainer):
         scores = self.logits(images)
         targets = np.where(targets < 0, scores.argmax(axis=1), targets).astype(np.int32)
         picked = scores[np.arange(len(images)), targets].astype(np.float32)
-        heat = self.scale(self.attribute(images, targets))
-        return HeatmapResult(heat.astype(np.float32), targets.astype(np.int64), picked, self.layer)
+        raw = self.attribute(images, targets)
+        passes = convergence = None
+        if isinstance(raw, Attribution):  # an adaptive method: what it spent and where it stopped
+            raw, passes, convergence = raw.raw, raw.passes, raw.convergence
+        heat = self.scale(raw)
+        return HeatmapResult(heat.astype(np.float32), targets.astype(np.int64), picked, self.layer,
+                             passes=passes, convergence=convergence)
