@@ -10,6 +10,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import matplotlib
 import numpy as np
@@ -67,6 +68,13 @@ class Caption:
         return "\n".join(self.lines())
 
 
+def layer_title(path: str) -> str:
+    """How pictures name a layer: its own name, without the nested models it sits in, whose names Keras
+    generates (``mobilenetv2_1.00_96_from_01/block_3_project`` -> ``block_3_project``; a file name written by
+    ``layer_file_name``, ``..__block_3_project``, too). Tables keep the full path."""
+    return str(path).replace("__", "/").rstrip("/").rsplit("/", 1)[-1]
+
+
 def as_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     """(H, W, 3) float in [0, 1] or uint8 -> uint8 (H, W, 3); (H, W) gray is replicated to RGB."""
     arr = np.asarray(image)
@@ -77,13 +85,20 @@ def as_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     return arr if arr.dtype == np.uint8 else to_uint8(arr)
 
 
+FONT_FILE = Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"  # = plots.STYLE's font
+
+
 @lru_cache(maxsize=16)
 def font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
-    """Pillow's default font at ``size`` pixels (the fixed bitmap font where Pillow lacks FreeType)."""
+    """The font of every picture at ``size`` pixels: DejaVu Sans, the one ``plots.STYLE`` gives matplotlib's
+    figures (matplotlib ships it); Pillow's default font where it cannot be loaded."""
     try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, ImportError, OSError):  # Pillow < 10.1 or built without FreeType
-        return ImageFont.load_default()
+        return ImageFont.truetype(str(FONT_FILE), size)
+    except (ImportError, OSError):  # no FreeType in this Pillow, or the file is gone
+        try:
+            return ImageFont.load_default(size=size)
+        except (TypeError, ImportError, OSError):  # Pillow < 10.1 or built without FreeType
+            return ImageFont.load_default()
 
 
 def font_size(width: int) -> int:

@@ -355,7 +355,8 @@ class PipelineConfig:
         """Build from plain values; an unknown key or a bad value, at any depth, is a ValueError naming it."""
         values = dict(values or {})
         if "explain_options" in values:
-            base = to_plain(cls().explain_options)
+            defaults = cls().explain_options
+            base = to_plain(defaults) | {"lime": defaults.lime.overridable()}  # LIME's floor follows its budget
             given = values["explain_options"] or {}
             if not isinstance(given, Mapping):
                 raise ValueError(f"explain_options {short(given)}: expected a mapping of method -> options")

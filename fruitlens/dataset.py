@@ -124,6 +124,21 @@ def find_class_dirs(root: Path) -> tuple[str, list[tuple[str | None, str, Path]]
     return layout, found
 
 
+def stray_images(root: Path, layout: str) -> list[tuple[str, str | None]]:
+    """Images (by suffix; masks and hidden files aside) that lie in no class folder: at the top of ``root``,
+    and in the "splits" layout also at the top of a split folder; as (relative path, split or None)."""
+    folders = [(root, None)]
+    if layout == "splits":
+        folders += [(d, SPLIT_ALIASES[d.name.lower()]) for d in _visible_dirs(root) if d.name.lower() in SPLIT_ALIASES]
+    found = []
+    for folder, split in folders:
+        for f in sorted(folder.iterdir()):
+            if (not f.name.startswith(".") and f.suffix.lower() in IMAGE_SUFFIXES and not f.name.endswith(MASK_SUFFIX)
+                    and not f.is_dir()):
+                found.append((f.relative_to(root).as_posix(), split))
+    return found
+
+
 def select_classes(found: list[tuple[str | None, str, Path]], classes: Sequence[str] | None):
     """Keep the class folders named in ``classes``; an unknown name is an error naming the closest ones."""
     if not classes:
@@ -323,6 +338,10 @@ def index_dataset(
     found = select_classes(found, classes)
     rows, notes = list_files(found, root)
     refused = [_refusal(row["path"], root, follow_external_links) for row in rows]
+    for rel, split in stray_images(root, layout):  # in no class folder: listed as bad, never silently skipped
+        rows.append({"path": rel, "split": split, "label": None, "mask_path": None})
+        refused.append(("no_class", "image outside any class folder, so its class is unknown; move it into a "
+                                    "class folder (not read)"))
     for row in rows:  # names that are not UTF-8 (refused above) stored escaped: parquet takes only UTF-8
         row.update({k: printable(v) for k, v in row.items() if isinstance(v, str)})
     df = pd.DataFrame(rows, columns=["path", "split", "label", "mask_path"])
@@ -340,7 +359,7 @@ def index_dataset(
     usable_labels = sorted(set(df.loc[df["status"] == "ok", "label"]))
     class_index = {name: i for i, name in enumerate(usable_labels)}
     df["label_index"] = df["label"].map(class_index).fillna(-1).astype("int32")
-    for name in sorted(set(df["label"]) - set(usable_labels)):
+    for name in sorted(set(df["label"].dropna()) - set(usable_labels)):
         notes.append(f"class {name!r} has no usable image; left out of the class index")
     if "train" in set(df["split"]):
         missing = sorted(set(usable_labels) - set(df.loc[(df["status"] == "ok") & (df["split"] == "train"), "label"]))

@@ -43,20 +43,27 @@ def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def predictions_table(rows: pd.DataFrame, probs: np.ndarray, classes: Sequence[str], k: int = DEFAULT_TOP_K
                       ) -> pd.DataFrame:
-    """The `predictions` table for ``rows`` (image_id, path, label; label "" when unknown) and their (N, C) probs."""
+    """The `predictions` table for ``rows`` (image_id, path, label) and their (N, C) probs.
+
+    ``path`` is written absolute (``abs_path`` when the rows have it, as an index's rows do); an unknown
+    label (None or "") is null, and so is ``correct``.
+    """
     names = np.asarray(classes, dtype=object)
     idx, p = top_k(probs, k)
     labels = rows["label"].fillna("").astype(str).to_numpy()
+    known = labels != ""
     pred = names[idx[:, 0]] if len(idx) else np.array([], dtype=object)
+    paths = rows["abs_path"] if "abs_path" in rows else rows["path"]
     return pd.DataFrame({
         "image_id": rows["image_id"].to_numpy(),
-        "path": rows["path"].to_numpy(),
-        "label": labels,
+        "path": [str(Path(p).expanduser().resolve()) for p in paths],
+        "label": pd.Series(np.where(known, labels, None), dtype=object).to_numpy(),
         "pred_label": pred,
         "pred_prob": p[:, 0].astype(np.float32) if len(p) else np.array([], np.float32),
         "topk_labels": [list(r) for r in names[idx]],
         "topk_probs": [list(r) for r in p.astype(np.float32)],
-        "correct": labels == pred,
+        "correct": pd.Series([bool(c) if k else None for c, k in zip(labels == pred, known, strict=True)],
+                             dtype=object).to_numpy(),
     })
 
 
@@ -176,7 +183,7 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
     plot_confusion(conf.to_numpy(), card.classes, out / "confusion.png",
                    title=f"{card.arch}: {split} accuracy {result['accuracy']:.3f} (n={len(y_true)})")
 
-    wrong = np.flatnonzero(~preds["correct"].to_numpy() & known)
+    wrong = np.flatnonzero(np.array([c is False for c in preds["correct"]], dtype=bool) & known)
     wrong = wrong[np.argsort(-preds["pred_prob"].to_numpy()[wrong], kind="stable")][:max_mistakes]
     titles = [f"{preds['label'][i]} -> {preds['pred_label'][i]}\np={preds['pred_prob'][i]:.2f}" for i in wrong]
     plot_gallery([images[i] for i in wrong], titles, out / "mistakes.png",

@@ -145,12 +145,12 @@ def load_images(rows: pd.DataFrame, image_size: int | Sequence[int], *, cache_di
     cache.mkdir(parents=True, exist_ok=True)
     key = cache_key(rows, size)
     path = cache / f"pixels-{key}.npy"
-    err_path = cache / f"pixels-{key}.errors.txt"
+    err_path = cache / f"pixels-{key}.errors.json"
     in_memory = nbytes <= memory_limit
     if path.is_file() and err_path.is_file():
         images = np.load(path, mmap_mode=None if in_memory else "r")
-        errors = err_path.read_text(encoding="utf-8").split("\n")[:len(rows)]
-        if images.shape == (len(rows), *size, 3) and len(errors) == len(rows):
+        errors = _read_errors(err_path, len(rows))
+        if images.shape == (len(rows), *size, 3) and errors is not None:
             log.info("reusing decoded images %s", path)
             return DecodedImages(images, labels, tuple(errors), "memory" if in_memory else str(path))
     tmp = cache / f".pixels-{key}.{os.getpid()}.tmp.npy"
@@ -163,12 +163,29 @@ def load_images(rows: pd.DataFrame, image_size: int | Sequence[int], *, cache_di
         mm.flush()
         del mm
     os.replace(tmp, path)
-    from fruitlens.tables import write_bytes
+    from fruitlens.tables import write_json
 
-    write_bytes(err_path, "\n".join(errors).encode("utf-8"))
+    write_json(err_path, {"rows": len(rows), "errors": {str(i): e for i, e in enumerate(errors) if e}})
     if not in_memory:
         images = np.load(path, mmap_mode="r")
     return DecodedImages(images, labels, tuple(errors), "memory" if in_memory else str(path))
+
+
+def _read_errors(err_path: Path, n: int) -> list[str] | None:
+    """The per-row decode errors of a cache entry ("" where the image decoded); None when unusable."""
+    import json
+
+    try:
+        meta = json.loads(err_path.read_text(encoding="utf-8"))
+        if meta["rows"] != n:
+            return None
+        errors = [""] * n
+        for i, e in meta["errors"].items():
+            errors[int(i)] = str(e)
+        return errors
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+        log.warning("ignoring the decode cache's error list %s: %s", err_path, exc)
+        return None
 
 
 # ------------------------------------------------------------------------------------------- tf.data

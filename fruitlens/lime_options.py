@@ -19,6 +19,9 @@ LimeDesign = Literal["random", "balanced"]  # how LIME draws its rows (fruitlens
 HIDE_COLORS = {"mean": None, "white": 1.0, "black": 0.0, "gray": 0.5}
 MAX_LIME_SAMPLES = 100_000  # num_samples, round_size, min_samples: perturbed rows per image (refused beyond)
 MAX_TOP_LABELS = 1_000  # top_labels (classes explained per image)
+#: adaptive LIME: no image stops before this many rows (two blocks: one can meet the tolerance while the small
+#: weights' order is noise); the default of ``min_samples``, lowered to ``num_samples`` when that is smaller
+MIN_SAMPLES = 256
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,9 @@ class LimeOptions:
     list of kinds (default outline,boundaries: the density figure costs ten times the other two, benchmarks).
     ``adaptive`` (default on): sample in rounds of ``round_size`` and stop each image once
     ``max SE(w) / max |w|`` is at most ``tolerance``, at most ``num_samples`` rows; False: exactly ``num_samples``.
+    ``min_samples``: adaptive: no image stops before this many rows; left out, ``MIN_SAMPLES`` (256) or
+    ``num_samples`` when that is smaller. Given above ``num_samples`` with ``adaptive`` on, it is refused (no
+    image could ever stop early: the budget would be spent before the floor is reached).
     ``design``: "balanced" (default: Hadamard blocks, less noise, same estimand) or "random" rows (as the `lime`
     package). ``control_variate`` (default on): a logistic surrogate takes most of the sampling noise out of
     the weights, same estimand. With the three defaults, LIME agrees with the `lime` package at 1000 samples
@@ -55,11 +61,13 @@ class LimeOptions:
     adaptive: bool = True
     round_size: int = 128  # one fold-over Hadamard block for up to 63 superpixels
     tolerance: float = 0.05
-    min_samples: int = 256  # two blocks: one can meet the tolerance while the small weights' order is noise
+    min_samples: int | None = None  # None: MIN_SAMPLES, or num_samples when smaller (resolved on creation)
     design: LimeDesign = "balanced"
     control_variate: bool = True
 
     def __post_init__(self) -> None:
+        if self.min_samples is None:
+            object.__setattr__(self, "min_samples", min(MIN_SAMPLES, self.num_samples))
         check([
             (2 <= self.num_samples <= MAX_LIME_SAMPLES, "num_samples", self.num_samples,
              f"2 to {MAX_LIME_SAMPLES}"),
@@ -67,6 +75,9 @@ class LimeOptions:
             (2 <= self.round_size <= MAX_LIME_SAMPLES, "round_size", self.round_size, f"2 to {MAX_LIME_SAMPLES}"),
             (self.tolerance >= 0, "tolerance", self.tolerance, ">= 0 (0: never stop early)"),
             (0 <= self.min_samples <= MAX_LIME_SAMPLES, "min_samples", self.min_samples, f"0 to {MAX_LIME_SAMPLES}"),
+            (not self.adaptive or self.min_samples <= self.num_samples, "min_samples", self.min_samples,
+             f"at most num_samples {self.num_samples} with adaptive sampling (no image could stop before "
+             "spending its whole budget); lower min_samples, raise num_samples, or turn adaptive off"),
             (self.design in (designs := get_args(LimeDesign)), "design", self.design, "one of " + ", ".join(designs)),
             (self.num_features is None or self.num_features >= 1, "num_features", self.num_features,
              "at least 1 or null"),
@@ -102,6 +113,14 @@ class LimeOptions:
                else f"{self.num_samples:,} samples")
         fit = "control variate" if self.control_variate else "plain Ridge"
         return f"{how}, {self.design} design, {fit}, {self.segmenter} superpixels"
+
+    def overridable(self) -> dict:
+        """Plain values to lay other values over: without ``min_samples`` where it only follows ``num_samples``
+        (the default floor), so that a new ``num_samples`` moves it too instead of being refused."""
+        plain = to_plain(self)
+        if self.min_samples == min(MIN_SAMPLES, self.num_samples):
+            del plain["min_samples"]
+        return plain
 
     @property
     def plot_kinds(self) -> frozenset[str]:

@@ -134,7 +134,7 @@ def record_night(models_home: str | os.PathLike, night: Night) -> pd.DataFrame:
 def trend_figure(table: pd.DataFrame):
     """Three panels over the nights (x: date of each row): accuracy and macro F1; the shares of evidence that
     moved and that sit on the masks; the methods failing the sanity check and the classes flagged as shortcuts."""
-    import matplotlib.pyplot as plt
+    from fruitlens.plots import plt
 
     t = table.sort_values("date", kind="stable", ignore_index=True)
     x = np.arange(len(t))
@@ -155,7 +155,7 @@ def trend_figure(table: pd.DataFrame):
                 ax.plot(x, y, marker=marker, label=label)
             else:  # counts: side-by-side bars, so equal counts do not hide each other
                 bars = ax.bar(x + (k - 0.5) * 0.3, np.nan_to_num(y), width=0.3, label=label)
-                ax.bar_label(bars, labels=["–" if not np.isfinite(v) else f"{v:.0f}" for v in y], fontsize=7)
+                ax.bar_label(bars, labels=["–" if not np.isfinite(v) else f"{v:.0f}" for v in y], fontsize=8)
         ax.set_ylabel(ylabel)
         if ylim:
             ax.set_ylim(*ylim)
@@ -165,11 +165,11 @@ def trend_figure(table: pd.DataFrame):
             ax.set_ylim(0, max(top, 1.0) + 0.5)
             ax.yaxis.get_major_locator().set_params(integer=True)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
+        ax.legend(fontsize=8, loc="best")
     promoted = t["promoted"].fillna(False).to_numpy(bool)
     for xi in x[promoted]:
         axes[0].axvline(xi, color="green", alpha=0.15, linewidth=6)
-    axes[2].set_xticks(x, labels, fontsize=7)
+    axes[2].set_xticks(x, labels, fontsize=8)
     axes[2].set_xlabel("night (date UTC and run folder); green band: the model was promoted")
     fig.suptitle(f"Trend across {len(t)} night{'s' if len(t) != 1 else ''} of this models home", fontsize=10)
     fig.tight_layout()

@@ -60,18 +60,30 @@ from fruitlens.overlays import (  # noqa: E402, F401  (re-exported)
 from fruitlens.pngs import encode_png  # noqa: E402
 from fruitlens.tables import atomic_path  # noqa: E402
 
+# The one matplotlib style of every figure fruitlens draws (curves, confusion, sanity, class evidence, trend,
+# LIME density): the font the PIL captions use too (``captions.FONT_FAMILY``), no label under 8 pt.
+STYLE = {"font.family": "sans-serif", "font.sans-serif": ["DejaVu Sans"], "font.size": 9, "axes.titlesize": 9,
+         "axes.labelsize": 9, "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 8,
+         "figure.titlesize": 10, "savefig.bbox": "tight", "savefig.pad_inches": 0.05}
+MIN_FONT_PT = 8
+
 
 class _Pyplot:
-    """``matplotlib.pyplot``, imported on first use: a cached rerun draws nothing and should not pay for it
-    (0.2-0.7 s, every pipeline run imports this module through the explanation engine)."""
+    """``matplotlib.pyplot`` with ``STYLE``, imported on first use: a cached rerun draws nothing and should not
+    pay for it (0.2-0.7 s, every pipeline run imports this module through the explanation engine). Every
+    module draws with this ``plt`` (``from fruitlens.plots import plt``), never its own pyplot import."""
 
     def __getattr__(self, name: str):
         import matplotlib.pyplot
 
+        matplotlib.rcParams.update(STYLE)
         return getattr(matplotlib.pyplot, name)
 
 
 plt = _Pyplot()
+
+
+PICTURE_HEIGHT = "picture_height"  # text chunk: the rows of a captioned PNG above its caption band
 
 
 def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str | None = None, *,
@@ -80,7 +92,8 @@ def save_png(image: np.ndarray, path: str | os.PathLike, caption: Caption | str 
 
     ``caption`` (a ``Caption`` or text) is stored as the PNG's ``Description`` text chunk, so tools and
     tests can read what the picture shows (``read_caption``) without looking at pixels; ``text`` adds
-    other chunks (e.g. the ``palette`` of a heatmap, for pictures composed from this one).
+    other chunks (e.g. the ``palette`` of a heatmap, for pictures composed from this one; ``PICTURE_HEIGHT``,
+    the rows above the caption band, which the report shows without the band).
     """
     arr = image if image.dtype == np.uint8 else to_uint8(image)
     chunks = dict(text or {})
@@ -239,7 +252,7 @@ def lime_weight_density(weights: dict[str, np.ndarray], *, threshold: float | No
             ax.axvline(t, color="gray", linestyle="--", linewidth=1)
     ax.set_xlabel("superpixel weight")
     ax.set_ylabel("density")
-    ax.legend(fontsize=7, loc="upper right")
+    ax.legend(fontsize=8, loc="upper right")
     if title:
         ax.set_title(title, fontsize=9)
     return fig

@@ -58,13 +58,13 @@ HISTORY_SCHEMA = pa.schema(
 PREDICTIONS_SCHEMA = pa.schema(
     [
         ("image_id", pa.string()),
-        ("path", pa.string()),
-        ("label", pa.string()),
+        ("path", pa.string()),  # the source file, absolute (README, Tables)
+        ("label", pa.string()),  # the true class; null when unknown (as true_label in the explain tables)
         ("pred_label", pa.string()),
         ("pred_prob", pa.float32()),
         ("topk_labels", pa.list_(pa.string())),
         ("topk_probs", pa.list_(pa.float32())),
-        ("correct", pa.bool_()),
+        ("correct", pa.bool_()),  # null when the label is unknown
     ]
 )
 

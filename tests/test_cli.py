@@ -291,6 +291,25 @@ def test_every_writer_of_a_folder_takes_the_one_lock(command, demo_dir, tmp_path
     assert "another fruitlens run is writing here" in err and len(err.splitlines()) == 1, err
 
 
+def test_the_lock_file_goes_when_its_writer_ends_also_on_failure(tmp_path):
+    from fruitlens.locks import FolderBusy, folder_lock
+
+    out = tmp_path / "out"
+    with folder_lock(out):
+        assert (out / ".fruitlens.lock").is_file()
+        with pytest.raises(FolderBusy), folder_lock(out):
+            pass
+        assert (out / ".fruitlens.lock").is_file()  # the refused writer leaves the holder's file alone
+    assert not (out / ".fruitlens.lock").exists()
+    with pytest.raises(RuntimeError), folder_lock(out):
+        raise RuntimeError("the writer failed")
+    assert not (out / ".fruitlens.lock").exists()
+    (out / ".fruitlens.lock").touch()  # left by a writer killed with -9: unlocked, taken over
+    with folder_lock(out):
+        pass
+    assert list(out.iterdir()) == []
+
+
 # ---------------------------------------------------------------- limits wherever a size enters
 
 
@@ -354,11 +373,12 @@ def test_smoothgrad_draws_are_bounded_by_the_models_input_size():
     from fruitlens.config import SmoothGradOptions
     from fruitlens.method_options import MAX_DRAW_BYTES
 
-    opts = SmoothGradOptions(samples=10_000)
+    opts = SmoothGradOptions(samples=10_000, round_size=10_000)  # one round's noise is held at a time
     opts.check_memory((20, 20), "smoothgrad")  # 48 MB: fine
     with pytest.raises(ValueError, match=r"smoothgrad.samples 10000: .* GiB of draws at 1024x1024 pixels"):
         opts.check_memory((1024, 1024), "smoothgrad")
     assert opts.draw_bytes((1024, 1024)) > MAX_DRAW_BYTES
+    SmoothGradOptions(samples=10_000).check_memory((1024, 1024), "smoothgrad")  # rounds of 8: 100 MB
 
 
 BOMB = ("a: &a [x,x,x,x,x,x,x,x,x,x]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"

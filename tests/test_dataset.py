@@ -176,6 +176,37 @@ def test_single_folder_layout_gets_seeded_stratified_holdout(tmp_path):
     assert one.fingerprint == again.fingerprint != other.fingerprint
 
 
+@pytest.mark.parametrize("layout", ["classes", "splits"])
+def test_an_image_in_no_class_folder_is_listed_as_bad_not_skipped(layout, tmp_path, capsys):
+    from fruitlens.cli import main
+
+    top = tmp_path / "data"
+    base = top / "Training" if layout == "splits" else top
+    for cls in ("a", "b"):
+        for i in range(4):
+            _jpeg(base / cls / f"{i}.jpg", size=(8, 8))
+    _jpeg(top / "stray.jpg", size=(8, 8))
+    (top / "notes.txt").write_text("not an image: no row")
+    strays = ["stray.jpg"]
+    if layout == "splits":
+        _jpeg(base / "loose.jpg", size=(8, 8))
+        strays.append("Training/loose.jpg")
+    index = index_dataset(top)
+    assert index.layout == layout and index.classes == {"a": 0, "b": 1}
+    bad = index.table[index.table["status"] != "ok"]
+    assert sorted(bad["path"]) == sorted(strays)
+    assert set(bad["status"]) == {"no_class"} and bad["label"].isna().all() and (bad["label_index"] == -1).all()
+    assert all("outside any class folder" in e for e in bad["error"])
+    assert len(index.usable) == 8 and not any("None" in w for w in index.warnings)
+    out = tmp_path / "index"
+    write_index(index, out)
+    assert tables.read_json(out / "index.json")["bad_by_status"] == {"no_class": len(strays)}
+    back = load_index(out).table
+    assert back[back["status"] == "no_class"]["label"].isna().all()
+    assert main(["index", str(top), "--out", str(tmp_path / "cli")]) == 0
+    assert "stray.jpg" in capsys.readouterr().out  # the command names it
+
+
 def test_classes_filter_and_unknown_class(tmp_path):
     for cls in ("Apple Red 1", "Apricot", "Kiwi"):
         _jpeg(tmp_path / "Training" / cls / "0.jpg")

@@ -228,6 +228,8 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
                 "comparison.parquet", "report.html"):
         assert (out / rel).is_file(), rel
     assert list((out / "visualize").rglob("*.png"))
+    assert_every_file_is_documented(out)
+    assert_one_path_convention(out)
     home = tmp_path / "runs" / "models" / "e2e"  # the default models home: the run folder's own
     assert (home / "current" / "model.keras").is_file()  # first model: promoted
     assert f"promoted to current in {home}" in capsys.readouterr().out
@@ -283,6 +285,59 @@ def test_run_end_to_end_then_everything_is_cached(prefect_server, demo_dir, tmp_
     # is measured in benchmarks/bench_pipeline.py, not asserted here: timings on a shared machine are noise)
     assert {rel: (out / rel).stat().st_mtime_ns for rel in written} == written
     print(f"first run {first:.1f}s, second run {second:.1f}s ({first / second:.1f}x)")
+
+
+# every file a run folder may hold, as README's "What a run writes" names it (<x> there, * here)
+RUN_FOLDER_LAYOUT = (
+    "run.json", "index/images.parquet", "index/classes.json", "index/index.json", "model.keras", "model.json",
+    "history.parquet", "curves.png", "checkpoints/best.keras", "checkpoints/last.keras", "checkpoints/state.json",
+    "cache/pixels-*.npy", "cache/pixels-*.errors.json",
+    "eval/predictions.parquet", "eval/metrics.json", "eval/confusion.parquet", "eval/confusion.png",
+    "eval/mistakes.png", "explain/lime.parquet", "explain/gradcam.parquet", "explain/failed.parquet",
+    "explain/faithfulness.parquet", "explain/stability.parquet", "explain/*.parts/part-*.parquet",
+    "explain/*.parts/part-*.parquet.sha256", "explain/lime/*-*_outline.png", "explain/lime/*-*_segments.npy",
+    "explain/gradcam/*-*_overlay.png", "explain/gradcam/*-*_heatmap.png", "explain/side_by_side/*-*.png",
+    "explain/.explained-model.json", "visualize/activations/*.png", "visualize/filters/*.png",
+    "sanity/sanity.parquet", "sanity/sanity.png", "sanity/verdicts.json", "evidence/class_evidence.parquet",
+    "evidence/class_evidence.png", "evidence/shortcut.parquet", "trend/nights.parquet", "trend/trend.png",
+    "drift/drift.parquet", "drift/pictures/*-*.png", "comparison.parquet", "report.html",
+)
+
+
+def assert_every_file_is_documented(run: Path) -> None:
+    """Every file of ``run`` matches the documented layout, which README's layout block spells out."""
+    from fnmatch import fnmatchcase
+
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme[readme.index("RUN_DIR/\n"):]
+    block = block[:block.index("```")]
+    for pattern in RUN_FOLDER_LAYOUT:  # the README names it: its file name after the last <x> (* here)
+        name = pattern.rsplit("/", 1)[-1].rsplit("*", 1)[-1]
+        assert name in block, (pattern, name)
+    files = sorted(p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file())
+    undocumented = [f for f in files if not any(fnmatchcase(f, p) for p in RUN_FOLDER_LAYOUT)]
+    assert not undocumented, undocumented
+    assert not [f for f in files if f.endswith(".lock")]  # removed when the run ended
+    errors = list((run / "cache").glob("*.errors.json"))
+    assert errors and all("\n\n" not in e.read_text() for e in errors)
+
+
+def assert_one_path_convention(run: Path) -> None:
+    """``path`` is absolute in every table of a run but the index; an unknown label is null, never ""."""
+    checked = []
+    for table_path in sorted(run.rglob("*.parquet")):
+        if ".parts" in table_path.parts[-2] or table_path.parent.name == "index":
+            continue
+        frame = pd.read_parquet(table_path)
+        if "path" in frame.columns and len(frame):
+            assert all(Path(p).is_absolute() and Path(p).is_file() for p in frame["path"]), table_path
+            checked.append(table_path.relative_to(run).as_posix())
+        for column in ("label", "true_label"):
+            if column in frame.columns and table_path.name != "nights.parquet":
+                assert not (frame[column].astype(object) == "").any(), (table_path, column)
+    assert {"eval/predictions.parquet", "explain/lime.parquet", "explain/gradcam.parquet"} <= set(checked), checked
+    images = pd.read_parquet(run / "index" / "images.parquet")
+    assert not any(Path(p).is_absolute() for p in images["path"])  # the index: relative to index.json's root
 
 
 def test_models_home_is_per_run_folder_unless_shared_and_a_rerun_reuses_the_current_models_evaluation(

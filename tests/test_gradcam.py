@@ -270,8 +270,8 @@ def test_cli_explain_gradcam_resumes(demo_dir, run_dir, tmp_path, capsys):
     assert len(list((out / "side_by_side").glob("*.png"))) == 5
     assert main(args) == 0
     assert "5 already done" in capsys.readouterr().out
-    assert main([*args[:-4], "--alpha", "2"]) == 2
-    assert "--alpha 2.0: expected an opacity in [0, 1]" in capsys.readouterr().err
+    assert main([*args[:-4], "--opacity", "2"]) == 2
+    assert "--opacity 2.0: expected an opacity in [0, 1]" in capsys.readouterr().err
     assert main([*args[:-4], "--layer", "nosuch"]) == 2
     err = capsys.readouterr().err.strip()
     assert "--layer 'nosuch': expected a layer of model" in err and len(err.splitlines()) == 1

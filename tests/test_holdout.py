@@ -63,7 +63,7 @@ def _nine_images(root):
 
 def test_nine_images_warn_in_one_line_instead_of_a_silent_nan(tmp_path, capsys):
     data = _nine_images(tmp_path / "data")
-    rc = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--image-size", "12",
+    rc = main(["train", "--data", str(data), "--out", str(tmp_path / "run"), "--arch", "seed_cnn", "--image-size", "12",
                "--epochs", "2", "--batch-size", "4"])
     assert rc == 0
     captured = capsys.readouterr()

@@ -125,3 +125,15 @@ def test_evaluate_split_all_takes_every_image_of_a_folder_of_class_folders(run_d
                  "--split", "all"]) == 0
     preds = tables.read_table(tmp_path / "e" / "predictions.parquet")
     assert sorted(preds["label"]) == sorted(CLASSES[:2])
+
+
+def test_predictions_table_writes_absolute_paths_and_null_for_an_unknown_label(tmp_path):
+    rows = pd.DataFrame({"image_id": ["a", "b"], "path": ["Test/x/a.jpg", "b.jpg"], "label": ["x", None],
+                         "abs_path": [str(tmp_path / "Test" / "x" / "a.jpg"), str(tmp_path / "b.jpg")]})
+    table = predictions_table(rows, np.array([[0.9, 0.1], [0.2, 0.8]], np.float32), ["x", "y"], k=1)
+    assert table["path"].tolist() == [str(tmp_path / "Test" / "x" / "a.jpg"), str(tmp_path / "b.jpg")]
+    assert table["label"][0] == "x" and table["label"].isna().tolist() == [False, True]
+    assert table["correct"][0] is True and table["correct"].isna().tolist() == [False, True]
+    tables.write_table(table, tmp_path / "predictions.parquet", "predictions")
+    back = tables.read_table(tmp_path / "predictions.parquet")
+    assert back["label"].isna().tolist() == [False, True] and back["correct"].isna().tolist() == [False, True]

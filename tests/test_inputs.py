@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -75,8 +77,13 @@ def _rows(paths):
 
 def test_disk_cache_is_reused_and_memory_mapped_when_large(odd_files, tmp_path, monkeypatch):
     paths, _ = odd_files
-    rows = _rows(paths)
+    broken = tmp_path / "src" / "broken.png"
+    broken.parent.mkdir()
+    broken.write_bytes(b"not a png")
+    rows = _rows([*paths, broken])
+    tmp_path = tmp_path / "cache"
     first = load_images(rows, 10, cache_dir=tmp_path)
+    assert first.errors[-1] and not any(first.errors[:-1])
     assert first.location == "memory" and len(list(tmp_path.glob("pixels-*.npy"))) == 1
     import fruitlens.inputs as inputs
 
@@ -85,6 +92,12 @@ def test_disk_cache_is_reused_and_memory_mapped_when_large(odd_files, tmp_path, 
     again = load_images(rows, 10, cache_dir=tmp_path)
     assert not calls
     np.testing.assert_array_equal(again.images, first.images)
+    assert again.errors == first.errors
+    (errors_file,) = tmp_path.glob("pixels-*.errors.json")  # only the rows that failed, no blank lines
+    meta = json.loads(errors_file.read_text())
+    assert meta["rows"] == len(rows) and all(meta["errors"].values())
+    assert sorted(meta["errors"]) == sorted(str(i) for i, e in enumerate(first.errors) if e)
+    assert sorted(p.name.split(".", 1)[1] for p in tmp_path.iterdir()) == ["errors.json", "npy"]
     mapped = load_images(rows, 10, cache_dir=tmp_path, memory_limit=10)
     assert mapped.location.endswith(".npy") and isinstance(mapped.images, np.memmap)
     batches = [x.numpy() for x, _ in make_dataset(mapped, 4, shuffle=True, seed=1)]

@@ -50,6 +50,8 @@ def test_cli_explains_with_every_heatmap_method(demo_dir, run_dir, tmp_path, cap
         assert df["deletion_auc"].between(0, 1).all() and df["insertion_auc"].between(0, 1).all()
         assert df["pointing_hit"].map(lambda v: isinstance(v, bool)).all()  # the demo has evidence masks
         assert set(df["layer"]) == ({"input"} if method not in ("layercam", "scorecam") else set(df["layer"]))
+        if method in ("smoothgrad", "integrated_gradients"):  # adaptive: passes and the statistic per image
+            assert df["passes"].notna().all() and (df["passes"] >= 2).all() and df["convergence"].notna().all()
         for path in [*df["heatmap_path"], *df["overlay_path"]]:
             assert path.startswith(f"{method}/") and Image.open(out / path).size[0] == 300
             caption = plots.read_caption(out / path)

@@ -194,3 +194,68 @@ def test_training_curves_tick_whole_epochs():
         ticks = ax.get_xticks()
         assert len(ticks) > 1 and np.all(ticks == np.round(ticks)), ticks
     plots.plt.close(fig)
+
+
+# ---------------------------------------------------------------- one style, readable labels, bounded figures
+
+
+def _texts(fig):
+    import matplotlib.text
+
+    fig.canvas.draw()
+    return [t for t in fig.findobj(matplotlib.text.Text) if t.get_text().strip() and t.get_visible()]
+
+
+def _deep_cascade(steps: int = 53, n: int = 2):
+    from fruitlens.explain.sanity import SanityResult
+
+    rng = np.random.default_rng(0)
+    layers = ("", *(f"mobilenetv2_1.00_96_from_01/block_{i}_project" for i in range(1, steps)))
+    return SanityResult(layers=layers, kinds=("none", *("conv",) * (steps - 1)), targets=np.zeros(n, np.int64),
+                        heatmaps={"gradcam": rng.random((steps, n, 12, 12)).astype(np.float32)},
+                        rank={"gradcam": rng.uniform(-1, 1, (steps, n))},
+                        ssim={"gradcam": rng.uniform(0, 1, (steps, n))})
+
+
+def test_every_figure_uses_the_one_font_at_8_pt_or_more_as_the_captions_do():
+    import pandas as pd
+    from PIL import ImageFont
+
+    from fruitlens.captions import FONT_FILE, font
+    from fruitlens.explain.evidence import evidence_figure
+    from fruitlens.explain.sanity import cascade_figure
+
+    assert isinstance(font(12), ImageFont.FreeTypeFont) and font(12).path == str(FONT_FILE)  # the captions' font
+    classes = ["apple", "kiwi"]
+    table = pd.DataFrame({"label": ["apple", "apple", "kiwi"], "group": ["correct", "mistake", "correct"],
+                          "images": [3, 1, 2], "evidence_share": [0.5, np.nan, 0.2]})
+    rng = np.random.default_rng(1)
+    means = {(c, g): rng.random((8, 8)) for c, g in zip(table["label"], table["group"], strict=True)}
+    history = plots.history_figure(pd.DataFrame({"epoch": [1, 2], "loss": [1.0, 0.5], "accuracy": [0.5, 0.8],
+                                                 "val_loss": [1.1, 0.7], "val_accuracy": [0.4, 0.7]}))
+    images = np.random.default_rng(2).random((2, 12, 12, 3)).astype(np.float32)
+    for fig in (evidence_figure(table, means, classes), cascade_figure(_deep_cascade(), images), history):
+        texts = _texts(fig)
+        assert texts and {t.get_fontname() for t in texts} == {"DejaVu Sans"}
+        smallest = sorted((t.get_size(), t.get_text()) for t in texts)[:3]
+        assert smallest[0][0] >= plots.MIN_FONT_PT, smallest
+        plots.plt.close(fig)
+
+
+def test_the_cascade_figure_of_a_deep_model_is_bounded_with_no_blank_band_under_its_title(tmp_path):
+    from PIL import Image
+
+    from fruitlens.explain.sanity import cascade_figure
+
+    images = np.random.default_rng(2).random((2, 12, 12, 3)).astype(np.float32)
+    fig = cascade_figure(_deep_cascade(53), images)
+    titles = [t.get_text() for t in _texts(fig)]
+    assert not any("mobilenetv2_1.00" in t for t in titles)  # the layer's own name, not the generated path
+    assert any("block_52_project" in t for t in titles) and any("10 of the 53 steps" in t for t in titles)
+    path = plots.save_figure(fig, tmp_path / "sanity.png")
+    arr = np.asarray(Image.open(path).convert("L"))
+    assert arr.shape[1] <= 1700 and arr.shape[0] <= 1200, arr.shape  # 16 in at 100 dpi, plus the tight box
+    ink = np.flatnonzero((arr < 200).any(axis=1))
+    gaps = np.diff(ink)
+    title_end = ink[np.argmax(gaps > 1)]  # the first blank run after the title's lines
+    assert title_end < 80 and gaps.max() < 60, (title_end, gaps.max())  # no band of ~80 px anywhere

@@ -245,6 +245,25 @@ def test_same_run_same_report_except_the_build_time(fabricated, tmp_path):
     assert strip.sub("", _html(run)) == first
 
 
+def test_dataset_and_training_sections_count_the_validation_images_the_same_way(fabricated, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(fabricated, run)
+    images = tables.read_table(run / "index" / "images.parquet")
+    n_train = int(((images["split"] == "train") & (images["status"] == "ok")).sum())
+    held = n_train // 5
+    card = json.loads((run / "model.json").read_text())
+    card["config"]["validation"] = {"held_out": held, "trained_on": n_train - held, "keep": "best",
+                                    "source": "15% of the training images, stratified by class (val_fraction)",
+                                    "why": "picks the best epoch by val_accuracy", "warning": ""}
+    (run / "model.json").write_text(json.dumps(card))
+    build_report(run)
+    page = _html(run)
+    words = f"{n_train - held:,} trained on"
+    assert f"{n_train:,} train ({words}, {held:,} held out for validation)" in _section(page, "dataset")
+    training = _section(page, "training")
+    assert f"{held:,} images held out for validation" in training and words in training
+
+
 def test_report_command(fabricated, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(fabricated, run)
@@ -372,10 +391,25 @@ window.addEventListener('load', function () { setTimeout(function () {
             same: !!big && big.src === thumb.src, small: small, large: big ? big.getBoundingClientRect().width : 0};
     if (box) { box.click(); zoom.closed = box.hidden; }
   }
+  // tables wider than their box (the confusion heat table scrolls in its own box by design)
+  var cut = Array.prototype.slice.call(document.querySelectorAll('.table-wrap'))
+              .filter(function (w) { var t = w.querySelector('table');
+                                     return t && !t.classList.contains('heat') && t.scrollWidth > w.clientWidth + 1; })
+              .map(function (w) { var s = w.closest('section'); return s ? s.id : ''; });
+  // per explanation card: each picture's aspect (width / height) as the browser got it
+  var cards = Array.prototype.slice.call(document.querySelectorAll('.card .figs')).slice(0, 20).map(function (f) {
+    return Array.prototype.map.call(f.querySelectorAll('img'), function (i) {
+      return i.naturalHeight ? i.naturalWidth / i.naturalHeight : 0; }); });
+  // gallery thumbnails the browser would have to enlarge (a small image scaled up looks blocky)
+  var enlarged = Array.prototype.filter.call(document.querySelectorAll('#mistakes .gallery img'), function (i) {
+    var r = i.getBoundingClientRect();
+    return i.naturalWidth < Math.round(r.width) && i.naturalHeight < Math.round(r.height);
+  }).length;
   var out = document.createElement('pre'); out.id = 'probe-result';
   out.textContent = JSON.stringify({images: imgs.length, broken: broken, errors: window.__errors,
                                     sections: sections, sort: sort, title: document.title,
-                                    scroll_width: width, viewport: window.innerWidth, zoom: zoom});
+                                    scroll_width: width, viewport: window.innerWidth, zoom: zoom,
+                                    cut: cut, cards: cards, enlarged: enlarged});
   document.body.appendChild(out);
 }, 0); });
 </script>"""
@@ -434,6 +468,8 @@ def _check_rendering(exe: str, run: Path, tmp: Path) -> dict:
     assert result["sections"] == [sid for sid, _ in SECTIONS]
     assert result["title"].startswith("fruitlens report")
     assert result["viewport"] == 1400 and result["scroll_width"] <= 1400  # the page never scrolls sideways
+    assert result["cut"] == [], f"tables wider than their box in sections {result['cut']}"
+    assert result["enlarged"] == 0  # thumbnails drawn at the size they are shown
     return result
 
 
@@ -499,7 +535,10 @@ def test_report_of_a_real_tiny_run(chromium, demo_dir, tmp_path):
         assert "not produced in this run" not in _section(page, sid), sid
     pred = pd.read_parquet(run / "eval" / "predictions.parquet")
     assert f"{100 * (pred['label'] == pred['pred_label']).mean():.1f}%" in page
-    _check_rendering(chromium, run, tmp_path)
+    result = _check_rendering(chromium, run, tmp_path)
+    # the explanations are shown without their caption band: the photo's shape, so as large as the photo
+    assert result["cards"] and all(len(c) == 3 for c in result["cards"]), result["cards"]
+    assert all(max(c) - min(c) < 0.03 * max(c) for c in result["cards"]), result["cards"]
 
 
 @pytest.mark.slow

@@ -120,10 +120,10 @@ def test_cli_sanity_writes_the_table_and_says_the_verdict(demo_dir, tmp_path, ca
     write_card(run, ModelCard(classes=tuple("abcdef"), image_size=(16, 16), arch="tiny"))
     out = tmp_path / "run" / "sanity"
     args = ["sanity", "--model", str(run), "--data", str(demo_dir), "--out", str(out), "--limit", "2",
-            "--methods", "gradcam,lime", "--num-samples", "32"]
+            "--method", "gradcam,lime", "--num-samples", "32"]
     assert main(args) == 0
     said = capsys.readouterr().out
     assert "Grad-CAM: " in said and "LIME: " in said and "2 images, 3 layers re-initialised" in said
     assert set(tables.read_table(out / "sanity.parquet")["method"]) == {"gradcam", "lime"}
-    assert main([*args[:-4], "--methods", "nope"]) == 2
-    assert "--methods nope: expected any of lime, gradcam, layercam" in capsys.readouterr().err
+    assert main([*args[:-4], "--method", "nope"]) == 2
+    assert "--method nope: expected any of lime, gradcam, layercam" in capsys.readouterr().err

@@ -90,14 +90,15 @@ def test_superpixels_command(demo_dir, tmp_path, capsys):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     out = tmp_path / "sp"
-    assert main(["superpixels", str(image), str(bad), "--out", str(out), "--method", "slic",
-                 "--n-superpixels", "20", "--compactness", "10", "--size", "40x30"]) == 0
+    assert main(["superpixels", str(image), str(bad), "--out", str(out), "--segmenter", "slic",
+                 "--n-superpixels", "20", "--compactness", "10", "--image-size", "40x30"]) == 0
     captured = capsys.readouterr()
     assert "superpixels at 100x100 ->" in captured.out and "1 unreadable" in captured.out and "bad.jpg" in captured.err
     from PIL import Image
 
     with Image.open(out / "0000_superpixels.png") as png:  # the photo at its working size (what LIME segments),
         assert png.size == (100 * 2, 100 * 2)  # upscaled to at least 200 px on the short side
-    assert main(["superpixels", str(image), "--out", str(out), "--method", "quickshift", "--n-superpixels", "5"]) == 2
+    assert main(["superpixels", str(image), "--out", str(out), "--segmenter", "quickshift",
+                 "--n-superpixels", "5"]) == 2
     assert "unknown quickshift parameter(s) n_superpixels" in capsys.readouterr().err
     assert main(["superpixels", str(bad), "--out", str(out)]) == 2

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from fruitlens import plots, tables
-from fruitlens.captions import Caption, add_caption
+from fruitlens.captions import Caption, add_caption, layer_title
 from fruitlens.config import CamOptions, LimeOptions
 from fruitlens.layout import ExplainLayout, picture_stem
 from fruitlens.overlays import MIN_SIDE, display_size, heat_on_photo, lime_legend, lime_on_photo
@@ -181,7 +181,8 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
                                 num_features=options.display_features, box=box)
             target = out.picture("lime", stem, "outline")
             _save_panel(add_caption(pic, caption, legend=lime_legend(label)), target, caption,
-                        {"panel": f"LIME · {res.num_superpixels} superpixels ({options.segmenter})", "label": label})
+                        {"panel": f"LIME · {res.num_superpixels} superpixels ({options.segmenter})", "label": label,
+                         plots.PICTURE_HEIGHT: str(pic.shape[0])})
             files["outline"] = _rel(out, target)
         if "boundaries" in kinds:
             seg = plots.lime_boundaries(photo, _boundary_ids(drawn_ids, photo.shape[:2], box))
@@ -223,23 +224,26 @@ def write_cam(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, result
         photo, box = SHOWN.get(path, images[i], card)
         caption = Caption(file=Path(path).name, true_label=_label(rows["label"].iloc[i]),
                           pred_label=card.classes[result.targets[i]], prob=_prob(probs[i]), method=name,
-                          detail="input pixels" if result.layer == "input" else f"layer {result.layer}")
+                          detail="input pixels" if result.layer == "input"
+                          else f"layer {layer_title(result.layer)}")
         over = out.picture(method, stem, "overlay")
         heat = out.picture(method, stem, "heatmap")
         pic = heat_on_photo(photo, result.heatmaps[i], palette=options.palette, max_alpha=options.alpha, box=box)
         panel = f"{name} · input pixels" if result.layer == "input" else \
-            f"{name} · layer {result.layer.rsplit('/', 1)[-1]}"  # a nested model's prefix dropped
+            f"{name} · layer {layer_title(result.layer)}"  # a nested model's prefix dropped
         _save_panel(add_caption(pic, caption, scale=options.palette), over, caption,
-                    {"palette": options.palette, "panel": panel})
+                    {"palette": options.palette, "panel": panel, plots.PICTURE_HEIGHT: str(pic.shape[0])})
         plain = plots.heatmap_picture(result.heatmaps[i], pic.shape[:2], options.palette)
-        plots.save_png(add_caption(plain, caption, scale=options.palette), heat, caption)
+        plots.save_png(add_caption(plain, caption, scale=options.palette), heat, caption,
+                       text={plots.PICTURE_HEIGHT: str(plain.shape[0])})
         written.append({"heatmap": _rel(out, heat), "overlay": _rel(out, over)})
     return written
 
 
 def _panel(path: Path, photo_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[str, str]] | None:
-    """A captioned PNG's picture without its caption band (the band sits under a photo-shaped top) and its
-    text chunks: as it was drawn when ``DRAWN`` still has it, else read from its file; None without one."""
+    """A captioned PNG's picture without its caption band (the rows its ``PICTURE_HEIGHT`` chunk names; in older
+    files, a photo-shaped top) and its text chunks: as it was drawn when ``DRAWN`` still has it, else read from
+    its file; None without one."""
     from PIL import Image
 
     drawn = DRAWN.take(path)
@@ -253,7 +257,8 @@ def _panel(path: Path, photo_shape: tuple[int, ...]) -> tuple[np.ndarray, dict[s
             text = dict(getattr(img, "text", {}))
     else:
         return None
-    height = round(arr.shape[1] * photo_shape[0] / photo_shape[1])
+    recorded = str(text.get(plots.PICTURE_HEIGHT, ""))
+    height = int(recorded) if recorded.isdigit() else round(arr.shape[1] * photo_shape[0] / photo_shape[1])
     return arr[:min(height, arr.shape[0])], text
 
 
@@ -279,8 +284,9 @@ def write_side_by_side(out: ExplainLayout, rows: pd.DataFrame, *, force: bool = 
         panels = [(text[title].get("panel", title), pixels) for title, (pixels, _) in found]
         lines = [Path(path).name, *text[found[0][0]].get("Description", "").splitlines()[:1]]  # predicted X (p=..)
         lime_label = text.get("LIME", {}).get("label")
-        picture = add_caption(plots.side_by_side([("photo", photo), *panels]), lines,
-                              legend=lime_legend(lime_label) if lime_label else None,
+        row_of_panels = plots.side_by_side([("photo", photo), *panels])
+        picture = add_caption(row_of_panels, lines, legend=lime_legend(lime_label) if lime_label else None,
                               scale=text.get("Grad-CAM", {}).get("palette"), scale_labels=("Grad-CAM low", "high"))
-        paths.append(plots.save_png(picture, target, "\n".join(lines)))
+        paths.append(plots.save_png(picture, target, "\n".join(lines),
+                                    text={plots.PICTURE_HEIGHT: str(row_of_panels.shape[0])}))
     return paths

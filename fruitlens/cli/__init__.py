@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from fruitlens.cli import data, explain, model, sanity
-from fruitlens.cli.common import CommandError, check_shared_flags
+from fruitlens.cli.common import CommandError, check_renamed, check_shared_flags
 from fruitlens.cli.quiet import quiet_tensorflow_import
 
 __all__ = ["COMMANDS", "CommandError", "build_parser", "main"]
@@ -41,28 +41,43 @@ def all_commands() -> dict[str, tuple[Callable, Callable]]:
     return {**COMMANDS, **_plugin_commands()}
 
 
+def not_shown(default) -> bool:
+    """A default with nothing to say: none, an off switch, an empty list (0 and 0.0 are said)."""
+    return default is None or default is False or default is argparse.SUPPRESS or default == []
+
+
 class DefaultsFormatter(argparse.HelpFormatter):
     """Every option's default in its help, unless the help already says it (or there is nothing to say:
     no default, an off switch)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS, []):
+        if "default" in text.lower() or not_shown(action.default):
             return text
         if not action.option_strings and action.nargs not in ("?", "*"):
             return text
         return f"{text} (default: %(default)s)".strip()
 
 
+VERBOSE_HELP = "log more (and TensorFlow's own messages); before or after the command"
+
+
 def build_parser(commands: dict[str, tuple[Callable, Callable]] | None = None) -> argparse.ArgumentParser:
+    from fruitlens import __version__
+
     parser = argparse.ArgumentParser(prog="fruitlens", description="Train image classifiers and explain them.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log more (and TensorFlow's own messages)")
+    parser.add_argument("-v", "--verbose", action="store_true", help=VERBOSE_HELP)
+    parser.add_argument("--version", action="version", version=f"fruitlens {__version__}",
+                        help="print the version of fruitlens and exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_parser = sub.add_parser
 
     def add_with_defaults(name, **kwargs):  # every command's --help shows its defaults
         kwargs.setdefault("formatter_class", DefaultsFormatter)
-        return add_parser(name, **kwargs)
+        p = add_parser(name, **kwargs)
+        # --verbose after the command too; SUPPRESS: left out there, the value given before the command stays
+        p.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
+        return p
 
     sub.add_parser = add_with_defaults
     for add, _ in (commands or all_commands()).values():
@@ -135,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from fruitlens.cli.common import is_ours, one_line
 
     try:
+        check_renamed(args)
         check_shared_flags(args)
         return commands[args.command][1](args)
     except (CommandError, ValueError) as exc:  # bad input, ours or a library's: one line (--verbose: a bug's trace)

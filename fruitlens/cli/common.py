@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -63,13 +64,57 @@ def check_out_apart_from_data(out: Path | None, data, flag: str = "--data") -> N
             raise CommandError(f"{flag} {item}: inside --out {out}; expected data outside the output folder")
 
 
+class Renamed(argparse.Action):
+    """A flag that now has another name: using it is refused in one line naming the new flag (never silently
+    taken for what the name means in another command). Hidden from --help."""
+
+    def __init__(self, option_strings, dest, new: str = "", **kwargs):
+        self.new = new
+        super().__init__(option_strings, dest="renamed_flags", nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        said = getattr(namespace, "renamed_flags", [])
+        namespace.renamed_flags = [*said, f"{option_string}: renamed; expected {self.new}"]
+
+
+def add_renamed(p, old: str, new: str) -> None:
+    """``old`` refused on this command with a line naming ``new`` (e.g. ``--opacity (the overlay's opacity)``)."""
+    p.add_argument(old, action=Renamed, new=new)
+
+
+def check_renamed(args) -> None:
+    """The first renamed flag the user typed, as one line."""
+    said = getattr(args, "renamed_flags", None)
+    if said:
+        raise CommandError(said[0])
+
+
+def merge_data_argument(args) -> None:
+    """``index DATA`` / ``predict FILES``: the data positionally or as ``--data`` (as every other command
+    takes it), once; the result in ``args.data``."""
+    if not hasattr(args, "data_positional"):
+        return
+    positional, flagged = args.data_positional, args.data
+    name = getattr(args, "data_metavar", "FILES" if isinstance(positional, list) else "DATA_DIR")
+    if positional and flagged:
+        def shown(value):
+            return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+        raise CommandError(f"{name} {shown(positional)} and --data {shown(flagged)}: the data given twice; "
+                           f"expected {name} or --data, not both")
+    if not positional and not flagged:
+        raise CommandError(f"no data given; expected {name} or --data {name}")
+    args.data = flagged or positional
+
+
 def check_shared_flags(args) -> None:
-    """The checks every command's common flags get, wherever they appear: --out (a writable folder apart from
-    the data) and --workers."""
+    """The checks every command's common flags get, wherever they appear: the data (positional or --data),
+    --out (a writable folder apart from the data) and --workers."""
+    merge_data_argument(args)
     check_output_folder(getattr(args, "out", None))
-    data_flag = "--data" if hasattr(args, "data") else "FILES"
-    check_out_apart_from_data(getattr(args, "out", None), getattr(args, "data", getattr(args, "files", None)),
-                              data_flag)
+    if not getattr(args, "out_may_be_in_data", False):  # index: tables only, no image a later index would read
+        check_out_apart_from_data(getattr(args, "out", None), getattr(args, "data", None))
     workers = getattr(args, "workers", None)
     if workers is not None and workers < 1:
         raise CommandError(f"--workers {workers}: expected at least 1")
@@ -162,7 +207,8 @@ def add_model_arguments(p) -> None:
     g = p.add_argument_group("model files that do not say (a model.json card next to the file is read first)")
     g.add_argument("--classes", help="class names in output order, comma-separated")
     g.add_argument("--classes-file", type=Path, help="class names: a .txt (one per line) or .json file")
-    g.add_argument("--image-size", dest="model_image_size", help="the model's input size, HxW (when not fixed)")
+    g.add_argument("--image-size", dest="model_image_size", metavar="PX",
+                   help="the model's input size: a side in pixels or HxW (when the file does not fix it)")
     g.add_argument("--preprocessing", choices=PREPROCESSINGS,
                    help="what the model expects: rescale ([0, 1]), none ([0, 255]), tf ([-1, 1]), caffe, torch")
     g.add_argument("--fit", choices=FITS, default=None,

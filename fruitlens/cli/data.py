@@ -5,13 +5,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from fruitlens.cli.common import DEFAULT_DEMO_DIR, CommandError, _csv, _image_size
+from fruitlens.cli.common import DEFAULT_DEMO_DIR, CommandError, _csv, _image_size, add_renamed
 
 
 def _add_index(sub) -> None:
     p = sub.add_parser("index", help="index a folder of labelled images into images.parquet and classes.json")
-    p.add_argument("data_dir", type=Path, help="dataset root: <class>/*, {Training,Test}/<class>/* or "
-                   "{train,validation,test}/<class>/*")
+    layouts = "dataset root: <class>/*, {Training,Test}/<class>/* or {train,validation,test}/<class>/*"
+    p.add_argument("data_positional", type=Path, nargs="?", default=None, metavar="DATA_DIR",
+                   help=f"{layouts} (or --data)")
+    p.add_argument("--data", type=Path, default=None, metavar="DATA_DIR", help=f"{layouts} (or DATA_DIR)")
     p.add_argument("--out", type=Path, required=True, help="output folder for images.parquet, classes.json, index.json")
     p.add_argument("--classes", help="comma-separated class names to keep (default: all)")
     p.add_argument("--seed", type=int, default=42, help="seed of the holdout split for the single-folder layout")
@@ -21,6 +23,7 @@ def _add_index(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="processes used to check files (default: all cores)")
     p.add_argument("--follow-external-links", action="store_true",
                    help="read files that symlinks lead to outside DATA_DIR (default: reported as outside_root)")
+    p.set_defaults(out_may_be_in_data=True)  # its tables are no images: DATA/index is fine
 
 
 def _cmd_index(args) -> int:
@@ -29,7 +32,7 @@ def _cmd_index(args) -> int:
     for name, value in (("--val-fraction", args.val_fraction), ("--test-fraction", args.test_fraction)):
         if not 0.0 <= value < 1.0:
             raise CommandError(f"{name} {value}: expected a fraction in [0, 1)")
-    index = index_or_load(args.data_dir, args.out, classes=_csv(args.classes), seed=args.seed,
+    index = index_or_load(args.data, args.out, classes=_csv(args.classes), seed=args.seed,
                           val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                           verify=args.verify, workers=args.workers,
                           follow_external_links=args.follow_external_links)
@@ -40,10 +43,11 @@ def _cmd_index(args) -> int:
 
 def _add_demo_data(sub) -> None:
     p = sub.add_parser("demo-data", help="write the generated demo dataset (Training/Test layout, with masks)")
-    p.add_argument("out_dir", type=Path, nargs="?", default=Path(DEFAULT_DEMO_DIR), help="folder to write")
-    p.add_argument("--train-per-class", type=int, default=200, help="training images per class")
-    p.add_argument("--test-per-class", type=int, default=50, help="test images per class")
-    p.add_argument("--seed", type=int, default=0, help="seed of the generated images")
+    p.add_argument("out_dir", type=Path, nargs="?", default=Path(DEFAULT_DEMO_DIR), metavar="DIR",
+                   help="folder to write (Training/ and Test/ with a folder per class, masks/)")
+    p.add_argument("--train-per-class", type=int, default=200, metavar="N", help="training images per class")
+    p.add_argument("--test-per-class", type=int, default=50, metavar="N", help="test images per class")
+    p.add_argument("--seed", type=int, default=0, help="seed of the generated images (same seed, same images)")
 
 
 def _cmd_demo_data(args) -> int:
@@ -97,8 +101,8 @@ def _add_augment_preview(sub) -> None:
     p.add_argument("--out", type=Path, required=True, help="folder for augment_preview.png")
     p.add_argument("-n", "--count", type=int, default=20,
                    help=f"augmented samples (default 20, at most {MAX_PREVIEW_COUNT})")
-    p.add_argument("--image-size", default="100", help="longest side in pixels (the first image's aspect kept), "
-                   "or HxW")
+    p.add_argument("--image-size", default="100", metavar="PX",
+                   help="longest side in pixels (the first image's aspect kept), or HxW")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampled images and the augmentation")
 
 
@@ -149,20 +153,31 @@ def _add_superpixels(sub) -> None:
 
     p = sub.add_parser("superpixels", help="draw the superpixels LIME will use (same segmenter, parameters and "
                        f"working size: the photo with its longest side at most {WORKING_SIDE} px) to tune them")
-    p.add_argument("images", nargs="+", type=Path, help="image files")
+    p.add_argument("data_positional", nargs="*", type=Path, metavar="IMAGE", help="image files (or --data)")
+    p.add_argument("--data", nargs="+", type=Path, default=None, metavar="IMAGE", help="image files (or IMAGE)")
+    p.set_defaults(data_metavar="IMAGE")
     p.add_argument("--out", type=Path, required=True, help="folder for <name>_superpixels.png")
-    p.add_argument("--method", default="slic", help="slic (default), quickshift (lime's parameters), felzenszwalb")
-    p.add_argument("--size", default=None, help="the model's input size HEIGHTxWIDTH (e.g. 32x32): draw the "
-                   "superpixels LIME perturbs at that size (slivers merged) on the photo; default: every superpixel")
+    p.add_argument("--segmenter", default="slic",
+                   help="the superpixel method, as explain's --segmenter: slic, quickshift (lime's parameters), "
+                   "felzenszwalb")
+    add_renamed(p, "--method", "--segmenter (the superpixel method; --method names explanation methods)")
+    p.add_argument("--image-size", "--size", dest="size", default=None, metavar="PX",
+                   help="the model's input size, a side or HxW (e.g. 32x32): draw the superpixels LIME perturbs at "
+                   "that size (slivers merged) on the photo (default: every superpixel)")
     p.add_argument("--fit", choices=("resize", "crop"), default="resize",
-                   help="with --size: how the model sees a photo of another aspect")
+                   help="with --image-size: how the model sees a photo of another aspect")
     p.add_argument("--max-side", type=int, default=SUPERPIXELS_MAX_SIDE,
                    help=f"a larger photo is read at this many pixels on its long side (default "
                    f"{SUPERPIXELS_MAX_SIDE}; memory follows it, not the file)")
     p.add_argument("--seed", type=int, default=0, help="seed of quickshift (the others are deterministic)")
-    group = p.add_argument_group("segmenter parameters (each method takes some; others are an error)")
+    group = p.add_argument_group("segmenter parameters (each segmenter takes some; others are an error; "
+                                 "default: the segmenter's own, as LIME uses it)")
+    from fruitlens.segmenter_params import DEFAULTS
+
     for name, kind in _SEGMENTER_FLAGS.items():
-        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None)
+        users = ", ".join(f"{seg} {params[name]:g}" for seg, params in DEFAULTS.items() if name in params)
+        group.add_argument(f"--{name.replace('_', '-')}", type=kind, default=None,
+                           help=f"{name} of the segmenter (default: {users})")
 
 
 def _cmd_superpixels(args) -> int:
@@ -173,7 +188,7 @@ def _cmd_superpixels(args) -> int:
     from fruitlens.images import read_rgb
 
     params = {name: getattr(args, name) for name in _SEGMENTER_FLAGS if getattr(args, name) is not None}
-    segmenter = make_segmenter(args.method, **params)
+    segmenter = make_segmenter(args.segmenter, **params)
     size = None
     if args.size:
         try:
@@ -181,16 +196,16 @@ def _cmd_superpixels(args) -> int:
         except ValueError:
             parts = []
         if len(parts) not in (1, 2) or min(parts, default=0) < 1:
-            raise CommandError(f"--size {args.size}: expected HEIGHTxWIDTH or one side, e.g. 20x20")
+            raise CommandError(f"--image-size {args.size}: expected HEIGHTxWIDTH or one side, e.g. 20x20")
         size = (parts[0], parts[-1])
     from fruitlens.config import MAX_IMAGE_SIDE
 
     if size is not None and max(size) > MAX_IMAGE_SIDE:
-        raise CommandError(f"--size {args.size}: expected at most {MAX_IMAGE_SIDE} pixels per side")
+        raise CommandError(f"--image-size {args.size}: expected at most {MAX_IMAGE_SIDE} pixels per side")
     if not 16 <= args.max_side <= MAX_IMAGE_SIDE:
         raise CommandError(f"--max-side {args.max_side}: expected 16 to {MAX_IMAGE_SIDE}")
     written, failed = 0, 0
-    for path in args.images:
+    for path in args.data:
         try:
             photo = read_rgb(path, max_side=args.max_side)  # bounded: never the full 8000x8000 in float32
         except (ValueError, OSError) as exc:

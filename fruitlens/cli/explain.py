@@ -19,24 +19,26 @@ from fruitlens.cli.common import (
     Progress,
     add_model_arguments,
     add_read_as_argument,
+    add_renamed,
     build_options,
     load_model,
 )
 
 
 def _add_explain(sub) -> None:
-    from fruitlens.config import CHUNK_SIZE, METHODS, PipelineConfig
+    from fruitlens.config import CHUNK_SIZE, METHODS, CamOptions, PipelineConfig
 
     p = sub.add_parser("explain", help="explain predictions with LIME, Grad-CAM and other methods (tables, PNGs)")
     p.add_argument("--data", type=Path, nargs="+", required=True,
                    help="a dataset root, a folder of photos (searched recursively), or image files")
-    p.add_argument("--method", default=",".join(PipelineConfig().methods),
-                   help=f"comma-separated: {', '.join(METHODS)} (default: {','.join(PipelineConfig().methods)})")
+    p.add_argument("--method", "--methods", dest="method", default=",".join(PipelineConfig().methods),
+                   help=f"one method or a comma-separated list: {', '.join(METHODS)} "
+                   f"(default: {','.join(PipelineConfig().methods)})")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE", dest="settings",
                    help="any option of a method, e.g. smoothgrad.samples=50, rise.masks=1000, "
                         "integrated_gradients.reference=blur (repeatable; values read as YAML)")
     p.add_argument("--out", type=Path, required=True, help="folder for the tables and PNGs (reruns resume there)")
-    p.add_argument("--limit", type=int, default=None, help="explain at most N images")
+    p.add_argument("--limit", type=int, default=None, help="explain at most N images (default: all)")
     p.add_argument("--split", default="test", help="split of a dataset root to explain (default: test)")
     add_read_as_argument(p)
     p.add_argument("--unlabelled", action="store_true", help="the same as --read-as photos")
@@ -54,8 +56,8 @@ def _add_explain(sub) -> None:
     lime.add_argument("--round-size", type=int, help="adaptive: samples per image per round (default 128)")
     lime.add_argument("--tolerance", type=float, help="adaptive: stop when max SE(weight) / max |weight| is at "
                       "most this (default 0.05)")
-    lime.add_argument("--min-samples", type=int, help="adaptive: no image stops before this many samples "
-                      "(default 256)")
+    lime.add_argument("--min-samples", type=int, help="adaptive: no image stops before this many samples, at "
+                      "most --num-samples (default 256, or --num-samples when smaller)")
     lime.add_argument("--design", help="how the perturbed samples are drawn: balanced (default; Hadamard blocks: "
                       "less noise in the weights at the same count) or random (as the lime package)")
     lime.add_argument("--control-variate", action=argparse.BooleanOptionalAction, default=None,
@@ -71,7 +73,12 @@ def _add_explain(sub) -> None:
     lime.add_argument("--top-labels", type=int, help="explain the N most probable classes (default 1)")
     lime.add_argument("--num-features", type=int, help="superpixels per explanation (default all)")
     lime.add_argument("--feature-selection", help="auto (default), highest_weights, forward_selection, none")
-    lime.add_argument("--batch-size", type=int, help="perturbed images per model call")
+    p.add_argument("--model-batch", type=int, dest="model_batch", metavar="N",
+                   help="images per model call in every method (LIME's perturbed images, the others' samples or "
+                   "masks): memory against speed (default: LIME about 16 MiB of pixels per call, the others 256; "
+                   "one method: --set METHOD.batch_size=N)")
+    add_renamed(p, "--batch-size", "--model-batch (images per model call; train's --batch-size is the training "
+                "batch)")
     lime.add_argument("--threshold", type=float, help="PNGs: draw superpixels with |weight| above it")
     lime.add_argument("--plots", help="LIME PNGs: all, explanation (outline only), none, or kinds "
                       "outline,boundaries,density (default outline,boundaries)")
@@ -80,8 +87,15 @@ def _add_explain(sub) -> None:
                      "Score-CAM; default: the last conv layer")
     cam.add_argument("--gradcam-variant", help="gradcam (default), gradcam++, or cam (global average pooling + dense)")
     cam.add_argument("--palette", help="matplotlib colormap of heatmaps (default jet)")
-    cam.add_argument("--alpha", type=float, help="the most opaque the heat overlay gets, 0..1")
+    cam.add_argument("--opacity", type=float,
+                     help=f"the most opaque the heat overlay gets, 0..1 (default {CamOptions().alpha})")
+    add_renamed(p, "--alpha", "--opacity (the heat overlay's opacity; train's width multiplier is "
+                "--width-multiplier)")
     add_model_arguments(p)
+
+
+#: option fields whose flag is not ``--field-with-dashes`` (the ``--set`` key stays the field's name)
+RENAMED_FIELDS = {"alpha": "--opacity", "batch_size": "--model-batch"}
 
 
 def _given(args, names: dict[str, str]) -> dict[str, Any]:
@@ -121,9 +135,9 @@ def explain_options(args):
     from fruitlens.config import ExplainOptions
     from fruitlens.registry import METHODS
 
-    shared = _given(args, {"seed": "seed", "faithfulness_steps": "faithfulness_steps"})
+    shared = _given(args, {"seed": "seed", "faithfulness_steps": "faithfulness_steps", "batch_size": "model_batch"})
     lime = shared | _given(args, {k: k for k in ("num_samples", "segmenter", "top_labels", "num_features",
-                                                 "feature_selection", "batch_size", "threshold", "plots",
+                                                 "feature_selection", "threshold", "plots",
                                                  "adaptive", "round_size", "tolerance", "min_samples", "design",
                                                  "control_variate")})
     if args.hide_color is not None:
@@ -132,7 +146,7 @@ def explain_options(args):
     if params:
         lime["segmenter_params"] = params
     cam = shared | _given(args, {"layer": "layer", "variant": "gradcam_variant", "palette": "palette",
-                                 "alpha": "alpha"})
+                                 "alpha": "opacity"})
     settings = _settings(args.settings)
     unknown = sorted(set(settings) - set(METHODS))
     if unknown:
@@ -142,6 +156,7 @@ def explain_options(args):
         names = {g.name for g in fields(spec.options)}
         flagged = lime if name == "lime" else {k: v for k, v in cam.items() if k in names}
         typed = {k: f"{name}.{k}" for k in settings.get(name, {})}  # what --set named (flags: as_typed's own)
+        typed = {**{k: v for k, v in RENAMED_FIELDS.items() if k not in typed}, **typed}
         built[name] = build_options(spec.options, flagged | settings.get(name, {}), typed)
     return ExplainOptions(**built)
 

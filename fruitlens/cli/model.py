@@ -12,6 +12,7 @@ from fruitlens.cli.common import (
     _image_size,
     add_model_arguments,
     add_read_as_argument,
+    add_renamed,
     build_options,
     check_data_folder,
     model_source,
@@ -19,50 +20,64 @@ from fruitlens.cli.common import (
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a classifier with checkpoints; writes model.keras, model.json, history")
+    from fruitlens.config import PipelineConfig
+
+    d = PipelineConfig().train  # the pipeline's training defaults: `train` and `run` train the same model
+    size = d.image_size if isinstance(d.image_size, int) else "x".join(map(str, d.image_size))
+    p = sub.add_parser("train", help="train a classifier with checkpoints; writes model.keras, model.json, history",
+                       description="Train a classifier. The defaults are the pipeline's (`fruitlens run`): "
+                       f"{d.arch}, {size} px, {d.epochs} epochs; the Fruits-360 tutorial's model is "
+                       "--arch seed_cnn --image-size 20 --epochs 10.")
     p.add_argument("--data", type=Path, required=True, help="dataset root")
     p.add_argument("--out", type=Path, required=True, help="run folder")
-    p.add_argument("--arch", default="seed_cnn", help="seed_cnn, fruit_net, small_convnet, lenet, photo_resnet or "
+    p.add_argument("--arch", default=d.arch, help="seed_cnn, fruit_net, small_convnet, lenet, photo_resnet or "
                    "transfer:<vgg16|resnet50|mobilenet_v2|xception|inception_v3|efficientnet_b0>")
     p.add_argument("--backbones", default=None, help="comma-separated backbones whose features are concatenated "
                    "(same as --arch transfer:a,b,c)")
-    p.add_argument("--weights", default="imagenet", help="transfer backbones: imagenet, none, or a .weights.h5 "
+    p.add_argument("--weights", default=d.weights, help="transfer backbones: imagenet, none, or a .weights.h5 "
                    "file saved from the same backbone (one per backbone, comma-separated)")
-    p.add_argument("--mode", default="frozen", help="transfer: bottleneck (cached features, head only), "
+    p.add_argument("--mode", default=d.mode, help="transfer: bottleneck (cached features, head only), "
                    "frozen (backbone frozen) or finetune (last block unfrozen, SGD lr 1e-4 momentum 0.9)")
-    p.add_argument("--alpha", type=float, default=1.0, help="mobilenet_v2 width multiplier")
-    p.add_argument("--image-size", default="20", help="side in pixels, or HxW")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=32, help="training batch size")
-    p.add_argument("--learning-rate", type=float, default=None, help="default: the architecture's own")
+    p.add_argument("--width-multiplier", type=float, default=d.alpha, dest="width_multiplier",
+                   help="transfer:mobilenet_v2: the width multiplier (Keras' alpha: 0.35, 0.5, 0.75, 1.0, 1.3, 1.4)")
+    add_renamed(p, "--alpha", "--width-multiplier (mobilenet_v2's width; explain's overlay opacity is --opacity)")
+    p.add_argument("--image-size", default=str(size), metavar="PX", help="side in pixels, or HxW")
+    p.add_argument("--epochs", type=int, default=d.epochs, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help="training batch size (images per step)")
+    p.add_argument("--learning-rate", type=float, default=d.learning_rate, help="default: the architecture's own")
     p.add_argument("--classes", help="comma-separated class names to train on (default: all)")
-    p.add_argument("--seed", type=int, default=42, help="seed of the weights, the shuffling and the split")
-    p.add_argument("--augment", action="store_true", help="random rotation 40, shift 0.2, shear 0.2, zoom 0.2, "
-                   "horizontal flip (nearest fill) on training batches")
-    p.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the weights, the shuffling and the split")
+    p.add_argument("--augment", action="store_true", default=d.augment,
+                   help="random rotation 40, shift 0.2, shear 0.2, zoom 0.2, horizontal flip (nearest fill) on "
+                   "training batches")
+    p.add_argument("--early-stopping", type=int, default=d.early_stopping, metavar="PATIENCE",
                    help="stop after PATIENCE epochs without validation improvement (0: off)")
-    p.add_argument("--class-weights", default="none", help="none or balanced (for imbalanced classes)")
-    p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to RUN_DIR/logs")
-    p.add_argument("--val-split", "--val-fraction", dest="val_fraction", type=float, default=0.15,
+    p.add_argument("--class-weights", default=d.class_weights, help="none or balanced (for imbalanced classes)")
+    p.add_argument("--tensorboard", action="store_true", default=d.tensorboard,
+                   help="write TensorBoard logs to RUN_DIR/logs")
+    p.add_argument("--val-split", "--val-fraction", dest="val_fraction", type=float, default=d.val_fraction,
                    help="validation share carved from train when the data has no validation split, 0 <= v < 1 "
                    "(0: no holdout, train on every training image and keep the last epoch)")
-    p.add_argument("--optimizer", default="default", help="default (the architecture's), adam, adamw, rmsprop, sgd")
-    p.add_argument("--schedule", default="default", help="learning rate: default (the architecture's), constant, "
+    p.add_argument("--optimizer", default=d.optimizer,
+                   help="default (the architecture's), adam, adamw, rmsprop, sgd")
+    p.add_argument("--schedule", default=d.schedule, help="learning rate: default (the architecture's), constant, "
                    "cosine, warmup_cosine")
-    p.add_argument("--warmup-epochs", type=float, default=2.0, help="warm-up of warmup_cosine (at most half the run)")
-    p.add_argument("--weight-decay", type=float, default=0.004, help="AdamW's decoupled weight decay")
-    p.add_argument("--label-smoothing", type=float, default=None, help="0 <= v < 1 (default: 0.1 for "
+    p.add_argument("--warmup-epochs", type=float, default=d.warmup_epochs,
+                   help="warm-up of warmup_cosine (at most half the run)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="AdamW's decoupled weight decay")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help="0 <= v < 1 (default: 0.1 for "
                    "photo_resnet, else 0)")
-    p.add_argument("--augment-policy", default=None, help="with --augment: classic (the tutorials' rotations/"
-                   "shifts/shear/zoom/flip) or photo (random resized crop, flip, colour jitter); default: photo "
-                   "for photo_resnet, else classic")
-    p.add_argument("--crop-scale", type=float, default=0.35, help="photo policy: smallest crop, share of the area")
-    p.add_argument("--jitter", type=float, default=0.2, help="photo policy: colour jitter strength (0: off)")
-    p.add_argument("--mixup", type=float, default=0.0, help="mixup Beta alpha (0: off)")
-    p.add_argument("--cutmix", type=float, default=0.0, help="cutmix Beta alpha (0: off)")
-    p.add_argument("--keep", default="best", help="best (the best epoch by --monitor) or last (the last epoch: "
+    p.add_argument("--augment-policy", default=d.augment_policy, help="with --augment: classic (the tutorials' "
+                   "rotations/shifts/shear/zoom/flip) or photo (random resized crop, flip, colour jitter); default: "
+                   "photo for photo_resnet, else classic")
+    p.add_argument("--crop-scale", type=float, default=d.crop_scale,
+                   help="photo policy: smallest crop, share of the area")
+    p.add_argument("--jitter", type=float, default=d.jitter, help="photo policy: colour jitter strength (0: off)")
+    p.add_argument("--mixup", type=float, default=d.mixup, help="mixup Beta alpha (0: off)")
+    p.add_argument("--cutmix", type=float, default=d.cutmix, help="cutmix Beta alpha (0: off)")
+    p.add_argument("--keep", default=d.keep, help="best (the best epoch by --monitor) or last (the last epoch: "
                    "a fixed-epoch model)")
-    p.add_argument("--monitor", default="val_accuracy", help="val_accuracy or val_loss: picks the best epoch")
+    p.add_argument("--monitor", default=d.monitor, help="val_accuracy or val_loss: picks the best epoch")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
 
 
@@ -74,14 +89,15 @@ def _train_config(args):
         arch = "transfer:" + ",".join(_csv(args.backbones))
     values = {"arch": arch, "image_size": _image_size(args.image_size), "epochs": args.epochs,
               "batch_size": args.batch_size, "classes": _csv(args.classes),
-              "seed": args.seed, "weights": args.weights, "mode": args.mode, "alpha": args.alpha,
+              "seed": args.seed, "weights": args.weights, "mode": args.mode, "alpha": args.width_multiplier,
               "learning_rate": args.learning_rate, "augment": args.augment, "early_stopping": args.early_stopping,
               "class_weights": args.class_weights, "tensorboard": args.tensorboard,
               "val_fraction": args.val_fraction, "monitor": args.monitor, "keep": args.keep,
               **{k: getattr(args, k) for k in ("optimizer", "schedule", "warmup_epochs", "weight_decay",
                                                "label_smoothing", "augment_policy", "crop_scale", "jitter",
                                                "mixup", "cutmix")}}
-    return build_options(TrainConfig, values, {"early_stopping": "--early-stopping", "val_fraction": "--val-split"})
+    return build_options(TrainConfig, values, {"early_stopping": "--early-stopping", "val_fraction": "--val-split",
+                                               "alpha": "--width-multiplier"})
 
 
 def _cmd_train(args) -> int:
@@ -145,8 +161,10 @@ def _cmd_evaluate(args) -> int:
 
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="predict image files or folders of photos; write annotated copies")
-    p.add_argument("files", nargs="+", type=Path, help="image files and folders (a dataset folder: its images "
-                   "of every split, labelled; photos: every image under it)")
+    what = ("image files and folders (a dataset folder: its images of every split, labelled; photos: every image "
+            "under it)")
+    p.add_argument("data_positional", nargs="*", type=Path, metavar="FILES", help=f"{what} (or --data)")
+    p.add_argument("--data", nargs="+", type=Path, default=None, metavar="FILES", help=f"{what} (or FILES)")
     p.add_argument("--out", type=Path, required=True, help="folder for predictions.parquet and the annotated copies")
     p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
     add_read_as_argument(p)
@@ -160,9 +178,9 @@ def _cmd_predict(args) -> int:
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
     source = model_source(args)  # a bad flag: one line before any folder is read or written
-    files, labels = files_and_labels(args.files, args.read_as)
+    files, labels = files_and_labels(args.data, args.read_as)
     if not files:
-        raise CommandError(f"{' '.join(map(str, args.files))}: no image files found (rule: {FOLDER_RULE})")
+        raise CommandError(f"{' '.join(map(str, args.data))}: no image files found (rule: {FOLDER_RULE})")
     from fruitlens.locks import folder_lock
 
     with folder_lock(args.out), Progress(0, "annotated") as bar:

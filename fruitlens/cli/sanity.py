@@ -13,7 +13,6 @@ from fruitlens.cli.common import (
     build_options,
     load_model,
 )
-from fruitlens.typed import to_plain
 
 
 def _add_sanity(sub) -> None:
@@ -25,9 +24,9 @@ def _add_sanity(sub) -> None:
     p.add_argument("--split", default="test", help="split of a dataset root (default: test)")
     add_read_as_argument(p)
     p.add_argument("--limit", type=int, default=8, help="images to explain at every step (default 8)")
-    p.add_argument("--methods", default="gradcam,gradcam++,lime",
-                   help="comma-separated methods or variants (default gradcam,gradcam++,lime; any of --method's, "
-                        "and gradcam++, cam)")
+    p.add_argument("--method", "--methods", dest="method", default="gradcam,gradcam++,lime",
+                   help="one method or a comma-separated list: any of explain's, and the Grad-CAM variants "
+                        "gradcam++, cam (default gradcam,gradcam++,lime)")
     p.add_argument("--config", type=Path, help="a pipeline config file: the methods run with its explain_options "
                    "(default: the pipeline's defaults, as a `fruitlens run` without one)")
     p.add_argument("--layer", help="Grad-CAM's conv layer (default: the last conv layer)")
@@ -46,17 +45,18 @@ def _cmd_sanity(args) -> int:
     from fruitlens.explain import sanity
     from fruitlens.registry import method_names
 
-    methods = _csv(args.methods) or []
+    methods = _csv(args.method) or []
     bad = [m for m in methods if m not in method_names()]
     if bad or not methods:
-        raise CommandError(f"--methods {args.methods}: expected any of {', '.join(method_names())}")
+        raise CommandError(f"--method {args.method}: expected any of {', '.join(method_names())}")
     if args.limit < 1:
         raise CommandError(f"--limit {args.limit}: expected at least 1")
     if args.out.exists() and not args.out.is_dir():
         raise CommandError(f"--out {args.out}: is a file; expected a folder")
     options = load_config(args.config).explain_options
     if args.num_samples is not None:
-        lime = build_options(type(options.lime), {**to_plain(options.lime), "num_samples": args.num_samples})
+        values = {**options.lime.overridable(), "num_samples": args.num_samples}  # the default floor follows
+        lime = build_options(type(options.lime), values, {"num_samples": "--num-samples"})
         options = replace(options, lime=lime)
     rows = rows_from_inputs(args.data, split=args.split, read_as=args.read_as)
     model, card, _ = load_model(args)

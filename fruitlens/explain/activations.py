@@ -78,10 +78,11 @@ def save_activation_grids(model, image, out_dir: str | os.PathLike, *, channels:
                           model_name: str | None = None) -> list[Path]:
     """One PNG per conv layer, ``out_dir/<layer>.png``: the first ``channels`` maps of ``image`` (H, W, 3).
 
-    Each grid is titled with the model, the layer path and ``image_name`` (the input file), and starts
-    with the input image as a tile labelled "input".
+    Each grid is titled with the model, the layer (``captions.layer_title``; the file name keeps the path)
+    and ``image_name`` (the input file), and starts with the input image as a tile labelled "input".
     """
     from fruitlens import plots
+    from fruitlens.captions import layer_title
 
     if channels < 1:
         raise ValueError(f"channels {channels}: expected at least 1")
@@ -90,7 +91,7 @@ def save_activation_grids(model, image, out_dir: str | os.PathLike, *, channels:
     paths = []
     for path, maps in acts.items():
         shown = min(channels, maps.shape[-1])
-        title = [f"activations of layer {path}",
+        title = [f"activations of layer {layer_title(path)}",
                  f"model {model_name or model.name} | input {image_name or 'image'} | {shown} of {maps.shape[-1]} "
                  "channels"]
         grid = plots.activation_grid(maps[0], channels, ncols, palette, title=title, input_image=image)
@@ -104,6 +105,7 @@ def save_filter_grids(model, out_dir: str | os.PathLike, *, filters: int = 40, n
     """One PNG per conv layer, ``out_dir/<layer>.png``: patterns of its first ``filters`` filters, titled
     with the model and the layer path; ``progress(layers done)`` after each."""
     from fruitlens import plots
+    from fruitlens.captions import layer_title
     from fruitlens.explain.filters import filter_patterns
 
     out = Path(out_dir)
@@ -112,7 +114,7 @@ def save_filter_grids(model, out_dir: str | os.PathLike, *, filters: int = 40, n
         total = _channels(model, ref)
         count = min(filters, total)
         patterns = filter_patterns(model, ref.path, np.arange(count), steps=steps, lr=lr, seed=seed, size=size)
-        title = [f"filter patterns of layer {ref.path}",
+        title = [f"filter patterns of layer {layer_title(ref.path)}",
                  f"model {model_name or model.name} | {count} of {total} filters",
                  "the input pattern that excites each filter most"]
         grid = plots.filter_grid(patterns, ncols, title=title)

@@ -232,12 +232,13 @@ def scale_per_image(maps: np.ndarray, *, minmax: bool = False) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Attribution:
-    """What an adaptive :meth:`BaseAttribution.attribute` returns: the raw (N, H, W) maps, the (N,) model passes
-    spent on each image and the (N,) stopping statistic each reached (``HeatmapResult.passes``/``convergence``)."""
+    """What an adaptive method's :meth:`BaseAttribution.attribute` (or ``attribute_scored``) returns: the raw
+    (N, H, W) maps (any scale; positive = evidence), the (N,) model passes spent on each image and the (N,)
+    stopping statistic each reached (``HeatmapResult.passes`` / ``convergence``; None where not counted)."""
 
     raw: np.ndarray
-    passes: np.ndarray
-    convergence: np.ndarray
+    passes: np.ndarray | None = None
+    convergence: np.ndarray | None = None
 
 
 class BaseAttribution(Explainer):
@@ -267,6 +268,12 @@ class BaseAttribution(Explainer):
         """(N, H, W) raw importance of each pixel for each image's target (any scale; positive = evidence)."""
         raise NotImplementedError
 
+    def attribute_scored(self, images: np.ndarray, targets: np.ndarray,
+                         scores: np.ndarray) -> np.ndarray | Attribution:
+        """:meth:`attribute`, given each target's pre-softmax score at its image (N,) from the forward pass
+        :meth:`explain` already made (Integrated Gradients' completeness gap needs it)."""
+        return self.attribute(images, targets)
+
     def scale(self, raw: np.ndarray) -> np.ndarray:
         """Raw importance -> (N, H, W) in [0, 1]."""
         return scale_per_image(raw)
@@ -293,7 +300,7 @@ class BaseAttribution(Explainer):
         scores = self.logits(images)
         targets = np.where(targets < 0, scores.argmax(axis=1), targets).astype(np.int32)
         picked = scores[np.arange(len(images)), targets].astype(np.float32)
-        raw = self.attribute(images, targets)
+        raw = self.attribute_scored(images, targets, picked)
         passes = convergence = None
         if isinstance(raw, Attribution):  # an adaptive method: what it spent and where it stopped
             raw, passes, convergence = raw.raw, raw.passes, raw.convergence

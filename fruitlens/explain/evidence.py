@@ -32,7 +32,7 @@ GROUPS = ("correct", "mistake")
 
 def evidence_figure(table: pd.DataFrame, means: dict[tuple[str, str], np.ndarray], class_names: Sequence[str]):
     """Mean Grad-CAM heatmap per class (rows) over its right predictions and its mistakes (columns)."""
-    import matplotlib.pyplot as plt
+    from fruitlens.plots import plt
 
     classes = [c for c in class_names if any((c, g) in means for g in GROUPS)]
     fig, axes = plt.subplots(len(classes), 2, figsize=(4.2, 1.9 * len(classes) + 0.6), squeeze=False)
@@ -46,7 +46,7 @@ def evidence_figure(table: pd.DataFrame, means: dict[tuple[str, str], np.ndarray
                 row = info.loc[(cls, group)]
                 extra = f", on mask {row['evidence_share']:.0%}" if pd.notna(row["evidence_share"]) else ""
                 n = int(row["images"])
-                ax.set_xlabel(f"{n} image{'s' if n != 1 else ''}{extra}", fontsize=7)
+                ax.set_xlabel(f"{n} image{'s' if n != 1 else ''}{extra}", fontsize=8)
             else:
                 ax.text(0.5, 0.5, "none", ha="center", va="center", fontsize=8, transform=ax.transAxes)
             if r == 0:

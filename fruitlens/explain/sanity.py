@@ -356,26 +356,31 @@ def cascade_figure(result: SanityResult, images: np.ndarray, *, shown: Sequence[
     """A matplotlib figure: for each image in ``shown`` and each method, its explanation after each step
     (left: the photo; then the original model, then each re-initialised layer), and below, the mean rank
     correlation with the original explanation per step and method."""
-    import matplotlib.pyplot as plt
+    from fruitlens.captions import layer_title
+    from fruitlens.plots import plt
 
     shown = [i for i in shown if i < len(result.targets)]
     methods, steps = result.methods, len(result.layers)
     nrows = len(shown) * len(methods)
-    fig = plt.figure(figsize=(1.3 * (steps + 1), 1.35 * nrows + 3.4))
-    grid = fig.add_gridspec(nrows + 1, steps + 1, height_ratios=[1] * nrows + [2.6], hspace=0.35, wspace=0.05)
-    labels = ["original", *(f"+ {layer.split('/')[-1]}" for layer in result.layers[1:])]
+    columns = figure_steps(steps)  # a deep model (MobileNetV2: 50+ steps): evenly chosen, first and last kept
+    fig = plt.figure(figsize=(min(1.25 * (len(columns) + 1) + 0.6, 16.0), 1.3 * nrows + 3.6), layout="constrained")
+    grid = fig.add_gridspec(nrows + 1, len(columns) + 1, height_ratios=[1] * nrows + [2.6])
+    labels = ["original", *(f"+ {layer_title(layer)}" for layer in result.layers[1:])]
     for r, (i, m) in enumerate((i, m) for i in shown for m in methods):
         ax = fig.add_subplot(grid[r, 0])
         ax.imshow(np.clip(images[i], 0, 1))
-        ax.set_ylabel(f"{(titles or [f'image {i}'] * (i + 1))[i]}\n{method_title(m)}", fontsize=7)
+        ax.set_ylabel(f"{(titles or [f'image {i}'] * (i + 1))[i]}\n{method_title(m)}", fontsize=8)
         ax.set_xticks([]), ax.set_yticks([])
-        for s in range(steps):
-            ax = fig.add_subplot(grid[r, s + 1])
+        if r == 0:
+            ax.set_title("photo", fontsize=8)
+        for c, s in enumerate(columns):
+            ax = fig.add_subplot(grid[r, c + 1])
             ax.imshow(result.heatmaps[m][s, i], cmap="jet", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
             if r == 0:
-                ax.set_title(labels[s], fontsize=7, rotation=30, ha="left", loc="left")
-            ax.set_xlabel(f"r={result.rank[m][s, i]:.2f}", fontsize=6, labelpad=1)
+                ax.set_title(f"{s}: {labels[s]}" if len(columns) < steps else labels[s], fontsize=8, rotation=30,
+                             ha="left", loc="left")
+            ax.set_xlabel(f"r={result.rank[m][s, i]:.2f}", fontsize=8, labelpad=1)
     ax = fig.add_subplot(grid[nrows, :])
     x = np.arange(steps)
     for m in methods:
@@ -388,16 +393,30 @@ def cascade_figure(result: SanityResult, images: np.ndarray, *, shown: Sequence[
                     label=f"{method_title(m)}: top-{TOP_K} overlap")
     ax.axhline(thresholds.max_rank, color="grey", linewidth=0.8, linestyle="-.",
                label=f"pass: rank correlation below {thresholds.max_rank}")
-    ax.set_xticks(x, labels, rotation=30, ha="right", fontsize=7)
+    every = max(1, int(np.ceil(steps / 24)))  # at most 24 tick labels, 8 pt
+    ax.set_xticks(x[::every], labels[::every], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(-1.05, 1.05)
     ax.set_xlabel("cascading re-initialisation, top layer first (each step keeps the earlier ones random)")
     ax.set_ylabel(f"similarity to the original\n(mean of {len(result.targets)} images)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2, loc="lower left")
+    ax.legend(fontsize=8, ncol=2, loc="lower left")
+    shown_steps = "" if len(columns) == steps else f"; {len(columns)} of the {steps} steps shown, numbered"
     fig.suptitle("Model parameter randomisation test (Adebayo et al. 2018): an explanation that depends on the\n"
                  "model changes as its layers are re-initialised. Heatmaps 0 (blue) to 1 (red); r: rank correlation "
-                 "with the original", fontsize=8, y=1.0, va="bottom")
+                 f"with the original{shown_steps}", fontsize=9)
     return fig
+
+
+MAX_FIGURE_STEPS = 10  # heatmap columns of the cascade figure (the curve below shows every step)
+
+
+def figure_steps(steps: int, most: int = MAX_FIGURE_STEPS) -> list[int]:
+    """The cascade steps drawn as heatmap columns: all up to ``most``, else ``most`` evenly spread, the
+    original (0) and the last step included."""
+    if steps <= most:
+        return list(range(steps))
+    return sorted({int(round(v)) for v in np.linspace(0, steps - 1, most)})
+
 
 
 def write_sanity(result: SanityResult, images: np.ndarray, rows: pd.DataFrame, out_dir, *,

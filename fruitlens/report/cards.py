@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from fruitlens.captions import layer_title
 from fruitlens.layout import picture_stem
 from fruitlens.report.html import esc, figure, fmt, glob_escape, natural_key, prob, table
 from fruitlens.report.loader import ReportData
@@ -121,7 +122,7 @@ def _gradcam_figure(data: ReportData, g: pd.Series, image_id: str) -> str:
     ex = data.run.explain
     bases = (ex.root, ex.pictures_dir("gradcam"))
     path = data.run.file(g.get("overlay_path"), *bases) or data.run.file(g.get("heatmap_path"), *bases)
-    layer = f" · {esc(g['layer'])}" if isinstance(g.get("layer"), str) else ""
+    layer = f" · {esc(layer_title(g['layer']))}" if isinstance(g.get("layer"), str) else ""
     return figure(data.run.image_src(path) if path else None, f"Grad-CAM{layer}{sanity_flag(data, 'gradcam')}",
                   alt=f"Grad-CAM of {image_id}")
 

@@ -117,6 +117,8 @@ def section_ranking(data: ReportData, opts: ReportOptions) -> str:
 
 
 def section_visualize(data: ReportData, opts: ReportOptions) -> str:
+    from fruitlens.captions import layer_title
+
     parts = []
     for kind, title, text in (
             ("activations", "Activation grids", "What each convolutional layer outputs for one image, "
@@ -129,7 +131,8 @@ def section_visualize(data: ReportData, opts: ReportOptions) -> str:
             parts.append(missing(title, f"{data.run.rel(folder)}/*.png"))
             continue
         parts.append(f"<p>{text}</p>")
-        parts.extend(figure(data.run.image_src(f), f"layer <code>{esc(f.stem)}</code>", cls="wide grid")
+        parts.extend(figure(data.run.image_src(f), f"layer <b>{esc(layer_title(f.stem))}</b>", cls="wide grid",
+                            alt=f"{kind} of layer {f.stem}")
                      for f in files)
     return "".join(parts)
 
@@ -162,7 +165,8 @@ def section_sanity(data: ReportData, opts: ReportOptions) -> str:
                             "the mean similarity per step", cls="wide"))
     columns = ["method", "images", "steps", "first_conv_layer", "rank_at_first_conv", "rank", "ssim", "top_k",
                "final_rank", "passed"]
-    parts.append(table(found, columns=columns, headers={
+    parts.append(table(found, columns=columns, cls="fit", headers={  # fits the page: headers wrap
+        "first_conv_layer": "first conv layer", "rank_at_first_conv": "rank corr. at first conv",
         "rank": "mean rank corr. from first conv", "ssim": "mean SSIM", "top_k": "mean top-5 overlap",
         "final_rank": "rank corr., all random"}))
     return "".join(parts)
@@ -190,7 +194,7 @@ def section_evidence(data: ReportData, opts: ReportOptions) -> str:
                              "less often than the right predictions.</p>")
     if lay.class_evidence_png.is_file():
         parts.append(figure(data.run.image_src(lay.class_evidence_png), "Mean Grad-CAM heatmap per class: right "
-                            "predictions and mistakes" + sanity_flag(data, "gradcam"), cls="grid"))
+                            "predictions and mistakes" + sanity_flag(data, "gradcam"), cls="wide"))
     parts.append(table(t, columns=[c for c in t.columns if not c.endswith("_area")],
                        headers={"pointing_game": "pointing game", "evidence_share": "evidence share",
                                 "with_mask": "with mask", "border_share": "heat on border",

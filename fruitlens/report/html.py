@@ -104,14 +104,21 @@ def _whole_columns(df: pd.DataFrame, columns: Sequence[str]) -> dict[str, bool]:
     return out
 
 
+FIT_ABOVE = 6  # columns; wider tables get the class "fit"
+
+
 def table(df: pd.DataFrame, *, columns: Sequence[str] | None = None, headers: dict[str, str] | None = None,
           digits: int = DIGITS, sortable: bool = True, foot: pd.DataFrame | None = None, limit: int | None = None,
           cls: str = "") -> str:
     """An HTML table of ``df`` (sortable by clicking a header); ``foot`` rows stay at the bottom.
 
-    A float column of whole numbers (counts) is shown without decimals; others with ``digits``.
+    A float column of whole numbers (counts) is shown without decimals; others with ``digits``. A table of more
+    than ``FIT_ABOVE`` columns is laid out to the page's width (class ``fit``: headers wrap, long cells break),
+    so it is never cut at the right edge of its box.
     """
     columns = [c for c in (columns or list(df.columns)) if c in df.columns]
+    if len(columns) > FIT_ABOVE and "fit" not in cls.split():
+        cls = f"{cls} fit".strip()
     headers = headers or {}
     shown = df if limit is None else df.head(limit)
     whole = _whole_columns(df, columns)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -101,6 +102,10 @@ class RunFiles:
             inside = path.resolve().is_relative_to(self.root.resolve())
             if inside and (not self.embed or path.stat().st_size > EMBED_MAX_BYTES):
                 return Path(os.path.relpath(path, self.root)).as_posix()
+            if inside and path.suffix.lower() == ".png":
+                bare = picture_uri(path)  # a captioned explanation: the picture, the caption goes in HTML
+                if bare is not None:
+                    return bare
             if inside and path.suffix.lower() in IMAGE_SUFFIXES:
                 mime = mimetypes.guess_type(path.name)[0] or "image/png"
                 return f"data:{mime};base64," + base64.b64encode(path.read_bytes()).decode("ascii")
@@ -111,16 +116,36 @@ class RunFiles:
 
 
 def thumbnail_uri(path: Path, size: int = THUMB_SIZE) -> str:
-    """A PNG data URI of an image file, at most ``size`` pixels on its longest side (any mode -> RGB)."""
+    """A PNG data URI of an image file, ``size`` pixels on its longest side (any mode -> RGB): drawn from the
+    source at the size the page shows it (smooth resampling, up or down), so the browser never scales a tiny
+    image up into blocks."""
     from PIL import Image
 
     from fruitlens.images import read_rgb, to_uint8
 
     img = Image.fromarray(to_uint8(read_rgb(path)))
-    img.thumbnail((size, size))
+    scale = size / max(img.size)
+    img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.Resampling.LANCZOS)
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def picture_uri(path: Path) -> str | None:
+    """A PNG data URI of a captioned picture without its caption band (the rows above its
+    ``plots.PICTURE_HEIGHT`` text chunk); None for a PNG without one (shown as it is)."""
+    from PIL import Image
+
+    from fruitlens.plots import PICTURE_HEIGHT
+
+    with Image.open(path) as img:
+        height = getattr(img, "text", {}).get(PICTURE_HEIGHT)
+        if height is None or not str(height).isdigit() or not 0 < int(height) < img.height:
+            return None
+        top = img.convert("RGB").crop((0, 0, img.width, int(height)))
+    from fruitlens.pngs import encode_png
+
+    return "data:image/png;base64," + base64.b64encode(encode_png(np.asarray(top), level=3)).decode("ascii")
 
 
 @dataclass

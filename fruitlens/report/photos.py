@@ -17,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from fruitlens import tables
+from fruitlens.captions import layer_title
 from fruitlens.layout import FAILED, REPORT_FILE, ExplainLayout, RunLayout
 from fruitlens.report.html import asset, esc, figure, fmt, missing, prob, problems_box, table
 from fruitlens.report.loader import ReportData, ReportOptions, RunFiles, by_image, thumbnail_uri
@@ -86,8 +87,10 @@ def _photo_card(run: ExplainFiles, image_id: str, frames: dict[str, pd.DataFrame
         picture = run.file(row.get(column), run.root, run.explain.pictures_dir(method)) if column in row else None
         if picture is None and method != "lime":
             picture = run.file(row.get("heatmap_path"), run.root)
-        caption = _title(method) + (f" · {esc(row['layer'])}" if method == "gradcam" and
+        caption = _title(method) + (f" · {esc(layer_title(row['layer']))}" if method == "gradcam" and
                                    isinstance(row.get("layer"), str) else "")
+        if method == "lime":  # the picture comes without its caption band: its legend in words
+            caption += f" · green for {esc(label)}, red against"
         figures.append(figure(run.image_src(picture) if picture else None, caption,
                               alt=f"{_title(method)} of {path.name}"))
         parts = []

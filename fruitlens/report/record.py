@@ -70,7 +70,9 @@ def section_dataset(data: ReportData, opts: ReportOptions) -> str:
         counts["total"] = counts.sum(axis=1)
         df = counts.reset_index(names="class")
         foot = pd.DataFrame([["all classes", *counts.sum(axis=0).tolist()]], columns=df.columns)
-        split_txt = ", ".join(f"{int(counts[s].sum()):,} {s}" for s in counts.columns if s != "total")
+        split_txt = ", ".join(f"{int(counts[s].sum()):,} {s}{_train_split(data.card, int(counts[s].sum()))}"
+                              if s == "train" else f"{int(counts[s].sum()):,} {s}"
+                              for s in counts.columns if s != "total")
         low, high = int(counts["total"].min()), int(counts["total"].max())
         spread = f"{low:,} per class" if low == high else f"{low:,} to {high:,} per class"
         parts.append(f"<p>{int(counts['total'].sum()):,} usable images in {len(counts):,} classes ({split_txt}); "
@@ -94,9 +96,7 @@ def section_dataset(data: ReportData, opts: ReportOptions) -> str:
 
 
 def _history_figure(h: pd.DataFrame) -> str:
-    import matplotlib.pyplot as plt
-
-    from fruitlens.plots import history_figure
+    from fruitlens.plots import history_figure, plt
 
     buf = io.BytesIO()
     fig = history_figure(h)
@@ -119,6 +119,18 @@ def _best_epoch_words(card: dict | None) -> str:
     return words + (f" ({', '.join(scores)})" if scores else "")
 
 
+def _train_split(card: dict | None, n_train: int) -> str:
+    """How training used the index's train split, in the words of the training section ("" when it used it
+    all): " (1,020 trained on, 180 held out for validation)" when the card's validation came out of it."""
+    v = ((card or {}).get("config") or {}).get("validation")
+    if not isinstance(v, dict):
+        return ""
+    held, trained = int(v.get("held_out", 0) or 0), int(v.get("trained_on", 0) or 0)
+    if not held or held + trained != n_train:
+        return ""
+    return f" ({trained:,} trained on, {held:,} held out for validation)"
+
+
 def holdout_paragraph(card: dict | None) -> str:
     """What was held out for validation and why, from the card (``config.validation``); a warning when the
     validation split was empty or tiny. Cards written before this was recorded get the counts only."""
@@ -135,8 +147,8 @@ def holdout_paragraph(card: dict | None) -> str:
     n_val, n_train = int(v.get("held_out", 0)), int(v.get("trained_on", 0))
     kept = ("the last epoch was kept" if v.get("keep") == "last" else "the best epoch was kept")
     if n_val:
-        words = (f"Validation: {n_val:,} images held out ({esc(v.get('source', ''))}), not trained on; "
-                 f"their role: {esc(v.get('why', ''))}; {kept}. Trained on {n_train:,} images.")
+        words = (f"Validation: {n_val:,} images held out for validation ({esc(v.get('source', ''))}), not trained "
+                 f"on; their role: {esc(v.get('why', ''))}; {kept}. {n_train:,} trained on.")
     else:
         words = (f"Validation: nothing held out ({esc(v.get('source', ''))}); trained on all {n_train:,} "
                  f"training images; {kept}.")
