@@ -146,6 +146,10 @@ class TrainConfig:
             the two per batch).
         keep: which epoch's weights become the model: ``best`` (by ``monitor``; the last epoch when there are
             no validation images) or ``last`` (the fixed-epoch model: ``epochs`` decides).
+        refit: after the run with its validation holdout, train a fresh model (same seed, same recipe) on the
+            training and validation images together for as many epochs as the kept epoch, and save that as the
+            model: the holdout picks the epoch, every image trains the final model. Nothing to do without
+            validation images (``val_fraction`` 0: every image was trained on already).
     """
 
     arch: str = "seed_cnn"
@@ -177,6 +181,7 @@ class TrainConfig:
     jitter: float = 0.2
     mixup: float = 0.0
     cutmix: float = 0.0
+    refit: bool = False
 
     def __post_init__(self) -> None:
         parse_arch(self.arch)

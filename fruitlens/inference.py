@@ -194,7 +194,7 @@ def evaluate_run(run_dir, data_dir: str | os.PathLike, out_dir: str | os.PathLik
 def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | os.PathLike],
                   out_dir: str | os.PathLike, *, top_k_count: int = DEFAULT_TOP_K, batch_size: int = 256,
                   annotate: bool = True, labels: Sequence[str | None] | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> pd.DataFrame:
+                  progress: Callable[[int, int], None] | None = None, tta: str = "none") -> pd.DataFrame:
     """Predict image files of any size and mode; write predictions.parquet and annotated copies.
 
     Args:
@@ -206,6 +206,8 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
             are null in the table (as ``true_label`` in the explain tables), and so is ``correct``.
         progress: called as ``progress(done, total)`` once the files are read and predicted (done = 0) and after
             each annotated copy.
+        tta: ``none`` or ``flip`` (test-time augmentation: the mean of the image's and its mirror's
+            probabilities), the same code as :func:`evaluate_run`'s (:func:`fruitlens.recipes.tta_probs`).
 
     Annotated copies (``out_dir/annotated/<stem>.png``) are the original image (converted to RGB, enlarged
     if small, read at a long side of at most ``plots.ANNOTATED_MAX_SIDE`` if large) with the predicted label and
@@ -223,7 +225,9 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     from fruitlens.modelio import as_model_source, read_fitted
     from fruitlens.plots import ANNOTATED_MAX_SIDE, save_png
     from fruitlens.plots import annotate as draw_label
+    from fruitlens.recipes import check_tta, tta_probs
 
+    check_tta(tta)
     model, card = as_model_source(model).load()
     out = Path(out_dir)
     paths = [Path(f).expanduser().resolve() for f in files]
@@ -238,7 +242,7 @@ def predict_files(model: ModelSource | str | os.PathLike, files: Sequence[str | 
     rows = pd.DataFrame({"image_id": [image_id(str(p)) for p in paths], "path": [str(p) for p in paths],
                          "label": known})
     probs = np.full((len(paths), card.num_classes), np.nan, dtype=np.float32)
-    probs[ok] = predict_probs(model, images[ok], batch_size)
+    probs[ok] = tta_probs(lambda x: predict_probs(model, x, batch_size), images[ok], tta)
     table = predictions_table(rows, np.nan_to_num(probs, nan=0.0), card.classes, top_k_count)
     table.loc[~ok, "pred_label"] = ""
     table.loc[~ok, "pred_prob"] = np.float32(np.nan)

@@ -17,6 +17,12 @@ even in another process (tests and the benchmark check the histories are equal).
 ``model.keras`` (the best epoch's weights, no optimizer), ``model.json``, ``history.parquet`` and
 ``curves.png``.
 
+``refit=True``: once the run with its holdout is done, a fresh model (same seed, same recipe) is trained on
+the training and validation images together for as many epochs as the kept epoch (``REFIT_DIR/checkpoints``,
+no validation), and that model is saved as ``model.keras``; the card's ``config.trained`` says what the saved
+model was trained on (images, epochs, refit or not), ``config.validation`` what picked the epoch. A refit
+killed half-way is redone from its start by ``resume=True`` (it is deterministic, so the result is the same).
+
 ``mode="bottleneck"`` (transfer architectures): the backbones run once over the training and validation
 images, the pooled features are cached in ``run_dir/cache``, the head is trained on them (checkpoints are
 the head's), and the saved model is the whole thing: backbones + head, taking [0, 1] images.
@@ -50,8 +56,9 @@ from fruitlens.inputs import AugmentConfig
 log = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+REFIT_DIR = "refit"  # the refit's own checkpoints, under the run folder
 # Keys that may change between a killed run and its resumption.
-RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "memory_limit"}
+RESUMABLE_CHANGES = {"epochs", "early_stopping", "tensorboard", "memory_limit", "refit"}
 
 
 class ResumeError(ValueError):
@@ -75,6 +82,7 @@ class TrainData:
     counts: dict[str, int]
     timings: dict[str, float] = field(default_factory=dict)
     val_source: str = ""  # where the validation images came from (for the card and the report)
+    both: Any = None  # train and val images together (what a refit trains on); None: train alone
 
 
 # Fewer validation images than this (or than one per class) and the best epoch is picked on noise.
@@ -145,7 +153,8 @@ def prepare_data(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config
     val = _drop_unreadable(_slice(decoded, slice(n, None)), val_rows) if len(val_rows) else None
     if val is not None and len(val) == 0:
         val = None
-    return TrainData(train=train, val=val, classes=classes, fingerprint=index.fingerprint,
+    both = _drop_unreadable(decoded, both) if val is not None else None
+    return TrainData(train=train, val=val, both=both, classes=classes, fingerprint=index.fingerprint,
                      counts={"train": len(train), "val": len(val) if val is not None else 0},
                      val_source=val_source,
                      timings={"index_seconds": t_index, "decode_seconds": time.perf_counter() - start - t_index})
@@ -221,6 +230,8 @@ class TrainResult:
         metrics: the card's metrics at the best epoch; counts: images per split; classes: in output order.
         validation: what was held out for validation, why, and which epoch was kept (``holdout_record`` plus
             ``kept_epoch``; the card's ``config.validation``).
+        trained: what the saved model was trained on: images, epochs, refit or not (``trained_record``; the
+            card's ``config.trained``).
         seconds: the whole call; timings: indexing/decoding phases, fit_seconds and other_seconds.
     """
 
@@ -236,6 +247,7 @@ class TrainResult:
     counts: dict[str, int]
     classes: tuple[str, ...]
     validation: dict[str, Any]
+    trained: dict[str, Any]
     seconds: float
     timings: dict[str, float]
 
@@ -297,8 +309,11 @@ def train_model(data_dir: str | os.PathLike, run_dir: str | os.PathLike, config:
     t_fit = time.perf_counter()
     _fit(config, data, trainee, state, cbs, verbose)
     fit_seconds = time.perf_counter() - t_fit
+    refit = None
+    if config.refit and data.both is not None:
+        refit = _refit(config, data, run, kept_epoch(state, holdout, ckpt), verbose)
     return _finalize(config, data, trainee, state, run, ckpt, Path(data_dir).name, initial_epoch, holdout,
-                     start=start, fit_seconds=fit_seconds)
+                     start=start, fit_seconds=fit_seconds, refit=refit)
 
 
 def _checks(run: Path, config: TrainConfig, resume: bool) -> tuple[Path, dict | None]:
@@ -405,12 +420,77 @@ def _fit(config: TrainConfig, data: TrainData, trainee: _Trainee, state: dict, c
                       callbacks=cbs, class_weight=class_weight, verbose=verbose, shuffle=False)
 
 
+def kept_epoch(state: dict, holdout: dict[str, Any], ckpt: Path) -> int:
+    """The epoch whose weights the run keeps: the best by the monitor, or the last (``keep`` last, no
+    validation images, or nothing monitored)."""
+    last = int(state["history"][-1]["epoch"]) if state["history"] else 0
+    if holdout["keep"] == "last" or not (ckpt / "best.keras").is_file():
+        return last
+    return int(state.get("best_epoch") or last)
+
+
+@dataclass(frozen=True)
+class Refit:
+    """The model refitted on train + val, and what it was trained on (the card's ``config.trained``)."""
+
+    model: Any  # the whole model to save (backbones + head for a bottleneck run)
+    images: int
+    epochs: int
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def _refit(config: TrainConfig, data: TrainData, run: Path, epochs: int, verbose: int) -> Refit:
+    """Train a fresh model (same seed, same recipe, same batch size) on train + val for ``epochs`` epochs, with
+    no validation; checkpoints in ``run/REFIT_DIR`` (a fresh start every time). The caller's extra callbacks
+    are not run here: they follow the run whose epochs the history table holds."""
+    import dataclasses
+
+    start = time.perf_counter()
+    both = TrainData(train=data.both, val=None, classes=data.classes, fingerprint=data.fingerprint,
+                     counts={"train": len(data.both), "val": 0}, val_source="none (refit on train + val)")
+    refit_config = dataclasses.replace(config, epochs=max(1, epochs), early_stopping=0, val_fraction=0.0,
+                                       refit=False)
+    ckpt = run / REFIT_DIR / CHECKPOINTS
+    ckpt.mkdir(parents=True, exist_ok=True)
+    remove_leftover_temp_files(ckpt)
+    state = _initial_state(refit_config, both, None, ckpt)
+    log.info("refit: %d images (train + val), %d epochs", len(data.both), refit_config.epochs)
+    trainee = _build(refit_config, both, state, run, ckpt, resumed=False)
+    monitor = config.monitor.replace("val_", "")
+    cbs = _callbacks(refit_config, run / REFIT_DIR, ckpt, state, monitor,
+                     seed_variables(trainee.model, trainee.augmenter), ())
+    _fit(refit_config, both, trainee, state, cbs, verbose)
+    model = trainee.model
+    if config.is_bottleneck:
+        trainee.full.get_layer("head").set_weights(model.get_weights())
+        model = trainee.full
+    return Refit(model=model, images=len(data.both), epochs=refit_config.epochs, history=list(state["history"]),
+                 seconds=time.perf_counter() - start)
+
+
+def trained_record(data: TrainData, validation: dict[str, Any], refit: Refit | None) -> dict[str, Any]:
+    """What the saved model was trained on (the card's ``config.trained``): images, epochs, refit or not."""
+    if refit is not None:
+        last = refit.history[-1] if refit.history else {}
+        return {"images": refit.images, "epochs": refit.epochs, "refit": True,
+                "what": (f"refit: a fresh model trained on the {refit.images} training and validation images "
+                         f"together for {refit.epochs} epoch(s), the epoch the validation images picked"),
+                "train_loss": last.get("loss"), "train_accuracy": last.get("accuracy"),
+                "seconds": round(refit.seconds, 2)}
+    return {"images": validation["trained_on"], "epochs": validation["kept_epoch"], "refit": False,
+            "what": (f"the run's epoch {validation['kept_epoch']}, trained on {validation['trained_on']} images"
+                     + (f"; {validation['held_out']} validation images never trained on"
+                        if validation["held_out"] else ""))}
+
+
 def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: dict, run: Path, ckpt: Path,
               data_name: str, initial_epoch: int, holdout: dict[str, Any], *, start: float,
-              fit_seconds: float) -> TrainResult:
+              fit_seconds: float, refit: Refit | None = None) -> TrainResult:
     """Save the final model (the best epoch's weights; the last epoch's with ``keep`` last, without validation
     images or where nothing was monitored; no optimizer), the history, the curves and the card (with what was
-    held out and which epoch was kept: ``holdout_record``)."""
+    held out and which epoch was kept: ``holdout_record``; with a refit, the refitted model and
+    ``trained_record``)."""
     import keras
 
     from fruitlens import models
@@ -421,7 +501,9 @@ def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: di
     keep_last = holdout["keep"] == "last" or not (ckpt / "best.keras").is_file()
     best_path = ckpt / "last.keras" if keep_last else ckpt / "best.keras"
     best = keras.models.load_model(best_path, compile=False)
-    if config.is_bottleneck:
+    if refit is not None:
+        final = refit.model
+    elif config.is_bottleneck:
         trainee.full.get_layer("head").set_weights(best.get_weights())
         final = trainee.full
     else:
@@ -434,9 +516,9 @@ def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: di
     lay = RunLayout(run)
     history_path = tables.write_table(history.astype({"epoch": "int32"}), lay.history, "history")
     curves_path = plot_history(history, lay.curves, title=f"{config.arch} on {data_name}")
-    last_epoch = int(history["epoch"].iloc[-1]) if len(history) else 0
-    best_epoch = last_epoch if keep_last else (state.get("best_epoch") or last_epoch)
+    best_epoch = kept_epoch(state, holdout, ckpt)
     validation = {**holdout, "kept_epoch": int(best_epoch)}
+    trained = trained_record(data, validation, refit)
     at_best = history[history["epoch"] == best_epoch].iloc[0] if len(history) else None
     metrics = {} if at_best is None else {
         "best_epoch": int(best_epoch), "epochs": int(len(history)),
@@ -448,6 +530,7 @@ def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: di
                      scaling=models.preprocessing_of(config.arch), fingerprint=data.fingerprint,
                      seed=config.seed, metrics={k: v for k, v in metrics.items() if not _isnan(v)},
                      config={**config.to_dict(), "counts": data.counts, "validation": validation,
+                             "trained": trained,
                              **({"recipe": asdict(trainee.recipe)} if trainee.recipe is not None else {})},
                      versions=library_versions())
     card_path = write_card(run, card)
@@ -456,7 +539,8 @@ def _finalize(config: TrainConfig, data: TrainData, trainee: _Trainee, state: di
         model_path=str(model_path), card_path=str(card_path), history_path=str(history_path),
         curves_path=str(curves_path), epochs=int(len(history)), resumed_from=initial_epoch,
         stopped_early=bool(state.get("stopped_early")), best_epoch=int(best_epoch), metrics=dict(card.metrics),
-        counts=dict(data.counts), classes=tuple(data.classes), validation=validation, seconds=seconds,
+        counts=dict(data.counts), classes=tuple(data.classes), validation=validation, trained=trained,
+        seconds=seconds,
         timings={**data.timings, "fit_seconds": fit_seconds,
                  "other_seconds": seconds - fit_seconds - sum(data.timings.values())})
 

@@ -77,6 +77,9 @@ def _add_train(sub) -> None:
     p.add_argument("--cutmix", type=float, default=d.cutmix, help="cutmix Beta alpha (0: off)")
     p.add_argument("--keep", default=d.keep, help="best (the best epoch by --monitor) or last (the last epoch: "
                    "a fixed-epoch model)")
+    p.add_argument("--refit", action="store_true", default=d.refit, help="after the run, train a fresh model on "
+                   "the training and validation images together for the kept epoch's number of epochs and save "
+                   "that (about 1.5x the training time; the card's config.trained says what was trained)")
     p.add_argument("--monitor", default=d.monitor, help="val_accuracy or val_loss: picks the best epoch")
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --out")
 
@@ -92,7 +95,7 @@ def _train_config(args):
               "seed": args.seed, "weights": args.weights, "mode": args.mode, "alpha": args.width_multiplier,
               "learning_rate": args.learning_rate, "augment": args.augment, "early_stopping": args.early_stopping,
               "class_weights": args.class_weights, "tensorboard": args.tensorboard,
-              "val_fraction": args.val_fraction, "monitor": args.monitor, "keep": args.keep,
+              "val_fraction": args.val_fraction, "monitor": args.monitor, "keep": args.keep, "refit": args.refit,
               **{k: getattr(args, k) for k in ("optimizer", "schedule", "warmup_epochs", "weight_decay",
                                                "label_smoothing", "augment_policy", "crop_scale", "jitter",
                                                "mixup", "cutmix")}}
@@ -120,8 +123,21 @@ def _cmd_train(args) -> int:
     print(f"trained {config.arch} on {result.counts['train']} images ({len(result.classes)} classes), "
           f"{v['held_out']} held out for validation: {start}{result.epochs} epochs, {kept}; "
           f"{result.seconds:.1f}s")
+    if result.trained["refit"]:
+        print(f"refit on all {result.trained['images']} images (train + validation) for {result.trained['epochs']} "
+              f"epochs: that model is saved")
+    elif config.refit:
+        print("refit: nothing to do, no validation images were held out (every image was trained on)")
     print(f"wrote {result.model_path}, model.json, history.parquet, curves.png, checkpoints/")
     return 0
+
+
+def _check_tta(tta: str) -> None:
+    """--tta of evaluate and predict, checked before any model or folder is read (the modes: recipes.TTA_MODES)."""
+    from fruitlens.recipes import TTA_MODES  # numpy only: no TensorFlow for a bad flag
+
+    if tta not in TTA_MODES:
+        raise CommandError(f"--tta {tta!r}: expected {' or '.join(TTA_MODES)}")
 
 
 def _add_evaluate(sub) -> None:
@@ -142,8 +158,7 @@ def _cmd_evaluate(args) -> int:
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
-    if args.tta not in ("none", "flip"):
-        raise CommandError(f"--tta {args.tta!r}: expected none or flip")
+    _check_tta(args.tta)
     check_data_folder(args.data)
     if not Path(args.model).exists() and not str(args.model).startswith("imagenet:"):
         raise CommandError(f"--model {args.model}: no such file or folder; expected a run folder or a model file")
@@ -167,6 +182,8 @@ def _add_predict(sub) -> None:
     p.add_argument("--data", nargs="+", type=Path, default=None, metavar="FILES", help=f"{what} (or FILES)")
     p.add_argument("--out", type=Path, required=True, help="folder for predictions.parquet and the annotated copies")
     p.add_argument("--top-k", type=int, default=5, help="labels kept per image in predictions.parquet")
+    p.add_argument("--tta", default="none", help="test-time augmentation: none or flip (the mean of each image's "
+                   "and its mirror's probabilities), as evaluate --tta")
     add_read_as_argument(p)
     add_model_arguments(p)
 
@@ -177,6 +194,7 @@ def _cmd_predict(args) -> int:
 
     if args.top_k < 1:
         raise CommandError(f"--top-k {args.top_k}: expected at least 1")
+    _check_tta(args.tta)
     source = model_source(args)  # a bad flag: one line before any folder is read or written
     files, labels = files_and_labels(args.data, args.read_as)
     if not files:
@@ -185,7 +203,7 @@ def _cmd_predict(args) -> int:
 
     with folder_lock(args.out), Progress(0, "annotated") as bar:
         table = predict_files(source, files, args.out, top_k_count=args.top_k, labels=labels,
-                              progress=bar.advance_to)
+                              progress=bar.advance_to, tta=args.tta)
     for row in table.itertuples():
         if row.error:
             print(f"error: {row.error}")  # the reason starts with the path
