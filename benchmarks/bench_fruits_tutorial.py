@@ -48,7 +48,7 @@ FRUITS360 = _BESIDE if (_BESIDE / "Training").is_dir() else Path("/work/shared/d
 
 SIZE = 20
 BATCH = 32
-VARIANTS = ("tutorial", "tutorial_holdout", "fruitlens", "fruitlens_all", "fruitlens_refit",
+VARIANTS = ("tutorial", "tutorial_holdout", "fruitlens", "fruitlens_tutorial_recipe", "fruitlens_all", "fruitlens_refit",
             "tutorial_fruitlens_pixels", "tutorial_fruitlens_init")
 
 
@@ -113,17 +113,18 @@ def bench_tutorial_on_fruitlens_pixels(epochs: int, seed: int, fruitlens_init: b
             "train_minutes": round(train_seconds / 60, 2), "load_before": load, "load_after": _load_avg()}
 
 
-def bench_fruitlens(epochs: int, seed: int, work: Path, val_fraction: float, refit: bool = False) -> dict:
+def bench_fruitlens(epochs: int, seed: int, work: Path, val_fraction: float, refit: bool = False,
+                    recipe: str = "default") -> dict:
     from fruitlens.config import TrainConfig
     from fruitlens.inference import evaluate_run
     from fruitlens.training import train_model
 
-    run = work / f"fruitlens_{seed}_{val_fraction}_{refit}"
+    run = work / f"fruitlens_{seed}_{val_fraction}_{refit}_{recipe}"
     shutil.rmtree(run, ignore_errors=True)
     load = _load_avg()
     start = time.perf_counter()
     config = TrainConfig(arch="seed_cnn", image_size=SIZE, epochs=epochs, batch_size=BATCH, seed=seed,
-                         val_fraction=val_fraction, refit=refit)
+                         val_fraction=val_fraction, refit=refit, optimizer=recipe, schedule=recipe)
     result = train_model(FRUITS360, run, config, workers=2)
     train_seconds = time.perf_counter() - start
     metrics = evaluate_run(run, FRUITS360, run / "eval")
@@ -180,6 +181,8 @@ def main() -> None:
                     out = bench_tutorial_on_fruitlens_pixels(args.epochs, seed, fruitlens_init=True)
                 elif name == "fruitlens":
                     out = bench_fruitlens(args.epochs, seed, work, 0.15)
+                elif name == "fruitlens_tutorial_recipe":  # fruitlens with the tutorial's RMSprop 1e-4
+                    out = bench_fruitlens(args.epochs, seed, work, 0.15, recipe="tutorial")
                 elif name == "fruitlens_refit":
                     out = bench_fruitlens(args.epochs, seed, work, 0.15, refit=True)
                 else:

@@ -13,8 +13,8 @@ TrainMode = Literal["bottleneck", "frozen", "finetune"]
 TRAIN_MODES: tuple[str, ...] = get_args(TrainMode)  # how a transfer model's backbones train
 # Architecture names (the builders live in fruitlens.models, which needs Keras; a test keeps these equal)
 ARCH_NAMES = ("seed_cnn", "fruit_net", "small_convnet", "lenet", "photo_resnet")
-OPTIMIZERS = ("default", "adam", "adamw", "rmsprop", "sgd")
-SCHEDULES = ("default", "constant", "cosine", "warmup_cosine")
+OPTIMIZERS = ("default", "tutorial", "adam", "adamw", "rmsprop", "sgd")  # tutorial: the architecture's tutorial's
+SCHEDULES = ("default", "tutorial", "constant", "cosine", "warmup_cosine")
 AUGMENT_POLICIES = ("classic", "photo")
 BACKBONE_NAMES = APP_NAMES  # every Keras application of the one table is a backbone
 

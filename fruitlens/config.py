@@ -108,9 +108,10 @@ class TrainConfig:
             (0 <= v < 1; the command line's ``--val-split``). 0: no holdout, every training image is trained on
             and the last epoch is kept (there is nothing to pick a best epoch on).
         monitor: the validation metric that picks the best epoch.
-        optimizer, schedule: ``default`` (the architecture's: the tutorials' for the tutorial models, AdamW with
-            warm-up + cosine for ``photo_resnet``), or adam | adamw | rmsprop | sgd, constant | cosine |
-            warmup_cosine (see :mod:`fruitlens.recipes`).
+        optimizer, schedule: ``default`` (the architecture's: the tutorials' for the tutorial models, Adam with
+            warm-up + cosine for ``seed_cnn``, AdamW with it for ``photo_resnet``), ``tutorial`` (the
+            architecture's tutorial's), or adam | adamw | rmsprop | sgd, constant | cosine | warmup_cosine
+            (see :mod:`fruitlens.recipes`).
         warmup_epochs: linear warm-up of ``warmup_cosine`` (epochs, may be fractional; at most half the run).
         weight_decay: AdamW's decoupled weight decay.
         label_smoothing: None: the architecture's (0.1 for ``photo_resnet``, else 0).
