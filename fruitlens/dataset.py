@@ -47,11 +47,9 @@ from fruitlens.lifetime import die_with_parent
 log = logging.getLogger(__name__)
 
 SPLIT_ALIASES = {  # compared lower-case: Training, TRAIN and training_set all count
-    "training": "train", "train": "train", "training_set": "train", "train_set": "train",
-    "validation": "val", "valid": "val", "val": "val", "validation_set": "val", "val_set": "val",
-    "valid_set": "val",
-    "test": "test", "testing": "test", "test_set": "test", "testing_set": "test",
-}
+    **dict.fromkeys(("training", "train", "training_set", "train_set"), "train"),
+    **dict.fromkeys(("validation", "valid", "val", "validation_set", "val_set", "valid_set"), "val"),
+    **dict.fromkeys(("test", "testing", "test_set", "testing_set"), "test")}
 SPLITS = ("train", "val", "test")
 
 

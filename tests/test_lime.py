@@ -340,7 +340,7 @@ def test_plot_kinds():
 
 
 def test_explanation_pictures():
-    from fruitlens import plots
+    from fruitlens import lime_pictures, plots
 
     h, w = 12, 18
     seg = grid_segments(h, w)
@@ -350,20 +350,20 @@ def test_explanation_pictures():
     assert signs.tolist() == [1, -1, 0, 0, 1, 0]
     assert plots.lime_superpixel_signs(weights, threshold=0.05, num_features=2).tolist() == [1, -1, 0, 0, 0, 0]
     assert plots.lime_superpixel_signs(weights, show_negative=False).tolist() == [1, 0, 1, 0, 1, 0]
-    block = plots.lime_explanation(image, seg, weights, threshold=0.05, display="block", hide_rest=True)
+    block = lime_pictures.lime_explanation(image, seg, weights, threshold=0.05, display="block", hide_rest=True)
     assert block.shape == (h, w, 3) and block.dtype == np.float32
     green, red, rest = block[seg == 0], block[seg == 1], block[seg == 2]
     assert (green[:, 1] > green[:, 0]).all() and (red[:, 0] > red[:, 1]).all() and np.allclose(rest, 0.5)
-    outline = plots.lime_explanation(image, seg, weights, threshold=0.05)
+    outline = lime_pictures.lime_explanation(image, seg, weights, threshold=0.05)
     edge = outline[seg == 0]
     assert np.allclose(edge[(edge != 0.7).any(axis=1)], plots.SUPPORT_RGB)  # drawn pixels are green
     assert np.allclose(outline[seg == 2], 0.7)  # below the threshold: untouched
     assert np.array_equal(image, np.full((h, w, 3), 0.7, np.float32))
     with pytest.raises(ValueError, match="unknown display 'blocks'; expected outline or block"):
-        plots.lime_explanation(image, seg, weights, display="blocks")
+        lime_pictures.lime_explanation(image, seg, weights, display="blocks")
     bounds = plots.lime_boundaries(image, seg)
     assert bounds.shape == (h, w, 3) and (bounds != 0.7).any()
-    fig = plots.lime_weight_density({"a": weights, "b": np.zeros(6)}, threshold=0.05, title="t")
+    fig = lime_pictures.lime_weight_density({"a": weights, "b": np.zeros(6)}, threshold=0.05, title="t")
     assert len(fig.axes[0].lines) >= 3  # a density, its rug, the threshold lines
     plots.plt.close(fig)
     assert plots.upscale_nearest(seg, 3).shape == (36, 54)

@@ -15,7 +15,8 @@ from fruitlens.card import read_card  # noqa: E402
 from fruitlens.cli import main  # noqa: E402
 from fruitlens.config import TrainConfig  # noqa: E402
 from fruitlens.runs import load_run  # noqa: E402
-from fruitlens.training import class_weights_for, train_model  # noqa: E402
+from fruitlens.train_data import class_weights_for  # noqa: E402
+from fruitlens.training import train_model  # noqa: E402
 
 FAST = dict(arch="seed_cnn", image_size=16, batch_size=16, seed=3)
 
