@@ -35,13 +35,7 @@ from PIL import Image
 
 from fruitlens import tables
 from fruitlens.errors import DatasetError
-from fruitlens.images import (
-    IMAGE_SUFFIXES,
-    MASK_SUFFIX,
-    ImageRefused,
-    open_image,
-    upright_size,
-)
+from fruitlens.images import IMAGE_SUFFIXES, MASK_SUFFIX, ImageRefused, open_image, upright_size
 from fruitlens.lifetime import die_with_parent
 
 log = logging.getLogger(__name__)
