@@ -1,6 +1,7 @@
 """LIME's explanation as the lime package draws it (supporting superpixels green, opposing ones red, outlined
-or filled) and the density of its weights per label, to pick a threshold. The pictures the pipeline writes
-are drawn by ``fruitlens.overlays`` and ``fruitlens.batch.pictures``; these are for notebooks and reports.
+or filled), for notebooks, and the density of its weights per label (to pick a threshold), which explain
+writes with ``lime.plots: all`` or ``density``. The photo-resolution pictures of a run are drawn by
+``fruitlens.overlays`` and ``fruitlens.batch.pictures``.
 """
 
 from __future__ import annotations

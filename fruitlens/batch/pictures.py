@@ -22,6 +22,7 @@ from fruitlens import plots, tables
 from fruitlens.captions import MIN_SIDE, Caption, add_caption, layer_title
 from fruitlens.layout import ExplainLayout, picture_stem
 from fruitlens.lime_options import LimeOptions
+from fruitlens.lime_pictures import lime_weight_density
 from fruitlens.method_options import CamOptions
 from fruitlens.overlays import display_size, heat_on_photo, lime_legend, lime_on_photo
 
@@ -191,8 +192,8 @@ def write_lime(out: ExplainLayout, rows: pd.DataFrame, images: np.ndarray, resul
                                              f"{Path(path).name}"]), out.picture("lime", stem, "boundaries"))
         if "density" in kinds:
             names = {card.classes[lab]: res.weights[lab] for lab in res.labels}
-            fig = plots.lime_weight_density(names, threshold=options.threshold or None,
-                                            title=f"{Path(path).name}: {label} ({res.label_prob[top]:.2f})")
+            fig = lime_weight_density(names, threshold=options.threshold or None,
+                                       title=f"{Path(path).name}: {label} ({res.label_prob[top]:.2f})")
             plots.save_figure(fig, out.picture("lime", stem, "density"))
         written.append(files)
     return written
