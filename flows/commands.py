@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from fruitlens.cli.common import DEFAULT_DEMO_DIR, DEFAULT_DEMO_OUT, CommandError
@@ -236,11 +237,33 @@ def _cmd_serve(args) -> int:
               + (f", notifying through {args.notify}" if args.notify else " (no --notify block)"))
         print(f"serving nightly_flow as deployment nightly/{args.name} on cron {args.cron!r}: "
               f"{params['data_dir']} -> {params['out_dir']}")
-        with pipeline_settings(args.cache_dir):  # served runs inherit the cache location through the environment
+        # served runs inherit the cache location through the environment
+        with pipeline_settings(args.cache_dir), _sigterm_stops_like_ctrl_c():
             nightly_flow.serve(name=args.name, schedules=[schedule], parameters=params,
                                description="Nightly retraining: index, train, evaluate, explain, compare, report",
                                tags=["fruitlens", "nightly"])
     return 0
+
+
+@contextmanager
+def _sigterm_stops_like_ctrl_c():
+    """SIGTERM takes serve's Ctrl-C path. Prefect's runner stops itself from its SIGTERM handler through its loop
+    thread (``Runner.stop``), which can deadlock: seen once in five suite runs, serve still there 120 s after a
+    SIGTERM with "coroutine 'Runner.astop' was never awaited". A KeyboardInterrupt is handled by ``serve`` in the
+    main thread, where a service manager's stop then ends the process as a Ctrl-C in a terminal does."""
+    from prefect.runner import Runner
+
+    original = Runner.handle_sigterm
+
+    def handle_sigterm(self, *args, **kwargs):
+        self._logger.info("SIGTERM received, shutting down")
+        raise KeyboardInterrupt
+
+    Runner.handle_sigterm = handle_sigterm
+    try:
+        yield
+    finally:
+        Runner.handle_sigterm = original
 
 
 def _add_automations(sub) -> None:
