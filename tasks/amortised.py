@@ -6,20 +6,10 @@ from __future__ import annotations
 from prefect import task
 
 from tasks.cache import content_cache, run_folder_name
+from tasks.keys import model_and_images
 
 
-def _model_and_images(inputs: dict) -> dict:
-    from pathlib import Path
-
-    from fruitlens.digests import file_digest_cached
-    from fruitlens.layout import RunLayout
-    from fruitlens.modelio import as_model_source
-
-    images = Path(inputs["index_dir"]) / RunLayout(".").images_table.name
-    return {"model": as_model_source(inputs["model"]).digest(), "images": file_digest_cached(images)}
-
-
-@task(name="amortised-train", cache_policy=content_cache(_model_and_images), retries=1, retry_delay_seconds=1,
+@task(name="amortised-train", cache_policy=content_cache(model_and_images), retries=1, retry_delay_seconds=1,
       persist_result=True, task_run_name=lambda: f"amortised-train-{run_folder_name()}")
 def amortised_train_task(model: dict, index_dir: str, options: dict, out_dir: str) -> str:
     """Train (or resume) the amortised explainer on the training split; its folder."""
@@ -31,7 +21,7 @@ def amortised_train_task(model: dict, index_dir: str, options: dict, out_dir: st
     return train_run_explainer(as_model_source(model), index_dir, build(AmortisedOptions, options), out_dir)
 
 
-@task(name="amortised-audit", cache_policy=content_cache(_model_and_images), retries=1, retry_delay_seconds=1,
+@task(name="amortised-audit", cache_policy=content_cache(model_and_images), retries=1, retry_delay_seconds=1,
       persist_result=True, task_run_name=lambda: f"amortised-audit-{run_folder_name()}")
 def amortised_audit_task(model: dict, index_dir: str, split: str, options: dict, audit_images: int,
                          min_agreement: float, top_k: int, out_dir: str) -> dict:

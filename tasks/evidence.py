@@ -5,20 +5,10 @@ from __future__ import annotations
 from prefect import task
 
 from tasks.cache import content_cache, run_folder_name
+from tasks.keys import model_and_images
 
 
-def _model_and_images(inputs: dict) -> dict:
-    from pathlib import Path
-
-    from fruitlens.digests import file_digest_cached
-    from fruitlens.layout import RunLayout
-    from fruitlens.modelio import as_model_source
-
-    images = Path(inputs["index_dir"]) / RunLayout(".").images_table.name
-    return {"model": as_model_source(inputs["model"]).digest(), "images": file_digest_cached(images)}
-
-
-@task(name="class-evidence", cache_policy=content_cache(_model_and_images), retries=1, retry_delay_seconds=1,
+@task(name="class-evidence", cache_policy=content_cache(model_and_images), retries=1, retry_delay_seconds=1,
       persist_result=True, task_run_name=lambda: f"class-evidence-{run_folder_name()}")
 def evidence_task(model: dict, index_dir: str, split: str, out_dir: str) -> str:
     """Write out_dir/class_evidence.parquet and class_evidence.png; the table's path."""
