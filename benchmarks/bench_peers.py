@@ -80,6 +80,7 @@ XPLIQUE_THIRD = {"smoothgrad": {"samples": 16, "noise": 0.2},
 TKV_DEFAULT = {"smoothgrad": {"samples": 20, "noise": 0.20}, "scorecam_batch_size": 32}
 REFERENCE = {"smoothgrad": ("samples", 8000), "integrated_gradients": ("steps", 512), "occlusion": ("stride", 1),
              "rise": ("masks", 8000)}
+REFERENCE_SEED = 99  # fruitlens' references draw independently of the rows (which use the options' seed, 0)
 FILL_VALUE = {"black": 0.0, "gray": 0.5}
 CHANNELS = 64  # conv3's channels: Score-CAM's masked passes
 
@@ -332,6 +333,7 @@ def fruitlens_reference(model, x, targets, key: tuple, budget: dict) -> tuple[np
               "occlusion": lambda: {"window": rest[0], "fill": rest[1]},
               "rise": lambda: {"cells": rest[0], "keep": rest[1], "fill": rest[2]}}[method]()
     fields[REFERENCE[method][0]] = budget[method]
+    fields["seed"] = REFERENCE_SEED  # draws of its own: the rows' seed would share the rows' first draws
     try:
         maps, passes = fruitlens_run(model, method, fields, x, targets, 0.0)()
     except ValueError:  # an adaptive option that refuses tolerance 0: its default, with the passes recorded

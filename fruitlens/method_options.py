@@ -135,7 +135,7 @@ class SmoothGradOptions(HeatmapOptions):
 
     samples: int = 64
     noise: float = 0.15
-    tolerance: float = 0.15
+    tolerance: float = 0.12
     round_size: int = 8
     sampling: Sampling = "latin"
 

@@ -189,7 +189,7 @@ class SmoothGrad(_GradientMethod):
 
     method = "smoothgrad"
 
-    def __init__(self, model, *, samples: int = 64, noise: float = 0.15, seed: int = 0, tolerance: float = 0.15,
+    def __init__(self, model, *, samples: int = 64, noise: float = 0.15, seed: int = 0, tolerance: float = 0.12,
                  round_size: int = 8, sampling: str = "latin", batch_size: int = 256):
         super().__init__(model, batch_size=batch_size)
         if samples < 1 or not noise >= 0:
