@@ -219,11 +219,12 @@ def indexed(demo_dir, tmp_path_factory):
 @pytest.mark.parametrize(("agreement", "fell"), [(-1.0, False), (1.01, True)])
 def test_the_audit_explains_the_split_and_falls_back_below_the_agreement(indexed, agreement, fell, tmp_path):
     """Every test image gets a map; each class with audited images has its agreement; a class below the
-    agreement is explained by grid occlusion instead and the table says so."""
+    agreement is explained by KernelSHAP on the grid instead and the table says so."""
     from fruitlens import tables
-    from fruitlens.batch.amortised_audit import audit_run, grid_occlusion, train_run_explainer
+    from fruitlens.batch.amortised_audit import audit_run, train_run_explainer
     from fruitlens.batch.engine import read_chunk
     from fruitlens.batch.rows import rows_from_index
+    from fruitlens.explain.kernel_shap import DEFAULT_BUDGET, grid_kernel_shap
 
     root, source = indexed
     opts = AmortisedOptions(grid=3, epochs=1, masks=4, width=4, seed=0, faithfulness_steps=5)
@@ -236,14 +237,15 @@ def test_the_audit_explains_the_split_and_falls_back_below_the_agreement(indexed
     audited = table[table["audited"] > 0]
     assert audited["rank_correlation"].between(-1, 1).all() and audited["top_k_overlap"].between(0, 1).all()
     assert set(audited["trusted"]) == {not fell}
-    assert set(audited["explained_by"]) == {"occlusion" if fell else "amortised"}
+    assert set(audited["explained_by"]) == {"kernelshap" if fell else "amortised"}
     assert (res.fallback_images > 0) == fell
     saved = np.load(res.maps)
-    assert saved["maps"].shape == (24, 9) and (saved["method"] == "occlusion").sum() == res.fallback_images
+    assert saved["maps"].shape == (24, 9) and (saved["method"] == "kernelshap").sum() == res.fallback_images
     if fell:  # the fallen-back maps are the exact method's
         model, card = source.load()
         rows = rows_from_index(root / "index", "test")
-        first = int(np.flatnonzero(saved["method"] == "occlusion")[0])
+        first = int(np.flatnonzero(saved["method"] == "kernelshap")[0])
         img, _, _ = read_chunk(rows.iloc[[first]], card.image_size, card.fit)
-        np.testing.assert_allclose(saved["maps"][first], grid_occlusion(model, img, saved["target"][[first]], 3,
-                                                                        "mean")[0], atol=1e-6)
+        np.testing.assert_allclose(saved["maps"][first], grid_kernel_shap(model, img, saved["target"][[first]], 3,
+                                                                          "mean", DEFAULT_BUDGET, opts.seed)[0],
+                                   atol=1e-5)
