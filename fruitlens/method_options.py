@@ -241,10 +241,11 @@ class AmortisedOptions(HeatmapOptions):
     ``grid`` x ``grid`` grid of patches in one pass (``fruitlens.explain.amortised``).
 
     ``explainer``: the folder of a trained explainer (``fruitlens.explain.amortised_training``); null: trained first on
-    the images it is given. Training: ``epochs`` passes over the training images, ``masks`` patch subsets per
-    image and step (Shapley-kernel draws, each paired with its complement: even), Adam at ``learning_rate``,
-    ``images_per_step`` images per step, removed patches show ``fill``, ``width`` channels of the network;
-    ``train_images``: trained on at most that many images (a seeded sample) when trained by a run.
+    the images it is given. Training: at most ``epochs`` passes over the training images, ``masks`` patch
+    subsets per image (drawn once, reused every epoch; Shapley-kernel draws, each paired with its complement:
+    even), Adam at ``learning_rate``, ``images_per_step`` images per step, removed patches show ``fill``, ``width`` channels of the network;
+    ``train_images``: trained on at most that many images (a seeded sample) when trained by a run;
+    ``patience``: stop once the loss on a held-out tenth of them has not improved for that many epochs (0: never).
     ``batch_size`` (shared field): images per explainer call, and classifier inputs per call in training.
     """
 
@@ -257,9 +258,11 @@ class AmortisedOptions(HeatmapOptions):
     fill: AmortisedFill = "mean"
     width: int = 32
     train_images: int = 2_000
+    patience: int = 2
 
     def checks(self):
         return [(1 <= self.train_images <= 1_000_000, "train_images", self.train_images, "1 to 1000000"),
+                (0 <= self.patience <= MAX_EPOCHS, "patience", self.patience, f"0 (none) to {MAX_EPOCHS} epochs"),
                 (1 <= self.grid <= MAX_GRID, "grid", self.grid, f"1 to {MAX_GRID} patches per side"),
                 (1 <= self.epochs <= MAX_EPOCHS, "epochs", self.epochs, f"1 to {MAX_EPOCHS}"),
                 (2 <= self.masks <= 1024 and self.masks % 2 == 0, "masks", self.masks,

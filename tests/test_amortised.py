@@ -60,8 +60,9 @@ def model():
 
 def test_the_explainer_finds_the_patch_the_classifier_reads(model):
     x = data()
-    trained = train_explainer(model, x, replace(OPTIONS, epochs=25), None)
-    explainer = AmortisedExplainer(model, replace(OPTIONS, epochs=25), trained)
+    opts = replace(OPTIONS, epochs=25, patience=0)  # all 25 epochs (4 held-out images stop it early, underfitted)
+    trained = train_explainer(model, x, opts, None)
+    explainer = AmortisedExplainer(model, opts, trained)
     bright = data(8, seed=1)[::2]
     phi, _, gap = explainer.attributions(bright)
     np.testing.assert_allclose(phi.sum(axis=1), gap, atol=1e-5)  # efficiency, exactly
@@ -134,6 +135,19 @@ def test_resume_after_an_interrupted_epoch_ends_equal(model, tmp_path):
     assert fresh == [1]
 
 
+def test_early_stopping_on_the_held_out_loss(model):
+    """patience 1: training stops at the first epoch whose held-out loss is not below the best so far; patience 0
+    trains every epoch and holds nothing out."""
+    x = data(40)
+    stopped = train_explainer(model, x, replace(OPTIONS, epochs=80, patience=1, learning_rate=1e-2), None).card
+    held = stopped.holdout_history
+    assert len(stopped.history) == len(held) < 80 and stopped.epochs == 80 and stopped.patience == 1
+    assert all(b < a for a, b in zip(held[:-1], held[1:-1], strict=False))  # improving until the last epoch
+    assert held[-1] >= min(held[:-1])
+    full = train_explainer(model, x, replace(OPTIONS, epochs=3, patience=0), None).card
+    assert len(full.history) == 3 and full.holdout_history == ()
+
+
 def test_from_options_loads_the_folder_and_checks_it_fits(model, tmp_path):
     x = data(16)
     opts = replace(OPTIONS, epochs=1)
@@ -157,6 +171,7 @@ def test_from_options_loads_the_folder_and_checks_it_fits(model, tmp_path):
 @pytest.mark.parametrize(("change", "message"), [
     ({"masks": 7}, "masks 7"), ({"grid": 0}, "grid 0"), ({"epochs": 10**6}, "epochs 1000000"),
     ({"learning_rate": 0.0}, "learning_rate 0.0"), ({"fill": "blur"}, "fill 'blur'"), ({"explainer": ""}, "explainer"),
+    ({"patience": -1}, "patience -1"),
 ])
 def test_bad_options_name_the_value(change, message):
     with pytest.raises(OptionError, match=message):

@@ -33,7 +33,7 @@ def coalitions(players: int, budget: int, seed: int) -> tuple[np.ndarray, np.nda
     Raises:
         ValueError: a budget that is not an even number >= 2, or fewer than 1 player.
     """
-    from fruitlens.explain.amortised_training import shapley_subsets
+    from fruitlens.explain.patches import shapley_subsets
 
     if players < 1:
         raise ValueError(f"players {players}: expected at least 1")
