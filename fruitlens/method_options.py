@@ -256,7 +256,7 @@ class AmortisedOptions(HeatmapOptions):
     learning_rate: float = 1e-3
     images_per_step: int = 32
     fill: AmortisedFill = "mean"
-    width: int = 32
+    width: int = 16
     train_images: int = 2_000
     patience: int = 2
 
