@@ -37,10 +37,11 @@ import numpy as np  # noqa: E402
 from benchmarks._common import FRUITS360, write_result  # noqa: E402
 from fruitlens.batch.amortised_audit import grid_occlusion, rank_correlation, top_k_overlap  # noqa: E402
 from fruitlens.explain.amortised import AmortisedExplainer  # noqa: E402
-from fruitlens.explain.amortised_training import TRAINING_FIELDS, patch_index, train_explainer  # noqa: E402
+from fruitlens.explain.amortised_training import TRAINING_FIELDS, train_explainer  # noqa: E402
 from fruitlens.explain.base import scale_per_image  # noqa: E402
 from fruitlens.explain.faithfulness import deletion_insertion  # noqa: E402
 from fruitlens.explain.kernel_shap import DEFAULT_BUDGET, grid_kernel_shap  # noqa: E402
+from fruitlens.explain.patches import patch_index  # noqa: E402
 from fruitlens.lime_options import LimeOptions  # noqa: E402
 from fruitlens.method_options import AmortisedOptions  # noqa: E402
 from fruitlens.registry import METHODS  # noqa: E402

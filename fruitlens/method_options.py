@@ -243,7 +243,8 @@ class AmortisedOptions(HeatmapOptions):
     ``explainer``: the folder of a trained explainer (``fruitlens.explain.amortised_training``); null: trained first on
     the images it is given. Training: at most ``epochs`` passes over the training images, ``masks`` patch
     subsets per image (drawn once, reused every epoch; Shapley-kernel draws, each paired with its complement:
-    even), Adam at ``learning_rate``, ``images_per_step`` images per step, removed patches show ``fill``, ``width`` channels of the network;
+    even), Adam at ``learning_rate``, ``images_per_step`` images per step, removed patches show ``fill``,
+    ``width`` channels of the network;
     ``train_images``: trained on at most that many images (a seeded sample) when trained by a run;
     ``patience``: stop once the loss on a held-out tenth of them has not improved for that many epochs (0: never).
     ``batch_size`` (shared field): images per explainer call, and classifier inputs per call in training.

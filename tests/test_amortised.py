@@ -15,10 +15,9 @@ from fruitlens.explain.amortised_training import (
     CHECKPOINT,
     STATE,
     load_explainer,
-    patch_index,
-    shapley_subsets,
     train_explainer,
 )
+from fruitlens.explain.patches import patch_index, shapley_subsets
 from fruitlens.method_options import AmortisedOptions
 from fruitlens.registry import resolve
 

@@ -69,7 +69,8 @@ def grid_occlusion(model, images: np.ndarray, targets: np.ndarray, grid: int, fi
     classifier passes per image)."""
     import tensorflow as tf
 
-    from fruitlens.explain.amortised_training import fill_of, patch_masks, probs_fn
+    from fruitlens.explain.amortised_training import probs_fn
+    from fruitlens.explain.patches import fill_of, patch_masks
 
     n, h, w, _ = images.shape
     masks = patch_masks((h, w), grid)  # (d, H, W)
@@ -113,10 +114,10 @@ def audit_run(source, index_dir: str | os.PathLike, split: str, options: Amortis
     from fruitlens.batch.engine import read_chunk
     from fruitlens.batch.rows import rows_from_index
     from fruitlens.explain.amortised import AmortisedExplainer
-    from fruitlens.explain.amortised_training import patch_index
     from fruitlens.explain.base import scale_per_image
     from fruitlens.explain.faithfulness import deletion_insertion
     from fruitlens.explain.kernel_shap import DEFAULT_BUDGET, grid_kernel_shap
+    from fruitlens.explain.patches import patch_index
     from fruitlens.layout import ExplainLayout
 
     if options.explainer is None:

@@ -21,13 +21,12 @@ from fruitlens.explain.amortised_training import (
     Trained,
     coordinates,
     efficient,
-    fill_of,
     load_explainer,
-    patch_index,
     train_explainer,
 )
 from fruitlens.explain.base import check_images, check_targets, logits_fn, scale_per_image
 from fruitlens.explain.explainer import Explainer
+from fruitlens.explain.patches import fill_of, patch_index
 from fruitlens.explain.results import HeatmapResult
 from fruitlens.method_options import AmortisedOptions
 

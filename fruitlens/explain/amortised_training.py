@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from fruitlens.digests import file_digest
-from fruitlens.explain.patches import fill_of, patch_index, patch_masks, shapley_subsets  # noqa: F401 (re-exported)
+from fruitlens.explain.patches import fill_of, patch_masks, shapley_subsets
 from fruitlens.method_options import AmortisedOptions
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,8 @@ class ExplainerCard:
         image_size: (height, width) of its inputs, the classifier's input size.
         classes: number of classes.
         grid, fill, width, masks, learning_rate, images_per_step, seed: the training options.
-        epochs: the most epochs (``len(history)`` were trained: fewer when stopped early). images: training images. seconds: training time (all sessions together).
+        epochs: the most epochs (``len(history)`` were trained: fewer when stopped early). images: training
+            images. seconds: training time (all sessions together).
         history: mean training loss of each epoch. patience: the early-stopping patience (0: none).
         holdout_history: mean loss of each epoch on the held-out images (empty: none held out).
     """

@@ -79,7 +79,8 @@ def grid_kernel_shap(model, images: np.ndarray, targets: np.ndarray, grid: int, 
     """
     import tensorflow as tf
 
-    from fruitlens.explain.amortised_training import fill_of, patch_masks, probs_fn
+    from fruitlens.explain.amortised_training import probs_fn
+    from fruitlens.explain.patches import fill_of, patch_masks
 
     images = np.ascontiguousarray(images, np.float32)
     n, h, w, _ = images.shape
