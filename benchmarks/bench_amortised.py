@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=AmortisedOptions.epochs, help="explainer epochs (at most)")
     parser.add_argument("--masks", type=int, default=AmortisedOptions.masks, help="explainer masks per image")
     parser.add_argument("--width", type=int, default=AmortisedOptions.width, help="explainer width")
+    parser.add_argument("--features", default=None, help="a classifier layer as the explainer's input (default: "
+                        "the image)")
     parser.add_argument("--reference-budget", type=int, default=4096, help="KernelSHAP coalitions per image of the "
                         "reference")
     parser.add_argument("--tag", default="", help="suffix of the result file")
@@ -134,7 +136,7 @@ def main() -> None:
     parser.add_argument("--fruits", type=Path, default=FRUITS360 if FRUITS360.is_dir() else SHARED_FRUITS,
                         help="the Fruits-360 root (Training/, Test/)")
     args = parser.parse_args()
-    options = AmortisedOptions(epochs=args.epochs, masks=args.masks, width=args.width)
+    options = AmortisedOptions(epochs=args.epochs, masks=args.masks, width=args.width, features=args.features)
     result = {"options": {f: getattr(options, f) for f in TRAINING_FIELDS if hasattr(options, f)}, "runs": []}
     if "demo" in args.parts:
         from benchmarks.bench_gradcam import demo_arrays, demo_model

@@ -246,7 +246,9 @@ class AmortisedOptions(HeatmapOptions):
     even), Adam at ``learning_rate``, ``images_per_step`` images per step, removed patches show ``fill``,
     ``width`` channels of the network;
     ``train_images``: trained on at most that many images (a seeded sample) when trained by a run;
-    ``patience``: stop once the loss on a held-out tenth of them has not improved for that many epochs (0: never).
+    ``patience``: stop once the loss on a held-out tenth of them has not improved for that many epochs (0: never);
+    ``features``: a layer of the classifier whose (frozen) output is the explainer's input instead of the image,
+    computed once per training image (null: the image).
     ``batch_size`` (shared field): images per explainer call, and classifier inputs per call in training.
     """
 
@@ -260,6 +262,7 @@ class AmortisedOptions(HeatmapOptions):
     width: int = 16
     train_images: int = 2_000
     patience: int = 2
+    features: str | None = None
 
     def checks(self):
         return [(1 <= self.train_images <= 1_000_000, "train_images", self.train_images, "1 to 1000000"),
@@ -273,5 +276,7 @@ class AmortisedOptions(HeatmapOptions):
                  f"1 to {MAX_BATCH}"),
                 _one_of(self.fill, AmortisedFill, "fill"),
                 (4 <= self.width <= 512, "width", self.width, "4 to 512 channels"),
+                (self.features is None or (isinstance(self.features, str) and self.features.strip() != ""),
+                 "features", self.features, "a layer name or null"),
                 (self.explainer is None or (isinstance(self.explainer, str) and self.explainer.strip() != ""),
                  "explainer", self.explainer, "a folder path or null")]

@@ -147,6 +147,28 @@ def test_early_stopping_on_the_held_out_loss(model):
     assert len(full.history) == 3 and full.holdout_history == ()
 
 
+def test_the_classifiers_frozen_features_as_input(tmp_path):
+    """features: the explainer reads a layer's output (computed once per image), stays efficient, is saved and
+    loaded with its input shape, and a missing layer is named."""
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="feat",
+                            kernel_initializer=keras.initializers.GlorotUniform(0))(inp)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    conv = keras.Model(inp, keras.layers.Dense(3, activation="softmax",
+                                               kernel_initializer=keras.initializers.GlorotUniform(1))(h))
+    opts = replace(OPTIONS, epochs=2, features="feat")
+    trained = train_explainer(conv, data(16), opts, tmp_path / "ex")
+    assert trained.card.features == "feat" and trained.card.input_shape == (8, 8, 6)
+    loaded = load_explainer(tmp_path / "ex")
+    assert loaded.card == trained.card
+    phi, _, gap = AmortisedExplainer(conv, opts, loaded).attributions(data(3, seed=2))
+    np.testing.assert_allclose(phi.sum(axis=1), gap, atol=1e-5)
+    same, _, _ = AmortisedExplainer(conv, opts, trained).attributions(data(3, seed=2))
+    np.testing.assert_allclose(phi, same, atol=1e-6)
+    with pytest.raises(ValueError, match="amortised features 'nope': expected a layer of the classifier"):
+        train_explainer(conv, data(16), replace(opts, features="nope"), None)
+
+
 def test_from_options_loads_the_folder_and_checks_it_fits(model, tmp_path):
     x = data(16)
     opts = replace(OPTIONS, epochs=1)

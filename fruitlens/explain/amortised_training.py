@@ -54,7 +54,8 @@ CHECKPOINT = "checkpoint"
 STATE = "state.json"
 LAST = "last.npz"
 #: the options that change what training computes (the key of a checkpoint and a cached explainer)
-TRAINING_FIELDS = ("grid", "epochs", "masks", "learning_rate", "images_per_step", "fill", "width", "seed", "patience")
+TRAINING_FIELDS = ("grid", "epochs", "masks", "learning_rate", "images_per_step", "fill", "width", "seed", "patience",
+                   "features")
 HOLDOUT = 10  #: one training image in HOLDOUT is held out for early stopping (none below HOLDOUT images)
 
 
@@ -72,6 +73,8 @@ class ExplainerCard:
             images. seconds: training time (all sessions together).
         history: mean training loss of each epoch. patience: the early-stopping patience (0: none).
         holdout_history: mean loss of each epoch on the held-out images (empty: none held out).
+        features: the classifier's layer whose output is the network's input (None: the image).
+        input_shape: (height, width, channels) of the network's input before the two coordinate channels.
     """
 
     classifier_digest: str
@@ -91,6 +94,8 @@ class ExplainerCard:
     history: tuple[float, ...]
     patience: int
     holdout_history: tuple[float, ...]
+    features: str | None
+    input_shape: tuple[int, int, int]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -105,6 +110,7 @@ class ExplainerCard:
         data["image_size"] = tuple(data["image_size"])
         data["history"] = tuple(data["history"])
         data["holdout_history"] = tuple(data["holdout_history"])
+        data["input_shape"] = tuple(data["input_shape"])
         return cls(**data)
 
 
@@ -130,9 +136,9 @@ def data_fingerprint(images: np.ndarray) -> str:
 # ------------------------------------------------------------------------------------ the network
 
 
-def build_network(image_size: tuple[int, int], grid: int, classes: int, width: int, seed: int):
-    """The explainer network: (N, H, W, 5) (the image and two coordinate channels) -> (N, grid^2, classes)
-    raw attributions; every initialiser seeded, no randomness at call time."""
+def build_network(image_size: tuple[int, int], grid: int, classes: int, width: int, seed: int, channels: int = 3):
+    """The explainer network: (N, H, W, channels + 2) (the image, or the classifier's features, and two coordinate
+    channels) -> (N, grid^2, classes) raw attributions; every initialiser seeded, no randomness at call time."""
     import keras
 
     h, w = image_size
@@ -145,7 +151,7 @@ def build_network(image_size: tuple[int, int], grid: int, classes: int, width: i
                                    kernel_initializer=keras.initializers.GlorotUniform(seed=s),
                                    bias_initializer="zeros")
 
-    inp = keras.Input((h, w, 5))
+    inp = keras.Input((h, w, channels + 2))
     x = conv(width, 3)(inp)
     for i in range(downs):
         x = conv(width * min(2 ** (i + 1), 4), 3, strides=2)(x)
@@ -155,6 +161,27 @@ def build_network(image_size: tuple[int, int], grid: int, classes: int, width: i
     x = conv(classes, 1, activation=None)(x)
     out = keras.layers.Reshape((grid * grid, classes))(x)
     return keras.Model(inp, out, name="amortised_explainer")
+
+
+def features_fn(model, layer: str | None):
+    """(N, H, W, 3) images -> the explainer's input before the coordinates: the images themselves (``layer``
+    None) or the output of the classifier's layer ``layer`` (frozen, a 4-d feature map).
+
+    Raises:
+        ValueError: no such layer, or one whose output is not (N, h, w, c).
+    """
+    import keras
+
+    if layer is None:
+        return lambda x: x
+    names = [lay.name for lay in model.layers]
+    if layer not in names:
+        raise ValueError(f"amortised features {layer!r}: expected a layer of the classifier ({', '.join(names)})")
+    out = model.get_layer(layer).output
+    if len(out.shape) != 4:
+        raise ValueError(f"amortised features {layer!r}: output of shape {tuple(out.shape)}; expected (N, h, w, c)")
+    extractor = keras.Model(model.inputs, out)
+    return lambda x: extractor(x, training=False)
 
 
 def coordinates(images):
@@ -243,7 +270,8 @@ def load_explainer(path: str | os.PathLike) -> Trained:
         raise FileNotFoundError(f"explainer {folder}: expected a folder with {WEIGHTS} and {CARD} "
                                 "(written by fruitlens' amortised training)")
     card = ExplainerCard.from_json((folder / CARD).read_text(encoding="utf-8"))
-    network = build_network(card.image_size, card.grid, card.classes, card.width, card.seed)
+    network = build_network(card.input_shape[:2], card.grid, card.classes, card.width, card.seed,
+                            card.input_shape[2])
     weights = _load_npz(folder / WEIGHTS)
     if [w.shape for w in weights] != [tuple(v.shape) for v in network.weights]:
         raise ValueError(f"explainer {folder}: {WEIGHTS} does not fit the network its card describes")
@@ -294,7 +322,11 @@ def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_di
         except (OSError, ValueError) as exc:
             log.warning("amortised explainer in %s cannot be read (%s); training again", folder, exc)
 
-    network = build_network((h, w), grid, classes, options.width, options.seed)
+    extract = features_fn(model, options.features)
+    # the explainer's inputs: the images, or the classifier's frozen features of them (computed once)
+    inputs = images if options.features is None else np.concatenate(
+        [extract(tf.constant(images[i:i + options.batch_size])).numpy() for i in range(0, n, options.batch_size)])
+    network = build_network(inputs.shape[1:3], grid, classes, options.width, options.seed, inputs.shape[3])
     optimizer = keras.optimizers.Adam(learning_rate=options.learning_rate)
     optimizer.build(network.trainable_variables)
     fills = fill_of(images, options.fill)
@@ -337,7 +369,7 @@ def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_di
 
     def held_out_loss() -> float:
         return float(sum(float(held_loss(*(tf.constant(a[held[i:i + options.images_per_step]]) for a in
-                                           (images, subsets, values, v_empty, v_all))))
+                                           (inputs, subsets, values, v_empty, v_all))))
                          * len(held[i:i + options.images_per_step])
                          for i in range(0, len(held), options.images_per_step)) / len(held))
 
@@ -365,7 +397,7 @@ def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_di
         losses = []
         for s in range(0, len(order), per_step):
             idx = np.sort(order[s:s + per_step])
-            loss = step(*(tf.constant(a[idx]) for a in (images, subsets, values, v_empty, v_all)))
+            loss = step(*(tf.constant(a[idx]) for a in (inputs, subsets, values, v_empty, v_all)))
             losses.append(float(loss) * len(idx))
         mean_loss = float(np.sum(losses) / len(order))
         history.append(mean_loss)
@@ -389,7 +421,8 @@ def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_di
                          classes=classes, grid=grid, fill=options.fill, width=options.width, masks=options.masks,
                          learning_rate=options.learning_rate, images_per_step=options.images_per_step,
                          seed=options.seed, epochs=options.epochs, images=n, seconds=round(seconds, 3),
-                         history=tuple(history), patience=options.patience, holdout_history=tuple(holdout_history))
+                         history=tuple(history), patience=options.patience, holdout_history=tuple(holdout_history),
+                         features=options.features, input_shape=tuple(int(v) for v in inputs.shape[1:]))
     if folder is not None:
         _save_npz(folder / WEIGHTS, network.get_weights())
         _write_atomic(folder / CARD, lambda p: p.write_text(card.to_json(), encoding="utf-8"))
