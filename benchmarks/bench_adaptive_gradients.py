@@ -8,8 +8,8 @@ each explained for its predicted class:
   default: ``linspace(0, 1, steps)`` and the trapezoid rule, the same math as ``nodes: riemann, tolerance: 0``) and
   of Gauss-Legendre, against the adaptive rounds at several tolerances.
 - SmoothGrad (noise 0.2 of the value range, Xplique's default 0.2 on [0, 1] images): the reference is 8,000 iid
-  copies (``--reference-samples``); iid at 50 copies is Xplique's default (``nb_samples=50``), against antithetic
-  and Sobol draws at fixed budgets and the adaptive rounds at several tolerances.
+  copies (``--reference-samples``); iid at 50 copies is Xplique's default (``nb_samples=50``), against Latin
+  hypercube, antithetic and Sobol draws at fixed budgets and the adaptive rounds at several tolerances.
 
 Error = ``||map - reference map||_2 / ||reference map||_2`` of the final heatmaps (what fruitlens draws: (N, H, W)
 in [0, 1]), averaged over images (mean and worst); passes = model passes per image as the method reports them
@@ -81,9 +81,12 @@ def part_smoothgrad(model, x, targets, reference_samples: int) -> dict:
     fixed = lambda k, sampling: SmoothGrad(model, samples=k, noise=noise, sampling=sampling,  # noqa: E731
                                            round_size=k, tolerance=0)
     rows = [row("iid 50 (Xplique's default)", fixed(50, "iid"), x, targets, ref)]
-    for sampling in ("iid", "antithetic", "sobol"):
+    for sampling in ("iid", "antithetic", "sobol", "latin"):
         rows.append(row(f"{sampling} 16", fixed(16, sampling), x, targets, ref))
-    for sampling, tolerances in (("antithetic", (0.15, 0.12, 0.1)), ("sobol", (0.2,))):
+    for seed in (0, 1):  # two Latin hypercubes of 8: the default's first two rounds
+        rows.append(row(f"latin 2 rounds of 8, seed {seed}", SmoothGrad(
+            model, samples=16, noise=noise, sampling="latin", round_size=8, tolerance=0, seed=seed), x, targets, ref))
+    for sampling, tolerances in (("latin", (0.15, 0.12, 0.1)), ("antithetic", (0.15, 0.12, 0.1)), ("sobol", (0.2,))):
         for tol in tolerances:
             rows.append(row(f"adaptive {sampling}, tolerance {tol}", SmoothGrad(
                 model, samples=64, noise=noise, tolerance=tol, round_size=8, sampling=sampling), x, targets, ref))

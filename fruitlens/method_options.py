@@ -17,7 +17,7 @@ Reference = Literal["black", "white", "gray", "mean", "blur"]
 CamVariant = Literal["gradcam", "gradcam++", "cam"]
 Fill = Literal["black", "gray", "mean", "blur"]
 Nodes = Literal["gauss-legendre", "riemann"]  # Integrated Gradients' points on the path
-Sampling = Literal["antithetic", "sobol", "iid"]  # SmoothGrad's noise draws
+Sampling = Literal["latin", "antithetic", "sobol", "iid"]  # SmoothGrad's noise draws
 FAITHFULNESS_STEPS = 20  # steps of the deletion / insertion curves
 # Limits, refused in one line where the options enter (a typo of 10^8 must not take the machine's memory):
 MAX_DRAWS = 10_000  # SmoothGrad samples, Integrated Gradients steps, RISE masks (model inputs per image)
@@ -126,16 +126,18 @@ class SmoothGradOptions(HeatmapOptions):
 
     Adaptive: the copies come in rounds of ``round_size``; an image stops once the relative standard error of its
     mean gradient (``||SE||_2 / ||mean||_2``) is at most ``tolerance`` (0: always ``samples``). ``sampling``:
-    ``antithetic`` pairs x + e, x - e (the default: an honest SE at any image size), ``sobol`` (scrambled Sobol
-    points through the normal inverse CDF: the smallest error per pass measured, but at most 21,201 values per
-    image (84 x 84 RGB) and an SE that overstates its error) or ``iid`` normal draws (benchmarks/README.md).
+    ``latin`` (the default: each round a Latin hypercube, every pixel value's draws one per equal-probability
+    stratum of the normal; the smallest error per pass measured, at any image size, and an honest SE over round
+    means from the second round on), ``antithetic`` pairs x + e, x - e, ``sobol`` (scrambled Sobol points
+    through the normal inverse CDF: at most 21,201 values per image (84 x 84 RGB) and an SE that overstates its
+    error) or ``iid`` normal draws (benchmarks/README.md).
     """
 
     samples: int = 64
     noise: float = 0.15
-    tolerance: float = 0.1
+    tolerance: float = 0.15
     round_size: int = 8
-    sampling: Sampling = "antithetic"
+    sampling: Sampling = "latin"
 
     def checks(self):
         return [(1 <= self.samples <= MAX_DRAWS, "samples", self.samples, f"1 to {MAX_DRAWS}"),

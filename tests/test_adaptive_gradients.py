@@ -123,14 +123,17 @@ def test_smoothgrad_stops_early_where_the_gradient_is_flat():
     bright image keeps going until the budget with a tiny tolerance."""
     lin = linear_model(SHAPE)
     x = dark_and_bright()
-    res = SmoothGrad(lin, samples=64, noise=0.5, tolerance=0.05, round_size=8).explain(x, [0, 1])
+    res = SmoothGrad(lin, samples=64, noise=0.5, tolerance=0.05, round_size=8, sampling="antithetic").explain(
+        x, [0, 1])
     assert res.passes.tolist() == [8, 8] and np.all(res.convergence < 1e-3)  # 0 up to float32 rounding
+    res = SmoothGrad(lin, samples=64, noise=0.5, tolerance=0.05, round_size=8).explain(x, [0, 1])
+    assert res.passes.tolist() == [16, 16] and np.all(res.convergence < 1e-3)  # latin: an SE needs two rounds
     model, _ = tanh_model()
     res = SmoothGrad(model, samples=32, noise=0.5, tolerance=1e-6, round_size=8).explain(x[1:], [0])
     assert res.passes.tolist() == [32] and res.convergence[0] > 1e-6
 
 
-@pytest.mark.parametrize("sampling", ["antithetic", "sobol", "iid"])
+@pytest.mark.parametrize("sampling", ["latin", "antithetic", "sobol", "iid"])
 def test_adaptive_smoothgrad_is_seeded_and_batch_free(sampling):
     model, _ = tanh_model()
     x = np.concatenate([dark_and_bright(), dark_and_bright(seed=2)])
@@ -145,6 +148,26 @@ def test_adaptive_smoothgrad_is_seeded_and_batch_free(sampling):
     np.testing.assert_allclose(res.heatmaps, np.concatenate([r.heatmaps for r in one]), atol=1e-5)
     assert res.passes.tolist() == [int(r.passes[0]) for r in one]
     assert not np.allclose(res.heatmaps, make(seed=1).explain(x, targets).heatmaps)
+
+
+def test_latin_rounds_stratify_every_value_and_report_an_se_over_rounds():
+    """A round of k Latin-hypercube copies puts each pixel value's k draws one in each of k equal-probability
+    strata of the normal; the SE is over round means, so it is unknown (inf) after one round and finite after two."""
+    from scipy.special import ndtr
+
+    model, _ = tanh_model()
+    sg = SmoothGrad(model, samples=16, noise=0.3, round_size=8, sampling="latin", tolerance=0)
+    noise = sg.draws((6, 5, 3))(0, 8)
+    strata = np.floor(ndtr(noise.astype(np.float64)) * 8).reshape(8, -1)
+    assert np.array_equal(np.sort(strata, axis=0), np.broadcast_to(np.arange(8)[:, None], strata.shape))
+    assert not np.array_equal(noise, sg.draws((6, 5, 3))(1, 8))  # each round its own hypercube
+    x, t = dark_and_bright()[1:], np.array([0])
+    assert sg.rounds() == [8, 8]
+    assert np.isinf(SmoothGrad(model, samples=8, noise=0.3, round_size=8, sampling="latin",
+                               tolerance=0).estimate(x, t)[2][0])
+    mean, used, se = sg.estimate(x, t)
+    assert used[0] == 16 and 0 < se[0] < np.inf
+    assert SmoothGrad(model, samples=20, round_size=8, sampling="latin").rounds() == [8, 8]  # whole rounds only
 
 
 def test_antithetic_pairs_cancel_odd_terms():
@@ -176,6 +199,6 @@ def test_bad_options_name_the_value():
         SmoothGradOptions(sampling="halton")
     model, _ = tanh_model()
     with pytest.raises(ValueError, match="samples 1: expected at least 2 with antithetic"):
-        SmoothGrad(model, samples=1)
+        SmoothGrad(model, samples=1, sampling="antithetic")
     with pytest.raises(ValueError, match="sampling 'sobol' at 100x90 pixels"):
         SmoothGrad(model, sampling="sobol").draws((100, 90, 3))

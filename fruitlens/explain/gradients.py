@@ -9,7 +9,8 @@ Definitions (per image, target t, score f_t = pre-softmax logit):
 
 - vanilla gradients (Simonyan et al. 2014): ``max_c |d f_t / d x|`` (the largest over the colour channels).
 - SmoothGrad (Smilkov et al. 2017): ``max_c |mean_s d f_t / d x (x + e_s)|`` with e_s ~ N(0, (noise *
-  (max x - min x))^2), at most ``samples`` draws in rounds of ``round_size``: antithetic pairs (e, -e), scrambled
+  (max x - min x))^2), at most ``samples`` draws in rounds of ``round_size``: Latin hypercubes (stratified per
+  pixel value), antithetic pairs (e, -e), scrambled
   Sobol points through the normal inverse CDF, or iid normal draws. An image leaves once the relative standard
   error of its mean gradient, ``||SE||_2 / ||mean||_2`` over its pixels and channels, is at most ``tolerance``.
   The noise is seeded and the same for every image, so an image's map does not depend on the batch it is in.
@@ -40,7 +41,7 @@ from fruitlens.explain.results import HeatmapResult
 Reference = Literal["black", "white", "gray", "mean", "blur"]
 REFERENCES: tuple[str, ...] = ("black", "white", "gray", "mean", "blur")
 NODES: tuple[str, ...] = ("gauss-legendre", "riemann")
-SAMPLING: tuple[str, ...] = ("antithetic", "sobol", "iid")
+SAMPLING: tuple[str, ...] = ("latin", "antithetic", "sobol", "iid")
 FIRST_NODES = 4  # Integrated Gradients' first round (Gauss-Legendre; the trapezoid rule starts at 5 points)
 SOBOL_MAX_DIM = 21_201  # scipy's Sobol direction numbers: at most this many pixel x channel values
 
@@ -179,15 +180,17 @@ class SmoothGrad(_GradientMethod):
         seed: the noise draw (the same for every image).
         tolerance: an image stops once ``||SE||_2 / ||mean gradient||_2`` is at most this (0: always ``samples``).
         round_size: copies per round (even: antithetic pairs stay together).
-        sampling: ``antithetic`` (pairs e, -e: the SE is over pair means), ``sobol`` (scrambled Sobol points
+        sampling: ``latin`` (each round a Latin hypercube: every pixel value's draws fall one in each of
+            ``round_size`` equal-probability strata of the normal; the SE is over round means, so it needs two
+            rounds), ``antithetic`` (pairs e, -e: the SE is over pair means), ``sobol`` (scrambled Sobol points
             through the normal inverse CDF, one sequence continued across rounds; its SE uses the iid formula,
             which overstates a quasi-random error, so it stops late rather than early), or ``iid``.
     """
 
     method = "smoothgrad"
 
-    def __init__(self, model, *, samples: int = 64, noise: float = 0.15, seed: int = 0, tolerance: float = 0.1,
-                 round_size: int = 8, sampling: str = "antithetic", batch_size: int = 256):
+    def __init__(self, model, *, samples: int = 64, noise: float = 0.15, seed: int = 0, tolerance: float = 0.15,
+                 round_size: int = 8, sampling: str = "latin", batch_size: int = 256):
         super().__init__(model, batch_size=batch_size)
         if samples < 1 or not noise >= 0:
             raise ValueError(f"samples {samples}, noise {noise}: expected samples >= 1 and noise >= 0")
@@ -207,9 +210,17 @@ class SmoothGrad(_GradientMethod):
                    tolerance=options.tolerance, round_size=options.round_size, sampling=options.sampling,
                    batch_size=options.batch_size)
 
+    def unit(self, k: int) -> int:
+        """Copies of a round of ``k`` whose mean is one draw of the SE: a pair (antithetic), the whole round
+        (latin: a round is one Latin hypercube, its copies are not independent), else one copy."""
+        return {"antithetic": 2, "latin": k}.get(self.sampling, 1)
+
     def rounds(self) -> list[int]:
-        """Copies per round: ``round_size`` until ``samples`` (antithetic: whole pairs only)."""
+        """Copies per round: ``round_size`` until ``samples`` (antithetic: whole pairs only; latin: whole rounds,
+        at least one)."""
         unit = 2 if self.sampling == "antithetic" else 1
+        if self.sampling == "latin":
+            unit = min(self.round_size, self.samples)
         total = self.samples // unit * unit
         return [min(self.round_size, total - used) for used in range(0, total, self.round_size)]
 
@@ -232,6 +243,13 @@ class SmoothGrad(_GradientMethod):
 
         def normal(r, k):
             rng = np.random.default_rng([self.seed, r])
+            if self.sampling == "latin":  # each value's k draws: one in each of k equal-probability strata
+                from scipy.special import ndtri
+
+                dim = int(np.prod(shape))
+                strata = rng.permuted(np.broadcast_to(np.arange(k, dtype=np.float32), (dim, k)), axis=1).T
+                u = (strata + rng.random((k, dim), np.float32)) / k
+                return ndtri(np.clip(u, 1e-7, 1 - 1e-7)).reshape(k, *shape).astype(np.float32)
             if self.sampling == "iid":
                 return rng.standard_normal((k, *shape), np.float32)
             e = rng.standard_normal((k // 2, *shape), np.float32)
@@ -243,10 +261,9 @@ class SmoothGrad(_GradientMethod):
         """(N, H, W, 3) mean gradients, (N,) copies used and (N,) relative standard error reached."""
         n = len(images)
         sigma = (self.noise * (images.max(axis=(1, 2, 3)) - images.min(axis=(1, 2, 3)))).astype(np.float32)
-        unit = 2 if self.sampling == "antithetic" else 1
         draw = self.draws(images.shape[1:])
         s1, s2 = np.zeros(images.shape, np.float64), np.zeros(images.shape, np.float64)
-        used, se = np.zeros(n, np.int64), np.full(n, np.inf)
+        used, units, se = np.zeros(n, np.int64), np.zeros(n, np.int64), np.full(n, np.inf)
         active = np.arange(n)
         for r, k in enumerate(self.rounds()):
             noise = draw(r, k)
@@ -255,16 +272,18 @@ class SmoothGrad(_GradientMethod):
             def inputs(x, rows, cols, sig=sig, noise=noise):
                 return x[rows, None] + sig[rows, None, None, None, None] * noise[None, cols]
 
+            unit = self.unit(k)
             a, b = self.gradient_moments(x, targets[active], k, inputs, unit)
             s1[active] += a
             s2[active] += b
             used[active] += k
-            se[active] = relative_se(s1[active], s2[active], used[active] // unit)
+            units[active] += k // unit
+            se[active] = relative_se(s1[active], s2[active], units[active])
             if self.tolerance > 0:
                 active = active[se[active] > self.tolerance]
             if not len(active):
                 break
-        mean = s1 / np.maximum(used // unit, 1).reshape(-1, 1, 1, 1)
+        mean = s1 / np.maximum(units, 1).reshape(-1, 1, 1, 1)
         return mean.astype(np.float32), used, se
 
     def attribute(self, images, targets):
