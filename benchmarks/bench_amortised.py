@@ -8,8 +8,12 @@ For each dataset, one classifier trained here, then:
    of the exact reference (occlusion on the same 8x8 grid: 65 classifier passes per image, the audit's
    ``grid_occlusion``) and of LIME at fruitlens' defaults (``LimeOptions()``: adaptive, up to 1000 samples), each
    after one warm-up call, on the same test images.
-3. Agreement on the audit images: Spearman rank correlation and top-5 overlap of the amortised patch values
-   with the exact ones, and deletion AUC (20 steps, mean baseline) of both (lower is more faithful).
+3. Agreement on the audit images (the issue's rule): the exact method is KernelSHAP on the same grid and fill
+   (``fruitlens.explain.kernel_shap``); its own seed-to-seed Spearman rank correlation at fruitlens' default
+   budget (``DEFAULT_BUDGET`` coalitions, seeds 0 and 1, same images) against the amortised explainer's rank
+   correlation with KernelSHAP at a high reference budget (``--reference-budget``, seed 2); top-5 overlap with
+   the reference; deletion AUC (20 steps, mean baseline) of the amortised, KernelSHAP (default budget) and
+   occlusion maps (lower is more faithful). Occlusion on the grid is also timed and compared, for reference.
 
 Datasets: the demo (generated in memory, 64x64, 6 classes) and a subset of Fruits-360
 (``../shared/datasets/fruits360``, ``--fruits-per-class`` training images per class at ``--fruits-size``).
@@ -33,9 +37,11 @@ import numpy as np  # noqa: E402
 from benchmarks._common import FRUITS360, write_result  # noqa: E402
 from fruitlens.batch.amortised_audit import grid_occlusion, rank_correlation, top_k_overlap  # noqa: E402
 from fruitlens.explain.amortised import AmortisedExplainer  # noqa: E402
-from fruitlens.explain.amortised_training import patch_index, train_explainer  # noqa: E402
+from fruitlens.explain.amortised_training import TRAINING_FIELDS, train_explainer  # noqa: E402
 from fruitlens.explain.base import scale_per_image  # noqa: E402
 from fruitlens.explain.faithfulness import deletion_insertion  # noqa: E402
+from fruitlens.explain.kernel_shap import DEFAULT_BUDGET, grid_kernel_shap  # noqa: E402
+from fruitlens.explain.patches import patch_index  # noqa: E402
 from fruitlens.lime_options import LimeOptions  # noqa: E402
 from fruitlens.method_options import AmortisedOptions  # noqa: E402
 from fruitlens.registry import METHODS  # noqa: E402
@@ -54,7 +60,7 @@ def uptime() -> str:
 
 
 def bench(name: str, model, x_train, y_train, x_test, y_test, epochs: int, options: AmortisedOptions, audit: int,
-          lime_images: int) -> dict:
+          lime_images: int, reference_budget: int) -> dict:
     out: dict = {"dataset": name, "train_images": len(x_train), "test_images": len(x_test),
                  "image_size": list(x_train.shape[1:3]), "load_before": uptime()}
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
@@ -80,17 +86,29 @@ def bench(name: str, model, x_train, y_train, x_test, y_test, epochs: int, optio
     out["lime_default_seconds_per_image"] = secs / min(lime_images, len(xs))
     phi, _, _ = explainer.attributions(xs)
     amort = phi[np.arange(len(xs)), :, ts]
-    rho = rank_correlation(amort, exact)
+    kernel, secs = timed(lambda: grid_kernel_shap(model, xs, ts, grid, fill, DEFAULT_BUDGET, seed=0))
+    out["kernelshap_budget"] = DEFAULT_BUDGET
+    out["kernelshap_seconds_per_image"] = secs / len(xs)
+    kernel_1 = grid_kernel_shap(model, xs, ts, grid, fill, DEFAULT_BUDGET, seed=1)
+    reference = grid_kernel_shap(model, xs, ts, grid, fill, reference_budget, seed=2)
+    out["reference_budget"] = reference_budget
     out["audit_images"] = len(xs)
-    out["rank_correlation_mean"] = float(np.nanmean(rho))
-    out["rank_correlation_min"] = float(np.nanmin(rho))
-    out["top5_overlap_mean"] = float(top_k_overlap(amort, exact, 5).mean())
+    for key, a, b in (("kernelshap_seed_to_seed", kernel, kernel_1), ("amortised_vs_reference", amort, reference),
+                      ("kernelshap_vs_reference", kernel, reference), ("amortised_vs_occlusion", amort, exact),
+                      ("occlusion_vs_reference", exact, reference)):
+        rho = rank_correlation(a, b)
+        out[f"rank_correlation_{key}"] = float(np.nanmean(rho))
+        out[f"rank_correlation_{key}_min"] = float(np.nanmin(rho))
+    out["top5_overlap_amortised_vs_reference"] = float(top_k_overlap(amort, reference, 5).mean())
+    out["top5_overlap_kernelshap_seed_to_seed"] = float(top_k_overlap(kernel, kernel_1, 5).mean())
     index = patch_index(tuple(x_test.shape[1:3]), grid)
-    for key, values in (("amortised", amort), ("exact", exact)):
+    for key, values in (("amortised", amort), ("kernelshap", kernel), ("occlusion", exact)):
         curves = deletion_insertion(model, xs, scale_per_image(values[:, index]), ts, steps=20, baseline="mean")
         out[f"deletion_auc_{key}"] = float(curves.deletion_auc.mean())
     out["classifier_test_accuracy"] = float((res.targets == y_test).mean())
-    out["speedup_vs_exact"] = out["exact_seconds_per_image"] / out["amortised_seconds_per_image"]
+    out["explainer_over_classifier_training"] = out["explainer_train_seconds"] / out["classifier_train_seconds"]
+    out["speedup_vs_occlusion"] = out["exact_seconds_per_image"] / out["amortised_seconds_per_image"]
+    out["speedup_vs_kernelshap"] = out["kernelshap_seconds_per_image"] / out["amortised_seconds_per_image"]
     out["speedup_vs_lime_default"] = out["lime_default_seconds_per_image"] / out["amortised_seconds_per_image"]
     out["load_after"] = uptime()
     print(name, {k: (round(v, 4) if isinstance(v, float) else v) for k, v in out.items()}, flush=True)
@@ -104,23 +122,29 @@ def main() -> None:
     parser.add_argument("--fruits-per-class", type=int, default=30, help="Fruits-360 training images per class")
     parser.add_argument("--fruits-test-per-class", type=int, default=10)
     parser.add_argument("--fruits-size", type=int, default=48)
-    parser.add_argument("--epochs", type=int, default=10, help="explainer epochs")
+    parser.add_argument("--epochs", type=int, default=AmortisedOptions.epochs, help="explainer epochs (at most)")
+    parser.add_argument("--masks", type=int, default=AmortisedOptions.masks, help="explainer masks per image")
+    parser.add_argument("--width", type=int, default=AmortisedOptions.width, help="explainer width")
+    parser.add_argument("--features", default=None, help="a classifier layer as the explainer's input (default: "
+                        "the image)")
+    parser.add_argument("--reference-budget", type=int, default=4096, help="KernelSHAP coalitions per image of the "
+                        "reference")
+    parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--audit", type=int, default=40, help="audit images (exact method)")
     parser.add_argument("--lime-images", type=int, default=10)
     parser.add_argument("--parts", default="demo,fruits")
     parser.add_argument("--fruits", type=Path, default=FRUITS360 if FRUITS360.is_dir() else SHARED_FRUITS,
                         help="the Fruits-360 root (Training/, Test/)")
     args = parser.parse_args()
-    options = AmortisedOptions(epochs=args.epochs)
-    result = {"options": {"grid": options.grid, "masks": options.masks, "epochs": options.epochs,
-                          "fill": options.fill, "width": options.width}, "runs": []}
+    options = AmortisedOptions(epochs=args.epochs, masks=args.masks, width=args.width, features=args.features)
+    result = {"options": {f: getattr(options, f) for f in TRAINING_FIELDS if hasattr(options, f)}, "runs": []}
     if "demo" in args.parts:
         from benchmarks.bench_gradcam import demo_arrays, demo_model
 
         x_train, _, y_train = demo_arrays(args.demo_train_per_class, 0)
         x_test, _, y_test = demo_arrays(args.demo_test_per_class, 1)
         result["runs"].append(bench("demo", demo_model(), x_train, y_train, x_test, y_test, 5, options, args.audit,
-                                    args.lime_images))
+                                    args.lime_images, args.reference_budget))
     if "fruits" in args.parts:
         from benchmarks.bench_lime import convnet, load_split
 
@@ -129,10 +153,10 @@ def main() -> None:
         x_test, y_test, _, _ = load_split(args.fruits, "Test", size, args.fruits_test_per_class)
         run = bench(f"fruits360 subset ({len(classes)} classes, {args.fruits_per_class}/class)",
                     convnet(size, len(classes)), x_train, y_train, x_test, y_test, 3, options, args.audit,
-                    args.lime_images)
+                    args.lime_images, args.reference_budget)
         result["runs"].append(run)
-    write_result("amortised" if args.parts == "demo,fruits" else "amortised_" + args.parts.replace(",", "_"),
-                 result)
+    write_result(("amortised" if args.parts == "demo,fruits" else "amortised_" + args.parts.replace(",", "_"))
+                 + (f"_{args.tag}" if args.tag else ""), result)
 
 
 if __name__ == "__main__":

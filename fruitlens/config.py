@@ -288,7 +288,7 @@ class PipelineConfig:
             ``MAX_SANITY_IMAGES`` (each image is explained once per layer and method).
         amortised_audit: train the amortised explainer (``explain_options.amortised``) on the training split
             right after the classifier, add ``amortised`` to the explained methods, explain the whole split with
-            it and audit this many random images against occlusion on the same patch grid
+            it and audit this many random images against KernelSHAP on the same patch grid
             (``fruitlens.batch.amortised_audit``); 0 (default): off.
         amortised_agreement: a class whose mean rank correlation in the audit is below this falls back to the
             exact method (-1..1).

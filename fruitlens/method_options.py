@@ -243,10 +243,14 @@ class AmortisedOptions(HeatmapOptions):
     ``grid`` x ``grid`` grid of patches in one pass (``fruitlens.explain.amortised``).
 
     ``explainer``: the folder of a trained explainer (``fruitlens.explain.amortised_training``); null: trained first on
-    the images it is given. Training: ``epochs`` passes over the training images, ``masks`` patch subsets per
-    image and step (Shapley-kernel draws, each paired with its complement: even), Adam at ``learning_rate``,
-    ``images_per_step`` images per step, removed patches show ``fill``, ``width`` channels of the network;
-    ``train_images``: trained on at most that many images (a seeded sample) when trained by a run.
+    the images it is given. Training: at most ``epochs`` passes over the training images, ``masks`` patch
+    subsets per image (drawn once, reused every epoch; Shapley-kernel draws, each paired with its complement:
+    even), Adam at ``learning_rate``, ``images_per_step`` images per step, removed patches show ``fill``,
+    ``width`` channels of the network;
+    ``train_images``: trained on at most that many images (a seeded sample) when trained by a run;
+    ``patience``: stop once the loss on a held-out tenth of them has not improved for that many epochs (0: never);
+    ``features``: a layer of the classifier whose (frozen) output is the explainer's input instead of the image,
+    computed once per training image (null: the image).
     ``batch_size`` (shared field): images per explainer call, and classifier inputs per call in training.
     """
 
@@ -257,11 +261,14 @@ class AmortisedOptions(HeatmapOptions):
     learning_rate: float = 1e-3
     images_per_step: int = 32
     fill: AmortisedFill = "mean"
-    width: int = 32
+    width: int = 16
     train_images: int = 2_000
+    patience: int = 2
+    features: str | None = None
 
     def checks(self):
         return [(1 <= self.train_images <= 1_000_000, "train_images", self.train_images, "1 to 1000000"),
+                (0 <= self.patience <= MAX_EPOCHS, "patience", self.patience, f"0 (none) to {MAX_EPOCHS} epochs"),
                 (1 <= self.grid <= MAX_GRID, "grid", self.grid, f"1 to {MAX_GRID} patches per side"),
                 (1 <= self.epochs <= MAX_EPOCHS, "epochs", self.epochs, f"1 to {MAX_EPOCHS}"),
                 (2 <= self.masks <= 1024 and self.masks % 2 == 0, "masks", self.masks,
@@ -271,5 +278,7 @@ class AmortisedOptions(HeatmapOptions):
                  f"1 to {MAX_BATCH}"),
                 _one_of(self.fill, AmortisedFill, "fill"),
                 (4 <= self.width <= 512, "width", self.width, "4 to 512 channels"),
+                (self.features is None or (isinstance(self.features, str) and self.features.strip() != ""),
+                 "features", self.features, "a layer name or null"),
                 (self.explainer is None or (isinstance(self.explainer, str) and self.explainer.strip() != ""),
                  "explainer", self.explainer, "a folder path or null")]

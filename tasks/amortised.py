@@ -25,7 +25,7 @@ def amortised_train_task(model: dict, index_dir: str, options: dict, out_dir: st
       persist_result=True, task_run_name=lambda: f"amortised-audit-{run_folder_name()}")
 def amortised_audit_task(model: dict, index_dir: str, split: str, options: dict, audit_images: int,
                          min_agreement: float, top_k: int, out_dir: str) -> dict:
-    """Explain the split with the explainer, audit a sample against grid occlusion; the table, maps, counts."""
+    """Explain the split with the explainer, audit a sample against KernelSHAP on its grid; the table, maps, counts."""
     from dataclasses import asdict
 
     from fruitlens.batch.amortised_audit import audit_run

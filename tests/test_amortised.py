@@ -15,10 +15,9 @@ from fruitlens.explain.amortised_training import (
     CHECKPOINT,
     STATE,
     load_explainer,
-    patch_index,
-    shapley_subsets,
     train_explainer,
 )
+from fruitlens.explain.patches import patch_index, shapley_subsets
 from fruitlens.method_options import AmortisedOptions
 from fruitlens.registry import resolve
 
@@ -60,8 +59,9 @@ def model():
 
 def test_the_explainer_finds_the_patch_the_classifier_reads(model):
     x = data()
-    trained = train_explainer(model, x, replace(OPTIONS, epochs=25), None)
-    explainer = AmortisedExplainer(model, replace(OPTIONS, epochs=25), trained)
+    opts = replace(OPTIONS, epochs=25, patience=0)  # all 25 epochs (4 held-out images stop it early, underfitted)
+    trained = train_explainer(model, x, opts, None)
+    explainer = AmortisedExplainer(model, opts, trained)
     bright = data(8, seed=1)[::2]
     phi, _, gap = explainer.attributions(bright)
     np.testing.assert_allclose(phi.sum(axis=1), gap, atol=1e-5)  # efficiency, exactly
@@ -134,6 +134,41 @@ def test_resume_after_an_interrupted_epoch_ends_equal(model, tmp_path):
     assert fresh == [1]
 
 
+def test_early_stopping_on_the_held_out_loss(model):
+    """patience 1: training stops at the first epoch whose held-out loss is not below the best so far; patience 0
+    trains every epoch and holds nothing out."""
+    x = data(40)
+    stopped = train_explainer(model, x, replace(OPTIONS, epochs=80, patience=1, learning_rate=1e-2), None).card
+    held = stopped.holdout_history
+    assert len(stopped.history) == len(held) < 80 and stopped.epochs == 80 and stopped.patience == 1
+    assert all(b < a for a, b in zip(held[:-1], held[1:-1], strict=False))  # improving until the last epoch
+    assert held[-1] >= min(held[:-1])
+    full = train_explainer(model, x, replace(OPTIONS, epochs=3, patience=0), None).card
+    assert len(full.history) == 3 and full.holdout_history == ()
+
+
+def test_the_classifiers_frozen_features_as_input(tmp_path):
+    """features: the explainer reads a layer's output (computed once per image), stays efficient, is saved and
+    loaded with its input shape, and a missing layer is named."""
+    inp = keras.Input((SIZE, SIZE, 3))
+    h = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", name="feat",
+                            kernel_initializer=keras.initializers.GlorotUniform(0))(inp)
+    h = keras.layers.GlobalAveragePooling2D()(h)
+    conv = keras.Model(inp, keras.layers.Dense(3, activation="softmax",
+                                               kernel_initializer=keras.initializers.GlorotUniform(1))(h))
+    opts = replace(OPTIONS, epochs=2, features="feat")
+    trained = train_explainer(conv, data(16), opts, tmp_path / "ex")
+    assert trained.card.features == "feat" and trained.card.input_shape == (8, 8, 6)
+    loaded = load_explainer(tmp_path / "ex")
+    assert loaded.card == trained.card
+    phi, _, gap = AmortisedExplainer(conv, opts, loaded).attributions(data(3, seed=2))
+    np.testing.assert_allclose(phi.sum(axis=1), gap, atol=1e-5)
+    same, _, _ = AmortisedExplainer(conv, opts, trained).attributions(data(3, seed=2))
+    np.testing.assert_allclose(phi, same, atol=1e-6)
+    with pytest.raises(ValueError, match="amortised features 'nope': expected a layer of the classifier"):
+        train_explainer(conv, data(16), replace(opts, features="nope"), None)
+
+
 def test_from_options_loads_the_folder_and_checks_it_fits(model, tmp_path):
     x = data(16)
     opts = replace(OPTIONS, epochs=1)
@@ -157,6 +192,7 @@ def test_from_options_loads_the_folder_and_checks_it_fits(model, tmp_path):
 @pytest.mark.parametrize(("change", "message"), [
     ({"masks": 7}, "masks 7"), ({"grid": 0}, "grid 0"), ({"epochs": 10**6}, "epochs 1000000"),
     ({"learning_rate": 0.0}, "learning_rate 0.0"), ({"fill": "blur"}, "fill 'blur'"), ({"explainer": ""}, "explainer"),
+    ({"patience": -1}, "patience -1"),
 ])
 def test_bad_options_name_the_value(change, message):
     with pytest.raises(OptionError, match=message):
@@ -219,11 +255,12 @@ def indexed(demo_dir, tmp_path_factory):
 @pytest.mark.parametrize(("agreement", "fell"), [(-1.0, False), (1.01, True)])
 def test_the_audit_explains_the_split_and_falls_back_below_the_agreement(indexed, agreement, fell, tmp_path):
     """Every test image gets a map; each class with audited images has its agreement; a class below the
-    agreement is explained by grid occlusion instead and the table says so."""
+    agreement is explained by KernelSHAP on the grid instead and the table says so."""
     from fruitlens import tables
-    from fruitlens.batch.amortised_audit import audit_run, grid_occlusion, train_run_explainer
+    from fruitlens.batch.amortised_audit import audit_run, train_run_explainer
     from fruitlens.batch.engine import read_chunk
     from fruitlens.batch.rows import rows_from_index
+    from fruitlens.explain.kernel_shap import DEFAULT_BUDGET, grid_kernel_shap
 
     root, source = indexed
     opts = AmortisedOptions(grid=3, epochs=1, masks=4, width=4, seed=0, faithfulness_steps=5)
@@ -236,14 +273,15 @@ def test_the_audit_explains_the_split_and_falls_back_below_the_agreement(indexed
     audited = table[table["audited"] > 0]
     assert audited["rank_correlation"].between(-1, 1).all() and audited["top_k_overlap"].between(0, 1).all()
     assert set(audited["trusted"]) == {not fell}
-    assert set(audited["explained_by"]) == {"occlusion" if fell else "amortised"}
+    assert set(audited["explained_by"]) == {"kernelshap" if fell else "amortised"}
     assert (res.fallback_images > 0) == fell
     saved = np.load(res.maps)
-    assert saved["maps"].shape == (24, 9) and (saved["method"] == "occlusion").sum() == res.fallback_images
+    assert saved["maps"].shape == (24, 9) and (saved["method"] == "kernelshap").sum() == res.fallback_images
     if fell:  # the fallen-back maps are the exact method's
         model, card = source.load()
         rows = rows_from_index(root / "index", "test")
-        first = int(np.flatnonzero(saved["method"] == "occlusion")[0])
+        first = int(np.flatnonzero(saved["method"] == "kernelshap")[0])
         img, _, _ = read_chunk(rows.iloc[[first]], card.image_size, card.fit)
-        np.testing.assert_allclose(saved["maps"][first], grid_occlusion(model, img, saved["target"][[first]], 3,
-                                                                        "mean")[0], atol=1e-6)
+        np.testing.assert_allclose(saved["maps"][first], grid_kernel_shap(model, img, saved["target"][[first]], 3,
+                                                                          "mean", DEFAULT_BUDGET, opts.seed)[0],
+                                   atol=1e-5)

@@ -2,10 +2,11 @@
 sample explained again by an exact method on the same patch grid, agreement and faithfulness per class, and a
 fall-back to the exact method for the classes where the amortised explainer cannot be trusted.
 
-The exact method is occlusion on the explainer's own grid (``grid_occlusion``): a patch's value is
-p_t(x) - p_t(x with that patch showing the fill), one classifier pass per patch (grid^2 per image), the same
-fill the explainer was trained with. It equals the Shapley values for a classifier additive over patches and is
-the cheapest reference on the same players; it is not KernelSHAP.
+The exact method is KernelSHAP on the explainer's own grid (``fruitlens.explain.kernel_shap.grid_kernel_shap``):
+the same players (the patches), the same fill the explainer was trained with, the same quantity (Shapley values
+of the target's probability), ``DEFAULT_BUDGET`` coalitions per image (fruitlens' default budget), seeded by the
+options' seed. ``grid_occlusion`` (one patch removed at a time) is kept for comparison: it equals the Shapley
+values only for a classifier additive over patches.
 
 Per class (the class each image is predicted as): the mean Spearman rank correlation of the two attributions
 over the patches, the mean top-k overlap (share of the exact top-k patches that are among the amortised
@@ -29,7 +30,7 @@ from fruitlens.method_options import AmortisedOptions
 
 log = logging.getLogger(__name__)
 
-EXACT = "occlusion"  # the exact method of the audit: occlusion on the explainer's grid
+EXACT = "kernelshap"  # the exact method of the audit: KernelSHAP on the explainer's grid
 READ_CHUNK = 512  # images read and explained at a time
 
 
@@ -68,7 +69,8 @@ def grid_occlusion(model, images: np.ndarray, targets: np.ndarray, grid: int, fi
     classifier passes per image)."""
     import tensorflow as tf
 
-    from fruitlens.explain.amortised_training import fill_of, patch_masks, probs_fn
+    from fruitlens.explain.amortised_training import probs_fn
+    from fruitlens.explain.patches import fill_of, patch_masks
 
     n, h, w, _ = images.shape
     masks = patch_masks((h, w), grid)  # (d, H, W)
@@ -106,15 +108,16 @@ def top_k_overlap(a: np.ndarray, b: np.ndarray, k: int) -> np.ndarray:
 def audit_run(source, index_dir: str | os.PathLike, split: str, options: AmortisedOptions, audit_images: int,
               min_agreement: float, top_k: int, out_dir: str | os.PathLike) -> AuditResult:
     """Explain the whole ``split`` with the trained explainer ``options.explainer``, audit a seeded sample of
-    ``audit_images`` against grid occlusion, fall back for the classes below ``min_agreement``; write
+    ``audit_images`` against KernelSHAP on its grid, fall back for the classes below ``min_agreement``; write
     ``amortised_audit.parquet`` and ``amortised_maps.npz`` under ``out_dir`` (an explain folder)."""
     from fruitlens import tables
     from fruitlens.batch.engine import read_chunk
     from fruitlens.batch.rows import rows_from_index
     from fruitlens.explain.amortised import AmortisedExplainer
-    from fruitlens.explain.amortised_training import patch_index
     from fruitlens.explain.base import scale_per_image
     from fruitlens.explain.faithfulness import deletion_insertion
+    from fruitlens.explain.kernel_shap import DEFAULT_BUDGET, grid_kernel_shap
+    from fruitlens.explain.patches import patch_index
     from fruitlens.layout import ExplainLayout
 
     if options.explainer is None:
@@ -144,7 +147,8 @@ def audit_run(source, index_dir: str | os.PathLike, split: str, options: Amortis
     sample = np.sort(rng.choice(n, min(audit_images, n), replace=False)) if n else np.zeros(0, int)
     s_images, _, _ = read_chunk(rows.iloc[[by_id[ids[i]] for i in sample]].reset_index(drop=True),
                                 card.image_size, card.fit)
-    exact = grid_occlusion(model, s_images, targets[sample], grid, fill, options.batch_size)
+    exact = grid_kernel_shap(model, s_images, targets[sample], grid, fill, DEFAULT_BUDGET, options.seed,
+                             options.batch_size)
     amort = maps[sample]
     rho = rank_correlation(amort, exact)
     overlap = top_k_overlap(amort, exact, top_k)
@@ -178,7 +182,8 @@ def audit_run(source, index_dir: str | os.PathLike, split: str, options: Amortis
             part = where[s:s + READ_CHUNK]
             images, _, _ = read_chunk(rows.iloc[[by_id[ids[i]] for i in part]].reset_index(drop=True),
                                       card.image_size, card.fit)
-            maps[part] = grid_occlusion(model, images, targets[part], grid, fill, options.batch_size)
+            maps[part] = grid_kernel_shap(model, images, targets[part], grid, fill, DEFAULT_BUDGET, options.seed,
+                                          options.batch_size)
         log.warning("amortised audit: %d images of %d classes below the agreement %.2f explained by %s instead",
                     int(fallback.sum()), sum(r["trusted"] is False for r in records), min_agreement, EXACT)
     layout = ExplainLayout(out_dir)

@@ -21,13 +21,13 @@ from fruitlens.explain.amortised_training import (
     Trained,
     coordinates,
     efficient,
-    fill_of,
+    features_fn,
     load_explainer,
-    patch_index,
     train_explainer,
 )
 from fruitlens.explain.base import check_images, check_targets, logits_fn, scale_per_image
 from fruitlens.explain.explainer import Explainer
+from fruitlens.explain.patches import fill_of, patch_index
 from fruitlens.explain.results import HeatmapResult
 from fruitlens.method_options import AmortisedOptions
 
@@ -108,6 +108,7 @@ class AmortisedExplainer(Explainer):
         images = check_images(images)
         network, fill = self.trained.network, self.trained.card.fill
         scores_fn = logits_fn(self.model)
+        extract = features_fn(self.model, self.trained.card.features)
         bs = self.options.batch_size
         phis, scores, gaps = [], [], []
         for i in range(0, len(images), bs):
@@ -115,7 +116,7 @@ class AmortisedExplainer(Explainer):
             s = scores_fn(tf.constant(x)).numpy()
             empty = tf.nn.softmax(scores_fn(tf.constant(fill_of(x, fill))), axis=-1)
             gap = tf.nn.softmax(s, axis=-1) - empty
-            phis.append(efficient(network(coordinates(tf.constant(x)), training=False), gap).numpy())
+            phis.append(efficient(network(coordinates(extract(tf.constant(x))), training=False), gap).numpy())
             scores.append(s)
             gaps.append(gap.numpy())
         return np.concatenate(phis), np.concatenate(scores), np.concatenate(gaps)

@@ -12,11 +12,20 @@ then k of the d patches uniformly; each draw is paired with its complement (``sh
 loss: the minimiser is then the Shapley values of v_x (the paper's Theorem 1 with the efficiency constraint).
 The classifier is never changed.
 
+Cost: the classifier is frozen, so each image's ``masks`` coalitions are drawn once (``default_rng([seed, 5])``)
+and their values computed once before the first epoch: images x masks classifier passes in all, not x epochs
+(FastSHAP redraws them every epoch; a fixed draw is the same objective on a finite sample, at a fraction of the
+passes). Every epoch is then the explainer's own forward and backward passes only.
+
+Early stopping (``patience`` > 0, at least ``HOLDOUT`` images): a seeded tenth of the images is held out; after
+each epoch the loss on them (their fixed coalitions) is measured, and training stops once it has not improved on
+its best for ``patience`` epochs (Keras' rule, the last weights kept; ``card.history`` has the epochs trained).
+
 Training is seeded and deterministic: the network is initialised from seeded initialisers, epoch e draws its
-image order and subsets from ``default_rng([seed, e])``; so a run resumed after epoch e ends equal to one
+image order from ``default_rng([seed, e])``; so a run resumed after epoch e ends equal to one
 that was never interrupted. Each epoch writes ``checkpoint/last.npz`` (network and optimizer variables) and
-then ``checkpoint/state.json`` (epoch, history, seconds, the sha256 of ``last.npz``, and the key: classifier
-digest, data fingerprint, training options); a rerun with the same key resumes there. The finished
+then ``checkpoint/state.json`` (epoch, both loss histories, seconds, the sha256 of ``last.npz``, and the key:
+classifier digest, data fingerprint, training options); a rerun with the same key resumes there. The finished
 explainer is ``explainer.npz`` with ``card.json`` beside it (:class:`ExplainerCard`).
 """
 
@@ -34,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from fruitlens.digests import file_digest
+from fruitlens.explain.patches import fill_of, patch_masks, shapley_subsets
 from fruitlens.method_options import AmortisedOptions
 
 log = logging.getLogger(__name__)
@@ -44,7 +54,9 @@ CHECKPOINT = "checkpoint"
 STATE = "state.json"
 LAST = "last.npz"
 #: the options that change what training computes (the key of a checkpoint and a cached explainer)
-TRAINING_FIELDS = ("grid", "epochs", "masks", "learning_rate", "images_per_step", "fill", "width", "seed")
+TRAINING_FIELDS = ("grid", "epochs", "masks", "learning_rate", "images_per_step", "fill", "width", "seed", "patience",
+                   "features")
+HOLDOUT = 10  #: one training image in HOLDOUT is held out for early stopping (none below HOLDOUT images)
 
 
 @dataclass(frozen=True)
@@ -57,8 +69,12 @@ class ExplainerCard:
         image_size: (height, width) of its inputs, the classifier's input size.
         classes: number of classes.
         grid, fill, width, masks, learning_rate, images_per_step, seed: the training options.
-        epochs: epochs trained. images: training images. seconds: training time (all sessions together).
-        history: mean loss of each epoch.
+        epochs: the most epochs (``len(history)`` were trained: fewer when stopped early). images: training
+            images. seconds: training time (all sessions together).
+        history: mean training loss of each epoch. patience: the early-stopping patience (0: none).
+        holdout_history: mean loss of each epoch on the held-out images (empty: none held out).
+        features: the classifier's layer whose output is the network's input (None: the image).
+        input_shape: (height, width, channels) of the network's input before the two coordinate channels.
     """
 
     classifier_digest: str
@@ -76,6 +92,10 @@ class ExplainerCard:
     images: int
     seconds: float
     history: tuple[float, ...]
+    patience: int
+    holdout_history: tuple[float, ...]
+    features: str | None
+    input_shape: tuple[int, int, int]
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -89,60 +109,9 @@ class ExplainerCard:
                              f"expected {sorted(names)}")
         data["image_size"] = tuple(data["image_size"])
         data["history"] = tuple(data["history"])
+        data["holdout_history"] = tuple(data["holdout_history"])
+        data["input_shape"] = tuple(data["input_shape"])
         return cls(**data)
-
-
-# ------------------------------------------------------------------------------------ patches and subsets
-
-
-def patch_index(size: tuple[int, int], grid: int) -> np.ndarray:
-    """(H, W) int32 patch id (row-major, 0..grid^2-1) of each pixel: row ``y * grid // H``, column ``x * grid // W``.
-
-    Raises:
-        ValueError: an image smaller than the grid.
-    """
-    h, w = size
-    if h < grid or w < grid:
-        raise ValueError(f"image size {h}x{w}: expected at least {grid}x{grid} pixels for a {grid}x{grid} grid")
-    rows = np.arange(h) * grid // h
-    cols = np.arange(w) * grid // w
-    return (rows[:, None] * grid + cols[None, :]).astype(np.int32)
-
-
-def patch_masks(size: tuple[int, int], grid: int) -> np.ndarray:
-    """(grid^2, H, W) float32: 1 on the pixels of each patch."""
-    index = patch_index(size, grid)
-    return (index[None] == np.arange(grid * grid)[:, None, None]).astype(np.float32)
-
-
-def shapley_subsets(rng: np.random.Generator, n: int, masks: int, players: int) -> np.ndarray:
-    """(n, masks, players) float32 0/1 subsets: ``masks / 2`` draws from the Shapley kernel distribution
-    (size k in 1..d-1 with probability proportional to (d-1) / (k (d-k)), then k players uniformly), each
-    followed by its complement (paired sampling). One player: its single non-trivial subset is all of it."""
-    half = masks // 2
-    if players == 1:
-        out = np.zeros((n, masks, 1), np.float32)
-        out[:, ::2] = 1.0
-        return out
-    k = np.arange(1, players)
-    p = (players - 1) / (k * (players - k))
-    sizes = rng.choice(k, size=(n, half), p=p / p.sum())
-    ranks = rng.random((n, half, players)).argsort(axis=2).argsort(axis=2)  # a uniform permutation per draw
-    drawn = (ranks < sizes[..., None]).astype(np.float32)
-    out = np.empty((n, masks, players), np.float32)
-    out[:, 0::2] = drawn
-    out[:, 1::2] = 1.0 - drawn
-    return out
-
-
-def fill_of(images: np.ndarray, fill: str) -> np.ndarray:
-    """(N, H, W, 3) float32 values of removed patches: black, gray or each image's mean colour."""
-    if fill == "mean":
-        return np.broadcast_to(images.mean(axis=(1, 2), keepdims=True), images.shape).astype(np.float32)
-    value = {"black": 0.0, "gray": 0.5}.get(fill)
-    if value is None:
-        raise ValueError(f"fill {fill!r}: expected one of black, gray, mean")
-    return np.full(images.shape, value, np.float32)
 
 
 # ------------------------------------------------------------------------------------ digests
@@ -167,9 +136,9 @@ def data_fingerprint(images: np.ndarray) -> str:
 # ------------------------------------------------------------------------------------ the network
 
 
-def build_network(image_size: tuple[int, int], grid: int, classes: int, width: int, seed: int):
-    """The explainer network: (N, H, W, 5) (the image and two coordinate channels) -> (N, grid^2, classes)
-    raw attributions; every initialiser seeded, no randomness at call time."""
+def build_network(image_size: tuple[int, int], grid: int, classes: int, width: int, seed: int, channels: int = 3):
+    """The explainer network: (N, H, W, channels + 2) (the image, or the classifier's features, and two coordinate
+    channels) -> (N, grid^2, classes) raw attributions; every initialiser seeded, no randomness at call time."""
     import keras
 
     h, w = image_size
@@ -182,7 +151,7 @@ def build_network(image_size: tuple[int, int], grid: int, classes: int, width: i
                                    kernel_initializer=keras.initializers.GlorotUniform(seed=s),
                                    bias_initializer="zeros")
 
-    inp = keras.Input((h, w, 5))
+    inp = keras.Input((h, w, channels + 2))
     x = conv(width, 3)(inp)
     for i in range(downs):
         x = conv(width * min(2 ** (i + 1), 4), 3, strides=2)(x)
@@ -192,6 +161,27 @@ def build_network(image_size: tuple[int, int], grid: int, classes: int, width: i
     x = conv(classes, 1, activation=None)(x)
     out = keras.layers.Reshape((grid * grid, classes))(x)
     return keras.Model(inp, out, name="amortised_explainer")
+
+
+def features_fn(model, layer: str | None):
+    """(N, H, W, 3) images -> the explainer's input before the coordinates: the images themselves (``layer``
+    None) or the output of the classifier's layer ``layer`` (frozen, a 4-d feature map).
+
+    Raises:
+        ValueError: no such layer, or one whose output is not (N, h, w, c).
+    """
+    import keras
+
+    if layer is None:
+        return lambda x: x
+    names = [lay.name for lay in model.layers]
+    if layer not in names:
+        raise ValueError(f"amortised features {layer!r}: expected a layer of the classifier ({', '.join(names)})")
+    out = model.get_layer(layer).output
+    if len(out.shape) != 4:
+        raise ValueError(f"amortised features {layer!r}: output of shape {tuple(out.shape)}; expected (N, h, w, c)")
+    extractor = keras.Model(model.inputs, out)
+    return lambda x: extractor(x, training=False)
 
 
 def coordinates(images):
@@ -280,7 +270,8 @@ def load_explainer(path: str | os.PathLike) -> Trained:
         raise FileNotFoundError(f"explainer {folder}: expected a folder with {WEIGHTS} and {CARD} "
                                 "(written by fruitlens' amortised training)")
     card = ExplainerCard.from_json((folder / CARD).read_text(encoding="utf-8"))
-    network = build_network(card.image_size, card.grid, card.classes, card.width, card.seed)
+    network = build_network(card.input_shape[:2], card.grid, card.classes, card.width, card.seed,
+                            card.input_shape[2])
     weights = _load_npz(folder / WEIGHTS)
     if [w.shape for w in weights] != [tuple(v.shape) for v in network.weights]:
         raise ValueError(f"explainer {folder}: {WEIGHTS} does not fit the network its card describes")
@@ -331,7 +322,11 @@ def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_di
         except (OSError, ValueError) as exc:
             log.warning("amortised explainer in %s cannot be read (%s); training again", folder, exc)
 
-    network = build_network((h, w), grid, classes, options.width, options.seed)
+    extract = features_fn(model, options.features)
+    # the explainer's inputs: the images, or the classifier's frozen features of them (computed once)
+    inputs = images if options.features is None else np.concatenate(
+        [extract(tf.constant(images[i:i + options.batch_size])).numpy() for i in range(0, n, options.batch_size)])
+    network = build_network(inputs.shape[1:3], grid, classes, options.width, options.seed, inputs.shape[3])
     optimizer = keras.optimizers.Adam(learning_rate=options.learning_rate)
     optimizer.build(network.trainable_variables)
     fills = fill_of(images, options.fill)
@@ -347,17 +342,38 @@ def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_di
         mixed = keep * x[:, None] + (1.0 - keep) * fill[:, None]
         return tf.reshape(probs(tf.reshape(mixed, (b * m, h, w, 3))), (b, m, classes))
 
+    def loss_of(x, subsets, values, empty, full, training):
+        phi = efficient(network(coordinates(x), training=training), full - empty)  # (b, d, C)
+        pred = tf.einsum("bmd,bdc->bmc", subsets, phi)
+        return tf.reduce_mean(tf.reduce_sum(tf.square(values - empty[:, None] - pred), axis=-1))
+
     @tf.function(reduce_retracing=True)
     def step(x, subsets, values, empty, full):
         with tf.GradientTape() as tape:
-            phi = efficient(network(coordinates(x), training=True), full - empty)  # (b, d, C)
-            pred = tf.einsum("bmd,bdc->bmc", subsets, phi)
-            loss = tf.reduce_mean(tf.reduce_sum(tf.square(values - empty[:, None] - pred), axis=-1))
+            loss = loss_of(x, subsets, values, empty, full, True)
         grads = tape.gradient(loss, network.trainable_variables)
         optimizer.apply_gradients(zip(grads, network.trainable_variables, strict=True))
         return loss
 
-    start_epoch, history, seconds = 0, [], 0.0
+    held_loss = tf.function(lambda *a: loss_of(*a, False), reduce_retracing=True)
+    # the coalitions of each image are drawn once and their values computed once (images x masks classifier
+    # passes in all, not x epochs: the classifier is frozen, so every epoch reuses them); a seeded tenth of the
+    # images is held out for early stopping when ``patience`` > 0
+    subsets = shapley_subsets(np.random.default_rng([options.seed, 5]), n, options.masks, players)
+    per_call = max(1, options.batch_size // options.masks)
+    values = np.concatenate([value(tf.constant(images[i:i + per_call]), tf.constant(fills[i:i + per_call]),
+                                   tf.constant(subsets[i:i + per_call])).numpy() for i in range(0, n, per_call)])
+    held = np.sort(np.random.default_rng([options.seed, 6]).permutation(n)[:n // HOLDOUT]) \
+        if options.patience > 0 and n >= HOLDOUT else np.zeros(0, np.int64)
+    train_ids = np.setdiff1d(np.arange(n), held)
+
+    def held_out_loss() -> float:
+        return float(sum(float(held_loss(*(tf.constant(a[held[i:i + options.images_per_step]]) for a in
+                                           (inputs, subsets, values, v_empty, v_all))))
+                         * len(held[i:i + options.images_per_step])
+                         for i in range(0, len(held), options.images_per_step)) / len(held))
+
+    start_epoch, history, holdout_history, seconds = 0, [], [], 0.0
     ckpt = folder / CHECKPOINT if folder is not None else None
     if ckpt is not None:
         state = _resumable(ckpt, key)
@@ -368,36 +384,33 @@ def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_di
             for var, value_ in zip(optimizer.variables, arrays[nw:], strict=True):
                 var.assign(value_)
             start_epoch, history, seconds = state["epoch"], list(state["history"]), float(state["seconds"])
+            holdout_history = list(state["holdout_history"])
             log.info("amortised explainer: resuming %s after epoch %d", ckpt, start_epoch)
         ckpt.mkdir(parents=True, exist_ok=True)
 
     per_step = options.images_per_step
-    # classifier inputs per call: whole images (all their subsets) per call, at least one image
     for epoch in range(start_epoch, options.epochs):
+        if stopped(holdout_history, options.patience):
+            break
         began = time.perf_counter()
-        rng = np.random.default_rng([options.seed, epoch])
-        order = rng.permutation(n)
+        order = train_ids[np.random.default_rng([options.seed, epoch]).permutation(len(train_ids))]
         losses = []
-        for s in range(0, n, per_step):
+        for s in range(0, len(order), per_step):
             idx = np.sort(order[s:s + per_step])
-            subsets = shapley_subsets(rng, len(idx), options.masks, players)
-            per_call = max(1, options.batch_size // options.masks)
-            vals = np.concatenate([value(tf.constant(images[idx[i:i + per_call]]),
-                                         tf.constant(fills[idx[i:i + per_call]]),
-                                         tf.constant(subsets[i:i + per_call])).numpy()
-                                   for i in range(0, len(idx), per_call)])
-            loss = step(tf.constant(images[idx]), tf.constant(subsets), tf.constant(vals),
-                        tf.constant(v_empty[idx]), tf.constant(v_all[idx]))
+            loss = step(*(tf.constant(a[idx]) for a in (inputs, subsets, values, v_empty, v_all)))
             losses.append(float(loss) * len(idx))
-        mean_loss = float(np.sum(losses) / n)
+        mean_loss = float(np.sum(losses) / len(order))
         history.append(mean_loss)
+        if len(held):
+            holdout_history.append(held_out_loss())
         seconds += time.perf_counter() - began
         if ckpt is not None:
             _save_npz(ckpt / LAST, [*network.get_weights(), *[v.numpy() for v in optimizer.variables]])
-            state = {"epoch": epoch + 1, "history": history, "seconds": seconds, "key": key,
-                     "checksum": file_digest(ckpt / LAST)}
+            state = {"epoch": epoch + 1, "history": history, "holdout_history": holdout_history,
+                     "seconds": seconds, "key": key, "checksum": file_digest(ckpt / LAST)}
             _write_atomic(ckpt / STATE, lambda p, s=state: p.write_text(json.dumps(s), encoding="utf-8"))
-        line = f"amortised explainer: epoch {epoch + 1}/{options.epochs} loss {mean_loss:.5f} ({seconds:.1f} s)"
+        line = (f"amortised explainer: epoch {epoch + 1}/{options.epochs} loss {mean_loss:.5f}"
+                + (f" held-out {holdout_history[-1]:.5f}" if len(held) else "") + f" ({seconds:.1f} s)")
         log.info(line)
         if report is not None:
             report(line)
@@ -408,11 +421,19 @@ def train_explainer(model, images: np.ndarray, options: AmortisedOptions, out_di
                          classes=classes, grid=grid, fill=options.fill, width=options.width, masks=options.masks,
                          learning_rate=options.learning_rate, images_per_step=options.images_per_step,
                          seed=options.seed, epochs=options.epochs, images=n, seconds=round(seconds, 3),
-                         history=tuple(history))
+                         history=tuple(history), patience=options.patience, holdout_history=tuple(holdout_history),
+                         features=options.features, input_shape=tuple(int(v) for v in inputs.shape[1:]))
     if folder is not None:
         _save_npz(folder / WEIGHTS, network.get_weights())
         _write_atomic(folder / CARD, lambda p: p.write_text(card.to_json(), encoding="utf-8"))
     return Trained(network, card)
+
+
+def stopped(holdout_history: list[float], patience: int) -> bool:
+    """Early stopping (Keras' rule, no restoring): the held-out loss has not improved on its best for
+    ``patience`` epochs (never with patience 0 or no held-out images)."""
+    return patience > 0 and len(holdout_history) > patience and \
+        int(np.argmin(holdout_history)) < len(holdout_history) - patience
 
 
 def sample_rows(n: int, options: AmortisedOptions) -> np.ndarray:
@@ -449,6 +470,7 @@ def _resumable(ckpt: Path, key: dict) -> dict | None:
         log.warning("amortised explainer: %s is missing or does not match its checksum; starting fresh", ckpt / LAST)
         return None
     epoch = state.get("epoch")
-    if not isinstance(epoch, int) or not isinstance(state.get("history"), list) or len(state["history"]) != epoch:
+    if not isinstance(epoch, int) or not isinstance(state.get("history"), list) or len(state["history"]) != epoch \
+            or not isinstance(state.get("holdout_history"), list):
         return None
     return state
