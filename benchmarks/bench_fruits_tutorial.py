@@ -48,8 +48,8 @@ FRUITS360 = _BESIDE if (_BESIDE / "Training").is_dir() else Path("/work/shared/d
 
 SIZE = 20
 BATCH = 32
-VARIANTS = ("tutorial", "tutorial_holdout", "fruitlens", "fruitlens_tutorial_recipe", "fruitlens_all", "fruitlens_refit",
-            "tutorial_fruitlens_pixels", "tutorial_fruitlens_init")
+VARIANTS = ("tutorial", "tutorial_holdout", "fruitlens", "fruitlens_tutorial_recipe", "fruitlens_all",
+            "fruitlens_refit", "tutorial_fruitlens_pixels", "tutorial_fruitlens_init")
 
 
 def _load_avg() -> list[float]:

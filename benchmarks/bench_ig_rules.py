@@ -70,10 +70,38 @@ def greedy(contrib, k, start=5):
     nodes = list(np.linspace(0, DENSE, start).astype(int))
     while len(nodes) < k:
         score = [(b - a) * np.linalg.norm(contrib[b] - contrib[a]) if b - a > 1 else -1
-                 for a, b in zip(nodes[:-1], nodes[1:])]
+                 for a, b in zip(nodes[:-1], nodes[1:], strict=True)]
         j = int(np.argmax(score))
         nodes = sorted([*nodes, (nodes[j] + nodes[j + 1]) // 2])
     return np.array(nodes)
+
+
+def image_errors(model, image, target, dense) -> dict[str, float]:
+    """Every rule's error on one image against its 2,049-point trapezoid map."""
+    g, f = along_path(model, image, target, dense)
+
+    def to_map(avg):
+        return scale_per_image((image * avg).sum(-1)[None])[0]
+
+    ref = to_map(trapezoid(dense, g))
+    out = {}
+
+    def add(name, avg):
+        out[name] = float(np.linalg.norm(to_map(avg) - ref) / np.linalg.norm(ref))
+
+    xp = np.linspace(0, 1, 50)
+    add("trapezoid 50 (Xplique's default)", trapezoid(xp, along_path(model, image, target, xp)[0]))
+    for k in (9, 17, 33):
+        idx = np.linspace(0, DENSE, k).astype(int)
+        add(f"trapezoid {k}", trapezoid(dense[idx], g[idx]))
+        add(f"completeness-weighted {k}", completeness_weighted(dense[idx], g[idx], f[idx], image))
+    for p in (1.5, 2.0):
+        idx = np.unique(np.round(np.linspace(0, 1, 17) ** p * DENSE).astype(int))
+        add(f"power {p}, 17", trapezoid(dense[idx], g[idx]))
+    idx = greedy((image[None] * g).reshape(len(g), -1), 17)
+    add("greedy 17", trapezoid(dense[idx], g[idx]))
+    add("greedy 17, completeness-weighted", completeness_weighted(dense[idx], g[idx], f[idx], image))
+    return out
 
 
 def main() -> None:
@@ -92,25 +120,8 @@ def main() -> None:
     dense = np.linspace(0, 1, DENSE + 1)
     errors: dict[str, list[float]] = {}
     for i in range(len(x)):
-        g, f = along_path(model, x[i], targets[i], dense)
-        to_map = lambda avg: scale_per_image((x[i] * avg).sum(-1)[None])[0]  # noqa: E731
-        ref = to_map(trapezoid(dense, g))
-
-        def add(name, avg):
-            errors.setdefault(name, []).append(float(np.linalg.norm(to_map(avg) - ref) / np.linalg.norm(ref)))
-
-        xp = np.linspace(0, 1, 50)
-        add("trapezoid 50 (Xplique's default)", trapezoid(xp, along_path(model, x[i], targets[i], xp)[0]))
-        for k in (9, 17, 33):
-            idx = np.linspace(0, DENSE, k).astype(int)
-            add(f"trapezoid {k}", trapezoid(dense[idx], g[idx]))
-            add(f"completeness-weighted {k}", completeness_weighted(dense[idx], g[idx], f[idx], x[i]))
-        for p in (1.5, 2.0):
-            idx = np.unique(np.round(np.linspace(0, 1, 17) ** p * DENSE).astype(int))
-            add(f"power {p}, 17", trapezoid(dense[idx], g[idx]))
-        idx = greedy((x[i][None] * g).reshape(len(g), -1), 17)
-        add("greedy 17", trapezoid(dense[idx], g[idx]))
-        add("greedy 17, completeness-weighted", completeness_weighted(dense[idx], g[idx], f[idx], x[i]))
+        for name, err in image_errors(model, x[i], targets[i], dense).items():
+            errors.setdefault(name, []).append(err)
     rows = [{"rule": k, "error_mean": round(float(np.mean(v)), 4), "error_max": round(float(np.max(v)), 4)}
             for k, v in errors.items()]
     for r in rows:

@@ -58,7 +58,8 @@ def test_the_tutorial_models_keep_their_tutorial_recipe_but_seed_cnn_trains_with
         assert r.is_tutorial and r.label_smoothing == 0 and r.augment_policy == "classic"
     r = recipes.resolved(TrainConfig(arch="seed_cnn"))  # measured better than its tutorial's RMSprop on Fruits-360
     assert (r.optimizer, r.schedule, r.learning_rate, r.label_smoothing) == ("adam", "warmup_cosine", 1e-3, 0)
-    for asked in ({"optimizer": "tutorial"}, {"schedule": "tutorial"}, {"optimizer": "tutorial", "schedule": "tutorial"}):
+    both = {"optimizer": "tutorial", "schedule": "tutorial"}
+    for asked in ({"optimizer": "tutorial"}, {"schedule": "tutorial"}, both):
         assert recipes.resolved(TrainConfig(arch="seed_cnn", **asked)).is_tutorial, asked
     r = recipes.resolved(TrainConfig(arch="seed_cnn", schedule="cosine"))
     assert (r.optimizer, r.schedule, r.learning_rate) == ("adam", "cosine", 1e-3)
