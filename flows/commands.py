@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from fruitlens.cli.common import DEFAULT_DEMO_DIR, DEFAULT_DEMO_OUT, CommandError
+from fruitlens.cli.common import DEFAULT_DEMO_DIR, DEFAULT_DEMO_OUT, CommandError, count
 
 
 class FlowFailed(Exception):
@@ -110,7 +110,7 @@ def _run_pipeline(args, data: Path, out: Path, cfg) -> int:
     steps = ", ".join(f"{k} {v:.1f}s" for k, v in timings.items())
     m = summary["metrics"]
     print(f"pipeline steps took {sum(timings.values()):.1f}s ({steps}); the command {seconds:.1f}s with Prefect")
-    print(f"test accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {m['n']} images; "
+    print(f"test accuracy {m['accuracy']:.4f}, macro F1 {m['macro_f1']:.4f} on {count(m['n'], 'image')}; "
           f"{decision_line(summary['decision'], summary['models_home'])}")
     if summary.get("note"):
         print(f"note: {summary['note']}")

@@ -197,6 +197,8 @@ class TrainConfig:
             (self.early_stopping >= 0, "early_stopping", self.early_stopping, "a patience >= 0 (0: off)"),
             (self.learning_rate is None or self.learning_rate > 0, "learning_rate", self.learning_rate, "> 0"),
             (self.alpha > 0, "alpha", self.alpha, "> 0"),
+            (self.augment or self.augment_policy is None, "augment_policy", self.augment_policy,
+             "null unless augment is on (--augment): without it nothing is augmented"),
         ]
         check(checks)
         if self.augment and self.mode == "bottleneck" and self.arch.startswith("transfer:"):

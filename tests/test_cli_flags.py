@@ -199,3 +199,9 @@ def test_lime_min_samples_above_num_samples_is_one_line_on_the_command_line(demo
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and words in err, err
+
+
+def test_counts_agree_with_their_number():
+    from fruitlens.cli.common import count
+
+    assert (count(1, "image"), count(0, "image"), count(1200, "layer")) == ("1 image", "0 images", "1,200 layers")

@@ -159,6 +159,7 @@ def test_flip_tta_in_evaluate(demo_dir, tmp_path):
     ("--weight-decay", "1", "--weight-decay 1.0: expected in [0, 1)"),
     ("--label-smoothing", "1", "--label-smoothing 1.0: expected in [0, 1)"),
     ("--augment-policy", "heavy", "--augment-policy 'heavy': expected one of classic, photo"),
+    ("--augment-policy", "photo", "--augment-policy 'photo': expected null unless augment is on (--augment)"),
     ("--crop-scale", "0", "--crop-scale 0.0: expected a share of the image area in (0, 1]"),
     ("--jitter", "1", "--jitter 1.0: expected in [0, 1)"),
     ("--mixup", "-0.2", "--mixup -0.2: expected a Beta parameter >= 0"),

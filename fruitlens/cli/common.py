@@ -19,6 +19,11 @@ class CommandError(Exception):
     """A one-line reason a command cannot run (bad path, bad value)."""
 
 
+def count(n: int, noun: str) -> str:
+    """``count(1, "image")`` -> "1 image", ``count(3, "image")`` -> "3 images" (thousands separated)."""
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
+
+
 def check_output_folder(path: Path | None, flag: str = "--out") -> None:
     """Refuse, before any work, an output folder that is a file, lies under a file, or cannot be written."""
     if path is None:

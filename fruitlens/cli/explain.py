@@ -21,6 +21,7 @@ from fruitlens.cli.common import (
     add_read_as_argument,
     add_renamed,
     build_options,
+    count,
     load_model,
 )
 
@@ -222,7 +223,7 @@ def _cmd_explain(args) -> int:
         raise CommandError(f"none of the {len(rows)} images could be read (see {args.out}/failed.parquet); "
                            "nothing explained")
     done = ", ".join(f"{m}: {totals[m]} rows" for m in methods)
-    print(f"explained {len(rows) - totals['skipped'] - totals['failed']} images ({done}); "
+    print(f"explained {count(len(rows) - totals['skipped'] - totals['failed'], 'image')} ({done}); "
           f"{totals['skipped']} already done, {totals['failed']} unreadable; wrote {args.out}")
     return 0
 

@@ -11,6 +11,7 @@ from fruitlens.cli.common import (
     add_model_arguments,
     add_read_as_argument,
     build_options,
+    count,
     load_model,
 )
 
@@ -72,7 +73,7 @@ def _cmd_sanity(args) -> int:
     for v in found.to_dict("records"):
         print(f"{sanity.method_title(v['method'])}: {'passes' if v['passed'] else 'FAILS'} ({v['reason']}; "
               f"ran with: {v['options']})")
-    print(f"{len(rows)} images, {len(result.layers) - 1} layers re-initialised; wrote {args.out}")
+    print(f"{count(len(rows), 'image')}, {count(len(result.layers) - 1, 'layer')} re-initialised; wrote {args.out}")
     return 0
 
 
