@@ -15,8 +15,12 @@ For each dataset, one classifier trained here, then:
    the reference; deletion AUC (20 steps, mean baseline) of the amortised, KernelSHAP (default budget) and
    occlusion maps (lower is more faithful). Occlusion on the grid is also timed and compared, for reference.
 
-Datasets: the demo (generated in memory, 64x64, 6 classes) and a subset of Fruits-360
-(``../shared/datasets/fruits360``, ``--fruits-per-class`` training images per class at ``--fruits-size``).
+Datasets: the demo (generated in memory, 64x64, 6 classes), a subset of Fruits-360
+(``../shared/datasets/fruits360``, ``--fruits-per-class`` training images per class at ``--fruits-size``;
+a count above the folder's takes every image), and ``mobilenet``: the demo at ``--mobilenet-size`` px
+(1,000 test images) on a MobileNetV2 (alpha 0.35) built by fruitlens (``transfer:mobilenet_v2``, mode
+finetune: no ImageNet weights are reachable here, so the backbone is randomly initialised and its last block
+and the head are trained).
 
 Run: ``python -m benchmarks.bench_amortised`` (writes ``benchmarks/results/amortised.json``).
 """
@@ -132,7 +136,9 @@ def main() -> None:
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--audit", type=int, default=40, help="audit images (exact method)")
     parser.add_argument("--lime-images", type=int, default=10)
-    parser.add_argument("--parts", default="demo,fruits")
+    parser.add_argument("--parts", default="demo,fruits", help="demo, fruits, mobilenet (comma-separated)")
+    parser.add_argument("--mobilenet-size", type=int, default=96, help="the MobileNetV2 part's image side")
+    parser.add_argument("--mobilenet-test", type=int, default=1000, help="the MobileNetV2 part's test images")
     parser.add_argument("--fruits", type=Path, default=FRUITS360 if FRUITS360.is_dir() else SHARED_FRUITS,
                         help="the Fruits-360 root (Training/, Test/)")
     args = parser.parse_args()
@@ -155,6 +161,20 @@ def main() -> None:
                     convnet(size, len(classes)), x_train, y_train, x_test, y_test, 3, options, args.audit,
                     args.lime_images, args.reference_budget)
         result["runs"].append(run)
+    if "mobilenet" in args.parts:
+        import tensorflow as tf
+
+        from benchmarks.bench_gradcam import demo_arrays
+        from fruitlens.models import build_model
+
+        size = args.mobilenet_size
+        resize = lambda x: tf.image.resize(x, (size, size)).numpy()  # noqa: E731
+        x_train, _, y_train = demo_arrays(args.demo_train_per_class, 0)
+        x_test, _, y_test = demo_arrays(-(-args.mobilenet_test // 6), 1)
+        model = build_model("transfer:mobilenet_v2", 6, size, weights="none", mode="finetune", alpha=0.35, seed=0)
+        result["runs"].append(bench(f"demo, MobileNetV2 (alpha 0.35) at {size} px", model, resize(x_train), y_train,
+                                    resize(x_test[:args.mobilenet_test]), y_test[:args.mobilenet_test], 5, options,
+                                    args.audit, args.lime_images, args.reference_budget))
     write_result(("amortised" if args.parts == "demo,fruits" else "amortised_" + args.parts.replace(",", "_"))
                  + (f"_{args.tag}" if args.tag else ""), result)
 

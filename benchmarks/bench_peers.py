@@ -329,7 +329,8 @@ def fruitlens_rows(model, x, targets, tolerance, with_tkv: bool, with_xplique: b
 def fruitlens_reference(model, x, targets, key: tuple, budget: dict) -> tuple[np.ndarray, float | None]:
     """The high-budget map of a fruitlens reference key (tolerance 0 where the options are adaptive)."""
     _, method, *rest = key
-    fields = {"smoothgrad": lambda: {"noise": rest[0]}, "integrated_gradients": lambda: {"reference": rest[0]},
+    fields = {"smoothgrad": lambda: {"noise": rest[0]},
+              "integrated_gradients": lambda: {"reference": rest[0], "nodes": "riemann"},  # the trapezoid rule
               "occlusion": lambda: {"window": rest[0], "fill": rest[1]},
               "rise": lambda: {"cells": rest[0], "keep": rest[1], "fill": rest[2]}}[method]()
     fields[REFERENCE[method][0]] = budget[method]

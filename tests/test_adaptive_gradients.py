@@ -202,3 +202,53 @@ def test_bad_options_name_the_value():
         SmoothGrad(model, samples=1, sampling="antithetic")
     with pytest.raises(ValueError, match="sampling 'sobol' at 100x90 pixels"):
         SmoothGrad(model, sampling="sobol").draws((100, 90, 3))
+
+
+def relu_unit_model(w, c):
+    """logit 0 = relu(w . x - c) (logit 1 = 0): along the path from black its gradient is 0, then w, jumping once
+    at a* = c / (w . x), so Integrated Gradients is exactly x w (1 - a*)."""
+    inp = keras.Input((*SHAPE, 3))
+    dense = keras.layers.Dense(2, activation="relu", name="head")
+    model = keras.Model(inp, dense(keras.layers.Flatten()(inp)))
+    dense.set_weights([np.stack([w, np.zeros_like(w)], axis=1), np.array([-c, 0.0], np.float32)])
+    return model
+
+
+def test_completeness_rule_is_exact_where_the_gradient_jumps_once_per_interval():
+    rng = np.random.default_rng(3)
+    w = rng.uniform(0.5, 1.5, int(np.prod(SHAPE)) * 3).astype(np.float32)
+    x = rng.uniform(0.2, 1.0, (1, *SHAPE, 3)).astype(np.float32)
+    total = float(w @ x.ravel())
+    c = 0.37 * total  # the unit switches on at a* = 0.37: inside the first of 2 points' interval, the second of 3
+    model = relu_unit_model(w, c)
+    exact = x[0] * w.reshape(*SHAPE, 3) * (1 - 0.37)
+    t = np.array([0])
+    for steps in (2, 3, 6):
+        attr, passes, gap = IntegratedGradients(model, steps=steps).integrate(x, t)
+        np.testing.assert_allclose(attr[0], exact, rtol=1e-4, atol=1e-6)
+        assert passes.tolist() == [1 + steps] and gap[0] < 1e-5  # completeness holds by construction
+        trapezoid = IntegratedGradients(model, steps=steps, nodes="riemann", tolerance=0).integrate(x, t)[0]
+        assert np.abs(trapezoid[0] - exact).max() > 0.01 * np.abs(exact).max()  # the plain rule is not exact
+    # more points than a call holds: two passes over them, the same answer
+    attr, passes, _ = IntegratedGradients(model, steps=6, batch_size=4).integrate(x, t)
+    np.testing.assert_allclose(attr[0], exact, rtol=1e-4, atol=1e-6)
+    assert passes.tolist() == [1 + 2 * 6]
+
+
+def test_completeness_rule_weights_are_clipped_and_sum_to_the_widths():
+    from fruitlens.explain.gradients import completeness_weights
+
+    alphas = np.linspace(0, 1, 5)
+    slopes = np.array([[1.0, 1.0, 0.0, 2.0, 2.0]])
+    scores = np.array([[0.0, 0.25, 0.9, 1.0, 1.5]])
+    wts = completeness_weights(alphas, slopes, scores)
+    assert wts.shape == (1, 5) and np.isclose(wts.sum(), 1.0)  # the weights of each interval sum to its width
+    # interval 0: equal slopes, the trapezoid's 1/2 each; interval 1: its mean slope 0.65 / 0.25 = 2.6 is above
+    # both ends' (1, 0): lambda 2.6 clipped to 1, all on its left end; interval 2: slope 0.4 between 0 and 2,
+    # lambda (0.4 - 2) / (0 - 2) = 0.8 on its left end (0.2 of its width 0.25), 0.2 on its right
+    np.testing.assert_allclose(wts[0, :4], [0.125, 0.125 + 0.25, 0.0 + 0.25 * 0.8, 0.25 * 0.2 + 0.125],
+                               atol=1e-12)
+    with pytest.raises(ValueError, match="tolerance 0.05: expected 0 with nodes completeness"):
+        IntegratedGradientsOptions(tolerance=0.05)
+    with pytest.raises(ValueError, match="nodes 'completeness' with tolerance 0.1"):
+        IntegratedGradients(tanh_model()[0], tolerance=0.1)

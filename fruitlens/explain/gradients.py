@@ -16,11 +16,17 @@ Definitions (per image, target t, score f_t = pre-softmax logit):
   The noise is seeded and the same for every image, so an image's map does not depend on the batch it is in.
 - Integrated Gradients (Sundararajan et al. 2017): ``(x - x') * integral over a in [0, 1] of the gradient at
   x' + a (x - x')``, summed over the colour channels; positive attributions are kept. The reference x' is
-  black, white, gray, each image's mean colour, or a blurred copy. The integral is a Gauss-Legendre rule
-  (Captum's default) or the trapezoid rule, in rounds of 4, 8, 16, ... points up to ``steps`` (the trapezoid
-  rule in nested rounds of 5, 9, 17, ... points reuses the earlier ones); an image leaves once its completeness
-  gap ``|sum of attributions - (f_t(x) - f_t(x'))| / |f_t(x) - f_t(x')|`` (Captum's ``convergence_delta``,
-  relative) is at most ``tolerance``.
+  black, white, gray, each image's mean colour, or a blurred copy. The integral is, by default, the
+  completeness-weighted trapezoid rule: ``steps`` evenly spaced points, and on each interval between two of
+  them the weights lambda and 1 - lambda of its ends (the trapezoid rule: 1/2 and 1/2) chosen so that the
+  interval's attributions sum to the change of f_t over it, which the same passes give (the score at each
+  point). In a ReLU network the gradient along the path is piecewise constant; where it jumps once in an
+  interval, this is exact. lambda is clipped to [0, 1]. Or a Gauss-Legendre rule (Captum's default) or the
+  trapezoid rule, in rounds of 4, 8, 16, ... points up to ``steps`` (the trapezoid rule in nested rounds of 5,
+  9, 17, ... points reuses the earlier ones); an image leaves once its completeness gap ``|sum of attributions -
+  (f_t(x) - f_t(x'))| / |f_t(x) - f_t(x')|`` (Captum's ``convergence_delta``, relative) is at most
+  ``tolerance``. The completeness-weighted rule closes that gap by construction (up to the clipped
+  intervals), so it runs once at ``steps`` and reports the gap that remains.
 
 Each map is then divided by its own maximum (an all-zero map stays zero). The adaptive methods report per
 image the model passes spent (gradient rows, plus Integrated Gradients' forward pass at the reference) and
@@ -40,7 +46,7 @@ from fruitlens.explain.results import HeatmapResult
 
 Reference = Literal["black", "white", "gray", "mean", "blur"]
 REFERENCES: tuple[str, ...] = ("black", "white", "gray", "mean", "blur")
-NODES: tuple[str, ...] = ("gauss-legendre", "riemann")
+NODES: tuple[str, ...] = ("completeness", "gauss-legendre", "riemann")
 SAMPLING: tuple[str, ...] = ("latin", "antithetic", "sobol", "iid")
 FIRST_NODES = 4  # Integrated Gradients' first round (Gauss-Legendre; the trapezoid rule starts at 5 points)
 SOBOL_MAX_DIM = 21_201  # scipy's Sobol direction numbers: at most this many pixel x channel values
@@ -56,6 +62,25 @@ def path_rule(nodes: str, k: int) -> tuple[np.ndarray, np.ndarray]:
     weights = np.full(k, 1.0 / (k - 1))
     weights[[0, -1]] /= 2
     return alphas.astype(np.float32), weights.astype(np.float32)
+
+
+def completeness_weights(alphas: np.ndarray, slopes: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """(G, K) weights of the completeness-weighted trapezoid rule over the (K,) points ``alphas`` of [0, 1].
+
+    ``slopes`` (G, K): each point's directional derivative ``(x - x') . gradient``; ``scores`` (G, K): f_t there.
+    On interval j of width h_j, the ends get h_j lambda_j and h_j (1 - lambda_j), with lambda_j solving
+    ``lambda s_j + (1 - lambda) s_{j+1} = (f_{j+1} - f_j) / h_j`` (its attributions then sum to f's change over
+    it), clipped to [0, 1]; 1/2 (the trapezoid rule) where the two slopes are equal."""
+    slopes, scores = slopes.astype(np.float64), scores.astype(np.float64)
+    width = np.diff(alphas.astype(np.float64))
+    change = np.diff(scores, axis=1) / width
+    step = slopes[:, :-1] - slopes[:, 1:]
+    lam = np.divide(change - slopes[:, 1:], step, out=np.full(step.shape, 0.5), where=step != 0)
+    lam = np.clip(lam, 0.0, 1.0)
+    weights = np.zeros(slopes.shape)
+    weights[:, :-1] += width * lam
+    weights[:, 1:] += width * (1 - lam)
+    return weights
 
 
 def relative_gap(total: np.ndarray, delta: np.ndarray) -> np.ndarray:
@@ -300,16 +325,18 @@ class IntegratedGradients(_GradientMethod):
     Args:
         steps: the most points of one round (at least 2).
         reference: the path's start: black, white, gray, mean (each image's mean colour), blur, or a gray level.
-        tolerance: an image stops once its relative completeness gap is at most this (0: one round of ``steps``).
-        nodes: ``riemann`` (the trapezoid rule; rounds of 5, 9, 17, ... points, each reusing the last; a last
-            round of ``steps`` points that is not of that form starts afresh) or ``gauss-legendre`` (rounds of 4,
-            8, 16, ... points, each new).
+        tolerance: an image stops once its relative completeness gap is at most this (0: one round of ``steps``;
+            ``completeness`` takes 0 only).
+        nodes: ``completeness`` (the completeness-weighted trapezoid rule at ``steps`` points, one round; where
+            ``steps`` exceeds ``batch_size``, two passes over the points), ``riemann`` (the trapezoid rule;
+            rounds of 5, 9, 17, ... points, each reusing the last; a last round of ``steps`` points that is not of
+            that form starts afresh) or ``gauss-legendre`` (rounds of 4, 8, 16, ... points, each new).
     """
 
     method = "integrated_gradients"
 
-    def __init__(self, model, *, steps: int = 65, reference: Reference | float = "black", tolerance: float = 0.05,
-                 nodes: str = "riemann", batch_size: int = 256):
+    def __init__(self, model, *, steps: int = 33, reference: Reference | float = "black", tolerance: float = 0.0,
+                 nodes: str = "completeness", batch_size: int = 256):
         super().__init__(model, batch_size=batch_size)
         if steps < 2:
             raise ValueError(f"steps {steps}: expected at least 2 (both ends of the path)")
@@ -317,6 +344,9 @@ class IntegratedGradients(_GradientMethod):
             raise ValueError(f"tolerance {tolerance}: expected 0 (off) to below 1")
         if nodes not in NODES:
             raise ValueError(f"nodes {nodes!r}: expected one of {', '.join(NODES)}")
+        if nodes == "completeness" and tolerance != 0:
+            raise ValueError(f"nodes 'completeness' with tolerance {tolerance}: expected tolerance 0 (it closes the "
+                             "completeness gap itself; riemann or gauss-legendre stop by it)")
         reference_images(np.zeros((1, 1, 1, 3), np.float32), reference)  # a bad reference fails here
         self.steps, self.reference, self.tolerance, self.nodes = steps, reference, tolerance, nodes
 
@@ -349,6 +379,10 @@ class IntegratedGradients(_GradientMethod):
         if scores is None:
             scores = self.logits(images)[rows, targets]
         delta = scores.astype(np.float64) - self.logits(base)[rows, targets]
+        if self.nodes == "completeness":
+            integral, rows_per_image = self.completeness_integral(images, base, targets)
+            gap = relative_gap(((images - base) * integral).sum(axis=(1, 2, 3)), delta)
+            return (images - base) * integral, np.full(n, 1 + rows_per_image), gap
         integral = np.zeros(images.shape, np.float32)  # each image's current estimate of the path integral
         passes, gap = np.ones(n, np.int64), np.full(n, np.inf)
         active, last = rows, 0
@@ -375,6 +409,45 @@ class IntegratedGradients(_GradientMethod):
             if not len(active):
                 break
         return (images - base) * integral, passes, gap
+
+    def completeness_integral(self, images: np.ndarray, base: np.ndarray, targets: np.ndarray
+                              ) -> tuple[np.ndarray, int]:
+        """(N, H, W, 3) the completeness-weighted trapezoid rule's mean gradient along each image's path, and the
+        gradient rows per image: ``steps`` where an image's points fit one call (their gradients and scores give
+        the weights, then the sum), else twice that (the weights from a first pass, the sum from a second:
+        memory stays at ``batch_size`` rows)."""
+        grads = gradient_fn(self.model)
+        k, n, (h, w) = self.steps, len(images), images.shape[1:3]
+        alphas = np.linspace(0.0, 1.0, k).astype(np.float32)
+        out = np.zeros(images.shape, np.float32)
+
+        def path(i, cols):  # (len(i), m, H, W, 3) the points cols of images i, and their gradients and scores
+            x, b = images[i], base[i]
+            pts = b[:, None] + alphas[None, cols, None, None, None] * (x - b)[:, None]
+            got, _, score = grads(tf.constant(pts.reshape(-1, h, w, 3)),
+                                  tf.constant(np.repeat(targets[i], len(alphas[cols]))))
+            return got.numpy().reshape(len(x), -1, h, w, 3), score.numpy().reshape(len(x), -1)
+
+        if k <= self.batch_size:
+            per_images = self.batch_size // k
+            for start in range(0, n, per_images):
+                i = np.arange(start, min(n, start + per_images))
+                got, score = path(i, slice(None))
+                slopes = np.einsum("gkhwc,ghwc->gk", got, images[i] - base[i])
+                weights = completeness_weights(alphas, slopes, score).astype(np.float32)
+                out[i] = np.einsum("gkhwc,gk->ghwc", got, weights)
+            return out, k
+        chunks = [slice(p, min(k, p + self.batch_size)) for p in range(0, k, self.batch_size)]
+        for j in range(n):
+            i = np.array([j])
+            slopes, scores = np.zeros((1, k)), np.zeros((1, k))
+            for c in chunks:
+                got, scores[:, c] = path(i, c)
+                slopes[:, c] = np.einsum("gkhwc,ghwc->gk", got, images[i] - base[i])
+            weights = completeness_weights(alphas, slopes, scores).astype(np.float32)
+            for c in chunks:
+                out[i] += np.einsum("gkhwc,gk->ghwc", path(i, c)[0], weights[:, c])
+        return out, 2 * k
 
     def attributions(self, images, targets) -> np.ndarray:
         """(N, H, W, 3) signed attributions; they sum to about f_t(x) - f_t(x') (completeness)."""
