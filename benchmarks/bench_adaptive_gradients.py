@@ -64,6 +64,9 @@ def part_ig(model, x, targets) -> dict:
         rows.append(row(f"trapezoid {k}", fixed(k, "riemann"), x, targets, ref))
     for k in (16, 32):
         rows.append(row(f"gauss-legendre {k}", fixed(k, "gauss-legendre"), x, targets, ref))
+    for k in (17, 33):
+        rows.append(row(f"completeness-weighted {k}" + (" (the default)" if k == 33 else ""),
+                        fixed(k, "completeness"), x, targets, ref))
     for tol in (0.1, 0.05, 0.02):
         rows.append(row(f"adaptive gauss-legendre, tolerance {tol}",
                         IntegratedGradients(model, steps=64, tolerance=tol, nodes="gauss-legendre"), x, targets, ref))

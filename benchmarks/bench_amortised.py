@@ -18,9 +18,10 @@ For each dataset, one classifier trained here, then:
 Datasets: the demo (generated in memory, 64x64, 6 classes), a subset of Fruits-360
 (``../shared/datasets/fruits360``, ``--fruits-per-class`` training images per class at ``--fruits-size``;
 a count above the folder's takes every image), and ``mobilenet``: the demo at ``--mobilenet-size`` px
-(1,000 test images) on a MobileNetV2 (alpha 0.35) built by fruitlens (``transfer:mobilenet_v2``, mode
-finetune: no ImageNet weights are reachable here, so the backbone is randomly initialised and its last block
-and the head are trained).
+(1,000 test images) on a Keras MobileNetV2 (alpha 0.35, GAP, dense softmax; batch-norm momentum 0.9) trained
+from scratch, every layer (no ImageNet weights are reachable here; fruitlens' ``transfer:mobilenet_v2`` freezes
+its backbone, which untrained is a constant function: that model stayed at chance, 0.167, and so did the
+from-scratch one with Keras' batch-norm momentum 0.999 after 8 epochs).
 
 Run: ``python -m benchmarks.bench_amortised`` (writes ``benchmarks/results/amortised.json``).
 """
@@ -41,7 +42,7 @@ import numpy as np  # noqa: E402
 from benchmarks._common import FRUITS360, write_result  # noqa: E402
 from fruitlens.batch.amortised_audit import grid_occlusion, rank_correlation, top_k_overlap  # noqa: E402
 from fruitlens.explain.amortised import AmortisedExplainer  # noqa: E402
-from fruitlens.explain.amortised_training import TRAINING_FIELDS, train_explainer  # noqa: E402
+from fruitlens.explain.amortised_training import TRAINING_FIELDS, sample_rows, train_explainer  # noqa: E402
 from fruitlens.explain.base import scale_per_image  # noqa: E402
 from fruitlens.explain.faithfulness import deletion_insertion  # noqa: E402
 from fruitlens.explain.kernel_shap import DEFAULT_BUDGET, grid_kernel_shap  # noqa: E402
@@ -64,14 +65,18 @@ def uptime() -> str:
 
 
 def bench(name: str, model, x_train, y_train, x_test, y_test, epochs: int, options: AmortisedOptions, audit: int,
-          lime_images: int, reference_budget: int) -> dict:
+          lime_images: int, reference_budget: int, sample: bool = False) -> dict:
+    """One dataset's figures; ``sample``: the explainer trains on ``options.train_images`` of the training images
+    (the seeded sample a nightly run takes), else on all of them."""
     out: dict = {"dataset": name, "train_images": len(x_train), "test_images": len(x_test),
                  "image_size": list(x_train.shape[1:3]), "load_before": uptime()}
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy",
                   metrics=["accuracy"])
     _, out["classifier_train_seconds"] = timed(lambda: model.fit(x_train, y_train, epochs=epochs, batch_size=32,
                                                                  verbose=0))
-    trained, out["explainer_train_seconds"] = timed(lambda: train_explainer(model, x_train, options, None))
+    picked = x_train[sample_rows(len(x_train), options)] if sample else x_train  # as a nightly run samples
+    out["explainer_train_images"] = len(picked)
+    trained, out["explainer_train_seconds"] = timed(lambda: train_explainer(model, picked, options, None))
     out["explainer_loss_by_epoch"] = [round(v, 5) for v in trained.card.history]
     explainer = AmortisedExplainer(model, options, trained)
     explainer.explain(x_test[:8])  # warm-up
@@ -126,6 +131,9 @@ def main() -> None:
     parser.add_argument("--fruits-per-class", type=int, default=30, help="Fruits-360 training images per class")
     parser.add_argument("--fruits-test-per-class", type=int, default=10)
     parser.add_argument("--fruits-size", type=int, default=48)
+    parser.add_argument("--fruits-arch", default="convnet", help="the Fruits-360 classifier: convnet (bench_lime's) "
+                        "or a fruitlens architecture (seed_cnn, ...)")
+    parser.add_argument("--fruits-epochs", type=int, default=3, help="the Fruits-360 classifier's epochs")
     parser.add_argument("--epochs", type=int, default=AmortisedOptions.epochs, help="explainer epochs (at most)")
     parser.add_argument("--masks", type=int, default=AmortisedOptions.masks, help="explainer masks per image")
     parser.add_argument("--width", type=int, default=AmortisedOptions.width, help="explainer width")
@@ -133,16 +141,20 @@ def main() -> None:
                         "the image)")
     parser.add_argument("--reference-budget", type=int, default=4096, help="KernelSHAP coalitions per image of the "
                         "reference")
+    parser.add_argument("--train-images", type=int, default=0, help="Fruits-360: train the explainer on this many "
+                        "training images, sampled as a nightly run samples them (0: all)")
     parser.add_argument("--tag", default="", help="suffix of the result file")
     parser.add_argument("--audit", type=int, default=40, help="audit images (exact method)")
     parser.add_argument("--lime-images", type=int, default=10)
     parser.add_argument("--parts", default="demo,fruits", help="demo, fruits, mobilenet (comma-separated)")
     parser.add_argument("--mobilenet-size", type=int, default=96, help="the MobileNetV2 part's image side")
     parser.add_argument("--mobilenet-test", type=int, default=1000, help="the MobileNetV2 part's test images")
+    parser.add_argument("--mobilenet-epochs", type=int, default=12, help="the MobileNetV2's training epochs")
     parser.add_argument("--fruits", type=Path, default=FRUITS360 if FRUITS360.is_dir() else SHARED_FRUITS,
                         help="the Fruits-360 root (Training/, Test/)")
     args = parser.parse_args()
-    options = AmortisedOptions(epochs=args.epochs, masks=args.masks, width=args.width, features=args.features)
+    options = AmortisedOptions(epochs=args.epochs, masks=args.masks, width=args.width, features=args.features,
+                               train_images=args.train_images or AmortisedOptions.train_images)
     result = {"options": {f: getattr(options, f) for f in TRAINING_FIELDS if hasattr(options, f)}, "runs": []}
     if "demo" in args.parts:
         from benchmarks.bench_gradcam import demo_arrays, demo_model
@@ -157,24 +169,38 @@ def main() -> None:
         size = args.fruits_size
         x_train, y_train, classes, _ = load_split(args.fruits, "Training", size, args.fruits_per_class)
         x_test, y_test, _, _ = load_split(args.fruits, "Test", size, args.fruits_test_per_class)
-        run = bench(f"fruits360 subset ({len(classes)} classes, {args.fruits_per_class}/class)",
-                    convnet(size, len(classes)), x_train, y_train, x_test, y_test, 3, options, args.audit,
-                    args.lime_images, args.reference_budget)
+        if args.fruits_arch == "convnet":
+            classifier = convnet(size, len(classes))
+        else:  # one of fruitlens' own architectures, as `fruitlens train --arch` builds it
+            from fruitlens.models import build_model
+
+            classifier = build_model(args.fruits_arch, len(classes), size, seed=0)
+        run = bench(f"fruits360 ({len(classes)} classes, {len(x_train)} training images, {args.fruits_arch} "
+                    f"{args.fruits_epochs} epochs)", classifier, x_train, y_train, x_test, y_test, args.fruits_epochs,
+                    options, args.audit, args.lime_images, args.reference_budget, sample=args.train_images > 0)
         result["runs"].append(run)
     if "mobilenet" in args.parts:
         import tensorflow as tf
 
         from benchmarks.bench_gradcam import demo_arrays
-        from fruitlens.models import build_model
 
         size = args.mobilenet_size
         resize = lambda x: tf.image.resize(x, (size, size)).numpy()  # noqa: E731
         x_train, _, y_train = demo_arrays(args.demo_train_per_class, 0)
         x_test, _, y_test = demo_arrays(-(-args.mobilenet_test // 6), 1)
-        model = build_model("transfer:mobilenet_v2", 6, size, weights="none", mode="finetune", alpha=0.35, seed=0)
-        result["runs"].append(bench(f"demo, MobileNetV2 (alpha 0.35) at {size} px", model, resize(x_train), y_train,
-                                    resize(x_test[:args.mobilenet_test]), y_test[:args.mobilenet_test], 5, options,
-                                    args.audit, args.lime_images, args.reference_budget))
+        keras.utils.set_random_seed(0)
+        inp = keras.Input((size, size, 3))
+        backbone = keras.applications.MobileNetV2(input_shape=(size, size, 3), alpha=0.35, include_top=False,
+                                                  weights=None)
+        for layer in backbone.layers:  # Keras' 0.999 leaves the moving statistics at their start after a few
+            if isinstance(layer, keras.layers.BatchNormalization):  # hundred steps: a constant model (chance)
+                layer.momentum = 0.9
+        features = keras.layers.GlobalAveragePooling2D()(backbone(keras.layers.Rescaling(2.0, offset=-1.0)(inp)))
+        model = keras.Model(inp, keras.layers.Dense(6, activation="softmax")(features))
+        result["runs"].append(bench(f"demo, MobileNetV2 (alpha 0.35, from scratch) at {size} px", model,
+                                    resize(x_train), y_train, resize(x_test[:args.mobilenet_test]),
+                                    y_test[:args.mobilenet_test], args.mobilenet_epochs, options, args.audit,
+                                    args.lime_images, args.reference_budget))
     write_result(("amortised" if args.parts == "demo,fruits" else "amortised_" + args.parts.replace(",", "_"))
                  + (f"_{args.tag}" if args.tag else ""), result)
 

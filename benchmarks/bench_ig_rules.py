@@ -14,7 +14,7 @@ sum, divided by the maximum), mean over images. Rules:
   1 - lambda, lambda chosen so that the interval's attributions sum to the logit's change over it (known from the
   forward values: exact where the gradient jumps once in the interval), clipped to [0, 1].
 
-Run: ``python -m benchmarks.bench_ig_rules`` (writes ``benchmarks/results/ig_rules.json``).
+Run: ``python -m benchmarks.bench_ig_rules [--model peers]`` (writes ``benchmarks/results/ig_rules[_peers].json``).
 """
 
 from __future__ import annotations
@@ -109,14 +109,22 @@ def main() -> None:
     parser.add_argument("--train-per-class", type=int, default=80)
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--images", type=int, default=10)
+    parser.add_argument("--model", choices=("adaptive", "peers"), default="adaptive",
+                        help="the model and images of bench_adaptive_gradients (default) or of bench_peers")
     args = parser.parse_args()
-    x_train, _, y_train = demo_arrays(args.train_per_class, 0)
-    x_test, _, _ = demo_arrays(max(1, -(-args.images // 6)), 1)
-    model = demo_model()
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=32, verbose=0, shuffle=True)
-    x = x_test[:args.images].astype(np.float32)
-    targets = np.asarray(model.predict_on_batch(x)).argmax(1)
+    if args.model == "peers":
+        from benchmarks.bench_peers import train
+
+        model, x, targets = train(argparse.Namespace(train_per_class=60, epochs=4, images=6))
+    else:
+        x_train, _, y_train = demo_arrays(args.train_per_class, 0)
+        x_test, _, _ = demo_arrays(max(1, -(-args.images // 6)), 1)
+        model = demo_model()
+        model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+        model.fit(x_train, y_train, epochs=args.epochs, batch_size=32, verbose=0, shuffle=True)
+        x = x_test[:args.images]
+        targets = np.asarray(model.predict_on_batch(x)).argmax(1)
+    x = x.astype(np.float32)
     dense = np.linspace(0, 1, DENSE + 1)
     errors: dict[str, list[float]] = {}
     for i in range(len(x)):
@@ -126,7 +134,8 @@ def main() -> None:
             for k, v in errors.items()]
     for r in rows:
         print(f"{r['rule']:40s} {r['error_mean']:.4f} (max {r['error_max']:.4f})", flush=True)
-    write_result("ig_rules", {"machine": machine(), "images": len(x), "rows": rows})
+    write_result("ig_rules" + ("_peers" if args.model == "peers" else ""),
+                 {"machine": machine(), "model": args.model, "images": len(x), "rows": rows})
 
 
 if __name__ == "__main__":
