@@ -37,6 +37,7 @@ METRICS_FILE = "metrics.json"
 SHORTCUT_FILE = "shortcut.parquet"  # in the evidence folder (RUN/evidence): fruitlens.explain.shortcut
 NIGHTS_FILE = "nights.parquet"  # in a models home and in RUN/trend: one row per run (fruitlens.nights)
 FAILED = "failed"  # the pseudo-method whose table lists the images that could not be read
+CURRENT = "current"  # in a models home: the promoted model's folder (fruitlens.promotion)
 LOCK_FILE = ".fruitlens.lock"  # in every folder a command writes: one writer at a time (fruitlens.locks)
 
 

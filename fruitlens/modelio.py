@@ -46,7 +46,7 @@ from fruitlens.card import ModelCard
 from fruitlens.errors import ModelSourceError
 from fruitlens.keras_apps import KERAS_APPS
 from fruitlens.keras_cache import cached_file
-from fruitlens.layout import CARD_FILE, MODEL_FILE
+from fruitlens.layout import CARD_FILE, CURRENT, MODEL_FILE
 from fruitlens.modelfiles import (
     MODEL_SUFFIXES,
     check_output,
@@ -153,11 +153,12 @@ class ModelSource(ModelSpec):
             return "imagenet", app
         path = Path(self.spec).expanduser().absolute()
         if path.is_dir():
-            for name, kind in ((MODEL_FILE, "keras"), (SAVED_MODEL_FILE, "savedmodel"), (CARD_FILE, "card")):
-                if (path / name).is_file():
-                    return kind, (path / MODEL_FILE if kind == "keras" else path)
-            raise ModelSourceError(f"{path}: no {MODEL_FILE}, {SAVED_MODEL_FILE} or {CARD_FILE} in this folder; "
-                                   f"expected {KINDS}")
+            for folder in (path, path / CURRENT):  # a models home (the nightly's) holds its promoted model there
+                for name, kind in ((MODEL_FILE, "keras"), (SAVED_MODEL_FILE, "savedmodel"), (CARD_FILE, "card")):
+                    if (folder / name).is_file():
+                        return kind, (folder / MODEL_FILE if kind == "keras" else folder)
+            raise ModelSourceError(f"{path}: no {MODEL_FILE}, {SAVED_MODEL_FILE} or {CARD_FILE} in this folder "
+                                   f"(nor in {CURRENT}/); expected {KINDS}")
         if not path.is_file():
             raise ModelSourceError(f"{self.spec}: no such file or folder; expected {KINDS}")
         if path.suffix.lower() not in MODEL_SUFFIXES:

@@ -21,9 +21,8 @@ from typing import Any, Literal
 import pandas as pd
 
 from fruitlens import tables
-from fruitlens.layout import CARD_FILE, MODEL_FILE
+from fruitlens.layout import CARD_FILE, CURRENT, MODEL_FILE
 
-CURRENT = "current"
 MODELS = "models"
 
 Decision = Literal["promoted", "kept", "unchanged", "explained"]

@@ -19,6 +19,7 @@ from PIL import Image
 from skimage.data import chelsea
 
 from fruitlens import keras_cache, modelfiles, tables
+from fruitlens.errors import ModelSourceError
 from fruitlens.explain.gradcam import gradcam
 from fruitlens.explain.keras_graph import find_layer
 from fruitlens.explain.lime import explain_lime
@@ -149,6 +150,20 @@ def test_run_folder_loads_as_before_and_digest_is_the_file_sha(tmp_path):
     assert ModelSource(str(run), fit="crop").digest() != model_digest(run)
     renamed, card2 = ModelSource(str(run), classes=("x", "y", "z")).load()
     assert card2.classes == ("x", "y", "z") and card2.arch == "tiny"
+
+
+def test_a_models_home_loads_its_promoted_model(tmp_path):
+    """`--model artifacts/models/demo` (the folder the nightly says it promoted to) loads its current model."""
+    from fruitlens.promotion import promote_model
+
+    run = tiny_run(tmp_path / "run", classes=("a", "b", "c"), image_size=(12, 10))
+    home = tmp_path / "models" / "demo"
+    promote_model(run, home, {"accuracy": 1.0})
+    model, card = ModelSource(str(home)).load()
+    assert card.classes == ("a", "b", "c") and ModelSource(str(home)).digest() == model_digest(run)
+    with pytest.raises(ModelSourceError, match=r"no model.keras, saved_model.pb or model.json in this folder \(nor in "
+                                               r"current/\)"):
+        ModelSource(str(tmp_path / "models")).load()
 
 
 def test_card_next_to_outputs_reloads_without_options(tmp_path, saved):
