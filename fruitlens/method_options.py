@@ -163,8 +163,9 @@ class IntegratedGradientsOptions(HeatmapOptions):
     so that its attributions sum to the score's change over it, known from the same passes; exact where the
     gradient jumps once in an interval, as in a ReLU network; one round, ``tolerance`` 0; where ``steps`` exceeds
     ``batch_size``, two passes over the points), ``riemann`` (the trapezoid rule, both ends included; with
-    tolerance 0 what fruitlens did before) or ``gauss-legendre`` (Captum's default rule). Adaptive (``riemann``, ``gauss-legendre``): rounds of
-    5, 9, 17, 33, ... points for ``riemann`` (each reusing the last), 4, 8, 16, ... for ``gauss-legendre``,
+    tolerance 0 what fruitlens did before) or ``gauss-legendre`` (Captum's default rule). Adaptive (``riemann``,
+    ``gauss-legendre``): rounds of 5, 9, 17, 33, ... points for ``riemann`` (each reusing the last), 4, 8, 16, ...
+    for ``gauss-legendre``,
     ``steps`` the last; an image stops once its completeness gap ``|sum of attributions - (f(x) - f(x'))| /
     |f(x) - f(x')|`` is at most ``tolerance`` (0: one round of ``steps``). On the demo CNN the completeness rule
     at 33 points was as close to a 2,049-point map as the trapezoid rule at 50 (Xplique's default), and the
