@@ -101,6 +101,17 @@ def test_old_cards_still_say_what_they_can():
     assert holdout_paragraph({"config": {}}) == ""
 
 
+def test_a_refit_says_what_the_saved_model_was_trained_on():
+    from fruitlens.report.record import holdout_paragraph
+
+    validation = {"held_out": 12, "trained_on": 48, "source": "val_fraction 0.2", "why": "picks the epoch"}
+    what = "refit: a fresh model trained on the 60 training and validation images together for 3 epoch(s)"
+    html = holdout_paragraph({"config": {"validation": validation, "trained": {"refit": True, "what": what}}})
+    assert "12 images held out" in html and f"The saved model: {what}." in html
+    plain = holdout_paragraph({"config": {"validation": validation, "trained": {"refit": False, "what": "epoch 3"}}})
+    assert "The saved model" not in plain
+
+
 @pytest.mark.parametrize("flag, value, words", [
     ("--val-split", "1", "--val-split 1.0: expected a fraction in [0, 1)"),
     ("--val-split", "-0.1", "--val-split -0.1: expected a fraction in [0, 1)"),

@@ -155,6 +155,9 @@ def holdout_paragraph(card: dict | None) -> str:
     out = f"<p>{words}</p>"
     if v.get("warning"):
         out += f"<p class=\"warning\">Warning: {esc(v['warning'])}.</p>"
+    trained = config.get("trained")
+    if isinstance(trained, dict) and trained.get("refit"):  # the saved model is not the run's kept epoch
+        out += f"<p>The saved model: {esc(str(trained.get('what', 'refit')))}.</p>"
     return out
 
 
