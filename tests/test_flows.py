@@ -78,7 +78,11 @@ def task_states(since: datetime) -> dict[str, list[str]]:
                 flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in runs])),
                 sort=TaskRunSort.EXPECTED_START_TIME_ASC, limit=200)
 
+    deadline = time.monotonic() + 60
     task_runs = asyncio.run(read())
+    while any(tr.state is None for tr in task_runs) and time.monotonic() < deadline:
+        time.sleep(0.5)  # the server records a task run before its state (from the run's events): wait for it
+        task_runs = asyncio.run(read())
     out: dict[str, list[str]] = {}
     for tr in sorted(task_runs, key=lambda t: t.expected_start_time or since):
         if re.fullmatch(r"(index|train|evaluate|explain)-\d+", tr.name):

@@ -96,8 +96,24 @@ def nightly_inputs(tmp_path_factory) -> tuple[Path, Path]:
     return root / "data", root / "tiny.json"
 
 
+LOG_RECORD = re.compile(r"^\d{2}:\d{2}:\d{2}\.\d{3} \| ")  # "18:21:44.243 | ERROR | ..." starts a log record
+# SQLite's write race: a transaction that read before another wrote cannot then write (WAL; no busy timeout
+# helps). Prefect's background services log it as an ERROR and retry the next cycle (seen once in three suite
+# runs at load 5: docket's work-pool health monitor); what the tests check, that the run fires and completes, is
+# unaffected. Any other error or traceback fails the test.
+TRANSIENT = "(sqlite3.OperationalError) database is locked"
+
+
 def _server_log_errors(text: str) -> list[str]:
-    return [line for line in text.splitlines() if "Traceback" in line or re.search(r"\bERROR\b", line)]
+    """The first line of every log record of ``text`` that holds an ERROR or a traceback, except SQLite's
+    transient write race (``TRANSIENT``)."""
+    records: list[list[str]] = []
+    for line in text.splitlines():
+        if LOG_RECORD.match(line) or not records:
+            records.append([])
+        records[-1].append(line)
+    bad = [r for r in records if any("Traceback" in x or re.search(r"\bERROR\b", x) for x in r)]
+    return [r[0] for r in bad if not any(TRANSIENT in x for x in r)]
 
 
 def _deployment_runs(url: str, deployment: str):
@@ -290,3 +306,16 @@ def test_serve_with_no_dataset_is_one_line_exit_2_and_starts_no_server(tmp_path)
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--data" in lines[0] and "nope" in lines[0], done.stderr
     assert not (tmp_path / "home").exists()
+
+
+def test_server_log_errors_skip_only_sqlites_write_race():
+    locked = ("18:21:44.243 | ERROR   | docket.dependencies - monitor_worker_health()\nTraceback (most recent call "
+              "last):\n  File \"base.py\", line 1891, in _execute_context\nsqlalchemy.exc.OperationalError: "
+              "(sqlite3.OperationalError) database is locked\n[SQL: UPDATE work_pool SET status=:status]")
+    other = ("18:22:01.001 | ERROR   | prefect.server.services.scheduler - Unexpected error\nTraceback (most recent "
+             "call last):\nAttributeError: 'Select' object has no attribute 'with_for_update_of'")
+    fine = "18:21:40.000 | INFO    | uvicorn.error - Application startup complete."
+    assert _server_log_errors("\n".join([fine, locked, fine])) == []
+    assert _server_log_errors("\n".join([fine, locked, other])) == [other.splitlines()[0]]
+    bare = "Traceback (most recent call last):\nValueError: x"
+    assert _server_log_errors(bare) == ["Traceback (most recent call last):"]
