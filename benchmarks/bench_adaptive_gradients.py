@@ -96,6 +96,19 @@ def part_smoothgrad(model, x, targets, reference_samples: int) -> dict:
     return {"reference": f"iid {reference_samples}, noise {noise}", "rows": rows}
 
 
+def trained_demo(train_per_class: int, epochs: int, images: int):
+    """(model, x, targets, labels, training images): the demo CNN trained here and ``images`` test images with
+    the classes it predicts for them."""
+    x_train, _, y_train = demo_arrays(train_per_class, 0)
+    x_test, _, y_test = demo_arrays(max(1, -(-images // 6)), 1)
+    model = demo_model()
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
+    model.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0, shuffle=True)
+    x = x_test[:images]
+    targets = np.asarray(model.predict_on_batch(x)).argmax(1).astype(np.int32)
+    return model, x, targets, y_test[:images], x_train
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train-per-class", type=int, default=80)
@@ -103,13 +116,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10)
     parser.add_argument("--reference-samples", type=int, default=8000)
     args = parser.parse_args()
-    x_train, _, y_train = demo_arrays(args.train_per_class, 0)
-    x_test, _, y_test = demo_arrays(max(1, -(-args.images // 6)), 1)
-    model = demo_model()
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(x_train, y_train, epochs=args.epochs, batch_size=32, verbose=0, shuffle=True)
-    x = x_test[:args.images]
-    targets = np.asarray(model.predict_on_batch(x)).argmax(1).astype(np.int32)
+    model, x, targets, y_test, x_train = trained_demo(args.train_per_class, args.epochs, args.images)
     result = {"demo_model": {"train_images": len(x_train), "epochs": args.epochs, "images": len(x),
                              "test_accuracy": float((targets == y_test[:len(x)]).mean())},
               "load_before": os.getloadavg()}

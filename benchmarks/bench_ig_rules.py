@@ -24,12 +24,11 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks._common import machine, write_result  # noqa: E402
-from benchmarks.bench_gradcam import demo_arrays, demo_model  # noqa: E402
+from benchmarks.bench_adaptive_gradients import trained_demo  # noqa: E402
 from fruitlens.explain.base import gradient_fn, logits_fn, scale_per_image  # noqa: E402
 
 DENSE = 2048  # intervals of the dense path
@@ -117,13 +116,7 @@ def main() -> None:
 
         model, x, targets = train(argparse.Namespace(train_per_class=60, epochs=4, images=6))
     else:
-        x_train, _, y_train = demo_arrays(args.train_per_class, 0)
-        x_test, _, _ = demo_arrays(max(1, -(-args.images // 6)), 1)
-        model = demo_model()
-        model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-        model.fit(x_train, y_train, epochs=args.epochs, batch_size=32, verbose=0, shuffle=True)
-        x = x_test[:args.images]
-        targets = np.asarray(model.predict_on_batch(x)).argmax(1)
+        model, x, targets, _, _ = trained_demo(args.train_per_class, args.epochs, args.images)
     x = x.astype(np.float32)
     dense = np.linspace(0, 1, DENSE + 1)
     errors: dict[str, list[float]] = {}
