@@ -178,10 +178,11 @@ AMORTISED_AUDIT_SCHEMA = pa.schema(
         ("images", pa.int32()),  # test images predicted as the class (all explained)
         ("audited", pa.int32()),  # of them in the audit sample
         ("rank_correlation", pa.float64()),  # mean Spearman of the patch attributions (null: none audited)
+        ("exact_seed_to_seed", pa.float64()),  # the same for the exact method against itself, another seed
         ("top_k_overlap", pa.float64()),  # mean share of the exact top-k patches among the amortised top-k
         ("deletion_auc_amortised", pa.float64()),
         ("deletion_auc_exact", pa.float64()),
-        ("trusted", pa.bool_()),  # rank correlation at least the configured agreement (null: not audited)
+        ("trusted", pa.bool_()),  # rank correlation >= amortised_agreement x exact_seed_to_seed (null: none)
         ("explained_by", pa.string()),  # "amortised", or the exact method's name for a class that fell back
     ]
 )

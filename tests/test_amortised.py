@@ -252,7 +252,17 @@ def indexed(demo_dir, tmp_path_factory):
     return root, as_model_source(model_source_fields(str(run)))
 
 
-@pytest.mark.parametrize(("agreement", "fell"), [(-1.0, False), (1.01, True)])
+@pytest.mark.parametrize(("agreement", "seed_to_seed", "share", "expected"), [
+    (0.40, 0.40, 1.0, True), (0.39, 0.40, 1.0, False), (0.31, 0.40, 0.75, True), (-0.5, 0.40, 0.0, True),
+    (0.50, None, 1.0, False), (None, 0.40, 1.0, None)])
+def test_a_class_is_trusted_when_it_agrees_with_the_exact_method_as_well_as_that_agrees_with_itself(
+        agreement, seed_to_seed, share, expected):
+    from fruitlens.batch.amortised_audit import trusted
+
+    assert trusted(agreement, seed_to_seed, share) is expected
+
+
+@pytest.mark.parametrize(("agreement", "fell"), [(0.0, False), (2.0, True)])
 def test_the_audit_explains_the_split_and_falls_back_below_the_agreement(indexed, agreement, fell, tmp_path):
     """Every test image gets a map; each class with audited images has its agreement; a class below the
     agreement is explained by KernelSHAP on the grid instead and the table says so."""
@@ -272,6 +282,8 @@ def test_the_audit_explains_the_split_and_falls_back_below_the_agreement(indexed
     assert res.images == 24 and table["images"].sum() == 24 and table["audited"].sum() == 12
     audited = table[table["audited"] > 0]
     assert audited["rank_correlation"].between(-1, 1).all() and audited["top_k_overlap"].between(0, 1).all()
+    # 512 coalitions on 9 patches: KernelSHAP all but agrees with itself, so twice that is out of reach
+    assert audited["exact_seed_to_seed"].between(0.9, 1).all()
     assert set(audited["trusted"]) == {not fell}
     assert set(audited["explained_by"]) == {"kernelshap" if fell else "amortised"}
     assert (res.fallback_images > 0) == fell

@@ -608,7 +608,7 @@ def test_nightly_trains_the_amortised_explainer_explains_with_it_and_audits_it(c
     model_dir = tiny_run(tmp_path / "theirs", classes=CLASSES, image_size=(16, 16))
     config = {**TINY, "model": {"spec": str(model_dir / "model.keras"), "classes": list(CLASSES)},
               "methods": ["gradcam"], "explain_limit": 6, "visualize": False, "sanity_images": 0,
-              "stability_images": 0, "class_evidence": False, "amortised_audit": 8, "amortised_agreement": -1.0,
+              "stability_images": 0, "class_evidence": False, "amortised_audit": 8, "amortised_agreement": 0.0,
               "explain_options": {**TINY["explain_options"],
                                   "amortised": {"grid": 4, "epochs": 2, "masks": 4, "width": 4}}}
     out = tmp_path / "runs" / "amortised"
