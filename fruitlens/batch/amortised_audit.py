@@ -232,6 +232,7 @@ def audit_line(table: pd.DataFrame | None) -> str:
             f"{audited['top_k_overlap'].mean():.0%}, deletion AUC {audited['deletion_auc_amortised'].mean():.3f} "
             f"(exact {audited['deletion_auc_exact'].mean():.3f}).")
     if len(fell):
-        line += (f" Not trusted, explained by {EXACT} instead: {', '.join(fell['class'].astype(str)[:20])}"
+        line += (f" Not trusted (agreement below the configured share of {EXACT}'s agreement with itself), "
+                 f"explained by {EXACT} instead: {', '.join(fell['class'].astype(str)[:20])}"
                  f"{' …' if len(fell) > 20 else ''}.")
     return line
