@@ -297,3 +297,20 @@ def test_the_audit_explains_the_split_and_falls_back_below_the_agreement(indexed
         np.testing.assert_allclose(saved["maps"][first], grid_kernel_shap(model, img, saved["target"][[first]], 3,
                                                                           "mean", DEFAULT_BUDGET, opts.seed)[0],
                                    atol=1e-5)
+
+
+def test_the_audit_line_names_the_bar_and_the_classes_that_fell_back():
+    import pandas as pd
+
+    from fruitlens.batch.amortised_audit import audit_line
+
+    table = pd.DataFrame({"class": ["apple", "pear", "plum"], "images": [10, 5, 3], "audited": [4, 2, 0],
+                          "rank_correlation": [0.5, 0.1, None], "exact_seed_to_seed": [0.4, 0.3, None],
+                          "top_k_overlap": [0.6, 0.2, None], "deletion_auc_amortised": [0.2, 0.3, None],
+                          "deletion_auc_exact": [0.2, 0.25, None], "trusted": [True, False, None],
+                          "explained_by": ["amortised", "kernelshap", "amortised"]})
+    line = audit_line(table)
+    assert "all 18 images" in line and "on 6 audited images of 2 classes" in line
+    assert "rank correlation 0.30 (kernelshap with itself, another seed: 0.35)" in line
+    assert line.endswith("explained by kernelshap instead: pear.")
+    assert audit_line(None) == "" and audit_line(table.iloc[:0]) == ""
