@@ -111,9 +111,15 @@ def bench(name: str, model, x_train, y_train, x_test, y_test, epochs: int, optio
     out["top5_overlap_amortised_vs_reference"] = float(top_k_overlap(amort, reference, 5).mean())
     out["top5_overlap_kernelshap_seed_to_seed"] = float(top_k_overlap(kernel, kernel_1, 5).mean())
     index = patch_index(tuple(x_test.shape[1:3]), grid)
+    per_image = {}
     for key, values in (("amortised", amort), ("kernelshap", kernel), ("occlusion", exact)):
         curves = deletion_insertion(model, xs, scale_per_image(values[:, index]), ts, steps=20, baseline="mean")
         out[f"deletion_auc_{key}"] = float(curves.deletion_auc.mean())
+        per_image[key] = np.asarray(curves.deletion_auc, np.float64)
+    # the same images under both maps: the paired difference and its standard error tell noise from a gap
+    diff = per_image["amortised"] - per_image["kernelshap"]
+    out["deletion_auc_paired_difference"] = float(diff.mean())
+    out["deletion_auc_paired_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
     out["classifier_test_accuracy"] = float((res.targets == y_test).mean())
     out["explainer_over_classifier_training"] = out["explainer_train_seconds"] / out["classifier_train_seconds"]
     out["speedup_vs_occlusion"] = out["exact_seconds_per_image"] / out["amortised_seconds_per_image"]
