@@ -182,6 +182,8 @@ AMORTISED_AUDIT_SCHEMA = pa.schema(
         ("top_k_overlap", pa.float64()),  # mean share of the exact top-k patches among the amortised top-k
         ("deletion_auc_amortised", pa.float64()),
         ("deletion_auc_exact", pa.float64()),
+        ("insertion_auc_amortised", pa.float64()),  # higher is more faithful (deletion: lower)
+        ("insertion_auc_exact", pa.float64()),
         ("trusted", pa.bool_()),  # rank correlation >= amortised_agreement x exact_seed_to_seed (null: none)
         ("explained_by", pa.string()),  # "amortised", or the exact method's name for a class that fell back
     ]

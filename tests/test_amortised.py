@@ -282,6 +282,8 @@ def test_the_audit_explains_the_split_and_falls_back_below_the_agreement(indexed
     assert res.images == 24 and table["images"].sum() == 24 and table["audited"].sum() == 12
     audited = table[table["audited"] > 0]
     assert audited["rank_correlation"].between(-1, 1).all() and audited["top_k_overlap"].between(0, 1).all()
+    for column in ("deletion_auc_amortised", "deletion_auc_exact", "insertion_auc_amortised", "insertion_auc_exact"):
+        assert audited[column].between(0, 1).all(), column  # probabilities' areas over fractions 0..1
     # 512 coalitions on 9 patches: KernelSHAP all but agrees with itself, so twice that is out of reach
     assert audited["exact_seed_to_seed"].between(0.9, 1).all()
     assert set(audited["trusted"]) == {not fell}
@@ -307,10 +309,14 @@ def test_the_audit_line_names_the_bar_and_the_classes_that_fell_back():
     table = pd.DataFrame({"class": ["apple", "pear", "plum"], "images": [10, 5, 3], "audited": [4, 2, 0],
                           "rank_correlation": [0.5, 0.1, None], "exact_seed_to_seed": [0.4, 0.3, None],
                           "top_k_overlap": [0.6, 0.2, None], "deletion_auc_amortised": [0.2, 0.3, None],
-                          "deletion_auc_exact": [0.2, 0.25, None], "trusted": [True, False, None],
+                          "deletion_auc_exact": [0.2, 0.25, None], "insertion_auc_amortised": [0.7, 0.5, None],
+                          "insertion_auc_exact": [0.8, 0.6, None], "trusted": [True, False, None],
                           "explained_by": ["amortised", "kernelshap", "amortised"]})
     line = audit_line(table)
     assert "all 18 images" in line and "on 6 audited images of 2 classes" in line
     assert "rank correlation 0.30 (kernelshap with itself, another seed: 0.35)" in line
+    assert "deletion AUC 0.250 (exact 0.225; lower is better), insertion AUC 0.600 (exact 0.700" in line
     assert line.endswith("explained by kernelshap instead: pear.")
+    older = audit_line(table.drop(columns=["insertion_auc_amortised", "insertion_auc_exact"]))  # an older run's
+    assert "(exact 0.225; lower is better). Not trusted" in older and "insertion" not in older
     assert audit_line(None) == "" and audit_line(table.iloc[:0]) == ""

@@ -10,7 +10,8 @@ values only for a classifier additive over patches.
 
 Per class (the class each image is predicted as): the mean Spearman rank correlation of the two attributions
 over the patches, the mean top-k overlap (share of the exact top-k patches that are among the amortised
-top-k), and the mean deletion AUC of both (``fruitlens.explain.faithfulness``, lower is more faithful). The bar is
+top-k), and the mean deletion and insertion AUCs of both (``fruitlens.explain.faithfulness``; deletion: lower is
+more faithful, insertion: higher). The bar is
 the exact method's own agreement with itself: the audit images are explained by KernelSHAP twice, with two seeds,
 and a class is trusted when the amortised explainer agrees with the first run at least ``min_agreement`` times as
 well as the two runs agree with each other (``trusted``; the issue's rule at 1). An untrusted class's images are
@@ -173,12 +174,15 @@ def audit_run(source, index_dir: str | os.PathLike, split: str, options: Amortis
     rho, rho_exact = rank_correlation(amort, exact), rank_correlation(exact, again)
     overlap = top_k_overlap(amort, exact, top_k)
     index = patch_index(tuple(card.image_size), grid)
-    auc = {}
+    auc = {}  # (deletion AUCs, insertion AUCs) of each
     for name, values in (("amortised", amort), ("exact", exact)):
-        heat = scale_per_image(values[:, index]) if len(values) else np.zeros((0, *card.image_size), np.float32)
-        auc[name] = deletion_insertion(model, s_images, heat, targets[sample], steps=max(options.faithfulness_steps, 1),
-                                       baseline=options.baseline, seed=options.seed).deletion_auc \
-            if len(values) else np.zeros(0)
+        if not len(values):
+            auc[name] = (np.zeros(0), np.zeros(0))
+            continue
+        curves = deletion_insertion(model, s_images, scale_per_image(values[:, index]), targets[sample],
+                                    steps=max(options.faithfulness_steps, 1), baseline=options.baseline,
+                                    seed=options.seed)
+        auc[name] = (curves.deletion_auc, curves.insertion_auc)
 
     records, fallback = [], np.zeros(n, bool)
     for c, name in enumerate(card.classes):
@@ -193,8 +197,8 @@ def audit_run(source, index_dir: str | os.PathLike, split: str, options: Amortis
         records.append({"class": name, "images": int(mine.sum()), "audited": int(audited.sum()),
                         "rank_correlation": corr, "exact_seed_to_seed": bar,
                         "top_k_overlap": float(overlap[audited].mean()) if audited.any() else None,
-                        "deletion_auc_amortised": float(auc["amortised"][audited].mean()) if audited.any() else None,
-                        "deletion_auc_exact": float(auc["exact"][audited].mean()) if audited.any() else None,
+                        **{f"{curve}_auc_{name}": float(auc[name][i][audited].mean()) if audited.any() else None
+                           for i, curve in enumerate(("deletion", "insertion")) for name in ("amortised", "exact")},
                         "trusted": trust, "explained_by": EXACT if trust is False else "amortised"})
     if fallback.any():  # the untrusted classes' images: the exact method's attributions instead
         where = np.flatnonzero(fallback)
@@ -230,7 +234,11 @@ def audit_line(table: pd.DataFrame | None) -> str:
             f"{len(audited):,} classes: rank correlation {audited['rank_correlation'].mean():.2f} ({EXACT} with "
             f"itself, another seed: {audited['exact_seed_to_seed'].mean():.2f}), top-k overlap "
             f"{audited['top_k_overlap'].mean():.0%}, deletion AUC {audited['deletion_auc_amortised'].mean():.3f} "
-            f"(exact {audited['deletion_auc_exact'].mean():.3f}).")
+            f"(exact {audited['deletion_auc_exact'].mean():.3f}; lower is better)")
+    if "insertion_auc_amortised" in audited:  # tables written before insertion was audited lack it
+        line += (f", insertion AUC {audited['insertion_auc_amortised'].mean():.3f} "
+                 f"(exact {audited['insertion_auc_exact'].mean():.3f}; higher is better)")
+    line += "."
     if len(fell):
         line += (f" Not trusted (agreement below the configured share of {EXACT}'s agreement with itself), "
                  f"explained by {EXACT} instead: {', '.join(fell['class'].astype(str)[:20])}"
