@@ -202,6 +202,9 @@ def audit_run(source, index_dir: str | os.PathLike, split: str, options: Amortis
                         "trusted": trust, "explained_by": EXACT if trust is False else "amortised"})
     if fallback.any():  # the untrusted classes' images: the exact method's attributions instead
         where = np.flatnonzero(fallback)
+        audited = np.isin(where, sample)  # explained already by the audit (the same coalitions: the same seed)
+        maps[where[audited]] = exact[np.searchsorted(sample, where[audited])]
+        where = where[~audited]
         for s in range(0, len(where), READ_CHUNK):
             part = where[s:s + READ_CHUNK]
             images, _, _ = read_chunk(rows.iloc[[by_id[ids[i]] for i in part]].reset_index(drop=True),
