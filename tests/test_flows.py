@@ -620,7 +620,8 @@ def test_nightly_trains_the_amortised_explainer_explains_with_it_and_audits_it(c
     assert len(rows) == 6 and set(rows["passes"]) == {3}
     audit = tables.read_table(out / "explain" / "amortised_audit.parquet")
     assert audit["images"].sum() == 24 and audit["audited"].sum() == 8 and set(audit["explained_by"]) == {"amortised"}
-    assert 'id="amortised-audit"' in (out / "report.html").read_text()
+    page = (out / "report.html").read_text()
+    assert 'id="amortised-audit"' in page and "insertion AUC amortised" in page and "insertion AUC 0." in page
 
 
 def test_nightly_flags_explanation_drift_when_the_deciding_sticker_moved(cache, tmp_path):

@@ -97,8 +97,15 @@ def amortised_audit_block(data: ReportData) -> str:
     if not line:
         return ""
     shown = data.amortised_audit[data.amortised_audit["audited"] > 0].sort_values("rank_correlation")
-    return (f"<div id=\"amortised-audit\"><p class=\"note\">{esc(line)}</p>"
-            + table(shown.round(3), limit=100) + "</div>")
+    # headers that wrap at spaces, so that the eleven columns fit the page and class names stay whole
+    shown = shown.round(3).rename(columns=lambda c: AUDIT_HEADERS.get(c, c.replace("_", " ")))
+    return f"<div id=\"amortised-audit\"><p class=\"note\">{esc(line)}</p>" + table(shown, limit=100) + "</div>"
+
+
+AUDIT_HEADERS = {"rank_correlation": "rank correlation", "exact_seed_to_seed": "exact seed-to-seed",
+                 "top_k_overlap": "top-k overlap", "deletion_auc_amortised": "deletion AUC amortised",
+                 "deletion_auc_exact": "deletion AUC exact", "insertion_auc_amortised": "insertion AUC amortised",
+                 "insertion_auc_exact": "insertion AUC exact"}
 
 
 def section_ranking(data: ReportData, opts: ReportOptions) -> str:
