@@ -64,6 +64,18 @@ def uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
 
+def patch_deletion(model, images: np.ndarray, targets: np.ndarray, maps: np.ndarray) -> np.ndarray:
+    """(N,) deletion AUCs (20 steps, mean baseline) of (N, grid^2) patch maps drawn on their grid."""
+    index = patch_index(tuple(images.shape[1:3]), int(round(np.sqrt(maps.shape[1]))))
+    curves = deletion_insertion(model, images, scale_per_image(maps[:, index]), targets, steps=20, baseline="mean")
+    return np.asarray(curves.deletion_auc, np.float64)
+
+
+def paired(diff: np.ndarray) -> tuple[float, float | None]:
+    """Mean and standard error of per-image differences (the same images under two maps: noise against a gap)."""
+    return float(diff.mean()), float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+
+
 def bench(name: str, model, x_train, y_train, x_test, y_test, epochs: int, options: AmortisedOptions, audit: int,
           lime_images: int, reference_budget: int, sample: bool = False) -> dict:
     """One dataset's figures; ``sample``: the explainer trains on ``options.train_images`` of the training images
@@ -110,16 +122,12 @@ def bench(name: str, model, x_train, y_train, x_test, y_test, epochs: int, optio
         out[f"rank_correlation_{key}_min"] = float(np.nanmin(rho))
     out["top5_overlap_amortised_vs_reference"] = float(top_k_overlap(amort, reference, 5).mean())
     out["top5_overlap_kernelshap_seed_to_seed"] = float(top_k_overlap(kernel, kernel_1, 5).mean())
-    index = patch_index(tuple(x_test.shape[1:3]), grid)
     per_image = {}
     for key, values in (("amortised", amort), ("kernelshap", kernel), ("occlusion", exact)):
-        curves = deletion_insertion(model, xs, scale_per_image(values[:, index]), ts, steps=20, baseline="mean")
-        out[f"deletion_auc_{key}"] = float(curves.deletion_auc.mean())
-        per_image[key] = np.asarray(curves.deletion_auc, np.float64)
-    # the same images under both maps: the paired difference and its standard error tell noise from a gap
-    diff = per_image["amortised"] - per_image["kernelshap"]
-    out["deletion_auc_paired_difference"] = float(diff.mean())
-    out["deletion_auc_paired_se"] = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else None
+        per_image[key] = patch_deletion(model, xs, ts, values)
+        out[f"deletion_auc_{key}"] = float(per_image[key].mean())
+    out["deletion_auc_paired_difference"], out["deletion_auc_paired_se"] = \
+        paired(per_image["amortised"] - per_image["kernelshap"])
     out["classifier_test_accuracy"] = float((res.targets == y_test).mean())
     out["explainer_over_classifier_training"] = out["explainer_train_seconds"] / out["classifier_train_seconds"]
     out["speedup_vs_occlusion"] = out["exact_seconds_per_image"] / out["amortised_seconds_per_image"]

@@ -27,15 +27,12 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks._common import FRUITS360, write_result  # noqa: E402
-from benchmarks.bench_amortised import SHARED_FRUITS, uptime  # noqa: E402
+from benchmarks.bench_amortised import SHARED_FRUITS, paired, patch_deletion, uptime  # noqa: E402
 from benchmarks.bench_lime import load_split  # noqa: E402
 from fruitlens.batch.amortised_audit import rank_correlation, top_k_overlap  # noqa: E402
 from fruitlens.explain.amortised import AmortisedExplainer  # noqa: E402
 from fruitlens.explain.amortised_training import sample_rows, train_explainer  # noqa: E402
-from fruitlens.explain.base import scale_per_image  # noqa: E402
-from fruitlens.explain.faithfulness import deletion_insertion  # noqa: E402
 from fruitlens.explain.kernel_shap import DEFAULT_BUDGET, grid_kernel_shap  # noqa: E402
-from fruitlens.explain.patches import patch_index  # noqa: E402
 from fruitlens.method_options import AmortisedOptions  # noqa: E402
 from fruitlens.models import build_model  # noqa: E402
 
@@ -57,13 +54,6 @@ def parse_variant(spec: str) -> tuple[str, dict]:
         else:
             out[key] = None if value == "None" else value
     return name, out
-
-
-def deletion(model, images, targets, maps) -> np.ndarray:
-    """(N,) deletion AUCs of (N, d) patch maps (20 steps, mean baseline)."""
-    index = patch_index((SIZE, SIZE), int(round(np.sqrt(maps.shape[1]))))
-    curves = deletion_insertion(model, images, scale_per_image(maps[:, index]), targets, steps=20, baseline="mean")
-    return np.asarray(curves.deletion_auc, np.float64)
 
 
 def main() -> None:
@@ -92,12 +82,12 @@ def main() -> None:
     grid = AmortisedOptions.grid
     kernel = [grid_kernel_shap(model, xs, ts, grid, "mean", DEFAULT_BUDGET, seed=s) for s in (0, 1)]
     reference = grid_kernel_shap(model, xs, ts, grid, "mean", 4096, seed=2)
-    exact_deletion = deletion(model, xs, ts, kernel[0])
+    exact_deletion = patch_deletion(model, xs, ts, kernel[0])
     out.update({"audit_images": len(xs), "kernelshap_budget": DEFAULT_BUDGET, "reference_budget": 4096,
                 "rank_correlation_kernelshap_seed_to_seed": float(np.nanmean(rank_correlation(*kernel))),
                 "rank_correlation_kernelshap_vs_reference": float(np.nanmean(rank_correlation(kernel[0], reference))),
                 "deletion_auc_kernelshap": float(exact_deletion.mean()),
-                "deletion_auc_reference": float(deletion(model, xs, ts, reference).mean()), "variants": []})
+                "deletion_auc_reference": float(patch_deletion(model, xs, ts, reference).mean()), "variants": []})
     print({k: v for k, v in out.items() if k != "variants"}, flush=True)
     for spec in args.variants:
         name, fields = parse_variant(spec)
@@ -113,15 +103,15 @@ def main() -> None:
             phi, _, _ = AmortisedExplainer(model, options, trained).attributions(xs)
             maps.append(phi[np.arange(len(xs)), :, ts])
         amortised = np.mean(maps, axis=0)
-        diff = deletion(model, xs, ts, amortised) - exact_deletion
+        diff = patch_deletion(model, xs, ts, amortised) - exact_deletion
+        mean_diff, se = paired(diff)
         row = {"variant": name, "options": fields, "ensemble": ensemble, "train_seconds": seconds,
                "train_over_classifier": seconds / out["classifier_train_seconds"], "epochs_trained": epochs,
                "rank_correlation_vs_reference": float(np.nanmean(rank_correlation(amortised, reference))),
                "top5_overlap_vs_reference": float(top_k_overlap(amortised, reference, 5).mean()),
-               "deletion_auc": float(exact_deletion.mean() + diff.mean()),
-               "deletion_vs_kernelshap": float(diff.mean() / exact_deletion.mean()),
-               "deletion_paired_difference": float(diff.mean()),
-               "deletion_paired_se": float(diff.std(ddof=1) / np.sqrt(len(diff)))}
+               "deletion_auc": float(exact_deletion.mean()) + mean_diff,
+               "deletion_vs_kernelshap": mean_diff / float(exact_deletion.mean()),
+               "deletion_paired_difference": mean_diff, "deletion_paired_se": se}
         out["variants"].append(row)
         print({k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
     out["load_after"] = uptime()

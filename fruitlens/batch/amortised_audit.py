@@ -174,15 +174,13 @@ def audit_run(source, index_dir: str | os.PathLike, split: str, options: Amortis
     rho, rho_exact = rank_correlation(amort, exact), rank_correlation(exact, again)
     overlap = top_k_overlap(amort, exact, top_k)
     index = patch_index(tuple(card.image_size), grid)
-    auc = {}  # (deletion AUCs, insertion AUCs) of each
+    auc = {}  # per audited image, keyed by the table's column
     for name, values in (("amortised", amort), ("exact", exact)):
-        if not len(values):
-            auc[name] = (np.zeros(0), np.zeros(0))
-            continue
         curves = deletion_insertion(model, s_images, scale_per_image(values[:, index]), targets[sample],
                                     steps=max(options.faithfulness_steps, 1), baseline=options.baseline,
-                                    seed=options.seed)
-        auc[name] = (curves.deletion_auc, curves.insertion_auc)
+                                    seed=options.seed) if len(values) else None
+        auc[f"deletion_auc_{name}"] = curves.deletion_auc if curves is not None else np.zeros(0)
+        auc[f"insertion_auc_{name}"] = curves.insertion_auc if curves is not None else np.zeros(0)
 
     records, fallback = [], np.zeros(n, bool)
     for c, name in enumerate(card.classes):
@@ -197,8 +195,7 @@ def audit_run(source, index_dir: str | os.PathLike, split: str, options: Amortis
         records.append({"class": name, "images": int(mine.sum()), "audited": int(audited.sum()),
                         "rank_correlation": corr, "exact_seed_to_seed": bar,
                         "top_k_overlap": float(overlap[audited].mean()) if audited.any() else None,
-                        **{f"{curve}_auc_{name}": float(auc[name][i][audited].mean()) if audited.any() else None
-                           for i, curve in enumerate(("deletion", "insertion")) for name in ("amortised", "exact")},
+                        **{column: float(v[audited].mean()) if audited.any() else None for column, v in auc.items()},
                         "trusted": trust, "explained_by": EXACT if trust is False else "amortised"})
     if fallback.any():  # the untrusted classes' images: the exact method's attributions instead
         where = np.flatnonzero(fallback)
